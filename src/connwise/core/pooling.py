@@ -1,0 +1,637 @@
+"""The pool policy: which connection goes to whom, when to open, check, recycle and close.
+
+Theory of operation
+-------------------
+`PoolPolicy` owns the bookkeeping of a connection pool and none of its I/O. The shell (the asyncio
+`connwise.Pool`, or the simulator) feeds it what happened — a caller wants a connection, a
+connection came back, a connect or a check finished, time passed — and carries out the actions it
+returns: `Connect`, `Check`, `Close`, `Assign` (hand connection c to waiter w), `Reject` (fail a
+waiter because the pool drains) and `Leak` (report a connection held too long).
+
+Capacity is counted by the core `Scheduler`: one slot per connection handed out, `max_size` slots
+in all, reserved shares per class. Idle connections are kept in a LIFO stack so that hot
+connections stay hot and the ones at the bottom age out through the idle timeout.
+
+Growth has three sources, taken together: `min_size`, the warm target (`set_target(n, at)`, the
+actuator that forecasting drives), and waiters that no idle connection can serve. Creation is
+bounded by `max_connecting` concurrent connects; after a failed connect it backs off
+exponentially with jitter and probes with one connect at a time, so a slow or dead backend sees
+no connection storm. A waiter is never bound to a particular connect: whichever connection
+becomes idle first — new or returned — goes to the best waiter.
+
+A warm target is met *by* its time: the policy starts opening at `at - lead`, where the lead
+covers the connects still needed at the observed connect latency, twice over, plus one second.
+
+Maintenance (`maintain(now)`) retires connections past their jittered lifetime (up to
+`lifetime_jitter` of it earlier, so that a pool opened at once does not expire at once), recycles
+idle ones whose quality score fell below `quality_threshold`, trims connections idle longer than
+`idle_timeout` down to `max(min_size, target)`, at most `trim_step` per pass, checks idle
+connections at an interval that shrinks with their recent failures, and reports leaks once.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from connwise.core.classes import ClassTable
+from connwise.core.lifecycle import FINAL, ConnectionRecord, LifecycleEvent, State, Trigger
+from connwise.core.scheduler import Scheduler, Waiter
+from connwise.errors import ConfigError, IllegalTransition
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """The pool's numbers; times in seconds. Validated by `validate()`."""
+
+    min_size: int = 2
+    max_size: int = 10
+    max_waiters: int = 1024
+    #: HikariCP's maxLifetime default: 30 minutes.
+    max_lifetime: float | None = 1800.0
+    #: Expire up to 10% early, so connections opened together do not expire together.
+    lifetime_jitter: float = 0.1
+    #: HikariCP's idleTimeout default: 10 minutes.
+    idle_timeout: float | None = 600.0
+    #: None disables leak detection (HikariCP's default is off; ours is on at 30 s).
+    leak_threshold: float | None = 30.0
+    #: psycopg_pool opens with 3 workers; 4 lets a pool of 50 warm in about 12 connect rounds.
+    max_connecting: int = 4
+    #: Healthy idle connections are checked this often; suspicious ones more often.
+    check_interval: float = 30.0
+    check_interval_floor: float = 1.0
+    #: Recycle an idle connection whose quality score falls below this.
+    quality_threshold: float = 0.3
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    #: Shrink gently: close at most this many idle connections per maintenance pass.
+    trim_step: int = 2
+
+    def validate(self, prefix: str = "pool") -> PoolLimits:
+        def bad(key: str, value: object, problem: str, fix: str) -> ConfigError:
+            return ConfigError(f"{prefix}.{key}", value, problem, fix)
+
+        if self.max_size < 1:
+            raise bad("max_size", self.max_size, "a pool needs room for one connection",
+                      "use max_size >= 1")
+        if not 0 <= self.min_size <= self.max_size:
+            raise bad("min_size", self.min_size, f"min_size must lie in 0..max_size "
+                      f"({self.max_size})", "lower min_size or raise max_size")
+        if self.max_waiters < 0:
+            raise bad("max_waiters", self.max_waiters, "the bound cannot be negative",
+                      "use 0 to refuse waiting or a positive number")
+        for key in ("max_lifetime", "idle_timeout", "leak_threshold"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise bad(key, value, "the duration must be positive", "use seconds > 0 or None "
+                          "to disable")
+        if not 0 <= self.lifetime_jitter < 1:
+            raise bad("lifetime_jitter", self.lifetime_jitter, "the jitter is a fraction",
+                      "use a value in [0, 1)")
+        if self.max_connecting < 1:
+            raise bad("max_connecting", self.max_connecting, "at least one connect must be "
+                      "allowed at a time", "use max_connecting >= 1")
+        if self.check_interval <= 0 or not 0 < self.check_interval_floor <= self.check_interval:
+            raise bad("check_interval", self.check_interval, "the interval must be positive and "
+                      "at least check_interval_floor", "use e.g. 30 with a floor of 1")
+        if not 0 <= self.quality_threshold < 1:
+            raise bad("quality_threshold", self.quality_threshold, "the score lies in 0..1",
+                      "use a value in [0, 1)")
+        if not 0 < self.backoff_base <= self.backoff_cap:
+            raise bad("backoff_base", self.backoff_base, "backoff must be positive and at most "
+                      "backoff_cap", "use e.g. 0.5 and a cap of 30")
+        if self.trim_step < 1:
+            raise bad("trim_step", self.trim_step, "trimming must close something per pass",
+                      "use trim_step >= 1")
+        return self
+
+
+# -- actions ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    conn_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assign:
+    conn_id: int
+    waiter: Waiter
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    waiter: Waiter
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leak:
+    conn_id: int
+    held_for: float
+
+
+Action = Connect | Check | Close | Assign | Reject | Leak
+
+
+class PoolState(enum.Enum):
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+#: Upper bounds, in seconds, of the wait-time histogram buckets (the last one is +Inf).
+WAIT_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
+
+
+class WaitHistogram:
+    """Cumulative-free bucket counts of acquire waits, with sum and max, Prometheus-shaped."""
+
+    __slots__ = ("counts", "max", "sum", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(WAIT_BUCKETS)
+        self.total = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(WAIT_BUCKETS, seconds)] += 1
+        self.total += 1
+        self.sum += seconds
+        self.max = max(self.max, seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"count": self.total, "sum": self.sum, "max": self.max,
+                "buckets": dict(zip((str(b) for b in WAIT_BUCKETS), self.counts, strict=True))}
+
+
+COUNTERS = ("acquired", "created", "connect_failed", "closed", "recycled", "broken", "leaked",
+            "timed_out", "refused", "rejected", "checks", "checks_failed")
+
+
+class PoolPolicy:
+    """Sans-I/O bookkeeping of one pool; see the module docstring."""
+
+    def __init__(self, *, name: str, limits: PoolLimits, classes: ClassTable,
+                 rng: random.Random | None = None,
+                 listener: Callable[[LifecycleEvent], None] | None = None) -> None:
+        self.name = name
+        self.limits = limits.validate()
+        self.classes = classes
+        self.scheduler = Scheduler(classes, capacity=limits.max_size,
+                                   max_waiters=limits.max_waiters, owner=f"pool {name!r}")
+        self.state = PoolState.OPEN
+        self.records: dict[int, ConnectionRecord] = {}
+        self.counts = dict.fromkeys(State, 0)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.waits = {c.name: WaitHistogram() for c in classes}
+        self.listener = listener
+        self.last_error: str | None = None
+        self._idle: list[int] = []
+        self._rng = rng or random.Random()
+        self._next_id = 0
+        self._failures = 0
+        self._next_connect_at = 0.0
+        self._connect_latency: float | None = None
+        self._target = 0
+        self._next_target = 0
+        self._target_at: float | None = None
+
+    # -- bookkeeping helpers ------------------------------------------------------------------
+
+    def _move(self, rec: ConnectionRecord, trigger: Trigger, reason: str, now: float) -> None:
+        previous = rec.transition(trigger)
+        counts = self.counts
+        counts[previous] -= 1
+        counts[rec.state] += 1
+        if self.listener is not None:
+            self.listener(rec.event(previous, trigger, reason, now))
+        if rec.state in FINAL:
+            del self.records[rec.id]
+
+    def _take_idle(self, rec: ConnectionRecord, class_name: str, now: float) -> None:
+        self._move(rec, Trigger.ACQUIRE, class_name, now)
+        rec.class_name = class_name
+        rec.acquired_at = now
+        rec.leak_reported = False
+        rec.quality.uses += 1
+        self.counters["acquired"] += 1
+
+    @property
+    def open_connections(self) -> int:
+        """Connections that are or will be usable: idle, checking, in use, connecting."""
+        c = self.counts
+        return c[State.IDLE] + c[State.CHECKING] + c[State.IN_USE] + c[State.CONNECTING]
+
+    @property
+    def idle(self) -> int:
+        return self.counts[State.IDLE]
+
+    # -- acquiring ----------------------------------------------------------------------------
+
+    def acquire_now(self, class_name: str, now: float) -> int | None:
+        """The fast path: an idle connection at once, if nobody waits and the class may take one."""
+        if self.state is not PoolState.OPEN:
+            return None
+        idle = self._idle
+        if not idle or not self.scheduler.try_admit(class_name):
+            return None
+        rec = self.records[idle.pop()]
+        self._take_idle(rec, class_name, now)
+        self.waits[class_name].observe(0.0)
+        return rec.id
+
+    def submit(self, class_name: str, now: float, timeout: float | None = None,
+               token: Any = None) -> Waiter:
+        """Queue a caller; then call `dispatch` and `grow` (or `pump`) to serve it."""
+        return self.scheduler.submit(class_name, now, timeout, token)
+
+    def dispatch(self, now: float) -> list[Assign]:
+        """Hand idle connections to the best eligible waiters."""
+        assigned: list[Assign] = []
+        idle = self._idle
+        scheduler = self.scheduler
+        while idle and scheduler.waiting:
+            waiter = scheduler.grant(now)
+            if waiter is None:
+                break
+            rec = self.records[idle.pop()]
+            self._take_idle(rec, waiter.class_name, now)
+            self.waits[waiter.class_name].observe(now - waiter.arrived)
+            assigned.append(Assign(rec.id, waiter))
+        return assigned
+
+    def refuse(self, assign: Assign, now: float) -> list[Action]:
+        """The waiter of `assign` gave up before it got the connection: pass it on."""
+        rec = self.records[assign.conn_id]
+        self.scheduler.refuse(assign.waiter)
+        self.counters["refused"] += 1
+        self._move(rec, Trigger.RELEASE, "refused", now)
+        rec.quality.uses -= 1
+        rec.idle_since = now
+        self._idle.append(rec.id)
+        return self.pump(now)
+
+    def cancel(self, waiter: Waiter, *, timed_out: bool, now: float) -> bool:
+        """Withdraw a waiter; False if it was granted already (it then holds a connection)."""
+        if not self.scheduler.cancel(waiter):
+            return False
+        if timed_out:
+            self.counters["timed_out"] += 1
+            self.waits[waiter.class_name].observe(now - waiter.arrived)
+        return True
+
+    def expire(self, now: float) -> list[Waiter]:
+        """Waiters whose deadline has passed (for shells that poll instead of arming timers)."""
+        expired = self.scheduler.expire(now)
+        for waiter in expired:
+            self.counters["timed_out"] += 1
+            self.waits[waiter.class_name].observe(now - waiter.arrived)
+        return expired
+
+    # -- returning ----------------------------------------------------------------------------
+
+    def release(self, conn_id: int, now: float, *, broken: bool = False,
+                failed: bool = False) -> list[Action]:
+        """A holder gave a connection back. `broken`: it no longer works. `failed`: it raised a
+        connection-level error but still works (counts against its quality)."""
+        rec = self.records.get(conn_id)
+        if rec is None and self.state is not PoolState.OPEN:
+            return []
+        if rec is None or rec.state not in (State.IN_USE, State.DRAINING):
+            state = rec.state.value if rec else "unknown"
+            raise IllegalTransition(conn_id, self.name, state, "release")
+        self.scheduler.release(rec.class_name)
+        actions: list[Action] = []
+        if broken:
+            self.counters["broken"] += 1
+            self._move(rec, Trigger.BREAK, "broken while held", now)
+            actions.append(Close(conn_id, "broken"))
+        elif rec.state is State.DRAINING:
+            self._move(rec, Trigger.RELEASE, "retired while held", now)
+            actions.append(Close(conn_id, "retired"))
+        elif self.state is not PoolState.OPEN:
+            self._move(rec, Trigger.RETIRE, "pool draining", now)
+            actions.append(Close(conn_id, "draining"))
+        elif rec.expires_at <= now or (self.open_connections + self.counts[State.DRAINING]
+                                       > self.limits.max_size):
+            reason = "max_lifetime" if rec.expires_at <= now else "resize"
+            self.counters["recycled"] += 1
+            self._move(rec, Trigger.RETIRE, reason, now)
+            actions.append(Close(conn_id, reason))
+        else:
+            if failed:
+                rec.quality.record_failure(now)
+            self._move(rec, Trigger.RELEASE, "released", now)
+            rec.idle_since = now
+            self._idle.append(conn_id)
+        if actions:
+            self.counters["closed"] += 1
+            self._maybe_closed()
+        actions.extend(self.pump(now))
+        return actions
+
+    # -- connecting and checking --------------------------------------------------------------
+
+    def connected(self, conn_id: int, now: float, latency: float) -> list[Action]:
+        rec = self.records.get(conn_id)
+        if rec is None:
+            return [Close(conn_id, "pool closed")]
+        self._failures = 0
+        self.last_error = None
+        self.counters["created"] += 1
+        self._connect_latency = latency if self._connect_latency is None else (
+            self._connect_latency + 0.3 * (latency - self._connect_latency))
+        lifetime = self.limits.max_lifetime
+        if lifetime is not None:
+            rec.expires_at = now + lifetime * (1 - self._rng.random() * self.limits.lifetime_jitter)
+        rec.quality.created_at = now
+        rec.quality.last_checked = now
+        if rec.state is State.DRAINING:
+            self._move(rec, Trigger.CONNECTED, "opened while draining", now)
+            self.counters["closed"] += 1
+            self._maybe_closed()
+            return [Close(conn_id, "draining")]
+        self._move(rec, Trigger.CONNECTED, f"connected in {latency * 1000:.1f} ms", now)
+        rec.idle_since = now
+        self._idle.append(conn_id)
+        return self.pump(now)
+
+    def connect_failed(self, conn_id: int, now: float, error: str) -> list[Action]:
+        rec = self.records.get(conn_id)
+        if rec is None:
+            return []
+        self._failures += 1
+        self.last_error = error
+        self.counters["connect_failed"] += 1
+        delay = min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** (self._failures - 1))
+        self._next_connect_at = now + delay * (0.5 + 0.5 * self._rng.random())
+        self._move(rec, Trigger.CONNECT_FAILED, error, now)
+        self._maybe_closed()
+        return self.pump(now)
+
+    def check_done(self, conn_id: int, now: float, latency: float, ok: bool,
+                   error: str = "") -> list[Action]:
+        rec = self.records.get(conn_id)
+        if rec is None:
+            return [Close(conn_id, "pool closed")]
+        self.counters["checks"] += 1
+        if not ok:
+            self.counters["checks_failed"] += 1
+            self._move(rec, Trigger.BREAK, f"check failed: {error}", now)
+            self.counters["closed"] += 1
+            self._maybe_closed()
+            return [Close(conn_id, "check_failed"), *self.pump(now)]
+        rec.quality.record_check(now, latency)
+        if rec.state is State.DRAINING:
+            self._move(rec, Trigger.CHECK_OK, "checked while draining", now)
+            self.counters["closed"] += 1
+            self._maybe_closed()
+            return [Close(conn_id, "draining"), *self.pump(now)]
+        self._move(rec, Trigger.CHECK_OK, f"check {latency * 1000:.2f} ms", now)
+        self._idle.append(conn_id)
+        return self.pump(now)
+
+    # -- targets and sizes --------------------------------------------------------------------
+
+    def set_target(self, n: int, now: float, at: float | None = None) -> list[Action]:
+        """Have `n` connections open by `at` (default: now). Validated like the constructor."""
+        if n < 0 or n > self.limits.max_size:
+            raise ConfigError("target", n, f"the warm target must lie in 0..max_size "
+                              f"({self.limits.max_size})", "lower the target or resize() first")
+        if at is None or at <= now:
+            self._target = self._next_target = n
+            self._target_at = None
+        else:
+            self._target = self.active_target(now)
+            self._next_target = n
+            self._target_at = at
+        return self.pump(now)
+
+    def active_target(self, now: float) -> int:
+        if self._target_at is not None and now >= self._target_start(now):
+            self._target = self._next_target
+            self._target_at = None
+        return self._target
+
+    def _target_start(self, now: float) -> float:
+        assert self._target_at is not None
+        return self._target_at - self.target_lead(self._next_target)
+
+    def target_lead(self, n: int) -> float:
+        """Seconds before its time that a target of `n` starts opening connections."""
+        deficit = max(0, n - self.open_connections)
+        rounds = math.ceil(deficit / self.limits.max_connecting)
+        latency = self._connect_latency if self._connect_latency is not None else 0.1
+        return 2.0 * rounds * latency + 1.0
+
+    @property
+    def target(self) -> int:
+        return self._target
+
+    def resize(self, min_size: int, max_size: int, now: float) -> list[Action]:
+        """Change the bounds. Growth serves waiters at once; shrinking is gradual."""
+        self.limits = replace(self.limits, min_size=min_size, max_size=max_size).validate()
+        self.scheduler.set_capacity(max_size)
+        self._target = min(self._target, max_size)
+        self._next_target = min(self._next_target, max_size)
+        return self.pump(now)
+
+    # -- growth and maintenance ---------------------------------------------------------------
+
+    def floor(self, now: float) -> int:
+        """The number of connections the pool keeps open: max(min_size, target)."""
+        return max(self.limits.min_size, self.active_target(now))
+
+    def pump(self, now: float) -> list[Action]:
+        """Serve waiters from idle connections, then open what demand and targets need."""
+        actions: list[Action] = []
+        if self._idle:
+            actions.extend(self.dispatch(now))
+        if self.state is not PoolState.OPEN:
+            return actions
+        limits = self.limits
+        counts = self.counts
+        connecting = counts[State.CONNECTING]
+        busy = counts[State.IN_USE] + counts[State.CHECKING]
+        wanted = max(self.floor(now), busy + self.scheduler.waiting)
+        room = min(wanted, limits.max_size - counts[State.DRAINING]) - self.open_connections
+        if room <= 0 or now < self._next_connect_at:
+            return actions
+        slots = (1 if self._failures else limits.max_connecting) - connecting
+        for _ in range(min(room, slots)):
+            self._next_id += 1
+            rec = ConnectionRecord(self._next_id, self.name, now)
+            self.records[rec.id] = rec
+            self.counts[State.CONNECTING] += 1
+            actions.append(Connect(rec.id))
+        return actions
+
+    def typical_check_latency(self) -> float | None:
+        samples = sorted(r.quality.check_latency for r in self.records.values()
+                         if r.quality.check_latency is not None)
+        return samples[len(samples) // 2] if samples else None
+
+    def maintain(self, now: float) -> list[Action]:
+        """Periodic pass: leaks, lifetimes, quality, idle trimming, checks, then growth."""
+        actions: list[Action] = []
+        limits = self.limits
+        leak = limits.leak_threshold
+        typical = self.typical_check_latency()
+        floor = self.floor(now)
+        excess = self.open_connections - floor
+        over_max = self.open_connections - limits.max_size
+        trimmed = 0
+        checking = self.counts[State.CHECKING]
+        keep: list[int] = []
+        for conn_id in self._idle:
+            rec = self.records[conn_id]
+            quality = rec.quality
+            reason = ""
+            if rec.expires_at <= now:
+                reason = "max_lifetime"
+            elif quality.score(now, typical) < limits.quality_threshold:
+                reason = "low_quality"
+            elif trimmed < limits.trim_step and (over_max > 0 or (
+                    excess > 0 and limits.idle_timeout is not None
+                    and now - rec.idle_since >= limits.idle_timeout)):
+                reason = "resize" if over_max > 0 else "idle_timeout"
+                trimmed += 1
+                excess -= 1
+                over_max -= 1
+            if reason:
+                if reason in ("max_lifetime", "low_quality"):
+                    self.counters["recycled"] += 1
+                self.counters["closed"] += 1
+                self._move(rec, Trigger.RETIRE, reason, now)
+                actions.append(Close(conn_id, reason))
+                continue
+            due = max(quality.last_checked, rec.idle_since) + quality.check_interval(
+                now, limits.check_interval, limits.check_interval_floor)
+            if due <= now and checking < limits.max_connecting:
+                checking += 1
+                self._move(rec, Trigger.CHECK, "check due", now)
+                actions.append(Check(conn_id))
+                continue
+            keep.append(conn_id)
+        self._idle[:] = keep
+        for rec in list(self.records.values()):
+            if rec.state is State.IN_USE:
+                if leak is not None and not rec.leak_reported and now - rec.acquired_at >= leak:
+                    rec.leak_reported = True
+                    self.counters["leaked"] += 1
+                    actions.append(Leak(rec.id, now - rec.acquired_at))
+                if rec.expires_at <= now:
+                    self._move(rec, Trigger.RETIRE, "max_lifetime while held", now)
+        self._maybe_closed()
+        actions.extend(self.pump(now))
+        return actions
+
+    def next_wakeup(self, now: float) -> float:
+        """The latest time by which `maintain` should run again."""
+        limits = self.limits
+        soonest = now + limits.check_interval
+        if self._target_at is not None:
+            soonest = min(soonest, self._target_start(now))
+        if self._failures and self._next_connect_at > now:
+            soonest = min(soonest, self._next_connect_at)
+        for rec in self.records.values():
+            soonest = min(soonest, rec.expires_at)
+            if rec.state is State.IN_USE and limits.leak_threshold is not None \
+                    and not rec.leak_reported:
+                soonest = min(soonest, rec.acquired_at + limits.leak_threshold)
+            elif rec.state is State.IDLE and limits.idle_timeout is not None:
+                soonest = min(soonest, rec.idle_since + limits.idle_timeout)
+        return max(soonest, now)
+
+    # -- draining -----------------------------------------------------------------------------
+
+    def drain(self, now: float) -> list[Action]:
+        """Hand out nothing new; close idle connections now and held ones when they return."""
+        if self.state is not PoolState.OPEN:
+            return []
+        self.state = PoolState.DRAINING
+        actions: list[Action] = []
+        for waiter in self.scheduler.waiters():
+            self.scheduler.cancel(waiter)
+            self.counters["rejected"] += 1
+            actions.append(Reject(waiter, "draining"))
+        for conn_id in self._idle:
+            self._move(self.records[conn_id], Trigger.RETIRE, "pool draining", now)
+            self.counters["closed"] += 1
+            actions.append(Close(conn_id, "draining"))
+        self._idle.clear()
+        for rec in list(self.records.values()):
+            if rec.state in (State.IN_USE, State.CHECKING, State.CONNECTING):
+                self._move(rec, Trigger.RETIRE, "pool draining", now)
+        self._maybe_closed()
+        return actions
+
+    def force_close(self, now: float, reason: str = "drain_timeout") -> list[Action]:
+        """Close every connection still open, held ones included."""
+        actions = self.drain(now) if self.state is PoolState.OPEN else []
+        for rec in list(self.records.values()):
+            if rec.state in (State.IN_USE, State.DRAINING):
+                self.scheduler.release(rec.class_name)
+            self._move(rec, Trigger.CLOSE, reason, now)
+            self.counters["closed"] += 1
+            actions.append(Close(rec.id, reason))
+        self._idle.clear()
+        self._maybe_closed()
+        return actions
+
+    def _maybe_closed(self) -> None:
+        if self.state is PoolState.DRAINING and not self.records:
+            self.state = PoolState.CLOSED
+
+    # -- observation --------------------------------------------------------------------------
+
+    def stats(self, now: float) -> dict[str, Any]:
+        counts = self.counts
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "min_size": self.limits.min_size,
+            "max_size": self.limits.max_size,
+            "target": self.active_target(now),
+            "connections": {s.value: counts[s] for s in State if s not in FINAL},
+            "waiting": self.scheduler.waiting_by_class(),
+            "in_use_by_class": self.scheduler.in_use_by_class(),
+            "reserved": self.scheduler.reserved_by_class(),
+            "counters": dict(self.counters),
+            "wait_seconds": {name: h.snapshot() for name, h in self.waits.items()},
+            "connect_latency": self._connect_latency,
+            "last_error": self.last_error,
+        }
+
+    def describe(self) -> str:
+        c = self.counts
+        return (f"{self.state.value}, in use {c[State.IN_USE]}, idle {c[State.IDLE]}, "
+                f"connecting {c[State.CONNECTING]}, waiting {self.scheduler.waiting}, "
+                f"max {self.limits.max_size}")
+
+    def __repr__(self) -> str:
+        c = self.counts
+        return (f"<PoolPolicy {self.name} [in use {c[State.IN_USE]}, idle {c[State.IDLE]}, "
+                f"warming {c[State.CONNECTING]} | waiting {self.scheduler.waiting}]>")

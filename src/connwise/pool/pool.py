@@ -1,0 +1,488 @@
+"""`connwise.Pool`: the asyncio shell around the core `PoolPolicy`.
+
+The policy decides; this module carries its actions out. Every bookkeeping step is one
+synchronous call into the policy with no `await` inside; connects, checks, resets and closes run
+afterwards as tracked tasks, so a caller waits only on the pool, never on one particular connect,
+and a slow backend never holds the bookkeeping.
+
+Cancellation is safe at every await: a waiter cancelled or timed out before the hand-off refuses
+the connection and it goes to the next waiter; a holder cancelled during reset gives the
+connection back as broken (its session state is unknown); nothing leaks a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sys
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar
+
+from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
+from connwise.core.clock import Clock, MonotonicClock
+from connwise.core.lifecycle import LeakEvent, LifecycleEvent, State
+from connwise.core.pooling import (
+    Action,
+    Assign,
+    Check,
+    Close,
+    Connect,
+    Leak,
+    PoolLimits,
+    PoolPolicy,
+    PoolState,
+    Reject,
+)
+from connwise.core.scheduler import Waiter
+from connwise.errors import ConfigError, PoolClosed, PoolTimeout
+from connwise.pool.drivers.base import Driver
+
+C = TypeVar("C")
+Event = LifecycleEvent | LeakEvent
+log = logging.getLogger("connwise.pool")
+
+#: Frames of the acquirer's stack kept for leak reports (HikariCP keeps the whole trace; a
+#: dozen frames name the culprit and cost about a microsecond to capture).
+LEAK_STACK_DEPTH = 12
+
+
+def _capture_stack(skip: int) -> tuple[tuple[str, int, str], ...]:
+    frame = sys._getframe(skip)
+    frames = []
+    while frame is not None and len(frames) < LEAK_STACK_DEPTH:
+        code = frame.f_code
+        frames.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back  # type: ignore[assignment]
+    return tuple(frames)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class Pool(Generic[C]):
+    """A priority-aware, predictive, leak-safe asyncio connection pool for any `Driver`.
+
+    Use it as an async context manager; `acquire(class_name, timeout=...)` is another one::
+
+        async with connwise.Pool(AsyncpgDriver(dsn), min_size=2, max_size=20) as pool:
+            async with pool.acquire("critical", timeout=2.0) as conn:
+                await conn.fetchval("SELECT 1")
+
+    Times are seconds of the pool's clock (`pool.now()`), monotonic by default.
+    """
+
+    def __init__(
+        self,
+        driver: Driver[C],
+        *,
+        name: str = "pool",
+        min_size: int = 2,
+        max_size: int = 10,
+        classes: Iterable[PriorityClass] | ClassTable = DEFAULT_CLASSES,
+        default_class: str = "interactive",
+        max_lifetime: float | None = 1800.0,
+        lifetime_jitter: float = 0.1,
+        idle_timeout: float | None = 600.0,
+        leak_threshold: float | None = 30.0,
+        max_waiters: int = 1024,
+        max_connecting: int = 4,
+        check_interval: float = 30.0,
+        quality_threshold: float = 0.3,
+        reset: Literal["cheap", "full"] = "cheap",
+        connect_timeout: float = 10.0,
+        check_timeout: float = 5.0,
+        reset_timeout: float = 5.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        table = classes if isinstance(classes, ClassTable) else ClassTable(classes)
+        if default_class not in table:
+            raise ConfigError("default_class", default_class, "it is not one of the pool's "
+                              f"classes ({', '.join(table.names)})", "name a configured class")
+        if reset not in ("cheap", "full"):
+            raise ConfigError("reset", reset, "unknown reset mode", "use 'cheap' or 'full'")
+        for key, value in (("connect_timeout", connect_timeout), ("check_timeout", check_timeout),
+                           ("reset_timeout", reset_timeout)):
+            if value <= 0:
+                raise ConfigError(key, value, "a timeout must be positive", "use seconds > 0")
+        limits = PoolLimits(
+            min_size=min_size, max_size=max_size, max_waiters=max_waiters,
+            max_lifetime=max_lifetime, lifetime_jitter=lifetime_jitter,
+            idle_timeout=idle_timeout, leak_threshold=leak_threshold,
+            max_connecting=max_connecting, check_interval=check_interval,
+            check_interval_floor=min(1.0, check_interval), quality_threshold=quality_threshold,
+        )
+        self.driver = driver
+        self.name = name
+        self.default_class = default_class
+        self.clock: Clock = clock or MonotonicClock()
+        self._policy = PoolPolicy(name=name, limits=limits, classes=table, rng=rng)
+        self._full_reset = reset == "full"
+        self._connect_timeout = connect_timeout
+        self._check_timeout = check_timeout
+        self._reset_timeout = reset_timeout
+        self._conns: dict[int, C] = {}
+        self._ids: dict[int, int] = {}
+        self._stacks: dict[int, tuple[tuple[str, int, str], ...]] = {}
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed_event: asyncio.Event | None = None
+        self._opened = False
+        #: Maintenance runs at least this often, so leaks and idle timeouts are seen promptly.
+        self._tick = min(1.0, (leak_threshold or 4.0) / 4, (idle_timeout or 4.0) / 4)
+
+    # -- life of the pool ---------------------------------------------------------------------
+
+    async def open(self, *, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start maintenance and open `min_size` connections; with `wait`, until they are open."""
+        if self._opened:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._closed_event = asyncio.Event()
+        self._opened = True
+        self._run(self._policy.pump(self.now()))
+        self._schedule()
+        if wait:
+            deadline = self.now() + timeout
+            while self._policy.idle < self._policy.limits.min_size:
+                if self.now() >= deadline:
+                    raise PoolTimeout(self.name, "open", timeout, self._policy.describe(),
+                                      self._policy.last_error)
+                await asyncio.sleep(0.01)
+
+    async def __aenter__(self) -> Pool[C]:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def drain(self, timeout: float = 30.0) -> dict[str, int]:
+        """Hand out nothing new, let holders finish (closing connections as they come back), then
+        close. After `timeout` seconds, connections still held are closed under their holders.
+        Returns how many connections were closed gracefully and how many forcibly."""
+        if not self._opened:
+            self._opened = True
+            self._closed_event = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        policy = self._policy
+        before = policy.counters["closed"]
+        self._run(policy.drain(self.now()))
+        forced = 0
+        assert self._closed_event is not None
+        if policy.state is not PoolState.CLOSED:
+            try:
+                await asyncio.wait_for(self._closed_event.wait(), timeout)
+            except TimeoutError:
+                actions = policy.force_close(self.now())
+                forced = sum(isinstance(a, Close) for a in actions)
+                self._run(actions)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(self._connect_timeout, 1.0))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        return {"closed": policy.counters["closed"] - before - forced, "forced": forced}
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Drain, then close: see `drain`."""
+        await self.drain(timeout)
+
+    # -- acquiring and releasing --------------------------------------------------------------
+
+    def acquire(self, class_name: str | None = None, *,
+                timeout: float | None = None) -> _Acquire[C]:
+        """An async context manager that holds one connection of the pool.
+
+        Waits at most `min(timeout, class max_wait)` seconds, served by class priority. Raises
+        `PoolTimeout`, `TooManyWaiters`, `UnknownClass` or `PoolClosed`.
+        """
+        return _Acquire(self, class_name or self.default_class, timeout)
+
+    async def getconn(self, class_name: str | None = None, *,
+                      timeout: float | None = None) -> C:
+        """Take a connection without a context manager; give it back with `putconn`."""
+        conn_id = await self._acquire(class_name or self.default_class, timeout, 3)
+        return self._conns[conn_id]
+
+    async def putconn(self, conn: C, *, error: BaseException | None = None) -> None:
+        """Give back a connection taken with `getconn`; `error` is what its holder hit, if any."""
+        conn_id = self._ids.get(id(conn))
+        if conn_id is None:
+            raise ConfigError("conn", conn, f"the connection does not belong to pool "
+                              f"{self.name!r} or was given back already",
+                              "give back each connection once, to its own pool")
+        await self._release(conn_id, conn, error)
+
+    async def _acquire(self, class_name: str, timeout: float | None, depth: int) -> int:
+        policy = self._policy
+        if not self._opened:
+            await self.open()
+        now = self.clock.now()
+        conn_id = policy.acquire_now(class_name, now)
+        if conn_id is None:
+            conn_id = await self._wait(class_name, timeout, now)
+        if policy.limits.leak_threshold is not None:
+            self._stacks[conn_id] = _capture_stack(depth)
+        return conn_id
+
+    async def _wait(self, class_name: str, timeout: float | None, now: float) -> int:
+        policy = self._policy
+        if policy.state is not PoolState.OPEN:
+            raise PoolClosed(self.name, policy.state.value)
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[int] = loop.create_future()
+        waiter = policy.submit(class_name, now, timeout, future)
+        self._run(policy.pump(now))
+        if future.done():
+            return future.result()
+        handle = loop.call_later(waiter.deadline - now, self._on_timeout, waiter)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                await self._release(future.result(), self._conns[future.result()], None)
+            else:
+                policy.cancel(waiter, timed_out=False, now=self.clock.now())
+            raise
+        finally:
+            handle.cancel()
+
+    def _on_timeout(self, waiter: Waiter) -> None:
+        now = self.clock.now()
+        if self._policy.cancel(waiter, timed_out=True, now=now):
+            future: asyncio.Future[int] = waiter.token
+            if not future.done():
+                future.set_exception(PoolTimeout(self.name, waiter.class_name,
+                                                 now - waiter.arrived, self._policy.describe(),
+                                                 self._policy.last_error))
+
+    async def _release(self, conn_id: int, conn: C, error: BaseException | None) -> None:
+        driver = self.driver
+        self._stacks.pop(conn_id, None)
+        broken = driver.is_broken(conn)
+        failed = error is not None and driver.is_connection_error(error)
+        if not broken and (self._full_reset or driver.needs_reset(conn)):
+            try:
+                await asyncio.wait_for(driver.reset(conn, full=self._full_reset),
+                                       self._reset_timeout)
+            except asyncio.CancelledError:
+                self._run(self._policy.release(conn_id, self.clock.now(), broken=True))
+                raise
+            except Exception as exc:
+                log.warning("pool %s: reset of connection %d failed, discarding it: %s",
+                            self.name, conn_id, _describe(exc))
+                broken = True
+        self._run(self._policy.release(conn_id, self.clock.now(), broken=broken, failed=failed))
+
+    # -- targets and sizes --------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The pool's clock, in seconds; the unit of `set_target(at=...)`."""
+        return self.clock.now()
+
+    def set_target(self, n: int, at: float | None = None) -> None:
+        """Have `n` connections open by time `at` (pool clock; default now), and keep them.
+
+        The actuator of forecast-driven pre-warming: the pool starts opening early enough, at
+        its bounded connect rate, for the connections to be ready by `at`.
+        """
+        self._run(self._policy.set_target(n, self.now(), at))
+        self._schedule()
+
+    def resize(self, min_size: int, max_size: int) -> None:
+        """Change the bounds, validated like the constructor. Growth serves waiters at once;
+        shrinking closes idle connections gradually and held ones as they come back."""
+        self._run(self._policy.resize(min_size, max_size, self.now()))
+        self._schedule()
+
+    # -- observation --------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `callback` with every lifecycle and leak event; returns an unsubscribe function.
+
+        Callbacks run on the event loop in the middle of the pool's bookkeeping: they must be
+        quick and must not raise (a `MemorySink` is).
+        """
+        self._subscribers.append(callback)
+        self._policy.listener = self._emit
+
+        def unsubscribe() -> None:
+            self._subscribers.remove(callback)
+            if not self._subscribers:
+                self._policy.listener = None
+
+        return unsubscribe
+
+    def _emit(self, event: Event) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("pool %s: event subscriber %r failed", self.name, callback)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of gauges (connections by state, waiters by class), counters and waits."""
+        stats = self._policy.stats(self.now())
+        stats["driver"] = self.driver.name
+        return stats
+
+    @property
+    def policy(self) -> PoolPolicy:
+        """The core policy behind this pool (read it; do not drive it from outside)."""
+        return self._policy
+
+    def __repr__(self) -> str:
+        counts = self._policy.counts
+        return (f"<Pool {self.name} [in use {counts[State.IN_USE]}, idle {counts[State.IDLE]}, "
+                f"warming {counts[State.CONNECTING]} | waiting {self._policy.scheduler.waiting}]>")
+
+    # -- carrying out the policy's actions ----------------------------------------------------
+
+    def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Assign):
+                future: asyncio.Future[int] = action.waiter.token
+                if future.done():
+                    actions.extend(self._policy.refuse(action, self.clock.now()))
+                else:
+                    future.set_result(action.conn_id)
+            elif isinstance(action, Connect):
+                self._spawn(self._connect(action.conn_id))
+            elif isinstance(action, Close):
+                conn = self._conns.pop(action.conn_id, None)
+                self._stacks.pop(action.conn_id, None)
+                if conn is not None:
+                    self._ids.pop(id(conn), None)
+                    self._spawn(self._close(conn))
+            elif isinstance(action, Check):
+                self._spawn(self._check(action.conn_id))
+            elif isinstance(action, Reject):
+                future = action.waiter.token
+                if not future.done():
+                    future.set_exception(PoolClosed(self.name, self._policy.state.value))
+            elif isinstance(action, Leak):
+                self._report_leak(action)
+        if self._policy.state is PoolState.CLOSED and self._closed_event is not None:
+            self._closed_event.set()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn_id: int) -> None:
+        start = self.clock.now()
+        try:
+            conn = await asyncio.wait_for(self.driver.connect(), self._connect_timeout)
+        except asyncio.CancelledError:
+            self._run(self._policy.connect_failed(conn_id, self.clock.now(), "cancelled"))
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"connect timed out after {self._connect_timeout} s")
+            log.warning("pool %s: connect failed: %s", self.name, _describe(exc))
+            self._run(self._policy.connect_failed(conn_id, self.clock.now(), _describe(exc)))
+            self._schedule()
+            return
+        now = self.clock.now()
+        self._conns[conn_id] = conn
+        self._ids[id(conn)] = conn_id
+        self._run(self._policy.connected(conn_id, now, now - start))
+
+    async def _check(self, conn_id: int) -> None:
+        conn = self._conns.get(conn_id)
+        start = self.clock.now()
+        ok, error = True, ""
+        try:
+            if conn is None:
+                raise RuntimeError("connection handle missing")
+            await asyncio.wait_for(self.driver.check(conn), self._check_timeout)
+        except asyncio.CancelledError:
+            self._run(self._policy.check_done(conn_id, self.clock.now(), 0.0, False, "cancelled"))
+            raise
+        except Exception as exc:
+            ok, error = False, _describe(exc) or "check timed out"
+        now = self.clock.now()
+        self._run(self._policy.check_done(conn_id, now, now - start, ok, error))
+
+    async def _close(self, conn: C) -> None:
+        try:
+            await asyncio.wait_for(self.driver.close(conn), self._connect_timeout)
+        except Exception as exc:
+            log.debug("pool %s: close raised %s", self.name, _describe(exc))
+
+    def _report_leak(self, leak: Leak) -> None:
+        stack = tuple(f"{f}:{line} in {fn}" for f, line, fn in self._stacks.get(leak.conn_id, ()))
+        rec = self._policy.records.get(leak.conn_id)
+        class_name = rec.class_name if rec else ""
+        log.warning("pool %s: connection %d (%s) held for %.1f s, past leak_threshold; "
+                    "acquired at:\n  %s", self.name, leak.conn_id, class_name, leak.held_for,
+                    "\n  ".join(stack) or "(stack not captured)")
+        if self._subscribers:
+            self._emit(LeakEvent(leak.conn_id, self.name, class_name, leak.held_for,
+                                 self.clock.now(), stack))
+
+    def _schedule(self) -> None:
+        """Arm the maintenance timer for the policy's next wake-up (weakly: a forgotten pool
+        is not kept alive by its own timer)."""
+        loop = self._loop
+        if loop is None or self._policy.state is PoolState.CLOSED:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        now = self.clock.now()
+        delay = min(self._policy.next_wakeup(now) - now, self._tick)
+        delay = max(0.01, delay)
+        self._timer = loop.call_later(delay, _maintain, weakref.ref(self))
+
+
+def _maintain(ref: weakref.ReferenceType[Pool[Any]]) -> None:
+    pool = ref()
+    if pool is None or pool._policy.state is PoolState.CLOSED:
+        return
+    try:
+        pool._run(pool._policy.maintain(pool.clock.now()))
+    except Exception:
+        log.exception("pool %s: maintenance pass failed; continuing", pool.name)
+    pool._schedule()
+
+
+class _Acquire(Generic[C]):
+    """The context manager `Pool.acquire` returns: a slot while inside, released on exit."""
+
+    __slots__ = ("_class", "_conn", "_id", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool[C], class_name: str, timeout: float | None) -> None:
+        self._pool = pool
+        self._class = class_name
+        self._timeout = timeout
+        self._id = 0
+        self._conn: C | None = None
+
+    async def __aenter__(self) -> C:
+        pool = self._pool
+        self._id = await pool._acquire(self._class, self._timeout, 3)
+        conn = pool._conns[self._id]
+        self._conn = conn
+        return conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            await self._pool._release(self._id, conn, exc)

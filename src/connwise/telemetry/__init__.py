@@ -1,0 +1,1 @@
+"""Typed connection events and where they go."""
