@@ -220,7 +220,10 @@ class Pool(Generic[C]):
     async def putconn(self, conn: C, *, error: BaseException | None = None) -> None:
         """Give back a connection taken with `getconn`; `error` is what its holder hit, if any."""
         conn_id = self._ids.get(id(conn))
-        if conn_id is None:
+        if conn_id is None and self._policy.state is not PoolState.OPEN:
+            return  # closed under its holder by a drain timeout: nothing left to give back
+        rec = self._policy.records.get(conn_id) if conn_id is not None else None
+        if conn_id is None or rec is None or rec.state not in (State.IN_USE, State.DRAINING):
             raise ConfigError("conn", conn, f"the connection does not belong to pool "
                               f"{self.name!r} or was given back already",
                               "give back each connection once, to its own pool")

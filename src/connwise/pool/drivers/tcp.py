@@ -10,6 +10,7 @@ checked with `probe` and `probe_reply`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 from dataclasses import dataclass
@@ -128,7 +129,5 @@ class TcpDriver:
 
     async def close(self, conn: TcpConnection) -> None:
         conn.writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await conn.writer.wait_closed()
-        except OSError:
-            pass
