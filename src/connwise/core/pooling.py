@@ -352,6 +352,21 @@ class PoolPolicy:
         actions.extend(self.pump(now))
         return actions
 
+    def retire(self, conn_id: int, now: float, reason: str) -> list[Action]:
+        """Close one connection on request (zombie reclaim, an operator): at once if idle, when
+        its holder gives it back or its connect or check ends otherwise. A connection unknown or
+        already draining is left alone."""
+        rec = self.records.get(conn_id)
+        if rec is None or rec.state is State.DRAINING:
+            return []
+        if rec.state is not State.IDLE:
+            self._move(rec, Trigger.RETIRE, reason, now)
+            return []
+        self._idle.remove(conn_id)
+        self.counters["closed"] += 1
+        self._move(rec, Trigger.RETIRE, reason, now)
+        return [Close(conn_id, reason), *self.pump(now)]
+
     # -- connecting and checking --------------------------------------------------------------
 
     def connected(self, conn_id: int, now: float, latency: float) -> list[Action]:
@@ -366,14 +381,16 @@ class PoolPolicy:
         lifetime = self.limits.max_lifetime
         if lifetime is not None:
             rec.expires_at = now + lifetime * (1 - self._rng.random() * self.limits.lifetime_jitter)
-        rec.quality.created_at = now
-        rec.quality.last_checked = now
         if rec.state is State.DRAINING:
             self._move(rec, Trigger.CONNECTED, "opened while draining", now)
             self.counters["closed"] += 1
             self._maybe_closed()
             return [Close(conn_id, "draining")]
+        # The CONNECTED event still carries the age since the connect began (the connect time,
+        # which telemetry records); from here on, age counts from establishment.
         self._move(rec, Trigger.CONNECTED, f"connected in {latency * 1000:.1f} ms", now)
+        rec.quality.created_at = now
+        rec.quality.last_checked = now
         rec.idle_since = now
         self._idle.append(conn_id)
         return self.pump(now)
@@ -475,8 +492,16 @@ class PoolPolicy:
         counts = self.counts
         connecting = counts[State.CONNECTING]
         busy = counts[State.IN_USE] + counts[State.CHECKING]
-        wanted = max(self.floor(now), busy + self.scheduler.waiting)
-        room = min(wanted, limits.max_size - counts[State.DRAINING]) - self.open_connections
+        open_now = counts[State.IDLE] + busy + connecting  # self.open_connections
+        ceiling = limits.max_size - counts[State.DRAINING]
+        if open_now >= ceiling:
+            # Full: no room whatever the demand (the hot path of a busy pool). Keep the one
+            # side effect of `floor()`: a scheduled target still takes over on time.
+            if self._target_at is not None:
+                self.active_target(now)
+            return actions
+        wanted = max(self.floor(now), busy + self.scheduler.admissible_waiting())
+        room = min(wanted, ceiling) - open_now
         if room <= 0 or now < self._next_connect_at:
             return actions
         slots = (1 if self._failures else limits.max_connecting) - connecting

@@ -39,6 +39,8 @@ from connwise.errors import ConfigError, IllegalTransition, TooManyWaiters, Unkn
 
 
 class WaiterState(enum.Enum):
+    __hash__ = object.__hash__  # identity hash in C, as connwise.core.lifecycle.State
+
     WAITING = "waiting"
     GRANTED = "granted"
     TIMED_OUT = "timed_out"
@@ -149,6 +151,23 @@ class Scheduler:
                 needed += other.reserved - other.in_use
         return free > needed
 
+    def admissible_waiting(self) -> int:
+        """Waiters that free slots could serve now: per class at most the slots its higher
+        classes' unused reservations leave it, and at most the free slots in all. A pool grows
+        by this, not by `waiting`, so it opens no connection that reserved shares keep idle."""
+        if not self.waiting:
+            return 0
+        free = self.capacity - self.in_use
+        total = 0
+        for q in self._ordered:
+            if q.waiting:
+                needed = 0
+                for other in q.above:
+                    if other.reserved > other.in_use:
+                        needed += other.reserved - other.in_use
+                total += min(q.waiting, max(0, free - needed))
+        return min(total, max(0, free))
+
     # -- the waiter's life --------------------------------------------------------------------
 
     def try_admit(self, class_name: str) -> bool:
@@ -176,30 +195,58 @@ class Scheduler:
         q.queue.append(waiter)
         q.waiting += 1
         self.waiting += 1
-        heapq.heappush(self._deadlines, (waiter.deadline, waiter.seq, waiter))
+        heap = self._deadlines
+        heapq.heappush(heap, (waiter.deadline, waiter.seq, waiter))
+        if len(heap) > 2 * self.waiting + 64:
+            # A granted waiter leaves its entry behind (expiry skips it lazily); under steady
+            # load the queue never empties, so compact: the heap stays within twice the live
+            # queue, at amortised O(1) per submit, and keeps no served waiter (nor its token).
+            heap[:] = [entry for entry in heap if entry[2].state is W.WAITING]
+            heapq.heapify(heap)
         return waiter
 
     def grant(self, now: float) -> Waiter | None:
         """Give one slot to the best eligible waiter, or return None if none may take one."""
-        if not self.waiting or self.in_use >= self.capacity:
+        if not self.waiting:
+            return None
+        free = self.capacity - self.in_use
+        if free <= 0:
             return None
         best: Waiter | None = None
+        best_q: _ClassQueue | None = None
         best_key: tuple[int, float, int] = (-1, 0.0, 0)
+        # `allowed()` inlined, for the hot path: `needed` sums the unused reservations of the
+        # classes ranked strictly above the one at hand; `_ordered` runs from the top rank down,
+        # so `needed` only grows and once it reaches `free` no class below may take a slot.
+        needed = 0
+        group_rank: float | None = None
+        group_unused = 0
         for q in self._ordered:
+            cls = q.cls
+            if cls.rank != group_rank:
+                needed += group_unused
+                group_unused = 0
+                group_rank = cls.rank
+            if q.reserved > q.in_use:
+                group_unused += q.reserved - q.in_use
+            if free <= needed:
+                break
+            if not q.waiting:
+                continue
             head = q.head()
-            if head is None or not self.allowed(q.cls.name):
+            if head is None:
                 continue
             if now >= head.promoted_at:
                 key = (1, -head.promoted_at, -head.seq)
             else:
-                key = (0, q.cls.rank + q.cls.aging_rate * (now - head.arrived), -head.seq)
+                key = (0, cls.rank + cls.aging_rate * (now - head.arrived), -head.seq)
             if best is None or key > best_key:
-                best, best_key = head, key
-        if best is None:
+                best, best_q, best_key = head, q, key
+        if best is None or best_q is None:
             return None
         best._move("grant")
         best.granted_at = now
-        q = self._queues[best.class_name]
+        q = best_q
         q.queue.popleft()
         q.waiting -= 1
         q.in_use += 1

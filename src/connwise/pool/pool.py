@@ -18,7 +18,7 @@ import random
 import sys
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from types import TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
@@ -49,14 +49,37 @@ log = logging.getLogger("connwise.pool")
 LEAK_STACK_DEPTH = 12
 
 
-def _capture_stack(skip: int) -> tuple[tuple[str, int, str], ...]:
-    frame = sys._getframe(skip)
-    frames = []
-    while frame is not None and len(frames) < LEAK_STACK_DEPTH:
-        code = frame.f_code
-        frames.append((code.co_filename, frame.f_lineno, code.co_name))
-        frame = frame.f_back  # type: ignore[assignment]
+#: A captured stack: (code, offset of its last instruction) per frame, innermost first.
+Stack = tuple[tuple[CodeType, int], ...]
+
+
+def _capture_stack(skip: int) -> Stack:
+    """The acquirer's frames, cheaply: `f_lineno` costs a line-table walk per frame, so keep the
+    instruction offset and turn it into a line number only if a leak is reported."""
+    frame: FrameType | None = sys._getframe(skip)
+    frames: list[tuple[CodeType, int]] = []
+    append = frames.append
+    for _ in range(LEAK_STACK_DEPTH):
+        if frame is None:
+            break
+        append((frame.f_code, frame.f_lasti))
+        frame = frame.f_back
     return tuple(frames)
+
+
+def _format_stack(stack: Stack) -> tuple[str, ...]:
+    """`file:line in function` per frame, as `frame.f_lineno` would have said at capture."""
+    lines = []
+    for code, lasti in stack:
+        line = code.co_firstlineno
+        if lasti >= 0:
+            for start, end, number in code.co_lines():
+                if start <= lasti < end:
+                    if number is not None:
+                        line = number
+                    break
+        lines.append(f"{code.co_filename}:{line} in {code.co_name}")
+    return tuple(lines)
 
 
 def _describe(exc: BaseException) -> str:
@@ -128,7 +151,7 @@ class Pool(Generic[C]):
         self._reset_timeout = reset_timeout
         self._conns: dict[int, C] = {}
         self._ids: dict[int, int] = {}
-        self._stacks: dict[int, tuple[tuple[str, int, str], ...]] = {}
+        self._stacks: dict[int, Stack] = {}
         self._subscribers: list[Callable[[Event], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -141,14 +164,16 @@ class Pool(Generic[C]):
     # -- life of the pool ---------------------------------------------------------------------
 
     async def open(self, *, wait: bool = False, timeout: float = 30.0) -> None:
-        """Start maintenance and open `min_size` connections; with `wait`, until they are open."""
-        if self._opened:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._closed_event = asyncio.Event()
-        self._opened = True
-        self._run(self._policy.pump(self.now()))
-        self._schedule()
+        """Start maintenance and open `min_size` connections; with `wait`, until they are open
+        (also when the pool was opened before)."""
+        if not self._opened:
+            self._loop = asyncio.get_running_loop()
+            self._closed_event = asyncio.Event()
+            self._opened = True
+            self._run(self._policy.pump(self.now()))
+            self._schedule()
+        if self._policy.state is not PoolState.OPEN:
+            raise PoolClosed(self.name, self._policy.state.value)
         if wait:
             deadline = self.now() + timeout
             while self._policy.idle < self._policy.limits.min_size:
@@ -233,10 +258,17 @@ class Pool(Generic[C]):
         policy = self._policy
         if not self._opened:
             await self.open()
-        now = self.clock.now()
-        conn_id = policy.acquire_now(class_name, now)
-        if conn_id is None:
-            conn_id = await self._wait(class_name, timeout, now)
+        is_broken = self.driver.is_broken
+        while True:
+            now = self.clock.now()
+            conn_id = policy.acquire_now(class_name, now)
+            if conn_id is None:
+                conn_id = await self._wait(class_name, timeout, now)
+            if not is_broken(self._conns[conn_id]):
+                break
+            # The driver already knows this one is dead (the server ended the session while it
+            # sat idle): discard it and take the next, within the same wait.
+            self._run(policy.release(conn_id, self.clock.now(), broken=True))
         if policy.limits.leak_threshold is not None:
             self._stacks[conn_id] = _capture_stack(depth)
         return conn_id
@@ -311,6 +343,11 @@ class Pool(Generic[C]):
         shrinking closes idle connections gradually and held ones as they come back."""
         self._run(self._policy.resize(min_size, max_size, self.now()))
         self._schedule()
+
+    def retire(self, conn_id: int, reason: str = "retired") -> None:
+        """Close connection `conn_id` (the id of its events): at once if idle, when given back if
+        held. Unknown or closing connections are ignored. Zombie reclaim uses it."""
+        self._run(self._policy.retire(conn_id, self.now(), reason))
 
     # -- observation --------------------------------------------------------------------------
 
@@ -429,7 +466,7 @@ class Pool(Generic[C]):
             log.debug("pool %s: close raised %s", self.name, _describe(exc))
 
     def _report_leak(self, leak: Leak) -> None:
-        stack = tuple(f"{f}:{line} in {fn}" for f, line, fn in self._stacks.get(leak.conn_id, ()))
+        stack = _format_stack(self._stacks.get(leak.conn_id, ()))
         rec = self._policy.records.get(leak.conn_id)
         class_name = rec.class_name if rec else ""
         log.warning("pool %s: connection %d (%s) held for %.1f s, past leak_threshold; "
