@@ -1,0 +1,519 @@
+"""The `http` listener: HTTP/1.1 reverse proxying with httptools, keep-alive on both sides.
+
+Theory of operation
+-------------------
+`HttpClient` is the protocol of one client connection. httptools parses requests as bytes
+arrive; a request head that exceeds `max_header_bytes` gets 431, one that does not arrive within
+`header_timeout` gets 408 (slowloris), a body over `max_body_bytes` gets 413, and anything
+llhttp rejects — an invalid request line, Content-Length with Transfer-Encoding, differing
+duplicate Content-Lengths (request smuggling) — gets 400 and the connection is closed.
+
+Each complete head becomes an `Exchange` handled by one task: route it, admit it through the
+group's scheduler (degradation ladder: throttle, signal, queue, shed with 503 Retry-After), take
+a keep-alive upstream connection from the chosen backend's `connwise.Pool`, write the rewritten
+head, stream the body both ways, and give the connection back. Exchanges on one client
+connection are answered in order; a pipelined request waits, with reading paused, for the one
+before it. Idempotent requests whose upstream fails before any response byte are retried once on
+another backend.
+
+A `101 Switching Protocols` answer to an upgrade turns both connections into a byte relay, with
+WebSocket frame headers tracked for message counts and close codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
+from connwise.gateway.wsframes import FrameTracker
+
+if TYPE_CHECKING:
+    from connwise.core.cqi import ClassState
+    from connwise.gateway.routing import Route
+    from connwise.gateway.runtime import Gateway, Listener
+    from connwise.gateway.upstreams import Backend, Group
+
+log = logging.getLogger("connwise.gateway.http")
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate",
+                        b"proxy-authorization"})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+#: Pipelined requests parsed ahead of the one being answered before reading pauses.
+PIPELINE_DEPTH = 4
+
+
+def simple_response(status: int, reason: str, *, close: bool, extra: bytes = b"",
+                    body: bytes = b"") -> bytes:
+    body = body or f"{status} {reason}\n".encode()
+    connection = b"close" if close else b"keep-alive"
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+            b"Connection: %s\r\n%s\r\n%s" % (status, reason.encode(), len(body), connection,
+                                             extra, body))
+
+
+class Exchange:
+    """One request and its answer."""
+
+    __slots__ = (
+        "body",
+        "body_done",
+        "body_event",
+        "body_size",
+        "chunked",
+        "class_name",
+        "client",
+        "content_length",
+        "degrade",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "status",
+        "upgrade",
+        "url",
+        "version",
+    )
+
+    def __init__(self, client: HttpClient) -> None:
+        self.client = client
+        self.url = b""
+        self.path = "/"
+        self.host = ""
+        self.method = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.upgrade = False
+        self.chunked = False
+        self.content_length: int | None = None
+        self.expect_continue = False
+        self.body: deque[bytes] = deque()
+        self.body_size = 0
+        self.body_done = False
+        self.body_event = asyncio.Event()
+        self.degrade = 0
+        self.class_name = ""
+        self.status = 0
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+
+class HttpClient(asyncio.Protocol):
+    """One client connection of an http listener; see the module docstring."""
+
+    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+        self.gateway = gateway
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.conn_id = 0
+        self.client_ip = ""
+        self.closed = False
+        self.draining = False
+        self.parsing: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.header_bytes = 0
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.relay_to: UpstreamConnection | None = None
+        self.active_upstream: UpstreamConnection | None = None
+        self.class_state: ClassState | None = None
+        self.opened_at = gateway.clock.now()
+        self.frames = FrameTracker()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.requests = 0
+        self._paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        if not self.gateway.client_opened(self):
+            transport.write(simple_response(503, "Service Unavailable", close=True,
+                                            extra=b"Retry-After: 1\r\n"))
+            transport.close()
+            self.closed = True
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed and self.conn_id == 0:
+            return
+        self.closed = True
+        for timer in (self.header_timer, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectionResetError("client went away"))
+        if self.relay_to is not None:
+            self.relay_to.close()
+        self.gateway.client_closed(self)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def drain(self) -> None:
+        """The gateway drains: finish what is in flight, answer with Connection: close, close
+        idle keep-alive connections now; WebSockets get 1001 at the drain timeout."""
+        self.draining = True
+        if self.relay_to is None and not self.queue and self.parsing is None:
+            self.close()
+
+    def describe(self, now: float) -> dict[str, Any]:
+        upstream = self.relay_to or self.active_upstream
+        return {"id": self.conn_id, "kind": "websocket" if self.relay_to else "http",
+                "listener": self.listener.config.name, "client": self.client_ip,
+                "age": round(now - self.opened_at, 3), "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "requests": self.requests,
+                "backend": upstream.address if upstream else None,
+                "class": self.class_state.class_name if self.class_state else None,
+                "why": self.class_state.explain(now) if self.class_state else None}
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        upstream = self.relay_to or self.active_upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        upstream = self.relay_to or self.active_upstream
+        if upstream is not None and upstream.transport is not None and not upstream.closed:
+            upstream.transport.resume_reading()
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_writable(self) -> None:
+        if self._write_paused and not self.closed:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.header_timer is None:
+            self.header_timer = loop.call_later(self.gateway.config.limits.header_timeout,
+                                                self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.parsing is not None or (not self.queue and self.bytes_in > 0):
+            self.gateway.count("http_408")
+            self._reject(408, "Request Timeout")
+        elif not self.queue:
+            self.close()
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        upstream = self.relay_to
+        if upstream is not None:
+            self.frames.feed(data)
+            upstream.write(data)
+            return
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
+            if rest and self.parsing is not None:
+                self.parsing.body.append(rest)
+        except httptools.HttpParserError as exc:
+            self.gateway.count("http_400")
+            log.debug("client %s: bad request: %s", self.client_ip, exc)
+            self._reject(400, "Bad Request")
+        except _Rejected:
+            pass
+
+    def _reject(self, status: int, reason: str) -> None:
+        if self.transport is not None and not self.closed:
+            self.write(simple_response(status, reason, close=True))
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self)
+        self.header_bytes = 0
+        self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        assert self.parsing is not None
+        self.parsing.url += url
+        self._count_header(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.parsing is not None
+        self.parsing.headers.append((name, value))
+        self._count_header(len(name) + len(value) + 4)
+
+    def _count_header(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > self.gateway.config.limits.max_header_bytes:
+            self.gateway.count("http_431")
+            self._reject(431, "Request Header Fields Too Large")
+            raise _Rejected
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.version = parser.get_http_version()
+        ex.keep_alive = parser.should_keep_alive()
+        ex.upgrade = parser.should_upgrade()
+        url = httptools.parse_url(ex.url)
+        ex.path = (url.path or b"/").decode("latin-1")
+        for name, value in ex.headers:
+            lower = name.lower()
+            if lower == b"host":
+                ex.host = value.decode("latin-1").split(":")[0].lower()
+            elif lower == b"content-length":
+                ex.content_length = int(value)
+            elif lower == b"transfer-encoding" and b"chunked" in value.lower():
+                ex.chunked = True
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                ex.expect_continue = True
+        limit = self.gateway.config.limits.max_body_bytes
+        if ex.content_length is not None and ex.content_length > limit:
+            self.gateway.count("http_413")
+            self._reject(413, "Content Too Large")
+            raise _Rejected
+        self.requests += 1
+        self.queue.append(ex)
+        if len(self.queue) > PIPELINE_DEPTH and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._serve())
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.body_size += len(body)
+        if ex.body_size > self.gateway.config.limits.max_body_bytes:
+            self.gateway.count("http_413")
+            self._reject(413, "Content Too Large")
+            raise _Rejected
+        ex.body.append(body)
+        ex.body_event.set()
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.body_done = True
+        ex.body_event.set()
+        self.parsing = None
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while self.queue and not self.closed:
+            ex = self.queue[0]
+            try:
+                await self._exchange(ex)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("client %s: exchange failed", self.client_ip)
+                self.write(simple_response(502, "Bad Gateway", close=True))
+                self.close()
+                return
+            self.queue.popleft()
+            if self._paused and len(self.queue) <= PIPELINE_DEPTH and self.transport:
+                self._paused = False
+                self.transport.resume_reading()
+            if self.relay_to is not None:
+                return
+            if not ex.keep_alive or self.draining:
+                self.close()
+                return
+        if not self.closed and self.parsing is None:
+            loop = asyncio.get_running_loop()
+            self.idle_timer = loop.call_later(self.gateway.config.limits.keepalive_timeout,
+                                              self.close)
+
+    async def _exchange(self, ex: Exchange) -> None:
+        gateway = self.gateway
+        route = gateway.router(self.listener.config.name).match(ex)
+        if route is None:
+            gateway.count("http_404")
+            self.write(simple_response(404, "Not Found", close=not ex.keep_alive))
+            await self._discard_body(ex)
+            return
+        group = gateway.groups[route.group]
+        ex.class_name = gateway.classify(route, ex, self)
+        admitted = await self._admit(group, ex)
+        if not admitted:
+            await self._discard_body(ex)
+            return
+        try:
+            await self._forward(group, route, ex)
+        finally:
+            group.release(ex.class_name)
+
+    async def _admit(self, group: Group, ex: Exchange) -> bool:
+        gateway = self.gateway
+        ladder = group.admission
+        retry_after = b"Retry-After: %d\r\n" % ladder.retry_after(ex.class_name)
+        if ladder.should_shed(ex.class_name):
+            gateway.count_class("shed", ex.class_name)
+            ladder.record(ex.class_name, 4)
+            self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
+                                       extra=retry_after))
+            return False
+        ex.degrade = ladder.signal_level(ex.class_name)
+        if ex.degrade:
+            gateway.count_class("signal", ex.class_name)
+            ladder.record(ex.class_name, 2)
+        scheduler = group.scheduler
+        if not ladder.should_queue(ex.class_name) and scheduler.try_admit(ex.class_name):
+            return True
+        now = gateway.clock.now()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        try:
+            waiter = scheduler.submit(ex.class_name, now, token=_FutureToken(future))
+        except Exception:
+            gateway.count_class("shed", ex.class_name)
+            self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
+                                       extra=retry_after))
+            return False
+        gateway.count_class("queued", ex.class_name)
+        self._run_grants(group)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), waiter.deadline - now)
+        except TimeoutError:
+            if scheduler.cancel(waiter):
+                gateway.count_class("shed", ex.class_name)
+                self.write(simple_response(503, "Service Unavailable",
+                                           close=not ex.keep_alive, extra=retry_after))
+                return False
+            return True
+        except asyncio.CancelledError:
+            if not scheduler.cancel(waiter) and future.done():
+                group.release(ex.class_name)
+            raise
+
+    @staticmethod
+    def _run_grants(group: Group) -> None:
+        """Queued by the ladder while a slot is free: hand free slots out in priority order."""
+        scheduler = group.scheduler
+        now = group.clock()
+        while (waiter := scheduler.grant(now)) is not None:
+            if not waiter.token.granted():
+                scheduler.refuse(waiter)
+
+    async def _discard_body(self, ex: Exchange) -> None:
+        while not ex.body_done and not self.closed:
+            ex.body.clear()
+            ex.body_event.clear()
+            await ex.body_event.wait()
+        ex.body.clear()
+
+    async def _forward(self, group: Group, route: Route, ex: Exchange) -> None:
+        gateway = self.gateway
+        tried: set[str] = set()
+        retries = group.config.retries if ex.method in IDEMPOTENT else 0
+        key = gateway.affinity_key(group, ex, self)
+        for attempt in range(retries + 1):
+            backend = group.pick(key, self.client_ip, exclude=tried)
+            if backend is None:
+                break
+            tried.add(backend.name)
+            try:
+                upstream = await backend_pool(backend).getconn("any",
+                                                               timeout=group.config.connect_timeout)
+            except Exception as exc:
+                group.connect_failed(backend, exc)
+                continue
+            backend.outstanding += 1
+            try:
+                await upstream.exchange(ex, self, via=gateway.via,
+                                        forwarded_proto=b"http", retryable=attempt < retries)
+            except UpstreamFailed as exc:
+                group.connect_failed(backend, exc)
+                await backend_pool(backend).putconn(upstream, error=exc)
+                if exc.retryable:
+                    gateway.count("http_retries")
+                    continue
+                self.close()
+                return
+            finally:
+                backend.outstanding -= 1
+            group.connect_ok(backend)
+            if upstream.upgraded:
+                self.relay_to = upstream
+                upstream.relay_client = self
+                return
+            await backend_pool(backend).putconn(upstream)
+            return
+        gateway.count("http_502")
+        self.write(simple_response(502, "Bad Gateway", close=not ex.keep_alive))
+        await self._discard_body(ex)
+
+
+class _Rejected(Exception):
+    """Raised inside a parser callback after the client was answered and closed."""
+
+
+class _FutureToken:
+    """The scheduler's token for an HTTP waiter: `granted()` resolves its future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[bool]) -> None:
+        self.future = future
+
+    def granted(self) -> bool:
+        if self.future.done():
+            return False
+        self.future.set_result(True)
+        return True
+
+
+def backend_pool(backend: Backend) -> Any:
+    pool = getattr(backend, "pool", None)
+    if pool is None:
+        raise UpstreamFailed(f"backend {backend.name} has no upstream pool", retryable=True)
+    return pool
+

@@ -1,0 +1,149 @@
+"""The L4 byte relay: two `asyncio.Protocol` halves joined back to back.
+
+Hot path: `data_received` writes straight into the peer's transport; no copy, no formatting, no
+per-chunk allocation beyond the counter updates. Backpressure is the transports' own: when the
+peer's write buffer passes its high-water mark the peer's `pause_writing` pauses *our* reading,
+and `resume_writing` resumes it, so a slow reader on one side slows the writer on the other
+instead of growing a buffer. A throttled class adds a token bucket: a chunk that overdraws it
+pauses reading for exactly the time the debt takes to repay.
+
+Half-close is relayed (`write_eof`), so protocols that shut down one direction (HTTP/1.0
+clients, `nc -N`) work; a reset on either side closes both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from connwise.core.ratelimit import TokenBucket
+
+#: Bytes a client may send before its upstream is connected; past it, reading pauses.
+EARLY_DATA_LIMIT = 256 * 1024
+
+
+class RelayHalf(asyncio.Protocol):
+    """One side of a relay. `peer` is the other side, set once both are connected."""
+
+    __slots__ = (
+        "_early",
+        "_early_size",
+        "_paused_by_peer",
+        "_throttle_handle",
+        "bucket",
+        "bytes_in",
+        "chunks_in",
+        "clock",
+        "closed",
+        "on_close",
+        "peer",
+        "transport",
+    )
+
+    def __init__(self, on_close: Callable[[RelayHalf, Exception | None], None] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: RelayHalf | None = None
+        self.bytes_in = 0
+        self.chunks_in = 0
+        self.closed = False
+        self.on_close = on_close
+        self.bucket: TokenBucket | None = None
+        self.clock = clock
+        self._early: list[bytes] = []
+        self._early_size = 0
+        self._paused_by_peer = False
+        self._throttle_handle: asyncio.TimerHandle | None = None
+
+    # -- joining ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def join(self, peer: RelayHalf) -> None:
+        """Connect this half to `peer` and flush what arrived before the peer existed."""
+        self.peer = peer
+        peer.peer = self
+        if self._early and peer.transport is not None:
+            peer.transport.write(b"".join(self._early))
+        self._early.clear()
+        self._early_size = 0
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.chunks_in += 1
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            self._early.append(data)
+            self._early_size += len(data)
+            if self._early_size > EARLY_DATA_LIMIT and self.transport is not None:
+                self.transport.pause_reading()
+            return
+        peer.transport.write(data)
+        bucket = self.bucket
+        if bucket is not None and self.clock is not None:
+            delay = bucket.take(len(data), self.clock())
+            if delay > 0 and self.transport is not None and self._throttle_handle is None:
+                self.transport.pause_reading()
+                loop = asyncio.get_running_loop()
+                self._throttle_handle = loop.call_later(delay, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self._throttle_handle = None
+        if self.transport is not None and not self.closed and not self._paused_by_peer:
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+            return True
+        return False
+
+    # -- backpressure from the peer -----------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer._paused_by_peer = True
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer._paused_by_peer = False
+            if peer._throttle_handle is None and not peer.closed:
+                peer.transport.resume_reading()
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._throttle_handle is not None:
+            self._throttle_handle.cancel()
+            self._throttle_handle = None
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.close()
+        if self.on_close is not None:
+            self.on_close(self, exc)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def info(self) -> dict[str, Any]:
+        peername = self.transport.get_extra_info("peername") if self.transport else None
+        return {"peer": peername, "bytes_in": self.bytes_in, "chunks_in": self.chunks_in}

@@ -1,0 +1,270 @@
+"""The gateway process: listeners, groups, client limits, drain and reload.
+
+`Gateway` is the asyncio shell of the gateway. It opens one server per listener (with
+SO_REUSEPORT, so `--workers N` processes share the sockets), keeps the groups that admit and
+balance traffic, counts what happens, and carries out drain (SIGTERM) and reload (SIGHUP).
+
+Reload builds the new listeners' routing and groups from the new configuration and swaps them in
+for *new* connections; established connections keep the objects they started with. A
+configuration that fails validation is refused with its error and the old one stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
+
+from connwise.config import GatewayConfig, ListenerConfig, parse_address
+from connwise.core.clock import Clock, MonotonicClock
+from connwise.core.cqi import CqiConfig, CqiPolicy
+from connwise.errors import ConfigError
+from connwise.gateway.health_check import check_backend
+from connwise.gateway.http import HttpClient
+from connwise.gateway.routing import Route, Router, build_routers
+from connwise.gateway.tcp import TcpClient
+from connwise.gateway.upstreams import Group
+
+if TYPE_CHECKING:
+    from connwise.gateway.http import Exchange
+
+log = logging.getLogger("connwise.gateway")
+
+
+class Client(Protocol):
+    """What the gateway tracks of any client connection (tcp or http)."""
+
+    client_ip: str
+    conn_id: int
+
+    def describe(self, now: float) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Listener:
+    """One configured listener and its server."""
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self.server: asyncio.Server | None = None
+        self.host, self.port = parse_address(config.bind, f"listeners.{config.name}.bind")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self.server is not None and self.server.sockets:
+            host, port = self.server.sockets[0].getsockname()[:2]
+            return host, port
+        return self.host, self.port
+
+
+class Gateway:
+    """A running gateway node; see the module docstring."""
+
+    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or MonotonicClock()
+        self.config = config
+        self.classes = config.class_table()
+        self.groups = self._build_groups(config)
+        self.routers = build_routers(config)
+        self.listeners = {lc.name: Listener(lc) for lc in config.listeners}
+        self.via = f"connwise-{config.node_id}".encode()
+        self.cqi = CqiPolicy(CqiConfig(), self.classes)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters: Counter[str] = Counter()
+        self.class_counters: Counter[tuple[str, str]] = Counter()
+        self.clients: dict[int, Client] = {}
+        self.per_ip: Counter[str] = Counter()
+        self.draining = False
+        self._next_id = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _build_groups(self, config: GatewayConfig) -> dict[str, Group]:
+        return {name: Group(name, group, self.classes, self.clock.now)
+                for name, group in config.groups.items()}
+
+    # -- per-request decisions ----------------------------------------------------------------
+
+    def router(self, listener: str) -> Router:
+        return self.routers[listener]
+
+    def classify(self, route: Route, ex: Exchange, client: HttpClient) -> str:
+        """The class of a request: the CQI of its route's base class, protocol, latency flag and
+        user headers. The connection keeps the state, so the admin API can say why."""
+        state = self.cqi.open(client.conn_id, self.clock.now(), base_class=route.class_name,
+                              protocol="websocket" if ex.upgrade else "http",
+                              latency_sensitive=route.latency_sensitive, websocket=ex.upgrade,
+                              headers=ex.headers)
+        client.class_state = state
+        return state.class_name
+
+    def connections(self) -> list[dict[str, Any]]:
+        """Live client connections with their class and why they have it (admin API)."""
+        now = self.clock.now()
+        return [client.describe(now) for client in self.clients.values()]
+
+    def affinity_key(self, group: Group, ex: Exchange, client: HttpClient) -> str:
+        """The key a `hash` group balances on: a header, a cookie or the client IP."""
+        kind, _, name = group.config.hash_key.partition(":")
+        if kind == "header":
+            value = ex.header(name.lower().encode())
+            return value.decode("latin-1") if value else client.client_ip
+        if kind == "cookie":
+            cookies = ex.header(b"cookie") or b""
+            for part in cookies.split(b";"):
+                key, _, value = part.strip().partition(b"=")
+                if key.decode("latin-1") == name:
+                    return value.decode("latin-1")
+        return client.client_ip
+
+    # -- serving ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for group in self.groups.values():
+            await group.open()
+        self.spawn(self._ticker())
+        self.spawn(self._health_checks())
+        for listener in self.listeners.values():
+            listener.server = await loop.create_server(
+                self._factory(listener), listener.host, listener.port,
+                reuse_port=True, backlog=4096)
+            log.info("listener %s (%s) on %s:%d", listener.config.name, listener.config.kind,
+                     *listener.address)
+
+    def _factory(self, listener: Listener) -> Any:
+        if listener.config.kind == "tcp":
+            return lambda: TcpClient(self, listener)
+        return lambda: HttpClient(self, listener)
+
+    # -- client accounting --------------------------------------------------------------------
+
+    def client_opened(self, client: Client) -> bool:
+        """Register a new client; False (and counted) when a limit refuses it."""
+        limits = self.config.limits
+        if self.draining:
+            self.count("refused_draining")
+            return False
+        if len(self.clients) >= limits.max_connections:
+            self.count("refused_max_connections")
+            return False
+        if self.per_ip[client.client_ip] >= limits.max_connections_per_ip:
+            self.count("refused_per_ip")
+            return False
+        self._next_id += 1
+        client.conn_id = self._next_id
+        self.clients[client.conn_id] = client
+        self.per_ip[client.client_ip] += 1
+        self._idle.clear()
+        self.count("accepted")
+        return True
+
+    def client_closed(self, client: Client) -> None:
+        if self.clients.pop(client.conn_id, None) is None:
+            return
+        ip = client.client_ip
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+        if not self.clients:
+            self._idle.set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ticker(self) -> None:
+        """Four times a second: move every group's degradation ladder and health timers."""
+        while True:
+            now = self.clock.now()
+            for group in list(self.groups.values()):
+                try:
+                    group.tick(now)
+                except Exception:
+                    log.exception("group %s: tick failed; continuing", group.name)
+            await asyncio.sleep(0.25)
+
+    async def _health_checks(self) -> None:
+        """Active checks: a TCP connect or an HTTP GET per backend per interval."""
+        while True:
+            groups = list(self.groups.values())
+            interval = min((g.config.health.interval for g in groups), default=5.0)
+            for group in groups:
+                if group.config.health.kind == "none":
+                    continue
+                for backend in group.backends:
+                    self.spawn(check_backend(group, backend))
+            await asyncio.sleep(interval)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def count_class(self, step: str, class_name: str) -> None:
+        self.class_counters[step, class_name] += 1
+
+    # -- drain and reload ---------------------------------------------------------------------
+
+    async def drain(self, timeout: float | None = None) -> dict[str, int]:
+        """Stop accepting, let clients finish, close the rest after `timeout` (drain_timeout)."""
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        self.draining = True
+        for listener in self.listeners.values():
+            if listener.server is not None:
+                listener.server.close()
+        for client in list(self.clients.values()):
+            drain_client = getattr(client, "drain", None)
+            if drain_client is not None:
+                drain_client()
+        before = len(self.clients)
+        forced = 0
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            forced = len(self.clients)
+            for client in list(self.clients.values()):
+                client.abort()
+        for listener in self.listeners.values():
+            if listener.server is not None:
+                await listener.server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+        for group in self.groups.values():
+            await group.close()
+        return {"finished": before - forced, "forced": forced}
+
+    async def reload(self, config: GatewayConfig) -> None:
+        """Apply a validated configuration to new connections; listeners must keep their binds.
+        Established connections keep the groups they started with; old groups close their idle
+        upstream connections once their last client is gone."""
+        old = {lc.name: (lc.bind, lc.kind) for lc in self.config.listeners}
+        new = {lc.name: (lc.bind, lc.kind) for lc in config.listeners}
+        if old != new:
+            raise ConfigError("listeners", sorted(new.items()), "a reload cannot add, remove or "
+                              "move listeners", "restart the gateway to change listeners")
+        self.classes = config.class_table()
+        self.cqi = CqiPolicy(CqiConfig(), self.classes)
+        groups = self._build_groups(config)
+        for group in groups.values():
+            await group.open()
+        retired, self.groups = self.groups, groups
+        self.routers = build_routers(config)
+        for group in retired.values():
+            self.spawn(group.close(wait_idle=True))
+        for listener in self.listeners.values():
+            listener.config = next(lc for lc in config.listeners if lc.name == listener.config.name)
+        self.config = config
+        self.count("reloads")
+
+    def stats(self) -> dict[str, Any]:
+        return {"node_id": self.config.node_id, "draining": self.draining,
+                "clients": len(self.clients), "counters": dict(self.counters),
+                "classes": {f"{step}:{cls}": n for (step, cls), n in self.class_counters.items()},
+                "groups": {name: g.snapshot() for name, g in self.groups.items()}}
+

@@ -1,0 +1,213 @@
+"""The `tcp` listener: admit a client connection by class, pick a backend, relay bytes.
+
+A client is admitted through its group's core `Scheduler` (capacity = the group's
+`max_in_flight` connections, reserved shares and max waits per class). A client that must wait
+keeps its socket open with reading paused; one that times out, or arrives when its class is
+being shed, is closed. The upstream connect is retried on another backend when it fails.
+With SNI routing the first bytes (the TLS ClientHello) pick the group; TLS is not terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from connwise.core.ratelimit import TokenBucket
+from connwise.core.scheduler import Waiter
+from connwise.gateway.relay import RelayHalf
+from connwise.gateway.sni import SniResult, read_sni
+
+if TYPE_CHECKING:
+    from connwise.gateway.runtime import Gateway, Listener
+    from connwise.gateway.upstreams import Backend, Group
+
+
+class TcpClient(RelayHalf):
+    """A client connection of a tcp listener; the upstream half is a plain RelayHalf."""
+
+    __slots__ = (
+        "_admitted",
+        "_sni_buffer",
+        "_timer",
+        "_waiter",
+        "backend",
+        "class_name",
+        "client_ip",
+        "conn_id",
+        "gateway",
+        "group",
+        "listener",
+        "opened_at",
+    )
+
+    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+        super().__init__(on_close=None, clock=gateway.clock.now)
+        self.gateway = gateway
+        self.listener = listener
+        self.group: Group | None = None
+        self.backend: Backend | None = None
+        self.class_name = listener.config.class_name
+        self.conn_id = 0
+        self.client_ip = ""
+        self.opened_at = 0.0
+        self._admitted = False
+        self._sni_buffer = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: Waiter | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        gateway = self.gateway
+        self.opened_at = gateway.clock.now()
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        if not gateway.client_opened(self):
+            self.abort()
+            return
+        if self.listener.config.sni:
+            return  # wait for the ClientHello in data_received
+        self._route(self.listener.config.group)
+
+    def data_received(self, data: bytes) -> None:
+        if self.group is None and not self.closed:
+            self._sni_buffer += data
+            result, name = read_sni(self._sni_buffer)
+            if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
+                return
+            early, self._sni_buffer = self._sni_buffer, b""
+            super().data_received(early)
+            group = self.listener.config.sni.get(name or "", self.listener.config.group)
+            if group is None:
+                self.gateway.count("sni_unrouted")
+                self.abort()
+                return
+            self._route(group)
+            return
+        super().data_received(data)
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def _route(self, group_name: str | None) -> None:
+        assert group_name is not None
+        group = self.gateway.groups[group_name]
+        self.group = group
+        ladder = group.admission
+        if ladder.should_shed(self.class_name):
+            self.gateway.count_class("shed", self.class_name)
+            ladder.record(self.class_name, 4)
+            self.abort()
+            return
+        rate = ladder.throttle_rate(self.class_name)
+        if rate is not None:
+            self.gateway.count_class("throttle", self.class_name)
+            ladder.record(self.class_name, 1)
+            now = self.gateway.clock.now()
+            self.bucket = TokenBucket(rate, ladder.config.throttle_burst, now)
+        now = self.gateway.clock.now()
+        if not ladder.should_queue(self.class_name) and group.scheduler.try_admit(self.class_name):
+            self._granted()
+            return
+        try:
+            waiter = group.scheduler.submit(self.class_name, now, token=self)
+        except Exception:
+            self.gateway.count_class("shed", self.class_name)
+            self.abort()
+            return
+        self._waiter = waiter
+        self.gateway.count_class("queued", self.class_name)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(waiter.deadline - now, self._expired)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        upstream = self.peer
+        return {"id": self.conn_id, "kind": "tcp", "listener": self.listener.config.name,
+                "client": self.client_ip, "age": round(now - self.opened_at, 3),
+                "bytes_in": self.bytes_in, "bytes_out": upstream.bytes_in if upstream else 0,
+                "backend": self.backend.name if self.backend else None,
+                "class": self.class_name, "admitted": self._admitted,
+                "throttled": self.bucket is not None,
+                "why": {"class": self.class_name, "reason": "the listener's class"}}
+
+    def granted(self) -> bool:
+        """Called by the group when a slot is handed to this waiter; False refuses it."""
+        if self.closed:
+            return False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiter = None
+        self._granted()
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        return True
+
+    def _expired(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is not None and self.group is not None and self.group.scheduler.cancel(waiter):
+            self._waiter = None
+            self.gateway.count_class("timed_out", self.class_name)
+            self.abort()
+
+    def _granted(self) -> None:
+        self._admitted = True
+        assert self.group is not None
+        self.gateway.spawn(self._connect(self.group))
+
+    async def _connect(self, group: Group) -> None:
+        tried: set[str] = set()
+        for _ in range(group.config.retries + 1):
+            backend = group.pick(self.client_ip, self.client_ip, exclude=tried)
+            if backend is None:
+                break
+            tried.add(backend.name)
+            upstream = RelayHalf(on_close=None)
+
+            def factory(half: RelayHalf = upstream) -> RelayHalf:
+                return half
+
+            backend.outstanding += 1
+            try:
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().create_connection(
+                        factory, backend.host, backend.port),
+                    group.config.connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                backend.outstanding -= 1
+                group.connect_failed(backend, exc)
+                continue
+            group.connect_ok(backend)
+            if self.closed:
+                backend.outstanding -= 1
+                upstream.close()
+                return
+            self.backend = backend
+            upstream.join(self)
+            self.join(upstream)
+            return
+        self.gateway.count("upstream_unavailable")
+        self.abort()
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_closed = self.closed
+        super().connection_lost(exc)
+        if was_closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        group = self.group
+        if group is not None:
+            if self._waiter is not None:
+                group.scheduler.cancel(self._waiter)
+                self._waiter = None
+            if self._admitted:
+                self._admitted = False
+                if self.backend is not None:
+                    self.backend.outstanding -= 1
+                group.release(self.class_name)
+        self.gateway.client_closed(self)

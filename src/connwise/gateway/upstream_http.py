@@ -1,0 +1,337 @@
+"""Keep-alive HTTP/1.1 connections to a backend, pooled by `connwise.Pool`.
+
+`UpstreamConnection` is the protocol of one upstream socket. For each exchange it writes the
+rewritten request head (hop-by-hop headers removed; X-Forwarded-For, X-Forwarded-Proto and Via
+added; `Connwise-Degrade` when the ladder signals), streams the request body, parses the
+response with httptools and streams it to the client with the client's own framing, then goes
+back to its backend's pool if both sides allow keep-alive. A `101` answer turns it into a
+byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check and close these connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import httptools
+
+from connwise.errors import BackendUnavailable, ConnectionBroken
+from connwise.gateway.wsframes import FrameTracker
+
+if TYPE_CHECKING:
+    from connwise.gateway.http import Exchange, HttpClient
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate",
+                        b"proxy-authorization"})
+
+
+class UpstreamFailed(Exception):
+    """The upstream failed during an exchange; `retryable` if no response byte was sent."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to a backend; see the module docstring."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reusable = True
+        self.upgraded = False
+        self.relay_client: HttpClient | None = None
+        self.frames = FrameTracker()
+        self._parser = httptools.HttpResponseParser(self)
+        self._client: HttpClient | None = None
+        self._exchange: Exchange | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunked_out = False
+        self._until_close = False
+        self._head_sent = False
+        self._head_request = False
+        self._write_paused = False
+        self._writable: asyncio.Future[None] | None = None
+
+    # -- transport ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        if self.relay_client is not None:
+            self.relay_client.close()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        done = self._done
+        if done is not None and not done.done():
+            if self._until_close and self._head_sent:
+                self._finish_client_body()
+                done.set_result(None)
+            else:
+                done.set_exception(UpstreamFailed(
+                    f"backend {self.address} closed the connection before answering"
+                    if not self._head_sent else f"backend {self.address} closed mid-response",
+                    retryable=not self._head_sent))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        client = self.relay_client
+        if client is not None:
+            self.frames.feed(data)
+            client.write(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            rest = data[offset:]
+            if rest and self._client is not None:
+                self.frames.feed(rest)
+                self._client.write(rest)
+        except httptools.HttpParserError as exc:
+            self.reusable = False
+            done = self._done
+            if done is not None and not done.done():
+                done.set_exception(UpstreamFailed(f"backend {self.address} sent an invalid "
+                                                  f"response: {exc}", retryable=False))
+            self.close()
+
+    # -- one exchange -------------------------------------------------------------------------
+
+    async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
+                       forwarded_proto: bytes, retryable: bool) -> None:
+        """Send `ex` and relay the answer to `client`. Raises UpstreamFailed."""
+        if self.closed:
+            raise UpstreamFailed(f"backend {self.address} connection is closed", retryable=True)
+        loop = asyncio.get_running_loop()
+        self._client = client
+        self._exchange = ex
+        self._done = loop.create_future()
+        self._status = 0
+        self._headers = []
+        self._head_sent = False
+        self._until_close = False
+        self._head_request = ex.method == b"HEAD"
+        client.active_upstream = self
+        try:
+            self.write(self._request_head(ex, client, via, forwarded_proto))
+            await self._send_body(ex)
+            await self._done
+        except UpstreamFailed as exc:
+            exc.retryable = exc.retryable and retryable and ex.body_size == 0
+            raise
+        finally:
+            client.active_upstream = None
+            self._client = None
+            self._exchange = None
+
+    def _request_head(self, ex: Exchange, client: HttpClient, via: bytes,
+                      proto: bytes) -> bytes:
+        connection_tokens: set[bytes] = set()
+        forwarded_for = b""
+        for name, value in ex.headers:
+            if name.lower() == b"connection":
+                connection_tokens.update(t.strip().lower() for t in value.split(b","))
+        lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, ex.url)]
+        for name, value in ex.headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in connection_tokens:
+                continue
+            if lower == b"x-forwarded-for":
+                forwarded_for = value + b", "
+                continue
+            if lower in (b"x-forwarded-proto", b"connwise-degrade"):
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"X-Forwarded-For: %s%s\r\n" % (forwarded_for, client.client_ip.encode()))
+        lines.append(b"X-Forwarded-Proto: %s\r\nVia: %s %s\r\n" % (
+            proto, ex.version.encode(), via))
+        if ex.degrade:
+            lines.append(b"Connwise-Degrade: %d\r\n" % ex.degrade)
+        if ex.upgrade:
+            upgrade = ex.header(b"upgrade") or b"websocket"
+            lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade)
+        elif ex.chunked:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def _send_body(self, ex: Exchange) -> None:
+        chunked = ex.chunked and not ex.upgrade
+        while True:
+            while ex.body:
+                chunk = ex.body.popleft()
+                if chunked:
+                    self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                else:
+                    self.write(chunk)
+                if self._write_paused and not self.closed:
+                    self._writable = asyncio.get_running_loop().create_future()
+                    await self._writable
+            if ex.body_done or ex.upgrade:
+                break
+            ex.body_event.clear()
+            await ex.body_event.wait()
+        if chunked:
+            self.write(b"0\r\n\r\n")
+
+    # -- response parsing (httptools callbacks) -----------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        client = self._client
+        ex = self._exchange
+        if client is None or ex is None:
+            self.reusable = False
+            return
+        status = self._parser.get_status_code()
+        self._status = status
+        if 100 <= status < 200 and status != 101:
+            client.write(b"HTTP/1.1 %d Continue\r\n\r\n" % status)
+            self._headers = []
+            return
+        keep_alive = self._parser.should_keep_alive()
+        if not keep_alive:
+            self.reusable = False
+        length = None
+        chunked = False
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = value
+            elif lower == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        no_body = self._head_request or status in (204, 304)
+        self._until_close = not no_body and length is None and not chunked and status != 101
+        self._chunked_out = chunked and not no_body
+        close_client = not ex.keep_alive or client.draining or self._until_close
+        if close_client:
+            ex.keep_alive = False
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP:
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if status == 101:
+            upgrade = b"websocket"
+            for name, value in self._headers:
+                if name.lower() == b"upgrade":
+                    upgrade = value
+            lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade)
+            self.upgraded = True
+            self.reusable = False
+        else:
+            if self._chunked_out:
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            lines.append(b"Connection: close\r\n" if close_client else
+                         b"Connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        client.write(b"".join(lines))
+        ex.status = status
+        self._head_sent = True
+        if status == 101:
+            self._complete()
+        elif self._head_request:
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        client = self._client
+        if client is None:
+            return
+        if self._chunked_out:
+            client.write(b"%x\r\n%s\r\n" % (len(body), body))
+        else:
+            client.write(body)
+
+    def on_message_complete(self) -> None:
+        if self._status and 100 <= self._status < 200 and self._status != 101:
+            self._status = 0
+            return
+        self._finish_client_body()
+        self._complete()
+
+    def _finish_client_body(self) -> None:
+        if self._chunked_out and self._client is not None:
+            self._client.write(b"0\r\n\r\n")
+            self._chunked_out = False
+
+    def _complete(self) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+class UpstreamDriver:
+    """Lets `connwise.Pool` open and close keep-alive connections to one backend."""
+
+    name = "http-upstream"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.create_connection(
+                lambda: UpstreamConnection(self.address), self.host, self.port)
+        except OSError as exc:
+            raise BackendUnavailable(f"could not connect to backend {self.address}: "
+                                     f"{exc.strerror or exc}") from exc
+        return protocol
+
+    async def check(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            raise ConnectionBroken(f"backend {self.address} closed an idle connection")
+
+    def needs_reset(self, conn: UpstreamConnection) -> bool:
+        return False
+
+    async def reset(self, conn: UpstreamConnection, *, full: bool) -> None:
+        return None
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, (UpstreamFailed, OSError))
+
+    def is_broken(self, conn: UpstreamConnection) -> bool:
+        return conn.closed or not conn.reusable
+
+    async def close(self, conn: UpstreamConnection) -> None:
+        conn.close()

@@ -1,0 +1,176 @@
+"""Backend groups at run time: admission, balancing, health and outlier ejection.
+
+A `Group` owns the core objects that decide for its traffic — a `Scheduler` for admission by
+class, a balancer (`p2c`, `round_robin` or bounded-load `hash`), one `BackendHealth` per
+backend — and carries out their decisions for the listeners. Nothing here awaits: listeners
+call in, get an answer, and do their I/O afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Collection
+from typing import Any
+
+from connwise.config import GroupConfig, parse_address
+from connwise.core.affinity import BoundedLoadRing
+from connwise.core.balance import LeastOutstandingP2C, RoundRobin
+from connwise.core.classes import ClassTable, PriorityClass
+from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
+from connwise.core.health import BackendHealth, HealthConfig, HealthGroup
+from connwise.core.scheduler import Scheduler
+from connwise.gateway.upstream_http import UpstreamConnection, UpstreamDriver
+from connwise.pool.pool import Pool
+
+#: Upstream keep-alive pools serve one class: admission by class happened at the group.
+UPSTREAM_CLASSES = ClassTable([PriorityClass("any", rank=0, max_wait=60.0)])
+
+log = logging.getLogger("connwise.gateway")
+
+
+class Backend:
+    """One upstream address of a group, with its live load and health."""
+
+    __slots__ = ("failures", "health", "host", "name", "outstanding", "pool", "port", "total",
+                 "warm_target")
+
+    def __init__(self, address: str, key: str, health: BackendHealth) -> None:
+        self.name = address
+        self.host, self.port = parse_address(address, key)
+        self.outstanding = 0
+        self.total = 0
+        self.failures = 0
+        self.warm_target = 0
+        self.health = health
+        self.pool: Pool[UpstreamConnection] | None = None
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        pool = self.pool.stats()["connections"] if self.pool is not None else {}
+        return {"name": self.name, "outstanding": self.outstanding, "total": self.total,
+                "failures": self.failures, "health": self.health.snapshot(now),
+                "warm_target": self.warm_target, "upstream_connections": pool}
+
+
+class Group:
+    """A named set of backends with its admission scheduler and balancer."""
+
+    def __init__(self, name: str, config: GroupConfig, classes: ClassTable,
+                 clock: Callable[[], float], rng: random.Random | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.scheduler = Scheduler(classes, capacity=config.max_in_flight,
+                                   max_waiters=config.max_waiters, owner=f"group {name!r}")
+        now = clock()
+        check = config.health
+        self.health = HealthGroup(config.backends, HealthConfig(
+            rise=check.rise, fall=check.fall, interval=check.interval, timeout=check.timeout,
+            consecutive_failures=check.consecutive_failures,
+            base_ejection_time=check.base_ejection_time,
+            max_ejection_time=check.max_ejection_time,
+            max_ejection_percent=check.max_ejection_percent, slow_start=check.slow_start,
+        ), now, owner=f"groups.{name}")
+        self.admission = DegradeLadder(DegradeConfig(), classes, prefix=f"groups.{name}.degrade")
+        self.backends = [Backend(address, f"groups.{name}.backends[{i}]", self.health[address])
+                         for i, address in enumerate(config.backends)]
+        self._by_name = {b.name: b for b in self.backends}
+        self._idle: asyncio.Event | None = None
+        names = [b.name for b in self.backends]
+        self._balancer: RoundRobin | LeastOutstandingP2C | BoundedLoadRing
+        if config.balance == "hash":
+            self._balancer = BoundedLoadRing(names, balance_factor=config.balance_factor)
+        elif config.balance == "round_robin":
+            self._balancer = RoundRobin(names)
+        else:
+            self._balancer = LeastOutstandingP2C(names, rng=rng or random.Random())
+
+    # -- upstream pools -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open a keep-alive pool per backend, warming `warm_target` connections in each."""
+        config = self.config
+        for backend in self.backends:
+            pool: Pool[UpstreamConnection] = Pool(
+                UpstreamDriver(backend.host, backend.port), name=f"{self.name}/{backend.name}",
+                min_size=0, max_size=config.max_in_flight, classes=UPSTREAM_CLASSES,
+                default_class="any", max_lifetime=None, idle_timeout=60.0, leak_threshold=None,
+                check_interval=30.0, connect_timeout=config.connect_timeout)
+            await pool.open()
+            backend.pool = pool
+            self.set_warm_target(backend, config.warm_target)
+
+    def set_warm_target(self, backend: Backend, n: int, at: float | None = None) -> None:
+        if backend.pool is None:
+            return
+        n = min(n, self.config.max_in_flight)
+        backend.warm_target = n
+        backend.pool.set_target(n, at=at)
+
+    async def close(self, *, wait_idle: bool = False, timeout: float = 30.0) -> None:
+        """Close the upstream pools; with `wait_idle`, first wait for in-flight work to end."""
+        if wait_idle and self.scheduler.in_use:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        for backend in self.backends:
+            if backend.pool is not None:
+                await backend.pool.close(timeout=1.0)
+
+    # -- balancing ----------------------------------------------------------------------------
+
+    def pick(self, key: str, client_ip: str, exclude: Collection[str] = ()) -> Backend | None:
+        """The backend for a request with affinity `key`, skipping unavailable and `exclude`."""
+        now = self.clock()
+        available = [n for n in self.health.available(now) if n not in exclude]
+        if not available:
+            return None
+        loads = {b.name: b.outstanding for b in self.backends}
+        name = self._balancer.pick(key or client_ip, loads, available,
+                                   self.health.weights(now))
+        if name is None:
+            return None
+        backend = self._by_name[name]
+        backend.total += 1
+        return backend
+
+    def connect_ok(self, backend: Backend) -> None:
+        self.health.record_success(backend.name, self.clock())
+
+    def connect_failed(self, backend: Backend, exc: BaseException) -> None:
+        backend.failures += 1
+        log.warning("group %s: backend %s failed: %s", self.name, backend.name, exc)
+        for change in self.health.record_failure(backend.name, self.clock()):
+            log.warning("group %s: backend %s %s", self.name, backend.name, change)
+
+    def tick(self, now: float) -> None:
+        """Periodic: move the degradation ladder from the scheduler's contention."""
+        self.admission.update(contention_from_scheduler(self.scheduler, now), now)
+        self.health.poll(now)
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def release(self, class_name: str) -> None:
+        """A slot of `class_name` ended: give freed capacity to the best waiters."""
+        scheduler = self.scheduler
+        scheduler.release(class_name)
+        if not scheduler.in_use and self._idle is not None:
+            self._idle.set()
+        if scheduler.waiting:
+            now = self.clock()
+            while (waiter := scheduler.grant(now)) is not None:
+                if not waiter.token.granted():
+                    scheduler.refuse(waiter)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        scheduler = self.scheduler
+        return {"name": self.name, "balance": self.config.balance,
+                "in_flight": scheduler.in_use, "capacity": scheduler.capacity,
+                "waiting": scheduler.waiting_by_class(),
+                "in_use_by_class": scheduler.in_use_by_class(),
+                "degradation": {c.name: self.admission.level(c.name)
+                                for c in scheduler.classes},
+                "backends": [b.snapshot(now) for b in self.backends]}
