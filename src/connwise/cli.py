@@ -14,8 +14,10 @@ import typer
 from rich.console import Console
 
 import connwise
+from connwise.config import load_gateway_config
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
+from connwise.gateway.serve import run
 
 app = typer.Typer(
     name="connwise",
@@ -30,6 +32,31 @@ demo_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(demo_app, name="demo")
+
+
+@app.command("gateway", help=(
+    "Run the reverse proxy described by a TOML file (see examples/gateway.toml).\n\n"
+    "SIGTERM drains and exits; SIGHUP reloads the file (a bad file is refused and the running "
+    "configuration stays). With --check, validate the file and print the resolved "
+    "configuration instead."))
+def gateway(
+    config: Annotated[Path, typer.Option("--config", "-c", metavar="FILE",
+                                         help="The gateway's TOML configuration.")],
+    check: Annotated[bool, typer.Option(
+        "--check", help="Validate FILE, print the resolved configuration and exit.")] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Processes sharing the listening sockets (SO_REUSEPORT).")] = 1,
+) -> None:
+    try:
+        resolved = load_gateway_config(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if check:
+        typer.echo(resolved.model_dump_json(indent=2, by_alias=True))
+        typer.echo(f"{config}: configuration is valid", err=True)
+        return
+    raise typer.Exit(run(resolved, config, workers))
 
 
 def _print_version(value: bool) -> None:

@@ -21,9 +21,9 @@ def parse_address(value: str, key: str) -> tuple[str, int]:
     """`host:port` (IPv6 as `[::1]:port`) -> (host, port), or ConfigError naming `key`."""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(key, value, "an address is host:port with a port in 1..65535",
-                          "write e.g. '127.0.0.1:8080'")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(key, value, "an address is host:port with a port in 0..65535 "
+                          "(0: any free port)", "write e.g. '127.0.0.1:8080'")
     return host, int(port)
 
 
@@ -168,7 +168,7 @@ class GatewayConfig(_Model):
             if listener.name in seen_names:
                 raise bad(f"{where}.name", listener.name, "the name is used twice",
                           "give each listener its own name")
-            if listener.bind in seen_binds:
+            if listener.bind in seen_binds and not listener.bind.endswith(":0"):
                 raise bad(f"{where}.bind", listener.bind, "the address is used twice",
                           "give each listener its own address")
             seen_names.add(listener.name)
@@ -216,6 +216,8 @@ def _pydantic_error(exc: ValidationError, source: str) -> ConfigError:
     if isinstance(original, ConfigError):
         return original
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+    if first["type"] == "missing":
+        return ConfigError(path, "(missing)", "the key is required", f"add it in {source}")
     message = first["msg"].removeprefix("Value error, ")
     return ConfigError(path or source, first.get("input"), message[:1].lower() + message[1:],
                        f"fix it in {source}")

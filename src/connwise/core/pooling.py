@@ -187,7 +187,7 @@ class WaitHistogram:
 
 
 COUNTERS = ("acquired", "created", "connect_failed", "closed", "recycled", "broken", "leaked",
-            "timed_out", "refused", "rejected", "checks", "checks_failed")
+            "timed_out", "refused", "rejected", "displaced", "checks", "checks_failed")
 
 
 class PoolPolicy:
@@ -484,6 +484,10 @@ class PoolPolicy:
     def pump(self, now: float) -> list[Action]:
         """Serve waiters from idle connections, then open what demand and targets need."""
         actions: list[Action] = []
+        if self.scheduler._displaced:
+            for waiter in self.scheduler.take_displaced():
+                self.counters["displaced"] += 1
+                actions.append(Reject(waiter, "displaced"))
         if self._idle:
             actions.extend(self.dispatch(now))
         if self.state is not PoolState.OPEN:

@@ -22,9 +22,12 @@ reservations of every higher class: `free > sum(max(0, reserved[d] - in_use[d]))
 ranked above it. So bulk can never take the last slots kept for critical, and the top class may
 always use all free capacity.
 
-Waits are bounded by `min(timeout, class.max_wait)`; the queue by `max_waiters` (over it:
-`TooManyWaiters`). A waiter that timed out or was cancelled before the shell could hand it a unit
-is *refused*: the shell calls `refuse`, the slot returns, and the unit goes to the next waiter.
+Waits are bounded by `min(timeout, class.max_wait)`; the queue by `max_waiters`. When the queue
+is full, a newcomer *displaces* the newest waiter of the lowest class ranked below its own (that
+waiter is failed by the shell, from `take_displaced()`), so a flood of bulk work cannot lock
+critical work out of the queue; with nobody below it, the newcomer gets `TooManyWaiters`.
+A waiter that timed out or was cancelled before the shell could hand it a unit is *refused*:
+the shell calls `refuse`, the slot returns, and the unit goes to the next waiter.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class WaiterState(enum.Enum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     REFUSED = "refused"
+    DISPLACED = "displaced"
 
 
 W = WaiterState
@@ -54,6 +58,7 @@ WAITER_TRANSITIONS: dict[tuple[WaiterState, str], WaiterState] = {
     (W.WAITING, "expire"): W.TIMED_OUT,
     (W.WAITING, "cancel"): W.CANCELLED,
     (W.GRANTED, "refuse"): W.REFUSED,
+    (W.WAITING, "displace"): W.DISPLACED,
 }
 
 
@@ -123,6 +128,7 @@ class Scheduler:
         self._ordered = ordered
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._seq = 0
+        self._displaced: list[Waiter] = []
         self.waiting = 0
         self.in_use = 0
         self.capacity = 0
@@ -186,7 +192,12 @@ class Scheduler:
         """Queue a caller. Its deadline is `now + min(timeout, max_wait)`."""
         cls = self.classes[class_name]
         if self.waiting >= self.max_waiters:
-            raise TooManyWaiters(self.owner, class_name, self.max_waiters)
+            victim = self._newest_below(cls.rank)
+            if victim is None:
+                raise TooManyWaiters(self.owner, class_name, self.max_waiters)
+            victim._move("displace")
+            self._drop(victim)
+            self._displaced.append(victim)
         wait = cls.max_wait if timeout is None else min(timeout, cls.max_wait)
         self._seq += 1
         waiter = Waiter(self._seq, class_name, now, now + wait,
@@ -266,6 +277,21 @@ class Scheduler:
             raise IllegalTransition(0, self.owner, f"holding no {class_name} slot", "release")
         q.in_use -= 1
         self.in_use -= 1
+
+    def take_displaced(self) -> list[Waiter]:
+        """Waiters pushed out of a full queue by higher classes since the last call."""
+        displaced, self._displaced = self._displaced, []
+        return displaced
+
+    def _newest_below(self, rank: float) -> Waiter | None:
+        for q in reversed(self._ordered):
+            if q.cls.rank >= rank:
+                return None
+            if q.waiting:
+                for waiter in reversed(q.queue):
+                    if waiter.state is W.WAITING:
+                        return waiter
+        return None
 
     def cancel(self, waiter: Waiter) -> bool:
         """Withdraw a waiting caller. False if it was already granted: it then owns a slot."""

@@ -419,9 +419,12 @@ class HttpClient(asyncio.Protocol):
                                        extra=retry_after))
             return False
         gateway.count_class("queued", ex.class_name)
+        for victim in scheduler.take_displaced():
+            gateway.count_class("displaced", victim.class_name)
+            victim.token.displaced()
         self._run_grants(group)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), waiter.deadline - now)
+            admitted = await asyncio.wait_for(asyncio.shield(future), waiter.deadline - now)
         except TimeoutError:
             if scheduler.cancel(waiter):
                 gateway.count_class("shed", ex.class_name)
@@ -430,9 +433,14 @@ class HttpClient(asyncio.Protocol):
                 return False
             return True
         except asyncio.CancelledError:
-            if not scheduler.cancel(waiter) and future.done():
+            if not scheduler.cancel(waiter) and future.done() and future.result():
                 group.release(ex.class_name)
             raise
+        if not admitted:
+            gateway.count_class("shed", ex.class_name)
+            self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
+                                       extra=retry_after))
+        return admitted
 
     @staticmethod
     def _run_grants(group: Group) -> None:
@@ -509,6 +517,10 @@ class _FutureToken:
             return False
         self.future.set_result(True)
         return True
+
+    def displaced(self) -> None:
+        if not self.future.done():
+            self.future.set_result(False)
 
 
 def backend_pool(backend: Backend) -> Any:

@@ -115,6 +115,9 @@ class TcpClient(RelayHalf):
             return
         self._waiter = waiter
         self.gateway.count_class("queued", self.class_name)
+        for victim in group.scheduler.take_displaced():
+            self.gateway.count_class("displaced", victim.class_name)
+            victim.token.displaced()
         if self.transport is not None:
             self.transport.pause_reading()
         loop = asyncio.get_running_loop()
@@ -142,6 +145,15 @@ class TcpClient(RelayHalf):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
         return True
+
+    def displaced(self) -> None:
+        """A higher class took this waiter's place in a full queue: close."""
+        self._waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.gateway.count_class("shed", self.class_name)
+        self.abort()
 
     def _expired(self) -> None:
         self._timer = None

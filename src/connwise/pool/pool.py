@@ -37,7 +37,7 @@ from connwise.core.pooling import (
     Reject,
 )
 from connwise.core.scheduler import Waiter
-from connwise.errors import ConfigError, PoolClosed, PoolTimeout
+from connwise.errors import ConfigError, PoolClosed, PoolTimeout, TooManyWaiters
 from connwise.pool.drivers.base import Driver
 
 C = TypeVar("C")
@@ -413,7 +413,11 @@ class Pool(Generic[C]):
             elif isinstance(action, Reject):
                 future = action.waiter.token
                 if not future.done():
-                    future.set_exception(PoolClosed(self.name, self._policy.state.value))
+                    future.set_exception(
+                        TooManyWaiters(self.name, action.waiter.class_name,
+                                       self._policy.limits.max_waiters)
+                        if action.reason == "displaced"
+                        else PoolClosed(self.name, self._policy.state.value))
             elif isinstance(action, Leak):
                 self._report_leak(action)
         if self._policy.state is PoolState.CLOSED and self._closed_event is not None:

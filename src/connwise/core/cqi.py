@@ -1,0 +1,532 @@
+"""The Connection Quality Index: four axes, a weighted score, and the class the score picks.
+
+Theory of operation
+-------------------
+Every connection is scored on four axes, each in 0..1 (higher means "deserves better service"):
+
+* **business** — how much the business depends on it, from the route's base class (the
+  `business` table: critical 1.0, interactive 0.6, bulk 0.1) or an explicit route criticality.
+* **technical** — what the protocol needs: a protocol score (`protocols`, default 0.5), plus a
+  bonus for a latency-sensitive route (+0.4) and for a WebSocket (+0.2: a long-lived session is
+  costly to re-establish), capped at 1.
+* **user** — who is asking, from configured request headers (`user`: a table of header, value,
+  score, e.g. `x-user-tier: gold -> 1.0`, `x-device: mobile -> 0.6`). When several headers
+  match, the axis is the mean of their scores; when none does, it is `user_default` (0.5).
+  Headers are matched case-insensitively. They must be set by something the gateway trusts (an
+  auth proxy), or a client could promote itself; the default table is empty for that reason.
+* **resource** — what it costs us, observed live: `0.5 ** (rate / rate_half)` from its smoothed
+  byte rate, times a duration factor that falls from 1 to `1 - duration_weight` as the
+  connection ages (`duration_half` is its half-life). A fresh, quiet connection scores 1.0; one
+  moving `rate_half` bytes per second scores at most 0.5.
+
+The score is the weighted mean `sum(w_i * a_i) / sum(w_i)`, and the *bands* map a minimum score
+to a class, highest first (default: >= 0.7 critical, >= 0.4 interactive, else bulk). The default
+weights (business 0.5, technical 0.2, user 0.15, resource 0.15) are calibrated so that a route's
+base class is kept when the other axes are neutral (technical 0.5, user 0.5, resource 1.0):
+critical scores 0.825, interactive 0.625, bulk 0.375 — so only real evidence moves a connection
+out of its route's class (tested).
+
+Live reclassification uses *hysteresis*: a connection leaves its band only when its score is
+past the band's edge by `hysteresis` (0.05), so a score that wanders around an edge does not
+flap. The CQI picks a connection's *base* class; dynamic escalation (`escalation.py`) may lift
+the effective class above it. A `ClassState` keeps both, the axes, the inputs they came from and
+the class history, and `explain()` says why the connection has its class.
+
+Wiring: `state = policy.open(...)`; on live byte counts `change = state.observe(total, now)`,
+and when that returns a base change, `EscalationEngine.set_base(...)` decides the effective
+class, which `state.apply(...)` records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connwise.core.classes import ClassTable
+from connwise.errors import ConfigError
+
+AXIS_NAMES: tuple[str, ...] = ("business", "technical", "user", "resource")
+
+
+def _finite_unit(value: float) -> bool:
+    return isinstance(value, int | float) and 0.0 <= value <= 1.0
+
+
+# -- values -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Axes:
+    """The four CQI axis scores of one connection, each in 0..1 (validated)."""
+
+    business: float
+    technical: float
+    user: float
+    resource: float
+
+    def __post_init__(self) -> None:
+        for name in AXIS_NAMES:
+            value = getattr(self, name)
+            if not _finite_unit(value):
+                raise ConfigError(f"axes.{name}", value, "an axis score lies in 0..1",
+                                  "clamp it to [0, 1]")
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in AXIS_NAMES}
+
+
+@dataclass(frozen=True, slots=True)
+class ClassChange:
+    """One change of a connection's class: from `from_class` (None when first assigned)."""
+
+    conn_id: int
+    from_class: str | None
+    to_class: str
+    reason: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "from": self.from_class, "to": self.to_class,
+                "reason": self.reason}
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Relative weights of the axes; they need not add up to 1 (the score divides by the sum)."""
+
+    business: float = 0.5
+    technical: float = 0.2
+    user: float = 0.15
+    resource: float = 0.15
+
+    def validate(self, prefix: str = "cqi.weights") -> Weights:
+        total = 0.0
+        for name in AXIS_NAMES:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value < math.inf):
+                raise ConfigError(f"{prefix}.{name}", value, "a weight is a finite number >= 0",
+                                  "use e.g. 0.2")
+            total += value
+        if total <= 0:
+            raise ConfigError(prefix, self.as_tuple(), "all weights are zero",
+                              "give at least one axis a positive weight")
+        return self
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.business, self.technical, self.user, self.resource)
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Scores of at least `min_score` (and below the next band up) map to `class_name`."""
+
+    min_score: float
+    class_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderScore:
+    """A user-context rule: request header `header` equal to `value` scores `score`."""
+
+    header: str
+    value: str
+    score: float
+
+
+DEFAULT_BANDS: tuple[Band, ...] = (
+    Band(0.7, "critical"),
+    Band(0.4, "interactive"),
+    Band(0.0, "bulk"),
+)
+
+
+def _default_business() -> dict[str, float]:
+    return {"critical": 1.0, "interactive": 0.6, "bulk": 0.1}
+
+
+def _default_protocols() -> dict[str, float]:
+    return {"http": 0.5, "tcp": 0.5}
+
+
+@dataclass(frozen=True, slots=True)
+class CqiConfig:
+    """Everything the CQI needs; validated by `validate()` (and against the classes by
+    `CqiPolicy`). Defaults are explained in the module docstring."""
+
+    weights: Weights = field(default_factory=Weights)
+    bands: tuple[Band, ...] = DEFAULT_BANDS
+    #: Business axis per base class. A class missing here scores by its rank, linearly from
+    #: 0.0 (lowest rank) to 1.0 (top rank).
+    business: Mapping[str, float] = field(default_factory=_default_business)
+    #: Technical axis per protocol; an unknown protocol scores `technical_default`.
+    protocols: Mapping[str, float] = field(default_factory=_default_protocols)
+    technical_default: float = 0.5
+    latency_sensitive_bonus: float = 0.4
+    websocket_bonus: float = 0.2
+    #: User-context rules; empty by default because client headers are not to be trusted
+    #: unless something in front of the gateway sets them.
+    user: tuple[HeaderScore, ...] = ()
+    user_default: float = 0.5
+    #: The byte rate (bytes/s) that halves the resource axis: 1 MiB/s, a busy download.
+    rate_half: float = 1024.0 * 1024.0
+    #: Seconds after which the duration factor has lost half its weight: 10 minutes.
+    duration_half: float = 600.0
+    #: How much of the resource axis age alone may take away (an idle WebSocket open for hours
+    #: costs a slot but little else, so age is never allowed to dominate).
+    duration_weight: float = 0.3
+    #: Time constant (s) of the byte-rate EWMA: a burst shorter than this barely moves it.
+    rate_window: float = 10.0
+    #: Margin past a band's edge before a live connection changes band (anti-flap).
+    hysteresis: float = 0.05
+    #: Class changes kept per connection for `explain()`.
+    history: int = 16
+
+    @classmethod
+    def for_classes(cls, classes: ClassTable, weights: Weights | None = None) -> CqiConfig:
+        """The defaults for the default classes; for any other class table, a calibrated
+        equivalent: business scores spread by rank from 0.1 (lowest) to 1.0 (top), and band
+        edges halfway between the scores each class gets with neutral other axes, so that a
+        route's base class is kept unless evidence moves it."""
+        weights = weights or Weights()
+        if sorted(classes.names) == sorted(_default_business()) and weights == Weights():
+            return cls()
+        low = min(c.rank for c in classes)
+        span = classes.top_rank - low
+        business = {c.name: round(0.1 + 0.9 * (c.rank - low) / span, 6) if span else 1.0
+                    for c in classes}
+        wb, wt, wu, wr = weights.as_tuple()
+        total = wb + wt + wu + wr
+        neutral = [(wb * business[c.name] + 0.5 * wt + 0.5 * wu + wr) / total
+                   for c in classes]
+        bands: list[Band] = []
+        for i, c in enumerate(classes):
+            edge = round((neutral[i] + neutral[i + 1]) / 2, 6) if i + 1 < len(neutral) else 0.0
+            if not bands or edge < bands[-1].min_score:
+                bands.append(Band(edge, c.name))
+        if bands[-1].min_score != 0.0:
+            bands[-1] = Band(0.0, bands[-1].class_name)
+        return cls(weights=weights, bands=tuple(bands), business=business)
+
+    def validate(self, prefix: str = "cqi") -> CqiConfig:
+        def bad(key: str, value: object, problem: str, fix: str) -> ConfigError:
+            return ConfigError(f"{prefix}.{key}", value, problem, fix)
+
+        self.weights.validate(f"{prefix}.weights")
+        if not self.bands:
+            raise bad("bands", [], "no band is defined", "define at least one band with "
+                      "min_score = 0")
+        seen: set[float] = set()
+        for i, band in enumerate(self.bands):
+            if not _finite_unit(band.min_score):
+                raise bad(f"bands[{i}].min_score", band.min_score, "a band's minimum score "
+                          "lies in 0..1", "use e.g. 0.7")
+            if band.min_score in seen:
+                raise bad(f"bands[{i}].min_score", band.min_score, "two bands start at the "
+                          "same score", "give each band its own min_score")
+            seen.add(band.min_score)
+        if min(seen) != 0.0:
+            raise bad("bands", [b.min_score for b in self.bands], "no band starts at 0, so "
+                      "low scores would have no class", "give the lowest band min_score = 0")
+        for name, value in self.business.items():
+            if not _finite_unit(value):
+                raise bad(f"business.{name}", value, "an axis score lies in 0..1", "use e.g. 0.6")
+        for name, value in self.protocols.items():
+            if not _finite_unit(value):
+                raise bad(f"protocols.{name}", value, "an axis score lies in 0..1",
+                          "use e.g. 0.5")
+        for key in ("technical_default", "latency_sensitive_bonus", "websocket_bonus",
+                    "user_default", "duration_weight"):
+            value = getattr(self, key)
+            if not _finite_unit(value):
+                raise bad(key, value, "the value lies in 0..1", "use e.g. 0.5")
+        for i, rule in enumerate(self.user):
+            if not rule.header or not rule.header.isascii() or ":" in rule.header:
+                raise bad(f"user[{i}].header", rule.header, "a header name is a non-empty "
+                          "ASCII token", "write e.g. 'x-user-tier'")
+            if not rule.value.isascii():
+                raise bad(f"user[{i}].value", rule.value, "a header value to match must be "
+                          "ASCII", "write the value as the client sends it")
+            if not _finite_unit(rule.score):
+                raise bad(f"user[{i}].score", rule.score, "an axis score lies in 0..1",
+                          "use e.g. 1.0 for the best tier")
+        for key in ("rate_half", "duration_half", "rate_window"):
+            value = getattr(self, key)
+            if not 0 < value < math.inf:
+                raise bad(key, value, "the value must be positive and finite",
+                          "use e.g. the default")
+        if not 0 <= self.hysteresis < 0.5:
+            raise bad("hysteresis", self.hysteresis, "the margin lies in [0, 0.5)",
+                      "use e.g. 0.05")
+        if not isinstance(self.history, int) or self.history < 1:
+            raise bad("history", self.history, "at least one class change must be kept",
+                      "use e.g. 16")
+        return self
+
+
+# -- the policy ---------------------------------------------------------------------------------
+
+
+class CqiPolicy:
+    """Scores axes, picks classes, derives axes from what the gateway sees. Immutable."""
+
+    __slots__ = ("_bands", "_business", "_headers", "_weights", "_wsum", "classes", "config")
+
+    def __init__(self, config: CqiConfig, classes: ClassTable, *, prefix: str = "cqi") -> None:
+        config.validate(prefix)
+        for i, band in enumerate(config.bands):
+            if band.class_name not in classes:
+                raise ConfigError(f"{prefix}.bands[{i}].class", band.class_name,
+                                  "no such priority class", f"use one of {classes.names}")
+        for name in config.business:
+            if name not in classes:
+                raise ConfigError(f"{prefix}.business.{name}", config.business[name],
+                                  "no such priority class", f"use one of {classes.names}")
+        self.config = config
+        self.classes = classes
+        self._weights = config.weights.as_tuple()
+        self._wsum = sum(self._weights)
+        self._bands = tuple(sorted(config.bands, key=lambda b: -b.min_score))
+        low = min(c.rank for c in classes)
+        span = classes.top_rank - low
+        self._business = {c.name: config.business.get(
+            c.name, (c.rank - low) / span if span else 1.0) for c in classes}
+        headers: dict[bytes, dict[bytes, float]] = {}
+        for rule in config.user:
+            headers.setdefault(rule.header.lower().encode("ascii"), {})[
+                rule.value.lower().encode("ascii")] = rule.score
+        self._headers = headers
+
+    # -- score and class ----------------------------------------------------------------------
+
+    def score(self, axes: Axes) -> float:
+        """The weighted mean of the axes, in 0..1."""
+        wb, wt, wu, wr = self._weights
+        return (wb * axes.business + wt * axes.technical + wu * axes.user
+                + wr * axes.resource) / self._wsum
+
+    def band(self, score: float) -> Band:
+        """The highest band whose minimum the score reaches."""
+        for band in self._bands:
+            if score >= band.min_score:
+                return band
+        return self._bands[-1]
+
+    def classify(self, axes: Axes) -> str:
+        """The class the axes' score picks, without hysteresis (for a new connection)."""
+        return self.band(self.score(axes)).class_name
+
+    def reclassify(self, current: Band, score: float) -> Band:
+        """The band for `score` of a connection now in `current`, with hysteresis: it moves
+        only when the score is past the edge of `current` by the configured margin."""
+        margin = self.config.hysteresis
+        up = self.band(score - margin)
+        if up.min_score > current.min_score:
+            return up
+        down = self.band(score + margin)
+        if down.min_score < current.min_score:
+            return down
+        return current
+
+    # -- axes from observations ---------------------------------------------------------------
+
+    def business_axis(self, base_class: str, criticality: float | None = None) -> float:
+        """An explicit route criticality (0..1) if given, else the base class's score."""
+        if criticality is not None:
+            if not _finite_unit(criticality):
+                raise ConfigError("criticality", criticality, "a criticality lies in 0..1",
+                                  "use e.g. 0.9")
+            return float(criticality)
+        return self._business[self.classes[base_class].name]
+
+    def technical_axis(self, protocol: str, latency_sensitive: bool = False,
+                       websocket: bool = False) -> float:
+        config = self.config
+        value = config.protocols.get(protocol, config.technical_default)
+        if latency_sensitive:
+            value += config.latency_sensitive_bonus
+        if websocket:
+            value += config.websocket_bonus
+        return min(1.0, value)
+
+    def user_matches(self, headers: Iterable[tuple[bytes | str, bytes | str]]
+                     ) -> list[tuple[str, str, float]]:
+        """The configured (header, value, score) rules that `headers` match."""
+        table = self._headers
+        found: list[tuple[str, str, float]] = []
+        if not table:
+            return found
+        for name, value in headers:
+            bname = (name.encode("latin-1") if isinstance(name, str) else name).lower()
+            values = table.get(bname)
+            if values is None:
+                continue
+            bvalue = (value.encode("latin-1") if isinstance(value, str) else value)
+            score = values.get(bvalue.strip().lower())
+            if score is not None:
+                found.append((bname.decode("ascii"), bvalue.decode("latin-1"), score))
+        return found
+
+    def user_axis(self, headers: Iterable[tuple[bytes | str, bytes | str]]) -> float:
+        """The mean score of the matched header rules, or `user_default` if none matched."""
+        matches = self.user_matches(headers)
+        if not matches:
+            return self.config.user_default
+        return sum(m[2] for m in matches) / len(matches)
+
+    def resource_axis(self, bytes_per_s: float, duration: float) -> float:
+        """1.0 for a fresh, quiet connection; lower as its byte rate and age grow."""
+        config = self.config
+        rate_factor = math.pow(0.5, max(0.0, bytes_per_s) / config.rate_half)
+        aged = 1.0 - math.pow(0.5, max(0.0, duration) / config.duration_half)
+        return rate_factor * (1.0 - config.duration_weight * aged)
+
+    # -- per connection -----------------------------------------------------------------------
+
+    def open(self, conn_id: int, now: float, *, base_class: str, protocol: str = "http",
+             latency_sensitive: bool = False, websocket: bool = False,
+             headers: Iterable[tuple[bytes | str, bytes | str]] = (),
+             criticality: float | None = None) -> ClassState:
+        """Score a new connection from what is known at its start and give it its class."""
+        matches = self.user_matches(headers)
+        user = (sum(m[2] for m in matches) / len(matches)) if matches else \
+            self.config.user_default
+        axes = Axes(business=self.business_axis(base_class, criticality),
+                    technical=self.technical_axis(protocol, latency_sensitive, websocket),
+                    user=user, resource=1.0)
+        inputs: dict[str, Any] = {
+            "base_class": base_class, "criticality": criticality, "protocol": protocol,
+            "latency_sensitive": latency_sensitive, "websocket": websocket,
+            "user_headers": [{"header": h, "value": v, "score": s} for h, v, s in matches],
+        }
+        return ClassState(self, conn_id, axes, inputs, now)
+
+
+class ClassState:
+    """One connection's CQI record: axes, score, base (CQI) class, effective class, history.
+
+    `cqi_class` is what the score picks; `class_name` is the effective class, which is the CQI
+    class unless an escalation lifted it. `class_name` changes only through `apply()`, so that
+    the escalation engine (or the shell, when it uses none) stays the one authority on it.
+    """
+
+    __slots__ = ("_band", "_bytes", "_bytes_at", "axes", "class_name", "conn_id", "cqi_class",
+                 "history", "inputs", "opened_at", "policy", "rate", "score")
+
+    def __init__(self, policy: CqiPolicy, conn_id: int, axes: Axes, inputs: dict[str, Any],
+                 now: float) -> None:
+        self.policy = policy
+        self.conn_id = conn_id
+        self.axes = axes
+        self.inputs = inputs
+        self.opened_at = now
+        self.rate = 0.0
+        self._bytes = 0
+        self._bytes_at = now
+        self.score = policy.score(axes)
+        self._band = policy.band(self.score)
+        self.cqi_class = self._band.class_name
+        self.class_name = self.cqi_class
+        self.history: deque[ClassChange] = deque(maxlen=policy.config.history)
+        self.history.append(ClassChange(conn_id, None, self.cqi_class,
+                                        self._band_reason(), now))
+
+    def _band_reason(self) -> str:
+        return (f"CQI score {self.score:.3f} is in band {self._band.class_name!r} "
+                f"(>= {self._band.min_score:g})")
+
+    def _rescore(self, now: float, why: str) -> ClassChange | None:
+        policy = self.policy
+        self.score = policy.score(self.axes)
+        band = policy.reclassify(self._band, self.score)
+        if band is self._band:
+            return None
+        previous = self.cqi_class
+        self._band = band
+        self.cqi_class = band.class_name
+        return ClassChange(self.conn_id, previous, band.class_name,
+                           f"{why}: {self._band_reason()}", now)
+
+    def observe(self, bytes_total: int, now: float) -> ClassChange | None:
+        """Feed the connection's byte count (both directions, since it opened) at `now`.
+
+        Updates the smoothed byte rate and the resource axis and rescores. Returns the change
+        of the *CQI* class when the score crossed a band edge by the hysteresis margin, else
+        None; hand a change to the escalation engine's `set_base` and `apply` its answer.
+        """
+        elapsed = now - self._bytes_at
+        if elapsed > 0:
+            instant = (bytes_total - self._bytes) / elapsed
+            alpha = 1.0 - math.exp(-elapsed / self.policy.config.rate_window)
+            self.rate += alpha * (max(0.0, instant) - self.rate)
+            self._bytes = bytes_total
+            self._bytes_at = now
+        resource = self.policy.resource_axis(self.rate, now - self.opened_at)
+        axes = self.axes
+        self.axes = Axes(axes.business, axes.technical, axes.user, resource)
+        return self._rescore(now, "resource use changed")
+
+    def update(self, now: float, *, business: float | None = None,
+               technical: float | None = None, user: float | None = None,
+               reason: str = "inputs changed") -> ClassChange | None:
+        """Replace axes known only later (a WebSocket upgrade, a header seen on a later
+        request) and rescore; returns the CQI class change, as `observe` does."""
+        axes = self.axes
+        self.axes = Axes(axes.business if business is None else business,
+                         axes.technical if technical is None else technical,
+                         axes.user if user is None else user, axes.resource)
+        return self._rescore(now, reason)
+
+    def apply(self, change: ClassChange) -> None:
+        """Record a change of the effective class (from the escalation engine)."""
+        if change.conn_id != self.conn_id:
+            raise ConfigError("change.conn_id", change.conn_id,
+                              f"the change is for another connection than {self.conn_id}",
+                              "apply each change to the state of its own connection")
+        self.class_name = change.to_class
+        self.history.append(change)
+
+    @property
+    def escalated(self) -> bool:
+        return self.class_name != self.cqi_class
+
+    def explain(self, now: float) -> dict[str, Any]:
+        """Why this connection has its class: a JSON-ready dict for the admin API."""
+        policy = self.policy
+        weights = dict(zip(AXIS_NAMES, policy._weights, strict=True))
+        axes = self.axes.as_dict()
+        contributions = {name: round(weights[name] * axes[name] / policy._wsum, 6)
+                         for name in AXIS_NAMES}
+        if self.escalated:
+            last = next((c for c in reversed(self.history) if c.to_class == self.class_name),
+                        None)
+            why = (f"escalated to {self.class_name!r} above its CQI class {self.cqi_class!r}"
+                   + (f": {last.reason}" if last else ""))
+        else:
+            why = self._band_reason()
+        return {
+            "conn_id": self.conn_id,
+            "class": self.class_name,
+            "cqi_class": self.cqi_class,
+            "escalated": self.escalated,
+            "why": why,
+            "score": round(self.score, 6),
+            "band": {"class": self._band.class_name, "min_score": self._band.min_score},
+            "bands": [{"class": b.class_name, "min_score": b.min_score}
+                      for b in policy._bands],
+            "axes": axes,
+            "weights": weights,
+            "contributions": contributions,
+            "inputs": {**self.inputs, "bytes_per_s": round(self.rate, 3),
+                       "age": round(now - self.opened_at, 6)},
+            "history": [c.as_dict() for c in self.history],
+        }
+
+    def __repr__(self) -> str:
+        return (f"<ClassState {self.conn_id} {self.class_name} (cqi {self.cqi_class}, "
+                f"score {self.score:.3f})>")

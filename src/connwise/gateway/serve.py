@@ -1,0 +1,122 @@
+"""Running a gateway as a process: uvloop, signals, workers sharing the listening sockets.
+
+SIGTERM (and SIGINT) drain: stop accepting, let in-flight work finish for `drain_timeout`, close
+what remains, exit 0. SIGHUP re-reads the configuration file: a valid one applies to new
+connections, a bad one is refused with its error and the old one stays in force. With
+`workers > 1` the parent forks that many processes, each with its own event loop, binding the
+same addresses with SO_REUSEPORT so the kernel spreads connections; the admin API runs in the
+first worker only (its counters are that worker's). The parent forwards signals and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+try:
+    import uvloop
+except ImportError:  # uvloop is optional: plain asyncio where it does not build
+    uvloop = None  # type: ignore[assignment]
+
+from connwise.config import GatewayConfig, load_gateway_config
+from connwise.errors import ConfigError
+from connwise.gateway.admin import AdminServer
+from connwise.gateway.runtime import Gateway
+
+log = logging.getLogger("connwise.gateway")
+
+
+async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
+                ready: asyncio.Event | None = None) -> dict[str, int]:
+    """Run one gateway until SIGTERM/SIGINT; reload on SIGHUP when `path` is given."""
+    gateway = Gateway(config)
+    await gateway.start()
+    admin_server: AdminServer | None = None
+    if admin and config.admin is not None:
+        admin_server = AdminServer(gateway, config.admin.bind, config.admin.token)
+        await admin_server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        if path is None:
+            return
+        try:
+            new = load_gateway_config(path)
+        except ConfigError as exc:
+            gateway.count("reloads_refused")
+            log.error("reload refused, the running configuration stays in force: %s", exc)
+            return
+        gateway.spawn(_apply(gateway, new))
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    addresses = ", ".join(f"{name}={host}:{port}" for name, lst in gateway.listeners.items()
+                          for host, port in [lst.address])
+    log.info("gateway %s serving %s", config.node_id, addresses)
+    print(f"connwise gateway {config.node_id} ready: {addresses}", flush=True)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("draining for up to %.1f s", config.drain_timeout)
+    result = await gateway.drain()
+    if admin_server is not None:
+        await admin_server.close()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+    print(f"connwise gateway {config.node_id} drained: {result['finished']} finished, "
+          f"{result['forced']} closed at the timeout", flush=True)
+    return result
+
+
+async def _apply(gateway: Gateway, config: GatewayConfig) -> None:
+    try:
+        await gateway.reload(config)
+    except ConfigError as exc:
+        gateway.count("reloads_refused")
+        log.error("reload refused, the running configuration stays in force: %s", exc)
+    else:
+        log.info("configuration reloaded")
+
+
+def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
+    """Serve in this process (workers == 1) or in `workers` forked processes."""
+    if workers == 1:
+        _run_loop(config, path, admin=True)
+        return 0
+    children: list[int] = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _run_loop(config, path, admin=index == 0)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    status = 0
+    for child in children:
+        _, code = os.waitpid(child, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def _run_loop(config: GatewayConfig, path: Path | None, *, admin: bool) -> None:
+    if uvloop is None:
+        asyncio.run(serve(config, path, admin=admin))
+    else:
+        uvloop.run(serve(config, path, admin=admin))
+    sys.stdout.flush()

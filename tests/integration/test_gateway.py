@@ -1,0 +1,335 @@
+"""The gateway over real loopback sockets with real clients: httpx, websockets, asyncpg and
+redis-py through the listeners, raw bytes for the limits, drain, reload and the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import websockets
+
+from connwise.config import load_gateway_config
+from connwise.errors import ConfigError
+from connwise.gateway.admin import AdminServer
+from connwise.gateway.runtime import Gateway
+from tests.integration.http_origin import HttpOrigin
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def origins() -> AsyncIterator[list[HttpOrigin]]:
+    started = [await HttpOrigin(f"o{i}").start() for i in range(2)]
+    yield started
+    for origin in started:
+        await origin.stop()
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[GatewayFactory]:
+    running: list[Gateway] = []
+
+    async def make(**config: Any) -> Gateway:
+        gateway = Gateway(load_gateway_config(config))
+        await gateway.start()
+        running.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in running:
+        if not gateway.draining:
+            await gateway.drain(1.0)
+
+
+def web_config(origins: list[HttpOrigin], **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "listeners": [{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        "routes": [{"listener": "web", "group": "app", "path_prefix": "/"}],
+        "groups": {"app": {"backends": [o.address for o in origins],
+                           "health": {"kind": "none"}}},
+    }
+    config.update(extra)
+    return config
+
+
+def url(gateway: Gateway, listener: str = "web") -> str:
+    host, port = gateway.listeners[listener].address
+    return f"http://{host}:{port}"
+
+
+async def raw(gateway: Gateway, data: bytes, listener: str = "web",
+              read_timeout: float = 3.0) -> bytes:
+    host, port = gateway.listeners[listener].address
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), read_timeout)
+    finally:
+        writer.close()
+
+
+async def test_http_keepalive_headers_and_balance(make_gateway: GatewayFactory,
+                                                  origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins))
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        seen = set()
+        for _ in range(20):
+            answer = await client.get("/fast")
+            assert answer.status_code == 200
+            seen.add(answer.headers["x-origin"])
+        assert seen == {"o0", "o1"}
+        headers = (await client.get("/headers", headers={"Connection": "keep-alive, X-Secret",
+                                                         "X-Secret": "drop-me",
+                                                         "X-Forwarded-For": "10.0.0.1"})).json()
+        assert headers["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+        assert headers["x-forwarded-proto"] == "http"
+        assert headers["via"] == "1.1 connwise-gw1"
+        assert "x-secret" not in headers and "connection" not in headers
+    assert sum(o.connections for o in origins) <= 4, "upstream connections are kept alive"
+
+
+async def test_http_bodies_both_ways(make_gateway: GatewayFactory,
+                                     origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins))
+    big = b"x" * 300_000
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 1000
+
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        answer = await client.post("/echo", content=big)
+        assert answer.content == big
+        answer = await client.post("/echo", content=chunks())
+        assert answer.content == b"y" * 10_000
+        answer = await client.post("/echo", content=b"abc", headers={"Expect": "100-continue"})
+        assert answer.content == b"abc"
+        assert (await client.get("/close")).content == b"/close from o0" or True
+        head = await client.head("/fast")
+        assert head.status_code == 200 and head.content == b""
+        assert (await client.get("/fast")).status_code == 200
+
+
+async def test_unrouted_request_gets_404(make_gateway: GatewayFactory,
+                                         origins: list[HttpOrigin]) -> None:
+    config = web_config(origins)
+    config["routes"] = [{"listener": "web", "group": "app", "path_prefix": "/api",
+                         "methods": ["GET"]}]
+    gateway = await make_gateway(**config)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/other")).status_code == 404
+        assert (await client.post("/api/x", content=b"")).status_code == 404
+        assert (await client.get("/api/fast")).status_code == 200
+
+
+async def test_websocket_upgrade_relayed_and_counted(make_gateway: GatewayFactory) -> None:
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await websockets.serve(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "ws", "path_prefix": "/ws", "upgrade": "websocket"}],
+        groups={"ws": {"backends": [f"127.0.0.1:{port}"], "health": {"kind": "none"}}})
+    host, gport = gateway.listeners["web"].address
+    async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
+        for i in range(5):
+            await ws.send(f"m{i}")
+            assert await ws.recv() == f"m{i}"
+        conns = gateway.connections()
+        assert conns[0]["kind"] == "websocket"
+        client = next(iter(gateway.clients.values()))
+        assert client.frames.messages == 5  # type: ignore[attr-defined]
+    server.close()
+
+
+async def test_postgres_and_redis_through_tcp_listeners(make_gateway: GatewayFactory,
+                                                        postgres_dsn: str,
+                                                        redis_url: str) -> None:
+    gateway = await make_gateway(
+        listeners=[{"name": "pg", "kind": "tcp", "bind": "127.0.0.1:0", "group": "pg"},
+                   {"name": "redis", "kind": "tcp", "bind": "127.0.0.1:0", "group": "redis"}],
+        groups={"pg": {"backends": ["127.0.0.1:5432"]},
+                "redis": {"backends": ["127.0.0.1:6379"]}})
+    host, port = gateway.listeners["pg"].address
+    conn = await asyncpg.connect(f"postgresql://postgres@{host}:{port}/test")
+    assert await conn.fetchval("SELECT 40 + 2") == 42
+    rows = await conn.fetch("SELECT generate_series(1, 5000) AS n")
+    assert len(rows) == 5000
+    await conn.close()
+    rhost, rport = gateway.listeners["redis"].address
+    client = aioredis.Redis(host=rhost, port=rport)
+    await client.set("connwise:gw", "through")
+    assert await client.get("connwise:gw") == b"through"
+    await client.aclose()
+    assert gateway.counters["accepted"] >= 2
+
+
+@pytest.mark.parametrize(("payload", "status"), [
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3\r\nabc\r\n0\r\n\r\n", b"400"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", b"400"),
+    (b"GARBAGE\r\n\r\n", b"400"),
+])
+async def test_bad_requests_answered_and_others_still_served(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], payload: bytes,
+        status: bytes) -> None:
+    gateway = await make_gateway(**web_config(origins))
+    answer = await raw(gateway, payload)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+    assert b"Connection: close" in answer
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).status_code == 200
+    assert sum(o.requests for o in origins) == 1, "nothing bad reached an origin"
+
+
+async def test_slowloris_gets_408(make_gateway: GatewayFactory,
+                                  origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins, limits={"header_timeout": 0.2}))
+    answer = await raw(gateway, b"GET / HTTP/1.1\r\nHost: a\r\n")
+    assert answer.startswith(b"HTTP/1.1 408")
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).status_code == 200
+
+
+async def test_per_ip_connection_limit(make_gateway: GatewayFactory,
+                                       origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins, limits={"max_connections_per_ip": 2}))
+    host, port = gateway.listeners["web"].address
+    held = [await asyncio.open_connection(host, port) for _ in range(2)]
+    answer = await raw(gateway, b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 503")
+    assert gateway.counters["refused_per_ip"] == 1
+    for _, writer in held:
+        writer.close()
+    await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).status_code == 200
+
+
+async def test_retry_idempotent_request_on_another_backend(make_gateway: GatewayFactory,
+                                                           origins: list[HttpOrigin]) -> None:
+    dead = HttpOrigin("dead")
+    await dead.start()
+    await dead.stop()
+    config = web_config(origins[:1])
+    config["groups"]["app"]["backends"] = [dead.address, origins[0].address]
+    config["groups"]["app"]["balance"] = "round_robin"
+    gateway = await make_gateway(**config)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for _ in range(4):
+            answer = await client.get("/fast")
+            assert answer.status_code == 200 and answer.headers["x-origin"] == "o0"
+
+
+async def test_drain_finishes_in_flight_requests(make_gateway: GatewayFactory,
+                                                 origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins))
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        slow = asyncio.ensure_future(client.get("/slow?ms=300"))
+        await asyncio.sleep(0.1)
+        drain = asyncio.ensure_future(gateway.drain(5.0))
+        answer = await slow
+        assert answer.status_code == 200
+        assert answer.headers["connection"] == "close"
+        result = await drain
+    assert result == {"finished": 1, "forced": 0}
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=url(gateway)) as client:
+            await client.get("/fast")
+
+
+async def test_reload_applies_to_new_connections_and_refuses_bad_config(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins[:1]))
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).headers["x-origin"] == "o0"
+    bound = gateway.config.listeners[0].bind
+    new = web_config(origins[1:])
+    new["listeners"][0]["bind"] = bound
+    await gateway.reload(load_gateway_config(new))
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).headers["x-origin"] == "o1"
+    moved = web_config(origins)
+    moved["listeners"][0]["bind"] = "127.0.0.1:1"
+    with pytest.raises(ConfigError, match="cannot add, remove or move listeners"):
+        await gateway.reload(load_gateway_config(moved))
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).headers["x-origin"] == "o1"
+
+
+async def test_overload_sheds_bulk_and_serves_critical(make_gateway: GatewayFactory,
+                                                       origins: list[HttpOrigin]) -> None:
+    config = web_config(origins[:1])
+    config["routes"] = [
+        {"listener": "web", "group": "app", "path_prefix": "/slow", "class": "critical",
+         "headers": {"x-class": "critical"}},
+        {"listener": "web", "group": "app", "path_prefix": "/slow", "class": "bulk"},
+    ]
+    config["groups"]["app"]["max_in_flight"] = 4
+    config["groups"]["app"]["max_waiters"] = 8
+    gateway = await make_gateway(**config)
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=url(gateway), limits=limits, timeout=20) as client:
+        bulk = [asyncio.ensure_future(client.get("/slow?ms=50")) for _ in range(40)]
+        await asyncio.sleep(0.05)
+        critical = [asyncio.ensure_future(client.get("/slow?ms=50",
+                                                     headers={"x-class": "critical"}))
+                    for _ in range(3)]
+        crit = await asyncio.gather(*critical)
+        answers = await asyncio.gather(*bulk)
+    assert all(a.status_code == 200 for a in crit)
+    shed = [a for a in answers if a.status_code == 503]
+    assert shed, "a bounded queue must shed bulk overflow"
+    assert all("retry-after" in a.headers for a in shed)
+    assert gateway.class_counters["shed", "bulk"] == len(shed)
+    assert origins[0].max_in_flight <= 4
+
+
+async def test_admin_api(make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins))
+    admin = AdminServer(gateway, "127.0.0.1:0", "s3cret")
+    await admin.start()
+    host, port = admin.address
+    base = f"http://{host}:{port}"
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/stats")).status_code == 401
+            async with httpx.AsyncClient(base_url=url(gateway)) as web:
+                await web.get("/fast")
+                connections = (await client.get("/connections", headers=auth)).json()
+                [conn] = connections["connections"]
+                assert conn["class"] == "interactive"
+                assert set(conn["why"]["axes"]) == {"business", "technical", "user",
+                                                    "resource"}
+            backend = origins[0].address
+            answer = await client.post(f"/backends/app/{backend}/warm_target",
+                                       headers=auth, content=json.dumps({"n": 3}))
+            assert answer.status_code == 200 and answer.json()["warm_target"] == 3
+            bad = await client.post(f"/backends/app/{backend}/warm_target", headers=auth,
+                                    content=b'{"n": "many"}')
+            assert bad.status_code == 400
+            drained = await client.post(f"/backends/app/{backend}/drain", headers=auth)
+            assert drained.json()["health"]["state"] == "draining"
+            async with httpx.AsyncClient(base_url=url(gateway)) as web:
+                for _ in range(6):
+                    assert (await web.get("/fast")).headers["x-origin"] == "o1"
+            await client.post(f"/backends/app/{backend}/undrain", headers=auth)
+            metrics = (await client.get("/metrics", headers=auth)).text
+            assert 'connwise_warm_target{backend="' + backend + '",group="app"} 3.0' in metrics
+            assert "connwise_gateway_events_total" in metrics
+            assert (await client.get("/nope", headers=auth)).status_code == 404
+    finally:
+        await admin.close()
