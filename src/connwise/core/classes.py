@@ -61,6 +61,9 @@ class ClassTable:
         total_reserved = 0.0
         for cls in ordered:
             where = f"{key}.{cls.name}"
+            if not math.isfinite(cls.rank):
+                raise ConfigError(f"{where}.rank", cls.rank, "a rank must be a finite number",
+                                  "use e.g. 0, 1, 2")
             if not cls.name or not cls.name.replace("_", "").replace("-", "").isalnum():
                 raise ConfigError(f"{key}[].name", cls.name, "a class name must be a non-empty "
                                   "word of letters, digits, '-' or '_'", "rename the class")
@@ -70,11 +73,11 @@ class ClassTable:
             if not 0.0 <= cls.reserved_share < 1.0:
                 raise ConfigError(f"{where}.reserved_share", cls.reserved_share,
                                   "a reserved share must lie in [0, 1)", "use e.g. 0.2 for 20%")
-            if cls.max_wait <= 0:
+            if not cls.max_wait > 0:  # also refuses NaN
                 raise ConfigError(f"{where}.max_wait", cls.max_wait,
                                   "a class must be allowed to wait some time",
                                   "use a positive number of seconds")
-            if cls.aging_rate < 0:
+            if not cls.aging_rate >= 0:  # also refuses NaN
                 raise ConfigError(f"{where}.aging_rate", cls.aging_rate,
                                   "aging cannot lower priority", "use a rate >= 0")
             if cls.rank < top and cls.aging_rate == 0:
@@ -83,7 +86,7 @@ class ClassTable:
                                   "higher classes could starve it", "set aging_rate > 0")
             total_reserved += cls.reserved_share
             by_name[cls.name] = cls
-        if total_reserved >= 1.0:
+        if round(total_reserved, 9) >= 1.0:  # 0.6 + 0.3 + 0.1 is 0.999...9
             raise ConfigError(f"{key}.*.reserved_share", round(total_reserved, 6),
                               "the reserved shares add up to 100% or more",
                               "leave some capacity unreserved")

@@ -17,6 +17,11 @@ from connwise.errors import IllegalTransition
 
 
 class State(enum.Enum):
+    # Members are singletons compared by identity: hash them by identity too, in C. Enum's own
+    # __hash__ is Python code (hash of the name), and the pool looks states up in dicts on
+    # every acquire and release.
+    __hash__ = object.__hash__
+
     CONNECTING = "connecting"
     IDLE = "idle"
     CHECKING = "checking"
@@ -27,6 +32,8 @@ class State(enum.Enum):
 
 
 class Trigger(enum.Enum):
+    __hash__ = object.__hash__  # see State
+
     CONNECTED = "connected"
     CONNECT_FAILED = "connect_failed"
     ACQUIRE = "acquire"

@@ -72,7 +72,7 @@ class Gateway:
         self.routers = build_routers(config)
         self.listeners = {lc.name: Listener(lc) for lc in config.listeners}
         self.via = f"connwise-{config.node_id}".encode()
-        self.cqi = CqiPolicy(CqiConfig(), self.classes)
+        self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
         self.class_counters: Counter[tuple[str, str]] = Counter()
@@ -249,7 +249,7 @@ class Gateway:
             raise ConfigError("listeners", sorted(new.items()), "a reload cannot add, remove or "
                               "move listeners", "restart the gateway to change listeners")
         self.classes = config.class_table()
-        self.cqi = CqiPolicy(CqiConfig(), self.classes)
+        self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
         groups = self._build_groups(config)
         for group in groups.values():
             await group.open()

@@ -124,7 +124,7 @@ class Group:
     def pick(self, key: str, client_ip: str, exclude: Collection[str] = ()) -> Backend | None:
         """The backend for a request with affinity `key`, skipping unavailable and `exclude`."""
         now = self.clock()
-        available = [n for n in self.health.available(now) if n not in exclude]
+        available = {n for n in self.health.available(now) if n not in exclude}
         if not available:
             return None
         loads = {b.name: b.outstanding for b in self.backends}
