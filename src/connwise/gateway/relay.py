@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from connwise.core.ratelimit import TokenBucket
 
@@ -59,8 +59,8 @@ class RelayHalf(asyncio.Protocol):
     # -- joining ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def join(self, peer: RelayHalf) -> None:
         """Connect this half to `peer` and flush what arrived before the peer existed."""

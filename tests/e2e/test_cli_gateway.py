@@ -1,0 +1,113 @@
+"""`connwise gateway` as a process: --check, serving, SIGHUP reload, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.integration.http_origin import HttpOrigin
+
+CLI = [sys.executable, "-m", "connwise"]
+
+
+def config_text(origin: HttpOrigin, bind: str = "127.0.0.1:0", prefix: str = "/") -> str:
+    return f"""
+node_id = "e2e"
+drain_timeout = 5
+[[listeners]]
+name = "web"
+kind = "http"
+bind = "{bind}"
+[[routes]]
+listener = "web"
+group = "app"
+path_prefix = "{prefix}"
+[groups.app]
+backends = ["{origin.address}"]
+[groups.app.health]
+kind = "none"
+"""
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*CLI, *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_check_prints_resolved_config_and_names_bad_keys(tmp_path: Path) -> None:
+    origin = HttpOrigin()
+    origin.port = 9
+    good = tmp_path / "good.toml"
+    good.write_text(config_text(origin))
+    code, out, err = await run_cli("gateway", "--check", "-c", str(good))
+    assert code == 0 and '"balance_factor": 1.25' in out and "configuration is valid" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config_text(origin).replace('kind = "http"', 'kind = "udp"'))
+    code, out, err = await run_cli("gateway", "--check", "-c", str(bad))
+    assert code == 2 and "listeners[0].kind = 'udp'" in err
+    code, _, err = await run_cli("gateway", "--check", "-c", str(tmp_path / "missing.toml"))
+    assert code == 2 and "cannot be read" in err
+    code, _, err = await run_cli("gateway", "--workers", "0", "-c", str(good))
+    assert code == 2 and "--workers" in err
+
+
+async def test_serve_reload_and_drain(tmp_path: Path) -> None:
+    first = await HttpOrigin("first").start()
+    second = await HttpOrigin("second").start()
+    path = tmp_path / "gw.toml"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path.write_text(config_text(first, bind=f"127.0.0.1:{port}"))
+    proc = await asyncio.create_subprocess_exec(*CLI, "gateway", "-c", str(path),
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        match = re.search(r"web=([\d.]+):(\d+)", line)
+        assert match, line
+        base = f"http://{match[1]}:{match[2]}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/fast")).headers["x-origin"] == "first"
+        path.write_text(config_text(second, bind=f"{match[1]}:{match[2]}"))
+        os.kill(proc.pid, signal.SIGHUP)
+        for _ in range(100):
+            async with httpx.AsyncClient(base_url=base) as client:
+                if (await client.get("/fast")).headers["x-origin"] == "second":
+                    break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("reload did not apply")
+        path.write_text("this is = not [valid toml")
+        os.kill(proc.pid, signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/fast")).headers["x-origin"] == "second"
+            slow = asyncio.ensure_future(client.get("/slow?ms=500"))
+            await asyncio.sleep(0.2)
+            os.kill(proc.pid, signal.SIGTERM)
+            answer = await slow
+        assert answer.status_code == 200 and answer.headers["connection"] == "close"
+        code = await asyncio.wait_for(proc.wait(), 10)
+        out = (await proc.stdout.read()).decode()
+        assert code == 0
+        assert "drained: 1 finished, 0 closed at the timeout" in out
+        assert proc.stderr is not None
+        err = (await proc.stderr.read()).decode()
+        assert "reload refused" in err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await first.stop()
+        await second.stop()
