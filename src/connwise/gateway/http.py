@@ -148,9 +148,9 @@ class HttpClient(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else ""
         if not self.gateway.client_opened(self):
-            transport.write(simple_response(503, "Service Unavailable", close=True,
-                                            extra=b"Retry-After: 1\r\n"))
-            transport.close()
+            self.transport.write(simple_response(503, "Service Unavailable", close=True,
+                                                 extra=b"Retry-After: 1\r\n"))
+            self.transport.close()
             self.closed = True
             return
         self._arm_header_timer()
