@@ -64,6 +64,18 @@ class _Handler(asyncio.Protocol):
         try:
             if path == "/slow":
                 await asyncio.sleep(int(query.get("ms", ["100"])[0]) / 1000)
+            if path == "/health" and self.origin.unhealthy:
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0"
+                                    b"\r\n\r\n")
+                return
+            if path == "/fail":
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    transport.write(b"HTTP/1.1 500 Internal Server Error\r\nX-Origin: %s\r\n"
+                                    b"Content-Length: 0\r\n\r\n" % self.origin.name.encode())
+                return
             if path == "/echo":
                 payload = body
             elif path == "/headers":
@@ -93,6 +105,7 @@ class HttpOrigin:
         self.connections = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.unhealthy = False
         self._server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 

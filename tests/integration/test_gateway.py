@@ -4,6 +4,7 @@ redis-py through the listeners, raw bytes for the limits, drain, reload and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -333,3 +334,99 @@ async def test_admin_api(make_gateway: GatewayFactory, origins: list[HttpOrigin]
             assert (await client.get("/nope", headers=auth)).status_code == 404
     finally:
         await admin.close()
+
+
+async def test_active_http_health_check_takes_backend_out_and_back(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    config = web_config(origins)
+    config["groups"]["app"]["health"] = {"kind": "http", "path": "/health", "interval": 0.05,
+                                         "timeout": 0.5, "rise": 1, "fall": 2,
+                                         "slow_start": 0}
+    gateway = await make_gateway(**config)
+    origins[0].unhealthy = True
+    group = gateway.groups["app"]
+    for _ in range(100):
+        if group.health.available(gateway.clock.now()) == [origins[1].address]:
+            break
+        await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for _ in range(6):
+            assert (await client.get("/fast")).headers["x-origin"] == "o1"
+    origins[0].unhealthy = False
+    for _ in range(100):
+        if len(group.health.available(gateway.clock.now())) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert len(group.health.available(gateway.clock.now())) == 2
+
+
+async def test_consecutive_5xx_eject_backend(make_gateway: GatewayFactory,
+                                             origins: list[HttpOrigin]) -> None:
+    config = web_config(origins)
+    config["groups"]["app"]["health"] = {"kind": "none", "consecutive_failures": 3,
+                                         "max_ejection_percent": 50}
+    config["groups"]["app"]["balance"] = "round_robin"
+    gateway = await make_gateway(**config)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for _ in range(6):
+            await client.get("/fail")
+        available = gateway.groups["app"].health.available(gateway.clock.now())
+        assert len(available) == 1, "one backend ejected (the cap allows 50%)"
+        snapshot = gateway.groups["app"].snapshot()
+        states = sorted(b["health"]["state"] for b in snapshot["backends"])
+        assert states == ["ejected", "healthy"]
+
+
+def client_hello(server_name: str) -> bytes:
+    """The ClientHello a real TLS client sends, from Python's ssl module."""
+    import ssl
+
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_sni_is_read_from_a_real_client_hello() -> None:
+    from connwise.gateway.sni import SniResult, read_sni
+
+    hello = client_hello("db.example.com")
+    assert read_sni(hello) == (SniResult.FOUND, "db.example.com")
+    assert read_sni(hello[:40])[0] is SniResult.NEED_MORE
+    assert read_sni(b"GET / HTTP/1.1\r\n\r\n") == (SniResult.NONE, None)
+
+
+async def test_tcp_listener_routes_by_sni_without_terminating_tls(
+        make_gateway: GatewayFactory) -> None:
+    received: dict[str, bytes] = {}
+
+    def sink(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                    Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            received[name] = await reader.read(65536)
+            writer.write(name.encode())
+            await writer.drain()
+            writer.close()
+        return handle
+
+    servers = {name: await asyncio.start_server(sink(name), "127.0.0.1", 0)
+               for name in ("a", "b")}
+    groups = {name: {"backends": [f"127.0.0.1:{s.sockets[0].getsockname()[1]}"]}
+              for name, s in servers.items()}
+    gateway = await make_gateway(
+        listeners=[{"name": "tls", "kind": "tcp", "bind": "127.0.0.1:0", "group": "a",
+                    "sni": {"b.example.com": "b"}}],
+        groups=groups)
+    host, port = gateway.listeners["tls"].address
+    for name, expected in (("b.example.com", "b"), ("other.example.com", "a")):
+        reader, writer = await asyncio.open_connection(host, port)
+        hello = client_hello(name)
+        writer.write(hello)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(10), 3) == expected.encode()
+        assert received[expected] == hello, "the ClientHello is relayed untouched"
+        writer.close()
+    for server in servers.values():
+        server.close()

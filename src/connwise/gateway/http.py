@@ -488,7 +488,12 @@ class HttpClient(asyncio.Protocol):
                 return
             finally:
                 backend.outstanding -= 1
-            group.connect_ok(backend)
+            if ex.status >= 500:
+                # A 5xx answer is an outlier signal (Envoy's consecutive_5xx), not a retry.
+                group.connect_failed(backend, UpstreamFailed(f"answered {ex.status}",
+                                                             retryable=False))
+            else:
+                group.connect_ok(backend)
             if upstream.upgraded:
                 self.relay_to = upstream
                 upstream.relay_client = self
