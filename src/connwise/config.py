@@ -79,7 +79,6 @@ class GroupConfig(_Model):
     max_waiters: int = Field(1024, ge=0)
     #: Keep-alive connections kept open per backend.
     warm_target: int = Field(0, ge=0)
-    max_idle_per_backend: int = Field(64, ge=0)
     connect_timeout: float = Field(2.0, gt=0)
     #: Idempotent requests are retried once on another backend when the connect fails or the
     #: backend closes before answering.

@@ -1,0 +1,21 @@
+"""docs/gateway.md documents every configuration key."""
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from connwise import config
+
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+
+
+def keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def test_every_config_key_is_documented() -> None:
+    models = [config.GatewayConfig, config.ListenerConfig, config.RouteConfig,
+              config.GroupConfig, config.HealthCheckConfig, config.LimitsConfig,
+              config.AdminConfig, config.ClassConfig]
+    missing = [f"{m.__name__}.{k}" for m in models for k in keys(m) if f"`{k}`" not in DOC]
+    assert not missing, f"docs/gateway.md misses {missing}"
