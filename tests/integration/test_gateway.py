@@ -430,3 +430,36 @@ async def test_tcp_listener_routes_by_sni_without_terminating_tls(
         writer.close()
     for server in servers.values():
         server.close()
+
+
+async def test_drain_timeout_closes_websockets_with_1001(make_gateway: GatewayFactory) -> None:
+    closed_codes: list[int | None] = []
+
+    async def echo(ws: Any) -> None:
+        try:
+            async for message in ws:
+                await ws.send(message)
+        finally:
+            closed_codes.append(ws.close_code)
+
+    server = await websockets.serve(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "ws", "path_prefix": "/ws", "upgrade": "websocket"}],
+        groups={"ws": {"backends": [f"127.0.0.1:{port}"], "health": {"kind": "none"}}})
+    host, gport = gateway.listeners["web"].address
+    async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        result = await gateway.drain(0.2)
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 3)
+        assert ws.close_code == 1001
+    assert result == {"finished": 0, "forced": 1}
+    for _ in range(50):
+        if closed_codes:
+            break
+        await asyncio.sleep(0.02)
+    assert closed_codes == [1001]
+    server.close()

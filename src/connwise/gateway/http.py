@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -195,6 +196,20 @@ class HttpClient(asyncio.Protocol):
                 "backend": upstream.address if upstream else None,
                 "class": self.class_state.class_name if self.class_state else None,
                 "why": self.class_state.explain(now) if self.class_state else None}
+
+    def going_away(self) -> None:
+        """Drain timeout: a WebSocket gets close frames with code 1001 on both sides, then both
+        connections close; anything else is aborted."""
+        upstream = self.relay_to
+        if upstream is None:
+            self.abort()
+            return
+        code = (1001).to_bytes(2, "big")
+        self.write(b"\x88\x02" + code)
+        mask = os.urandom(4)
+        upstream.write(b"\x88\x82" + mask + bytes(b ^ m for b, m in zip(code, mask, strict=False)))
+        upstream.close()
+        self.close()
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -227,7 +227,11 @@ class Gateway:
         except TimeoutError:
             forced = len(self.clients)
             for client in list(self.clients.values()):
-                client.abort()
+                going_away = getattr(client, "going_away", None)
+                if going_away is not None:
+                    going_away()
+                else:
+                    client.abort()
         for listener in self.listeners.values():
             if listener.server is not None:
                 await listener.server.wait_closed()
