@@ -14,10 +14,12 @@ import typer
 from rich.console import Console
 
 import connwise
+from connwise.analysis.cli import assess_command
 from connwise.config import load_gateway_config
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.gateway.serve import run
+from connwise.telemetry.cli import ingest_app, telemetry_app
 
 app = typer.Typer(
     name="connwise",
@@ -32,6 +34,9 @@ demo_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(demo_app, name="demo")
+app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(ingest_app, name="ingest")
+app.command("assess")(assess_command)
 
 
 @app.command("gateway", help=(

@@ -110,3 +110,15 @@ class BackendAuthError(BackendError):
 
 class ConnectionBroken(BackendError):
     """A connection stopped working while it was held or checked."""
+
+
+class TelemetryError(ConnwiseError):
+    """A telemetry store, export or log ingest cannot go on; the message names the input."""
+
+
+class StoreError(TelemetryError):
+    """A telemetry store cannot be opened, migrated, read or written."""
+
+
+class IngestError(TelemetryError):
+    """A log file cannot be ingested at all (single bad lines are skipped and counted instead)."""

@@ -1,0 +1,1 @@
+"""Assessment of connection records: the baseline, segments, recommendations and reports."""

@@ -1,0 +1,261 @@
+"""The connection record: one row per managed connection, from establishment to termination.
+
+`FIELDS` is the one description of a record: the store schemas (SQLite and PostgreSQL), the
+parquet and CSV exports, and docs/telemetry.md are all derived from it or checked against it, so
+a metric added here reaches every one of them or a test fails.
+
+`ConnRecord` is the mutable accumulator a live connection fills: the shell that owns the
+connection (the pool recorder, the gateway) bumps its counters in place — `rec.bytes_in += n`
+costs what an attribute store costs — and moves it between phases with `phase(name, now)`, which
+adds the time spent to the phase left. Times are seconds of the owner's clock while the
+connection lives; the `Recorder` turns them into Unix time when the connection ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, Literal
+
+ColumnType = Literal["text", "int", "real"]
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One column of the record."""
+
+    name: str
+    type: ColumnType
+    unit: str
+    doc: str
+    #: Schema version that added the column (see `connwise.telemetry.schema`).
+    since: int = 1
+    #: Value when not filled; None means SQL NULL ("not measured").
+    default: Any = None
+
+
+def _f(name: str, type_: ColumnType, unit: str, doc: str, *, since: int = 1,
+       default: Any = None) -> Field:
+    return Field(name, type_, unit, doc, since, default)
+
+
+FIELDS: tuple[Field, ...] = (
+    _f("conn_id", "text", "", "Connection id, unique per (node, source) while the connection "
+       "lives; for logs, nginx's `$connection` or the line number.", default=""),
+    _f("node", "text", "", "The connwise node (or ingest run) that recorded the connection.",
+       default=""),
+    _f("source", "text", "", "The listener, pool or log file the connection belongs to.",
+       default=""),
+    _f("kind", "text", "", "`pool` (a pool's connection to its backend), `client` (accepted by "
+       "a listener), `upstream` (opened by the gateway), `request` (one request of a log), "
+       "`session` (one TCP session of a log).", default=""),
+    _f("backend", "text", "", "Backend or upstream server the connection leads to.", default=""),
+    _f("class_name", "text", "", "Priority class at the end (the last acquirer's, for a pool).",
+       default=""),
+    _f("class_changes", "int", "count", "Times the class changed during the connection's life.",
+       since=2, default=0),
+    _f("cqi_business", "real", "0..1", "CQI axis: business criticality.", since=2),
+    _f("cqi_technical", "real", "0..1", "CQI axis: technical requirements.", since=2),
+    _f("cqi_user", "real", "0..1", "CQI axis: user context.", since=2),
+    _f("cqi_resource", "real", "0..1", "CQI axis: resource impact.", since=2),
+    _f("cqi_score", "real", "0..1", "CQI score that picked the class.", since=2),
+    _f("started_at", "real", "Unix s", "Establishment began (connect or accept)."),
+    _f("ended_at", "real", "Unix s", "Termination (closed or failed)."),
+    _f("queued_s", "real", "s", "Time queued for admission before being served.", default=0.0),
+    _f("connecting_s", "real", "s", "Time establishing (TCP, TLS, protocol handshake).",
+       default=0.0),
+    _f("active_s", "real", "s", "Time serving: held by a caller or carrying a request.",
+       default=0.0),
+    _f("idle_s", "real", "s", "Time open but unused (health checks included).", default=0.0),
+    _f("draining_s", "real", "s", "Time draining: no new work, finishing the current one.",
+       default=0.0),
+    _f("bytes_in", "int", "bytes", "Bytes received from the peer (the request side).",
+       default=0),
+    _f("bytes_out", "int", "bytes", "Bytes sent to the peer (the response side).", default=0),
+    _f("msgs_in", "int", "count", "Messages or requests received (frames, queries).",
+       default=0),
+    _f("msgs_out", "int", "count", "Messages or responses sent.", default=0),
+    _f("requests", "int", "count", "Uses: requests served, or acquisitions of a pool connection.",
+       default=0),
+    _f("conn_seq", "int", "count", "For a request record: its ordinal on its connection "
+       "(nginx `$connection_requests`); 1 means it opened the connection.", since=2),
+    _f("errors", "int", "count", "Errors seen: connect or check failures, breaks, 5xx, aborts.",
+       default=0),
+    _f("status", "int", "", "HTTP status of a request record."),
+    _f("first_byte_s", "real", "s", "Latency to the first response byte."),
+    _f("upstream_connect_s", "real", "s", "Time to connect to the upstream (gateway, HAProxy Tc, "
+       "nginx `$upstream_connect_time`)."),
+    _f("rtt_ms", "real", "ms", "Smoothed RTT from TCP_INFO, last sample (Linux)."),
+    _f("retransmits", "int", "count", "Total retransmitted segments from TCP_INFO (Linux)."),
+    _f("degradations", "int", "count", "Degradation steps applied to this connection's traffic.",
+       default=0),
+    _f("max_gap_s", "real", "s", "Longest idle stretch that ended in useful traffic (a healthy "
+       "gap); for a log record, the hold time of a useful exchange. Zombie thresholds are "
+       "learned from it.", since=2, default=0.0),
+    _f("tail_idle_s", "real", "s", "Idle time from the last useful traffic (or from "
+       "establishment, if none) to termination; what a zombie is judged on.", since=2,
+       default=0.0),
+    _f("max_held_s", "real", "s", "Longest single hold by a caller; what a leak is judged on.",
+       since=2, default=0.0),
+    _f("flag", "text", "", "What a live watch found: `zombie`, `half_open`, `leak`, or empty.",
+       since=2, default=""),
+    _f("close_reason", "text", "", "Why it ended: the pool's or gateway's reason, the HAProxy "
+       "termination state, or the HTTP outcome.", default=""),
+    _f("final_state", "text", "", "`closed` or `failed`.", default="closed"),
+    _f("client_addr", "text", "", "Client IP address (client and log records).", default=""),
+    _f("region", "text", "", "Client region, from a configured header or the CIDR table.",
+       default=""),
+    _f("device", "text", "", "Client device: desktop, mobile, tablet, bot or other.",
+       default=""),
+)
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+#: Position of each column in a row: what fast row builders (the log parsers) index with.
+COLUMN: dict[str, int] = {name: i for i, name in enumerate(FIELD_NAMES)}
+DEFAULT_ROW: Row = tuple(f.default for f in FIELDS)
+
+#: Phases a connection's time is split into; each has a `<phase>_s` column.
+PHASES = ("queued", "connecting", "active", "idle", "draining")
+
+_row_of = attrgetter(*FIELD_NAMES)
+
+
+class ConnRecord:
+    """One connection's record while it lives; see the module docstring."""
+
+    __slots__ = (*FIELD_NAMES, "_held_at", "_idle_at", "_phase", "_phase_at")
+
+    conn_id: str
+    node: str
+    source: str
+    kind: str
+    backend: str
+    class_name: str
+    class_changes: int
+    cqi_business: float | None
+    cqi_technical: float | None
+    cqi_user: float | None
+    cqi_resource: float | None
+    cqi_score: float | None
+    started_at: float
+    ended_at: float
+    queued_s: float
+    connecting_s: float
+    active_s: float
+    idle_s: float
+    draining_s: float
+    bytes_in: int
+    bytes_out: int
+    msgs_in: int
+    msgs_out: int
+    requests: int
+    conn_seq: int | None
+    errors: int
+    status: int | None
+    first_byte_s: float | None
+    upstream_connect_s: float | None
+    rtt_ms: float | None
+    retransmits: int | None
+    degradations: int
+    max_gap_s: float
+    tail_idle_s: float
+    max_held_s: float
+    flag: str
+    close_reason: str
+    final_state: str
+    client_addr: str
+    region: str
+    device: str
+
+    def __init__(self, conn_id: str, kind: str, source: str, started_at: float, *,
+                 phase: str = "connecting", **values: Any) -> None:
+        for field in FIELDS:
+            setattr(self, field.name, field.default)
+        self.conn_id = conn_id
+        self.kind = kind
+        self.source = source
+        self.started_at = started_at
+        self.ended_at = started_at
+        for name, value in values.items():
+            if name not in FIELD_BY_NAME:
+                raise TypeError(f"ConnRecord has no field {name!r}; the fields are listed in "
+                                "connwise.telemetry.record.FIELDS")
+            setattr(self, name, value)
+        if phase not in PHASES:
+            raise ValueError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
+        self._phase = phase
+        self._phase_at = started_at
+        self._idle_at: float | None = None
+        self._held_at: float | None = None
+
+    @property
+    def current_phase(self) -> str:
+        return self._phase
+
+    def phase(self, name: str, now: float) -> None:
+        """Leave the current phase at `now` (its time is added to its column) and enter `name`."""
+        attr = f"{self._phase}_s"
+        setattr(self, attr, getattr(self, attr) + (now - self._phase_at))
+        self._phase = name
+        self._phase_at = now
+        if name == "idle" and self._idle_at is None and self._held_at is None:
+            self._idle_at = now
+
+    def use(self, now: float) -> None:
+        """Useful traffic starts (an acquire, a request): the idle stretch before it was
+        healthy, and the connection counts one more use."""
+        if self._idle_at is not None:
+            gap = now - self._idle_at
+            self.max_gap_s = max(self.max_gap_s, gap)
+            self._idle_at = None
+        self.requests += 1
+        self._held_at = now
+
+    def unuse(self, now: float) -> None:
+        """The use ends (a release, a response sent): idleness starts again."""
+        if self._held_at is not None:
+            held = now - self._held_at
+            self.max_held_s = max(self.max_held_s, held)
+            self._held_at = None
+        self._idle_at = now
+
+    def finish(self, now: float, reason: str, *, failed: bool = False) -> None:
+        """Close the books at `now`: the last phase, the tail of idleness, the outcome."""
+        self.phase(self._phase, now)
+        if self._held_at is not None:
+            self.unuse(now)
+            self._idle_at = None
+        elif self._idle_at is not None:
+            self.tail_idle_s = now - self._idle_at
+        self.ended_at = now
+        self.close_reason = reason
+        if failed:
+            self.final_state = "failed"
+
+    def shift(self, offset: float) -> None:
+        """Move the timestamps from the owner's clock to Unix time."""
+        self.started_at += offset
+        self.ended_at += offset
+
+    def row(self) -> Row:
+        """The values in `FIELD_NAMES` order, as the stores take them."""
+        row: Row = _row_of(self)
+        return row
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(FIELD_NAMES, self.row(), strict=True))
+
+    def __repr__(self) -> str:
+        return (f"<ConnRecord {self.kind} {self.source}/{self.conn_id} {self._phase} "
+                f"uses {self.requests}>")
+
+
+def fields_markdown() -> str:
+    """The record's fields as a Markdown table, for docs/telemetry.md (a test keeps it there)."""
+    lines = ["| column | type | unit | since | meaning |", "|---|---|---|---|---|"]
+    for f in FIELDS:
+        doc = f.doc.replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {f.type} | {f.unit or '-'} | v{f.since} | {doc} |")
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""The fleet store: several connwise nodes writing to one PostgreSQL database.
+
+Same schema as the SQLite store (both are derived from `FIELDS`), kept in a PostgreSQL schema of
+its own (`connwise` by default) so that it never collides with the application's tables. Batches
+go in with binary COPY through asyncpg (`copy_records_to_table`), the fastest way into PostgreSQL:
+no statement per row, no text encoding of numbers. Migrations take a transaction-scoped advisory
+lock, so nodes starting together migrate once.
+
+`PostgresStore` is async, for code already on an event loop (the CLI runs it with
+`asyncio.run`). `PostgresSink` wraps it for the writer thread, which runs its own private loop:
+the data plane's loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+import asyncpg
+
+from connwise.errors import ConfigError, StoreError
+from connwise.telemetry.record import FIELD_NAMES, Row
+from connwise.telemetry.schema import LATEST, TABLE, VERSION_TABLE, migrations
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def check_schema_name(schema: str) -> str:
+    if not _IDENTIFIER.fullmatch(schema):
+        raise ConfigError("telemetry.postgres_schema", schema, "a schema name must be a plain "
+                          "SQL identifier (letters, digits, underscores; not starting with a "
+                          "digit; at most 63 characters)", "use e.g. 'connwise'")
+    return schema
+
+
+class PostgresStore:
+    """A telemetry store in schema `schema` of the database at `dsn`; open with `open()`."""
+
+    dialect = "postgres"
+
+    def __init__(self, conn: Any, dsn: str, schema: str) -> None:
+        self._conn = conn
+        self.dsn = dsn
+        self.schema = schema
+        self.table = f"{schema}.{TABLE}"
+        self.version = LATEST
+
+    @classmethod
+    async def open(cls, dsn: str, *, schema: str = "connwise",
+                   timeout: float = 10.0) -> PostgresStore:
+        """Connect and migrate to the latest schema. Raises StoreError naming the server."""
+        check_schema_name(schema)
+        try:
+            conn = await asyncpg.connect(dsn, timeout=timeout)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                TimeoutError) as exc:
+            raise StoreError(f"cannot connect to the telemetry database {redact_dsn(dsn)}: {exc}; "
+                             "check that PostgreSQL runs there and the DSN is right.") from exc
+        store = cls(conn, dsn, schema)
+        try:
+            await store._migrate()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def _migrate(self) -> None:
+        conn, schema = self._conn, self.schema
+        steps = migrations("postgres", self.table)
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))",
+                               f"connwise.telemetry.{schema}")
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.{VERSION_TABLE} "
+                               "(version INTEGER NOT NULL)")
+            version = await conn.fetchval(f"SELECT max(version) FROM {schema}.{VERSION_TABLE}")
+            version = int(version or 0)
+            if version > LATEST:
+                raise StoreError(f"telemetry schema {schema!r} at {redact_dsn(self.dsn)} has "
+                                 f"schema version {version}, newer than this connwise knows "
+                                 f"({LATEST}); upgrade connwise or use another schema.")
+            for target in range(version + 1, LATEST + 1):
+                for statement in steps[target]:
+                    await conn.execute(statement)
+                await conn.execute(f"DELETE FROM {schema}.{VERSION_TABLE}")
+                await conn.execute(f"INSERT INTO {schema}.{VERSION_TABLE} VALUES ($1)", target)
+
+    async def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        """Append `rows` (values in `columns` order, all fields by default) with one COPY."""
+        if not rows:
+            return
+        await self._conn.copy_records_to_table(
+            TABLE, schema_name=self.schema, records=rows,
+            columns=list(FIELD_NAMES if columns is None else columns))
+
+    async def read(self, *, since: float | None = None, until: float | None = None,
+                   columns: Sequence[str] = FIELD_NAMES,
+                   chunk: int = 20_000) -> AsyncGenerator[list[Row], None]:
+        """Rows whose start lies in [since, until), oldest first, in chunks of `chunk`."""
+        where, params = _window(since, until)
+        query = f"SELECT {', '.join(columns)} FROM {self.table}{where} ORDER BY started_at"
+        async with self._conn.transaction():
+            cursor = await self._conn.cursor(query, *params)
+            while batch := await cursor.fetch(chunk):
+                yield [tuple(record) for record in batch]
+
+    async def count(self, *, since: float | None = None, until: float | None = None) -> int:
+        where, params = _window(since, until)
+        return int(await self._conn.fetchval(f"SELECT count(*) FROM {self.table}{where}",
+                                             *params))
+
+    async def size_bytes(self) -> int:
+        """Bytes of the table with its indexes and TOAST."""
+        return int(await self._conn.fetchval("SELECT pg_total_relation_size($1::regclass)",
+                                             self.table))
+
+    async def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+                     now: float | None = None) -> int:
+        """Delete records that ended before `now - max_age`, then the oldest ones until the
+        rows left would fit in `max_bytes` at the table's average row size. PostgreSQL reuses
+        the space after autovacuum rather than shrinking the files, so the bound holds for the
+        data kept, not for the file size on disk."""
+        conn = self._conn
+        deleted = 0
+        if max_age is not None:
+            cutoff = (time.time() if now is None else now) - max_age
+            result = await conn.execute(f"DELETE FROM {self.table} WHERE started_at < $1", cutoff)
+            deleted += int(result.split()[-1])
+        if max_bytes is not None:
+            total = await self.count()
+            size = await self.size_bytes()
+            if total and size > max_bytes:
+                keep = int(total * (0.9 * max_bytes / size))
+                result = await conn.execute(
+                    f"DELETE FROM {self.table} WHERE ctid IN (SELECT ctid FROM {self.table} "
+                    "ORDER BY started_at LIMIT $1)", total - keep)
+                deleted += int(result.split()[-1])
+        return deleted
+
+    async def drop(self) -> None:
+        """Drop the whole schema with its records: for tests and for starting over."""
+        await self._conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {redact_dsn(self.dsn)} schema {self.schema} v{self.version}>"
+
+
+class PostgresSink:
+    """`PostgresStore` for the writer thread: a private event loop, reconnect after a failure."""
+
+    def __init__(self, dsn: str, *, schema: str = "connwise") -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self._loop = asyncio.new_event_loop()
+        self._store: PostgresStore | None = None
+        try:
+            self._store = self._run(PostgresStore.open(dsn, schema=schema))
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def _run(self, coro: Any) -> Any:
+        return self._loop.run_until_complete(coro)
+
+    def _connected(self) -> PostgresStore:
+        if self._store is None:
+            self._store = self._run(PostgresStore.open(self.dsn, schema=self.schema))
+        return self._store
+
+    def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        store = self._connected()
+        try:
+            self._run(store.write(rows, columns))
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+            # The connection is gone: drop it, and reconnect for the next batch.
+            self._store = None
+            self._run_quietly(store.close())
+            raise
+
+    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+               now: float | None = None) -> int:
+        return int(self._run(self._connected().retain(max_age=max_age, max_bytes=max_bytes,
+                                                      now=now)))
+
+    def _run_quietly(self, coro: Any) -> None:
+        with contextlib.suppress(Exception):
+            self._run(coro)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._run_quietly(self._store.close())
+            self._store = None
+        self._loop.close()
+
+
+def _window(since: float | None, until: float | None) -> tuple[str, list[float]]:
+    clauses: list[str] = []
+    params: list[float] = []
+    if since is not None:
+        params.append(since)
+        clauses.append(f"started_at >= ${len(params)}")
+    if until is not None:
+        params.append(until)
+        clauses.append(f"started_at < ${len(params)}")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)

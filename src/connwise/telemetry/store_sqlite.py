@@ -1,0 +1,185 @@
+"""The default store: one SQLite file in WAL mode.
+
+WAL lets the report and `telemetry export` read while the writer thread writes, and with
+`synchronous=NORMAL` a commit costs no fsync (a power cut may lose the last batches, never
+corrupt the file: SQLite's documented WAL guarantee, the trade Firefox and Android make too).
+`auto_vacuum=INCREMENTAL` lets retention give space back to the file system without a full
+`VACUUM` that would lock the store.
+
+One `SqliteStore` is used by one thread at a time (the writer's, or the CLI's).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from connwise.errors import StoreError
+from connwise.telemetry.record import FIELD_NAMES, Row
+from connwise.telemetry.schema import LATEST, TABLE, VERSION_TABLE, migrations
+
+log = logging.getLogger("connwise.telemetry")
+
+
+class SqliteStore:
+    """A telemetry store in the SQLite file at `path`, migrated to the latest schema on open."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"telemetry store {str(self.path)!r} does not exist; check the "
+                             "path, or ingest logs or run connwise with telemetry to create it.")
+        if not self.path.parent.exists():
+            raise StoreError(f"cannot create telemetry store {str(self.path)!r}: the directory "
+                             f"{str(self.path.parent)!r} does not exist; create it first.")
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            if not self._table_exists(TABLE) and not self._table_exists(VERSION_TABLE):
+                self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self.version = self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open telemetry store {str(self.path)!r}: {exc}; is it an "
+                             "SQLite file written by connwise?") from exc
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def _table_exists(self, name: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                               (name,)).fetchone()
+        return row is not None
+
+    def _read_version(self) -> int:
+        if not self._table_exists(VERSION_TABLE):
+            return 0
+        row = self._db.execute(f"SELECT version FROM {VERSION_TABLE}").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> int:
+        db = self._db
+        version = self._read_version()
+        if version > LATEST:
+            raise StoreError(f"telemetry store {str(self.path)!r} has schema version {version}, "
+                             f"newer than this connwise knows ({LATEST}); upgrade connwise or "
+                             "use another store.")
+        steps = migrations("sqlite")
+        for target in range(version + 1, LATEST + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._read_version() >= target:  # another process migrated meanwhile
+                    db.execute("ROLLBACK")
+                    continue
+                for statement in steps[target]:
+                    db.execute(statement)
+                db.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER)")
+                db.execute(f"DELETE FROM {VERSION_TABLE}")
+                db.execute(f"INSERT INTO {VERSION_TABLE} VALUES (?)", (target,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            if version:
+                log.info("telemetry store %s migrated to schema version %d", self.path, target)
+        return LATEST
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        """Insert `rows` (values in `columns` order, all fields by default) in one transaction."""
+        if not rows:
+            return
+        names = FIELD_NAMES if columns is None else tuple(columns)
+        sql = (f"INSERT INTO {TABLE} ({', '.join(names)}) "
+               f"VALUES ({', '.join('?' * len(names))})")
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read(self, *, since: float | None = None, until: float | None = None,
+             columns: Sequence[str] = FIELD_NAMES, chunk: int = 20_000) -> Iterator[list[Row]]:
+        """Rows whose start lies in [since, until), oldest first, in chunks of `chunk`."""
+        where, params = _window(since, until)
+        cursor = self._db.execute(
+            f"SELECT {', '.join(columns)} FROM {TABLE}{where} ORDER BY started_at", params)
+        while batch := cursor.fetchmany(chunk):
+            yield batch
+
+    def count(self, *, since: float | None = None, until: float | None = None) -> int:
+        where, params = _window(since, until)
+        return int(self._db.execute(f"SELECT count(*) FROM {TABLE}{where}", params)
+                   .fetchone()[0])
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        """Bytes the store takes on disk: the file and its write-ahead log."""
+        size = 0
+        for suffix in ("", "-wal"):
+            path = Path(f"{self.path}{suffix}")
+            if path.exists():
+                size += path.stat().st_size
+        return size
+
+    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+               now: float | None = None) -> int:
+        """Delete records that ended before `now - max_age`, then the oldest ones until the
+        store fits in `max_bytes`; give the space back. Returns the records deleted."""
+        db = self._db
+        deleted = 0
+        if max_age is not None:
+            cutoff = (time.time() if now is None else now) - max_age
+            deleted += db.execute(f"DELETE FROM {TABLE} WHERE started_at < ?", (cutoff,)).rowcount
+            self._compact()
+        if max_bytes is not None:
+            for _ in range(8):  # each pass aims below the limit; a few converge on it
+                size = self.size_bytes()
+                total = self.count()
+                if size <= max_bytes or total == 0:
+                    break
+                # Aim 10% under the limit so that the next batches do not trip it at once.
+                keep = int(total * (0.9 * max_bytes / size))
+                excess = max(1, total - keep)
+                deleted += db.execute(
+                    f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+                    "ORDER BY started_at LIMIT ?)", (excess,)).rowcount
+                self._compact()
+        return deleted
+
+    def _compact(self) -> None:
+        # executescript steps the pragma to its end; execute() would free a single page.
+        self._db.executescript("PRAGMA incremental_vacuum;")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {str(self.path)!r} v{self.version}>"
+
+
+def _window(since: float | None, until: float | None) -> tuple[str, tuple[float, ...]]:
+    clauses: list[str] = []
+    params: list[float] = []
+    if since is not None:
+        clauses.append("started_at >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("started_at < ?")
+        params.append(until)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)

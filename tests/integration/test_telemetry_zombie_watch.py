@@ -1,0 +1,159 @@
+"""The zombie watch on a real pool over loopback TCP: it reports zombies by default, closes them
+after the grace period with `reclaim=True` (never below the pool's floor), passes leaks and
+half-open connections on, and counts all of it in Prometheus. Pool time is a VirtualClock, so
+an hour of idleness takes no time; only the closes are real."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import connwise
+from connwise.core.clock import VirtualClock
+from connwise.core.zombies import Verdict, ZombieFinding, ZombieRules
+from connwise.errors import ConfigError
+from connwise.pool.drivers.tcp import TcpConnection, TcpDriver
+from connwise.telemetry.memory import MemorySink
+from connwise.telemetry.metrics import TelemetryMetrics
+from connwise.telemetry.record import ConnRecord
+from connwise.telemetry.recorder import Recorder
+from connwise.telemetry.zombie_watch import ZombieWatch
+from tests.integration.tcp_backend import TcpBackend
+
+RULES = ZombieRules(min_samples=5, k=3.0, floor=1.0)
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[TcpBackend]:
+    server = await TcpBackend().start()
+    yield server
+    await server.stop()
+
+
+def make_pool(backend: TcpBackend, clock: VirtualClock,
+              **kwargs: object) -> connwise.Pool[TcpConnection]:
+    options: dict[str, object] = {"min_size": 1, "max_size": 4, "name": "zw",
+                                  "idle_timeout": None, "max_lifetime": None,
+                                  "check_interval": 1e6, "clock": clock}
+    options.update(kwargs)
+    return connwise.Pool(TcpDriver("127.0.0.1", backend.port, greeting=b"HELLO"),
+                         **options)  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+async def three_connections_one_hot(pool: connwise.Pool[TcpConnection],
+                                    clock: VirtualClock) -> None:
+    """Open three connections at once, then use only the one on top of the idle stack, once a
+    second for ten seconds: its gaps of 1 s are what healthy looks like."""
+    conns = [await pool.getconn("interactive") for _ in range(3)]
+    for conn in conns:
+        await pool.putconn(conn)
+    for _ in range(10):
+        clock.advance(1.0)
+        async with pool.acquire("interactive"):
+            pass
+
+
+async def test_zombies_are_reported_by_default_and_reclaimed_after_grace(
+        backend: TcpBackend) -> None:
+    clock = VirtualClock(1000.0)
+    registry = CollectorRegistry()
+    metrics = TelemetryMetrics(registry)
+    records: MemorySink[ConnRecord] = MemorySink()
+    async with make_pool(backend, clock) as pool:
+        recorder = Recorder(records, wall_offset=0.0)
+        pool.subscribe(recorder.on_pool_event)
+        watch = ZombieWatch(pool, rules=RULES, reclaim=True, grace=10.0, interval=3600.0,
+                            metrics=metrics).start()
+        found: list[ZombieFinding] = []
+        watch.subscribe(found.append)
+        await three_connections_one_hot(pool, clock)
+        assert backend.open == 3
+        findings = watch.scan()  # the two cold connections idled 10 s, past ~3 s
+        assert sorted(f.verdict.value for f in findings) == ["zombie", "zombie"]
+        assert found == findings and all(3.0 <= f.threshold <= 3.5 for f in found)
+        cold = {f.key for f in findings}
+        assert watch.scan() == []  # reported once
+        clock.advance(5.0)
+        async with pool.acquire("interactive"):
+            pass
+        watch.scan()
+        assert backend.open == 3  # still within the grace period
+        clock.advance(6.0)
+        async with pool.acquire("interactive"):
+            pass
+        watch.scan()
+        await until(lambda: backend.open == 1)
+        assert watch.reclaimed == 2
+        closed = {r.conn_id for r in records.events if r.close_reason == "zombie"}
+        assert closed == {str(k) for k in cold}
+        assert registry.get_sample_value("connwise_zombies_total",
+                                         {"owner": "zw", "verdict": "zombie"}) == 2
+        assert registry.get_sample_value("connwise_zombies_reclaimed_total",
+                                         {"owner": "zw"}) == 2
+        watch.stop()
+
+
+async def test_without_reclaim_zombies_are_only_reported(backend: TcpBackend) -> None:
+    clock = VirtualClock(0.0)
+    async with make_pool(backend, clock) as pool:
+        watch = ZombieWatch(pool, rules=RULES, interval=3600.0).start()
+        await three_connections_one_hot(pool, clock)
+        assert len(watch.scan()) == 2
+        clock.advance(1000.0)
+        watch.scan()
+        await asyncio.sleep(0.05)
+        assert backend.open == 3 and watch.reclaimed == 0
+        watch.stop()
+
+
+async def test_reclaim_never_goes_below_the_pool_floor(backend: TcpBackend) -> None:
+    clock = VirtualClock(0.0)
+    async with make_pool(backend, clock, min_size=3) as pool:
+        watch = ZombieWatch(pool, rules=RULES, reclaim=True, grace=0.0,
+                            interval=3600.0).start()
+        await three_connections_one_hot(pool, clock)
+        assert len(watch.scan()) == 2
+        clock.advance(100.0)
+        watch.scan()
+        await asyncio.sleep(0.05)
+        assert backend.open == 3 and watch.reclaimed == 0
+        watch.stop()
+
+
+async def test_leaks_and_half_open_connections_become_findings(backend: TcpBackend) -> None:
+    clock = VirtualClock(0.0)
+    async with make_pool(backend, clock, leak_threshold=2.0, check_interval=2.0) as pool:
+        watch = ZombieWatch(pool, rules=RULES, interval=0.01).start()
+        found: list[ZombieFinding] = []
+        watch.subscribe(found.append)
+        conn = await pool.getconn("bulk")
+        clock.advance(2.5)  # held past the leak threshold: the pool's maintenance reports it
+        await until(lambda: any(f.verdict is Verdict.LEAK for f in found))
+        await pool.putconn(conn)
+        await until(lambda: pool.policy.idle == 1)
+        backend.cut()  # the peer goes away without the pool noticing...
+        clock.advance(3.0)  # ...until its next check
+        await until(lambda: any(f.verdict is Verdict.HALF_OPEN for f in found))
+        leak = next(f for f in found if f.verdict is Verdict.LEAK)
+        assert leak.seconds >= 2.0 and leak.threshold == 2.0
+        watch.stop()
+
+
+def test_bad_watch_settings_name_their_key() -> None:
+    class Named:
+        name = "p"
+
+    with pytest.raises(ConfigError, match=r"zombies\.grace"):
+        ZombieWatch(Named(), grace=-1.0)
+    with pytest.raises(ConfigError, match=r"zombies\.interval"):
+        ZombieWatch(Named(), interval=0.0)

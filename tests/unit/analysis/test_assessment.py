@@ -1,0 +1,234 @@
+"""The assessment on frames with a known answer: KPIs, concurrency, zombies, segments,
+recommendations and both reports."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from connwise.analysis.assessment import assess, concurrency, sweep, zombie_verdicts
+from connwise.analysis.frame import COLUMNS, Frame, parse_segments, zone
+from connwise.analysis.recommend import nice, recommend
+from connwise.analysis.report_html import render_html, write_html
+from connwise.analysis.report_term import render
+from connwise.core.zombies import Verdict, ZombieRules, judge
+from connwise.errors import ConfigError
+from connwise.telemetry.record import FIELD_BY_NAME
+
+MONDAY = 1710115200.0  # 2024-03-11 00:00 UTC, a Monday
+
+
+def frame_of(records: list[dict[str, Any]]) -> Frame:
+    rows = [tuple(r.get(name, FIELD_BY_NAME[name].default) for name in COLUMNS)
+            for r in records]
+    return Frame.from_rows([rows])
+
+
+def pool(start: float, end: float, **values: Any) -> dict[str, Any]:
+    return {"kind": "pool", "source": "main", "started_at": start, "ended_at": end,
+            "active_s": (end - start) / 2, **values}
+
+
+def test_kpis_with_a_known_answer() -> None:
+    frame = frame_of([
+        pool(0, 10, connecting_s=0.1, requests=3),
+        pool(5, 15, connecting_s=0.2, requests=1, errors=1),
+        pool(10, 20, connecting_s=0.3, requests=0),
+        pool(12, 13, connecting_s=0.4, requests=2),
+    ])
+    k = assess(frame).kpis
+    assert k.records == 4 and k.requests == 6
+    assert k.establish_p50 == pytest.approx(0.25)
+    assert k.establish_p99 == pytest.approx(0.397)
+    assert k.establish_samples == 4
+    assert k.error_rate == 0.25
+    assert k.peak_concurrency == 3  # at t=12; at t=10 one ends as the next starts
+    assert k.reuse_ratio == pytest.approx(3 / 6)
+
+
+def test_upstream_connect_time_is_the_establishment_where_known() -> None:
+    frame = frame_of([{"kind": "request", "started_at": 0, "ended_at": 1,
+                       "upstream_connect_s": 0.05, "connecting_s": 0.0},
+                      {"kind": "request", "started_at": 0, "ended_at": 1}])
+    k = assess(frame).kpis
+    assert (k.establish_samples, k.establish_p50) == (1, 0.05)
+    assert k.reuse_ratio is None  # a log without $connection_requests cannot tell
+
+
+def test_concurrency_bins_keep_each_bin_s_maximum() -> None:
+    rng = random.Random(3)
+    starts = np.array([rng.uniform(0, 3000) for _ in range(400)])
+    ends = starts + np.array([rng.expovariate(1 / 30) for _ in range(400)])
+    series = concurrency(starts, ends)
+    times, level = sweep(starts, ends)
+    assert series.peaks.max() == level.max()
+    for i, peak in enumerate(series.peaks):
+        lo, hi = series.start + i * series.width, series.start + (i + 1) * series.width
+        inside = level[(times >= lo) & (times < hi)]
+        before = level[times < lo]
+        expected = max(inside.max() if inside.size else -1, before[-1] if before.size else 0)
+        assert peak == expected
+
+
+def test_report_zombie_rule_is_the_core_rule_record_by_record() -> None:
+    rng = random.Random(11)
+    rules = ZombieRules(min_samples=20)
+    records = []
+    for i in range(600):
+        segment = rng.choice(["eu", "us"])
+        scale = 1.0 if segment == "eu" else 20.0
+        records.append(pool(i, i + 100, region=segment, device="desktop",
+                            max_gap_s=rng.expovariate(1 / scale) if rng.random() < 0.7 else 0,
+                            tail_idle_s=rng.expovariate(1 / (3 * scale)),
+                            max_held_s=rng.choice([0.0, 1.0, 45.0]),
+                            flag=rng.choice(["", "", "", "", "half_open"])))
+    frame = frame_of(records)
+    zombie, leak, thresholds = zombie_verdicts(frame, rules)
+    for i, r in enumerate(records):
+        verdict = judge(idle_for=r["tail_idle_s"],
+                        threshold=thresholds[f"pool|{r['region']}|desktop"],
+                        half_open=r["flag"] == "half_open", held_for=r["max_held_s"],
+                        leak_threshold=rules.leak_threshold)
+        assert bool(zombie[i]) == (verdict in (Verdict.ZOMBIE, Verdict.HALF_OPEN)), i
+        assert bool(leak[i]) == (verdict is Verdict.LEAK), i
+    assert thresholds["pool|us|desktop"] > 5 * thresholds["pool|eu|desktop"]
+
+
+def warm(action: str) -> int:
+    found = re.search(r"warm target (\d+)", action)
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_sizes_round_up_to_a_short_series() -> None:
+    assert [nice(x) for x in (0.2, 1, 1.2, 2, 2.2, 7, 9, 11, 14, 16, 33, 81, 130)] == [
+        1, 1, 2, 2, 3, 8, 10, 15, 15, 20, 40, 100, 150]
+
+
+def _workload() -> Frame:
+    """A week-day morning of requests and pool connections with planted findings."""
+    rng = random.Random(5)
+    records: list[dict[str, Any]] = []
+    # Requests: Monday 08-10 busy (~20 s of work per second: concurrency ~20), 10-12 quiet.
+    for hour, rate in ((8, 10.0), (9, 10.0), (10, 1.0), (11, 1.0)):
+        t = MONDAY + hour * 3600
+        while t < MONDAY + (hour + 1) * 3600:
+            t += rng.expovariate(rate)
+            mobile = rng.random() < 0.5
+            records.append({
+                "kind": "request", "source": "access.log", "started_at": t,
+                "ended_at": t + rng.expovariate(0.5), "requests": 1,
+                "region": "us-east" if mobile else "eu-west",
+                "device": "mobile" if mobile else "desktop",
+                "upstream_connect_s": rng.uniform(0.3, 0.6) if mobile else rng.uniform(0.02,
+                                                                                      0.05),
+                "errors": int(rng.random() < 0.01),
+            })
+    # Pool connections: reused every ~1 s, the idle ones closed by a 600 s idle timeout.
+    for i in range(200):
+        start = MONDAY + 8 * 3600 + i * 30
+        records.append(pool(start, start + 900, requests=50, active_s=30.0,
+                            max_gap_s=rng.uniform(0.5, 1.5),
+                            tail_idle_s=600.0 if i % 5 == 0 else rng.uniform(0, 1),
+                            connecting_s=0.002))
+    return frame_of(records)
+
+
+@pytest.fixture(scope="module")
+def workload_result() -> Any:
+    result = assess(_workload(), store="test.db", segments_by=("region", "device"))
+    recommend(result)
+    return result
+
+
+def test_recommendations_with_reasons(workload_result: Any) -> None:
+    result = workload_result
+    by_topic: dict[str, list[Any]] = {}
+    for r in result.recommendations:
+        by_topic.setdefault(r.topic, []).append(r)
+    sizes = by_topic["pool size"]
+    busy = next(r for r in sizes if r.scope.startswith("Mon 08:00"))
+    quiet = next(r for r in sizes if "11:00" in r.scope)
+    assert warm(busy.action) > 3 * warm(quiet.action)
+    peak = float(re.sub(r".*peak ([\d.]+);.*", r"\1", busy.reason))
+    assert busy.action.endswith(f"max_size {nice(peak * 1.25)}")
+    assert "p95" in sizes[0].reason and "headroom" in sizes[0].reason
+    [idle] = by_topic["idle timeout"]
+    assert idle.scope == "pool"
+    assert idle.action == "idle_timeout 5 s"  # k=3 x p99 of gaps uniform in 0.5..1.5 s
+    assert "40 of 200 connections idled past 5 s" in idle.reason
+    assert any("log $connection and $connection_requests" in r.action
+               for r in by_topic["keep-alive"])
+    [zombies] = by_topic["zombies"]
+    assert zombies.scope == "pool" and "reclaim" in zombies.action
+    assert "40 of 200 pool records (20.0%)" in zombies.reason
+    segments = by_topic["segments"]
+    assert segments[0].scope == "us-east / mobile"
+    assert "p95 establishment time" in segments[0].reason
+    assert "eu-west / desktop" in segments[0].reason
+
+
+def test_keepalive_from_gaps_between_requests_on_a_connection() -> None:
+    records = []
+    for conn in range(40):
+        t = MONDAY + conn
+        for seq in range(1, 6):
+            records.append({"kind": "request", "conn_id": str(conn), "conn_seq": seq,
+                            "started_at": t, "ended_at": t + 0.1, "requests": 1})
+            t += 0.1 + 2.0  # 2 s between requests
+    result = assess(frame_of(records))
+    recommend(result)
+    assert result.kpis.reuse_ratio == pytest.approx(4 / 5)
+    [advice] = [r for r in result.recommendations if r.topic == "keep-alive"]
+    assert advice.action == "keepalive_timeout 5 s"  # 2 s gaps x 1.2, at least 5 s
+    assert "2.0 s" in advice.reason
+
+
+def test_terminal_and_html_reports(workload_result: Any, tmp_path: Path) -> None:
+    console = Console(record=True, width=160)
+    render(workload_result, console)
+    text = console.export_text()
+    for needle in ("Baseline", "Establishment time p50 / p95 / p99", "Zombie share",
+                   "Peak concurrency", "Connection reuse ratio", "Recommendations",
+                   "us-east / mobile"):
+        assert needle in text
+    path = write_html(workload_result, tmp_path / "report.html")
+    page = path.read_text()
+    assert page.count("<svg") == 6
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched
+    assert "<script" not in page and "@import" not in page
+    assert "Establishment time p50 / p95 / p99" in page and "idle_timeout 5 s" in page
+    with pytest.raises(ConfigError, match="does not exist"):
+        write_html(workload_result, tmp_path / "missing" / "r.html")
+
+
+def test_an_empty_frame_renders_without_data() -> None:
+    result = assess(frame_of([]))
+    recommend(result)
+    assert result.kpis.records == 0 and math.isnan(result.kpis.error_rate)
+    assert result.recommendations == []
+    assert "no connections in these records" in render_html(result)
+
+
+def test_segments_and_zones_are_validated() -> None:
+    assert parse_segments("region, hour") == ("region", "hour")
+    with pytest.raises(ConfigError, match="unknown dimension planet"):
+        parse_segments("region,planet")
+    with pytest.raises(ConfigError, match="unknown time zone"):
+        zone("Mars/Olympus")
+
+
+def test_hours_and_week_windows_follow_the_zone() -> None:
+    frame = frame_of([{"kind": "request", "started_at": MONDAY + 7 * 3600 + i,
+                       "ended_at": MONDAY + 7 * 3600 + i + 0.5, "requests": 1}
+                      for i in range(100)])
+    paris = assess(frame, segments_by=("hour",), tz=zone("Europe/Paris"))
+    assert [s.key for s in paris.segments] == ["08h"]  # 07:00 UTC is 08:00 in Paris (CET)
+    assert np.isfinite(paris.week_max[0, 8]) and np.isnan(paris.week_max[0, 7])

@@ -1,0 +1,241 @@
+"""Zombie and leak rules of the core: the rule table, the learner, the live tracker, and a
+planted-zombie population with a known ground truth."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connwise.core.zombies import (
+    TCP_CLOSE_WAIT,
+    TCP_ESTABLISHED,
+    GapHistogram,
+    Thresholds,
+    Verdict,
+    ZombieRules,
+    ZombieTracker,
+    judge,
+    learned_threshold,
+    looks_half_open,
+)
+from connwise.errors import ConfigError
+
+
+@pytest.mark.parametrize(("kwargs", "key"), [
+    ({"k": 0.5}, "zombies.k"),
+    ({"quantile": 1.0}, "zombies.quantile"),
+    ({"min_samples": 0}, "zombies.min_samples"),
+    ({"floor": 0.0}, "zombies.floor"),
+    ({"floor": 500.0}, "zombies.floor"),
+    ({"leak_threshold": -1.0}, "zombies.leak_threshold"),
+])
+def test_rules_refuse_bad_values_naming_the_key(kwargs: dict[str, float], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ZombieRules(**kwargs).validate()  # type: ignore[arg-type]
+    assert info.value.key == key
+    assert str(info.value).endswith(".")
+
+
+@pytest.mark.parametrize(("kwargs", "verdict"), [
+    ({"idle_for": 5.0, "threshold": 10.0}, Verdict.HEALTHY),
+    ({"idle_for": 10.0, "threshold": 10.0}, Verdict.HEALTHY),
+    ({"idle_for": 10.1, "threshold": 10.0}, Verdict.ZOMBIE),
+    ({"idle_for": 0.0, "threshold": 10.0, "half_open": True}, Verdict.HALF_OPEN),
+    ({"idle_for": 0.0, "threshold": 10.0, "held_for": 31.0, "leak_threshold": 30.0},
+     Verdict.LEAK),
+    ({"idle_for": 0.0, "threshold": 10.0, "held_for": 31.0}, Verdict.HEALTHY),
+    ({"idle_for": 99.0, "threshold": 10.0, "half_open": True, "held_for": 99.0,
+      "leak_threshold": 1.0}, Verdict.HALF_OPEN),
+])
+def test_judge_table(kwargs: dict[str, float], verdict: Verdict) -> None:
+    assert judge(**kwargs) is verdict  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kwargs", "half_open"), [
+    ({"tcp_state": TCP_ESTABLISHED}, False),
+    ({"tcp_state": TCP_CLOSE_WAIT}, True),
+    ({"tcp_state": TCP_ESTABLISHED, "unacked": 3, "backoff": 2}, False),
+    ({"tcp_state": TCP_ESTABLISHED, "unacked": 3, "backoff": 3}, True),
+    ({"tcp_state": TCP_ESTABLISHED, "unacked": 0, "backoff": 5}, False),
+])
+def test_half_open_from_tcp_info(kwargs: dict[str, int], half_open: bool) -> None:
+    assert looks_half_open(**kwargs) is half_open
+
+
+def test_histogram_quantile_is_within_four_percent_above() -> None:
+    rng = random.Random(7)
+    gaps = [rng.lognormvariate(0.0, 1.5) for _ in range(20_000)]
+    histogram = GapHistogram()
+    for gap in gaps:
+        histogram.observe(gap)
+    exact = sorted(gaps)[int(0.99 * len(gaps)) - 1]
+    estimate = histogram.quantile(0.99)
+    assert exact <= estimate <= exact * 1.04 * 1.04
+    assert GapHistogram().quantile(0.99) == 0.0
+
+
+def test_learned_threshold_falls_back_below_min_samples() -> None:
+    rules = ZombieRules(k=3, min_samples=10, default_threshold=300.0, floor=1.0)
+    assert learned_threshold(rules, 2.0, 10) == 6.0
+    assert learned_threshold(rules, 0.01, 10) == 1.0  # the floor
+    assert learned_threshold(rules, 2.0, 9) == 300.0
+    assert learned_threshold(rules, 2.0, 9, fallback=42.0) == 42.0
+
+
+def test_thresholds_per_segment_then_global_then_default() -> None:
+    thresholds = Thresholds(ZombieRules(k=2, min_samples=5))
+    assert thresholds.threshold("a") == 300.0
+    for _ in range(5):
+        thresholds.observe("a", 10.0)
+    a = thresholds.threshold("a")
+    assert 20.0 <= a <= 20.0 * 1.05
+    # "b" has too few gaps of its own: it borrows the threshold of all gaps together.
+    thresholds.observe("b", 100.0)
+    assert thresholds.threshold("b") == thresholds.threshold("never-seen")
+    for _ in range(5):
+        thresholds.observe("b", 100.0)
+    assert 200.0 <= thresholds.threshold("b") <= 210.0
+    assert thresholds.samples("b") == 6 and thresholds.segments == ["a", "b"]
+
+
+def test_tracker_reports_once_per_idle_stretch_and_forgives_use() -> None:
+    tracker = ZombieTracker("pool", Thresholds(ZombieRules(min_samples=1, k=2)))
+    tracker.idle(1, "s", 0.0)
+    tracker.busy(1, 1.0)  # a healthy gap of 1 s: threshold ~2 s
+    tracker.idle(1, "s", 1.5)
+    assert tracker.scan(3.0) == []
+    found = tracker.scan(4.0)
+    assert [(f.key, f.verdict) for f in found] == [(1, Verdict.ZOMBIE)]
+    assert found[0].seconds == 2.5 and found[0].threshold == pytest.approx(2.0, rel=0.05)
+    assert tracker.scan(100.0) == []  # reported once
+    assert tracker.reclaimable(4.5, grace=1.0) == []
+    assert tracker.reclaimable(5.0, grace=1.0) == [1]
+    tracker.busy(1, 5.0)  # used again: forgiven, and its 3.5 s gap was healthy after all
+    assert tracker.reclaimable(10.0, grace=1.0) == []
+    tracker.idle(1, "s", 6.0)
+    assert tracker.scan(6.5) == []
+    tracker.forget(1)
+    assert len(tracker) == 0 and tracker.scan(1000.0) == []
+
+
+def test_tracker_leaks_only_when_pooled() -> None:
+    rules = ZombieRules(leak_threshold=30.0)
+    pooled = ZombieTracker("pool", Thresholds(rules))
+    gateway = ZombieTracker("listener", Thresholds(rules), pooled=False)
+    for tracker in (pooled, gateway):
+        tracker.idle("c", "s", 0.0)
+        tracker.busy("c", 1.0)
+    assert [f.verdict for f in pooled.scan(31.0)] == [Verdict.LEAK]
+    assert gateway.scan(31.0) == []
+
+
+def test_tracker_half_open_is_found_at_once() -> None:
+    tracker = ZombieTracker("pool")
+    tracker.idle(3, "s", 0.0)
+    tracker.half_open(3, 0.1)
+    [finding] = tracker.scan(0.2)
+    assert finding.verdict is Verdict.HALF_OPEN and finding.threshold == 0.0
+    assert tracker.reclaimable(0.2, grace=0.0) == [3]
+
+
+# -- planted zombies with a known ground truth -----------------------------------------------------
+
+#: Segments with very different healthy gaps: median 2 s, 10 s and 60 s (lognormal, sigma 1).
+SEGMENTS = {"eu/desktop": 2.0, "us/mobile": 10.0, "ap/batch": 60.0}
+HORIZON = 3600.0
+
+
+def _population(rng: random.Random, per_segment: int = 100,
+                zombie_share: float = 0.15) -> list[tuple[str, str, list[float], bool]]:
+    """Connections as (key, segment, alternating busy/idle event times, is_zombie).
+
+    A healthy connection alternates short uses with idle gaps from its segment until the
+    horizon. A zombie behaves the same until it dies at a random time in the first half, and
+    stays idle from then on.
+    """
+    connections = []
+    for segment, median in SEGMENTS.items():
+        for i in range(per_segment):
+            zombie = rng.random() < zombie_share
+            dies = rng.uniform(0, HORIZON / 2) if zombie else math.inf
+            events: list[float] = []
+            t = rng.uniform(0, median)
+            while True:
+                t += rng.lognormvariate(math.log(median), 1.0)  # idle gap
+                if t >= HORIZON or t >= dies:
+                    break
+                events.append(t)  # busy
+                t += rng.uniform(0.001, 0.05)
+                events.append(t)  # idle again
+            connections.append((f"{segment}#{i}", segment, events, zombie))
+    return connections
+
+
+def _evaluate(connections: list[tuple[str, str, list[float], bool]],
+              segment_of: dict[str, str]) -> tuple[float, float]:
+    tracker = ZombieTracker("planted", pooled=False)
+    for key, segment, events, _ in connections:
+        tracker.idle(key, segment_of[segment], 0.0)
+        for n, t in enumerate(events):
+            if n % 2 == 0:
+                tracker.busy(key, t)
+            else:
+                tracker.idle(key, segment_of[segment], t)
+    flagged = {f.key for f in tracker.scan(HORIZON) if f.verdict is Verdict.ZOMBIE}
+    truth = {key for key, _, _, zombie in connections if zombie}
+    hits = len(flagged & truth)
+    precision = hits / len(flagged) if flagged else 1.0
+    recall = hits / len(truth)
+    return precision, recall
+
+
+def test_planted_zombies_are_found_with_precision_and_recall_above_095() -> None:
+    connections = _population(random.Random(2024))
+    truth = sum(zombie for *_, zombie in connections)
+    assert 25 <= truth <= 75  # the draw planted a real population
+    precision, recall = _evaluate(connections, {s: s for s in SEGMENTS})
+    assert precision >= 0.95, precision
+    assert recall >= 0.95, recall
+
+
+def test_one_global_threshold_does_worse_than_learning_per_segment() -> None:
+    """Why thresholds are learned per segment: one threshold for all flags the slow segment's
+    healthy connections (their gaps are long) or misses the fast segment's zombies."""
+    connections = _population(random.Random(2024))
+    per_segment = _evaluate(connections, {s: s for s in SEGMENTS})
+    pooled = _evaluate(connections, dict.fromkeys(SEGMENTS, "all"))
+    assert min(pooled) < 0.95 <= min(per_segment)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["idle", "busy", "forget", "scan"]),
+                          st.integers(0, 3), st.floats(0.0, 50.0)), max_size=60))
+def test_tracker_never_flags_a_busy_connection_as_zombie(steps: list[tuple[str, int, float]]
+                                                         ) -> None:
+    tracker = ZombieTracker("h", Thresholds(ZombieRules(min_samples=1, floor=1.0)),
+                            pooled=False)
+    now = 0.0
+    busy: set[int] = set()
+    reported: set[tuple[int, float]] = set()
+    for action, key, dt in steps:
+        now += dt
+        if action == "idle":
+            tracker.idle(key, "s", now)
+            busy.discard(key)
+        elif action == "busy":
+            tracker.busy(key, now)
+            busy.add(key)
+        elif action == "forget":
+            tracker.forget(key)
+            busy.discard(key)
+        else:
+            for finding in tracker.scan(now):
+                assert finding.key not in busy
+                assert finding.seconds > finding.threshold
+                stretch = (int(str(finding.key)), now - finding.seconds)
+                assert stretch not in reported  # each idle stretch is reported once
+                reported.add(stretch)

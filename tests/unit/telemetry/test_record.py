@@ -1,0 +1,93 @@
+"""The connection record: its documented fields and its time and use accounting."""
+
+from __future__ import annotations
+
+import pytest
+
+from connwise.telemetry.record import (
+    COLUMN,
+    DEFAULT_ROW,
+    FIELD_NAMES,
+    FIELDS,
+    PHASES,
+    ConnRecord,
+)
+
+
+def test_at_least_fifteen_documented_metrics_with_unique_names() -> None:
+    assert len(FIELDS) >= 15
+    assert len(set(FIELD_NAMES)) == len(FIELDS)
+    for field in FIELDS:
+        assert field.doc.endswith("."), field.name
+        assert field.type in ("text", "int", "real")
+    assert all(f"{phase}_s" in COLUMN for phase in PHASES)
+    assert len(DEFAULT_ROW) == len(FIELDS)
+
+
+def test_the_issue_s_metrics_all_have_a_column() -> None:
+    wanted = ["conn_id", "node", "source", "backend", "kind", "class_name", "cqi_business",
+              "cqi_technical", "cqi_user", "cqi_resource", "class_changes", "queued_s",
+              "connecting_s", "active_s", "idle_s", "draining_s", "started_at", "ended_at",
+              "bytes_in", "bytes_out", "msgs_in", "msgs_out", "requests", "errors",
+              "first_byte_s", "upstream_connect_s", "rtt_ms", "retransmits", "degradations",
+              "close_reason", "region", "device"]
+    assert [name for name in wanted if name not in COLUMN] == []
+
+
+def test_phases_uses_gaps_and_tail() -> None:
+    rec = ConnRecord("7", "client", "web", 100.0, client_addr="192.0.2.1")
+    rec.phase("idle", 100.5)          # established after 0.5 s
+    rec.phase("active", 102.0)
+    rec.use(102.0)                    # first use after a 1.5 s gap
+    rec.bytes_in += 300
+    rec.unuse(102.25)
+    rec.phase("idle", 102.25)
+    rec.phase("active", 110.25)
+    rec.use(110.25)                   # an 8 s gap
+    rec.unuse(111.25)                 # held 1 s
+    rec.phase("idle", 111.25)
+    rec.finish(131.25, "client closed")
+    assert rec.connecting_s == pytest.approx(0.5)
+    assert rec.active_s == pytest.approx(1.25)
+    assert rec.idle_s == pytest.approx(29.5)
+    assert (rec.requests, rec.bytes_in) == (2, 300)
+    assert rec.max_gap_s == pytest.approx(8.0)
+    assert rec.max_held_s == pytest.approx(1.0)
+    assert rec.tail_idle_s == pytest.approx(20.0)
+    assert (rec.ended_at, rec.close_reason, rec.final_state) == (131.25, "client closed",
+                                                                  "closed")
+    row = rec.row()
+    assert len(row) == len(FIELDS)
+    assert row[COLUMN["client_addr"]] == "192.0.2.1"
+    assert rec.as_dict()["requests"] == 2
+
+
+def test_a_connection_never_used_idles_its_whole_life_and_fails_when_told() -> None:
+    rec = ConnRecord("1", "pool", "main", 0.0)
+    rec.phase("idle", 0.1)
+    rec.finish(60.1, "check failed", failed=True)
+    assert rec.tail_idle_s == pytest.approx(60.0)
+    assert rec.max_gap_s == 0.0 and rec.requests == 0
+    assert rec.final_state == "failed"
+
+
+def test_finishing_while_held_counts_the_hold_not_a_tail() -> None:
+    rec = ConnRecord("1", "pool", "main", 0.0, phase="idle")
+    rec.phase("active", 1.0)
+    rec.use(1.0)
+    rec.finish(41.0, "drain_timeout")
+    assert rec.max_held_s == pytest.approx(40.0) and rec.tail_idle_s == 0.0
+
+
+def test_shift_moves_timestamps_to_unix_time() -> None:
+    rec = ConnRecord("1", "pool", "main", 5.0)
+    rec.finish(6.0, "closed")
+    rec.shift(1_700_000_000.0)
+    assert (rec.started_at, rec.ended_at) == (1_700_000_005.0, 1_700_000_006.0)
+
+
+def test_unknown_field_and_phase_are_refused() -> None:
+    with pytest.raises(TypeError, match="no field 'bogus'"):
+        ConnRecord("1", "pool", "main", 0.0, bogus=1)
+    with pytest.raises(ValueError, match="phase 'sleeping'"):
+        ConnRecord("1", "pool", "main", 0.0, phase="sleeping")

@@ -1,0 +1,171 @@
+"""The SQLite store: round trips, WAL, the versioned schema and its migration, retention, and
+export to parquet and CSV."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from pathlib import Path
+
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import pytest
+
+from connwise.errors import ConfigError, StoreError
+from connwise.telemetry.export import export
+from connwise.telemetry.record import COLUMN, FIELD_NAMES, FIELDS, ConnRecord, Row
+from connwise.telemetry.schema import LATEST, fields_at, migrations
+from connwise.telemetry.store_sqlite import SqliteStore
+from connwise.telemetry.stores import StoreSpec
+
+
+def full_record(i: int, start: float = 1_700_000_000.0) -> Row:
+    rec = ConnRecord(f"c{i}", "client", "web", start + i, backend="api/srv1",
+                     class_name="critical", cqi_business=0.9, cqi_technical=0.5, cqi_user=0.4,
+                     cqi_resource=0.2, cqi_score=0.71, client_addr="192.0.2.7",
+                     region="eu-west", device="mobile", rtt_ms=1.25, retransmits=2,
+                     status=200, conn_seq=1, first_byte_s=0.01, upstream_connect_s=0.002)
+    rec.phase("active", start + i + 0.1)
+    rec.use(start + i + 0.1)
+    rec.bytes_in, rec.bytes_out, rec.msgs_in, rec.msgs_out = 100, 2000, 1, 1
+    rec.unuse(start + i + 0.3)
+    rec.phase("idle", start + i + 0.3)
+    rec.finish(start + i + 5.0, "client closed")
+    return rec.row()
+
+
+def test_round_trip_of_every_field(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    rows = [full_record(i) for i in range(3)]
+    store.write(rows)
+    back = [r for chunk in store.read() for r in chunk]
+    assert back == rows
+    assert store.count() == 3 and store.version == LATEST
+    journal = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert journal == "wal"
+    store.close()
+    assert repr(store).startswith("<SqliteStore")
+
+
+def test_partial_columns_take_their_defaults_and_reads_filter_by_window(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    store.write([("a", 10.0, 11.0), ("b", 20.0, 21.0), ("c", 30.0, 31.0)],
+                columns=("conn_id", "started_at", "ended_at"))
+    rows = [r for chunk in store.read(since=15.0, until=30.0) for r in chunk]
+    assert [r[COLUMN["conn_id"]] for r in rows] == ["b"]
+    [row] = rows
+    assert row[COLUMN["final_state"]] == "closed" and row[COLUMN["requests"]] == 0
+    assert row[COLUMN["rtt_ms"]] is None
+    assert [r for c in store.read(columns=("conn_id",), chunk=2) for r in c] == [
+        ("a",), ("b",), ("c",)]
+    assert store.count(since=20.0) == 2
+
+
+def test_migration_from_schema_version_1(tmp_path: Path) -> None:
+    """A store written by the first layout is brought up to date in place, its rows kept."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for statement in migrations("sqlite")[1]:
+        db.execute(statement)
+    db.execute("CREATE TABLE schema_version (version INTEGER)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    v1 = [f.name for f in fields_at(1)]
+    assert "max_gap_s" not in v1 and "cqi_score" not in v1
+    db.execute(f"INSERT INTO connections ({', '.join(v1)}) VALUES "
+               f"({', '.join('?' * len(v1))})",
+               [{"conn_id": "old", "kind": "pool", "started_at": 5.0, "ended_at": 9.0,
+                 "requests": 3}.get(name, f.default) for name, f in
+                zip(v1, fields_at(1), strict=True)])
+    db.commit()
+    db.close()
+
+    store = SqliteStore(path)
+    assert store.version == LATEST == 2
+    [old] = [r for chunk in store.read() for r in chunk]
+    assert old[COLUMN["conn_id"]] == "old" and old[COLUMN["requests"]] == 3
+    assert old[COLUMN["max_gap_s"]] == 0.0 and old[COLUMN["flag"]] == ""
+    assert old[COLUMN["cqi_score"]] is None
+    store.write([full_record(1)])
+    assert store.count() == 2
+    indexes = {r[0] for r in store._db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert indexes == {"connections_started_idx"}
+    store.close()
+    assert SqliteStore(path).version == LATEST  # idempotent
+
+
+def test_a_store_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE schema_version SET version = 99")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 99, newer than this connwise knows"):
+        SqliteStore(path)
+
+
+def test_missing_store_and_missing_directory_are_named(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist; check the path"):
+        SqliteStore(tmp_path / "nope.db", create=False)
+    with pytest.raises(StoreError, match=r"the directory .* does not exist"):
+        SqliteStore(tmp_path / "no" / "dir.db")
+    (tmp_path / "junk.db").write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StoreError, match="is it an SQLite file written by connwise"):
+        SqliteStore(tmp_path / "junk.db")
+
+
+def test_retention_by_age(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    store.write([full_record(i, start=1000.0 * i) for i in range(10)])
+    deleted = store.retain(max_age=4500.0, now=10_000.0)
+    assert deleted == 6
+    starts = [r[COLUMN["started_at"]] for chunk in store.read() for r in chunk]
+    assert min(starts) >= 5500.0
+
+
+def test_retention_by_size_keeps_the_newest_under_the_limit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    for batch in range(20):
+        store.write([full_record(batch * 500 + i) for i in range(500)])
+    store._compact()
+    before = store.size_bytes()
+    limit = before // 3
+    deleted = store.retain(max_bytes=limit)
+    assert deleted > 0
+    assert store.size_bytes() <= limit
+    starts = [r[COLUMN["started_at"]] for chunk in store.read() for r in chunk]
+    assert max(starts) == 1_700_000_000.0 + 9_999  # the newest survived
+    assert len(starts) == 10_000 - deleted
+
+
+def test_export_parquet_and_csv_round_trip(tmp_path: Path) -> None:
+    spec = StoreSpec.parse(str(tmp_path / "t.db"))
+    sink = spec.open_sink()
+    rows = [full_record(i) for i in range(5)]
+    sink.write(rows)
+    sink.close()
+    assert export(spec.read(chunk=2), tmp_path / "out.parquet", "parquet") == 5
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == list(FIELD_NAMES)
+    assert table.num_rows == 5
+    assert table.column("requests").type == "int64"
+    assert table.column("started_at").type == "double"
+    assert table.column("region").to_pylist() == ["eu-west"] * 5
+    assert table.to_pylist()[0] == dict(zip(FIELD_NAMES, rows[0], strict=True))
+    assert export(spec.read(), tmp_path / "out.csv", "csv") == 5
+    with (tmp_path / "out.csv").open() as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == list(FIELD_NAMES) and len(lines) == 6
+    assert lines[1][FIELD_NAMES.index("conn_id")] == "c0"
+
+
+def test_export_of_an_empty_window_writes_a_valid_empty_file(tmp_path: Path) -> None:
+    spec = StoreSpec.parse(str(tmp_path / "t.db"))
+    spec.open_sink().close()
+    assert export(spec.read(since=1e12), tmp_path / "e.parquet", "parquet") == 0
+    assert pq.read_table(tmp_path / "e.parquet").num_rows == 0
+    assert len(pq.read_schema(tmp_path / "e.parquet")) == len(FIELDS)
+    with pytest.raises(ConfigError, match="unknown export format"):
+        export(iter([]), tmp_path / "x.json", "json")
+    with pytest.raises(ConfigError, match="does not exist"):
+        export(iter([]), tmp_path / "no" / "x.csv", "csv")
