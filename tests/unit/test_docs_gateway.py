@@ -14,7 +14,7 @@ def keys(model: type[BaseModel]) -> list[str]:
 
 
 def test_every_config_key_is_documented() -> None:
-    models = [config.GatewayConfig, config.ListenerConfig, config.RouteConfig,
+    models: list[type[BaseModel]] = [config.GatewayConfig, config.ListenerConfig, config.RouteConfig,
               config.GroupConfig, config.HealthCheckConfig, config.LimitsConfig,
               config.AdminConfig, config.ClassConfig]
     missing = [f"{m.__name__}.{k}" for m in models for k in keys(m) if f"`{k}`" not in DOC]
