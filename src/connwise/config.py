@@ -118,6 +118,47 @@ class RouteConfig(_Model):
     latency_sensitive: bool = False
 
 
+class ActivityRuleConfig(_Model):
+    """Raise a connection whose request or message rate reaches `threshold` per `window` s."""
+
+    name: str
+    threshold: float = Field(50.0, gt=0)
+    window: float = Field(10.0, gt=0)
+    raise_by: int = Field(1, ge=1)
+    to_class: str | None = None
+    hold: float = Field(30.0, ge=0)
+    classes: list[str] = Field(default_factory=list)
+
+
+class GroupRuleConfig(_Model):
+    """Raise every connection of a group of at least `min_members` live connections."""
+
+    name: str
+    min_members: int = Field(3, ge=2)
+    raise_by: int = Field(1, ge=1)
+    to_class: str | None = None
+    quiet: float = Field(30.0, ge=0)
+
+
+class EscalationSection(_Model):
+    """Dynamic escalation (connwise.core.escalation); no rules by default."""
+
+    activity: list[ActivityRuleConfig] = Field(default_factory=list)
+    groups: list[GroupRuleConfig] = Field(default_factory=list)
+    #: The group key of a connection: `header:NAME` or `cookie:NAME` (e.g. a document id).
+    group_key: str = "header:x-connwise-group"
+    #: At most this share of live connections escalated at once: lower classes never starve.
+    max_escalated_share: float = Field(0.2, ge=0, le=1)
+
+    @field_validator("group_key")
+    @classmethod
+    def _group_key(cls, value: str) -> str:
+        kind, _, name = value.partition(":")
+        if kind not in ("header", "cookie") or not name:
+            raise ValueError("use 'header:NAME' or 'cookie:NAME'")
+        return value
+
+
 class LimitsConfig(_Model):
     """Bounds on clients; over them the client gets 431, 408, 413 or a closed connection."""
 
@@ -153,6 +194,7 @@ class GatewayConfig(_Model):
                             max_wait=c.max_wait, aging_rate=c.aging_rate)
         for c in DEFAULT_CLASSES})
     limits: LimitsConfig = LimitsConfig()
+    escalation: EscalationSection = EscalationSection()
     admin: AdminConfig | None = None
 
     @model_validator(mode="after")

@@ -463,3 +463,42 @@ async def test_drain_timeout_closes_websockets_with_1001(make_gateway: GatewayFa
         await asyncio.sleep(0.02)
     assert closed_codes == [1001]
     server.close()
+
+
+async def test_activity_escalation_raises_a_busy_connection(make_gateway: GatewayFactory,
+                                                            origins: list[HttpOrigin]) -> None:
+    config = web_config(origins)
+    config["routes"][0]["class"] = "bulk"
+    config["escalation"] = {"activity": [{"name": "busy", "threshold": 3, "window": 10,
+                                          "hold": 30}], "max_escalated_share": 1.0}
+    gateway = await make_gateway(**config)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        await client.get("/fast")
+        [conn] = gateway.connections()
+        assert conn["class"] == "bulk"
+        for _ in range(3):
+            await client.get("/fast")
+        [conn] = gateway.connections()
+        assert conn["class"] == "interactive"
+        history = conn["why"]["history"]
+        assert history[-1]["to"] == "interactive"
+    assert gateway.class_counters["escalated", "interactive"] == 1
+
+
+async def test_group_escalation_raises_connections_sharing_a_key(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    config = web_config(origins)
+    config["routes"][0]["class"] = "bulk"
+    config["escalation"] = {"groups": [{"name": "coedit", "min_members": 3}],
+                            "max_escalated_share": 1.0}
+    gateway = await make_gateway(**config)
+    clients = [httpx.AsyncClient(base_url=url(gateway)) for _ in range(3)]
+    try:
+        for client in clients[:2]:
+            await client.get("/fast", headers={"x-connwise-group": "doc-7"})
+        assert {c["class"] for c in gateway.connections()} == {"bulk"}
+        await clients[2].get("/fast", headers={"x-connwise-group": "doc-7"})
+        assert {c["class"] for c in gateway.connections()} == {"interactive"}
+    finally:
+        for client in clients:
+            await client.aclose()

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
 from connwise.core.clock import Clock, MonotonicClock
-from connwise.core.cqi import CqiConfig, CqiPolicy
+from connwise.core.cqi import ClassChange, CqiConfig, CqiPolicy
+from connwise.core.escalation import (
+    ActivityRule,
+    EscalationConfig,
+    EscalationEngine,
+    GroupRule,
+)
 from connwise.errors import ConfigError
 from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
@@ -73,6 +79,7 @@ class Gateway:
         self.listeners = {lc.name: Listener(lc) for lc in config.listeners}
         self.via = f"connwise-{config.node_id}".encode()
         self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
+        self.escalation = build_escalation(config, self.classes)
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
         self.class_counters: Counter[tuple[str, str]] = Counter()
@@ -95,12 +102,50 @@ class Gateway:
     def classify(self, route: Route, ex: Exchange, client: HttpClient) -> str:
         """The class of a request: the CQI of its route's base class, protocol, latency flag and
         user headers. The connection keeps the state, so the admin API can say why."""
-        state = self.cqi.open(client.conn_id, self.clock.now(), base_class=route.class_name,
+        now = self.clock.now()
+        state = self.cqi.open(client.conn_id, now, base_class=route.class_name,
                               protocol="websocket" if ex.upgrade else "http",
                               latency_sensitive=route.latency_sensitive, websocket=ex.upgrade,
                               headers=ex.headers)
         client.class_state = state
-        return state.class_name
+        engine = self.escalation
+        if engine is None:
+            return state.class_name
+        if engine.class_of(client.conn_id) is None:
+            self.apply_changes(engine.open(client.conn_id, state.class_name, now,
+                                           group_key=self.group_key(ex)))
+        else:
+            change = engine.set_base(client.conn_id, state.class_name, now, "new request")
+            if change is not None:
+                self.apply_changes([change])
+        self.apply_changes(engine.on_activity(client.conn_id, now))
+        effective = engine.class_of(client.conn_id) or state.class_name
+        if effective != state.class_name:
+            # This request's CQI state starts from the route; carry the escalation over.
+            state.apply(ClassChange(client.conn_id, state.class_name, effective,
+                                    "escalation in force", now))
+        return effective
+
+    def group_key(self, ex: Exchange) -> str | None:
+        kind, _, name = self.config.escalation.group_key.partition(":")
+        if kind == "header":
+            value = ex.header(name.lower().encode())
+            return value.decode("latin-1") if value else None
+        for part in (ex.header(b"cookie") or b"").split(b";"):
+            key, _, value = part.strip().partition(b"=")
+            if key.decode("latin-1") == name:
+                return value.decode("latin-1")
+        return None
+
+    def apply_changes(self, changes: Any) -> None:
+        """Record escalation changes on the connections' class states (admin API, history)."""
+        for change in changes:
+            client = self.clients.get(change.conn_id)
+            state = getattr(client, "class_state", None)
+            if state is not None and isinstance(change, ClassChange):
+                state.apply(change)
+                self.count_class("escalated" if _raised(self, change) else "deescalated",
+                                 change.to_class)
 
     def connections(self) -> list[dict[str, Any]]:
         """Live client connections with their class and why they have it (admin API)."""
@@ -166,6 +211,8 @@ class Gateway:
     def client_closed(self, client: Client) -> None:
         if self.clients.pop(client.conn_id, None) is None:
             return
+        if self.escalation is not None:
+            self.apply_changes(self.escalation.close(client.conn_id, self.clock.now()))
         ip = client.client_ip
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
@@ -182,6 +229,8 @@ class Gateway:
         """Four times a second: move every group's degradation ladder and health timers."""
         while True:
             now = self.clock.now()
+            if self.escalation is not None:
+                self.apply_changes(self.escalation.tick(now))
             for group in list(self.groups.values()):
                 try:
                     group.tick(now)
@@ -254,6 +303,7 @@ class Gateway:
                               "move listeners", "restart the gateway to change listeners")
         self.classes = config.class_table()
         self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
+        self.escalation = build_escalation(config, self.classes)
         groups = self._build_groups(config)
         for group in groups.values():
             await group.open()
@@ -272,3 +322,24 @@ class Gateway:
                 "classes": {f"{step}:{cls}": n for (step, cls), n in self.class_counters.items()},
                 "groups": {name: g.snapshot() for name, g in self.groups.items()}}
 
+
+
+def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | None:
+    """The escalation engine of a configuration, or None when it has no rules."""
+    section = config.escalation
+    if not section.activity and not section.groups:
+        return None
+    rules = EscalationConfig(
+        activity=tuple(ActivityRule(r.name, r.threshold, r.window, r.raise_by, r.to_class,
+                                    r.hold, tuple(r.classes)) for r in section.activity),
+        groups=tuple(GroupRule(r.name, r.min_members, r.raise_by, r.to_class, r.quiet)
+                     for r in section.groups),
+        max_escalated_share=section.max_escalated_share)
+    return EscalationEngine(rules, classes, prefix="escalation")
+
+
+def _raised(gateway: Gateway, change: ClassChange) -> bool:
+    if change.from_class is None:
+        return False
+    classes = gateway.classes
+    return classes[change.to_class].rank > classes[change.from_class].rank
