@@ -14,9 +14,9 @@ def keys(model: type[BaseModel]) -> list[str]:
 
 
 def test_every_config_key_is_documented() -> None:
-    models: list[type[BaseModel]] = [config.GatewayConfig, config.ListenerConfig, config.RouteConfig,
-              config.GroupConfig, config.HealthCheckConfig, config.LimitsConfig,
-              config.AdminConfig, config.ClassConfig, config.EscalationSection,
-                                      config.ActivityRuleConfig, config.GroupRuleConfig]
+    models: list[type[BaseModel]] = [
+        config.GatewayConfig, config.ListenerConfig, config.RouteConfig, config.GroupConfig,
+        config.HealthCheckConfig, config.LimitsConfig, config.AdminConfig, config.ClassConfig,
+        config.EscalationSection, config.ActivityRuleConfig, config.GroupRuleConfig]
     missing = [f"{m.__name__}.{k}" for m in models for k in keys(m) if f"`{k}`" not in DOC]
     assert not missing, f"docs/gateway.md misses {missing}"
