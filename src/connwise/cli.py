@@ -1,6 +1,6 @@
 """The `connwise` command: thin, it parses arguments and calls the rooms that do the work.
 
-Each group is a typer sub-app (`connwise demo pool`, later `connwise demo gateway` and the
+Each group is a typer sub-app (`connwise demo pool`, `connwise demo gateway` and the
 gateway's own commands), so a room adds its commands without touching the others'. Bad input is
 a usage error (exit code 2) naming the option, never a traceback.
 """
@@ -16,6 +16,7 @@ from rich.console import Console
 import connwise
 from connwise.analysis.cli import assess_command
 from connwise.config import load_gateway_config
+from connwise.demo import gateway_demo
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.gateway.serve import run
@@ -28,11 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-demo_app = typer.Typer(
-    help="Self-contained demonstrations: each starts its own backend on 127.0.0.1 and needs "
-         "nothing else.",
-    no_args_is_help=True,
-)
+demo_app = typer.Typer()
 app.add_typer(demo_app, name="demo")
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(ingest_app, name="ingest")
@@ -80,6 +77,89 @@ def main(
     gracefully instead of collapsing."""
 
 
+# The options of the gateway demo, shared by `connwise demo gateway` and plain `connwise demo`.
+GatewayDuration = Annotated[float | None, typer.Option(
+    help="Seconds of load (3-600): a baseline, a spike, an overload and a recovery "
+         "(default 15, or 5 with --quick).", show_default=False)]
+GatewaySeed = Annotated[int, typer.Option(
+    help="Seed of the load: the same seed gives the same requests.")]
+GatewayQuick = Annotated[bool, typer.Option(
+    "--quick", help="A short run (5 s of load), as the tests use.")]
+GatewayJson = Annotated[Path | None, typer.Option(
+    "--json", metavar="PATH", dir_okay=False, help="Also write the figures to this JSON file.")]
+
+
+@demo_app.callback(invoke_without_command=True, help=(
+    "Self-contained demonstrations: each starts its own backends on 127.0.0.1 and needs nothing "
+    "else.\n\nWithout a command, runs the gateway demo (`connwise demo gateway`) with the "
+    "options given here."))
+def demo(
+    ctx: typer.Context,
+    duration: GatewayDuration = None,
+    seed: GatewaySeed = 7,
+    quick: GatewayQuick = False,
+    json_path: GatewayJson = None,
+) -> None:
+    """`connwise demo` is the README's first command, so without a command it runs the main
+    demonstration; with one, options before the command would be silently lost, so they are a
+    usage error that says where they go."""
+    if ctx.invoked_subcommand is None:
+        _run_gateway_demo(duration, seed, quick, json_path)
+        return
+    given = [name for name, value, default in (("--duration", duration, None),
+                                                ("--seed", seed, 7), ("--quick", quick, False),
+                                                ("--json", json_path, None))
+             if value != default]
+    if given:
+        raise typer.BadParameter(
+            f"the options of `connwise demo` apply to the gateway demo it runs without a "
+            f"command; put them after the command: `connwise demo {ctx.invoked_subcommand} "
+            f"{given[0]} ...`", param_hint=f"'{given[0]}'")
+
+
+@demo_app.command("gateway", help=(
+    "Run the gateway in front of an application through a baseline, a spike and an overload, "
+    "and show what it serves, degrades and sheds by class.\n\nAn HTTP application (fast "
+    "/checkout and /api, slow /reports that answers faster when the gateway signals "
+    "Connwise-Degrade) and a WebSocket echo run on 127.0.0.1, behind the gateway: /checkout is "
+    "critical, /api interactive, /reports bulk, at most 10 requests in flight. The load rises "
+    "to 6x that capacity. Prints a live view (latency, queues and the degradation ladder by "
+    "class, backends), then a summary and findings. Plain `connwise demo` runs this."))
+def demo_gateway(
+    duration: GatewayDuration = None,
+    seed: GatewaySeed = 7,
+    quick: GatewayQuick = False,
+    json_path: GatewayJson = None,
+) -> None:
+    _run_gateway_demo(duration, seed, quick, json_path)
+
+
+def _run_gateway_demo(duration: float | None, seed: int, quick: bool,
+                      json_path: Path | None) -> None:
+    """Validation lives in `gateway_demo.Scenario`; its `ConfigError` becomes a usage error
+    naming the option."""
+    try:
+        scenario = gateway_demo.Scenario.from_options(duration=duration, seed=seed, quick=quick)
+    except ConfigError as exc:
+        raise typer.BadParameter(_reason(exc),
+                                 param_hint=f"'--{exc.key.replace('_', '-')}'") from None
+    _check_json_path(json_path)
+    gateway_demo.run_gateway_demo(scenario, console=_demo_console(), json_path=json_path)
+
+
+def _check_json_path(json_path: Path | None) -> None:
+    if json_path is not None and not json_path.parent.is_dir():
+        raise typer.BadParameter(f"the directory {str(json_path.parent)!r} does not exist; "
+                                 "create it or name another path", param_hint="'--json'")
+
+
+def _demo_console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=110)  # a pipe: wide enough for the tables
+    return console
+
+
 @demo_app.command("pool", help=(
     "Run one spiky workload against a FIFO pool and a connwise pool, and compare their waits."
     "\n\nA backend with a slow handshake runs on 127.0.0.1; a baseline of 5 concurrent requests "
@@ -89,7 +169,7 @@ def main(
 def demo_pool(
     duration: Annotated[float | None, typer.Option(
         help="Seconds of workload per pool (1-3600); the demo runs two pools, so it takes about "
-             "twice this.  [default: 6, or 3 with --quick]",
+             "twice this (default 6, or 3 with --quick).",
         show_default=False)] = None,
     handshake_ms: Annotated[float, typer.Option(
         "--handshake-ms", help="Milliseconds the backend takes to accept a connection (0-5000).",
@@ -110,13 +190,8 @@ def demo_pool(
     except ConfigError as exc:
         raise typer.BadParameter(_reason(exc),
                                  param_hint=f"'--{exc.key.replace('_', '-')}'") from None
-    if json_path is not None and not json_path.parent.is_dir():
-        raise typer.BadParameter(f"the directory {str(json_path.parent)!r} does not exist; "
-                                 "create it or name another path", param_hint="'--json'")
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=110)  # a pipe: wide enough for the tables
-    run_pool_demo(scenario, console=console, json_path=json_path)
+    _check_json_path(json_path)
+    run_pool_demo(scenario, console=_demo_console(), json_path=json_path)
 
 
 def _reason(exc: ConfigError) -> str:
