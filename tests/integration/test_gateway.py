@@ -502,3 +502,35 @@ async def test_group_escalation_raises_connections_sharing_a_key(
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def test_abandoned_requests_and_ended_websockets_give_upstream_slots_back(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await websockets.serve(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "ws", "path_prefix": "/ws", "upgrade": "websocket"},
+                {"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"ws": {"backends": [f"127.0.0.1:{port}"], "max_in_flight": 2,
+                       "health": {"kind": "none"}},
+                "app": {"backends": [origins[0].address], "max_in_flight": 2,
+                        "health": {"kind": "none"}}})
+    for _ in range(4):  # more abandoned requests than the upstream pool has connections
+        with contextlib.suppress(TimeoutError):
+            await raw(gateway, b"GET /slow?ms=2000 HTTP/1.1\r\nHost: a\r\n\r\n", read_timeout=0.1)
+    host, gport = gateway.listeners["web"].address
+    for _ in range(4):  # more sessions over time than max_in_flight
+        async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).status_code == 200
+    app = gateway.groups["app"]
+    assert app.health.available(gateway.clock.now()) == [origins[0].address]
+    server.close()

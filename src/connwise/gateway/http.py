@@ -23,6 +23,7 @@ WebSocket frame headers tracked for message counts and close codes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections import deque
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from connwise.errors import BackendError, PoolError
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker
 
@@ -238,6 +240,12 @@ class HttpClient(asyncio.Protocol):
             self.bytes_out += len(data)
             self.transport.write(data)
 
+    def writelines(self, chunks: list[bytes]) -> None:
+        """Write several pieces at once (uvloop: one writev)."""
+        if self.transport is not None and not self.closed:
+            self.bytes_out += sum(map(len, chunks))
+            self.transport.writelines(chunks)
+
     # -- timers -------------------------------------------------------------------------------
 
     def _arm_header_timer(self) -> None:
@@ -417,7 +425,13 @@ class HttpClient(asyncio.Protocol):
         gateway = self.gateway
         ladder = group.admission
         retry_after = b"Retry-After: %d\r\n" % ladder.retry_after(ex.class_name)
-        if ladder.should_shed(ex.class_name):
+        scheduler = group.scheduler
+        shedding = ladder.should_shed(ex.class_name)
+        if shedding and not scheduler.waiting and scheduler.try_admit(ex.class_name):
+            # Shed refuses work that would wait, not work a free slot can take at once.
+            ex.degrade = ladder.signal_level(ex.class_name)
+            return True
+        if shedding:
             gateway.count_class("shed", ex.class_name)
             ladder.record(ex.class_name, 4)
             self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
@@ -427,9 +441,11 @@ class HttpClient(asyncio.Protocol):
         if ex.degrade:
             gateway.count_class("signal", ex.class_name)
             ladder.record(ex.class_name, 2)
-        scheduler = group.scheduler
-        if not ladder.should_queue(ex.class_name) and scheduler.try_admit(ex.class_name):
-            return True
+        if not ladder.should_queue(ex.class_name):
+            if scheduler.try_admit(ex.class_name):
+                return True
+        else:
+            ladder.record(ex.class_name, 3)
         now = gateway.clock.now()
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         try:
@@ -489,24 +505,33 @@ class HttpClient(asyncio.Protocol):
             if backend is None:
                 break
             tried.add(backend.name)
+            pool = backend_pool(backend)
             try:
-                upstream = await backend_pool(backend).getconn("any",
-                                                               timeout=group.config.connect_timeout)
-            except Exception as exc:
+                upstream = await pool.getconn("any", timeout=group.config.connect_timeout)
+            except (BackendError, OSError) as exc:
                 group.connect_failed(backend, exc)
                 continue
+            except PoolError:
+                continue  # the backend's pool is busy, not broken: try another backend
             backend.outstanding += 1
             try:
                 await upstream.exchange(ex, self, via=gateway.via,
                                         forwarded_proto=b"http", retryable=attempt < retries)
             except UpstreamFailed as exc:
                 group.connect_failed(backend, exc)
-                await backend_pool(backend).putconn(upstream, error=exc)
+                await pool.putconn(upstream, error=exc)
                 if exc.retryable:
                     gateway.count("http_retries")
                     continue
                 self.close()
                 return
+            except BaseException as exc:
+                # The client went away (or we were cancelled) mid-exchange: the upstream's
+                # state is unknown, so close it and give its slot back.
+                upstream.reusable = False
+                upstream.close()
+                gateway.spawn(pool.putconn(upstream, error=exc))
+                raise
             finally:
                 backend.outstanding -= 1
             if ex.status >= 500:
@@ -518,8 +543,10 @@ class HttpClient(asyncio.Protocol):
             if upstream.upgraded:
                 self.relay_to = upstream
                 upstream.relay_client = self
+                upstream.on_relay_end = functools.partial(
+                    _give_back, gateway, pool, upstream)
                 return
-            await backend_pool(backend).putconn(upstream)
+            await pool.putconn(upstream)
             return
         gateway.count("http_502")
         self.write(simple_response(502, "Bad Gateway", close=not ex.keep_alive))
@@ -553,6 +580,11 @@ class _FutureToken:
     def displaced(self) -> None:
         if not self.future.done():
             self.future.set_result(False)
+
+
+def _give_back(gateway: Gateway, pool: Any, upstream: UpstreamConnection) -> None:
+    """A relay ended: its upstream connection goes back to the pool as broken (discarded)."""
+    gateway.spawn(pool.putconn(upstream, error=ConnectionResetError("relay ended")))
 
 
 def backend_pool(backend: Backend) -> Any:

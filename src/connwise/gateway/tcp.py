@@ -104,9 +104,12 @@ class TcpClient(RelayHalf):
             now = self.gateway.clock.now()
             self.bucket = TokenBucket(rate, ladder.config.throttle_burst, now)
         now = self.gateway.clock.now()
-        if not ladder.should_queue(self.class_name) and group.scheduler.try_admit(self.class_name):
-            self._granted()
-            return
+        if not ladder.should_queue(self.class_name):
+            if group.scheduler.try_admit(self.class_name):
+                self._granted()
+                return
+        else:
+            ladder.record(self.class_name, 3)
         try:
             waiter = group.scheduler.submit(self.class_name, now, token=self)
         except Exception:

@@ -11,6 +11,7 @@ byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check and close these 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
@@ -45,6 +46,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = True
         self.upgraded = False
         self.relay_client: HttpClient | None = None
+        #: Called once when a relayed (upgraded) connection ends: gives the pool slot back.
+        self.on_relay_end: Callable[[], None] | None = None
         self.frames = FrameTracker()
         self._parser = httptools.HttpResponseParser(self)
         self._client: HttpClient | None = None
@@ -58,6 +61,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = False
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
+        #: While a chunk from the backend is parsed, what it produces for the client is
+        #: collected here and written once (one writev, not one send per head and body).
+        self._out: list[bytes] | None = None
 
     # -- transport ----------------------------------------------------------------------------
 
@@ -70,6 +76,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         if self.relay_client is not None:
             self.relay_client.close()
+        if self.on_relay_end is not None:
+            on_relay_end, self.on_relay_end = self.on_relay_end, None
+            on_relay_end()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         done = self._done
@@ -105,14 +114,17 @@ class UpstreamConnection(asyncio.Protocol):
             self.frames.feed(data)
             client.write(data)
             return
+        client = self._client
+        out: list[bytes] = []
+        self._out = out
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             rest = data[offset:]
-            if rest and self._client is not None:
+            if rest and client is not None:
                 self.frames.feed(rest)
-                self._client.write(rest)
+                out.append(rest)
         except httptools.HttpParserError as exc:
             self.reusable = False
             done = self._done
@@ -120,6 +132,21 @@ class UpstreamConnection(asyncio.Protocol):
                 done.set_exception(UpstreamFailed(f"backend {self.address} sent an invalid "
                                                   f"response: {exc}", retryable=False))
             self.close()
+        finally:
+            self._out = None
+            if out and client is not None:
+                if len(out) == 1:
+                    client.write(out[0])
+                else:
+                    client.writelines(out)
+
+    def _emit(self, client: HttpClient, data: bytes) -> None:
+        """Send `data` to the client now, or with the rest of the chunk being parsed."""
+        out = self._out
+        if out is None:
+            client.write(data)
+        else:
+            out.append(data)
 
     # -- one exchange -------------------------------------------------------------------------
 
@@ -214,7 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         self._status = status
         if 100 <= status < 200 and status != 101:
-            client.write(b"HTTP/1.1 %d Continue\r\n\r\n" % status)
+            self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
             self._headers = []
             return
         keep_alive = self._parser.should_keep_alive()
@@ -254,7 +281,7 @@ class UpstreamConnection(asyncio.Protocol):
             lines.append(b"Connection: close\r\n" if close_client else
                          b"Connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        client.write(b"".join(lines))
+        self._emit(client, b"".join(lines))
         ex.status = status
         self._head_sent = True
         if status == 101:
@@ -268,9 +295,9 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None:
             return
         if self._chunked_out:
-            client.write(b"%x\r\n%s\r\n" % (len(body), body))
+            self._emit(client, b"%x\r\n%s\r\n" % (len(body), body))
         else:
-            client.write(body)
+            self._emit(client, body)
 
     def on_message_complete(self) -> None:
         if self._status and 100 <= self._status < 200 and self._status != 101:
@@ -281,7 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _finish_client_body(self) -> None:
         if self._chunked_out and self._client is not None:
-            self._client.write(b"0\r\n\r\n")
+            self._emit(self._client, b"0\r\n\r\n")
             self._chunked_out = False
 
     def _complete(self) -> None:
