@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/connwise demo pool
+	$(VENV)/bin/connwise demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
