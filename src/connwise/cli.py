@@ -20,6 +20,7 @@ from connwise.demo import gateway_demo
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.gateway.serve import run
+from connwise.sim.cli import simulate_command
 from connwise.telemetry.cli import ingest_app, telemetry_app
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(ingest_app, name="ingest")
 app.command("assess")(assess_command)
+app.command("simulate")(simulate_command)
 
 
 @app.command("gateway", help=(

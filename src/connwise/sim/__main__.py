@@ -1,0 +1,3 @@
+from connwise.sim.cli import main
+
+main()

@@ -1,0 +1,160 @@
+"""Workload models: when sessions arrive, of which class, from which client.
+
+Arrivals are a non-homogeneous Poisson process with rate `rate x daily(t) x weekly(t) x
+spikes(t)`, drawn by thinning (Lewis and Shedler, 1979): candidates at the peak rate, each kept
+with probability rate(t)/peak. A replay instead takes the start times (and, where recorded,
+class, region and device) of telemetry records or of an ingested access log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from connwise.errors import ConfigError
+from connwise.sim.scenario import Arrivals, Spike
+
+#: A web service's day, by hour: trough at 4h, peak in the evening (multipliers of `rate`).
+DEFAULT_DAILY: tuple[float, ...] = (
+    0.35, 0.28, 0.24, 0.21, 0.20, 0.22, 0.30, 0.45, 0.60, 0.70, 0.75, 0.78,
+    0.80, 0.78, 0.76, 0.76, 0.78, 0.82, 0.88, 0.95, 1.00, 0.92, 0.70, 0.50)
+#: Monday first; the weekend is quieter.
+DEFAULT_WEEKLY: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 0.95, 0.7, 0.7)
+
+
+def spike_factor(spike: Spike, t: float) -> float:
+    """The multiplier of one spike at `t` (1 outside it), ramping linearly in and out."""
+    start, end = spike.at, spike.at + spike.duration
+    if t < start or t >= end:
+        return 1.0
+    ramp = spike.ramp
+    weight = 1.0
+    if ramp > 0:
+        weight = min(1.0, (t - start) / ramp, (end - t) / ramp)
+    return 1.0 + (spike.factor - 1.0) * weight
+
+
+class RateProfile:
+    """rate(t) in sessions per second; `peak` bounds it (for thinning)."""
+
+    __slots__ = ("_daily", "_day", "_spikes", "_weekly", "base", "peak", "profile")
+
+    def __init__(self, arrivals: Arrivals, *, predictable_only: bool = False) -> None:
+        self.base = arrivals.rate
+        self.profile = arrivals.profile
+        self._day = arrivals.day_length
+        self._daily = tuple(arrivals.daily or DEFAULT_DAILY)
+        self._weekly = tuple(arrivals.weekly or DEFAULT_WEEKLY)
+        self._spikes = tuple(s for s in arrivals.spikes if s.predictable or not predictable_only)
+        shape = 1.0
+        if self.profile in ("daily", "weekly"):
+            shape = max(self._daily)
+        if self.profile == "weekly":
+            shape *= max(self._weekly)
+        lift = 1.0
+        for spike in self._spikes:  # overlapping spikes multiply
+            lift *= max(1.0, spike.factor)
+        self.peak = self.base * shape * lift
+
+    def __call__(self, t: float) -> float:
+        rate = self.base
+        if self.profile != "flat":
+            day = self._day
+            hour_pos = (t % day) / day * 24.0
+            h = int(hour_pos)
+            frac = hour_pos - h
+            daily = self._daily
+            # Linear between hourly points: no step at the top of each hour.
+            rate *= daily[h] + (daily[(h + 1) % 24] - daily[h]) * frac
+            if self.profile == "weekly":
+                rate *= self._weekly[int(t // day) % 7]
+        for spike in self._spikes:
+            rate *= spike_factor(spike, t)
+        return rate
+
+    def mean(self, start: float, end: float, step: float = 1.0) -> float:
+        n = max(1, int((end - start) / step))
+        return sum(self(start + (i + 0.5) * step) for i in range(n)) / n
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayArrival:
+    at: float
+    class_name: str
+    region: str
+    device: str
+    client: str
+
+
+def replay_arrivals(arrivals: Arrivals, classes: Sequence[str]) -> list[ReplayArrival]:
+    """Arrivals from recorded telemetry or an access log, rebased to start at 0 and sped up by
+    `replay_speed`. A recorded class unknown to the scenario becomes its first class."""
+    rows: list[tuple[float, str, str, str, str]] = []
+    if arrivals.replay is not None:
+        # Replay only: the stores pull in database drivers.
+        from connwise.telemetry.stores import StoreSpec  # noqa: PLC0415
+        spec = StoreSpec.parse(arrivals.replay)
+        cols = ("started_at", "class_name", "region", "device", "client_addr")
+        for chunk in spec.read(columns=cols):
+            for row in chunk:
+                rows.append((float(row[0]), str(row[1] or ""), str(row[2] or ""),
+                             str(row[3] or ""), str(row[4] or "")))
+    elif arrivals.replay_log is not None:
+        rows = _read_log(Path(arrivals.replay_log), arrivals.replay_format)
+    else:
+        raise ConfigError("arrivals.replay", None, "nothing to replay",
+                          "set arrivals.replay or arrivals.replay_log")
+    if not rows:
+        raise ConfigError("arrivals.replay", arrivals.replay or arrivals.replay_log,
+                          "the source holds no records", "record or ingest some traffic first")
+    rows.sort()
+    t0 = rows[0][0]
+    known = set(classes)
+    speed = arrivals.replay_speed
+    return [ReplayArrival((at - t0) / speed, c if c in known else classes[0], region or "local",
+                          device or "desktop", client) for at, c, region, device, client in rows]
+
+
+def _read_log(path: Path, fmt: str) -> list[tuple[float, str, str, str, str]]:
+    from connwise.telemetry.ingest.haproxy import HaproxyParser  # noqa: PLC0415
+    from connwise.telemetry.ingest.nginx import NginxParser  # noqa: PLC0415
+    parser = NginxParser() if fmt == "nginx" else HaproxyParser()
+    cols = list(parser.columns)
+    wanted = ("started_at", "class_name", "region", "device", "client_addr")
+    get: dict[str, int] = {name: cols.index(name) for name in wanted if name in cols}
+    if "started_at" not in get:
+        raise ConfigError("arrivals.replay_format", fmt, "the parser yields no start times",
+                          "replay a telemetry store instead")
+    parse = parser.start_file(str(path))
+    out: list[tuple[float, str, str, str, str]] = []
+    try:
+        lines: Iterator[str] = iter(path.read_text(encoding="utf-8", errors="replace")
+                                    .splitlines())
+    except OSError as exc:
+        raise ConfigError("arrivals.replay_log", str(path), f"cannot read it ({exc.strerror})",
+                          "pass the path of an access log") from exc
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = parse(line)
+        except ValueError:
+            continue
+        if row is None:
+            continue
+
+        def col(name: str, row: tuple[object, ...] = tuple(row)) -> str:
+            i = get.get(name)
+            value = row[i] if i is not None else None
+            return "" if value is None else str(value)
+
+        out.append((float(str(row[get["started_at"]])), col("class_name"), col("region"),
+                    col("device"), col("client_addr")))
+    return out
+
+
+def lognormal_params(mean: float, sigma: float) -> tuple[float, float]:
+    """(mu, sigma) of a lognormal with the given mean."""
+    return math.log(mean) - sigma * sigma / 2.0, sigma
