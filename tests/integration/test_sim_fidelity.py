@@ -10,8 +10,9 @@ ticked every 0.25 s as the gateway's ticker does.
 
 Tolerance (stated and tested): the share of requests refused with 503 (shed or timed out
 waiting) agrees within 10 percentage points, and both runs do refuse (> 2%). Per class, p99
-latency should agree within 50% of the real value or 60 ms, whichever is larger: that holds for
-bulk but not for critical and interactive today, so that test is marked xfail (a known gap).
+latency should agree within 50% of the real value or 60 ms, whichever is larger: that holds on a
+quiet machine but not under outside load (stalls of ~5 s for critical, cause not established),
+so that test is marked xfail (non-strict) until the stalls are explained.
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ async def test_share_refused_agrees() -> None:
     assert abs(real_shed - sim_shed) <= 0.10, (real_shed, sim_shed)
 
 
-@pytest.mark.xfail(strict=False, reason="known gap: the real critical and interactive p99 "
-                   "(~2-3 s) far exceed the simulated ones (~0.1 s); not yet explained (suspects: "
-                   "the client's own connection handling, the upstream keep-alive pool, CQI)")
+@pytest.mark.xfail(strict=False, reason="known gap: on a quiet machine the p99s agree (critical "
+                   "78 vs 70 ms, interactive 207 vs 155 ms, bulk 2.2 vs 2.2 s), but while other "
+                   "load runs on the machine the real critical and interactive p99 reach ~5 s; "
+                   "the cause of those stalls is not established")
 async def test_per_class_p99_agrees() -> None:
     real, sim = await both()
     for name in CLASSES:
