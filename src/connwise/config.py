@@ -159,6 +159,18 @@ class EscalationSection(_Model):
         return value
 
 
+class TelemetrySection(_Model):
+    """Where connection records go (connwise.telemetry); off when `store` is not set."""
+
+    #: A SQLite path (`telemetry.db`) or a PostgreSQL DSN (`postgresql://...`).
+    store: str | None = None
+    #: Records queued for the writer thread; when full, records are dropped and counted, the
+    #: data plane never waits.
+    queue_capacity: int = Field(10_000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    flush_interval: float = Field(1.0, gt=0)
+
+
 class LimitsConfig(_Model):
     """Bounds on clients; over them the client gets 431, 408, 413 or a closed connection."""
 
@@ -195,6 +207,7 @@ class GatewayConfig(_Model):
         for c in DEFAULT_CLASSES})
     limits: LimitsConfig = LimitsConfig()
     escalation: EscalationSection = EscalationSection()
+    telemetry: TelemetrySection = TelemetrySection()
     admin: AdminConfig | None = None
 
     @model_validator(mode="after")

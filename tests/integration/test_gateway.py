@@ -534,3 +534,48 @@ async def test_abandoned_requests_and_ended_websockets_give_upstream_slots_back(
     app = gateway.groups["app"]
     assert app.health.available(gateway.clock.now()) == [origins[0].address]
     server.close()
+
+
+async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory,
+                                                    origins: list[HttpOrigin],
+                                                    tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from connwise.telemetry.record import FIELD_NAMES
+    from connwise.telemetry.stores import StoreSpec
+
+    store = tmp_path / "gw.db"
+    config = web_config(origins)
+    config["listeners"].append({"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0",
+                                "group": "app"})
+    config["telemetry"] = {"store": str(store), "flush_interval": 0.05}
+    gateway = await make_gateway(**config)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for _ in range(3):
+            assert (await client.get("/fast")).status_code == 200
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+    await asyncio.sleep(0.05)
+    await gateway.drain(1.0)
+    rows = [dict(zip(FIELD_NAMES, row, strict=True))
+            for chunk in StoreSpec.parse(str(store)).read() for row in chunk]
+    by_source = {row["source"]: row for row in rows}
+    assert set(by_source) == {"web", "raw"}
+    web = by_source["web"]
+    assert web["kind"] == "client" and web["requests"] == 3 and web["status"] == 200
+    assert web["class_name"] == "interactive" and web["cqi_score"] is not None
+    assert web["bytes_out"] > 0 and web["backend"] in {o.address for o in origins}
+    raw_row = by_source["raw"]
+    assert raw_row["bytes_in"] > 0 and raw_row["upstream_connect_s"] is not None
+    report = tmp_path / "report.html"
+    result = subprocess.run([sys.executable, "-m", "connwise", "assess", "--store", str(store),
+                             "--html", str(report)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Baseline" in result.stdout and "Connection reuse ratio" in result.stdout
+    assert report.read_text().startswith("<!DOCTYPE html>")

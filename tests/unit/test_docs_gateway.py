@@ -17,6 +17,7 @@ def test_every_config_key_is_documented() -> None:
     models: list[type[BaseModel]] = [
         config.GatewayConfig, config.ListenerConfig, config.RouteConfig, config.GroupConfig,
         config.HealthCheckConfig, config.LimitsConfig, config.AdminConfig, config.ClassConfig,
-        config.EscalationSection, config.ActivityRuleConfig, config.GroupRuleConfig]
+        config.EscalationSection, config.ActivityRuleConfig, config.GroupRuleConfig,
+        config.TelemetrySection]
     missing = [f"{m.__name__}.{k}" for m in models for k in keys(m) if f"`{k}`" not in DOC]
     assert not missing, f"docs/gateway.md misses {missing}"

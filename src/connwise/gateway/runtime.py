@@ -31,6 +31,9 @@ from connwise.gateway.http import HttpClient
 from connwise.gateway.routing import Route, Router, build_routers
 from connwise.gateway.tcp import TcpClient
 from connwise.gateway.upstreams import Group
+from connwise.telemetry.recorder import Recorder
+from connwise.telemetry.stores import StoreSpec
+from connwise.telemetry.writer import RecordWriter
 
 if TYPE_CHECKING:
     from connwise.gateway.http import Exchange
@@ -81,6 +84,9 @@ class Gateway:
         self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Connection records (None when `[telemetry] store` is not configured).
+        self.recorder: Recorder | None = None
+        self._writer: RecordWriter | None = None
         self.counters: Counter[str] = Counter()
         self.class_counters: Counter[tuple[str, str]] = Counter()
         self.clients: dict[int, Client] = {}
@@ -170,6 +176,13 @@ class Gateway:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        telemetry = self.config.telemetry
+        if telemetry.store is not None:
+            self._writer = StoreSpec.parse(telemetry.store).writer(
+                capacity=telemetry.queue_capacity, batch_size=telemetry.batch_size,
+                flush_interval=telemetry.flush_interval)
+            self.recorder = Recorder.for_clock(self.clock, self._writer.submit,
+                                               node=self.config.node_id)
         for group in self.groups.values():
             await group.open()
         self.spawn(self._ticker())
@@ -290,6 +303,9 @@ class Gateway:
             await asyncio.wait(list(self._tasks), timeout=2.0)
         for group in self.groups.values():
             await group.close()
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
+            self.count("telemetry_dropped", self._writer.dropped)
         return {"finished": before - forced, "forced": forced}
 
     async def reload(self, config: GatewayConfig) -> None:

@@ -20,6 +20,7 @@ from connwise.gateway.sni import SniResult, read_sni
 if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway, Listener
     from connwise.gateway.upstreams import Backend, Group
+    from connwise.telemetry.record import ConnRecord
 
 
 class TcpClient(RelayHalf):
@@ -38,6 +39,7 @@ class TcpClient(RelayHalf):
         "group",
         "listener",
         "opened_at",
+        "record",
     )
 
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
@@ -54,6 +56,7 @@ class TcpClient(RelayHalf):
         self._sni_buffer = b""
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: Waiter | None = None
+        self.record: ConnRecord | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -64,6 +67,10 @@ class TcpClient(RelayHalf):
         if not gateway.client_opened(self):
             self.abort()
             return
+        if gateway.recorder is not None:
+            self.record = gateway.recorder.begin(
+                str(self.conn_id), "client", self.listener.config.name, self.opened_at,
+                phase="queued", client_addr=self.client_ip, class_name=self.class_name)
         if self.listener.config.sni:
             return  # wait for the ClientHello in data_received
         self._route(self.listener.config.group)
@@ -179,6 +186,7 @@ class TcpClient(RelayHalf):
                 break
             tried.add(backend.name)
             upstream = RelayHalf(on_close=None)
+            started = self.gateway.clock.now()
 
             def factory(half: RelayHalf = upstream) -> RelayHalf:
                 return half
@@ -194,6 +202,15 @@ class TcpClient(RelayHalf):
                 group.connect_failed(backend, exc)
                 continue
             group.connect_ok(backend)
+            rec = self.record
+            if rec is not None:
+                now = self.gateway.clock.now()
+                rec.backend = backend.name
+                rec.upstream_connect_s = now - started
+                rec.phase("active", now)
+                rec.use(now)
+                if self.bucket is not None:
+                    rec.degradations += 1
             if self.closed:
                 backend.outstanding -= 1
                 upstream.close()
@@ -225,4 +242,13 @@ class TcpClient(RelayHalf):
                 if self.backend is not None:
                     self.backend.outstanding -= 1
                 group.release(self.class_name)
+        rec = self.record
+        recorder = self.gateway.recorder
+        if rec is not None and recorder is not None:
+            self.record = None
+            rec.bytes_in = self.bytes_in
+            rec.bytes_out = self.peer.bytes_in if self.peer is not None else 0
+            reason = "reset" if exc else ("closed" if self.backend else "refused")
+            recorder.end(rec, self.gateway.clock.now(), reason,
+                         failed=exc is not None or self.backend is None)
         self.gateway.client_closed(self)

@@ -49,7 +49,8 @@ class UpstreamConnection(asyncio.Protocol):
         #: Called once when a relayed (upgraded) connection ends: gives the pool slot back.
         self.on_relay_end: Callable[[], None] | None = None
         self.frames = FrameTracker()
-        self._parser = httptools.HttpResponseParser(self)
+        #: Released (None) once the connection is a relay (`start_relay`).
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._client: HttpClient | None = None
         self._exchange: Exchange | None = None
         self._done: asyncio.Future[None] | None = None
@@ -108,17 +109,25 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    def start_relay(self, client: HttpClient) -> None:
+        """After a 101: relay bytes to and from `client`; the response parser is freed."""
+        self.relay_client = client
+        self._parser = None
+
     def data_received(self, data: bytes) -> None:
         client = self.relay_client
         if client is not None:
             self.frames.feed(data)
             client.write(data)
             return
+        parser = self._parser
+        if parser is None:
+            return
         client = self._client
         out: list[bytes] = []
         self._out = out
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             rest = data[offset:]
@@ -176,6 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
             client.active_upstream = None
             self._client = None
             self._exchange = None
+            self._done = None
 
     def _request_head(self, ex: Exchange, client: HttpClient, via: bytes,
                       proto: bytes) -> bytes:
@@ -233,23 +243,25 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        # The head's headers are needed only here: an idle connection keeps none of them.
+        headers, self._headers = self._headers, []
         client = self._client
         ex = self._exchange
-        if client is None or ex is None:
+        parser = self._parser
+        if client is None or ex is None or parser is None:
             self.reusable = False
             return
-        status = self._parser.get_status_code()
+        status = parser.get_status_code()
         self._status = status
         if 100 <= status < 200 and status != 101:
             self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
-            self._headers = []
             return
-        keep_alive = self._parser.should_keep_alive()
+        keep_alive = parser.should_keep_alive()
         if not keep_alive:
             self.reusable = False
         length = None
         chunked = False
-        for name, value in self._headers:
+        for name, value in headers:
             lower = name.lower()
             if lower == b"content-length":
                 length = value
@@ -262,14 +274,14 @@ class UpstreamConnection(asyncio.Protocol):
         if close_client:
             ex.keep_alive = False
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
-        for name, value in self._headers:
+        for name, value in headers:
             lower = name.lower()
             if lower in HOP_BY_HOP:
                 continue
             lines.append(b"%s: %s\r\n" % (name, value))
         if status == 101:
             upgrade = b"websocket"
-            for name, value in self._headers:
+            for name, value in headers:
                 if name.lower() == b"upgrade":
                     upgrade = value
             lines.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade)
