@@ -539,7 +539,6 @@ async def test_abandoned_requests_and_ended_websockets_give_upstream_slots_back(
 async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory,
                                                     origins: list[HttpOrigin],
                                                     tmp_path: Any) -> None:
-    import subprocess
     import sys
 
     from connwise.telemetry.record import FIELD_NAMES
@@ -573,9 +572,10 @@ async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory
     raw_row = by_source["raw"]
     assert raw_row["bytes_in"] > 0 and raw_row["upstream_connect_s"] is not None
     report = tmp_path / "report.html"
-    result = subprocess.run([sys.executable, "-m", "connwise", "assess", "--store", str(store),
-                             "--html", str(report)], capture_output=True, text=True, timeout=60,
-                            check=False)
-    assert result.returncode == 0, result.stderr
-    assert "Baseline" in result.stdout and "Connection reuse ratio" in result.stdout
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connwise", "assess", "--store", str(store), "--html", str(report),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert b"Baseline" in out and b"Connection reuse ratio" in out
     assert report.read_text().startswith("<!DOCTYPE html>")
