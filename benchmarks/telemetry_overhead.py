@@ -1,0 +1,129 @@
+"""telemetry_overhead: gateway throughput with SQLite telemetry on against off, same run.
+
+An nginx origin with a tiny body; the connwise gateway (`http` listener) in front of it, started
+twice per repetition — once without `[telemetry]`, once with a SQLite store — and loaded by wrk,
+alternating so that machine noise hits both alike. Two workloads: keep-alive (50 connections,
+a record per connection, the per-request cost is the record's counters) and `Connection: close`
+(a record per request: the writer thread and SQLite are on the critical path of every request).
+The figure is requests per gateway CPU-second with telemetry over without; the target is
+>= 0.95x. Prints a table and JSON, writes benchmarks/results/telemetry_overhead.json.
+
+    .venv/bin/python benchmarks/telemetry_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.gateway_harness import (  # noqa: E402
+    Processes,
+    free_port,
+    measuring,
+    parse_wrk,
+    raise_nofile,
+    require_tools,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = 0.95
+
+GATEWAY_TOML = """
+node_id = "bench"
+[[listeners]]
+name = "web"
+kind = "http"
+bind = "127.0.0.1:0"
+[[routes]]
+listener = "web"
+group = "origin"
+[groups.origin]
+backends = ["127.0.0.1:{origin}"]
+max_in_flight = 1024
+warm_target = 16
+[groups.origin.health]
+kind = "none"
+{telemetry}
+"""
+
+
+def wrk(url: str, connections: int, seconds: float, close: bool) -> Any:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout=10s", "--latency"]
+    if close:
+        args += ["-H", "Connection: close"]
+    run = subprocess.run([*args, url], capture_output=True, text=True, check=True,
+                         timeout=seconds + 60, start_new_session=True)
+    return parse_wrk(run.stdout)
+
+
+def one(procs: Processes, origin: int, store: Path | None, seconds: float,
+        close: bool) -> dict[str, Any]:
+    telemetry = f'[telemetry]\nstore = "{store}"\n' if store else ""
+    name = "connwise-telemetry" if store else "connwise-plain"
+    gateway, ports = procs.connwise(GATEWAY_TOML.format(origin=origin, telemetry=telemetry),
+                                    name=name)
+    url = f"http://127.0.0.1:{ports['web']}/"
+    try:
+        wrk(url, 10, 1.0, close)  # warm up: upstream pool, caches
+        with measuring(gateway) as used:
+            result = wrk(url, 50, seconds, close)
+        cpu = used[gateway.name]
+    finally:
+        procs.stop(gateway)
+    return {"req_per_s": result.req_per_s, "p99_ms": result.p99_ms, "cpu_s": cpu,
+            "requests": result.requests, "non_2xx": result.non_2xx,
+            "per_cpu_s": round(result.requests / cpu, 1) if cpu else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 s per point, 1 repetition")
+    parser.add_argument("--no-write", action="store_true")
+    options = parser.parse_args()
+    require_tools("wrk", "nginx")
+    raise_nofile()
+    seconds, reps = (3.0, 1) if options.quick else (8.0, 3)
+    report: dict[str, Any] = {"benchmark": "telemetry_overhead", "seconds": seconds,
+                              "repetitions": reps, "target": f">= {TARGET}x", "workloads": {}}
+    with Processes() as procs:
+        origin = free_port()
+        procs.nginx(origin)
+        for close in (False, True):
+            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for rep in range(reps):
+                store = procs.path(f"telemetry-{int(close)}-{rep}.db")
+                runs["off"].append(one(procs, origin, None, seconds, close))
+                runs["on"].append(one(procs, origin, store, seconds, close))
+            off = statistics.median(r["per_cpu_s"] for r in runs["off"])
+            on = statistics.median(r["per_cpu_s"] for r in runs["on"])
+            off_rps = statistics.median(r["req_per_s"] for r in runs["off"])
+            on_rps = statistics.median(r["req_per_s"] for r in runs["on"])
+            name = "connection_close" if close else "keep_alive"
+            report["workloads"][name] = {
+                "off": runs["off"], "on": runs["on"],
+                "ratio_per_cpu_s": round(on / off, 3), "ratio_req_per_s": round(on_rps / off_rps, 3),
+                "met": on / off >= TARGET}
+    print(f"{'workload':<18}{'off req/s':>11}{'on req/s':>11}{'off req/CPU-s':>15}"
+          f"{'on req/CPU-s':>14}{'ratio':>8}  target {TARGET}x")
+    for name, w in report["workloads"].items():
+        off_rps = statistics.median(r["req_per_s"] for r in w["off"])
+        on_rps = statistics.median(r["req_per_s"] for r in w["on"])
+        off_cpu = statistics.median(r["per_cpu_s"] for r in w["off"])
+        on_cpu = statistics.median(r["per_cpu_s"] for r in w["on"])
+        print(f"{name:<18}{off_rps:>11.0f}{on_rps:>11.0f}{off_cpu:>15.0f}{on_cpu:>14.0f}"
+              f"{w['ratio_per_cpu_s']:>8.3f}  {'met' if w['met'] else 'MISSED'}")
+    if not options.no_write:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "telemetry_overhead.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
