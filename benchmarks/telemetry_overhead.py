@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.gateway_harness import (  # noqa: E402
+from benchmarks.gateway_harness import (
     Processes,
     free_port,
     measuring,
@@ -108,7 +108,8 @@ def main() -> None:
             name = "connection_close" if close else "keep_alive"
             report["workloads"][name] = {
                 "off": runs["off"], "on": runs["on"],
-                "ratio_per_cpu_s": round(on / off, 3), "ratio_req_per_s": round(on_rps / off_rps, 3),
+                "ratio_per_cpu_s": round(on / off, 3),
+                "ratio_req_per_s": round(on_rps / off_rps, 3),
                 "met": on / off >= TARGET}
     print(f"{'workload':<18}{'off req/s':>11}{'on req/s':>11}{'off req/CPU-s':>15}"
           f"{'on req/CPU-s':>14}{'ratio':>8}  target {TARGET}x")
