@@ -287,8 +287,16 @@ class PoolPolicy:
         rec = self.records[assign.conn_id]
         self.scheduler.refuse(assign.waiter)
         self.counters["refused"] += 1
-        self._move(rec, Trigger.RELEASE, "refused", now)
         rec.quality.uses -= 1
+        if rec.state is State.DRAINING:
+            # Retired (drain, lifetime, reclaim) while it was being handed over: close it.
+            self._move(rec, Trigger.RELEASE, "refused", now)
+            rec.class_name = ""
+            self.counters["closed"] += 1
+            self._maybe_closed()
+            return [Close(rec.id, "retired"), *self.pump(now)]
+        self._move(rec, Trigger.RELEASE, "refused", now)
+        rec.class_name = ""  # holds no slot any more (force_close relies on it)
         rec.idle_since = now
         self._idle.append(rec.id)
         return self.pump(now)
@@ -319,7 +327,8 @@ class PoolPolicy:
         rec = self.records.get(conn_id)
         if rec is None and self.state is not PoolState.OPEN:
             return []
-        if rec is None or rec.state not in (State.IN_USE, State.DRAINING):
+        if rec is None or rec.state not in (State.IN_USE, State.DRAINING) or not rec.class_name:
+            # (A DRAINING record without a class was retired while connecting or checking.)
             state = rec.state.value if rec else "unknown"
             raise IllegalTransition(conn_id, self.name, state, "release")
         self.scheduler.release(rec.class_name)
@@ -332,12 +341,15 @@ class PoolPolicy:
             self._move(rec, Trigger.RELEASE, "retired while held", now)
             actions.append(Close(conn_id, "retired"))
         elif self.state is not PoolState.OPEN:
+            # RETIRE takes a held connection to DRAINING, not CLOSED: release it, then retire.
+            self._move(rec, Trigger.RELEASE, "released", now)
             self._move(rec, Trigger.RETIRE, "pool draining", now)
             actions.append(Close(conn_id, "draining"))
         elif rec.expires_at <= now or (self.open_connections + self.counts[State.DRAINING]
                                        > self.limits.max_size):
             reason = "max_lifetime" if rec.expires_at <= now else "resize"
             self.counters["recycled"] += 1
+            self._move(rec, Trigger.RELEASE, "released", now)
             self._move(rec, Trigger.RETIRE, reason, now)
             actions.append(Close(conn_id, reason))
         else:
@@ -346,6 +358,7 @@ class PoolPolicy:
             self._move(rec, Trigger.RELEASE, "released", now)
             rec.idle_since = now
             self._idle.append(conn_id)
+        rec.class_name = ""  # holds no slot any more (force_close relies on it)
         if actions:
             self.counters["closed"] += 1
             self._maybe_closed()
@@ -552,6 +565,8 @@ class PoolPolicy:
             if reason:
                 if reason in ("max_lifetime", "low_quality"):
                     self.counters["recycled"] += 1
+                    excess -= 1  # one fewer open: trim no further below the floor or max
+                    over_max -= 1
                 self.counters["closed"] += 1
                 self._move(rec, Trigger.RETIRE, reason, now)
                 actions.append(Close(conn_id, reason))
@@ -585,12 +600,17 @@ class PoolPolicy:
             soonest = min(soonest, self._target_start(now))
         if self._failures and self._next_connect_at > now:
             soonest = min(soonest, self._next_connect_at)
+        # Idle connections past idle_timeout only matter above the floor: at it, nothing is
+        # trimmed, and waking for them would wake at once, forever. Likewise a retired
+        # (DRAINING) connection's expiry: maintain has nothing more to do about it.
+        trimmable = self.open_connections > max(limits.min_size, self._target)
         for rec in self.records.values():
-            soonest = min(soonest, rec.expires_at)
+            if rec.state is not State.DRAINING:
+                soonest = min(soonest, rec.expires_at)
             if rec.state is State.IN_USE and limits.leak_threshold is not None \
                     and not rec.leak_reported:
                 soonest = min(soonest, rec.acquired_at + limits.leak_threshold)
-            elif rec.state is State.IDLE and limits.idle_timeout is not None:
+            elif rec.state is State.IDLE and limits.idle_timeout is not None and trimmable:
                 soonest = min(soonest, rec.idle_since + limits.idle_timeout)
         return max(soonest, now)
 
@@ -621,8 +641,9 @@ class PoolPolicy:
         """Close every connection still open, held ones included."""
         actions = self.drain(now) if self.state is PoolState.OPEN else []
         for rec in list(self.records.values()):
-            if rec.state in (State.IN_USE, State.DRAINING):
+            if rec.class_name:  # held: IN_USE, or DRAINING since it was retired while held
                 self.scheduler.release(rec.class_name)
+                rec.class_name = ""
             self._move(rec, Trigger.CLOSE, reason, now)
             self.counters["closed"] += 1
             actions.append(Close(rec.id, reason))
