@@ -111,3 +111,34 @@ async def test_serve_reload_and_drain(tmp_path: Path) -> None:
             await proc.wait()
         await first.stop()
         await second.stop()
+
+
+async def test_workers_share_the_listening_socket(tmp_path: Path) -> None:
+    origin = await HttpOrigin("o").start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(origin, bind=f"127.0.0.1:{port}"))
+    proc = await asyncio.create_subprocess_exec(*CLI, "gateway", "-c", str(path), "--workers",
+                                                "2", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        for _ in range(2):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+            assert f"web=127.0.0.1:{port}" in line
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(10):
+                assert (await client.get("/fast")).status_code == 200
+        os.kill(proc.pid, signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert all(not Path(f"/proc/{child}").exists() or
+                   "zombie" in Path(f"/proc/{child}/status").read_text() for child in children)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await origin.stop()

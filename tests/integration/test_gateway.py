@@ -579,3 +579,31 @@ async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory
     assert proc.returncode == 0, err.decode()
     assert b"Baseline" in out and b"Connection reuse ratio" in out
     assert report.read_text().startswith("<!DOCTYPE html>")
+
+
+async def test_hash_affinity_keeps_a_cookie_on_one_backend(make_gateway: GatewayFactory,
+                                                           origins: list[HttpOrigin]) -> None:
+    config = web_config(origins)
+    config["groups"]["app"].update(balance="hash", hash_key="cookie:session")
+    gateway = await make_gateway(**config)
+    seen: dict[str, set[str]] = {}
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for i in range(40):
+            session = f"s{i % 8}"
+            answer = await client.get("/fast", headers={"Cookie": f"a=1; session={session}"})
+            seen.setdefault(session, set()).add(answer.headers["x-origin"])
+    assert all(len(backends) == 1 for backends in seen.values()), seen
+    assert {b for backends in seen.values() for b in backends} == {"o0", "o1"}
+
+
+async def test_resource_axis_follows_live_traffic(make_gateway: GatewayFactory,
+                                                  origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins))
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for _ in range(3):
+            await client.post("/echo", content=b"z" * 2_000_000)
+        [conn] = gateway.connections()
+        before = conn["why"]["axes"]["resource"]
+        gateway.observe_resources(gateway.clock.now())
+        [conn] = gateway.connections()
+        assert conn["why"]["axes"]["resource"] < before

@@ -208,6 +208,9 @@ class HttpClient(asyncio.Protocol):
         if self.relay_to is None and not self.queue and self.parsing is None:
             self.close()
 
+    def bytes_total(self) -> int:
+        return self.bytes_in + self.bytes_out
+
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.relay_to or self.active_upstream
         return {"id": self.conn_id, "kind": "websocket" if self.relay_to else "http",

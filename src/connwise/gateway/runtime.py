@@ -49,6 +49,8 @@ class Client(Protocol):
 
     def describe(self, now: float) -> dict[str, Any]: ...
 
+    def bytes_total(self) -> int: ...
+
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
@@ -153,6 +155,23 @@ class Gateway:
                 self.count_class("escalated" if _raised(self, change) else "deescalated",
                                  change.to_class)
 
+    def observe_resources(self, now: float) -> None:
+        """Feed every live connection's byte count to its CQI state (the resource axis), so
+        that a heavy connection's class follows what it really costs."""
+        engine = self.escalation
+        for client in list(self.clients.values()):
+            state = getattr(client, "class_state", None)
+            if state is None:
+                continue
+            change = state.observe(client.bytes_total(), now)
+            if change is None:
+                continue
+            self.count_class("reclassified", change.to_class)
+            if engine is not None:
+                follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
+                if follow is not None:
+                    self.apply_changes([follow])
+
     def connections(self) -> list[dict[str, Any]]:
         """Live client connections with their class and why they have it (admin API)."""
         now = self.clock.now()
@@ -244,6 +263,8 @@ class Gateway:
             now = self.clock.now()
             if self.escalation is not None:
                 self.apply_changes(self.escalation.tick(now))
+            if int(now * 4) % 4 == 0:  # once a second
+                self.observe_resources(now)
             for group in list(self.groups.values()):
                 try:
                     group.tick(now)

@@ -20,6 +20,7 @@ from connwise.gateway.sni import SniResult, read_sni
 if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway, Listener
     from connwise.gateway.upstreams import Backend, Group
+    from connwise.core.cqi import ClassState
     from connwise.telemetry.record import ConnRecord
 
 
@@ -33,6 +34,7 @@ class TcpClient(RelayHalf):
         "_waiter",
         "backend",
         "class_name",
+        "class_state",
         "client_ip",
         "conn_id",
         "gateway",
@@ -57,6 +59,7 @@ class TcpClient(RelayHalf):
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: Waiter | None = None
         self.record: ConnRecord | None = None
+        self.class_state: ClassState | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -67,6 +70,9 @@ class TcpClient(RelayHalf):
         if not gateway.client_opened(self):
             self.abort()
             return
+        self.class_state = gateway.cqi.open(self.conn_id, self.opened_at,
+                                            base_class=self.class_name, protocol="tcp")
+        self.class_name = self.class_state.class_name
         if gateway.recorder is not None:
             self.record = gateway.recorder.begin(
                 str(self.conn_id), "client", self.listener.config.name, self.opened_at,
@@ -133,6 +139,9 @@ class TcpClient(RelayHalf):
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(waiter.deadline - now, self._expired)
 
+    def bytes_total(self) -> int:
+        return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
+
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
         return {"id": self.conn_id, "kind": "tcp", "listener": self.listener.config.name,
@@ -141,7 +150,7 @@ class TcpClient(RelayHalf):
                 "backend": self.backend.name if self.backend else None,
                 "class": self.class_name, "admitted": self._admitted,
                 "throttled": self.bucket is not None,
-                "why": {"class": self.class_name, "reason": "the listener's class"}}
+                "why": self.class_state.explain(now) if self.class_state else None}
 
     def granted(self) -> bool:
         """Called by the group when a slot is handed to this waiter; False refuses it."""
