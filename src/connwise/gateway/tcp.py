@@ -18,9 +18,9 @@ from connwise.gateway.relay import RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
 if TYPE_CHECKING:
+    from connwise.core.cqi import ClassState
     from connwise.gateway.runtime import Gateway, Listener
     from connwise.gateway.upstreams import Backend, Group
-    from connwise.core.cqi import ClassState
     from connwise.telemetry.record import ConnRecord
 
 
