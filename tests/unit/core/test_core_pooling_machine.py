@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -418,4 +419,6 @@ PoolMachine.TestCase.settings = settings(
     max_examples=120, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-TestPoolPolicy = PoolMachine.TestCase
+# A failure is shrunk to a minimal example, which can take minutes (Hypothesis stops shrinking
+# after five): allow that rather than report a bare timeout.
+TestPoolPolicy = pytest.mark.timeout(400)(PoolMachine.TestCase)

@@ -14,6 +14,7 @@ import copy
 import math
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -348,7 +349,9 @@ SchedulerMachine.TestCase.settings = settings(
     max_examples=120, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestScheduler = SchedulerMachine.TestCase
+# A failure is shrunk to a minimal example, which can take minutes (Hypothesis stops shrinking
+# after five): allow that rather than report a bare timeout.
+TestScheduler = pytest.mark.timeout(400)(SchedulerMachine.TestCase)
 
 
 # -- the grant order alone, over long queues ------------------------------------------------------
