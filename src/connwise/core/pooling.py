@@ -190,6 +190,15 @@ COUNTERS = ("acquired", "created", "connect_failed", "closed", "recycled", "brok
             "timed_out", "refused", "rejected", "displaced", "checks", "checks_failed")
 
 
+def _leak_due(acquired_at: float, threshold: float) -> float:
+    """The first time at which `maintain` sees the leak: `now - acquired_at >= threshold` in
+    floats, which `acquired_at + threshold` can miss by one rounding (and then spin)."""
+    due = acquired_at + threshold
+    while due - acquired_at < threshold:
+        due = math.nextafter(due, math.inf)
+    return due
+
+
 class PoolPolicy:
     """Sans-I/O bookkeeping of one pool; see the module docstring."""
 
@@ -547,14 +556,23 @@ class PoolPolicy:
         trimmed = 0
         checking = self.counts[State.CHECKING]
         keep: list[int] = []
+        # Recycling is decided first, for all idle connections, so that trimming counts every
+        # connection this pass closes and never takes the pool below its floor.
+        recycle: dict[int, str] = {}
+        for conn_id in self._idle:
+            rec = self.records[conn_id]
+            if rec.expires_at <= now:
+                recycle[conn_id] = "max_lifetime"
+            elif rec.quality.score(now, typical) < limits.quality_threshold:
+                recycle[conn_id] = "low_quality"
+        excess -= len(recycle)
+        over_max -= len(recycle)
         for conn_id in self._idle:
             rec = self.records[conn_id]
             quality = rec.quality
-            reason = ""
-            if rec.expires_at <= now:
-                reason = "max_lifetime"
-            elif quality.score(now, typical) < limits.quality_threshold:
-                reason = "low_quality"
+            reason = recycle.get(conn_id, "")
+            if reason:
+                self.counters["recycled"] += 1
             elif trimmed < limits.trim_step and (over_max > 0 or (
                     excess > 0 and limits.idle_timeout is not None
                     and now - rec.idle_since >= limits.idle_timeout)):
@@ -563,10 +581,6 @@ class PoolPolicy:
                 excess -= 1
                 over_max -= 1
             if reason:
-                if reason in ("max_lifetime", "low_quality"):
-                    self.counters["recycled"] += 1
-                    excess -= 1  # one fewer open: trim no further below the floor or max
-                    over_max -= 1
                 self.counters["closed"] += 1
                 self._move(rec, Trigger.RETIRE, reason, now)
                 actions.append(Close(conn_id, reason))
@@ -609,7 +623,7 @@ class PoolPolicy:
                 soonest = min(soonest, rec.expires_at)
             if rec.state is State.IN_USE and limits.leak_threshold is not None \
                     and not rec.leak_reported:
-                soonest = min(soonest, rec.acquired_at + limits.leak_threshold)
+                soonest = min(soonest, _leak_due(rec.acquired_at, limits.leak_threshold))
             elif rec.state is State.IDLE and limits.idle_timeout is not None and trimmable:
                 soonest = min(soonest, rec.idle_since + limits.idle_timeout)
         return max(soonest, now)
