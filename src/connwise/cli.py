@@ -19,6 +19,7 @@ from connwise.config import load_gateway_config
 from connwise.demo import gateway_demo
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
+from connwise.forecast.cli import forecast_app
 from connwise.gateway.serve import run
 from connwise.sim.cli import simulate_command
 from connwise.telemetry.cli import ingest_app, telemetry_app
@@ -36,6 +37,7 @@ app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(ingest_app, name="ingest")
 app.command("assess")(assess_command)
 app.command("simulate")(simulate_command)
+app.add_typer(forecast_app, name="forecast")
 
 
 @app.command("gateway", help=(
