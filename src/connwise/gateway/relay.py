@@ -8,7 +8,8 @@ instead of growing a buffer. A throttled class adds a token bucket: a chunk that
 pauses reading for exactly the time the debt takes to repay.
 
 Half-close is relayed (`write_eof`), so protocols that shut down one direction (HTTP/1.0
-clients, `nc -N`) work; a reset on either side closes both.
+clients, `nc -N`) work; once both directions are shut down both sides close, and a reset on
+either side closes both.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class RelayHalf(asyncio.Protocol):
     __slots__ = (
         "_early",
         "_early_size",
+        "_eof_in",
         "_paused_by_peer",
         "_throttle_handle",
         "bucket",
@@ -51,8 +53,11 @@ class RelayHalf(asyncio.Protocol):
         self.on_close = on_close
         self.bucket: TokenBucket | None = None
         self.clock = clock
-        self._early: list[bytes] = []
+        #: Bytes that arrived before the peer existed; None (no list) on the common path, so an
+        #: idle relayed connection does not carry two empty lists.
+        self._early: list[bytes] | None = None
         self._early_size = 0
+        self._eof_in = False
         self._paused_by_peer = False
         self._throttle_handle: asyncio.TimerHandle | None = None
 
@@ -68,9 +73,12 @@ class RelayHalf(asyncio.Protocol):
         peer.peer = self
         if self._early and peer.transport is not None:
             peer.transport.write(b"".join(self._early))
-        self._early.clear()
+        self._early = None
         self._early_size = 0
-        if self.transport is not None and not self.closed:
+        if self._eof_in:
+            if peer.transport is not None and peer.transport.can_write_eof():
+                peer.transport.write_eof()
+        elif self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     # -- data ---------------------------------------------------------------------------------
@@ -80,6 +88,8 @@ class RelayHalf(asyncio.Protocol):
         self.chunks_in += 1
         peer = self.peer
         if peer is None or peer.transport is None:
+            if self._early is None:
+                self._early = []
             self._early.append(data)
             self._early_size += len(data)
             if self._early_size > EARLY_DATA_LIMIT and self.transport is not None:
@@ -100,11 +110,17 @@ class RelayHalf(asyncio.Protocol):
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
+        """Relay the half-close. Once both sides have sent EOF the relay is over: returning
+        False closes this side, and `connection_lost` closes the peer (after its buffer). An
+        EOF that arrives before the peer exists is kept and forwarded by `join`."""
+        self._eof_in = True
         peer = self.peer
-        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
-            peer.transport.write_eof()
+        if peer is None or peer.transport is None:
             return True
-        return False
+        if not peer.transport.can_write_eof():
+            return False
+        peer.transport.write_eof()
+        return not peer._eof_in
 
     # -- backpressure from the peer -----------------------------------------------------------
 
