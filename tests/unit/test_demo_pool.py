@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from connwise.demo.figures import percentile
 from connwise.demo.pool_demo import (
     Scenario,
     build_schedule,
     compare,
     findings,
-    percentile,
 )
 from connwise.errors import ConfigError
 

@@ -64,7 +64,9 @@ from rich.text import Text
 import connwise
 from connwise.config import load_gateway_config
 from connwise.core.degrade import LEVEL_NAMES, SIGNAL_HEADER
-from connwise.demo.pool_demo import percentile
+from connwise.demo.figures import fmt_ms as _fmt
+from connwise.demo.figures import percentile
+from connwise.demo.figures import to_ms as _ms
 from connwise.errors import ConfigError
 from connwise.gateway.runtime import Gateway
 
@@ -687,10 +689,6 @@ async def ws_read(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 # -- tallies and snapshots ------------------------------------------------------------------------
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
-
-
 class Tally:
     """What the clients of one class (in one phase, or in all) saw."""
 
@@ -1079,10 +1077,6 @@ async def _monitor(run: Run, view: View) -> None:
 
 
 # -- what the figures say -------------------------------------------------------------------------
-
-
-def _fmt(ms: float | None) -> str:
-    return "-" if ms is None else f"{ms:.1f}"
 
 
 def _pct(part: int, whole: int) -> str:

@@ -46,6 +46,9 @@ from rich.text import Text
 import connwise
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
 from connwise.core.lifecycle import LeakEvent, LifecycleEvent, Trigger
+from connwise.demo.figures import fmt_ms as _fmt
+from connwise.demo.figures import percentile
+from connwise.demo.figures import to_ms as _ms
 from connwise.errors import ConfigError, ConnwiseError, PoolTimeout, TooManyWaiters
 from connwise.pool.drivers.tcp import TcpConnection, TcpDriver
 from connwise.pool.pool import Pool
@@ -200,16 +203,6 @@ def build_schedule(scenario: Scenario) -> list[Request]:
     return requests
 
 
-def percentile(values: Sequence[float], q: float, *, presorted: bool = False) -> float | None:
-    """The nearest-rank `q`-th percentile (0 < q <= 100) of `values`; None when empty.
-
-    Nearest rank rather than interpolation: every figure printed is a wait that really happened.
-    """
-    if not values:
-        return None
-    ordered = values if presorted else sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 # -- the backend --------------------------------------------------------------------------------
@@ -292,10 +285,6 @@ class Tally:
         ms["mean"] = _ms(sum(waits) / len(waits) if waits else None)
         return {"requests": self.requests, "acquired": self.acquired, "timeouts": self.timeouts,
                 "refused": self.refused, "errors": self.errors, "wait_ms": ms}
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,10 +466,6 @@ async def _monitor(run: Run, view: View) -> None:
 
 
 # -- what the figures say -----------------------------------------------------------------------
-
-
-def _fmt(ms: float | None) -> str:
-    return "-" if ms is None else f"{ms:.1f}"
 
 
 def compare(traditional: float | None, connwise: float | None) -> tuple[int, str]:
