@@ -9,8 +9,9 @@ check that our metric code is M4's). The official rows come from
 
 How the ensemble is fitted: a one-window rolling-origin backtest (the last 48 hours of the
 training data) on a random sample of `--calibration` series gives each model's MASE; the
-weights are the inverse errors squared, and the combination (weighted mean or weighted median)
-is the one with the lower error over that window; then every model is refitted on the full
+weights are the inverse errors squared, and the members and the combination (weighted mean or
+weighted median) are the subset of models and the method with the lowest error over that
+window (``members="auto"``, forecast pooling); then every model is refitted on the full
 training data and forecasts the 48 test hours. The test data is touched only for scoring (the
 combination not chosen is scored too, for comparison, and marked so).
 
@@ -91,6 +92,25 @@ def official(data: Path) -> list[dict[str, Any]]:
              "owa": float(r["hourly_OWA"])} for r in rows]
 
 
+def dump(path: Path, panel: list[DemandSeries], actual: dict[str, np.ndarray],
+         per_model: dict[str, dict[str, Forecast]], forecaster: Forecaster) -> None:
+    arrays: dict[str, Any] = {}
+    for series in panel:
+        uid = series.segment
+        arrays[f"test/{uid}/actual"] = actual[uid]
+        arrays[f"test/{uid}/history"] = series.values
+        for name, forecasts in per_model.items():
+            arrays[f"test/{uid}/{name}"] = forecasts[uid].mean
+    assert forecaster.backtest is not None
+    for r in forecaster.backtest.results:
+        arrays[f"backtest/{r.segment}/actual"] = r.actual
+        arrays[f"backtest/{r.segment}/scale"] = np.array([r.scale])
+        for name, f in r.forecasts.items():
+            arrays[f"backtest/{r.segment}/{name}"] = f.mean
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 40-series subset")
@@ -102,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated models of the ensemble")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "forecast_m4.json")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="also save every model's test and backtest forecasts (.npz), to "
+                             "study combinations without refitting")
     args = parser.parse_args(argv)
     limit = args.series or (40 if args.quick else None)
     if not (args.data / "Hourly-train.csv").is_file():
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                            "params": {"objective": "l1"}}}
     config = ForecasterConfig(
         models=models, horizon=HORIZON, windows=1, levels=(80, 95), weight_power=2.0,
-        combination="auto",
+        combination="auto", members="auto",
         calibration_sample=min(args.calibration, len(panel)), seed=1,
         model_params={k: v for k, v in params.items() if k in models})
     marks: list[tuple[float, str]] = []
@@ -194,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wall time {wall:.1f} s on {os.cpu_count()} cores ({len(panel)} series); CPU time "
           f"{cpu:.1f} s (all processes); load average {os.getloadavg()[0]:.1f} at the end; "
           f"ensemble = weighted {forecaster.combination}")
+    if args.dump is not None:
+        dump(args.dump, panel, actual, per_model, forecaster)
     text = json.dumps(report, indent=1)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@
    weigh models and calibrate intervals);
 2. ensemble weights from those errors (`connwise.forecast.ensemble`), and conformal
    half-widths from the ensemble's and each model's errors (`connwise.forecast.intervals`);
+   with ``members="auto"``, the ensemble's members too: the subset of models (two at least)
+   whose combination erred least over the backtest, the others weighted 0 — pooling rather
+   than combining everything, because a weak member drags a combination down even at a small
+   weight (Kourentzes, Barrow and Petropoulos, "Another look at forecast selection and
+   combination: evidence from forecast pooling", IJPE 2019);
 3. every model fitted on the whole history.
 
 `predict` then returns, per segment, the ensemble forecast (or one model's, by name) with bands
@@ -16,6 +21,7 @@ where it has them. With a single model there is no ensemble: the forecast is tha
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +49,8 @@ class ForecasterConfig:
     `horizon` is in periods (None: one day of periods). `windows` backtest windows of `horizon`
     periods weigh the models; `weight_power` and `metric` shape the weights, and `combination`
     makes the ensemble their weighted mean or weighted median, or (``auto``) whichever of the
-    two erred less over the backtest windows (see `connwise.forecast.ensemble`). `levels` are
+    two erred less over the backtest windows (see `connwise.forecast.ensemble`). `members`
+    ``all`` combines every model; ``auto`` keeps the subset that erred least. `levels` are
     the interval levels kept, `intervals` their method. `model_params` passes constructor
     parameters per model name.
     """
@@ -56,6 +63,7 @@ class ForecasterConfig:
     weight_power: float = 1.0
     metric: Literal["mase", "smape"] = "mase"
     combination: Literal["mean", "median", "auto"] = "mean"
+    members: Literal["all", "auto"] = "all"
     calibration_sample: int | None = None
     seed: int = 0
     model_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -72,6 +80,9 @@ class ForecasterConfig:
         if self.combination not in ("mean", "median", "auto"):
             raise ConfigError("forecast.combination", self.combination, "unknown combination",
                               "use mean, median or auto")
+        if self.members not in ("all", "auto"):
+            raise ConfigError("forecast.members", self.members, "unknown member choice",
+                              "use all (every model) or auto (the subset that erred least)")
         if self.intervals not in ("conformal", "native"):
             raise ConfigError("forecast.intervals", self.intervals, "unknown interval method",
                               "use conformal or native")
@@ -86,7 +97,7 @@ class ForecasterConfig:
         return {"models": list(self.models), "horizon": self.horizon, "windows": self.windows,
                 "levels": list(self.levels), "intervals": self.intervals,
                 "weight_power": self.weight_power, "metric": self.metric,
-                "combination": self.combination,
+                "combination": self.combination, "members": self.members,
                 "calibration_sample": self.calibration_sample, "seed": self.seed,
                 "model_params": {k: dict(v) for k, v in self.model_params.items()}}
 
@@ -156,13 +167,8 @@ class Forecaster:
         for name in self.names:
             self.widths[name] = conformal_widths(self.backtest.scaled_errors(name), cfg.levels)
         if len(self.names) > 1:
-            errors: dict[str, np.ndarray] = {method: self._ensemble_errors(method)
-                                             for method in ("mean", "median")}
-            if cfg.combination == "auto":
-                self.combination = min(errors, key=lambda m: float(np.mean(errors[m])))
-            else:
-                self.combination = cfg.combination
-            self.widths[ENSEMBLE] = conformal_widths(errors[self.combination], cfg.levels)
+            self.weights, self.combination, errors = self._choose_ensemble()
+            self.widths[ENSEMBLE] = conformal_widths(errors, cfg.levels)
         done = total_steps - len(cfg.models)
         self.models = {}
         for name in self.names:
@@ -174,12 +180,40 @@ class Forecaster:
                 progress(done, total_steps, f"fit {name}")
         return self
 
-    def _ensemble_errors(self, method: str) -> np.ndarray:
-        """Scaled absolute errors of the ensemble over the backtest, with the final weights."""
+    def _choose_ensemble(self) -> tuple[dict[str, float], str, np.ndarray]:
+        """The weights, the combination and its scaled backtest errors: among the configured
+        combinations and member pools, the one whose mean error is lowest. Candidates are
+        tried from the whole set down to pairs and only a strictly lower error wins, so a tie
+        keeps more members."""
+        cfg = self.config
+        methods = ("mean", "median") if cfg.combination == "auto" else (cfg.combination,)
+        pools: list[tuple[str, ...]] = [tuple(self.names)]
+        if cfg.members == "auto":
+            pools += [pool for size in range(len(self.names) - 1, 1, -1)
+                      for pool in itertools.combinations(self.names, size)]
+        best: tuple[float, dict[str, float], str, np.ndarray] | None = None
+        for pool in pools:
+            total = sum(self.weights[m] for m in pool)
+            if not total > 0:
+                continue
+            weights = {m: self.weights[m] / total if m in pool else 0.0 for m in self.names}
+            for method in methods:
+                errors = self._ensemble_errors(method, weights)
+                mean = float(np.mean(errors))
+                if best is None or mean < best[0]:
+                    best = (mean, weights, method, errors)
+        assert best is not None, "the whole set always has a positive weight"
+        return best[1], best[2], best[3]
+
+    def _ensemble_errors(self, method: str,
+                         weights: Mapping[str, float] | None = None) -> np.ndarray:
+        """Scaled absolute errors of the ensemble over the backtest, with `weights` (by
+        default the final ones)."""
         assert self.backtest is not None
         rows = []
         for r in self.backtest.results:
-            f = combine({m: r.forecasts[m] for m in self.names}, self.weights, method)
+            f = combine({m: r.forecasts[m] for m in self.names},
+                        self.weights if weights is None else weights, method)
             rows.append(np.abs(r.actual - f.mean) / _scale_of(r.scale, r.actual))
         return np.vstack(rows)
 

@@ -3,6 +3,9 @@ conformal intervals behave."""
 
 from __future__ import annotations
 
+import itertools
+from typing import Literal
+
 import numpy as np
 import pytest
 from tests.unit.forecast.synth import daily_shape, seasonal
@@ -115,3 +118,37 @@ def test_auto_combination_picks_the_method_that_erred_less() -> None:
     errors = {m: float(np.mean(forecaster._ensemble_errors(m))) for m in ("mean", "median")}
     assert forecaster.combination == min(errors, key=lambda m: errors[m])
     assert forecaster.summary()["combination"] == forecaster.combination
+
+
+def test_auto_members_keep_the_subset_that_erred_least() -> None:
+    """Pooling picks, among every subset of two or more models and both combinations, the one
+    with the lowest backtest error (here it leaves a model out); its forecast is what fitting
+    only those members gives."""
+    names = ["snaive_daily", "snaive_weekly", "mstl_ets", "naive2"]
+    pooled = Forecaster(ForecasterConfig(models=names, windows=2, members="auto",
+                                         combination="auto")).fit([TRAIN])
+    everything = Forecaster(ForecasterConfig(models=names, windows=2,
+                                             combination="auto")).fit([TRAIN])
+    assert all(w > 0 for w in everything.weights.values())
+    members = [m for m in names if pooled.weights[m] > 0]
+    assert 2 <= len(members) < len(names)
+    assert sum(pooled.weights.values()) == pytest.approx(1.0)
+
+    def error(pool: tuple[str, ...], method: str) -> float:
+        total = sum(everything.weights[m] for m in pool)
+        weights = {m: everything.weights[m] / total if m in pool else 0.0 for m in names}
+        return float(np.mean(pooled._ensemble_errors(method, weights)))
+
+    candidates = {(pool, method): error(pool, method) for size in range(2, len(names) + 1)
+                  for pool in itertools.combinations(names, size)
+                  for method in ("mean", "median")}
+    assert min(candidates, key=lambda c: candidates[c]) == (tuple(members), pooled.combination)
+    assert candidates[(tuple(members), pooled.combination)] < min(
+        candidates[(tuple(names), "mean")], candidates[(tuple(names), "median")])
+    method: Literal["mean", "median"] = "median" if pooled.combination == "median" else "mean"
+    only_members = Forecaster(ForecasterConfig(models=members, windows=2,
+                                               combination=method)).fit([TRAIN])
+    assert np.allclose(pooled.predict(24)["api"].mean, only_members.predict(24)["api"].mean)
+    assert pooled.summary()["config"]["members"] == "auto"
+    with pytest.raises(ConfigError, match="unknown member choice"):
+        ForecasterConfig(members="best").validate()  # type: ignore[arg-type]
