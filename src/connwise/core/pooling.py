@@ -556,8 +556,19 @@ class PoolPolicy:
         trimmed = 0
         checking = self.counts[State.CHECKING]
         keep: list[int] = []
-        # Recycling is decided first, for all idle connections, so that trimming counts every
-        # connection this pass closes and never takes the pool below its floor.
+        # Held connections past their lifetime retire first, and recycling is decided for all
+        # idle connections next, so that trimming counts every connection this pass takes out
+        # of service and never takes the pool below its floor.
+        for rec in list(self.records.values()):
+            if rec.state is State.IN_USE:
+                if leak is not None and not rec.leak_reported and now - rec.acquired_at >= leak:
+                    rec.leak_reported = True
+                    self.counters["leaked"] += 1
+                    actions.append(Leak(rec.id, now - rec.acquired_at))
+                if rec.expires_at <= now:
+                    self._move(rec, Trigger.RETIRE, "max_lifetime while held", now)
+                    excess -= 1
+                    over_max -= 1
         recycle: dict[int, str] = {}
         for conn_id in self._idle:
             rec = self.records[conn_id]
@@ -594,14 +605,6 @@ class PoolPolicy:
                 continue
             keep.append(conn_id)
         self._idle[:] = keep
-        for rec in list(self.records.values()):
-            if rec.state is State.IN_USE:
-                if leak is not None and not rec.leak_reported and now - rec.acquired_at >= leak:
-                    rec.leak_reported = True
-                    self.counters["leaked"] += 1
-                    actions.append(Leak(rec.id, now - rec.acquired_at))
-                if rec.expires_at <= now:
-                    self._move(rec, Trigger.RETIRE, "max_lifetime while held", now)
         self._maybe_closed()
         actions.extend(self.pump(now))
         return actions

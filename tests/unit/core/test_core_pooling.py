@@ -403,6 +403,27 @@ def test_trimming_counts_connections_recycled_in_the_same_pass() -> None:
     assert sim2.p.open_connections == 2
 
 
+def test_trimming_counts_a_held_connection_that_retires_in_the_same_pass() -> None:
+    """Three open, floor 2: one is held past its lifetime (it retires), the two idle ones sit
+    past idle_timeout. Trimming one of them as well would leave one usable connection, below
+    the floor (found by the state machine with --hypothesis-seed=1)."""
+    sim = Sim(min_size=2, idle_timeout=60.0, trim_step=10, max_lifetime=100.0,
+              lifetime_jitter=0.0)
+    sim.feed(sim.p.set_target(1, 0.0))
+    sim.connect_one(0.0)                          # conn 1, expires at 100
+    sim.feed(sim.p.set_target(3, 50.0))
+    sim.connect_all(50.0)                         # conns 2-3, expire at 150
+    sim.feed(sim.p.set_target(0, 50.0))
+    held = [sim.hold("bulk", 50.0) for _ in range(3)]
+    for conn_id in held:
+        if conn_id != 1:
+            sim.release(conn_id, 50.0)
+    actions = sim.maintain(110.0)
+    assert closes(actions) == []
+    assert sim.p.records[1].state is State.DRAINING
+    assert sim.p.open_connections == 2
+
+
 # -- lifetime -------------------------------------------------------------------------------------
 
 
