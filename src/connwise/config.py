@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
+from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
 
 
@@ -171,6 +172,121 @@ class TelemetrySection(_Model):
     flush_interval: float = Field(1.0, gt=0)
 
 
+ZombieSegmentKey = Literal["listener", "kind", "class", "backend"]
+_DEFAULT_SEGMENT: list[ZombieSegmentKey] = ["listener", "kind"]
+
+
+class ZombieSection(_Model):
+    """The live zombie watch of client connections (connwise.core.zombies): on, report only.
+
+    A client connection is a zombie when no byte moved either way for longer than `k` times the
+    `quantile` of the healthy idle gaps (silences that ended in traffic) of its segment.
+    """
+
+    enabled: bool = True
+    #: Close zombies `grace` seconds after reporting them. Off by default: report first, then
+    #: decide (the assessment's advice: reclaim where 5% or more are zombies).
+    reclaim: bool = False
+    #: Seconds a reported zombie has to send or receive again before reclaim closes it.
+    grace: float = Field(30.0, ge=0)
+    #: Seconds between scans, O(client connections) each; also the resolution of learned gaps.
+    interval: float = Field(1.0, gt=0)
+    k: float = 3.0
+    quantile: float = 0.99
+    min_samples: int = 30
+    #: Threshold before a segment (or the node) has `min_samples` gaps: past the 60-75 s
+    #: keep-alive timeouts of HAProxy and nginx, and our own `limits.keepalive_timeout`.
+    default_threshold: float = 300.0
+    #: Never a zombie after less, however fast its segment: browsers leave keep-alive
+    #: connections silent for seconds between page views by design (the core's floor is 1 s).
+    floor: float = 10.0
+    #: What a segment is made of; each segment learns its own threshold (a 600-bucket histogram,
+    #: about 5 KiB, so keep the keys of low cardinality).
+    segment: list[ZombieSegmentKey] = Field(default_factory=_DEFAULT_SEGMENT.copy)
+
+    @field_validator("segment")
+    @classmethod
+    def _segment(cls, value: list[ZombieSegmentKey]) -> list[ZombieSegmentKey]:
+        if len(set(value)) != len(value):
+            raise ValueError("name each key once")
+        return value
+
+    @model_validator(mode="after")
+    def _rules(self) -> ZombieSection:
+        self.rules()
+        return self
+
+    def rules(self) -> ZombieRules:
+        """The core rules of this section, validated; leaks are a pool notion, so none here."""
+        return ZombieRules(k=self.k, quantile=self.quantile, min_samples=self.min_samples,
+                           default_threshold=self.default_threshold, floor=self.floor,
+                           leak_threshold=None).validate("zombies")
+
+
+class ForecastSection(_Model):
+    """Pre-warming the upstream pools from a demand forecast (connwise.forecast); off by
+    default. Each period the gateway forecasts each group's demand with a fitted model, plans
+    its warm connections (Little's law, lead time, ramp limit) and sets the group's pools'
+    warm targets, split across its backends."""
+
+    enabled: bool = False
+    #: `forecast_only` computes and shows plans and never sets a target (AWS predictive
+    #: scaling's ForecastOnly): the way to watch a model before trusting it.
+    mode: Literal["apply", "forecast_only"] = "apply"
+    #: The model registry directory (`connwise forecast fit --registry`) and the forecaster's
+    #: name in it; its champion is used, and a newly promoted one is picked up at a refresh.
+    registry: str | None = None
+    model: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    #: A telemetry store (SQLite path or PostgreSQL DSN) the newest history is read from at
+    #: every refresh; unset, the model forecasts from the data window it was fitted on.
+    store: str | None = None
+    #: With `store`: what the model was fitted on (see docs/forecast.md). Requests per period
+    #: by default: the upstream pools carry requests, whatever the client connections do.
+    metric: Literal["connections", "requests", "concurrency"] = "requests"
+    segment_by: list[str] = Field(default_factory=lambda: ["group"], min_length=1)
+    #: With `store`: record kinds read (the gateway records its clients as `client`).
+    record_kinds: list[str] = Field(default_factory=lambda: ["client"])
+    #: Group -> the model's segment for it; a group not named here uses its own name, and a
+    #: group the model has no segment for is not planned.
+    segments: dict[str, str] = Field(default_factory=dict)
+    #: Mean seconds a request (or connection) holds an upstream connection, Little's law W;
+    #: unset: measured per group in `store`, else 1 s.
+    hold_time: float | None = Field(None, gt=0)
+    #: The forecast quantile planned for: 0.9 is the upper edge of the 80% interval.
+    quantile: float = Field(0.9, ge=0.5, lt=1)
+    #: Warm this many seconds before the demand (the issue's 5 to 10 minutes; AWS's
+    #: SchedulingBufferTime default is 5 minutes, we take the safer end).
+    lead: float = Field(600.0, ge=0)
+    #: Most new warm connections per second per group (unset: no limit): no connection storm.
+    max_ramp: float | None = Field(None, gt=0)
+    headroom: float = Field(1.0, ge=1.0)
+    #: Seconds between forecasts (and model reloads); a forecast costs seconds of CPU in a
+    #: worker thread.
+    refresh_interval: float = Field(300.0, gt=0)
+    #: Seconds between two decisions between plan steps (scale-in follows observed demand).
+    tick: float = Field(15.0, gt=0)
+    #: Horizons of `connwise_forecast_demand`, seconds ahead.
+    horizons: list[float] = Field(default_factory=lambda: [300.0, 600.0, 1800.0, 3600.0],
+                                  min_length=1)
+
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, value: list[float]) -> list[float]:
+        if min(value) <= 0:
+            raise ValueError("horizons are seconds ahead, all > 0")
+        return value
+
+    @field_validator("segment_by")
+    @classmethod
+    def _segment_by(cls, value: list[str]) -> list[str]:
+        known = ("group", "source", "backend", "class_name", "region", "kind", "node",
+                 "device")
+        for name in value:
+            if name not in known:
+                raise ValueError(f"unknown segment dimension {name!r}; use {', '.join(known)}")
+        return value
+
+
 class LimitsConfig(_Model):
     """Bounds on clients; over them the client gets 431, 408, 413 or a closed connection."""
 
@@ -208,6 +324,8 @@ class GatewayConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     escalation: EscalationSection = EscalationSection()
     telemetry: TelemetrySection = TelemetrySection()
+    forecast: ForecastSection = ForecastSection()
+    zombies: ZombieSection = ZombieSection()
     admin: AdminConfig | None = None
 
     @model_validator(mode="after")
@@ -257,6 +375,19 @@ class GatewayConfig(_Model):
             raise bad("admin.bind", admin.bind, "anonymous admin access is only allowed on "
                       "127.0.0.0/8", "bind to 127.0.0.1 or set a token")
         self.class_table()
+        return self
+
+    @model_validator(mode="after")
+    def _forecast_references(self) -> GatewayConfig:
+        section = self.forecast
+        if section.enabled and section.registry is None:
+            raise ConfigError("forecast.registry", None, "forecasting needs a fitted model",
+                              "set registry to a directory written by 'connwise forecast fit'"
+                              ", or enabled = false")
+        for group in section.segments:
+            if group not in self.groups:
+                raise ConfigError(f"forecast.segments.{group}", section.segments[group],
+                                  "no such group", f"use one of {sorted(self.groups)}")
         return self
 
     def class_table(self) -> ClassTable:

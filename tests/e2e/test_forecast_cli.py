@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from connwise.core.plan import WarmPlan
 from connwise.forecast.cli import forecast_app
+from connwise.telemetry.store_sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 HISTORY = ROOT / "examples" / "demand.csv"
@@ -48,7 +49,8 @@ def test_fit_predict_plan_through_the_registry(tmp_path: Path) -> None:
                                           "--models", "snaive_daily,lightgbm",
                                           "--horizon", "24", "--windows", "1"])
     assert fitted.exit_code == 0, fitted.output
-    assert "saved api v1" in fitted.output and "champion: v1" in fitted.output
+    said = " ".join(fitted.output.split())  # rich wraps long paths at the terminal width
+    assert "saved api v1" in said and "champion: v1" in said
     assert (registry / "api" / "v1" / "lightgbm.txt").is_file()
 
     csv_out, png = tmp_path / "forecast.csv", tmp_path / "forecast.png"
@@ -116,4 +118,92 @@ def test_bad_input_exits_2_in_a_subprocess(tmp_path: Path) -> None:
     assert "the file does not exist" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
     usage = cli("backtest")
-    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+    assert usage.returncode == 2 and "there is no demand history" in " ".join(
+        usage.stderr.split())
+
+
+T0 = 1_704_067_200.0  # 2024-01-01T00:00:00Z
+GATEWAY = """
+[[listeners]]
+name = "web"
+kind = "http"
+bind = "127.0.0.1:0"
+[groups.api]
+backends = ["10.0.0.1:80"]
+[groups.db]
+backends = ["10.0.0.2:5432"]
+"""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """Three days of client connections in a SQLite store: 10 an hour to each group, 40 to
+    api at noon; each held 6 minutes."""
+    rows = []
+    for hour in range(72):
+        for backend, n in (("10.0.0.1:80", 40 if hour % 24 == 12 else 10),
+                           ("10.0.0.2:5432", 10)):
+            for i in range(n):
+                start = T0 + hour * 3600 + i * 60.0
+                rows.append((f"{hour}-{backend}-{i}", "client", "web", backend, start,
+                             start + 360.0, 1, 360.0))
+    path = tmp_path / "telemetry.db"
+    sqlite = SqliteStore(path)
+    sqlite.write(rows, ("conn_id", "kind", "source", "backend", "started_at", "ended_at",
+                        "requests", "active_s"))
+    sqlite.close()
+    (tmp_path / "gateway.toml").write_text(GATEWAY)
+    return path
+
+
+def test_backtest_fit_and_plan_from_the_telemetry_store(tmp_path: Path, store: Path) -> None:
+    source = ["--store", str(store), "--resolution", "1h", "--segment-by", "group",
+              "--gateway-config", str(tmp_path / "gateway.toml"), "--record-kind", "client"]
+    scored = runner.invoke(forecast_app, ["backtest", *source, "--models", FAST,
+                                          "--horizon", "24", "--windows", "1"])
+    assert scored.exit_code == 0, scored.output
+    assert "2 segment(s)" in scored.output
+    registry = tmp_path / "registry"
+    fitted = runner.invoke(forecast_app, ["fit", *source, "--registry", str(registry),
+                                          "--models", "snaive_daily", "--horizon", "24",
+                                          "--windows", "1", "--since", "2024-01-01T00:00:00Z",
+                                          "--until", str(T0 + 72 * 3600)])
+    assert fitted.exit_code == 0, fitted.output
+    plan_out = tmp_path / "plan.json"
+    planned = runner.invoke(forecast_app, ["plan", *source, "--registry", str(registry),
+                                           "--quantile", "0.5", "--lead", "3600",
+                                           "--out", str(plan_out)])
+    assert planned.exit_code == 0, planned.output
+    assert "mean hold time from" in planned.output and "360.000 s" in planned.output
+    warm = WarmPlan.from_dict(json.loads(plan_out.read_text()))
+    assert warm.start == T0 + 72 * 3600 and warm.meta["kind"] == "arrivals"
+    # Little's law: 40 an hour held 6 minutes is 4 at once; warm an hour before noon.
+    assert [s.target for s in warm.steps["api"]][10:14] == [1, 4, 4, 1]
+    assert {s.target for s in warm.steps["db"]} == {1}
+    concurrency = runner.invoke(forecast_app, ["predict", *source, "--metric", "concurrency",
+                                               "--models", "snaive_daily", "--windows", "1",
+                                               "--horizon", "24", "--quantile", "0.5",
+                                               "--out", str(tmp_path / "f.csv")])
+    assert concurrency.exit_code == 0, concurrency.output
+    lines = (tmp_path / "f.csv").read_text().splitlines()
+    noon = next(line for line in lines if line.startswith("api,2024-01-04T12:00:00Z"))
+    assert float(noon.split(",")[2]) == pytest.approx(40 * 360 / 3600)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["backtest"], "there is no demand history to forecast from"),
+    (["backtest", str(HISTORY), "--store", "{store}"], "drop one of the two"),
+    (["fit", "--store", "{store}", "--registry", "{tmp}", "--since", "2030-01-01",
+      "--until", "2030-01-02"], "no connection records in the window 2030-01-01"),
+    (["backtest", "--store", "{store}", "--metric", "bytes"], "unknown demand metric"),
+    (["backtest", "--store", "{store}", "--resolution", "10s"], "must lie in 60..3600"),
+    (["backtest", "--store", "{store}", "--segment-by", "group"], "--gateway-config"),
+    (["backtest", "--store", "{tmp}/none.db"], "does not exist"),
+])
+def test_bad_store_input_exits_2_with_a_sentence(tmp_path: Path, store: Path, args: list[str],
+                                                 message: str) -> None:
+    args = [a.replace("{store}", str(store)).replace("{tmp}", str(tmp_path)) for a in args]
+    result = runner.invoke(forecast_app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output

@@ -1,11 +1,14 @@
-"""The zombie watch on a real pool over loopback TCP: it reports zombies by default, closes them
-after the grace period with `reclaim=True` (never below the pool's floor), passes leaks and
-half-open connections on, and counts all of it in Prometheus. Pool time is a VirtualClock, so
-an hour of idleness takes no time; only the closes are real."""
+"""The zombie watch on a real pool over loopback TCP: every pool runs one by default (the scan
+feed: no cost per acquire, ends with the pool); it reports zombies, closes them after the grace
+period with `reclaim=True` (never below the pool's floor), passes leaks and half-open
+connections on, and counts all of it in Prometheus. Pool time is a VirtualClock, so an hour of
+idleness takes no time; only the closes are real."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -20,7 +23,7 @@ from connwise.telemetry.memory import MemorySink
 from connwise.telemetry.metrics import TelemetryMetrics
 from connwise.telemetry.record import ConnRecord
 from connwise.telemetry.recorder import Recorder
-from connwise.telemetry.zombie_watch import ZombieWatch
+from connwise.telemetry.zombie_watch import ZombieSettings, ZombieWatch
 from tests.integration.tcp_backend import TcpBackend
 
 RULES = ZombieRules(min_samples=5, k=3.0, floor=1.0)
@@ -157,3 +160,115 @@ def test_bad_watch_settings_name_their_key() -> None:
         ZombieWatch(Named(), grace=-1.0)
     with pytest.raises(ConfigError, match=r"zombies\.interval"):
         ZombieWatch(Named(), interval=0.0)
+
+
+# -- the pool's own watch: on by default, scan feed ----------------------------------------------
+
+
+async def test_every_pool_watches_itself_by_default_and_stops_with_it(
+        backend: TcpBackend) -> None:
+    pool = connwise.Pool(TcpDriver("127.0.0.1", backend.port, greeting=b"HELLO"), min_size=1)
+    watch = pool.zombies
+    assert watch is not None and watch.feed == "scan" and not watch.reclaim
+    assert watch.tracker.thresholds.rules.floor == 30.0 and watch.interval == 1.0
+    assert not watch.running
+    async with pool:
+        assert watch.running and watch._timer is not None
+        # Low cost: no lifecycle events are generated for it, and it wakes once a second.
+        assert pool.policy.listener is None
+        delay = watch._timer.when() - asyncio.get_running_loop().time()
+        assert 0.9 <= delay <= 1.0
+    assert not watch.running and watch._timer is None, "the watch ends with the pool"
+    assert connwise.Pool(TcpDriver("127.0.0.1", backend.port), zombies=None).zombies is None
+
+
+async def test_a_forgotten_pool_is_not_kept_alive_by_its_watch(backend: TcpBackend) -> None:
+    pool = connwise.Pool(TcpDriver("127.0.0.1", backend.port), min_size=0,
+                         zombies=ZombieSettings(interval=0.01))
+    await pool.open()
+    ref = weakref.ref(pool)
+    del pool
+    await asyncio.sleep(0.05)  # the watch ticks with only a weak reference to itself
+    gc.collect()
+    assert ref() is None
+
+
+async def test_the_watch_stops_by_itself_once_its_pool_is_closed(backend: TcpBackend) -> None:
+    pool = connwise.Pool(TcpDriver("127.0.0.1", backend.port), min_size=0, zombies=None)
+    async with pool:
+        watch = ZombieWatch(pool, interval=0.01).start()
+    await until(lambda: not watch.running)
+
+
+async def test_scan_feed_learns_from_holds_reports_and_reclaims(backend: TcpBackend) -> None:
+    clock = VirtualClock(0.0)
+    registry = CollectorRegistry()
+    metrics = TelemetryMetrics(registry)
+    settings = ZombieSettings(rules=RULES, reclaim=True, grace=10.0, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings) as pool:
+        metrics.watch_pool(pool)
+        watch = pool.zombies
+        assert watch is not None and watch.metrics is metrics
+        found: list[ZombieFinding] = []
+        watch.subscribe(found.append)
+        conns = [await pool.getconn("interactive") for _ in range(3)]
+        for conn in conns:
+            await pool.putconn(conn)
+        for _ in range(10):  # the hot connection, held across a scan once a second
+            clock.advance(1.0)
+            conn = await pool.getconn("interactive")
+            watch.scan()
+            await pool.putconn(conn)
+        assert watch.tracker.thresholds.samples(pool.name) == 10
+        # The two cold connections, once the threshold was learned and they idled past it.
+        assert sorted(f.verdict.value for f in found) == ["zombie", "zombie"]
+        assert all(3.0 <= f.threshold <= 3.5 and f.seconds > f.threshold for f in found)
+        assert watch.scan() == []  # reported once per idle stretch
+        cold = {f.key for f in found}
+        reported_at = max(f.at for f in found)
+        assert set(watch.flagged()) == cold
+        clock.set(reported_at + 9.0)
+        watch.scan()
+        await asyncio.sleep(0.05)
+        assert backend.open == 3  # within the grace period
+        clock.set(reported_at + 10.0)
+        watch.scan()
+        await until(lambda: backend.open == 1)  # down to the floor (min_size 1)
+        assert watch.reclaimed == 2 and cold.isdisjoint(watch.flagged())
+        clock.advance(100.0)  # the hot one idles past the threshold too, but is the floor
+        watch.scan()
+        await asyncio.sleep(0.05)
+        assert backend.open == 1 and watch.reclaimed == 2 and len(watch.flagged()) == 1
+        assert registry.get_sample_value("connwise_zombies_total",
+                                         {"owner": "zw", "verdict": "zombie"}) == 3
+        assert registry.get_sample_value("connwise_zombies_reclaimed_total",
+                                         {"owner": "zw"}) == 2
+
+
+async def test_scan_feed_forgives_a_connection_used_again_and_reports_leaks(
+        backend: TcpBackend) -> None:
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings, leak_threshold=2.0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        conn = await pool.getconn("interactive")
+        await pool.putconn(conn)
+        clock.advance(400.0)  # past the default threshold (no gaps learned yet)
+        assert [f.verdict for f in watch.scan()] == [Verdict.ZOMBIE]
+        conn = await pool.getconn("bulk")
+        clock.advance(3.0)
+        await until(lambda: pool.policy.counters["leaked"] == 1)
+        leaks = watch.scan()
+        assert [f.verdict for f in leaks] == [Verdict.LEAK] and leaks[0].threshold == 2.0
+        assert watch.scan() == []
+        await pool.putconn(conn)
+        assert watch.scan() == [] and watch.flagged() == []  # served: forgiven
+
+
+def test_bad_pool_watch_settings_fail_at_construction() -> None:
+    with pytest.raises(ConfigError, match=r"zombies\.grace"):
+        connwise.Pool(TcpDriver("127.0.0.1", 1), zombies=ZombieSettings(grace=-1.0))
+    with pytest.raises(ConfigError, match=r"zombies\.feed"):
+        connwise.Pool(TcpDriver("127.0.0.1", 1),
+                      zombies=ZombieSettings(feed="polling"))  # type: ignore[arg-type]

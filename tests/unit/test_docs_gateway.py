@@ -18,6 +18,6 @@ def test_every_config_key_is_documented() -> None:
         config.GatewayConfig, config.ListenerConfig, config.RouteConfig, config.GroupConfig,
         config.HealthCheckConfig, config.LimitsConfig, config.AdminConfig, config.ClassConfig,
         config.EscalationSection, config.ActivityRuleConfig, config.GroupRuleConfig,
-        config.TelemetrySection]
+        config.TelemetrySection, config.ForecastSection, config.ZombieSection]
     missing = [f"{m.__name__}.{k}" for m in models for k in keys(m) if f"`{k}`" not in DOC]
     assert not missing, f"docs/gateway.md misses {missing}"

@@ -40,7 +40,6 @@ class, which `state.apply(...)` records.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,8 @@ from connwise.core.classes import ClassTable
 from connwise.errors import ConfigError
 
 AXIS_NAMES: tuple[str, ...] = ("business", "technical", "user", "resource")
+#: Distinct openings `CqiPolicy` keeps (see `CqiPolicy._openings`).
+MAX_OPENINGS = 1024
 
 
 def _finite_unit(value: float) -> bool:
@@ -275,7 +276,8 @@ class CqiConfig:
 class CqiPolicy:
     """Scores axes, picks classes, derives axes from what the gateway sees. Immutable."""
 
-    __slots__ = ("_bands", "_business", "_headers", "_weights", "_wsum", "classes", "config")
+    __slots__ = ("_bands", "_business", "_headers", "_openings", "_weights", "_wsum", "classes",
+                 "config")
 
     def __init__(self, config: CqiConfig, classes: ClassTable, *, prefix: str = "cqi") -> None:
         config.validate(prefix)
@@ -301,6 +303,13 @@ class CqiPolicy:
             headers.setdefault(rule.header.lower().encode("ascii"), {})[
                 rule.value.lower().encode("ascii")] = rule.score
         self._headers = headers
+        #: The opening (inputs, axes, score) of connections without user-header matches, by
+        #: their inputs: all of a listener's or route's connections share one, so an idle
+        #: connection carries no axes or inputs of its own. The keys come from the
+        #: configuration (classes, protocols, route flags), so the cache stays small; it is
+        #: capped all the same.
+        self._openings: dict[tuple[str, float | None, str, bool, bool],
+                             tuple[Inputs, Axes, float]] = {}
 
     # -- score and class ----------------------------------------------------------------------
 
@@ -394,17 +403,40 @@ class CqiPolicy:
              criticality: float | None = None) -> ClassState:
         """Score a new connection from what is known at its start and give it its class."""
         matches = self.user_matches(headers)
-        user = (sum(m[2] for m in matches) / len(matches)) if matches else \
-            self.config.user_default
-        axes = Axes(business=self.business_axis(base_class, criticality),
-                    technical=self.technical_axis(protocol, latency_sensitive, websocket),
-                    user=user, resource=1.0)
-        inputs: dict[str, Any] = {
-            "base_class": base_class, "criticality": criticality, "protocol": protocol,
-            "latency_sensitive": latency_sensitive, "websocket": websocket,
-            "user_headers": [{"header": h, "value": v, "score": s} for h, v, s in matches],
-        }
-        return ClassState(self, conn_id, axes, inputs, now)
+        key = (base_class, criticality, protocol, latency_sensitive, websocket)
+        opening = None if matches else self._openings.get(key)
+        if opening is None:
+            user = (sum(m[2] for m in matches) / len(matches)) if matches else \
+                self.config.user_default
+            axes = Axes(business=self.business_axis(base_class, criticality),
+                        technical=self.technical_axis(protocol, latency_sensitive, websocket),
+                        user=user, resource=1.0)
+            inputs = Inputs(base_class, criticality, protocol, latency_sensitive, websocket,
+                            tuple(matches))
+            opening = (inputs, axes, self.score(axes))
+            if not matches and len(self._openings) < MAX_OPENINGS:
+                self._openings[key] = opening
+        return ClassState(self, conn_id, *opening, now)
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What a connection's axes were scored from at its start (shown by `explain()`)."""
+
+    base_class: str
+    criticality: float | None
+    protocol: str
+    latency_sensitive: bool
+    websocket: bool
+    #: The user-context rules the request headers matched: (header, value, score).
+    user_headers: tuple[tuple[str, str, float], ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"base_class": self.base_class, "criticality": self.criticality,
+                "protocol": self.protocol, "latency_sensitive": self.latency_sensitive,
+                "websocket": self.websocket,
+                "user_headers": [{"header": h, "value": v, "score": s}
+                                 for h, v, s in self.user_headers]}
 
 
 class ClassState:
@@ -413,13 +445,21 @@ class ClassState:
     `cqi_class` is what the score picks; `class_name` is the effective class, which is the CQI
     class unless an escalation lifted it. `class_name` changes only through `apply()`, so that
     the escalation engine (or the shell, when it uses none) stays the one authority on it.
+
+    Memory: the gateway keeps one of these per client connection, most of them idle, so an
+    unchanged connection holds no history container: its first entry (the class it was given
+    at open) is rebuilt on demand from the opening score and band, and the list of changes is
+    allocated by the first `apply()` (`_history is None` until then). Its inputs, opening axes
+    and score are shared with every connection opened from the same inputs (see
+    `CqiPolicy.open`).
     """
 
-    __slots__ = ("_band", "_bytes", "_bytes_at", "axes", "class_name", "conn_id", "cqi_class",
-                 "history", "inputs", "opened_at", "policy", "rate", "score")
+    __slots__ = ("_band", "_bytes", "_bytes_at", "_first_band", "_first_score", "_history",
+                 "axes", "class_name", "conn_id", "cqi_class", "inputs", "opened_at", "policy",
+                 "rate", "score")
 
-    def __init__(self, policy: CqiPolicy, conn_id: int, axes: Axes, inputs: dict[str, Any],
-                 now: float) -> None:
+    def __init__(self, policy: CqiPolicy, conn_id: int, inputs: Inputs, axes: Axes,
+                 score: float, now: float) -> None:
         self.policy = policy
         self.conn_id = conn_id
         self.axes = axes
@@ -428,17 +468,29 @@ class ClassState:
         self.rate = 0.0
         self._bytes = 0
         self._bytes_at = now
-        self.score = policy.score(axes)
-        self._band = policy.band(self.score)
+        self.score = score
+        self._band = policy.band(score)
+        self._first_band = self._band
+        self._first_score = self.score
         self.cqi_class = self._band.class_name
         self.class_name = self.cqi_class
-        self.history: deque[ClassChange] = deque(maxlen=policy.config.history)
-        self.history.append(ClassChange(conn_id, None, self.cqi_class,
-                                        self._band_reason(), now))
+        self._history: list[ClassChange] | None = None
+
+    @property
+    def history(self) -> tuple[ClassChange, ...]:
+        """The class changes kept (at most `CqiConfig.history`), oldest first; the first is the
+        class given at open until newer changes push it out."""
+        if self._history is None:
+            return (self._opening(),)
+        return tuple(self._history)
+
+    def _opening(self) -> ClassChange:
+        band = self._first_band
+        return ClassChange(self.conn_id, None, band.class_name,
+                           _band_reason(self._first_score, band), self.opened_at)
 
     def _band_reason(self) -> str:
-        return (f"CQI score {self.score:.3f} is in band {self._band.class_name!r} "
-                f"(>= {self._band.min_score:g})")
+        return _band_reason(self.score, self._band)
 
     def _rescore(self, now: float, why: str) -> ClassChange | None:
         policy = self.policy
@@ -462,8 +514,9 @@ class ClassState:
         elapsed = now - self._bytes_at
         if elapsed > 0:
             instant = (bytes_total - self._bytes) / elapsed
-            alpha = 1.0 - math.exp(-elapsed / self.policy.config.rate_window)
-            self.rate += alpha * (max(0.0, instant) - self.rate)
+            if instant > 0 or self.rate:  # a quiet connection keeps the shared 0.0
+                alpha = 1.0 - math.exp(-elapsed / self.policy.config.rate_window)
+                self.rate += alpha * (max(0.0, instant) - self.rate)
             self._bytes = bytes_total
             self._bytes_at = now
         resource = self.policy.resource_axis(self.rate, now - self.opened_at)
@@ -489,7 +542,12 @@ class ClassState:
                               f"the change is for another connection than {self.conn_id}",
                               "apply each change to the state of its own connection")
         self.class_name = change.to_class
-        self.history.append(change)
+        history = self._history
+        if history is None:
+            history = self._history = [self._opening()]
+        history.append(change)
+        if len(history) > self.policy.config.history:
+            del history[0]
 
     @property
     def escalated(self) -> bool:
@@ -522,7 +580,7 @@ class ClassState:
             "axes": axes,
             "weights": weights,
             "contributions": contributions,
-            "inputs": {**self.inputs, "bytes_per_s": round(self.rate, 3),
+            "inputs": {**self.inputs.as_dict(), "bytes_per_s": round(self.rate, 3),
                        "age": round(now - self.opened_at, 6)},
             "history": [c.as_dict() for c in self.history],
         }
@@ -530,3 +588,7 @@ class ClassState:
     def __repr__(self) -> str:
         return (f"<ClassState {self.conn_id} {self.class_name} (cqi {self.cqi_class}, "
                 f"score {self.score:.3f})>")
+
+
+def _band_reason(score: float, band: Band) -> str:
+    return f"CQI score {score:.3f} is in band {band.class_name!r} (>= {band.min_score:g})"

@@ -339,6 +339,15 @@ class Scheduler:
     def reserved_by_class(self) -> dict[str, int]:
         return {name: q.reserved for name, q in self._queues.items()}
 
+    def oldest_arrival(self, class_name: str) -> float | None:
+        """When the longest-waiting caller of `class_name` arrived (None: nobody waits). O(1)
+        amortised: a class's queue is in arrival order, so its oldest is its head."""
+        q = self._queues[class_name]
+        if not q.waiting:
+            return None
+        head = q.head()
+        return head.arrived if head is not None else None
+
     def waiters(self) -> list[Waiter]:
         """Live waiters, in no particular order (for diagnostics)."""
         return [w for q in self._ordered for w in q.queue if w.state is W.WAITING]

@@ -317,6 +317,11 @@ class ZombieTracker:
                                        crossed, now))
         return found
 
+    def flagged(self) -> list[Hashable]:
+        """Connections reported (zombie, half-open, leak) and not forgiven since."""
+        return [key for key, entry in self._entries.items()
+                if entry.reported is not Verdict.HEALTHY]
+
     def reclaimable(self, now: float, grace: float) -> list[Hashable]:
         """Zombies and half-open connections reported at least `grace` seconds ago and idle since
         (a connection that served in between was forgiven by `busy`)."""

@@ -1,6 +1,6 @@
 """Demand forecasting and the planner that pre-warms connections ahead of peaks.
 
-History comes from a `DemandSource` (`CsvSource` today, the telemetry store later); models
+History comes from a `DemandSource` (`CsvSource`, or the telemetry store's `StoreSource`); models
 (`connwise.forecast.models`, `connwise.forecast.gbm`) are weighed into an ensemble by a
 rolling-origin backtest (`Forecaster`), watched by a drift monitor and challenged in shadow
 mode; the planner turns a forecast quantile into a core `WarmPlan` and the applier drives

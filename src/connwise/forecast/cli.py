@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from connwise.core.plan import DEFAULT_LEAD
-from connwise.errors import ConnwiseError
+from connwise.errors import ConfigError, ConnwiseError
 
 if TYPE_CHECKING:
     from connwise.forecast.base import Forecast
@@ -45,8 +46,9 @@ forecast_app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
-History = Annotated[Path, typer.Argument(help="Demand history CSV (timestamp, value, and "
-                                         "optionally segment columns).", show_default=False)]
+History = Annotated[Path | None, typer.Argument(
+    help="Demand history CSV (timestamp, value, and optionally segment columns); or use "
+    "--store.", show_default=False)]
 EventsOpt = Annotated[Path | None, typer.Option("--events", help="Events calendar, .toml or "
                                                 ".csv.")]
 SegmentOpt = Annotated[list[str] | None, typer.Option("--segment", help="Segment to use "
@@ -65,6 +67,31 @@ NameOpt = Annotated[str, typer.Option("--name", help="Forecaster name in the reg
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a plot (.png or .html).")]
 QuantileOpt = Annotated[float, typer.Option("--quantile", help="Quantile to plan for / show "
                                             "(0.5 = point forecast).")]
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Read demand from this telemetry store (SQLite path or PostgreSQL DSN) "
+    "instead of a CSV.", rich_help_panel="Telemetry store")]
+MetricOpt = Annotated[str, typer.Option(
+    "--metric", help="With --store: connections (opened per period), requests (per period) "
+    "or concurrency.", rich_help_panel="Telemetry store")]
+ResolutionOpt = Annotated[str, typer.Option(
+    "--resolution", help="With --store: the period, 1m .. 1h (60, 5m, 1h).",
+    rich_help_panel="Telemetry store")]
+SegmentByOpt = Annotated[str, typer.Option(
+    "--segment-by", help="With --store: what a segment is, comma-separated among group, "
+    "source, backend, class_name, region, kind, node, device.",
+    rich_help_panel="Telemetry store")]
+SinceOpt = Annotated[str | None, typer.Option(
+    "--since", help="With --store: window start, ISO 8601 or Unix s (default: first record).",
+    rich_help_panel="Telemetry store")]
+UntilOpt = Annotated[str | None, typer.Option(
+    "--until", help="With --store: window end, exclusive (default: after the last record).",
+    rich_help_panel="Telemetry store")]
+KindOpt = Annotated[list[str] | None, typer.Option(
+    "--record-kind", help="With --store: only records of this kind (repeatable: client, pool, "
+    "upstream, request, session).", rich_help_panel="Telemetry store")]
+GatewayConfigOpt = Annotated[Path | None, typer.Option(
+    "--gateway-config", help="With --segment-by group: the gateway config whose groups the "
+    "backends belong to.", rich_help_panel="Telemetry store")]
 #: `connwise.forecast.models.DEFAULT_MODELS`, spelled out so that `--help` imports no models.
 DEFAULT_MODEL_TEXT = "snaive_daily,snaive_weekly,mstl_ets,auto_arima,lightgbm"
 
@@ -79,12 +106,69 @@ def _cli_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _load(history: Path, segments: list[str] | None, time_column: str, value_column: str,
-          segment_column: str) -> list[DemandSeries]:
-    from connwise.forecast.series import CsvSource  # noqa: PLC0415
+@dataclass(frozen=True)
+class _Input:
+    """Where the history comes from: a CSV (`history`) or a telemetry store (`store`)."""
 
-    source = CsvSource(history, time_column=time_column, value_column=value_column,
-                       segment_column=segment_column)
+    history: Path | None
+    store: str | None = None
+    metric: str = "connections"
+    resolution: str = "1m"
+    segment_by: str = "source"
+    since: str | None = None
+    until: str | None = None
+    kinds: tuple[str, ...] = ()
+    gateway_config: Path | None = None
+    columns: tuple[str, str, str] = ("timestamp", "value", "segment")
+
+    @property
+    def given(self) -> bool:
+        return self.history is not None or self.store is not None
+
+    def check(self, *, required: bool = True) -> _Input:
+        if self.history is not None and self.store is not None:
+            raise ConfigError("--store", self.store, f"a history CSV ({self.history}) is given "
+                              "too, and demand comes from one source", "drop one of the two")
+        if required and not self.given:
+            raise ConfigError("history", None, "there is no demand history to forecast from",
+                              "give a history CSV, or --store with a telemetry store")
+        return self
+
+    def source(self) -> Any:
+        if self.store is None:
+            from connwise.forecast.series import CsvSource  # noqa: PLC0415
+
+            assert self.history is not None
+            time_column, value_column, segment_column = self.columns
+            return CsvSource(self.history, time_column=time_column, value_column=value_column,
+                             segment_column=segment_column)
+        from connwise.config import load_gateway_config  # noqa: PLC0415
+        from connwise.forecast.store import (  # noqa: PLC0415
+            StoreSource,
+            backend_groups,
+            parse_resolution,
+            parse_time,
+        )
+
+        groups = (backend_groups(load_gateway_config(self.gateway_config))
+                  if self.gateway_config is not None else None)
+        return StoreSource(
+            self.store, metric=self.metric, step=parse_resolution(self.resolution),  # type: ignore[arg-type]
+            segment_by=self.segment_by, kinds=self.kinds, groups=groups,
+            since=None if self.since is None else parse_time(self.since, "--since"),
+            until=None if self.until is None else parse_time(self.until, "--until"))
+
+
+def _input(history: Path | None, store: str | None, metric: str, resolution: str,
+           segment_by: str, since: str | None, until: str | None, kind: list[str] | None,
+           gateway_config: Path | None, time_column: str, value_column: str,
+           segment_column: str) -> _Input:
+    return _Input(history, store, metric, resolution, segment_by, since, until,
+                  tuple(kind or ()), gateway_config, (time_column, value_column, segment_column))
+
+
+def _load(inputs: _Input, segments: list[str] | None) -> list[DemandSeries]:
+    source = inputs.check().source()
     names = segments or source.segments()
     return [source.series(name) for name in names]
 
@@ -137,14 +221,18 @@ def _fit(panel: list[DemandSeries], events: EventCalendar | None,
 
 
 @forecast_app.command()
-def backtest(history: History, events: EventsOpt = None, segment: SegmentOpt = None,
+def backtest(history: History = None, events: EventsOpt = None, segment: SegmentOpt = None,
              models: ModelsOpt = DEFAULT_MODEL_TEXT, horizon: HorizonOpt = None,
              windows: WindowsOpt = 3,
              level: Annotated[int, typer.Option(help="Interval level for coverage.")] = 80,
              json_out: Annotated[Path | None, typer.Option("--json", help="Also write the "
                                                            "scores as JSON.")] = None,
              time_column: TimeCol = "timestamp", value_column: ValueCol = "value",
-             segment_column: SegmentCol = "segment") -> None:
+             segment_column: SegmentCol = "segment", store: StoreOpt = None,
+             metric: MetricOpt = "connections",
+             resolution: ResolutionOpt = "1m", segment_by: SegmentByOpt = "source",
+             since: SinceOpt = None, until: UntilOpt = None, record_kind: KindOpt = None,
+             gateway_config: GatewayConfigOpt = None) -> None:
     """Score models and their ensemble by rolling-origin backtest: sMAPE, MASE, OWA vs
     Naive2, interval coverage and accuracy (share of periods within 20% of the actual)."""
     from connwise.forecast.backtest import rolling_origin  # noqa: PLC0415
@@ -152,7 +240,9 @@ def backtest(history: History, events: EventsOpt = None, segment: SegmentOpt = N
 
     with _cli_errors():
         names = parse_models(models)
-        panel = _load(history, segment, time_column, value_column, segment_column)
+        inputs = _input(history, store, metric, resolution, segment_by, since, until,
+                        record_kind, gateway_config, time_column, value_column, segment_column)
+        panel = _load(inputs, segment)
         calendar = _events(events)
         h = horizon or panel[0].daily
         with _progress("backtest") as update:
@@ -170,7 +260,7 @@ def backtest(history: History, events: EventsOpt = None, segment: SegmentOpt = N
 
 
 @forecast_app.command()
-def fit(history: History,
+def fit(history: History = None, *,
         registry: Annotated[Path, typer.Option("--registry", help="Model registry "
                                                "directory.")],
         name: NameOpt = "default", events: EventsOpt = None, segment: SegmentOpt = None,
@@ -180,7 +270,11 @@ def fit(history: History,
             "--promote/--no-promote", help="Make this version the champion (default: only "
             "if there is none).")] = None,
         time_column: TimeCol = "timestamp", value_column: ValueCol = "value",
-        segment_column: SegmentCol = "segment") -> None:
+        segment_column: SegmentCol = "segment", store: StoreOpt = None,
+        metric: MetricOpt = "connections",
+        resolution: ResolutionOpt = "1m", segment_by: SegmentByOpt = "source",
+        since: SinceOpt = None, until: UntilOpt = None, record_kind: KindOpt = None,
+        gateway_config: GatewayConfigOpt = None) -> None:
     """Fit a forecaster (backtest, weights, intervals, models) and save it in the registry."""
     from connwise.forecast.forecaster import ForecasterConfig  # noqa: PLC0415
     from connwise.forecast.models import parse_models  # noqa: PLC0415
@@ -189,37 +283,34 @@ def fit(history: History,
     with _cli_errors():
         config = ForecasterConfig(models=parse_models(models), horizon=horizon,
                                   windows=windows)
-        panel = _load(history, segment, time_column, value_column, segment_column)
-        forecaster = _fit(panel, _events(events), config)
-        store = Registry(registry)
-        version = store.save(name, forecaster, promote=promote)
+        inputs = _input(history, store, metric, resolution, segment_by, since, until,
+                        record_kind, gateway_config, time_column, value_column, segment_column)
+        forecaster = _fit(_load(inputs, segment), _events(events), config)
+        saved = Registry(registry)
+        version = saved.save(name, forecaster, promote=promote)
         console.print(_scores_table(f"{name} v{version}", forecaster.scores,
                                     forecaster.weights, 80))
-        champion = store.champion(name)
+        champion = saved.champion(name)
         console.print(f"saved [bold]{name} v{version}[/] in {registry}; champion: "
                       f"v{champion}")
 
 
-def _forecasts(history: Path | None, registry: Path | None, name: str, version: int | None,
+def _forecasts(inputs: _Input, registry: Path | None, name: str, version: int | None,
                events: Path | None, segment: list[str] | None, models: str,
-               horizon: int | None, windows: int, columns: tuple[str, str, str]
-               ) -> tuple[Forecaster, dict[str, Forecast]]:
+               horizon: int | None, windows: int) -> tuple[Forecaster, dict[str, Forecast]]:
     from connwise.forecast.forecaster import ForecasterConfig  # noqa: PLC0415
     from connwise.forecast.models import parse_models  # noqa: PLC0415
     from connwise.forecast.registry import Registry  # noqa: PLC0415
 
+    inputs.check(required=registry is None)
     if registry is not None:
         forecaster = Registry(registry).load(name, version)
-        if history is not None:
-            forecaster.update(_load(history, segment or [s.segment for s in forecaster.panel],
-                                    *columns))
+        if inputs.given:
+            forecaster.update(_load(inputs, segment or [s.segment for s in forecaster.panel]))
     else:
-        if history is None:
-            raise typer.BadParameter("give a history CSV, or --registry to use a fitted "
-                                     "forecaster")
         config = ForecasterConfig(models=parse_models(models), horizon=horizon,
                                   windows=windows)
-        forecaster = _fit(_load(history, segment, *columns), _events(events), config)
+        forecaster = _fit(_load(inputs, segment), _events(events), config)
     return forecaster, forecaster.predict(horizon)
 
 
@@ -252,12 +343,17 @@ def predict(history: Annotated[Path | None, typer.Argument(
             out: Annotated[Path | None, typer.Option("--out", help="Write the forecast as "
                                                      "CSV.")] = None,
             plot: PlotOpt = None, time_column: TimeCol = "timestamp",
-            value_column: ValueCol = "value", segment_column: SegmentCol = "segment") -> None:
+            value_column: ValueCol = "value", segment_column: SegmentCol = "segment",
+            store: StoreOpt = None, metric: MetricOpt = "connections",
+            resolution: ResolutionOpt = "1m", segment_by: SegmentByOpt = "source",
+            since: SinceOpt = None, until: UntilOpt = None, record_kind: KindOpt = None,
+            gateway_config: GatewayConfigOpt = None) -> None:
     """Forecast demand with intervals, from the registry's champion or fitted on the fly."""
     with _cli_errors():
-        forecaster, forecasts = _forecasts(history, registry, name, version, events, segment,
-                                           models, horizon, windows,
-                                           (time_column, value_column, segment_column))
+        inputs = _input(history, store, metric, resolution, segment_by, since, until,
+                        record_kind, gateway_config, time_column, value_column, segment_column)
+        forecaster, forecasts = _forecasts(inputs, registry, name, version, events, segment,
+                                           models, horizon, windows)
         for forecast in forecasts.values():
             console.print(_forecast_table(forecast, quantile))
         if out is not None:
@@ -302,10 +398,12 @@ def plan(history: Annotated[Path | None, typer.Argument(
          events: EventsOpt = None, segment: SegmentOpt = None,
          models: ModelsOpt = DEFAULT_MODEL_TEXT, horizon: HorizonOpt = None,
          windows: WindowsOpt = 2, quantile: QuantileOpt = 0.9,
-         hold_time: Annotated[float, typer.Option(help="Mean seconds a connection is held "
-                                                  "(Little's law W).")] = 1.0,
-         kind: Annotated[str, typer.Option(help="What the series counts: arrivals (per "
-                                           "period) or concurrency.")] = "arrivals",
+         hold_time: Annotated[float | None, typer.Option(
+             help="Mean seconds a connection is held (Little's law W; default: measured in "
+             "--store, else 1.0).")] = None,
+         kind: Annotated[str | None, typer.Option(
+             help="What the series counts: arrivals (per period) or concurrency (default: "
+             "from --metric with --store, else arrivals).")] = None,
          lead: Annotated[float, typer.Option(help="Seconds connections must be warm before "
                                              "demand.")] = DEFAULT_LEAD,
          max_ramp: Annotated[float | None, typer.Option(help="Most new connections per "
@@ -318,7 +416,11 @@ def plan(history: Annotated[Path | None, typer.Argument(
          out: Annotated[Path | None, typer.Option("--out", help="Write the plan as "
                                                   "JSON.")] = None,
          plot: PlotOpt = None, time_column: TimeCol = "timestamp",
-         value_column: ValueCol = "value", segment_column: SegmentCol = "segment") -> None:
+         value_column: ValueCol = "value", segment_column: SegmentCol = "segment",
+         store: StoreOpt = None, metric: MetricOpt = "connections",
+         resolution: ResolutionOpt = "1m", segment_by: SegmentByOpt = "source",
+         since: SinceOpt = None, until: UntilOpt = None, record_kind: KindOpt = None,
+         gateway_config: GatewayConfigOpt = None) -> None:
     """Turn a forecast quantile into a warm-connection plan per segment (forecast-only:
     the plan is shown and written, never applied)."""
     from connwise.forecast.planner import PlannerConfig  # noqa: PLC0415
@@ -326,14 +428,22 @@ def plan(history: Annotated[Path | None, typer.Argument(
     from connwise.forecast.plot import stamps  # noqa: PLC0415
 
     with _cli_errors():
-        config = PlannerConfig(quantile=quantile, hold_time=hold_time,
-                               kind=kind,  # type: ignore[arg-type]
+        inputs = _input(history, store, metric, resolution, segment_by, since, until,
+                        record_kind, gateway_config, time_column, value_column, segment_column)
+        source = inputs.check(required=registry is None).source() if inputs.given else None
+        measured = getattr(source, "hold_time", None)
+        if hold_time is None and measured is not None:
+            hold_time = measured()
+            console.print(f"mean hold time from {store}: {hold_time:.3f} s")
+        if kind is None:
+            kind = getattr(source, "kind", "arrivals")
+        config = PlannerConfig(quantile=quantile, hold_time=1.0 if hold_time is None
+                               else hold_time, kind=kind,  # type: ignore[arg-type]
                                lead=lead, max_ramp=max_ramp, headroom=headroom,
                                min_target=min_target, max_target=max_target,
                                mode="forecast_only").validate()
-        forecaster, forecasts = _forecasts(history, registry, name, version, events, segment,
-                                           models, horizon, windows,
-                                           (time_column, value_column, segment_column))
+        forecaster, forecasts = _forecasts(inputs, registry, name, version, events, segment,
+                                           models, horizon, windows)
         warm = make_plan(forecasts, config, current=dict.fromkeys(forecasts, current))
         for group in warm.groups:
             table = Table(title=f"warm plan {group} (q={quantile:g}, lead {lead:g} s, "

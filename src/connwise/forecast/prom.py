@@ -3,7 +3,9 @@
 - ``connwise_forecast_demand{segment, horizon}``: the forecast demand `horizon` ahead of now
   (``horizon`` is a label such as ``"10m"``), in the series' own unit per period;
 - ``connwise_warm_target{group}``: the warm target the applier set (or, in forecast-only mode,
-  would have set);
+  would have set); `target_name` renames it where that name is taken (the gateway publishes
+  the targets its pools hold as ``connwise_warm_target{group, backend}``, and the planner's as
+  ``connwise_forecast_warm_target{group}``);
 - ``connwise_forecast_drift_triggers_total{segment}`` and
   ``connwise_forecast_promotions_total{name}``: the feedback loop's counters.
 
@@ -40,7 +42,8 @@ class ForecastMetrics:
     """The forecast gauges and counters, on `registry` (see the module docstring)."""
 
     def __init__(self, registry: CollectorRegistry, *,
-                 horizons: Sequence[float] = DEFAULT_HORIZONS) -> None:
+                 horizons: Sequence[float] = DEFAULT_HORIZONS,
+                 target_name: str = "connwise_warm_target") -> None:
         if not horizons or min(horizons) <= 0:
             raise ConfigError("metrics.horizons", list(horizons), "horizons are positive "
                               "seconds ahead", "use e.g. [300, 600, 3600]")
@@ -48,8 +51,9 @@ class ForecastMetrics:
         self.horizons = list(horizons)
         self.demand = Gauge("connwise_forecast_demand", "Forecast demand at a horizon ahead.",
                             ["segment", "horizon"], registry=registry)
-        self.warm_target = Gauge("connwise_warm_target", "Warm connection target set by the "
-                                 "forecast planner.", ["group"], registry=registry)
+        self.warm_target = Gauge(target_name, "Warm connection target set by the forecast "
+                                 "planner (forecast-only: that it would set).", ["group"],
+                                 registry=registry)
         self.drift = Counter("connwise_forecast_drift_triggers", "Drift-triggered retrainings.",
                              ["segment"], registry=registry)
         self.promotions = Counter("connwise_forecast_promotions", "Challengers promoted.",

@@ -1,9 +1,9 @@
 """Demand series: what every model, backtest and plan is computed from.
 
 A `DemandSeries` is one segment's demand (a backend group, a class, a region) on a regular time
-grid of 1 minute to 1 hour. Where it comes from is a `DemandSource`: today `CsvSource`, later the
-telemetry store; anything with `segments()` and `series(segment)` plugs in, and nothing
-downstream knows the difference.
+grid of 1 minute to 1 hour. Where it comes from is a `DemandSource`: `CsvSource`, or the
+telemetry store's `connwise.forecast.store.StoreSource`; anything with `segments()` and
+`series(segment)` plugs in, and nothing downstream knows the difference.
 
 The CSV is long-format, one row per period (and segment)::
 
@@ -104,7 +104,7 @@ class DemandSeries:
 
 
 class DemandSource(Protocol):
-    """Where demand history comes from: a CSV today, the telemetry store tomorrow."""
+    """Where demand history comes from: a CSV, or the telemetry store."""
 
     def segments(self) -> list[str]: ...
 

@@ -9,8 +9,13 @@ Endpoints (JSON unless noted):
 * `POST /backends/{group}/{backend}/drain` and `/undrain` — stop or resume sending new work.
 * `POST /backends/{group}/{backend}/warm_target` with body `{"n": 8, "in": 600}` — keep n
   keep-alive connections open, ready `in` seconds from now (default now).
+* `GET /forecast` — with `[forecast]` enabled: the model in use, the last refresh (or its
+  error), and per group the warm plan, the target decided now and whether it was applied
+  (forecast-only mode shows plans it never applies).
 * `GET /metrics` — Prometheus text format, from a collector that reads the same state at scrape
-  time (nothing is added to the data plane).
+  time (nothing is added to the data plane): gateway counters, the zombie watch's
+  `connwise_zombies_total{owner, verdict}` and gauges; with `[forecast]`, also
+  `connwise_forecast_demand{segment, horizon}` and `connwise_forecast_warm_target{group}`.
 
 The admin listener is not on the hot path, so it uses asyncio streams and parses with httptools.
 """
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from connwise.config import parse_address
@@ -45,7 +51,7 @@ class GatewayCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         gw = self.gateway
         events = CounterMetricFamily("connwise_gateway_events", "Gateway events by kind",
                                      labels=["event"])
@@ -80,6 +86,9 @@ class GatewayCollector(Collector):
                 outstanding.add_metric([name, backend.name], backend.outstanding)
                 warm.add_metric([name, backend.name], backend.warm_target)
         yield from (in_flight, waiting, outstanding, warm)
+        yield from gw.zombies.collect()
+        if gw.forecast is not None:
+            yield from gw.forecast.registry.collect()
 
 
 class AdminServer:
@@ -143,6 +152,11 @@ class AdminServer:
             return _json(200, {"connections": gw.connections()})
         if method == "GET" and parts == ["backends"]:
             return _json(200, {name: g.snapshot() for name, g in gw.groups.items()})
+        if method == "GET" and parts == ["forecast"]:
+            if gw.forecast is None:
+                return _json(404, {"error": "forecasting is off; enable it in the [forecast] "
+                                            "section of the configuration"})
+            return _json(200, gw.forecast.snapshot())
         if method == "POST" and len(parts) == 4 and parts[0] == "backends":
             return self._backend_action(parts[1], parts[2], parts[3], body)
         return _json(404, {"error": f"no admin endpoint {method} {path}"})

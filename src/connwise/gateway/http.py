@@ -17,7 +17,8 @@ before it. Idempotent requests whose upstream fails before any response byte are
 another backend.
 
 A `101 Switching Protocols` answer to an upgrade turns both connections into a byte relay, with
-WebSocket frame headers tracked for message counts and close codes.
+WebSocket frame headers tracked for message counts and close codes, and capped by the ladder's
+throttle step while its class stands on it (`RelayThrottle`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from connwise.core.ratelimit import TokenBucket
 from connwise.errors import BackendError, PoolError
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
+    from connwise.core.degrade import ClassDegrade, DegradeLadder
     from connwise.gateway.routing import Route
     from connwise.gateway.runtime import Gateway, Listener
     from connwise.gateway.upstreams import Backend, Group
@@ -80,6 +83,7 @@ class Exchange:
         "keep_alive",
         "method",
         "path",
+        "released",
         "status",
         "upgrade",
         "url",
@@ -106,6 +110,8 @@ class Exchange:
         self.degrade = 0
         self.class_name = ""
         self.status = 0
+        #: The admission slot went back (at the answer's end, or when the exchange ended).
+        self.released = False
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -136,9 +142,13 @@ class HttpClient(asyncio.Protocol):
         self.header_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.relay_to: UpstreamConnection | None = None
+        #: The ladder's throttle on this connection's WebSocket relay (set with `relay_to`).
+        self.throttle: RelayThrottle | None = None
         self.active_upstream: UpstreamConnection | None = None
         self.class_state: ClassState | None = None
         self.opened_at = gateway.clock.now()
+        #: When bytes last moved either way (or the connection opened): the zombie watch's input.
+        self.last_active = self.opened_at
         self.record: ConnRecord | None = None
         self.frames = FrameTracker()
         self.bytes_in = 0
@@ -181,6 +191,8 @@ class HttpClient(asyncio.Protocol):
                 waiter.set_exception(ConnectionResetError("client went away"))
         if self.relay_to is not None:
             self.relay_to.close()
+        if self.throttle is not None:
+            self.throttle.cancel()
         rec = self.record
         recorder = self.gateway.recorder
         if rec is not None and recorder is not None:
@@ -210,6 +222,19 @@ class HttpClient(asyncio.Protocol):
 
     def bytes_total(self) -> int:
         return self.bytes_in + self.bytes_out
+
+    def idle_since(self) -> float | None:
+        """When bytes last moved either way; None while a request is in hand (a slow upstream
+        is not the client's idleness): the zombie watch's input."""
+        return None if self.queue else self.last_active
+
+    def reclaim(self) -> None:
+        """The zombie watch closes this connection: a WebSocket with close frames (1001, going
+        away) to both sides, an idle keep-alive connection with a plain close."""
+        if self.relay_to is not None:
+            self.going_away()
+        else:
+            self.close()
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.relay_to or self.active_upstream
@@ -244,7 +269,9 @@ class HttpClient(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         upstream = self.relay_to or self.active_upstream
-        if upstream is not None and upstream.transport is not None and not upstream.closed:
+        throttle = self.throttle
+        if (upstream is not None and upstream.transport is not None and not upstream.closed
+                and (throttle is None or throttle.upstream_timer is None)):
             upstream.transport.resume_reading()
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
@@ -260,12 +287,14 @@ class HttpClient(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.bytes_out += len(data)
+            self.last_active = self.gateway.clock.now()
             self.transport.write(data)
 
     def writelines(self, chunks: list[bytes]) -> None:
         """Write several pieces at once (uvloop: one writev)."""
         if self.transport is not None and not self.closed:
             self.bytes_out += sum(map(len, chunks))
+            self.last_active = self.gateway.clock.now()
             self.transport.writelines(chunks)
 
     # -- timers -------------------------------------------------------------------------------
@@ -288,12 +317,15 @@ class HttpClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        self.last_active = self.gateway.clock.now()
         upstream = self.relay_to
         if upstream is not None:
             frames = self.frames
             before = frames.messages
             frames.feed(data)
             upstream.write(data)
+            if self.throttle is not None:
+                self.throttle.client_sent(len(data))
             engine = self.gateway.escalation
             if engine is not None and frames.messages != before:
                 self.gateway.apply_changes(engine.on_activity(
@@ -456,7 +488,9 @@ class HttpClient(asyncio.Protocol):
         try:
             await self._forward(group, route, ex)
         finally:
-            group.release(ex.class_name)
+            if not ex.released:
+                ex.released = True
+                group.release(ex.class_name)
             if rec is not None:
                 now = gateway.clock.now()
                 rec.unuse(now)
@@ -482,43 +516,40 @@ class HttpClient(asyncio.Protocol):
             rec.degradations += 1
 
     async def _admit(self, group: Group, ex: Exchange) -> bool:
+        """Admit `ex` through its group's ladder and scheduler; False once it was answered 503.
+
+        The signal level is read when the request is dispatched, after any wait in the queue:
+        requests that queued while the ladder climbed leave with the signal on, and the cheaper
+        work they then ask for is what drains the queue. Shed refuses work a free slot cannot
+        take at once (the rule is the core's, `DegradeLadder.takes_free_slot` and `sheds`,
+        which the simulator applies too)."""
         gateway = self.gateway
         ladder = group.admission
-        retry_after = b"Retry-After: %d\r\n" % ladder.retry_after(ex.class_name)
+        class_name = ex.class_name
         scheduler = group.scheduler
-        shedding = ladder.should_shed(ex.class_name)
-        if shedding and not scheduler.waiting and scheduler.try_admit(ex.class_name):
-            # Shed refuses work that would wait, not work a free slot can take at once.
-            ex.degrade = ladder.signal_level(ex.class_name)
-            return True
-        if shedding:
-            gateway.count_class("shed", ex.class_name)
-            ladder.record(ex.class_name, 4)
-            self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
-                                       extra=retry_after))
-            return False
-        ex.degrade = ladder.signal_level(ex.class_name)
-        if ex.degrade:
-            gateway.count_class("signal", ex.class_name)
-            ladder.record(ex.class_name, 2)
-        if not ladder.should_queue(ex.class_name):
-            if scheduler.try_admit(ex.class_name):
-                return True
-        else:
-            ladder.record(ex.class_name, 3)
         now = gateway.clock.now()
+        if ladder.takes_free_slot(class_name, scheduler) and scheduler.try_admit(class_name):
+            self._signal(ladder, ex)
+            return True
+        if ladder.sheds(class_name):
+            gateway.count_class("shed", class_name)
+            ladder.record(class_name, 4)
+            self._unavailable(ladder, ex)
+            return False
+        if ladder.should_queue(class_name):
+            ladder.record(class_name, 3)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         try:
-            waiter = scheduler.submit(ex.class_name, now, token=_FutureToken(future))
+            waiter = scheduler.submit(class_name, now, token=_FutureToken(future))
         except Exception:
-            gateway.count_class("shed", ex.class_name)
-            self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
-                                       extra=retry_after))
+            gateway.count_class("shed", class_name)
+            self._unavailable(ladder, ex)
             return False
-        gateway.count_class("queued", ex.class_name)
+        gateway.count_class("queued", class_name)
         for victim in scheduler.take_displaced():
             gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()
+        group.contended(now)
         self._run_grants(group)
         # Await the future itself, with a timer for the deadline: a grant wakes this task in
         # one loop iteration (wait_for + shield took three or four, with the slot held idle).
@@ -529,15 +560,29 @@ class HttpClient(asyncio.Protocol):
         except asyncio.CancelledError:
             if (not scheduler.cancel(waiter) and future.done() and not future.cancelled()
                     and future.result()):
-                group.release(ex.class_name)
+                group.release(class_name)
             raise
         finally:
             timer.cancel()
         if not admitted:
-            gateway.count_class("shed", ex.class_name)
-            self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
-                                       extra=retry_after))
-        return admitted
+            gateway.count_class("shed", class_name)
+            self._unavailable(ladder, ex)
+            return False
+        self._signal(ladder, ex)
+        return True
+
+    def _signal(self, ladder: DegradeLadder, ex: Exchange) -> None:
+        """Dispatch time: the request carries the class's signal level as it stands now."""
+        level = ladder.signal_level(ex.class_name)
+        ex.degrade = level
+        if level:
+            self.gateway.count_class("signal", ex.class_name)
+            ladder.record(ex.class_name, 2)
+
+    def _unavailable(self, ladder: DegradeLadder, ex: Exchange) -> None:
+        self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
+                                   extra=b"Retry-After: %d\r\n" % ladder.retry_after(
+                                       ex.class_name)))
 
     @staticmethod
     def _run_grants(group: Group) -> None:
@@ -567,7 +612,8 @@ class HttpClient(asyncio.Protocol):
             tried.add(backend.name)
             pool = backend_pool(backend)
             try:
-                upstream = await pool.getconn("any", timeout=group.config.connect_timeout)
+                upstream = pool.try_getconn("any") or await pool.getconn(
+                    "any", timeout=group.config.connect_timeout)
             except (BackendError, OSError) as exc:
                 group.connect_failed(backend, exc)
                 continue
@@ -576,7 +622,8 @@ class HttpClient(asyncio.Protocol):
             backend.outstanding += 1
             try:
                 await upstream.exchange(ex, self, via=gateway.via,
-                                        forwarded_proto=b"http", retryable=attempt < retries)
+                                        forwarded_proto=b"http", retryable=attempt < retries,
+                                        on_answered=functools.partial(_answered, group, ex))
             except UpstreamFailed as exc:
                 group.connect_failed(backend, exc)
                 await pool.putconn(upstream, error=exc)
@@ -604,6 +651,7 @@ class HttpClient(asyncio.Protocol):
                 self.record.backend = backend.name
             if upstream.upgraded:
                 self.relay_to = upstream
+                self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
                 upstream.start_relay(self)
                 upstream.on_relay_end = functools.partial(
                     _give_back, gateway, pool, upstream)
@@ -615,8 +663,92 @@ class HttpClient(asyncio.Protocol):
         await self._discard_body(ex)
 
 
+class RelayThrottle:
+    """The throttle step on one WebSocket relay (tcp relays have theirs in `relay.py`).
+
+    While the class's ladder stands at `throttle` or above, one `TokenBucket` caps the relay's
+    bytes, both directions together, at the ladder's `throttle_rate`: a chunk that overdraws it
+    pauses reading on the side it came from for exactly the time the debt takes to repay. The
+    rate is read from the ladder on every chunk, so a long-lived WebSocket is throttled when its
+    class becomes contended and released when it no longer is; unthrottled, a chunk costs one
+    attribute read.
+    """
+
+    __slots__ = ("bucket", "client", "client_timer", "degrade", "ladder", "upstream",
+                 "upstream_timer")
+
+    def __init__(self, client: HttpClient, upstream: UpstreamConnection, ladder: DegradeLadder,
+                 class_name: str) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.ladder = ladder
+        self.degrade: ClassDegrade = ladder.state(class_name)
+        self.bucket: TokenBucket | None = None
+        self.client_timer: asyncio.TimerHandle | None = None
+        self.upstream_timer: asyncio.TimerHandle | None = None
+
+    def client_sent(self, n: int) -> None:
+        delay = self._take(n)
+        transport = self.client.transport
+        if delay > 0 and self.client_timer is None and transport is not None:
+            transport.pause_reading()
+            self.client_timer = asyncio.get_running_loop().call_later(delay,
+                                                                      self._resume_client)
+
+    def upstream_sent(self, n: int) -> None:
+        delay = self._take(n)
+        transport = self.upstream.transport
+        if delay > 0 and self.upstream_timer is None and transport is not None:
+            transport.pause_reading()
+            self.upstream_timer = asyncio.get_running_loop().call_later(delay,
+                                                                        self._resume_upstream)
+
+    def _take(self, n: int) -> float:
+        rate = self.degrade.throttle_rate
+        bucket = self.bucket
+        if rate is None:
+            self.bucket = None  # the class left the throttle step: lift the cap
+            return 0.0
+        client = self.client
+        now = client.gateway.clock.now()
+        if bucket is None:
+            bucket = self.bucket = TokenBucket(rate, self.ladder.config.throttle_burst, now)
+            client.gateway.count_class("throttle", self.degrade.name)
+            self.ladder.record(self.degrade.name, 1)
+        elif bucket.rate != rate:
+            bucket.set_rate(rate, now)
+        return bucket.take(n, now)
+
+    def _resume_client(self) -> None:
+        self.client_timer = None
+        client = self.client
+        if client.transport is not None and not client.closed:
+            client.transport.resume_reading()
+
+    def _resume_upstream(self) -> None:
+        self.upstream_timer = None
+        upstream = self.upstream
+        if (upstream.transport is not None and not upstream.closed
+                and not self.client._write_paused):
+            upstream.transport.resume_reading()
+
+    def cancel(self) -> None:
+        for timer in (self.client_timer, self.upstream_timer):
+            if timer is not None:
+                timer.cancel()
+        self.client_timer = self.upstream_timer = None
+
+
 class _Rejected(Exception):
     """Raised inside a parser callback after the client was answered and closed."""
+
+
+def _answered(group: Group, ex: Exchange) -> None:
+    """The backend's answer is complete: its admission slot goes to the next waiter at once
+    (one loop iteration sooner than the exchange's task could give it back)."""
+    if not ex.released:
+        ex.released = True
+        group.release(ex.class_name)
 
 
 def _expire(scheduler: Any, waiter: Any, future: asyncio.Future[bool]) -> None:

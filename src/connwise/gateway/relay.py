@@ -1,7 +1,8 @@
 """The L4 byte relay: two `asyncio.Protocol` halves joined back to back.
 
 Hot path: `data_received` writes straight into the peer's transport; no copy, no formatting, no
-per-chunk allocation beyond the counter updates. Backpressure is the transports' own: when the
+per-chunk allocation beyond the counter updates and the `last_active` timestamp (one clock read,
+what the zombie watch judges idleness by). Backpressure is the transports' own: when the
 peer's write buffer passes its high-water mark the peer's `pause_writing` pauses *our* reading,
 and `resume_writing` resumes it, so a slow reader on one side slows the writer on the other
 instead of growing a buffer. A throttled class adds a token bucket: a chunk that overdraws it
@@ -15,8 +16,9 @@ either side closes both.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from connwise.core.ratelimit import TokenBucket
 
@@ -29,34 +31,31 @@ class RelayHalf(asyncio.Protocol):
 
     __slots__ = (
         "_early",
-        "_early_size",
         "_eof_in",
         "_paused_by_peer",
         "_throttle_handle",
         "bucket",
         "bytes_in",
-        "chunks_in",
         "clock",
         "closed",
-        "on_close",
+        "last_active",
         "peer",
         "transport",
     )
 
-    def __init__(self, on_close: Callable[[RelayHalf, Exception | None], None] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: RelayHalf | None = None
         self.bytes_in = 0
-        self.chunks_in = 0
         self.closed = False
-        self.on_close = on_close
         self.bucket: TokenBucket | None = None
-        self.clock = clock
+        #: The owner's clock (the gateway passes its own); monotonic time by default.
+        self.clock: Callable[[], float] = clock or time.monotonic
+        #: When bytes last arrived on this side (or it was created): the zombie watch's input.
+        self.last_active = self.clock()
         #: Bytes that arrived before the peer existed; None (no list) on the common path, so an
         #: idle relayed connection does not carry two empty lists.
         self._early: list[bytes] | None = None
-        self._early_size = 0
         self._eof_in = False
         self._paused_by_peer = False
         self._throttle_handle: asyncio.TimerHandle | None = None
@@ -74,7 +73,6 @@ class RelayHalf(asyncio.Protocol):
         if self._early and peer.transport is not None:
             peer.transport.write(b"".join(self._early))
         self._early = None
-        self._early_size = 0
         if self._eof_in:
             if peer.transport is not None and peer.transport.can_write_eof():
                 peer.transport.write_eof()
@@ -84,25 +82,36 @@ class RelayHalf(asyncio.Protocol):
     # -- data ---------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        """The hot path, once per chunk: count, stamp, write to the peer. Everything else (no
+        peer yet, a throttled class) is a method call off this path, so a subclass hooks into
+        `_before_peer` rather than overriding this."""
         self.bytes_in += len(data)
-        self.chunks_in += 1
+        self.last_active = self.clock()
         peer = self.peer
         if peer is None or peer.transport is None:
-            if self._early is None:
-                self._early = []
-            self._early.append(data)
-            self._early_size += len(data)
-            if self._early_size > EARLY_DATA_LIMIT and self.transport is not None:
-                self.transport.pause_reading()
+            self._before_peer(data)
             return
         peer.transport.write(data)
-        bucket = self.bucket
-        if bucket is not None and self.clock is not None:
-            delay = bucket.take(len(data), self.clock())
-            if delay > 0 and self.transport is not None and self._throttle_handle is None:
-                self.transport.pause_reading()
-                loop = asyncio.get_running_loop()
-                self._throttle_handle = loop.call_later(delay, self._unthrottle)
+        if self.bucket is not None:
+            self._throttle(len(data))
+
+    def _before_peer(self, data: bytes) -> None:
+        """Keep bytes that arrive before the peer is connected (flushed by `join`); past
+        EARLY_DATA_LIMIT, stop reading."""
+        early = self._early
+        if early is None:
+            early = self._early = []
+        early.append(data)
+        if sum(map(len, early)) > EARLY_DATA_LIMIT and self.transport is not None:
+            self.transport.pause_reading()
+
+    def _throttle(self, size: int) -> None:
+        assert self.bucket is not None
+        delay = self.bucket.take(size, self.last_active)
+        if delay > 0 and self.transport is not None and self._throttle_handle is None:
+            self.transport.pause_reading()
+            loop = asyncio.get_running_loop()
+            self._throttle_handle = loop.call_later(delay, self._unthrottle)
 
     def _unthrottle(self) -> None:
         self._throttle_handle = None
@@ -149,8 +158,6 @@ class RelayHalf(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.closed:
             peer.transport.close()
-        if self.on_close is not None:
-            self.on_close(self, exc)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -159,7 +166,3 @@ class RelayHalf(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.abort()
-
-    def info(self) -> dict[str, Any]:
-        peername = self.transport.get_extra_info("peername") if self.transport else None
-        return {"peer": peername, "bytes_in": self.bytes_in, "chunks_in": self.chunks_in}

@@ -1,8 +1,9 @@
 """The gateway process: listeners, groups, client limits, drain and reload.
 
-`Gateway` is the asyncio shell of the gateway. It opens one server per listener (with
-SO_REUSEPORT, so `--workers N` processes share the sockets), keeps the groups that admit and
-balance traffic, counts what happens, and carries out drain (SIGTERM) and reload (SIGHUP).
+`Gateway` is the asyncio shell of the gateway. It opens one accept loop per listener
+(`accept.py`: many connections per wake-up; SO_REUSEPORT, so `--workers N` processes share the
+address), keeps the groups that admit and balance traffic, counts what happens, and carries out
+drain (SIGTERM) and reload (SIGHUP).
 
 Reload builds the new listeners' routing and groups from the new configuration and swaps them in
 for *new* connections; established connections keep the objects they started with. A
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
@@ -26,16 +29,19 @@ from connwise.core.escalation import (
     GroupRule,
 )
 from connwise.errors import ConfigError
+from connwise.gateway.accept import AcceptLoop
 from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
 from connwise.gateway.routing import Route, Router, build_routers
 from connwise.gateway.tcp import TcpClient
 from connwise.gateway.upstreams import Group
+from connwise.gateway.zombies import GatewayZombieWatch
 from connwise.telemetry.recorder import Recorder
 from connwise.telemetry.stores import StoreSpec
 from connwise.telemetry.writer import RecordWriter
 
 if TYPE_CHECKING:
+    from connwise.gateway.forecasting import GatewayForecast
     from connwise.gateway.http import Exchange
 
 log = logging.getLogger("connwise.gateway")
@@ -46,14 +52,19 @@ class Client(Protocol):
 
     client_ip: str
     conn_id: int
+    listener: Listener
 
     def describe(self, now: float) -> dict[str, Any]: ...
 
     def bytes_total(self) -> int: ...
 
+    def idle_since(self) -> float | None: ...
+
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
+
+    def reclaim(self) -> None: ...
 
 
 class Listener:
@@ -61,7 +72,7 @@ class Listener:
 
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
-        self.server: asyncio.Server | None = None
+        self.server: AcceptLoop | None = None
         self.host, self.port = parse_address(config.bind, f"listeners.{config.name}.bind")
 
     @property
@@ -75,7 +86,15 @@ class Listener:
 class Gateway:
     """A running gateway node; see the module docstring."""
 
-    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None) -> None:
+    def __init__(self, config: GatewayConfig, *, clock: Clock | None = None,
+                 wall_clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+        """`wall_clock` gives Unix time (forecasts are on it); `sleep` waits seconds of `clock`
+        for the forecast task (tests pair a VirtualClock with a sleep that advances it)."""
+        self.wall_clock = wall_clock
+        self.sleep = sleep
+        #: The `[forecast]` task (None when disabled).
+        self.forecast: GatewayForecast | None = None
         self.clock: Clock = clock or MonotonicClock()
         self.config = config
         self.classes = config.class_table()
@@ -86,6 +105,8 @@ class Gateway:
         self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The live zombie watch of client connections (`[zombies]`).
+        self.zombies = GatewayZombieWatch(self, config.zombies)
         #: Connection records (None when `[telemetry] store` is not configured).
         self.recorder: Recorder | None = None
         self._writer: RecordWriter | None = None
@@ -175,7 +196,9 @@ class Gateway:
     def connections(self) -> list[dict[str, Any]]:
         """Live client connections with their class and why they have it (admin API)."""
         now = self.clock.now()
-        return [client.describe(now) for client in self.clients.values()]
+        zombies = self.zombies
+        return [client.describe(now) | zombies.describe(client, now)
+                for client in self.clients.values()]
 
     def affinity_key(self, group: Group, ex: Exchange, client: HttpClient) -> str:
         """The key a `hash` group balances on: a header, a cookie or the client IP."""
@@ -194,7 +217,6 @@ class Gateway:
     # -- serving ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         telemetry = self.config.telemetry
         if telemetry.store is not None:
             self._writer = StoreSpec.parse(telemetry.store).writer(
@@ -206,12 +228,16 @@ class Gateway:
             await group.open()
         self.spawn(self._ticker())
         self.spawn(self._health_checks())
+        self.zombies.start()
+        self._start_forecast()
         for listener in self.listeners.values():
-            listener.server = await loop.create_server(
-                self._factory(listener), listener.host, listener.port,
-                reuse_port=True, backlog=4096)
+            listener.server = await AcceptLoop.listen(
+                listener.host, listener.port, self._factory(listener), on_error=self._accept_error)
             log.info("listener %s (%s) on %s:%d", listener.config.name, listener.config.kind,
                      *listener.address)
+
+    def _accept_error(self, exc: OSError) -> None:
+        self.count("accept_errors")
 
     def _factory(self, listener: Listener) -> Any:
         if listener.config.kind == "tcp":
@@ -243,6 +269,7 @@ class Gateway:
     def client_closed(self, client: Client) -> None:
         if self.clients.pop(client.conn_id, None) is None:
             return
+        self.zombies.forget(client)
         if self.escalation is not None:
             self.apply_changes(self.escalation.close(client.conn_id, self.clock.now()))
         ip = client.client_ip
@@ -252,10 +279,24 @@ class Gateway:
         if not self.clients:
             self._idle.set()
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _start_forecast(self) -> None:
+        """Start the `[forecast]` task if enabled (its modules load only then: pandas and
+        NumPy cost a second to import)."""
+        if self.forecast is not None:
+            self.forecast.stop()
+            self.forecast = None
+        if self.config.forecast.enabled:
+            from connwise.gateway.forecasting import GatewayForecast  # noqa: PLC0415
+
+            self.forecast = GatewayForecast(self, self.config.forecast,
+                                            wall_clock=self.wall_clock, sleep=self.sleep)
+            self.forecast.start()
 
     async def _ticker(self) -> None:
         """Four times a second: move every group's degradation ladder and health timers."""
@@ -350,14 +391,19 @@ class Gateway:
             self.spawn(group.close(wait_idle=True))
         for listener in self.listeners.values():
             listener.config = next(lc for lc in config.listeners if lc.name == listener.config.name)
+        forecast_changed = config.forecast != self.config.forecast
         self.config = config
+        self.zombies.configure(config.zombies)
+        if forecast_changed:
+            self._start_forecast()
         self.count("reloads")
 
     def stats(self) -> dict[str, Any]:
         return {"node_id": self.config.node_id, "draining": self.draining,
                 "clients": len(self.clients), "counters": dict(self.counters),
                 "classes": {f"{step}:{cls}": n for (step, cls), n in self.class_counters.items()},
-                "groups": {name: g.snapshot() for name, g in self.groups.items()}}
+                "groups": {name: g.snapshot() for name, g in self.groups.items()},
+                "zombies": self.zombies.stats()}
 
 
 

@@ -10,6 +10,7 @@ With SNI routing the first bytes (the TLS ClientHello) pick the group; TLS is no
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import TYPE_CHECKING, Any
 
 from connwise.core.ratelimit import TokenBucket
@@ -45,7 +46,7 @@ class TcpClient(RelayHalf):
     )
 
     def __init__(self, gateway: Gateway, listener: Listener) -> None:
-        super().__init__(on_close=None, clock=gateway.clock.now)
+        super().__init__(clock=gateway.clock.now)
         self.gateway = gateway
         self.listener = listener
         self.group: Group | None = None
@@ -66,7 +67,8 @@ class TcpClient(RelayHalf):
         gateway = self.gateway
         self.opened_at = gateway.clock.now()
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
+        # Interned: connections from one address share the string (and the per-IP key).
+        self.client_ip = sys.intern(peer[0]) if peer else ""
         if not gateway.client_opened(self):
             self.abort()
             return
@@ -81,14 +83,16 @@ class TcpClient(RelayHalf):
             return  # wait for the ClientHello in data_received
         self._route(self.listener.config.group)
 
-    def data_received(self, data: bytes) -> None:
+    def _before_peer(self, data: bytes) -> None:
+        """Before the upstream exists: with SNI routing, collect the ClientHello and route by
+        it (the relay's hot path never comes here once the upstream is joined)."""
         if self.group is None and not self.closed:
             self._sni_buffer += data
             result, name = read_sni(self._sni_buffer)
             if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
                 return
             early, self._sni_buffer = self._sni_buffer, b""
-            super().data_received(early)
+            super()._before_peer(early)
             group = self.listener.config.sni.get(name or "", self.listener.config.group)
             if group is None:
                 self.gateway.count("sni_unrouted")
@@ -96,7 +100,7 @@ class TcpClient(RelayHalf):
                 return
             self._route(group)
             return
-        super().data_received(data)
+        super()._before_peer(data)
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -141,6 +145,20 @@ class TcpClient(RelayHalf):
 
     def bytes_total(self) -> int:
         return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
+
+    def idle_since(self) -> float | None:
+        """When bytes last moved either way; None while the gateway holds the connection up
+        itself (queued for admission, connecting upstream): the zombie watch's input."""
+        peer = self.peer
+        if peer is not None:
+            return max(self.last_active, peer.last_active)
+        if self._waiter is not None or self._admitted:
+            return None
+        return self.last_active  # waiting for a ClientHello that does not come
+
+    def reclaim(self) -> None:
+        """The zombie watch closes this relay: both sides (the upstream follows the client)."""
+        self.close()
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
@@ -194,7 +212,7 @@ class TcpClient(RelayHalf):
             if backend is None:
                 break
             tried.add(backend.name)
-            upstream = RelayHalf(on_close=None)
+            upstream = RelayHalf(clock=self.clock)
             started = self.gateway.clock.now()
 
             def factory(half: RelayHalf = upstream) -> RelayHalf:
@@ -202,10 +220,10 @@ class TcpClient(RelayHalf):
 
             backend.outstanding += 1
             try:
-                await asyncio.wait_for(
-                    asyncio.get_running_loop().create_connection(
-                        factory, backend.host, backend.port),
-                    group.config.connect_timeout)
+                # asyncio.timeout rather than wait_for: no second task per connect.
+                async with asyncio.timeout(group.config.connect_timeout):
+                    await asyncio.get_running_loop().create_connection(
+                        factory, backend.host, backend.port)
             except (OSError, TimeoutError) as exc:
                 backend.outstanding -= 1
                 group.connect_failed(backend, exc)

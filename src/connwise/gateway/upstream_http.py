@@ -54,6 +54,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._client: HttpClient | None = None
         self._exchange: Exchange | None = None
         self._done: asyncio.Future[None] | None = None
+        #: Called once the current exchange's answer is complete (not for a 101): the caller's
+        #: admission slot goes to the next waiter now, not when the caller's task resumes.
+        self._on_answered: Callable[[], None] | None = None
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked_out = False
@@ -119,6 +122,8 @@ class UpstreamConnection(asyncio.Protocol):
         if client is not None:
             self.frames.feed(data)
             client.write(data)
+            if client.throttle is not None:
+                client.throttle.upstream_sent(len(data))
             return
         parser = self._parser
         if parser is None:
@@ -160,8 +165,10 @@ class UpstreamConnection(asyncio.Protocol):
     # -- one exchange -------------------------------------------------------------------------
 
     async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
-                       forwarded_proto: bytes, retryable: bool) -> None:
-        """Send `ex` and relay the answer to `client`. Raises UpstreamFailed."""
+                       forwarded_proto: bytes, retryable: bool,
+                       on_answered: Callable[[], None] | None = None) -> None:
+        """Send `ex` and relay the answer to `client`; `on_answered` is called (in the
+        protocol callback) as soon as the answer is complete. Raises UpstreamFailed."""
         if self.closed:
             raise UpstreamFailed(f"backend {self.address} connection is closed", retryable=True)
         loop = asyncio.get_running_loop()
@@ -173,6 +180,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_sent = False
         self._until_close = False
         self._head_request = ex.method == b"HEAD"
+        self._on_answered = on_answered
         client.active_upstream = self
         try:
             self.write(self._request_head(ex, client, via, forwarded_proto))
@@ -186,6 +194,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._client = None
             self._exchange = None
             self._done = None
+            self._on_answered = None
 
     def _request_head(self, ex: Exchange, client: HttpClient, via: bytes,
                       proto: bytes) -> bytes:
@@ -324,7 +333,12 @@ class UpstreamConnection(asyncio.Protocol):
     def _complete(self) -> None:
         done = self._done
         if done is not None and not done.done():
+            # The waiting task's wake-up is queued before whatever `on_answered` wakes, so it
+            # gives this connection back to the pool before a woken waiter asks for one.
             done.set_result(None)
+            on_answered, self._on_answered = self._on_answered, None
+            if on_answered is not None and self._status != 101:
+                on_answered()
 
 
 #: Reason phrases by status, precomputed (an HTTPStatus lookup per response costs ~0.7 us).

@@ -27,6 +27,9 @@ from connwise.pool.pool import Pool
 
 #: Upstream keep-alive pools serve one class: admission by class happened at the group.
 UPSTREAM_CLASSES = ClassTable([PriorityClass("any", rank=0, max_wait=60.0)])
+#: Least seconds between two ladder updates driven by admission events (the periodic tick
+#: updates it too): O(classes) each, so at most 100 a second costs nothing measurable.
+LADDER_UPDATE_INTERVAL = 0.01
 
 log = logging.getLogger("connwise.gateway")
 
@@ -74,6 +77,7 @@ class Group:
             max_ejection_percent=check.max_ejection_percent, slow_start=check.slow_start,
         ), now, owner=f"groups.{name}")
         self.admission = DegradeLadder(DegradeConfig(), classes, prefix=f"groups.{name}.degrade")
+        self._ladder_at = -LADDER_UPDATE_INTERVAL
         self.backends = [Backend(address, f"groups.{name}.backends[{i}]", self.health[address])
                          for i, address in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
@@ -97,7 +101,10 @@ class Group:
                 UpstreamDriver(backend.host, backend.port), name=f"{self.name}/{backend.name}",
                 min_size=0, max_size=config.max_in_flight, classes=UPSTREAM_CLASSES,
                 default_class="any", max_lifetime=None, idle_timeout=60.0, leak_threshold=None,
-                check_interval=30.0, connect_timeout=config.connect_timeout)
+                check_interval=30.0, connect_timeout=config.connect_timeout,
+                # Idle upstream keep-alive connections are trimmed by idle_timeout; the
+                # gateway's zombie watch looks at client connections (`[zombies]`).
+                zombies=None)
             await pool.open()
             backend.pool = pool
             self.set_warm_target(backend, config.warm_target)
@@ -124,6 +131,13 @@ class Group:
     def pick(self, key: str, client_ip: str, exclude: Collection[str] = ()) -> Backend | None:
         """The backend for a request with affinity `key`, skipping unavailable and `exclude`."""
         now = self.clock()
+        if len(self.backends) == 1:
+            # One backend (a common group): nothing to balance, so no load or weight tables.
+            only = self.backends[0]
+            if only.name in exclude or not only.health.available(now):
+                return None
+            only.total += 1
+            return only
         available = {n for n in self.health.available(now) if n not in exclude}
         if not available:
             return None
@@ -147,19 +161,29 @@ class Group:
 
     def tick(self, now: float) -> None:
         """Periodic: move the degradation ladder from the scheduler's contention."""
+        self._ladder_at = now
         self.admission.update(contention_from_scheduler(self.scheduler, now), now)
         self.health.poll(now)
+
+    def contended(self, now: float) -> None:
+        """An admission event under contention (a request queued, a slot freed while others
+        wait): move the ladder now rather than at the next tick, at most every
+        `LADDER_UPDATE_INTERVAL`, so its level follows the queue as it forms."""
+        if now - self._ladder_at >= LADDER_UPDATE_INTERVAL:
+            self._ladder_at = now
+            self.admission.update(contention_from_scheduler(self.scheduler, now), now)
 
     # -- admission ----------------------------------------------------------------------------
 
     def release(self, class_name: str) -> None:
         """A slot of `class_name` ended: give freed capacity to the best waiters."""
         scheduler = self.scheduler
+        now = self.clock()
         scheduler.release(class_name)
         if not scheduler.in_use and self._idle is not None:
             self._idle.set()
         if scheduler.waiting:
-            now = self.clock()
+            self.contended(now)
             while (waiter := scheduler.grant(now)) is not None:
                 if not waiter.token.granted():
                     scheduler.refuse(waiter)

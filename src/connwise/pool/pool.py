@@ -39,6 +39,7 @@ from connwise.core.pooling import (
 from connwise.core.scheduler import Waiter
 from connwise.errors import ConfigError, PoolClosed, PoolTimeout, TooManyWaiters
 from connwise.pool.drivers.base import Driver
+from connwise.telemetry.zombie_watch import ZombieSettings, ZombieWatch
 
 C = TypeVar("C")
 Event = LifecycleEvent | LeakEvent
@@ -51,6 +52,10 @@ LEAK_STACK_DEPTH = 12
 
 #: A captured stack: (code, offset of its last instruction) per frame, innermost first.
 Stack = tuple[tuple[CodeType, int], ...]
+
+#: Every pool reports its zombies unless told otherwise (`zombies=None`): report only, scanned
+#: once a second at no cost per acquire; `ZombieSettings(reclaim=True)` also closes them.
+DEFAULT_ZOMBIES = ZombieSettings()
 
 
 def _capture_stack(skip: int) -> Stack:
@@ -122,6 +127,7 @@ class Pool(Generic[C]):
         reset_timeout: float = 5.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        zombies: ZombieSettings | None = DEFAULT_ZOMBIES,
     ) -> None:
         table = classes if isinstance(classes, ClassTable) else ClassTable(classes)
         if default_class not in table:
@@ -160,6 +166,9 @@ class Pool(Generic[C]):
         self._opened = False
         #: Maintenance runs at least this often, so leaks and idle timeouts are seen promptly.
         self._tick = min(1.0, (leak_threshold or 4.0) / 4, (idle_timeout or 4.0) / 4)
+        #: The pool's own zombie watch (None when built with `zombies=None`); runs while open.
+        self.zombies: ZombieWatch | None = (
+            ZombieWatch.from_settings(self, zombies) if zombies is not None else None)
 
     # -- life of the pool ---------------------------------------------------------------------
 
@@ -172,6 +181,8 @@ class Pool(Generic[C]):
             self._opened = True
             self._run(self._policy.pump(self.now()))
             self._schedule()
+            if self.zombies is not None:
+                self.zombies.start()
         if self._policy.state is not PoolState.OPEN:
             raise PoolClosed(self.name, self._policy.state.value)
         if wait:
@@ -212,6 +223,8 @@ class Pool(Generic[C]):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.zombies is not None:
+            self.zombies.stop()
         tasks = list(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(self._connect_timeout, 1.0))
@@ -241,6 +254,27 @@ class Pool(Generic[C]):
         """Take a connection without a context manager; give it back with `putconn`."""
         conn_id = await self._acquire(class_name or self.default_class, timeout, 3)
         return self._conns[conn_id]
+
+    def try_getconn(self, class_name: str | None = None) -> C | None:
+        """`getconn`'s fast path without a coroutine: an idle connection at once, or None
+        (nobody idle, or callers wait first); then `await getconn`. A proxy takes a keep-alive
+        connection per request, so the coroutine and its await are a visible share of its
+        CPU."""
+        if not self._opened:
+            return None
+        policy = self._policy
+        is_broken = self.driver.is_broken
+        while True:
+            conn_id = policy.acquire_now(class_name or self.default_class, self.clock.now())
+            if conn_id is None:
+                return None
+            conn = self._conns[conn_id]
+            if not is_broken(conn):
+                break
+            self._run(policy.release(conn_id, self.clock.now(), broken=True))
+        if policy.limits.leak_threshold is not None:
+            self._stacks[conn_id] = _capture_stack(2)
+        return conn
 
     async def putconn(self, conn: C, *, error: BaseException | None = None) -> None:
         """Give back a connection taken with `getconn`; `error` is what its holder hit, if any."""

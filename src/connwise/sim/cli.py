@@ -61,7 +61,12 @@ def simulate_command(
             if name not in tasks:
                 tasks[name] = progress.add_task(f"simulating {name}", total=1.0)
             progress.update(tasks[name], completed=fraction)  # type: ignore[arg-type]
-        results = compare(loaded, names, progress=update)
+        try:  # a replay source is read when its run starts
+            results = compare(loaded, names, progress=update)
+        except ConfigError as exc:
+            progress.stop()
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
     console.print(kpi_table(results))
     console.print(class_table(results))
     if plots:

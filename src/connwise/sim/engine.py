@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import zlib
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
@@ -78,7 +79,8 @@ class Session:
     """One client connection and its in-flight request."""
 
     __slots__ = ("arrived", "backend", "client", "cls", "conn", "counted", "degraded", "gen",
-                 "id", "left", "open", "opened", "peak", "sched", "segment", "waiter", "zombie")
+                 "hold", "id", "left", "open", "opened", "peak", "sched", "segment", "waiter",
+                 "zombie")
 
     def __init__(self, sid: int, cls: int, client: int, segment: str, zombie: bool, left: int,
                  now: float) -> None:
@@ -99,6 +101,8 @@ class Session:
         self.counted = False
         self.sched = ""
         self.waiter: Waiter | None = None
+        #: A replayed session's recorded hold time: it stays open (idle) until opened + hold.
+        self.hold = 0.0
 
 
 class Simulation:
@@ -210,7 +214,6 @@ class Simulation:
         if scenario.arrivals.replay is not None or scenario.arrivals.replay_log is not None:
             self.replay = replay_arrivals(scenario.arrivals, self.class_names)
             self.replay_pos = 0
-            self.region_index = {r: i for i, r in enumerate(regions)}
         step = max(1.0, self.duration / 2000.0)
         rates = [self.profile(i * step) for i in range(int(self.duration / step) + 1)]
         self.peak_rate = max(rates)
@@ -306,11 +309,14 @@ class Simulation:
 
     def _arrive(self, now: float) -> None:
         rng = self.rng_arrivals
+        rec = None
         if self.replay is not None:
             rec = self.replay[self.replay_pos]
             self.replay_pos += 1
             cls = self.class_names.index(rec.class_name)
-            client = hash(rec.client or rec.region + rec.device) % self.n_clients
+            # crc32, not hash(): str hashes change per process, and a replay must repeat.
+            client = zlib.crc32((rec.client or rec.region + "/" + rec.device).encode()) \
+                % self.n_clients
         else:
             cls = bisect_right(self.cum_share, rng.random())
             if cls >= len(self.cum_share):
@@ -320,6 +326,8 @@ class Simulation:
         p = self.req_p[cls]
         if zombie:
             left = self.zombie_after
+        elif rec is not None:
+            left = rec.requests
         elif p >= 1.0:
             left = 1
         else:
@@ -335,8 +343,12 @@ class Simulation:
                 self.stats[cls].refused += 1
             return
         result.next_id += 1
-        s = Session(result.next_id, cls, client, self.client_segment[client], zombie, left, now)
+        segment = self.client_segment[client] if rec is None else f"{rec.region}/{rec.device}"
+        s = Session(result.next_id, cls, client, segment, zombie, left, now)
         s.sched = self.sched_names[cls]
+        if rec is not None and rec.hold is not None:
+            s.hold = rec.hold
+        result.segments[segment] = result.segments.get(segment, 0) + 1
         self.sessions[s.id] = s
         self.open_sessions += 1
         self._request(s, now)
@@ -382,24 +394,21 @@ class Simulation:
         self.loads[name] += 1
         if self.tracker is not None:
             self.tracker.busy(s.id, now)
-        level = 0
-        if self.ladders is not None:
-            state = self.ladder_state[b][s.cls]
-            level = state.level
-            if level >= SHED:
-                state.applied[SHED] += 1
-                self._fail(s, now, "shed")
-                return
-            if level >= SIGNAL:
-                state.applied[SIGNAL] += 1
-        s.degraded = level
         pool = self.pools[b]
-        if level < QUEUE:
+        ladder = self.ladders[b] if self.ladders is not None else None
+        if ladder is None or ladder.takes_free_slot(s.sched, pool.scheduler):
             conn = pool.acquire_now(s.sched, now)
             if conn is not None:
                 s.conn = conn
                 self._serve(s, now)
                 return
+        if ladder is not None:
+            if ladder.sheds(s.sched):
+                ladder.record(s.sched, SHED)
+                self._fail(s, now, "shed")
+                return
+            if ladder.should_queue(s.sched):
+                ladder.record(s.sched, QUEUE)
         try:
             waiter = pool.submit(s.sched, now, self.policy.timeout, s)
         except TooManyWaiters:
@@ -423,7 +432,13 @@ class Simulation:
             t *= 1.0 - self.affinity_saving
         self.client_last[s.client] = b
         size = self.size[cls]
-        level = s.degraded
+        # The signal as the gateway sends it: read when the request is dispatched.
+        level = 0
+        if self.ladders is not None:
+            level = self.ladders[b].level(s.sched)
+            if level >= SIGNAL:
+                self.ladders[b].record(s.sched, SIGNAL)
+        s.degraded = level
         if level >= SIGNAL:
             t *= self.degraded_cost
         if size:
@@ -466,6 +481,8 @@ class Simulation:
         if s.left <= 0:
             if s.zombie:
                 self._idle(s, now, self.zombie_hold, CLOSE_HOLD)
+            elif s.opened + s.hold > now:
+                self._idle(s, now, s.opened + s.hold - now, CLOSE_DONE)
             else:
                 self._close(s, now, CLOSE_DONE)
             return

@@ -105,6 +105,8 @@ class PolicyResult:
     affinity_chances: int = 0
     cross_instance: int = 0
     backend_requests: list[int] = field(default_factory=list)
+    #: Sessions opened per client segment (`region/device`).
+    segments: dict[str, int] = field(default_factory=dict)
     events: int = 0
     duration: float = 0.0
     wall: float = 0.0
@@ -152,6 +154,7 @@ class PolicyResult:
             if self.affinity_chances else 0.0,
             "load_max_over_mean": max(br) / mean_load if mean_load else 0.0,
             "plan_peak": self.plan_peak, "pool": self.pool_counters,
+            "sessions_by_segment": dict(self.segments),
             "duration": self.duration, "wall": self.wall,
             "classes": per_class,
         }

@@ -73,9 +73,10 @@ class Arrivals(_Model):
     #: 7 daily multipliers, Monday first (default: weekend 0.7).
     weekly: list[float] | None = Field(None, min_length=7, max_length=7)
     spikes: list[Spike] = Field(default_factory=list)
-    #: Replay instead of the model: a telemetry store (`sqlite:PATH`, a DSN) ...
+    #: Replay instead of the model: a telemetry store (a SQLite file, or a postgresql:// DSN
+    #: as `--store` takes it; a relative path is relative to the scenario file) ...
     replay: str | None = None
-    #: ... or an access log (nginx or haproxy format).
+    #: ... or an access log (nginx `combined` + `$request_time`, or haproxy).
     replay_log: str | None = None
     replay_format: Literal["nginx", "haproxy"] = "nginx"
     #: Replay time compression: 10 replays 10 recorded seconds per simulated second.
@@ -260,9 +261,26 @@ def resolve_policy(name: str, cfg: PolicyConfig, backends: Backends) -> Resolved
     return Resolved(**values)
 
 
+def _relative_to(scenario: Scenario, base: Path) -> Scenario:
+    """Replay sources named by a relative path are found next to the scenario file, so a
+    scenario and its recorded traffic move together."""
+    arrivals = scenario.arrivals
+    update: dict[str, str] = {}
+    if arrivals.replay_log is not None and not Path(arrivals.replay_log).is_absolute():
+        update["replay_log"] = str(base / arrivals.replay_log)
+    replay = arrivals.replay
+    if (replay is not None and not replay.startswith(("postgres://", "postgresql://"))
+            and not Path(replay).is_absolute()):
+        update["replay"] = str(base / replay)
+    if not update:
+        return scenario
+    return scenario.model_copy(update={"arrivals": arrivals.model_copy(update=update)})
+
+
 def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
     """A validated `Scenario` from a TOML path, TOML text or a dict."""
     where = "scenario"
+    path: Path | None = None
     if isinstance(source, dict):
         data = source
     else:
@@ -286,6 +304,8 @@ def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
         key = ".".join(str(p) for p in err["loc"]) or "scenario"
         raise ConfigError(key, err.get("input"), f"{err['msg']} (in {where})",
                           "see docs/simulator.md for the scenario keys") from exc
+    if path is not None:
+        scenario = _relative_to(scenario, path.parent)
     for name in scenario.classes:
         scenario.class_knobs(name)
     for name in scenario.policies:

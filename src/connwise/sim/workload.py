@@ -2,14 +2,15 @@
 
 Arrivals are a non-homogeneous Poisson process with rate `rate x daily(t) x weekly(t) x
 spikes(t)`, drawn by thinning (Lewis and Shedler, 1979): candidates at the peak rate, each kept
-with probability rate(t)/peak. A replay instead takes the start times (and, where recorded,
-class, region and device) of telemetry records or of an ingested access log.
+with probability rate(t)/peak. A replay instead takes the sessions of telemetry records or of
+an access log: start times and, where recorded, class, region, device, client, requests and
+hold time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,28 +80,44 @@ class RateProfile:
         return sum(self(start + (i + 0.5) * step) for i in range(n)) / n
 
 
+#: Record kinds that are a client's connection or request: what arrived. `pool` and `upstream`
+#: records are connections the recording side opened itself and would count traffic twice.
+ARRIVAL_KINDS = frozenset({"client", "request", "session"})
+_COLUMNS = ("started_at", "ended_at", "kind", "class_name", "region", "device", "client_addr",
+            "requests")
+_Row = tuple[float, float | None, str, str, str, str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayArrival:
+    """One recorded session: when it opened (replay seconds), its class and client, the
+    requests it made (at least 1) and how long it held its connection (None: not recorded)."""
+
     at: float
     class_name: str
     region: str
     device: str
     client: str
+    requests: int
+    hold: float | None
 
 
 def replay_arrivals(arrivals: Arrivals, classes: Sequence[str]) -> list[ReplayArrival]:
     """Arrivals from recorded telemetry or an access log, rebased to start at 0 and sped up by
-    `replay_speed`. A recorded class unknown to the scenario becomes its first class."""
-    rows: list[tuple[float, str, str, str, str]] = []
+    `replay_speed`. A recorded class unknown to the scenario becomes its first class; only
+    records of `ARRIVAL_KINDS` are arrivals."""
+    rows: list[_Row] = []
     if arrivals.replay is not None:
         # Replay only: the stores pull in database drivers.
         from connwise.telemetry.stores import StoreSpec  # noqa: PLC0415
         spec = StoreSpec.parse(arrivals.replay)
-        cols = ("started_at", "class_name", "region", "device", "client_addr")
-        for chunk in spec.read(columns=cols):
+        if spec.kind == "sqlite" and not Path(spec.path).is_file():
+            raise ConfigError("arrivals.replay", arrivals.replay, "no such telemetry store",
+                              "name a SQLite file or a postgresql:// DSN written by connwise")
+        for chunk in spec.read(columns=_COLUMNS):
             for row in chunk:
-                rows.append((float(row[0]), str(row[1] or ""), str(row[2] or ""),
-                             str(row[3] or ""), str(row[4] or "")))
+                if row[2] in ARRIVAL_KINDS:
+                    rows.append(_row(row))
     elif arrivals.replay_log is not None:
         rows = _read_log(Path(arrivals.replay_log), arrivals.replay_format)
     else:
@@ -108,34 +125,43 @@ def replay_arrivals(arrivals: Arrivals, classes: Sequence[str]) -> list[ReplayAr
                           "set arrivals.replay or arrivals.replay_log")
     if not rows:
         raise ConfigError("arrivals.replay", arrivals.replay or arrivals.replay_log,
-                          "the source holds no records", "record or ingest some traffic first")
-    rows.sort()
+                          "the source holds no client connection or request records",
+                          "record or ingest some traffic first")
+    rows.sort(key=lambda r: r[0])
     t0 = rows[0][0]
     known = set(classes)
     speed = arrivals.replay_speed
     return [ReplayArrival((at - t0) / speed, c if c in known else classes[0], region or "local",
-                          device or "desktop", client) for at, c, region, device, client in rows]
+                          device or "desktop", client, requests,
+                          None if end is None else max(0.0, end - at) / speed)
+            for at, end, c, region, device, client, requests in rows]
 
 
-def _read_log(path: Path, fmt: str) -> list[tuple[float, str, str, str, str]]:
+def _row(row: Sequence[object]) -> _Row:
+    """A record's columns as `_COLUMNS` lists them, to a replay row (NULLs to defaults)."""
+    started, ended, _, cls, region, device, client, requests = row
+    return (float(str(started)), None if ended is None else float(str(ended)),
+            str(cls or ""), str(region or ""), str(device or ""), str(client or ""),
+            max(1, int(str(requests or 1))))
+
+
+def _read_log(path: Path, fmt: str) -> list[_Row]:
     from connwise.telemetry.ingest.haproxy import HaproxyParser  # noqa: PLC0415
     from connwise.telemetry.ingest.nginx import NginxParser  # noqa: PLC0415
     parser = NginxParser() if fmt == "nginx" else HaproxyParser()
     cols = list(parser.columns)
-    wanted = ("started_at", "class_name", "region", "device", "client_addr")
-    get: dict[str, int] = {name: cols.index(name) for name in wanted if name in cols}
-    if "started_at" not in get:
+    if "started_at" not in cols:
         raise ConfigError("arrivals.replay_format", fmt, "the parser yields no start times",
                           "replay a telemetry store instead")
-    parse = parser.start_file(str(path))
-    out: list[tuple[float, str, str, str, str]] = []
+    get = [cols.index(name) if name in cols else -1 for name in _COLUMNS]
     try:
-        lines: Iterator[str] = iter(path.read_text(encoding="utf-8", errors="replace")
-                                    .splitlines())
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError("arrivals.replay_log", str(path), f"cannot read it ({exc.strerror})",
                           "pass the path of an access log") from exc
-    for line in lines:
+    parse = parser.start_file(path.name)
+    out: list[_Row] = []
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
@@ -144,14 +170,9 @@ def _read_log(path: Path, fmt: str) -> list[tuple[float, str, str, str, str]]:
             continue
         if row is None:
             continue
-
-        def col(name: str, row: tuple[object, ...] = tuple(row)) -> str:
-            i = get.get(name)
-            value = row[i] if i is not None else None
-            return "" if value is None else str(value)
-
-        out.append((float(str(row[get["started_at"]])), col("class_name"), col("region"),
-                    col("device"), col("client_addr")))
+        values = [row[i] if i >= 0 else None for i in get]
+        if values[2] in ARRIVAL_KINDS:
+            out.append(_row(values))
     return out
 
 

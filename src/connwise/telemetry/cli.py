@@ -27,6 +27,7 @@ from connwise.telemetry.ingest import FileSummary, HaproxyParser, NginxParser, i
 from connwise.telemetry.ingest.base import NO_MATCH, IngestSummary, LineParser
 from connwise.telemetry.ingest.haproxy import MODES
 from connwise.telemetry.ingest.nginx import DEFAULT_FORMAT, PRESETS
+from connwise.telemetry.store_sqlite import SqliteStore
 from connwise.telemetry.stores import DEFAULT_STORE, StoreSpec
 from connwise.telemetry.units import parse_duration, parse_size, parse_time
 
@@ -130,6 +131,9 @@ def _run_ingest(parser: LineParser, files: list[Path], store: str, progress: boo
         spec = StoreSpec.parse(store)
         sink = spec.open_sink()
         try:
+            if isinstance(sink, SqliteStore):
+                with sink.bulk():
+                    return ingest(parser, files, sink, progress=progress), spec
             return ingest(parser, files, sink, progress=progress), spec
         finally:
             sink.close()

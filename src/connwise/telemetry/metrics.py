@@ -89,8 +89,12 @@ class TelemetryMetrics:
 
     def watch_pool(self, pool: Any, *, backend: str | None = None) -> None:
         """Export `pool`'s connections by state and class, waits and counters on every scrape.
-        `backend` labels its connections (default: the pool's name). Held weakly."""
+        `backend` labels its connections (default: the pool's name). Held weakly. The pool's
+        own zombie watch, if it has one and counts nowhere yet, counts here from now on."""
         self._pools[pool.name] = (weakref.ref(pool), backend or pool.name)
+        watch = getattr(pool, "zombies", None)
+        if watch is not None and watch.metrics is None:
+            watch.metrics = self
 
     def watch_writer(self, writer: RecordWriter) -> None:
         """Export `writer`'s written, dropped and failed records and its queue depth."""

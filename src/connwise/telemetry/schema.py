@@ -69,6 +69,15 @@ def migrations(dialect: Dialect, table: str = TABLE) -> dict[int, list[str]]:
     return steps
 
 
+def started_index(table: str = TABLE) -> str:
+    """The statement that (re)creates the index on `started_at` if it is missing."""
+    return f"CREATE INDEX IF NOT EXISTS {_index(table, 'started')} ON {table} (started_at)"
+
+
+def drop_started_index(table: str = TABLE) -> str:
+    return f"DROP INDEX IF EXISTS {_index(table, 'started', qualified=True)}"
+
+
 def _index(table: str, name: str, *, qualified: bool = False) -> str:
     """An index name: created in the table's schema, so unqualified in CREATE INDEX, and
     qualified with the schema in DROP INDEX."""

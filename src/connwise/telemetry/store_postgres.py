@@ -113,6 +113,15 @@ class PostgresStore:
         return int(await self._conn.fetchval(f"SELECT count(*) FROM {self.table}{where}",
                                              *params))
 
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """All rows of one read-only query (placeholders `$1`, ...): for readers that
+        aggregate in SQL rather than read every record. The table is `self.table`."""
+        try:
+            return [tuple(record) for record in await self._conn.fetch(sql, *params)]
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"query on the telemetry database {redact_dsn(self.dsn)} "
+                             f"failed: {exc}") from exc
+
     async def size_bytes(self) -> int:
         """Bytes of the table with its indexes and TOAST."""
         return int(await self._conn.fetchval("SELECT pg_total_relation_size($1::regclass)",

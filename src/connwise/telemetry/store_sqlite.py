@@ -16,11 +16,20 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from connwise.errors import StoreError
 from connwise.telemetry.record import FIELD_NAMES, Row
-from connwise.telemetry.schema import LATEST, TABLE, VERSION_TABLE, migrations
+from connwise.telemetry.schema import (
+    LATEST,
+    TABLE,
+    VERSION_TABLE,
+    drop_started_index,
+    migrations,
+    started_index,
+)
 
 log = logging.getLogger("connwise.telemetry")
 
@@ -47,6 +56,8 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self.version = self._migrate()
+            # A bulk load that died before rebuilding the index left it out: put it back.
+            self._db.execute(started_index())
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open telemetry store {str(self.path)!r}: {exc}; is it an "
                              "SQLite file written by connwise?") from exc
@@ -109,6 +120,23 @@ class SqliteStore:
             raise
         db.execute("COMMIT")
 
+    @contextmanager
+    def bulk(self) -> Iterator[SqliteStore]:
+        """Loading many rows at once (`connwise ingest`): into an empty store, the index on
+        `started_at` is built once at the end, a sort, rather than kept up to date row by row
+        (~10% of an insert), and the page cache is larger. Durability is unchanged."""
+        db = self._db
+        rebuild = self.count() == 0
+        db.execute("PRAGMA cache_size = -131072")  # 128 MiB
+        if rebuild:
+            db.execute(drop_started_index())
+        try:
+            yield self
+        finally:
+            if rebuild:
+                db.execute(started_index())
+            db.execute("PRAGMA cache_size = -2000")  # SQLite's default, 2 MiB
+
     # -- reading -------------------------------------------------------------------------------
 
     def read(self, *, since: float | None = None, until: float | None = None,
@@ -124,6 +152,15 @@ class SqliteStore:
         where, params = _window(since, until)
         return int(self._db.execute(f"SELECT count(*) FROM {TABLE}{where}", params)
                    .fetchone()[0])
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """All rows of one read-only query: for readers that aggregate in SQL rather than
+        read every record (`connwise.forecast.store`). The table is `schema.TABLE`."""
+        try:
+            return self._db.execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"query on telemetry store {str(self.path)!r} failed: {exc}") \
+                from exc
 
     # -- retention -----------------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from connwise.telemetry.record import FIELD_NAMES, Row
+from connwise.telemetry.schema import TABLE
 from connwise.telemetry.store_postgres import (
     PostgresSink,
     PostgresStore,
@@ -26,6 +27,7 @@ from connwise.telemetry.store_postgres import (
 )
 from connwise.telemetry.store_sqlite import SqliteStore
 from connwise.telemetry.writer import BatchSink, RecordWriter, Retention
+from connwise.telemetry.writer_process import ProcessWriter
 
 DEFAULT_STORE = "connwise-telemetry.db"
 
@@ -67,11 +69,14 @@ class StoreSpec:
         return PostgresSink(self.dsn, schema=self.schema)
 
     def writer(self, *, capacity: int = 10_000, batch_size: int = 500,
-               flush_interval: float = 1.0, retention: Retention | None = None) -> RecordWriter:
-        """A started `RecordWriter` into this store."""
-        return RecordWriter(self.open_sink, capacity=capacity, batch_size=batch_size,
-                            flush_interval=flush_interval, retention=retention,
-                            name=self.kind).start()
+               flush_interval: float = 1.0, retention: Retention | None = None,
+               process: bool = True) -> RecordWriter:
+        """A started writer into this store. With `process` (the default) the store is written
+        by a child process (`ProcessWriter`), so its per-row work takes no GIL from the
+        caller's event loop; without it, by a thread of this process (`RecordWriter`)."""
+        kind = ProcessWriter if process else RecordWriter
+        return kind(self.open_sink, capacity=capacity, batch_size=batch_size,
+                    flush_interval=flush_interval, retention=retention, name=self.kind).start()
 
     def read(self, *, since: float | None = None, until: float | None = None,
              columns: Sequence[str] = FIELD_NAMES, chunk: int = 20_000) -> Iterator[list[Row]]:
@@ -97,6 +102,34 @@ class StoreSpec:
             finally:
                 loop.run_until_complete(chunks.aclose())
                 loop.run_until_complete(pg.close())
+        finally:
+            loop.close()
+
+    @property
+    def table(self) -> str:
+        """The records' table as a query names it (schema-qualified on PostgreSQL)."""
+        return TABLE if self.kind == "sqlite" else f"{self.schema}.{TABLE}"
+
+    def fetch(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Row]]:
+        """The rows of each read-only query, over one connection; the SQL is in this store's
+        dialect (`kind`: `?` placeholders for SQLite, `$1` for PostgreSQL)."""
+        if self.kind == "sqlite":
+            store = SqliteStore(self.path, create=False)
+            try:
+                return [store.fetch(sql, params) for sql, params in queries]
+            finally:
+                store.close()
+
+        async def run() -> list[list[Row]]:
+            pg = await PostgresStore.open(self.dsn, schema=self.schema)
+            try:
+                return [await pg.fetch(sql, params) for sql, params in queries]
+            finally:
+                await pg.close()
+
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(run())
         finally:
             loop.close()
 

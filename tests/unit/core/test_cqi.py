@@ -335,6 +335,36 @@ def test_history_is_bounded() -> None:
     assert [c.reason for c in state.history] == ["#7", "#8", "#9"]
 
 
+def test_an_unchanged_connection_holds_no_history_or_inputs_of_its_own() -> None:
+    p = policy()
+    a = p.open(1, 0.0, base_class="interactive", protocol="tcp")
+    b = p.open(2, 0.5, base_class="interactive", protocol="tcp")
+    assert a._history is None and b._history is None
+    assert a.inputs is b.inputs and a.axes is b.axes and a.score is b.score
+    for second in range(1, 5):                        # quiet: no change, no history, rate 0
+        assert a.observe(0, float(second)) is None
+    assert a._history is None and a.rate == 0.0
+    [first] = a.history                                # the opening, rebuilt on demand
+    assert (first.conn_id, first.from_class, first.to_class, first.at) == \
+        (1, None, "interactive", 0.0)
+    assert "0.625" in first.reason
+    a.apply(ClassChange(1, "interactive", "critical", "busy", 5.0))
+    assert a._history is not None
+    assert [(c.to_class, c.reason) for c in a.history] == \
+        [("interactive", first.reason), ("critical", "busy")]
+    assert [h["to"] for h in a.explain(5.0)["history"]] == ["interactive", "critical"]
+    assert b._history is None and b.class_name == "interactive"
+
+
+def test_user_headers_do_not_share_an_opening() -> None:
+    p = policy(user=USER_RULES)
+    gold = p.open(1, 0.0, base_class="bulk", headers=[(b"x-user-tier", b"gold")])
+    plain = p.open(2, 0.0, base_class="bulk")
+    assert gold.inputs.user_headers == (("x-user-tier", "gold", 1.0),)
+    assert plain.inputs.user_headers == () and plain.axes.user == 0.5
+    assert p.open(3, 0.0, base_class="bulk").inputs is plain.inputs
+
+
 def test_explain_says_why_the_connection_has_its_class() -> None:
     p = policy(user=USER_RULES)
     state = p.open(5, 0.0, base_class="interactive", headers=[(b"x-device", b"mobile")])

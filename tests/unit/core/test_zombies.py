@@ -112,10 +112,11 @@ def test_tracker_reports_once_per_idle_stretch_and_forgives_use() -> None:
     assert [(f.key, f.verdict) for f in found] == [(1, Verdict.ZOMBIE)]
     assert found[0].seconds == 2.5 and found[0].threshold == pytest.approx(2.0, rel=0.05)
     assert tracker.scan(100.0) == []  # reported once
+    assert tracker.flagged() == [1]
     assert tracker.reclaimable(4.5, grace=1.0) == []
     assert tracker.reclaimable(5.0, grace=1.0) == [1]
     tracker.busy(1, 5.0)  # used again: forgiven, and its 3.5 s gap was healthy after all
-    assert tracker.reclaimable(10.0, grace=1.0) == []
+    assert tracker.reclaimable(10.0, grace=1.0) == [] and tracker.flagged() == []
     tracker.idle(1, "s", 6.0)
     assert tracker.scan(6.5) == []
     tracker.forget(1)

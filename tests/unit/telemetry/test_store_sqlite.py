@@ -114,6 +114,31 @@ def test_missing_store_and_missing_directory_are_named(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "junk.db")
 
 
+def _indexes(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                         "AND tbl_name = 'connections'")]
+
+
+def test_bulk_load_builds_the_index_at_the_end_and_a_lost_index_comes_back(
+        tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    store = SqliteStore(path)
+    with store.bulk():
+        assert _indexes(path) == []  # an empty store loads without it
+        store.write([full_record(i) for i in range(5)])
+    assert _indexes(path) == ["connections_started_idx"]
+    with store.bulk():  # a store with rows keeps its index: rebuilding it would cost more
+        assert _indexes(path) == ["connections_started_idx"]
+        store.write([full_record(i) for i in range(5, 8)])
+    assert store.count() == 8
+    store.close()
+    with sqlite3.connect(path) as db:  # as if a bulk load had died before its end
+        db.execute("DROP INDEX connections_started_idx")
+    SqliteStore(path, create=False).close()
+    assert _indexes(path) == ["connections_started_idx"]
+
+
 def test_retention_by_age(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "t.db")
     store.write([full_record(i, start=1000.0 * i) for i in range(10)])

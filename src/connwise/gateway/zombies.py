@@ -1,0 +1,257 @@
+"""Live zombie watch of the gateway's client connections: report by default, reclaim on request.
+
+Theory of operation
+-------------------
+Every client connection carries one float, `last_active`, which the data path sets whenever
+bytes move either way (a clock read per chunk, no allocation; a tcp relay has one per side).
+Every `interval` seconds the watch walks the live connections and feeds the core's
+`ZombieTracker` of their listener (all listeners share one `Thresholds`: one gap histogram per
+segment):
+
+* a connection with traffic since the previous scan is *busy*; if the tracker had it idle, the
+  silence that just ended in traffic was a healthy gap and is learned, measured up to the last
+  byte (at most one interval longer than the truth: the error raises the threshold, never
+  lowers it);
+* a connection without traffic since the previous scan is *idle* since its `last_active`;
+* a connection the gateway itself holds up (an HTTP request in hand, a tcp client queued for
+  admission or connecting upstream) is busy: a slow upstream is not the client's idleness.
+
+A silence shorter than one interval is seen only when a scan falls into it, so short gaps are
+under-sampled; that too can only raise the learned threshold.
+
+`ZombieTracker.scan` then judges (k x p99 of the segment, never under the floor, the default
+until enough gaps) and each finding is reported once per idle stretch: a log line,
+`connwise_zombies_total{owner,verdict}` on the admin `/metrics`, the `zombie` field of
+`/connections`, `flag` in the connection's telemetry record, and the watch's subscribers. With
+`reclaim`, a zombie still silent `grace` seconds after its report is closed (tcp: both sides;
+WebSocket: close frames with 1001, going away, to both sides; HTTP keep-alive: a plain close)
+and its record's `close_reason` is `zombie`. A connection that speaks in between is forgiven.
+
+Cost: one tracker entry per connection seen idle (about 150 bytes) and one pass over the
+connections per interval, nothing per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from connwise.config import ZombieSection
+from connwise.core.zombies import Thresholds, ZombieFinding, ZombieTracker
+from connwise.gateway.tcp import TcpClient
+
+if TYPE_CHECKING:
+    from connwise.gateway.runtime import Client, Gateway
+
+log = logging.getLogger("connwise.gateway")
+
+FindingCallback = Callable[[ZombieFinding], None]
+
+
+def segment_values(client: Any, listener: str) -> dict[str, str]:
+    """The values a segment can be made of (`zombies.segment`)."""
+    if isinstance(client, TcpClient):
+        backend = client.backend
+        return {"listener": listener, "kind": "tcp", "class": client.class_name,
+                "backend": backend.name if backend is not None else ""}
+    upstream = client.relay_to or client.active_upstream
+    state = client.class_state
+    return {"listener": listener, "kind": "websocket" if client.relay_to is not None else "http",
+            "class": state.class_name if state is not None else "",
+            "backend": upstream.address if upstream is not None else ""}
+
+
+class GatewayZombieWatch:
+    """Watches one gateway's client connections; see the module docstring."""
+
+    def __init__(self, gateway: Gateway, section: ZombieSection) -> None:
+        self.gateway = gateway
+        self.section = section
+        self.thresholds = Thresholds(section.rules())
+        #: One tracker per listener: the listener is the finding's owner (metrics label).
+        self.trackers: dict[str, ZombieTracker] = {}
+        #: Findings by (listener, verdict) and reclaims by listener, since start.
+        self.found: Counter[tuple[str, str]] = Counter()
+        self.reclaimed: Counter[str] = Counter()
+        #: Reported connections still open and not forgiven, with their finding.
+        self.flagged: dict[Hashable, ZombieFinding] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._subscribers: list[FindingCallback] = []
+        self._last_scan = gateway.clock.now()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Scan every `interval` seconds from now on, if enabled, in a task of the gateway
+        (which cancels it when it drains)."""
+        if self.section.enabled and not self.running:
+            self._last_scan = self.gateway.clock.now()
+            self._task = self.gateway.spawn(self._run())
+
+    def configure(self, section: ZombieSection) -> None:
+        """A reload: new settings from the next scan on. Changed rules start learning afresh
+        (gaps learned under other rules would mislead); off stops scanning and forgets every
+        connection, on starts it again."""
+        if section.rules() != self.thresholds.rules:
+            self.thresholds = Thresholds(section.rules())
+            for tracker in self.trackers.values():
+                tracker.thresholds = self.thresholds
+        if not section.enabled:
+            self.trackers.clear()
+            self.flagged.clear()
+        self.section = section
+        self.start()
+
+    def subscribe(self, callback: FindingCallback) -> Callable[[], None]:
+        """Call `callback` with every finding; returns an unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    async def _run(self) -> None:
+        while self.section.enabled:
+            await asyncio.sleep(self.section.interval)
+            if not self.section.enabled:
+                break
+            try:
+                self.scan()
+            except Exception:
+                log.exception("zombie watch: scan failed; continuing")
+
+    def forget(self, client: Client) -> None:
+        """A client connection closed."""
+        tracker = self.trackers.get(client.listener.config.name)
+        if tracker is not None:
+            tracker.forget(client.conn_id)
+        self.flagged.pop(client.conn_id, None)
+
+    # -- scanning ------------------------------------------------------------------------------
+
+    def scan(self) -> list[ZombieFinding]:
+        """One pass: feed the trackers, report new findings, reclaim what is due."""
+        gateway = self.gateway
+        now = gateway.clock.now()
+        since, self._last_scan = self._last_scan, now
+        keys = self.section.segment
+        trackers = self.trackers
+        for conn_id, client in gateway.clients.items():
+            listener = client.listener.config.name
+            tracker = trackers.get(listener)
+            if tracker is None:
+                tracker = trackers[listener] = ZombieTracker(listener, self.thresholds,
+                                                             pooled=False)
+            idle_since = client.idle_since()
+            if idle_since is None:
+                tracker.busy(conn_id, now)
+            elif idle_since > since:
+                tracker.busy(conn_id, idle_since)
+            else:
+                values = segment_values(client, listener)
+                tracker.idle(conn_id, "/".join(values[k] for k in keys), idle_since)
+        found: list[ZombieFinding] = []
+        flagged = self.flagged
+        for tracker in trackers.values():
+            findings = tracker.scan(now)
+            still = set(tracker.flagged())
+            for key in [k for k, f in flagged.items() if f.owner == tracker.owner
+                        and k not in still]:
+                del flagged[key]  # served again: forgiven
+            for finding in findings:
+                flagged[finding.key] = finding
+                self._report(finding)
+            found.extend(findings)
+            if self.section.reclaim:
+                self._reclaim(tracker, now)
+        return found
+
+    def _report(self, finding: ZombieFinding) -> None:
+        self.found[finding.owner, finding.verdict.value] += 1
+        rec = getattr(self._client(finding.key), "record", None)
+        if rec is not None:
+            rec.flag = finding.verdict.value
+        log.info("listener %s: client connection %s has moved no bytes for %.1f s, past the "
+                 "zombie threshold of its segment %r (%.1f s)%s", finding.owner, finding.key,
+                 finding.seconds, finding.segment, finding.threshold,
+                 f"; closing it in {self.section.grace:.0f} s unless it speaks"
+                 if self.section.reclaim else "")
+        for callback in self._subscribers:
+            try:
+                callback(finding)
+            except Exception:
+                log.exception("zombie watch: subscriber %r failed", callback)
+
+    def _reclaim(self, tracker: ZombieTracker, now: float) -> None:
+        for key in tracker.reclaimable(now, self.section.grace):
+            tracker.forget(key)
+            self.flagged.pop(key, None)
+            client = self._client(key)
+            if client is None:
+                continue
+            rec = getattr(client, "record", None)
+            if rec is not None:
+                rec.close_reason = "zombie"
+            self.reclaimed[tracker.owner] += 1
+            log.info("listener %s: closed zombie client connection %s after a grace of %.0f s",
+                     tracker.owner, key, self.section.grace)
+            client.reclaim()
+
+    def _client(self, key: Hashable) -> Client | None:
+        return self.gateway.clients.get(key) if isinstance(key, int) else None
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def describe(self, client: Client, now: float) -> dict[str, Any]:
+        """What the admin API's connection list shows: seconds without traffic (0 while the
+        gateway holds a request) and the finding, if the connection was reported."""
+        idle_since = client.idle_since()
+        finding = self.flagged.get(client.conn_id)
+        zombie = None
+        if finding is not None:
+            zombie = {"verdict": finding.verdict.value, "threshold": round(finding.threshold, 3),
+                      "reported": round(now - finding.at, 3),
+                      "closes_in": (round(max(0.0, finding.at + self.section.grace - now), 3)
+                                    if self.section.reclaim else None)}
+        return {"idle": round(now - idle_since, 3) if idle_since is not None else 0.0,
+                "zombie": zombie}
+
+    def stats(self) -> dict[str, Any]:
+        return {"enabled": self.section.enabled, "reclaim": self.section.reclaim,
+                "found": {f"{owner}:{verdict}": n for (owner, verdict), n in self.found.items()},
+                "reclaimed": dict(self.reclaimed), "flagged": len(self.flagged),
+                "thresholds": self.segment_thresholds()}
+
+    def segment_thresholds(self) -> dict[str, float]:
+        """The zombie threshold of every segment that has learned gaps, in seconds."""
+        thresholds = self.thresholds
+        return {segment: thresholds.threshold(segment) for segment in thresholds.segments}
+
+    def collect(self) -> list[Metric]:
+        """The watch's Prometheus families, read at scrape time (admin `/metrics`)."""
+        found = CounterMetricFamily("connwise_zombies", "Client connections found to be "
+                                    "zombies (or half-open), by listener.",
+                                    labels=["owner", "verdict"])
+        for (owner, verdict), n in sorted(self.found.items()):
+            found.add_metric([owner, verdict], n)
+        reclaimed = CounterMetricFamily("connwise_zombies_reclaimed", "Zombie client "
+                                        "connections closed after their grace period.",
+                                        labels=["owner"])
+        for owner, n in sorted(self.reclaimed.items()):
+            reclaimed.add_metric([owner], n)
+        open_now = GaugeMetricFamily("connwise_zombie_connections", "Client connections "
+                                     "reported as zombies and still open.", labels=["owner"])
+        for owner, n in sorted(Counter(f.owner for f in self.flagged.values()).items()):
+            open_now.add_metric([owner], n)
+        thresholds = GaugeMetricFamily("connwise_zombie_threshold_seconds", "Learned zombie "
+                                       "threshold of each segment with gaps.",
+                                       labels=["segment"])
+        for segment, seconds in self.segment_thresholds().items():
+            thresholds.add_metric([segment], seconds)
+        return [found, reclaimed, open_now, thresholds]
+

@@ -1,0 +1,151 @@
+"""The process writer against a real child process and a real SQLite store: shutdown commits
+everything, a stuck store drops without blocking the submitter, a killed child is reported (its
+uncommitted records counted as failed) and replaced, and no child outlives the writer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from connwise.errors import StoreError
+from connwise.telemetry.record import ConnRecord, Row
+from connwise.telemetry.store_sqlite import SqliteStore
+from connwise.telemetry.stores import StoreSpec
+from connwise.telemetry.writer_process import ProcessWriter
+
+
+class GatedStore(SqliteStore):
+    """A real store whose writes wait while the file `gate` exists (the child has no other
+    channel to the test than the file system)."""
+
+    def __init__(self, path: str, gate: str) -> None:
+        super().__init__(path)
+        self.gate = Path(gate)
+
+    def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        Path(f"{self.gate}.entered").touch()
+        while self.gate.exists():
+            time.sleep(0.01)
+        super().write(rows, columns)
+
+
+class GatedSpec:
+    """A picklable `open_sink` for `GatedStore` (the child unpickles and calls it)."""
+
+    def __init__(self, path: Path, gate: Path) -> None:
+        self.path, self.gate = str(path), str(gate)
+
+    def __call__(self) -> GatedStore:
+        return GatedStore(self.path, self.gate)
+
+
+def record(i: int) -> ConnRecord:
+    rec = ConnRecord(str(i), "client", "web", 1_700_000_000.0 + i)
+    rec.finish(1_700_000_001.0 + i, "client closed")
+    return rec
+
+
+def stored(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT conn_id FROM connections")]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+def test_close_commits_every_record_and_reaps_the_child(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    writer = StoreSpec.parse(str(db)).writer(batch_size=100, flush_interval=60.0)
+    assert isinstance(writer, ProcessWriter)
+    pid = writer.pid
+    assert pid is not None and pid != os.getpid()
+    for i in range(1_234):  # 12 batches shipped by the submitter, 34 left for close
+        assert writer.submit(record(i))
+    writer.close()
+    assert writer.written == 1_234 and writer.failed == 0 and writer.dropped == 0
+    assert sorted(stored(db), key=int) == [str(i) for i in range(1_234)]
+    assert gone(pid) and not writer._thread.is_alive()
+    assert not writer.submit(record(0)) and writer.dropped == 1  # closed: dropped and counted
+
+
+def test_flush_waits_until_the_store_has_the_records(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    with ProcessWriter(StoreSpec.parse(str(db)).open_sink, batch_size=500,
+                       flush_interval=60.0) as writer:
+        for i in range(7):
+            writer.submit(record(i))
+        assert writer.flush(20.0)
+        assert writer.written == 7 and writer.depth == 0
+        assert len(stored(db)) == 7
+
+
+def test_a_stuck_store_drops_and_counts_without_blocking_the_submitter(tmp_path: Path) -> None:
+    db, gate = tmp_path / "t.db", tmp_path / "gate"
+    gate.touch()
+    writer = ProcessWriter(GatedSpec(db, gate), capacity=200, batch_size=50,
+                           flush_interval=60.0).start()
+    for i in range(50):
+        writer.submit(record(i))  # the 50th ships a batch, which the child holds at the gate
+    wait_for(Path(f"{gate}.entered"))
+    started = time.perf_counter()
+    accepted = sum(writer.submit(record(i)) for i in range(50, 20_050))
+    elapsed = time.perf_counter() - started
+    assert accepted == 150 and writer.dropped == 19_850
+    assert writer.depth == 200
+    assert elapsed < 2.0, f"20,000 submits took {elapsed:.2f} s: the submitter waited"
+    gate.unlink()
+    writer.close()
+    assert writer.written == 200 and writer.failed == 0
+    assert len(stored(db)) == 200
+
+
+def test_a_killed_child_is_reported_and_replaced(tmp_path: Path) -> None:
+    db, gate = tmp_path / "t.db", tmp_path / "gate"
+    gate.touch()
+    writer = ProcessWriter(GatedSpec(db, gate), capacity=1_000, batch_size=10,
+                           flush_interval=0.05).start()
+    first = writer.pid
+    assert first is not None
+    for i in range(10):
+        writer.submit(record(i))
+    wait_for(Path(f"{gate}.entered"))
+    os.kill(first, signal.SIGKILL)  # dies holding a batch of 10 it never committed
+    gate.unlink()
+    deadline = time.monotonic() + 20.0
+    while writer.restarts == 0:
+        assert time.monotonic() < deadline, "the writer did not notice the dead child"
+        time.sleep(0.01)
+    assert writer.failed == 10
+    assert writer.last_error is not None and f"pid {first}" in writer.last_error
+    assert "exited with code -9" in writer.last_error
+    for i in range(10, 25):
+        writer.submit(record(i))
+    assert writer.flush(20.0)
+    writer.close()
+    assert writer.written == 15 and writer.restarts == 1
+    assert sorted(stored(db), key=int) == [str(i) for i in range(10, 25)]
+    assert writer.pid is None and gone(first)
+
+
+def test_a_store_that_cannot_open_fails_at_start(tmp_path: Path) -> None:
+    spec = StoreSpec.parse(str(tmp_path / "missing" / "t.db"))
+    with pytest.raises(StoreError, match=r"directory .* does not exist"):
+        spec.writer()
