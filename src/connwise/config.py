@@ -203,6 +203,16 @@ class ZombieSection(_Model):
     #: What a segment is made of; each segment learns its own threshold (a 600-bucket histogram,
     #: about 5 KiB, so keep the keys of low cardinality).
     segment: list[ZombieSegmentKey] = Field(default_factory=_DEFAULT_SEGMENT.copy)
+    #: TCP keep-alive on client connections, so that the kernel finds a peer that vanished
+    #: without a FIN or RST (a half-open connection: a phone that lost its network, a crashed
+    #: host) and the gateway closes it as `half_open`: seconds of silence before the first probe
+    #: (0: off, the kernel default of no probes). Set on the listening sockets, which the
+    #: accepted ones inherit: nothing per connection.
+    keepalive_idle: int = Field(60, ge=0)
+    #: Seconds between unanswered probes, and how many make the peer gone: with the defaults a
+    #: vanished peer is found 90 s after its last packet.
+    keepalive_interval: int = Field(10, ge=1)
+    keepalive_count: int = Field(3, ge=1)
 
     @field_validator("segment")
     @classmethod

@@ -31,6 +31,7 @@ The same rule serves the report, which learns from stored records instead of liv
 from __future__ import annotations
 
 import enum
+import errno
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -117,6 +118,13 @@ def learned_threshold(rules: ZombieRules, quantile: float, samples: int,
     if samples < rules.min_samples:
         return rules.default_threshold if fallback is None else fallback
     return max(rules.floor, rules.k * quantile)
+
+
+def peer_lost(exc: BaseException | None) -> bool:
+    """Whether a connection ended because the kernel gave up on its peer: TCP keep-alive probes
+    (or retransmissions) went unanswered, ETIMEDOUT — the peer vanished without a FIN or RST, so
+    the connection was half-open until then."""
+    return isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
 
 
 def looks_half_open(*, tcp_state: int, unacked: int = 0, backoff: int = 0,

@@ -58,6 +58,24 @@ def listen_backlog() -> int:
         return MIN_BACKLOG
 
 
+#: (idle, interval, count) of TCP keep-alive, in whole seconds; None: off.
+Keepalive = tuple[int, int, int] | None
+
+
+def set_keepalive(sock: socket.socket, keepalive: Keepalive) -> None:
+    """TCP keep-alive on `sock`. On a listening socket, Linux hands these options down to every
+    socket it accepts, so a listener sets them once instead of once per connection."""
+    if keepalive is None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        return
+    idle, interval, count = keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; other systems keep their defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
 class AcceptLoop:
     """Listening sockets for one listener, accepting in batches; see the module docstring.
 
@@ -89,9 +107,11 @@ class AcceptLoop:
     @classmethod
     async def listen(cls, host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                      batch: int = ACCEPT_BATCH,
-                     on_error: Callable[[OSError], None] | None = None) -> AcceptLoop:
+                     on_error: Callable[[OSError], None] | None = None,
+                     keepalive: Keepalive = None) -> AcceptLoop:
         """Bind every address `host` resolves to (SO_REUSEADDR, SO_REUSEPORT), listen, and
-        start accepting. Raises OSError naming the address when a bind fails."""
+        start accepting, with `keepalive` for the accepted connections. Raises OSError naming
+        the address when a bind fails."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, family=socket.AF_UNSPEC,
                                        type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -103,6 +123,7 @@ class AcceptLoop:
                 sockets.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                set_keepalive(sock, keepalive)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 try:
@@ -170,6 +191,11 @@ class AcceptLoop:
         self._retry = None
         if not self._closed:
             self._start()
+
+    def set_keepalive(self, keepalive: Keepalive) -> None:
+        """New keep-alive settings for connections accepted from now on (a reload)."""
+        for sock in self.sockets:
+            set_keepalive(sock, keepalive)
 
     # -- closing ------------------------------------------------------------------------------
 

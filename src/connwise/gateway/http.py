@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from connwise.core.ratelimit import TokenBucket
+from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker
@@ -193,6 +194,9 @@ class HttpClient(asyncio.Protocol):
             self.relay_to.close()
         if self.throttle is not None:
             self.throttle.cancel()
+        lost = peer_lost(exc)
+        if lost:
+            self.gateway.zombies.peer_lost(self)
         rec = self.record
         recorder = self.gateway.recorder
         if rec is not None and recorder is not None:
@@ -201,7 +205,8 @@ class HttpClient(asyncio.Protocol):
             rec.msgs_in = self.frames.messages
             if self.relay_to is not None:
                 rec.msgs_out = self.relay_to.frames.messages
-            reason = "draining" if self.draining else ("reset" if exc else "client closed")
+            reason = "half_open" if lost else "draining" if self.draining else (
+                "reset" if exc else "client closed")
             recorder.end(rec, self.gateway.clock.now(), reason, failed=exc is not None)
         self.gateway.client_closed(self)
 

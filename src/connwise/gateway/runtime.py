@@ -29,7 +29,7 @@ from connwise.core.escalation import (
     GroupRule,
 )
 from connwise.errors import ConfigError
-from connwise.gateway.accept import AcceptLoop
+from connwise.gateway.accept import AcceptLoop, Keepalive
 from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
 from connwise.gateway.routing import Route, Router, build_routers
@@ -232,9 +232,17 @@ class Gateway:
         self._start_forecast()
         for listener in self.listeners.values():
             listener.server = await AcceptLoop.listen(
-                listener.host, listener.port, self._factory(listener), on_error=self._accept_error)
+                listener.host, listener.port, self._factory(listener), on_error=self._accept_error,
+                keepalive=self.keepalive())
             log.info("listener %s (%s) on %s:%d", listener.config.name, listener.config.kind,
                      *listener.address)
+
+    def keepalive(self) -> Keepalive:
+        """TCP keep-alive of client connections, from `[zombies]`: how half-open ones are found."""
+        z = self.config.zombies
+        if not z.keepalive_idle:
+            return None
+        return z.keepalive_idle, z.keepalive_interval, z.keepalive_count
 
     def _accept_error(self, exc: OSError) -> None:
         self.count("accept_errors")
@@ -394,6 +402,9 @@ class Gateway:
         forecast_changed = config.forecast != self.config.forecast
         self.config = config
         self.zombies.configure(config.zombies)
+        for listener in self.listeners.values():
+            if listener.server is not None:
+                listener.server.set_keepalive(self.keepalive())
         if forecast_changed:
             self._start_forecast()
         self.count("reloads")

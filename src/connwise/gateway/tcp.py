@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from connwise.core.ratelimit import TokenBucket
 from connwise.core.scheduler import Waiter
+from connwise.core.zombies import peer_lost
 from connwise.gateway.relay import RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
@@ -269,13 +270,17 @@ class TcpClient(RelayHalf):
                 if self.backend is not None:
                     self.backend.outstanding -= 1
                 group.release(self.class_name)
+        lost = peer_lost(exc)
+        if lost:
+            self.gateway.zombies.peer_lost(self)
         rec = self.record
         recorder = self.gateway.recorder
         if rec is not None and recorder is not None:
             self.record = None
             rec.bytes_in = self.bytes_in
             rec.bytes_out = self.peer.bytes_in if self.peer is not None else 0
-            reason = "reset" if exc else ("closed" if self.backend else "refused")
+            reason = "half_open" if lost else "reset" if exc else (
+                "closed" if self.backend else "refused")
             recorder.end(rec, self.gateway.clock.now(), reason,
                          failed=exc is not None or self.backend is None)
         self.gateway.client_closed(self)

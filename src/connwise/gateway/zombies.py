@@ -43,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from connwise.config import ZombieSection
-from connwise.core.zombies import Thresholds, ZombieFinding, ZombieTracker
+from connwise.core.zombies import Thresholds, Verdict, ZombieFinding, ZombieTracker
 from connwise.gateway.tcp import TcpClient
 
 if TYPE_CHECKING:
@@ -124,6 +124,30 @@ class GatewayZombieWatch:
                 self.scan()
             except Exception:
                 log.exception("zombie watch: scan failed; continuing")
+
+    def peer_lost(self, client: Client) -> None:
+        """The kernel gave up on a client's peer (keep-alive probes unanswered): the connection
+        was half-open, and TCP itself found and closed it. Reported like a finding, whether or
+        not the watch scans (keep-alive is on its own switch)."""
+        listener = client.listener.config.name
+        now = self.gateway.clock.now()
+        idle_since = client.idle_since()
+        silent = now - idle_since if idle_since is not None else 0.0
+        segment = "/".join(segment_values(client, listener)[k] for k in self.section.segment)
+        finding = ZombieFinding(client.conn_id, listener, segment, Verdict.HALF_OPEN, silent,
+                                0.0, now)
+        self.found[listener, Verdict.HALF_OPEN.value] += 1
+        rec = getattr(client, "record", None)
+        if rec is not None:
+            rec.flag = Verdict.HALF_OPEN.value
+        log.info("listener %s: client connection %s was half-open (its peer answered no "
+                 "keep-alive probe after %.1f s of silence); closed", listener, client.conn_id,
+                 silent)
+        for callback in self._subscribers:
+            try:
+                callback(finding)
+            except Exception:
+                log.exception("zombie watch: subscriber %r failed", callback)
 
     def forget(self, client: Client) -> None:
         """A client connection closed."""
