@@ -19,33 +19,8 @@ from connwise.config import load_gateway_config
 from connwise.errors import ConfigError
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
+from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
-
-GatewayFactory = Callable[..., Awaitable[Gateway]]
-
-
-@pytest.fixture
-async def origins() -> AsyncIterator[list[HttpOrigin]]:
-    started = [await HttpOrigin(f"o{i}").start() for i in range(2)]
-    yield started
-    for origin in started:
-        await origin.stop()
-
-
-@pytest.fixture
-async def make_gateway() -> AsyncIterator[GatewayFactory]:
-    running: list[Gateway] = []
-
-    async def make(**config: Any) -> Gateway:
-        gateway = Gateway(load_gateway_config(config))
-        await gateway.start()
-        running.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in running:
-        if not gateway.draining:
-            await gateway.drain(1.0)
 
 
 def web_config(origins: list[HttpOrigin], **extra: Any) -> dict[str, Any]:

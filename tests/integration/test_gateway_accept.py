@@ -9,13 +9,12 @@ import asyncio
 import contextlib
 import resource
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import uvloop
 
-from connwise.config import load_gateway_config
 from connwise.gateway.accept import AcceptLoop, listen_backlog
 from connwise.gateway.runtime import Gateway
 from tests.integration.http_origin import HttpOrigin
@@ -79,22 +78,6 @@ def test_listen_backlog_is_at_least_4096_and_follows_somaxconn() -> None:
     with open("/proc/sys/net/core/somaxconn") as f:
         somaxconn = int(f.read())
     assert listen_backlog() == max(4096, somaxconn)
-
-
-@pytest.fixture
-async def make_gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
-    running: list[Gateway] = []
-
-    async def make(**config: Any) -> Gateway:
-        gateway = Gateway(load_gateway_config(config))
-        await gateway.start()
-        running.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in running:
-        if not gateway.draining:
-            await gateway.drain(1.0)
 
 
 def tcp_config(backend: TcpBackend, **limits: int) -> dict[str, Any]:

@@ -7,19 +7,17 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 import websockets
 
-from connwise.config import load_gateway_config
 from connwise.core.degrade import SIGNAL, THROTTLE, DegradeConfig, DegradeLadder
 from connwise.gateway.runtime import Gateway
+from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
-
-GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
 @pytest.fixture
@@ -27,22 +25,6 @@ async def origin() -> AsyncIterator[HttpOrigin]:
     started = await HttpOrigin("o0").start()
     yield started
     await started.stop()
-
-
-@pytest.fixture
-async def make_gateway() -> AsyncIterator[GatewayFactory]:
-    running: list[Gateway] = []
-
-    async def make(**config: Any) -> Gateway:
-        gateway = Gateway(load_gateway_config(config))
-        await gateway.start()
-        running.append(gateway)
-        return gateway
-
-    yield make
-    for gateway in running:
-        if not gateway.draining:
-            await gateway.drain(1.0)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -7,7 +7,6 @@ the forecast task advances through the gateway's `sleep`, so an hour passes in a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +58,6 @@ def fill_store(path: Path, backends: list[str]) -> None:
 def fit(registry: Path, history: Any) -> None:
     forecaster = Forecaster(ForecasterConfig(models=["snaive_daily"], horizon=60, windows=1))
     Registry(registry).save("gw", forecaster.fit(history), promote=True)
-
-
-@pytest.fixture
-async def origins() -> AsyncIterator[list[HttpOrigin]]:
-    started = [await HttpOrigin(f"o{i}").start() for i in range(2)]
-    yield started
-    for origin in started:
-        await origin.stop()
 
 
 class Run:
