@@ -8,13 +8,21 @@ arrive; a request head that exceeds `max_header_bytes` gets 431, one that does n
 llhttp rejects — an invalid request line, Content-Length with Transfer-Encoding, differing
 duplicate Content-Lengths (request smuggling) — gets 400 and the connection is closed.
 
-Each complete head becomes an `Exchange` handled by one task: route it, admit it through the
-group's scheduler (degradation ladder: throttle, signal, queue, shed with 503 Retry-After), take
-a keep-alive upstream connection from the chosen backend's `connwise.Pool`, write the rewritten
+Each complete head becomes an `Exchange`: route it, classify it, admit it through the group's
+scheduler (degradation ladder: throttle, signal, queue, shed with 503 Retry-After), take a
+keep-alive upstream connection from the chosen backend's `connwise.Pool`, write the rewritten
 head, stream the body both ways, and give the connection back. Exchanges on one client
 connection are answered in order; a pipelined request waits, with reading paused, for the one
 before it. Idempotent requests whose upstream fails before any response byte are retried once on
 another backend.
+
+The common case runs without a task: a request without a body, admitted at once, for which
+the chosen backend has an idle upstream connection, is forwarded from the parser callback
+(`_forward_now`) and finished from the upstream's (`_forwarded`); a task per request cost more
+CPU than the rest of the proxying. Anything else — a body to stream, an upgrade, a queue to wait
+in, an upstream to connect, a retry — goes to a task (`_serve`), which takes the exchange over
+at the step where the callback left it. The connection's timeouts (header read, keep-alive
+idle) share one lazily re-armed timer, so a keep-alive request arms none.
 
 A `101 Switching Protocols` answer to an upgrade turns both connections into a byte relay, with
 WebSocket frame headers tracked for message counts and close codes, and capped by the ladder's
@@ -41,7 +49,6 @@ from connwise.gateway.wsframes import FrameTracker
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
     from connwise.core.degrade import ClassDegrade, DegradeLadder
-    from connwise.gateway.routing import Route
     from connwise.gateway.runtime import Gateway, Listener
     from connwise.gateway.upstreams import Backend, Group
     from connwise.telemetry.record import ConnRecord
@@ -54,6 +61,9 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 #: Pipelined requests parsed ahead of the one being answered before reading pauses.
 PIPELINE_DEPTH = 4
+#: Request headers the proxy reads itself (the rest are only forwarded).
+_HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect",
+                       b"connection"})
 
 
 def simple_response(status: int, reason: str, *, close: bool, extra: bytes = b"",
@@ -69,6 +79,8 @@ class Exchange:
     """One request and its answer."""
 
     __slots__ = (
+        "admitted",
+        "backend",
         "body",
         "body_done",
         "body_event",
@@ -76,9 +88,11 @@ class Exchange:
         "chunked",
         "class_name",
         "client",
+        "connection",
         "content_length",
         "degrade",
         "expect_continue",
+        "group",
         "headers",
         "host",
         "keep_alive",
@@ -104,21 +118,42 @@ class Exchange:
         self.chunked = False
         self.content_length: int | None = None
         self.expect_continue = False
+        #: The Connection header's value (its tokens name more hop-by-hop headers).
+        self.connection: bytes | None = None
         self.body: deque[bytes] = deque()
         self.body_size = 0
         self.body_done = False
-        self.body_event = asyncio.Event()
+        #: Created by the first wait for body bytes: a request without a body never needs one.
+        self.body_event: asyncio.Event | None = None
         self.degrade = 0
         self.class_name = ""
         self.status = 0
+        #: Set once routed and classified (None: not routed yet, or no route matched).
+        self.group: Group | None = None
+        #: Admitted through the group's scheduler (the slot is held until `released`).
+        self.admitted = False
         #: The admission slot went back (at the answer's end, or when the exchange ended).
         self.released = False
+        #: The backend picked for the attempt in hand (handed from the callback to the task).
+        self.backend: Backend | None = None
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
             if key.lower() == name:
                 return value
         return None
+
+    def body_arrived(self) -> None:
+        if self.body_event is not None:
+            self.body_event.set()
+
+    async def wait_body(self) -> None:
+        """Wait for more body bytes (or its end); call only when `body` is empty."""
+        event = self.body_event
+        if event is None:
+            event = self.body_event = asyncio.Event()
+        event.clear()
+        await event.wait()
 
 
 class HttpClient(asyncio.Protocol):
@@ -140,8 +175,12 @@ class HttpClient(asyncio.Protocol):
         self.queue: list[Exchange] = []
         self.task: asyncio.Task[None] | None = None
         self.header_bytes = 0
-        self.header_timer: asyncio.TimerHandle | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()
+        #: The one timer of the connection (see `_on_timer`), and its two deadlines in loop
+        #: time (0.0: none): the head being read, and the keep-alive idle wait.
+        self.timer: asyncio.TimerHandle | None = None
+        self.header_deadline = 0.0
+        self.idle_deadline = 0.0
         self.relay_to: UpstreamConnection | None = None
         #: The ladder's throttle on this connection's WebSocket relay (set with `relay_to`).
         self.throttle: RelayThrottle | None = None
@@ -182,11 +221,13 @@ class HttpClient(asyncio.Protocol):
         if self.closed and self.conn_id == 0:
             return
         self.closed = True
-        for timer in (self.header_timer, self.idle_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        elif self.active_upstream is not None:
+            self._abandon(self.active_upstream, exc)
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_exception(ConnectionResetError("client went away"))
@@ -305,13 +346,36 @@ class HttpClient(asyncio.Protocol):
     # -- timers -------------------------------------------------------------------------------
 
     def _arm_header_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.header_timer is None:
-            self.header_timer = loop.call_later(self.gateway.config.limits.header_timeout,
-                                                self._header_timeout)
+        if not self.header_deadline:
+            self.header_deadline = (self.loop.time()
+                                    + self.gateway.config.limits.header_timeout)
+            self._arm(self.header_deadline)
+
+    def _arm(self, deadline: float) -> None:
+        """Have the timer fire by `deadline`. A timer due earlier is left alone: when it fires,
+        `_on_timer` re-arms it for the deadline then in force, so a deadline that keeps moving
+        later (one per request) costs no timer operation."""
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        header, idle = self.header_deadline, self.idle_deadline
+        if header and now >= header:
+            self.header_deadline = 0.0
+            self._header_timeout()
+        elif idle and now >= idle:
+            self.idle_deadline = 0.0
+            self.close()
+        elif header or idle:
+            self._arm(min(d for d in (header, idle) if d))
 
     def _header_timeout(self) -> None:
-        self.header_timer = None
         if self.parsing is not None or (not self.queue and self.bytes_in > 0):
             self.gateway.count("http_408")
             self._reject(408, "Request Timeout")
@@ -336,9 +400,7 @@ class HttpClient(asyncio.Protocol):
                 self.gateway.apply_changes(engine.on_activity(
                     self.conn_id, self.gateway.clock.now(), frames.messages - before))
             return
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.idle_deadline = 0.0
         parser = self.parser
         if parser is None:
             return
@@ -363,61 +425,70 @@ class HttpClient(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
         self.header_bytes = 0
-        self._arm_header_timer()
+        if not self.header_deadline:
+            self._arm_header_timer()
 
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
         self.parsing.url += url
-        self._count_header(len(url))
+        self.header_bytes += len(url)
+        if self.header_bytes > self.gateway.config.limits.max_header_bytes:
+            self._header_overflow()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.parsing is not None
         self.parsing.headers.append((name, value))
-        self._count_header(len(name) + len(value) + 4)
-
-    def _count_header(self, n: int) -> None:
-        self.header_bytes += n
+        self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.gateway.config.limits.max_header_bytes:
-            self.gateway.count("http_431")
-            self._reject(431, "Request Header Fields Too Large")
-            raise _Rejected
+            self._header_overflow()
+
+    def _header_overflow(self) -> None:
+        self.gateway.count("http_431")
+        self._reject(431, "Request Header Fields Too Large")
+        raise _Rejected
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
+        self.header_deadline = 0.0
         parser = self.parser
         assert parser is not None
         ex.method = parser.get_method()
         ex.version = parser.get_http_version()
         ex.keep_alive = parser.should_keep_alive()
         ex.upgrade = parser.should_upgrade()
-        url = httptools.parse_url(ex.url)
-        ex.path = (url.path or b"/").decode("latin-1")
+        raw = ex.url
+        if raw[:1] == b"/" and b"?" not in raw and b"#" not in raw:
+            ex.path = raw.decode("latin-1")  # origin-form without a query: the path itself
+        else:
+            ex.path = (httptools.parse_url(raw).path or b"/").decode("latin-1")
         for name, value in ex.headers:
             lower = name.lower()
+            if lower not in _HEADS_UP:
+                continue
             if lower == b"host":
                 ex.host = value.decode("latin-1").split(":")[0].lower()
             elif lower == b"content-length":
                 ex.content_length = int(value)
-            elif lower == b"transfer-encoding" and b"chunked" in value.lower():
-                ex.chunked = True
-            elif lower == b"expect" and value.lower() == b"100-continue":
-                ex.expect_continue = True
+            elif lower == b"transfer-encoding":
+                ex.chunked = ex.chunked or b"chunked" in value.lower()
+            elif lower == b"expect":
+                ex.expect_continue = ex.expect_continue or value.lower() == b"100-continue"
+            else:  # connection
+                ex.connection = value if ex.connection is None else ex.connection + b"," + value
         limit = self.gateway.config.limits.max_body_bytes
         if ex.content_length is not None and ex.content_length > limit:
             self.gateway.count("http_413")
             self._reject(413, "Content Too Large")
             raise _Rejected
         self.requests += 1
-        self.queue.append(ex)
-        if len(self.queue) > PIPELINE_DEPTH and self.transport is not None:
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) == 1:
+            self._start(ex)  # nothing in hand: answer it now
+        elif len(queue) > PIPELINE_DEPTH and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._serve())
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -428,81 +499,210 @@ class HttpClient(asyncio.Protocol):
             self._reject(413, "Content Too Large")
             raise _Rejected
         ex.body.append(body)
-        ex.body_event.set()
+        ex.body_arrived()
 
     def on_message_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
         ex.body_done = True
-        ex.body_event.set()
+        ex.body_arrived()
         self.parsing = None
 
     # -- serving ------------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
+    def _start(self, ex: Exchange) -> None:
+        """Answer `ex`, the head of the queue: from this callback when it can go straight to
+        an idle upstream connection, else in a task (see the module docstring)."""
         try:
-            while self.queue and not self.closed:
-                ex = self.queue[0]
-                try:
-                    await self._exchange(ex)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("client %s: exchange failed", self.client_ip)
-                    self.write(simple_response(502, "Bad Gateway", close=True))
-                    self.close()
-                    return
-                self.queue.pop(0)
-                if self._paused and len(self.queue) <= PIPELINE_DEPTH and self.transport:
-                    self._paused = False
-                    self.transport.resume_reading()
-                if self.relay_to is not None:
-                    self.parser = None  # a relay parses nothing more: free it (~1 KiB)
-                    return
-                if not ex.keep_alive or self.draining:
-                    self.close()
-                    return
-            if not self.closed and self.parsing is None:
-                loop = asyncio.get_running_loop()
-                self.idle_timer = loop.call_later(self.gateway.config.limits.keepalive_timeout,
-                                                  self.close)
-        finally:
-            if self.task is asyncio.current_task():
-                self.task = None  # a finished task would stay referenced by an idle client
+            if self._forward_now(ex):
+                return
+        except Exception:
+            log.exception("client %s: exchange failed", self.client_ip)
+            self._settle(ex)
+            self.write(simple_response(502, "Bad Gateway", close=True))
+            self.close()
+            return
+        self.task = self.loop.create_task(self._serve(ex))
 
-    async def _exchange(self, ex: Exchange) -> None:
+    def _forward_now(self, ex: Exchange) -> bool:
+        """The common case, without a task: True once the head of `ex` went upstream. False
+        leaves `ex` to `_serve` at the step reached: routed and classified (`ex.group`),
+        admitted (`ex.admitted`), its backend picked (`ex.backend`)."""
+        if ex.upgrade or ex.chunked or ex.content_length:
+            return False
         gateway = self.gateway
         route = gateway.router(self.listener.config.name).match(ex)
         if route is None:
-            gateway.count("http_404")
-            self.write(simple_response(404, "Not Found", close=not ex.keep_alive))
-            await self._discard_body(ex)
+            return False
+        group = ex.group = gateway.groups[route.group]
+        class_name = ex.class_name = gateway.classify(route, ex, self)
+        ladder = group.admission
+        scheduler = group.scheduler
+        if not (ladder.takes_free_slot(class_name, scheduler)
+                and scheduler.try_admit(class_name)):
+            return False
+        self._signal(ladder, ex)
+        ex.admitted = True
+        if self.record is not None:
+            self._record_start(self.record, ex)
+        backend = ex.backend = group.pick(self._affinity_key(group, ex), self.client_ip)
+        pool = backend.pool if backend is not None else None
+        upstream = pool.try_getconn("any") if pool is not None else None
+        if backend is None or upstream is None:
+            return False
+        backend.outstanding += 1
+        upstream.begin(ex, self, via=gateway.via, forwarded_proto=b"http",
+                       on_done=self._forwarded)
+        return True
+
+    def _forwarded(self, upstream: UpstreamConnection, failure: UpstreamFailed | None) -> None:
+        """The end of an exchange `_forward_now` started: what `_forward` and `_exchange` do
+        after their await. A retryable failure hands the exchange to a task for the retry."""
+        ex = self.queue[0]
+        group, backend = ex.group, ex.backend
+        assert group is not None and backend is not None and backend.pool is not None
+        backend.outstanding -= 1
+        if failure is not None:
+            retries = group.config.retries if ex.method in IDEMPOTENT else 0
+            failure.retryable = failure.retryable and retries > 0 and ex.body_size == 0
+            group.connect_failed(backend, failure)
+            self._give_back(backend.pool, upstream, failure)
+            if failure.retryable and not self.closed:
+                self.gateway.count("http_retries")
+                ex.backend = None
+                self.task = self.loop.create_task(self._serve(ex, {backend.name}, 1))
+                return
+            self._settle(ex)
+            self.close()
             return
-        group = gateway.groups[route.group]
-        ex.class_name = gateway.classify(route, ex, self)
-        admitted = await self._admit(group, ex)
+        self._backend_answered(group, backend, ex)
+        self._give_back(backend.pool, upstream, None)
+        self._settle(ex)
+        if self._ended(ex):
+            self._next()
+
+    def _abandon(self, upstream: UpstreamConnection, exc: BaseException | None) -> None:
+        """The client went away while `_forward_now`'s exchange was in flight: the upstream's
+        state is unknown, so it is closed and its slot given back, as `_forward` does."""
+        upstream.detach()
+        upstream.reusable = False
+        upstream.close()
+        ex = self.queue[0]
+        backend = ex.backend
+        if backend is not None and backend.pool is not None:
+            backend.outstanding -= 1
+            self._give_back(backend.pool, upstream, exc or ConnectionResetError("client closed"))
+        self._settle(ex)
+
+    def _affinity_key(self, group: Group, ex: Exchange) -> str:
+        """The balancing key; only `hash` groups use one (the others ignore it)."""
+        if group.config.balance != "hash":
+            return ""
+        return self.gateway.affinity_key(group, ex, self)
+
+    def _give_back(self, pool: Any, upstream: UpstreamConnection,
+                   error: BaseException | None) -> None:
+        if not pool.try_putconn(upstream, error=error):
+            self.gateway.spawn(pool.putconn(upstream, error=error))
+
+    def _backend_answered(self, group: Group, backend: Backend, ex: Exchange) -> None:
+        """The backend answered `ex`: its health follows, and the record names it."""
+        if ex.status >= 500:
+            # A 5xx answer is an outlier signal (Envoy's consecutive_5xx), not a retry.
+            group.connect_failed(backend, UpstreamFailed(f"answered {ex.status}",
+                                                         retryable=False))
+        else:
+            group.connect_ok(backend)
+        if self.record is not None:
+            self.record.backend = backend.name
+
+    def _settle(self, ex: Exchange) -> None:
+        """`ex` ended, answered or not: its admission slot goes back, its record is closed."""
+        group = ex.group
+        if not ex.admitted or group is None:
+            return
+        ex.admitted = False
+        if not ex.released:
+            ex.released = True
+            group.release(ex.class_name)
         rec = self.record
-        if not admitted:
-            if rec is not None:
-                rec.requests += 1
-                rec.status = 503
-            await self._discard_body(ex)
-            return
         if rec is not None:
-            self._record_start(rec, ex)
+            now = self.gateway.clock.now()
+            rec.unuse(now)
+            rec.phase("idle", now)
+            rec.status = ex.status or 502
+            if rec.status >= 500:
+                rec.errors += 1
+
+    def _ended(self, ex: Exchange) -> bool:
+        """`ex` was answered: take it off the queue; True when the connection goes on."""
+        self.queue.pop(0)
+        if self._paused and len(self.queue) <= PIPELINE_DEPTH and self.transport:
+            self._paused = False
+            self.transport.resume_reading()
+        if self.relay_to is not None:
+            self.parser = None  # a relay parses nothing more: free it (~1 KiB)
+            return False
+        if not ex.keep_alive or self.draining:
+            self.close()
+            return False
+        return True
+
+    def _next(self) -> None:
+        """Answer the next queued request, or wait for one (keep-alive idle timeout)."""
+        if self.closed:
+            return
+        if self.queue:
+            self._start(self.queue[0])
+        elif self.parsing is None:
+            self.idle_deadline = (self.loop.time()
+                                  + self.gateway.config.limits.keepalive_timeout)
+            self._arm(self.idle_deadline)
+
+    async def _serve(self, ex: Exchange, tried: set[str] | None = None,
+                     attempt: int = 0) -> None:
         try:
-            await self._forward(group, route, ex)
+            await self._exchange(ex, tried, attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("client %s: exchange failed", self.client_ip)
+            self.write(simple_response(502, "Bad Gateway", close=True))
+            self.close()
+            return
         finally:
-            if not ex.released:
-                ex.released = True
-                group.release(ex.class_name)
-            if rec is not None:
-                now = gateway.clock.now()
-                rec.unuse(now)
-                rec.phase("idle", now)
-                rec.status = ex.status or 502
-                if rec.status >= 500:
-                    rec.errors += 1
+            self.task = None  # a finished task would stay referenced by an idle client
+        if self._ended(ex):
+            self._next()
+
+    async def _exchange(self, ex: Exchange, tried: set[str] | None, attempt: int) -> None:
+        """`ex` from the step `_forward_now` reached (or from the start)."""
+        gateway = self.gateway
+        group = ex.group
+        if group is None:
+            route = gateway.router(self.listener.config.name).match(ex)
+            if route is None:
+                gateway.count("http_404")
+                self.write(simple_response(404, "Not Found", close=not ex.keep_alive))
+                await self._discard_body(ex)
+                return
+            group = ex.group = gateway.groups[route.group]
+            ex.class_name = gateway.classify(route, ex, self)
+        if not ex.admitted:
+            if not await self._admit(group, ex):
+                rec = self.record
+                if rec is not None:
+                    rec.requests += 1
+                    rec.status = 503
+                await self._discard_body(ex)
+                return
+            ex.admitted = True
+            if self.record is not None:
+                self._record_start(self.record, ex)
+        try:
+            await self._forward(group, ex, tried or set(), attempt)
+        finally:
+            self._settle(ex)
 
     def _record_start(self, rec: ConnRecord, ex: Exchange) -> None:
         now = self.gateway.clock.now()
@@ -601,17 +801,21 @@ class HttpClient(asyncio.Protocol):
     async def _discard_body(self, ex: Exchange) -> None:
         while not ex.body_done and not self.closed:
             ex.body.clear()
-            ex.body_event.clear()
-            await ex.body_event.wait()
+            await ex.wait_body()
         ex.body.clear()
 
-    async def _forward(self, group: Group, route: Route, ex: Exchange) -> None:
+    async def _forward(self, group: Group, ex: Exchange, tried: set[str], first: int) -> None:
+        """Attempts `first`.. of `ex` (the first may come with its backend picked, in
+        `ex.backend`); `tried` names the backends that failed it already."""
         gateway = self.gateway
-        tried: set[str] = set()
         retries = group.config.retries if ex.method in IDEMPOTENT else 0
-        key = gateway.affinity_key(group, ex, self)
-        for attempt in range(retries + 1):
-            backend = group.pick(key, self.client_ip, exclude=tried)
+        key: str | None = None
+        for attempt in range(first, retries + 1):
+            backend, ex.backend = ex.backend, None
+            if backend is None:
+                if key is None:
+                    key = self._affinity_key(group, ex)
+                backend = group.pick(key, self.client_ip, exclude=tried)
             if backend is None:
                 break
             tried.add(backend.name)
@@ -646,14 +850,7 @@ class HttpClient(asyncio.Protocol):
                 raise
             finally:
                 backend.outstanding -= 1
-            if ex.status >= 500:
-                # A 5xx answer is an outlier signal (Envoy's consecutive_5xx), not a retry.
-                group.connect_failed(backend, UpstreamFailed(f"answered {ex.status}",
-                                                             retryable=False))
-            else:
-                group.connect_ok(backend)
-            if self.record is not None:
-                self.record.backend = backend.name
+            self._backend_answered(group, backend, ex)
             if upstream.upgraded:
                 self.relay_to = upstream
                 self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
@@ -661,7 +858,7 @@ class HttpClient(asyncio.Protocol):
                 upstream.on_relay_end = functools.partial(
                     _give_back, gateway, pool, upstream)
                 return
-            await pool.putconn(upstream)
+            self._give_back(pool, upstream, None)
             return
         gateway.count("http_502")
         self.write(simple_response(502, "Bad Gateway", close=not ex.keep_alive))

@@ -44,7 +44,7 @@ class Route:
             return False
         if self.upgrade and not ex.upgrade:
             return False
-        return all(ex.header(name) == value for name, value in self.headers)
+        return not self.headers or all(ex.header(name) == value for name, value in self.headers)
 
 
 class Router:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
 from connwise.core.clock import Clock, MonotonicClock
-from connwise.core.cqi import ClassChange, CqiConfig, CqiPolicy
+from connwise.core.cqi import ClassChange, ClassState, CqiConfig, CqiPolicy
 from connwise.core.escalation import (
     ActivityRule,
     EscalationConfig,
@@ -130,27 +130,37 @@ class Gateway:
 
     def classify(self, route: Route, ex: Exchange, client: HttpClient) -> str:
         """The class of a request: the CQI of its route's base class, protocol, latency flag and
-        user headers. The connection keeps the state, so the admin API can say why."""
-        now = self.clock.now()
-        state = self.cqi.open(client.conn_id, now, base_class=route.class_name,
-                              protocol="websocket" if ex.upgrade else "http",
-                              latency_sensitive=route.latency_sensitive, websocket=ex.upgrade,
-                              headers=ex.headers)
-        client.class_state = state
+        user headers. The connection keeps the state, so the admin API can say why.
+
+        A keep-alive connection keeps its state while those inputs stay the same (the common
+        case: the same route class and headers request after request), so a request costs no
+        scoring and the state goes on following the connection's resource use. Other inputs,
+        or a reload (a new `CqiPolicy`), open a new state."""
+        cqi = self.cqi
+        state = client.class_state
+        matches = cqi.user_matches(ex.headers) if cqi.config.user else []
+        if state is None or not _same_inputs(state, cqi, route, ex.upgrade, matches):
+            state = cqi.open(client.conn_id, self.clock.now(), base_class=route.class_name,
+                             protocol="websocket" if ex.upgrade else "http",
+                             latency_sensitive=route.latency_sensitive, websocket=ex.upgrade,
+                             headers=ex.headers)
+            client.class_state = state
         engine = self.escalation
         if engine is None:
             return state.class_name
+        now = self.clock.now()
+        base = state.cqi_class
         if engine.class_of(client.conn_id) is None:
-            self.apply_changes(engine.open(client.conn_id, state.class_name, now,
+            self.apply_changes(engine.open(client.conn_id, base, now,
                                            group_key=self.group_key(ex)))
         else:
-            change = engine.set_base(client.conn_id, state.class_name, now, "new request")
+            change = engine.set_base(client.conn_id, base, now, "new request")
             if change is not None:
                 self.apply_changes([change])
         self.apply_changes(engine.on_activity(client.conn_id, now))
         effective = engine.class_of(client.conn_id) or state.class_name
         if effective != state.class_name:
-            # This request's CQI state starts from the route; carry the escalation over.
+            # A new CQI state starts from the route: carry the escalation over.
             state.apply(ClassChange(client.conn_id, state.class_name, effective,
                                     "escalation in force", now))
         return effective
@@ -430,6 +440,16 @@ def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | 
                      for r in section.groups),
         max_escalated_share=section.max_escalated_share)
     return EscalationEngine(rules, classes, prefix="escalation")
+
+
+def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: bool,
+                 matches: list[tuple[str, str, float]]) -> bool:
+    """Whether `state` was opened by `cqi` from what this request would open it with."""
+    inputs = state.inputs
+    return (state.policy is cqi and inputs.base_class == route.class_name
+            and inputs.websocket is websocket
+            and inputs.latency_sensitive is route.latency_sensitive and inputs.criticality is None
+            and (inputs.user_headers == tuple(matches) if matches else not inputs.user_headers))
 
 
 def _raised(gateway: Gateway, change: ClassChange) -> bool:

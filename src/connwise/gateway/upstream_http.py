@@ -6,14 +6,20 @@ added; `Connwise-Degrade` when the ladder signals), streams the request body, pa
 response with httptools and streams it to the client with the client's own framing, then goes
 back to its backend's pool if both sides allow keep-alive. A `101` answer turns it into a
 byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check and close these connections.
+
+An exchange ends through one callback, `on_done(upstream, failure)`, called once from the
+protocol callbacks, after what the last chunk produced for the client was written: `begin`
+serves a bodiless request without a task (the client's callback carries on from there), and
+`exchange` wraps the same callback in a future for a task that streams a request body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import httptools
 
@@ -36,6 +42,10 @@ class UpstreamFailed(Exception):
         self.retryable = retryable
 
 
+#: How an exchange ends: the connection and its failure (None when the answer is complete).
+OnDone: TypeAlias = "Callable[[UpstreamConnection, UpstreamFailed | None], None]"
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a backend; see the module docstring."""
 
@@ -53,10 +63,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._client: HttpClient | None = None
         self._exchange: Exchange | None = None
-        self._done: asyncio.Future[None] | None = None
-        #: Called once the current exchange's answer is complete (not for a 101): the caller's
-        #: admission slot goes to the next waiter now, not when the caller's task resumes.
-        self._on_answered: Callable[[], None] | None = None
+        #: How the current exchange ends (None between exchanges); see the module docstring.
+        self._on_done: OnDone | None = None
+        #: The answer completed (or failed) inside `data_received`: the end is reported once
+        #: what the chunk produced was written, so nothing the callback writes overtakes it.
+        self._ended = False
+        self._failure: UpstreamFailed | None = None
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked_out = False
@@ -85,13 +97,12 @@ class UpstreamConnection(asyncio.Protocol):
             on_relay_end()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
-        done = self._done
-        if done is not None and not done.done():
+        if self._on_done is not None:
             if self._until_close and self._head_sent:
                 self._finish_client_body()
-                done.set_result(None)
+                self._finish(None)
             else:
-                done.set_exception(UpstreamFailed(
+                self._finish(UpstreamFailed(
                     f"backend {self.address} closed the connection before answering"
                     if not self._head_sent else f"backend {self.address} closed mid-response",
                     retryable=not self._head_sent))
@@ -141,10 +152,10 @@ class UpstreamConnection(asyncio.Protocol):
                 out.append(rest)
         except httptools.HttpParserError as exc:
             self.reusable = False
-            done = self._done
-            if done is not None and not done.done():
-                done.set_exception(UpstreamFailed(f"backend {self.address} sent an invalid "
-                                                  f"response: {exc}", retryable=False))
+            if self._on_done is not None:
+                self._ended = True
+                self._failure = UpstreamFailed(f"backend {self.address} sent an invalid "
+                                               f"response: {exc}", retryable=False)
             self.close()
         finally:
             self._out = None
@@ -153,6 +164,8 @@ class UpstreamConnection(asyncio.Protocol):
                     client.write(out[0])
                 else:
                     client.writelines(out)
+        if self._ended:
+            self._finish(self._failure)
 
     def _emit(self, client: HttpClient, data: bytes) -> None:
         """Send `data` to the client now, or with the rest of the chunk being parsed."""
@@ -164,59 +177,76 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- one exchange -------------------------------------------------------------------------
 
-    async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
-                       forwarded_proto: bytes, retryable: bool,
-                       on_answered: Callable[[], None] | None = None) -> None:
-        """Send `ex` and relay the answer to `client`; `on_answered` is called (in the
-        protocol callback) as soon as the answer is complete. Raises UpstreamFailed."""
-        if self.closed:
-            raise UpstreamFailed(f"backend {self.address} connection is closed", retryable=True)
-        loop = asyncio.get_running_loop()
+    def begin(self, ex: Exchange, client: HttpClient, *, via: bytes, forwarded_proto: bytes,
+              on_done: OnDone) -> None:
+        """Write the head of `ex` and relay the answer to `client`; `on_done` is called once,
+        when the answer is complete or the exchange failed. The caller sends any body."""
         self._client = client
         self._exchange = ex
-        self._done = loop.create_future()
+        self._on_done = on_done
+        self._ended = False
+        self._failure = None
         self._status = 0
-        self._headers = []
         self._head_sent = False
         self._until_close = False
         self._head_request = ex.method == b"HEAD"
-        self._on_answered = on_answered
         client.active_upstream = self
+        self.write(self._request_head(ex, client, via, forwarded_proto))
+
+    async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
+                       forwarded_proto: bytes, retryable: bool,
+                       on_answered: Callable[[], None] | None = None) -> None:
+        """Send `ex` with its body and relay the answer to `client`; `on_answered` is called
+        (in the protocol callback) as soon as the answer is complete. Raises UpstreamFailed."""
+        if self.closed:
+            raise UpstreamFailed(f"backend {self.address} connection is closed", retryable=True)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.begin(ex, client, via=via, forwarded_proto=forwarded_proto,
+                   on_done=functools.partial(_resolve, done, on_answered))
         try:
-            self.write(self._request_head(ex, client, via, forwarded_proto))
             await self._send_body(ex)
-            await self._done
+            await done
         except UpstreamFailed as exc:
             exc.retryable = exc.retryable and retryable and ex.body_size == 0
             raise
         finally:
-            client.active_upstream = None
-            self._client = None
-            self._exchange = None
-            self._done = None
-            self._on_answered = None
+            if self._exchange is ex:
+                self.detach()  # cancelled before the end: nothing more goes to this client
+
+    def detach(self) -> None:
+        """Forget the current exchange without reporting its end (its client is gone)."""
+        if self._client is not None:
+            self._client.active_upstream = None
+        self._client = None
+        self._exchange = None
+        self._on_done = None
+        self._ended = False
+        self._failure = None
+
+    def _finish(self, failure: UpstreamFailed | None) -> None:
+        on_done = self._on_done
+        if on_done is not None:
+            self.detach()
+            on_done(self, failure)
 
     def _request_head(self, ex: Exchange, client: HttpClient, via: bytes,
                       proto: bytes) -> bytes:
-        connection_tokens: set[bytes] = set()
-        forwarded_for = b""
-        for name, value in ex.headers:
-            if name.lower() == b"connection":
-                connection_tokens.update(t.strip().lower() for t in value.split(b","))
         lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, ex.url)]
+        append = lines.append
+        forwarded_for = b""
+        if ex.connection is None:
+            drop: frozenset[bytes] = _DROPPED
+        else:
+            drop = _DROPPED.union(t.strip().lower() for t in ex.connection.split(b","))
         for name, value in ex.headers:
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in connection_tokens:
+            if lower in drop:
+                if lower == b"x-forwarded-for":
+                    forwarded_for = value + b", "
                 continue
-            if lower == b"x-forwarded-for":
-                forwarded_for = value + b", "
-                continue
-            if lower in (b"x-forwarded-proto", b"connwise-degrade"):
-                continue
-            lines.append(b"%s: %s\r\n" % (name, value))
-        lines.append(b"X-Forwarded-For: %s%s\r\n" % (forwarded_for, client.client_ip.encode()))
-        lines.append(b"X-Forwarded-Proto: %s\r\nVia: %s %s\r\n" % (
-            proto, ex.version.encode(), via))
+            lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
+        append(b"X-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\nVia: %s %s\r\n" % (
+            forwarded_for, client.client_ip.encode(), proto, ex.version.encode(), via))
         if ex.degrade:
             lines.append(b"Connwise-Degrade: %d\r\n" % ex.degrade)
         if ex.upgrade:
@@ -241,8 +271,7 @@ class UpstreamConnection(asyncio.Protocol):
                     await self._writable
             if ex.body_done or ex.upgrade:
                 break
-            ex.body_event.clear()
-            await ex.body_event.wait()
+            await ex.wait_body()
         if chunked:
             self.write(b"0\r\n\r\n")
 
@@ -272,7 +301,7 @@ class UpstreamConnection(asyncio.Protocol):
         length = None
         chunked = False
         upgrade = b"websocket"
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
         append = lines.append
         for name, value in headers:
             lower = name.lower()
@@ -284,7 +313,7 @@ class UpstreamConnection(asyncio.Protocol):
                 continue
             if lower == b"content-length":
                 length = value
-            append(b"%s: %s\r\n" % (name, value))
+            lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
         no_body = self._head_request or status in (204, 304)
         self._until_close = not no_body and length is None and not chunked and status != 101
         self._chunked_out = chunked and not no_body
@@ -314,16 +343,24 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None:
             return
         if self._chunked_out:
-            self._emit(client, b"%x\r\n%s\r\n" % (len(body), body))
+            body = b"%x\r\n%s\r\n" % (len(body), body)
+        out = self._out
+        if out is None:
+            client.write(body)
         else:
-            self._emit(client, body)
+            out.append(body)
 
     def on_message_complete(self) -> None:
-        if self._status and 100 <= self._status < 200 and self._status != 101:
+        status = self._status
+        if 100 <= status < 200 and status != 101:
             self._status = 0
             return
-        self._finish_client_body()
-        self._complete()
+        if self._chunked_out:
+            self._finish_client_body()
+        if self._out is not None and self._on_done is not None:
+            self._ended = True  # the common case of `_complete`, without the call
+        else:
+            self._complete()
 
     def _finish_client_body(self) -> None:
         if self._chunked_out and self._client is not None:
@@ -331,18 +368,36 @@ class UpstreamConnection(asyncio.Protocol):
             self._chunked_out = False
 
     def _complete(self) -> None:
-        done = self._done
-        if done is not None and not done.done():
-            # The waiting task's wake-up is queued before whatever `on_answered` wakes, so it
-            # gives this connection back to the pool before a woken waiter asks for one.
-            done.set_result(None)
-            on_answered, self._on_answered = self._on_answered, None
-            if on_answered is not None and self._status != 101:
-                on_answered()
+        if self._on_done is None:
+            return
+        if self._out is not None:
+            self._ended = True  # reported by data_received once the chunk's output is written
+        else:
+            self._finish(None)
 
 
-#: Reason phrases by status, precomputed (an HTTPStatus lookup per response costs ~0.7 us).
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+def _resolve(done: asyncio.Future[None], on_answered: Callable[[], None] | None,
+             upstream: UpstreamConnection, failure: UpstreamFailed | None) -> None:
+    """`exchange`'s end: wake its task; an answer (not a 101) also calls `on_answered`."""
+    if done.done():
+        return
+    if failure is not None:
+        done.set_exception(failure)
+        return
+    # The waiting task's wake-up is queued before whatever `on_answered` wakes, so it gives
+    # this connection back to the pool before a woken waiter asks for one.
+    done.set_result(None)
+    if on_answered is not None and not upstream.upgraded:
+        on_answered()
+
+
+#: Request headers not forwarded as they came: hop-by-hop ones, and those the gateway sets
+#: (X-Forwarded-For is extended, X-Forwarded-Proto and Connwise-Degrade replaced).
+_DROPPED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"connwise-degrade"}
+
+#: Status lines by status, precomputed (an HTTPStatus lookup per response costs ~0.7 us).
+_STATUS_LINES: dict[int, bytes] = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
+                                   for s in HTTPStatus}
 
 
 class UpstreamDriver:

@@ -278,15 +278,40 @@ class Pool(Generic[C]):
 
     async def putconn(self, conn: C, *, error: BaseException | None = None) -> None:
         """Give back a connection taken with `getconn`; `error` is what its holder hit, if any."""
+        conn_id = self._held_id(conn)
+        if conn_id is not None:
+            await self._release(conn_id, conn, error)
+
+    def try_putconn(self, conn: C, *, error: BaseException | None = None) -> bool:
+        """`putconn`'s fast path without a coroutine, as `try_getconn` is `getconn`'s: True
+        once the connection is back (or discarded); False, with nothing done, when the driver
+        must reset it first: then `await putconn`."""
+        conn_id = self._held_id(conn)
+        if conn_id is None:
+            return True
+        driver = self.driver
+        broken = driver.is_broken(conn)
+        if not broken and (self._full_reset or driver.needs_reset(conn)):
+            return False
+        if self._stacks:
+            self._stacks.pop(conn_id, None)
+        failed = error is not None and driver.is_connection_error(error)
+        actions = self._policy.release(conn_id, self.clock.now(), broken=broken, failed=failed)
+        if actions or self._policy.state is not PoolState.OPEN:
+            self._run(actions)
+        return True
+
+    def _held_id(self, conn: C) -> int | None:
+        """The id of `conn`, held by a caller; None when a drain timeout closed it already."""
         conn_id = self._ids.get(id(conn))
         if conn_id is None and self._policy.state is not PoolState.OPEN:
-            return  # closed under its holder by a drain timeout: nothing left to give back
+            return None  # closed under its holder by a drain timeout: nothing left to give back
         rec = self._policy.records.get(conn_id) if conn_id is not None else None
         if conn_id is None or rec is None or rec.state not in (State.IN_USE, State.DRAINING):
             raise ConfigError("conn", conn, f"the connection does not belong to pool "
                               f"{self.name!r} or was given back already",
                               "give back each connection once, to its own pool")
-        await self._release(conn_id, conn, error)
+        return conn_id
 
     async def _acquire(self, class_name: str, timeout: float | None, depth: int) -> int:
         policy = self._policy
