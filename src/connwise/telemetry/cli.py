@@ -23,11 +23,10 @@ from rich.table import Table
 from connwise.errors import ConfigError, ConnwiseError
 from connwise.telemetry.clientinfo import RegionTable
 from connwise.telemetry.export import FORMATS, export
-from connwise.telemetry.ingest import FileSummary, HaproxyParser, NginxParser, ingest
+from connwise.telemetry.ingest import FileSummary, HaproxyParser, NginxParser, ingest, ingest_sqlite
 from connwise.telemetry.ingest.base import NO_MATCH, IngestSummary, LineParser
 from connwise.telemetry.ingest.haproxy import MODES
 from connwise.telemetry.ingest.nginx import DEFAULT_FORMAT, PRESETS
-from connwise.telemetry.store_sqlite import SqliteStore
 from connwise.telemetry.stores import DEFAULT_STORE, StoreSpec
 from connwise.telemetry.units import parse_duration, parse_size, parse_time
 
@@ -124,16 +123,17 @@ def _print_summary(summary: IngestSummary, spec: StoreSpec, console: Console) ->
                           "right? (--log-format for nginx, --mode for HAProxy)[/yellow]")
 
 
-def _run_ingest(parser: LineParser, files: list[Path], store: str, progress: bool) -> None:
+def _run_ingest(parser: LineParser, files: list[Path], store: str, progress: bool,
+                workers: int | None) -> None:
     console = Console()
 
     def work() -> tuple[IngestSummary, StoreSpec]:
         spec = StoreSpec.parse(store)
+        if spec.kind == "sqlite":
+            return ingest_sqlite(parser, files, spec.path, workers=workers,
+                                 progress=progress), spec
         sink = spec.open_sink()
         try:
-            if isinstance(sink, SqliteStore):
-                with sink.bulk():
-                    return ingest(parser, files, sink, progress=progress), spec
             return ingest(parser, files, sink, progress=progress), spec
         finally:
             sink.close()
@@ -156,6 +156,9 @@ RegionsOption = Annotated[Path | None, typer.Option(
 NodeOption = Annotated[str, typer.Option(help="Node name recorded with the records.")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress",
                                               help="Show a progress bar on stderr.")]
+WorkersOption = Annotated[int | None, typer.Option(
+    min=1, help="Processes that parse into a SQLite store (default: one per CPU); 1 parses "
+    "in this process. Inputs under 16 MiB and PostgreSQL stores are parsed in this process.")]
 
 
 @ingest_app.command("nginx")
@@ -171,11 +174,12 @@ def ingest_nginx(
     regions: RegionsOption = None,
     node: NodeOption = "ingest",
     progress: ProgressOption = True,
+    workers: WorkersOption = None,
 ) -> None:
     """Ingest nginx access logs (combined + $request_time by default; any log_format)."""
     parser = run_or_exit(lambda: NginxParser(log_format, node=node, region_var=region_var,
                                              device_var=device_var, regions=_regions(regions)))
-    _run_ingest(parser, files, store, progress)
+    _run_ingest(parser, files, store, progress, workers)
 
 
 @ingest_app.command("haproxy")
@@ -187,11 +191,12 @@ def ingest_haproxy(
     regions: RegionsOption = None,
     node: NodeOption = "ingest",
     progress: ProgressOption = True,
+    workers: WorkersOption = None,
 ) -> None:
     """Ingest HAProxy logs (option httplog and option tcplog)."""
     parser = run_or_exit(lambda: HaproxyParser(mode=mode, node=node, tz=tz,
                                                regions=_regions(regions)))
-    _run_ingest(parser, files, store, progress)
+    _run_ingest(parser, files, store, progress, workers)
 
 
 __all__ = ["FileSummary", "ingest_app", "run_or_exit", "telemetry_app"]

@@ -91,3 +91,26 @@ def test_unknown_field_and_phase_are_refused() -> None:
         ConnRecord("1", "pool", "main", 0.0, bogus=1)
     with pytest.raises(ValueError, match="phase 'sleeping'"):
         ConnRecord("1", "pool", "main", 0.0, phase="sleeping")
+
+
+def test_each_phase_s_time_goes_to_its_own_column() -> None:
+    rec = ConnRecord("1", "client", "web", 0.0, phase="queued")
+    for step, phase in enumerate(("connecting", "active", "idle", "draining", "idle"), 1):
+        rec.phase(phase, float(step * step))  # 1, 4, 9, 16, 25: spans of 1, 3, 5, 7, 9
+    assert [getattr(rec, f"{p}_s") for p in PHASES] == [1.0, 3.0, 5.0, 7.0, 9.0]
+    rec.phase("elsewhere", 30.0)  # idle: 5 s more
+    assert rec.idle_s == 12.0
+    with pytest.raises(ValueError, match="'elsewhere' is not one of"):
+        rec.phase("idle", 31.0)
+
+
+def test_the_row_is_every_field_in_order_and_a_new_record_holds_the_defaults() -> None:
+    rec = ConnRecord("9", "pool", "main", 5.0)
+    expected = list(DEFAULT_ROW)
+    for name, value in (("conn_id", "9"), ("kind", "pool"), ("source", "main"),
+                        ("started_at", 5.0), ("ended_at", 5.0)):
+        expected[COLUMN[name]] = value
+    assert rec.row() == tuple(expected)
+    for i, name in enumerate(FIELD_NAMES):
+        setattr(rec, name, i)
+    assert rec.row() == tuple(range(len(FIELDS)))

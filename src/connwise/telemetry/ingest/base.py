@@ -5,7 +5,10 @@ that does not have the log's shape, or raises ValueError for a line that has it 
 bad value. The driver writes rows in batches to the store (one transaction per batch), keeps a
 progress bar on stderr, and keeps for each file the count of bad lines by reason and the first
 `MAX_LINE_NUMBERS` of their line numbers, which the summary prints. Files ending in `.gz` are
-read through gzip. Blank lines are skipped without comment.
+read through gzip. Lines end at `\n` (a `\r` before it is left to the parsers, whose patterns
+allow trailing space), so that a line's number is the count of `\n` before it, which is what
+lets `connwise.telemetry.ingest.parallel` cut a file into chunks of lines and still number them.
+Blank lines are skipped without comment.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from __future__ import annotations
 import gzip
 import io
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -28,9 +32,6 @@ from connwise.telemetry.record import Row
 MAX_LINE_NUMBERS = 1000
 #: Rows per store transaction.
 BATCH = 5000
-#: Lines between progress bar updates: often enough to look live, rare enough to cost nothing.
-PROGRESS_EVERY = 16384
-
 NO_MATCH = "does not match the log format"
 #: Month names of nginx's $time_local and HAProxy's accept date.
 MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
@@ -48,8 +49,10 @@ class LineParser(Protocol):
         """The columns of the rows, in order."""
         ...
 
-    def start_file(self, source: str) -> Callable[[str], Row | None]:
-        """The parse function for the lines of file `source` (its name goes in the records)."""
+    def start_file(self, source: str, first_line: int = 1) -> Callable[[str], Row | None]:
+        """The parse function for the lines of file `source` (its name goes in the records),
+        called once per line (with or without its newline) from line number `first_line` on
+        (a parser may number records by line)."""
         ...
 
 
@@ -72,6 +75,17 @@ class FileSummary:
         self.reasons[reason] += 1
         if len(self.malformed_lines) < MAX_LINE_NUMBERS:
             self.malformed_lines.append(lineno)
+
+    def absorb(self, part: FileSummary) -> None:
+        """Add the counts of `part`, the summary of the lines that follow the ones counted so
+        far (a chunk parsed by a worker): line numbers stay the first `MAX_LINE_NUMBERS`."""
+        self.lines += part.lines
+        self.records += part.records
+        self.malformed += part.malformed
+        self.reasons.update(part.reasons)
+        room = MAX_LINE_NUMBERS - len(self.malformed_lines)
+        if room > 0:
+            self.malformed_lines += part.malformed_lines[:room]
 
     def describe_lines(self) -> str:
         text = ", ".join(str(n) for n in self.malformed_lines)
@@ -99,8 +113,34 @@ class IngestSummary:
 def _open(path: Path) -> tuple[BinaryIO, io.TextIOWrapper]:
     raw = path.open("rb")
     stream: BinaryIO = gzip.GzipFile(fileobj=raw) if path.suffix == ".gz" else raw  # type: ignore[assignment]
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None)
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="\n")
     return raw, text
+
+
+def parse_lines(parse: Callable[[str], Row | None], lines: Iterable[str], summary: FileSummary,
+                first_line: int = 1) -> Iterator[Row]:
+    """The rows of `lines` (numbered from `first_line`); bad ones go to `summary`, and
+    `summary.lines` counts the lines read. A read error (a truncated .gz) ends the rows and
+    goes to `summary.error`: the rows before it are kept. The one per-line loop of both the
+    serial and the parallel ingest, so that they count alike."""
+    bad = summary.bad
+    lineno = first_line - 1
+    try:
+        for lineno, line in enumerate(lines, first_line):
+            try:
+                row = parse(line)
+            except (ValueError, KeyError, IndexError) as exc:
+                bad(lineno, str(exc) or type(exc).__name__)
+                continue
+            if row is None:
+                if line.strip():
+                    bad(lineno, NO_MATCH)
+                continue
+            yield row
+    except (OSError, EOFError) as exc:
+        summary.error = f"reading {summary.path!r} stopped at line {lineno}: {exc}"
+    finally:
+        summary.lines = lineno - first_line + 1
 
 
 def ingest(parser: LineParser, paths: Sequence[str | Path], sink: RowSink, *,
@@ -129,35 +169,12 @@ def ingest(parser: LineParser, paths: Sequence[str | Path], sink: RowSink, *,
             except OSError as exc:
                 result.error = f"cannot open {str(path)!r}: {exc.strerror or exc}"
                 continue
-            parse = parser.start_file(path.name)
-            rows: list[Row] = []
-            lineno = 0
-            bad = result.bad
-            try:
-                with raw, text:
-                    for lineno, line in enumerate(text, 1):
-                        try:
-                            row = parse(line)
-                        except (ValueError, KeyError, IndexError) as exc:
-                            bad(lineno, str(exc) or type(exc).__name__)
-                            continue
-                        if row is None:
-                            if line.strip():
-                                bad(lineno, NO_MATCH)
-                            continue
-                        rows.append(row)
-                        if len(rows) >= batch:
-                            sink.write(rows, columns)
-                            result.records += len(rows)
-                            rows = []
-                        if not lineno & (PROGRESS_EVERY - 1):
-                            bar.update(task, completed=raw.tell())
-            except (OSError, EOFError) as exc:
-                result.error = f"reading {str(path)!r} stopped at line {lineno}: {exc}"
-            if rows:
-                sink.write(rows, columns)
-                result.records += len(rows)
-            result.lines = lineno
+            rows = parse_lines(parser.start_file(path.name), text, result)
+            with raw, text:
+                while chunk := list(islice(rows, batch)):
+                    sink.write(chunk, columns)
+                    result.records += len(chunk)
+                    bar.update(task, completed=raw.tell())
             bar.update(task, completed=sizes[path])
     if files and all(f.error for f in summary.files):
         raise IngestError("no log file could be read: " + "; ".join(f.error for f in

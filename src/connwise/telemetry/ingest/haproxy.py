@@ -103,13 +103,13 @@ class HaproxyParser:
         self.node = node
         self.regions = regions
 
-    def start_file(self, source: str) -> Callable[[str], Row | None]:
+    def start_file(self, source: str, first_line: int = 1) -> Callable[[str], Row | None]:
         http = HTTPLOG.match if self.mode in ("auto", "httplog") else None
         tcp = TCPLOG.match if self.mode in ("auto", "tcplog") else None
         to_time = self._date
         default_node = self.node
         region_of = self.regions.region_of if self.regions is not None else None
-        lineno = 0
+        lineno = first_line - 1
 
         def parse(line: str) -> Row | None:
             nonlocal lineno

@@ -167,7 +167,7 @@ class NginxParser:
         self.device_var = device_var.lstrip("$") if device_var else None
         self.time_var = time_vars[0]
 
-    def start_file(self, source: str) -> Callable[[str], Row | None]:
+    def start_file(self, source: str, first_line: int = 1) -> Callable[[str], Row | None]:
         g = self.groups
         match = self.pattern.match
         node = self.node
@@ -193,7 +193,7 @@ class NginxParser:
             to_time = float
         regions = self.regions
         region_of = regions.region_of if regions is not None else None
-        lineno = 0
+        lineno = first_line - 1
         numbers = [(name, i) for name, i in g.items()
                    if name in ("status", "request_time", "bytes_sent", "body_bytes_sent",
                                "request_length", "connection_requests")]
