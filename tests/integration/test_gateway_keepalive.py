@@ -135,3 +135,31 @@ async def test_a_peer_the_kernel_gave_up_on_is_reported_half_open_and_recorded(
             with contextlib.suppress(ConnectionError):
                 await w.wait_closed()
         await gateway.drain(1.0)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="TCP_INFO is Linux-only")
+@pytest.mark.parametrize("listener", ["raw", "web"])
+async def test_records_carry_a_tcp_info_sample_taken_as_the_connection_ends(
+        backends: tuple[TcpBackend, HttpOrigin], listener: str) -> None:
+    gateway = Gateway(load_gateway_config(config(backends)))
+    await gateway.start()
+    records: MemorySink[ConnRecord] = MemorySink()
+    gateway.recorder = Recorder(records, node="test", wall_offset=0.0)
+    try:
+        for closer in ("client", "gateway"):
+            writer, client = await open_client(gateway, listener)
+            if closer == "client":
+                writer.close()
+            else:
+                client.close()
+            await asyncio.sleep(0.05)
+            with contextlib.suppress(ConnectionError):
+                writer.close()
+                await writer.wait_closed()
+        ended = [r for r in records.events if r.kind == "client"]
+        assert len(ended) == 2
+        for rec in ended:
+            assert rec.rtt_ms is not None and 0 < rec.rtt_ms < 1000, rec.rtt_ms
+            assert rec.retransmits == 0
+    finally:
+        await gateway.drain(1.0)

@@ -45,6 +45,7 @@ from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker
+from connwise.telemetry.tcpinfo import sample_into
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
@@ -242,6 +243,7 @@ class HttpClient(asyncio.Protocol):
         recorder = self.gateway.recorder
         if rec is not None and recorder is not None:
             self.record = None
+            sample_into(rec, self.transport)
             rec.bytes_in, rec.bytes_out = self.bytes_in, self.bytes_out
             rec.msgs_in = self.frames.messages
             if self.relay_to is not None:

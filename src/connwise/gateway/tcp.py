@@ -18,6 +18,7 @@ from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
 from connwise.gateway.relay import RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
+from connwise.telemetry.tcpinfo import sample_into
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
@@ -277,6 +278,7 @@ class TcpClient(RelayHalf):
         recorder = self.gateway.recorder
         if rec is not None and recorder is not None:
             self.record = None
+            sample_into(rec, self.transport)
             rec.bytes_in = self.bytes_in
             rec.bytes_out = self.peer.bytes_in if self.peer is not None else 0
             reason = "half_open" if lost else "reset" if exc else (

@@ -2,19 +2,23 @@
 
 `getsockopt(IPPROTO_TCP, TCP_INFO)` costs one system call and returns the kernel's view of a
 connection: its state, smoothed RTT, retransmissions and how long since data last moved. The
-gateway samples it now and then per connection (never per read), fills `rtt_ms` and
-`retransmits` of the record, and passes the fields to `core.zombies.looks_half_open`. On other
-systems `read_tcp_info` returns None and those columns stay NULL.
+gateway samples each client connection once, as it ends (`sample_into`: the socket is still
+open while the protocol's `connection_lost` runs, and the end is when the retransmission count
+is complete), and fills `rtt_ms` and `retransmits` of its record; `core.zombies.looks_half_open`
+reads the same fields. On other systems `read_tcp_info` returns None and those columns stay
+NULL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import sys
 from dataclasses import dataclass
 
 from connwise.core.zombies import looks_half_open
+from connwise.telemetry.record import ConnRecord
 
 # struct tcp_info from include/uapi/linux/tcp.h, up to tcpi_total_retrans: 8 one-byte fields,
 # then 24 unsigned 32-bit ones. Later kernels append fields; a prefix read is stable.
@@ -40,6 +44,15 @@ class TcpInfo:
     @property
     def half_open(self) -> bool:
         return looks_half_open(tcp_state=self.state, unacked=self.unacked, backoff=self.backoff)
+
+
+def sample_into(rec: ConnRecord, transport: asyncio.BaseTransport | None) -> None:
+    """Fill `rec.rtt_ms` and `rec.retransmits` from the transport's socket, if it can say."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    info = read_tcp_info(sock) if sock is not None else None
+    if info is not None:
+        rec.rtt_ms = info.rtt_ms
+        rec.retransmits = info.total_retrans
 
 
 def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
