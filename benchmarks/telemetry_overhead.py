@@ -21,7 +21,9 @@ table and JSON, writes benchmarks/results/telemetry_overhead.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -29,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import contextlib
 
 from benchmarks.gateway_harness import (
     Processes,
@@ -41,6 +41,7 @@ from benchmarks.gateway_harness import (
     raise_nofile,
     require_tools,
 )
+from connwise.telemetry.schema import TABLE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.95
@@ -99,8 +100,14 @@ def one(procs: Processes, origin: int, store: Path | None, seconds: float,
         child_cpu = round(children_cpu(gateway.pid) - before, 3)
     finally:
         procs.stop(gateway)
+    recorded = None
+    if store is not None and store.exists():
+        with contextlib.closing(sqlite3.connect(store)) as db:
+            recorded = db.execute(f"SELECT count(*) FROM {TABLE} WHERE kind = 'client'"
+                                  ).fetchone()[0]
     return {"req_per_s": result.req_per_s, "p99_ms": result.p99_ms, "cpu_s": cpu,
             "writer_cpu_s": child_cpu, "requests": result.requests, "non_2xx": result.non_2xx,
+            "recorded": recorded,
             "per_cpu_s": round(result.requests / cpu, 1) if cpu else None,
             "per_total_cpu_s": round(result.requests / (cpu + child_cpu), 1) if cpu else None}
 
