@@ -1,11 +1,12 @@
-"""Fixtures the gateway integration tests share: a factory of started gateways that drains
-them at the end, and two real HTTP origins."""
+"""What the integration tests share: a factory of started gateways that drains them at the end,
+two real HTTP origins, and the drop of a PostgreSQL schema a test worked in."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from connwise.config import load_gateway_config
@@ -38,3 +39,12 @@ async def origins() -> AsyncIterator[list[HttpOrigin]]:
     yield started
     for origin in started:
         await origin.stop()
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    """Drop a test's own PostgreSQL schema and everything in it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()

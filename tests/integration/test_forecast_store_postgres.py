@@ -7,13 +7,13 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import numpy as np
 import pytest
 
 from connwise.errors import ConfigError
 from connwise.forecast.store import StoreSource
 from connwise.telemetry.store_postgres import PostgresStore
+from tests.integration.conftest import drop_schema
 from tests.unit.forecast.store_data import BACKENDS, COLUMNS, T0, expected, records
 
 pytestmark = pytest.mark.services
@@ -30,16 +30,9 @@ def store(postgres_dsn: str) -> Iterator[str]:
         finally:
             await pg.close()
 
-    async def drop() -> None:
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
-
     asyncio.run(fill())
     yield f"{postgres_dsn}?schema={schema}"
-    asyncio.run(drop())
+    asyncio.run(drop_schema(postgres_dsn, schema))
 
 
 @pytest.mark.parametrize("metric", ["connections", "requests", "concurrency"])

@@ -19,6 +19,7 @@ from connwise.telemetry.record import COLUMN, FIELD_NAMES, ConnRecord, Row
 from connwise.telemetry.schema import LATEST, fields_at, migrations
 from connwise.telemetry.store_postgres import PostgresSink, PostgresStore
 from connwise.telemetry.stores import StoreSpec
+from tests.integration.conftest import drop_schema
 
 pytestmark = pytest.mark.services
 
@@ -44,25 +45,13 @@ def schema() -> str:
 @pytest.fixture
 async def dropped_after(postgres_dsn: str, schema: str) -> AsyncIterator[str]:
     yield schema
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
+    await drop_schema(postgres_dsn, schema)
 
 
 @pytest.fixture
 def dropped_after_sync(postgres_dsn: str, schema: str) -> Iterator[str]:
     yield schema
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_schema(postgres_dsn, schema))
 
 
 async def test_copy_round_trip_of_every_field(postgres_dsn: str, dropped_after: str) -> None:
