@@ -170,6 +170,10 @@ class TelemetrySection(_Model):
     queue_capacity: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
     flush_interval: float = Field(1.0, gt=0)
+    #: TCP_INFO (`rtt_ms`, `retransmits`) is read as every connection of 1 s or more ends, and
+    #: as every Nth shorter one ends (1: all, 0: none); the system call costs as much as the
+    #: rest of a short connection's record.
+    tcp_info_every: int = Field(8, ge=0)
 
 
 ZombieSegmentKey = Literal["listener", "kind", "class", "backend"]

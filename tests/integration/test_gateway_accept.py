@@ -10,7 +10,7 @@ import contextlib
 import resource
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvloop
@@ -34,7 +34,14 @@ class TcpBackend(_TcpBackend):
 
 
 class Counting(asyncio.Protocol):
+    """Counts connections; keeps the peers the accept loop handed over with each socket."""
+
     made = 0
+    peers: ClassVar[set[tuple[str, int]]] = set()
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        assert sock.getpeername() == peer
+        Counting.peers.add(peer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         Counting.made += 1
@@ -48,6 +55,7 @@ def connect_queued(port: int, n: int) -> list[socket.socket]:
 async def burst_iterations() -> int:
     """Loop iterations the accept loop needs to set up BURST queued connections."""
     Counting.made = 0
+    Counting.peers = set()
     server = await AcceptLoop.listen("127.0.0.1", 0, Counting)
     # Connecting without yielding to the loop: the kernel queues the whole burst first.
     clients = connect_queued(server.sockets[0].getsockname()[1], BURST)
@@ -57,6 +65,7 @@ async def burst_iterations() -> int:
             await asyncio.sleep(0)
             iterations += 1
         assert Counting.made == BURST
+        assert Counting.peers == {client.getsockname() for client in clients}
         return iterations
     finally:
         server.close()

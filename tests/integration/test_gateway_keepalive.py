@@ -22,6 +22,7 @@ from connwise.gateway.runtime import Gateway
 from connwise.telemetry.memory import MemorySink
 from connwise.telemetry.record import ConnRecord
 from connwise.telemetry.recorder import Recorder
+from connwise.telemetry.tcpinfo import TcpInfoSampler
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.tcp_backend import TcpBackend
 
@@ -142,6 +143,7 @@ async def test_a_peer_the_kernel_gave_up_on_is_reported_half_open_and_recorded(
 async def test_records_carry_a_tcp_info_sample_taken_as_the_connection_ends(
         backends: tuple[TcpBackend, HttpOrigin], listener: str) -> None:
     gateway = Gateway(load_gateway_config(config(backends)))
+    gateway.tcp_info = TcpInfoSampler(every=1)  # short connections are sampled 1 in 8 by default
     await gateway.start()
     records: MemorySink[ConnRecord] = MemorySink()
     gateway.recorder = Recorder(records, node="test", wall_offset=0.0)

@@ -9,9 +9,12 @@ late connections made the gateway's p99 71x HAProxy's. HAProxy (`tune.maxaccept`
 (`multi_accept`) accept many connections per wake-up; so does this loop. The listening socket
 is non-blocking and watched with `loop.add_reader`; each wake-up accepts up to `batch`
 connections and hands each to the loop with `connect_accepted_socket`, which builds the same
-transport (TCP_NODELAY included) as a server would. The batch bound keeps one wake-up from
-starving established connections when the queue is deeper than that; the reader fires again
-on the next iteration.
+transport (TCP_NODELAY included) as a server would. The
+protocol factory is called with the accepted socket and the peer's address, as `accept()`
+returned them: the gateway reads the client's IP and, as the connection ends, its TCP_INFO from
+them, where asking the transport would cost a `getpeername()` and a new socket wrapper each.
+The batch bound keeps one wake-up from starving established connections when the queue is
+deeper than that; the reader fires again on the next iteration.
 
 Measured with uvloop on 2,000 queued connections: accepting here costs about 25 us per
 connection against uvloop's 15 us (Python's `accept()` and one task per connection); driving
@@ -34,7 +37,9 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("connwise.gateway")
 
@@ -60,6 +65,8 @@ def listen_backlog() -> int:
 
 #: (idle, interval, count) of TCP keep-alive, in whole seconds; None: off.
 Keepalive = tuple[int, int, int] | None
+#: Makes the protocol of an accepted connection from its socket and peer address.
+ProtocolFactory = Callable[[socket.socket, Any], asyncio.Protocol]
 
 
 def set_keepalive(sock: socket.socket, keepalive: Keepalive) -> None:
@@ -88,7 +95,7 @@ class AcceptLoop:
                  "factory", "on_error", "retry_delay")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
-                 factory: Callable[[], asyncio.Protocol], *, batch: int = ACCEPT_BATCH,
+                 factory: ProtocolFactory, *, batch: int = ACCEPT_BATCH,
                  retry_delay: float = RETRY_DELAY,
                  on_error: Callable[[OSError], None] | None = None) -> None:
         if batch < 1:
@@ -105,7 +112,7 @@ class AcceptLoop:
         self._pending: set[asyncio.Task[object]] = set()
 
     @classmethod
-    async def listen(cls, host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
+    async def listen(cls, host: str, port: int, factory: ProtocolFactory, *,
                      batch: int = ACCEPT_BATCH,
                      on_error: Callable[[OSError], None] | None = None,
                      keepalive: Keepalive = None) -> AcceptLoop:
@@ -157,7 +164,7 @@ class AcceptLoop:
         loop = self._loop
         for _ in range(self.batch):
             try:
-                conn, _ = listening.accept()
+                conn, peer = listening.accept()
             except BlockingIOError:
                 return
             except (InterruptedError, ConnectionAbortedError):
@@ -165,7 +172,8 @@ class AcceptLoop:
             except OSError as exc:
                 self._failed(exc)
                 return
-            task = loop.create_task(loop.connect_accepted_socket(self.factory, conn))
+            task = loop.create_task(loop.connect_accepted_socket(partial(self.factory, conn, peer),
+                                                                 conn))
             self._pending.add(task)
             task.add_done_callback(self._started)
 

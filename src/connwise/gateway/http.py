@@ -35,6 +35,7 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,7 +46,6 @@ from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker
-from connwise.telemetry.tcpinfo import sample_into
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
@@ -160,14 +160,17 @@ class Exchange:
 class HttpClient(asyncio.Protocol):
     """One client connection of an http listener; see the module docstring."""
 
-    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+    def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
+                 peer: Any) -> None:
         self.gateway = gateway
         self.listener = listener
+        #: The accepted socket (uvloop's transport keeps it open): TCP_INFO is read from it.
+        self.sock = sock
         self.transport: asyncio.Transport | None = None
         #: Released (None) once the connection is a WebSocket relay: it parses nothing more.
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.conn_id = 0
-        self.client_ip = ""
+        self.client_ip: str = peer[0] if peer else ""
         self.closed = False
         self.draining = False
         self.parsing: Exchange | None = None
@@ -204,8 +207,6 @@ class HttpClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else ""
         if not self.gateway.client_opened(self):
             self.transport.write(simple_response(503, "Service Unavailable", close=True,
                                                  extra=b"Retry-After: 1\r\n"))
@@ -243,14 +244,15 @@ class HttpClient(asyncio.Protocol):
         recorder = self.gateway.recorder
         if rec is not None and recorder is not None:
             self.record = None
-            sample_into(rec, self.transport)
+            now = self.gateway.clock.now()
+            self.gateway.tcp_info.sample(rec, self.sock, now - self.opened_at)
             rec.bytes_in, rec.bytes_out = self.bytes_in, self.bytes_out
             rec.msgs_in = self.frames.messages
             if self.relay_to is not None:
                 rec.msgs_out = self.relay_to.frames.messages
             reason = "half_open" if lost else "draining" if self.draining else (
                 "reset" if exc else "client closed")
-            recorder.end(rec, self.gateway.clock.now(), reason, failed=exc is not None)
+            recorder.end(rec, now, reason, failed=exc is not None)
         self.gateway.client_closed(self)
 
     def close(self) -> None:

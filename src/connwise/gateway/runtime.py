@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
@@ -29,7 +30,7 @@ from connwise.core.escalation import (
     GroupRule,
 )
 from connwise.errors import ConfigError
-from connwise.gateway.accept import AcceptLoop, Keepalive
+from connwise.gateway.accept import AcceptLoop, Keepalive, ProtocolFactory
 from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
 from connwise.gateway.routing import Route, Router, build_routers
@@ -38,6 +39,7 @@ from connwise.gateway.upstreams import Group
 from connwise.gateway.zombies import GatewayZombieWatch
 from connwise.telemetry.recorder import Recorder
 from connwise.telemetry.stores import StoreSpec
+from connwise.telemetry.tcpinfo import TcpInfoSampler
 from connwise.telemetry.writer import RecordWriter
 
 if TYPE_CHECKING:
@@ -109,6 +111,8 @@ class Gateway:
         self.zombies = GatewayZombieWatch(self, config.zombies)
         #: Connection records (None when `[telemetry] store` is not configured).
         self.recorder: Recorder | None = None
+        #: Which ending client connections read TCP_INFO into their record.
+        self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
         self._writer: RecordWriter | None = None
         self.counters: Counter[str] = Counter()
         self.class_counters: Counter[tuple[str, str]] = Counter()
@@ -257,10 +261,10 @@ class Gateway:
     def _accept_error(self, exc: OSError) -> None:
         self.count("accept_errors")
 
-    def _factory(self, listener: Listener) -> Any:
+    def _factory(self, listener: Listener) -> ProtocolFactory:
         if listener.config.kind == "tcp":
-            return lambda: TcpClient(self, listener)
-        return lambda: HttpClient(self, listener)
+            return partial(TcpClient, self, listener)
+        return partial(HttpClient, self, listener)
 
     # -- client accounting --------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ With SNI routing the first bytes (the TLS ClientHello) pick the group; TLS is no
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,6 @@ from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
 from connwise.gateway.relay import RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
-from connwise.telemetry.tcpinfo import sample_into
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
@@ -45,17 +45,22 @@ class TcpClient(RelayHalf):
         "listener",
         "opened_at",
         "record",
+        "sock",
     )
 
-    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+    def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
+                 peer: Any) -> None:
         super().__init__(clock=gateway.clock.now)
         self.gateway = gateway
         self.listener = listener
+        #: The accepted socket (uvloop's transport keeps it open): TCP_INFO is read from it.
+        self.sock = sock
         self.group: Group | None = None
         self.backend: Backend | None = None
         self.class_name = listener.config.class_name
         self.conn_id = 0
-        self.client_ip = ""
+        # Interned: connections from one address share the string (and the per-IP key).
+        self.client_ip = sys.intern(peer[0]) if peer else ""
         self.opened_at = 0.0
         self._admitted = False
         self._sni_buffer = b""
@@ -68,9 +73,6 @@ class TcpClient(RelayHalf):
         super().connection_made(transport)
         gateway = self.gateway
         self.opened_at = gateway.clock.now()
-        peer = transport.get_extra_info("peername")
-        # Interned: connections from one address share the string (and the per-IP key).
-        self.client_ip = sys.intern(peer[0]) if peer else ""
         if not gateway.client_opened(self):
             self.abort()
             return
@@ -278,11 +280,12 @@ class TcpClient(RelayHalf):
         recorder = self.gateway.recorder
         if rec is not None and recorder is not None:
             self.record = None
-            sample_into(rec, self.transport)
+            now = self.gateway.clock.now()
+            self.gateway.tcp_info.sample(rec, self.sock, now - self.opened_at)
             rec.bytes_in = self.bytes_in
             rec.bytes_out = self.peer.bytes_in if self.peer is not None else 0
             reason = "half_open" if lost else "reset" if exc else (
                 "closed" if self.backend else "refused")
-            recorder.end(rec, self.gateway.clock.now(), reason,
+            recorder.end(rec, now, reason,
                          failed=exc is not None or self.backend is None)
         self.gateway.client_closed(self)
