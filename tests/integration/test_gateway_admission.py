@@ -15,6 +15,7 @@ import pytest
 import websockets
 
 from connwise.core.degrade import SIGNAL, THROTTLE, DegradeConfig, DegradeLadder
+from connwise.gateway.http import HttpClient
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
@@ -119,3 +120,99 @@ async def test_websocket_relay_of_a_throttled_class_is_capped(
     assert free < floor / 3, (free, floor)
     assert gateway.class_counters["throttle", class_name] == 1
     assert ladder.stats()[class_name]["applied"]["throttle"] == 1
+
+
+def one_slot(origin: HttpOrigin, max_wait: float = 10.0) -> dict[str, Any]:
+    """One slot to the origin; interactive requests wait at most `max_wait` seconds."""
+    return {
+        "listeners": [{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        "routes": [{"listener": "web", "group": "app", "path_prefix": "/"}],
+        "groups": {"app": {"backends": [origin.address], "max_in_flight": 1,
+                           "max_waiters": 16, "health": {"kind": "none"}}},
+        "classes": {"critical": {"rank": 2, "reserved_share": 0.0, "max_wait": 5.0},
+                    "interactive": {"rank": 1, "max_wait": max_wait, "aging_rate": 0.2},
+                    "bulk": {"rank": 0, "aging_rate": 0.1}}}
+
+
+async def raw_get(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    body = await reader.readexactly(int(lowered.get("content-length", "0")))
+    return int(lines[0].split()[1]), lowered, body
+
+
+async def test_a_queued_request_waits_without_a_task_and_is_sent_when_the_slot_frees(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    gateway = await make_gateway(**one_slot(origin))
+    group = gateway.groups["app"]
+    port = gateway.listeners["web"].address[1]
+    holder_reader, holder = await raw_get(port, "/slow?ms=300")
+    await until(lambda: group.scheduler.in_use == 1)
+    reader, writer = await raw_get(port, "/fast")
+    await until(lambda: group.scheduler.waiting == 1)
+    [queued] = [c for c in gateway.clients.values()
+                if isinstance(c, HttpClient) and c.queued is not None]
+    assert isinstance(queued, HttpClient) and queued.task is None
+    status, _, _ = await read_answer(holder_reader)
+    assert status == 200
+    status, _, body = await read_answer(reader)
+    assert status == 200 and body
+    assert group.scheduler.waiting == 0
+    # The connection goes on: the next request on it is answered at once.
+    writer.write(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, _ = await read_answer(reader)
+    assert status == 200
+    for w in (writer, holder):
+        w.close()
+    await until(lambda: not gateway.clients)
+    assert group.scheduler.in_use == 0
+
+
+async def test_a_queued_request_past_its_max_wait_gets_503_and_the_connection_goes_on(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    gateway = await make_gateway(**one_slot(origin, max_wait=0.2))
+    group = gateway.groups["app"]
+    port = gateway.listeners["web"].address[1]
+    holder_reader, holder = await raw_get(port, "/slow?ms=1000")
+    await until(lambda: group.scheduler.in_use == 1)
+    reader, writer = await raw_get(port, "/fast")
+    status, headers, _ = await read_answer(reader)
+    assert status == 503 and "retry-after" in headers
+    assert group.scheduler.waiting == 0 and gateway.class_counters["shed", "interactive"] == 1
+    status, _, _ = await read_answer(holder_reader)
+    assert status == 200
+    writer.write(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, _ = await read_answer(reader)
+    assert status == 200
+    for w in (writer, holder):
+        w.close()
+    await until(lambda: not gateway.clients)
+
+
+async def test_a_client_that_leaves_while_queued_leaves_the_queue(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    gateway = await make_gateway(**one_slot(origin))
+    group = gateway.groups["app"]
+    port = gateway.listeners["web"].address[1]
+    holder_reader, holder = await raw_get(port, "/slow?ms=300")
+    await until(lambda: group.scheduler.in_use == 1)
+    _, leaver = await raw_get(port, "/fast")
+    await until(lambda: group.scheduler.waiting == 1)
+    leaver.close()
+    await until(lambda: group.scheduler.waiting == 0)
+    before = origin.requests
+    status, _, _ = await read_answer(holder_reader)
+    assert status == 200
+    holder.close()
+    await until(lambda: not gateway.clients)
+    assert group.scheduler.in_use == 0
+    assert origin.requests == before, "the request of a client gone is never sent"

@@ -403,7 +403,7 @@ class Simulation:
                 self._serve(s, now)
                 return
         if ladder is not None:
-            if ladder.sheds(s.sched):
+            if ladder.sheds(s.sched, pool.scheduler):
                 ladder.record(s.sched, SHED)
                 self._fail(s, now, "shed")
                 return

@@ -133,22 +133,35 @@ def test_the_ladder_relaxes_only_after_dwell_down_below_the_exit() -> None:
 
 def test_the_shared_admission_rule_by_level() -> None:
     """Below queue a free slot is taken; at queue never; at shed only while nobody waits, and
-    what gets no slot at shed is refused (the gateway and the simulator both ask these)."""
+    what gets no slot at shed is refused once `shed_backlog` rounds of the capacity wait (the
+    gateway and the simulator both ask these)."""
     ladder = DegradeLadder(DegradeConfig(dwell_up=0.0), CLASSES)
     s = Scheduler(CLASSES, capacity=2, max_waiters=10)
-    assert ladder.takes_free_slot("bulk", s) and not ladder.sheds("bulk")
+    assert ladder.takes_free_slot("bulk", s) and not ladder.sheds("bulk", s)
     now = 0.0
     while ladder.level("bulk") < QUEUE:
         now += 0.1
         ladder.update_pressure({"critical": 0.0, "interactive": 0.0, "bulk": 1.3}, now)
     assert ladder.level("bulk") == QUEUE
-    assert not ladder.takes_free_slot("bulk", s) and not ladder.sheds("bulk")
+    assert not ladder.takes_free_slot("bulk", s) and not ladder.sheds("bulk", s)
     while ladder.level("bulk") < SHED:
         now += 0.1
         ladder.update_pressure({"critical": 0.0, "interactive": 0.0, "bulk": 1.7}, now)
-    assert ladder.sheds("bulk") and ladder.takes_free_slot("bulk", s)
-    assert s.try_admit("critical")
-    s.submit("critical", now)
-    assert s.waiting == 1
-    assert not ladder.takes_free_slot("bulk", s)
-    assert ladder.takes_free_slot("critical", s) and not ladder.sheds("critical")
+    assert ladder.takes_free_slot("bulk", s)
+    assert s.try_admit("critical") and s.try_admit("critical")
+    # Full: bulk queues behind up to 3 x 2 waiters (the default backlog), then is refused.
+    for waiting in range(6):
+        assert s.waiting == waiting and not s.try_admit("bulk")
+        assert not ladder.sheds("bulk", s)
+        s.submit("critical", now)
+        assert not ladder.takes_free_slot("bulk", s)
+    assert ladder.sheds("bulk", s) and not ladder.takes_free_slot("bulk", s)
+    assert not ladder.sheds("critical", s)  # critical is below its shed step
+    # No backlog: whatever finds no free slot is refused at once (a loss system).
+    lossy = DegradeLadder(DegradeConfig(dwell_up=0.0, shed_backlog=0.0), CLASSES)
+    while lossy.level("bulk") < SHED:
+        now += 0.1
+        lossy.update_pressure({"critical": 0.0, "interactive": 0.0, "bulk": 1.7}, now)
+    empty = Scheduler(CLASSES, capacity=2, max_waiters=10)
+    assert empty.try_admit("critical") and empty.try_admit("critical")
+    assert lossy.sheds("bulk", empty)

@@ -63,6 +63,8 @@ FOUR = (Step(0.8, 0.6), Step(1.0, 0.7), Step(1.2, 0.9), Step(1.5, 1.0))
     (DegradeConfig(throttle_rate=0), "degrade.throttle_rate"),
     (DegradeConfig(throttle_burst=math.inf), "degrade.throttle_burst"),
     (DegradeConfig(retry_after=-1), "degrade.retry_after"),
+    (DegradeConfig(shed_backlog=-1.0), "degrade.shed_backlog"),
+    (DegradeConfig(shed_backlog=math.inf), "degrade.shed_backlog"),
 ])
 def test_bad_configuration_names_its_key_path(config: DegradeConfig, key: str) -> None:
     with pytest.raises(ConfigError) as info:
