@@ -218,8 +218,8 @@ class HttpClient(asyncio.Protocol):
             return
         recorder = self.gateway.recorder
         if recorder is not None:
-            self.record = recorder.begin(str(self.conn_id), "client", self.listener.config.name,
-                                         self.opened_at, phase="idle", client_addr=self.client_ip)
+            self.record = recorder.begin_client(str(self.conn_id), self.listener.config.name,
+                                                self.opened_at, "idle", self.client_ip)
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:

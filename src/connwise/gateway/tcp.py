@@ -80,9 +80,10 @@ class TcpClient(RelayHalf):
                                             base_class=self.class_name, protocol="tcp")
         self.class_name = self.class_state.class_name
         if gateway.recorder is not None:
-            self.record = gateway.recorder.begin(
-                str(self.conn_id), "client", self.listener.config.name, self.opened_at,
-                phase="queued", client_addr=self.client_ip, class_name=self.class_name)
+            rec = self.record = gateway.recorder.begin_client(
+                str(self.conn_id), self.listener.config.name, self.opened_at, "queued",
+                self.client_ip)
+            rec.class_name = self.class_name
         if self.listener.config.sni:
             return  # wait for the ClientHello in data_received
         self._route(self.listener.config.group)

@@ -1,14 +1,89 @@
-"""Count WebSocket messages and read close codes from a relayed byte stream, without buffering.
+"""Count WebSocket messages and read close codes from a relayed byte stream, without buffering;
+and the bytes of the one WebSocket answer the gateway writes itself, a refusal with close 1013.
 
 After an upgrade the gateway relays bytes untouched; this tracker only walks the frame headers
 (RFC 6455 section 5.2) as the bytes pass, skipping payloads by length, so it costs a few
 operations per frame, keeps at most one partial header (14 bytes), and never copies a payload
 except the 2-byte close code.
+
+When admission refuses a WebSocket handshake (the shed step, a queue timeout), a 503 would reach
+a browser as a bare error and close code 1006, the same as a broken server; so the gateway
+completes the handshake itself and closes at once with 1013 (try again later), which a page's
+`onclose` can read. `handshake_accept` says whether a request is a handshake the gateway can
+complete, and `try_again_later` is the whole answer.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable
+
+from connwise.core.degrade import WS_TRY_AGAIN_LATER
+
 OP_CLOSE = 0x8
+#: RFC 6455 section 1.3: appended to the client's key before hashing.
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11D85"
+
+
+def accept_value(key: bytes) -> bytes:
+    """The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key` (RFC 6455 4.2.2):
+    it proves to the client that the server read its handshake."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def handshake_accept(method: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The accept value if `method` and `headers` make a valid WebSocket opening handshake
+    (RFC 6455 4.2.1: GET, `Upgrade: websocket`, a key that is 16 base64-encoded bytes,
+    version 13), else None: whatever is not a handshake a client could complete is better
+    answered in plain HTTP. The `Connection: Upgrade` token is the caller's to check (httptools
+    reports it as the request's upgrade flag)."""
+    if method != b"GET":
+        return None
+    upgrade = key = version = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"upgrade":
+            upgrade = value
+        elif lower == b"sec-websocket-key":
+            key = value.strip()
+        elif lower == b"sec-websocket-version":
+            version = value.strip()
+    if (upgrade is None or b"websocket" not in
+            (token.strip().lower() for token in upgrade.split(b","))):
+        return None
+    if version != b"13" or key is None:
+        return None
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    return accept_value(key)
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """An unmasked close frame, as a server sends it (RFC 6455 5.5.1); the reason must fit a
+    control frame's 125 bytes with the code."""
+    payload = code.to_bytes(2, "big") + reason.encode()
+    if len(payload) > 125:
+        raise ValueError(f"close reason of {len(reason)} characters: a control frame's payload "
+                         "holds at most 125 bytes; shorten the reason")
+    return bytes((0x80 | OP_CLOSE, len(payload))) + payload
+
+
+#: The close frame of a refused handshake (precomputed: it never changes).
+CLOSE_TRY_AGAIN_LATER = close_frame(WS_TRY_AGAIN_LATER, "try again later")
+
+
+def try_again_later(accept: bytes, retry_after: int) -> bytes:
+    """The answer to a refused WebSocket handshake: `101 Switching Protocols`, then a close
+    frame with code 1013. `Retry-After` rides along on the 101 for clients that can read the
+    handshake's headers (a browser cannot; it reads the close code)."""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\nRetry-After: %d\r\n\r\n%s"
+            % (accept, retry_after, CLOSE_TRY_AGAIN_LATER))
 
 
 class FrameTracker:

@@ -74,6 +74,15 @@ class Recorder:
         rec.node = self.node
         return rec
 
+    def begin_client(self, conn_id: str, source: str, now: float, phase: str,
+                     client_addr: str) -> ConnRecord:
+        """`begin` of a client connection, the gateway's per-connection call, without the
+        keyword arguments' dictionary and checks (half of `begin`'s cost)."""
+        rec = ConnRecord(conn_id, "client", source, now, phase=phase)
+        rec.node = self.node
+        rec.client_addr = client_addr
+        return rec
+
     def end(self, rec: ConnRecord, now: float, reason: str, *, failed: bool = False) -> None:
         """The connection terminated at `now`: close its books and hand it to the sink."""
         rec.finish(now, reason, failed=failed)

@@ -125,3 +125,12 @@ def test_retire_of_an_idle_zombie_closes_with_its_reason() -> None:
     assert policy.retire(second, 52.0, "zombie") == []  # held: closes when given back
     policy.release(second, 53.0)
     assert sink.events[-1].conn_id == str(second)
+
+
+def test_begin_client_makes_the_record_begin_makes() -> None:
+    recorder = Recorder(MemorySink(), node="n1", wall_offset=0.0)
+    fast = recorder.begin_client("7", "web", 3.0, "queued", "10.0.0.1")
+    slow = recorder.begin("7", "client", "web", 3.0, phase="queued", client_addr="10.0.0.1")
+    assert fast.row() == slow.row()
+    assert fast.current_phase == slow.current_phase == "queued"
+    assert fast.node == "n1" and fast.kind == "client" and fast.client_addr == "10.0.0.1"
