@@ -27,6 +27,12 @@ idle) share one lazily re-armed timer, so a keep-alive request arms none.
 A `101 Switching Protocols` answer to an upgrade turns both connections into a byte relay, with
 WebSocket frame headers tracked for message counts and close codes, and capped by the ladder's
 throttle step while its class stands on it (`RelayThrottle`).
+
+Refused requests (shed, timed out or displaced in the queue, queue full) get 503 with
+`Retry-After`, except a valid WebSocket handshake: a browser sees no status of a failed
+handshake, only close code 1006, so the gateway completes the handshake itself and closes with
+1013, try again later (`_refuse_upgrade`); the upstream is never contacted. Its connection
+record keeps status 503, the admission's answer, whichever way it reached the client.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from connwise.core.ratelimit import TokenBucket
 from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
-from connwise.gateway.wsframes import FrameTracker
+from connwise.gateway.wsframes import FrameTracker, handshake_accept, try_again_later
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
@@ -66,6 +72,10 @@ PIPELINE_DEPTH = 4
 #: Request headers the proxy reads itself (the rest are only forwarded).
 _HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect",
                        b"connection"})
+#: Seconds a refused WebSocket handshake's connection stays open, half-closed, for the client's
+#: close frame: closing at once would answer that frame with a reset, which can destroy the
+#: unread 1013 at the client (the lingering close of Apache httpd, on a shorter clock).
+WS_REFUSAL_GRACE = 2.0
 
 
 def simple_response(status: int, reason: str, *, close: bool, extra: bytes = b"",
@@ -410,10 +420,10 @@ class HttpClient(asyncio.Protocol):
                 self.gateway.apply_changes(engine.on_activity(
                     self.conn_id, self.gateway.clock.now(), frames.messages - before))
             return
-        self.idle_deadline = 0.0
         parser = self.parser
         if parser is None:
-            return
+            return  # a refused WebSocket handshake: the client's close frame, or its last bytes
+        self.idle_deadline = 0.0
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -628,7 +638,8 @@ class HttpClient(asyncio.Protocol):
         self.task = self.loop.create_task(self._serve(ex))
 
     def _refuse(self, ladder: DegradeLadder, ex: Exchange) -> None:
-        """503 for `ex` (shed, timed out in the queue, displaced), then the next request."""
+        """503 for `ex` (shed, timed out in the queue, displaced), then the next request
+        (`_unavailable` says how a WebSocket handshake is refused)."""
         self.queued = None
         self.gateway.count_class("shed", ex.class_name)
         self._unavailable(ladder, ex)
@@ -727,6 +738,8 @@ class HttpClient(asyncio.Protocol):
         if self.relay_to is not None:
             self.parser = None  # a relay parses nothing more: free it (~1 KiB)
             return False
+        if self.parser is None:
+            return False  # a refused WebSocket handshake: it closes by itself (_refuse_upgrade)
         if not ex.keep_alive or self.draining:
             self.close()
             return False
@@ -869,9 +882,31 @@ class HttpClient(asyncio.Protocol):
             ladder.record(ex.class_name, 2)
 
     def _unavailable(self, ladder: DegradeLadder, ex: Exchange) -> None:
+        """Refuse `ex`: 503 with Retry-After, or a valid WebSocket handshake closed with 1013."""
+        retry_after = ladder.retry_after(ex.class_name)
+        if ex.upgrade and not (ex.chunked or ex.content_length):
+            accept = handshake_accept(ex.method, ex.headers)
+            if accept is not None:
+                self._refuse_upgrade(accept, retry_after)
+                return
         self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
-                                   extra=b"Retry-After: %d\r\n" % ladder.retry_after(
-                                       ex.class_name)))
+                                   extra=b"Retry-After: %d\r\n" % retry_after))
+
+    def _refuse_upgrade(self, accept: bytes, retry_after: int) -> None:
+        """Complete the handshake and close with 1013: a browser's WebSocket cannot read the
+        status of a failed handshake, only a close code, and 1013 tells it to come back later
+        where a 503 would look like a broken server (1006).
+
+        The connection parses nothing more (the parser goes: what follows are WebSocket
+        frames) and is half-closed after the answer, so the client's close frame still finds
+        it open; the client then closes, or the grace deadline does."""
+        self.write(try_again_later(accept, retry_after))
+        self.parser = None
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write_eof()
+        self.idle_deadline = self.loop.time() + WS_REFUSAL_GRACE
+        self._arm(self.idle_deadline)
 
     @staticmethod
     def _run_grants(group: Group) -> None:

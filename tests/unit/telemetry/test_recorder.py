@@ -128,7 +128,8 @@ def test_retire_of_an_idle_zombie_closes_with_its_reason() -> None:
 
 
 def test_begin_client_makes_the_record_begin_makes() -> None:
-    recorder = Recorder(MemorySink(), node="n1", wall_offset=0.0)
+    sink: MemorySink[ConnRecord] = MemorySink()
+    recorder = Recorder(sink, node="n1", wall_offset=0.0)
     fast = recorder.begin_client("7", "web", 3.0, "queued", "10.0.0.1")
     slow = recorder.begin("7", "client", "web", 3.0, phase="queued", client_addr="10.0.0.1")
     assert fast.row() == slow.row()
