@@ -900,11 +900,12 @@ class HttpClient(asyncio.Protocol):
         The connection parses nothing more (the parser goes: what follows are WebSocket
         frames) and is half-closed after the answer, so the client's close frame still finds
         it open; the client then closes, or the grace deadline does."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
         self.write(try_again_later(accept, retry_after))
         self.parser = None
-        transport = self.transport
-        if transport is not None and not self.closed:
-            transport.write_eof()
+        transport.write_eof()
         self.idle_deadline = self.loop.time() + WS_REFUSAL_GRACE
         self._arm(self.idle_deadline)
 

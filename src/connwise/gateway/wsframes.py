@@ -24,7 +24,7 @@ from connwise.core.degrade import WS_TRY_AGAIN_LATER
 
 OP_CLOSE = 0x8
 #: RFC 6455 section 1.3: appended to the client's key before hashing.
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11D85"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def accept_value(key: bytes) -> bytes:
