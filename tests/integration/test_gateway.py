@@ -124,7 +124,7 @@ async def test_websocket_upgrade_relayed_and_counted(make_gateway: GatewayFactor
         conns = gateway.connections()
         assert conns[0]["kind"] == "websocket"
         client = next(iter(gateway.clients.values()))
-        assert client.frames.messages == 5  # type: ignore[attr-defined]
+        assert client.frames is not None and client.frames.messages == 5  # type: ignore[attr-defined]
     server.close()
 
 

@@ -42,6 +42,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
@@ -171,6 +172,41 @@ class Exchange:
 class HttpClient(asyncio.Protocol):
     """One client connection of an http listener; see the module docstring."""
 
+    __slots__ = (
+        "_drain_waiters",
+        "_paused",
+        "_write_paused",
+        "active_upstream",
+        "bytes_in",
+        "bytes_out",
+        "class_state",
+        "client_ip",
+        "closed",
+        "conn_id",
+        "draining",
+        "frames",
+        "gateway",
+        "header_bytes",
+        "header_deadline",
+        "idle_deadline",
+        "last_active",
+        "listener",
+        "loop",
+        "opened_at",
+        "parser",
+        "parsing",
+        "queue",
+        "queued",
+        "record",
+        "relay_to",
+        "requests",
+        "sock",
+        "task",
+        "throttle",
+        "timer",
+        "transport",
+    )
+
     def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
                  peer: Any) -> None:
         self.gateway = gateway
@@ -181,7 +217,8 @@ class HttpClient(asyncio.Protocol):
         #: Released (None) once the connection is a WebSocket relay: it parses nothing more.
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.conn_id = 0
-        self.client_ip: str = peer[0] if peer else ""
+        # Interned: connections from one address share the string (and the per-IP key).
+        self.client_ip: str = sys.intern(peer[0]) if peer else ""
         self.closed = False
         self.draining = False
         self.parsing: Exchange | None = None
@@ -207,13 +244,15 @@ class HttpClient(asyncio.Protocol):
         #: When bytes last moved either way (or the connection opened): the zombie watch's input.
         self.last_active = self.opened_at
         self.record: ConnRecord | None = None
-        self.frames = FrameTracker()
+        #: WebSocket frames from the client, tracked once the connection is a relay.
+        self.frames: FrameTracker | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.requests = 0
         self._paused = False
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        #: Tasks waiting for the client to read (None until one waits: most never do).
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -246,7 +285,7 @@ class HttpClient(asyncio.Protocol):
         elif self.queued is not None:
             self.queued.cancel()
             self.queued = None
-        for waiter in self._drain_waiters:
+        for waiter in self._drain_waiters or ():
             if not waiter.done():
                 waiter.set_exception(ConnectionResetError("client went away"))
         if self.relay_to is not None:
@@ -263,7 +302,7 @@ class HttpClient(asyncio.Protocol):
             now = self.gateway.clock.now()
             self.gateway.tcp_info.sample(rec, self.sock, now - self.opened_at)
             rec.bytes_in, rec.bytes_out = self.bytes_in, self.bytes_out
-            rec.msgs_in = self.frames.messages
+            rec.msgs_in = self.frames.messages if self.frames is not None else 0
             if self.relay_to is not None:
                 rec.msgs_out = self.relay_to.frames.messages
             reason = "half_open" if lost else "draining" if self.draining else (
@@ -339,14 +378,16 @@ class HttpClient(asyncio.Protocol):
         if (upstream is not None and upstream.transport is not None and not upstream.closed
                 and (throttle is None or throttle.upstream_timer is None)):
             upstream.transport.resume_reading()
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
     async def wait_writable(self) -> None:
         if self._write_paused and not self.closed:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append(waiter)
             await waiter
 
@@ -408,8 +449,8 @@ class HttpClient(asyncio.Protocol):
         self.bytes_in += len(data)
         self.last_active = self.gateway.clock.now()
         upstream = self.relay_to
-        if upstream is not None:
-            frames = self.frames
+        frames = self.frames
+        if upstream is not None and frames is not None:
             before = frames.messages
             frames.feed(data)
             upstream.write(data)
@@ -695,6 +736,17 @@ class HttpClient(asyncio.Protocol):
             return ""
         return self.gateway.affinity_key(group, ex, self)
 
+    def _relay_started(self) -> None:
+        """The connection is a byte relay from now on: no head to wait for, no keep-alive
+        idle wait (the zombie watch covers silent relays), so the timer goes, and with it
+        ~340 bytes per WebSocket that would otherwise stay until the header deadline. The
+        frame tracker is made here: a connection that never upgrades needs none."""
+        self.header_deadline = self.idle_deadline = 0.0
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.frames = FrameTracker()
+
     def _give_back(self, pool: Any, upstream: UpstreamConnection,
                    error: BaseException | None) -> None:
         if not pool.try_putconn(upstream, error=error):
@@ -972,11 +1024,11 @@ class HttpClient(asyncio.Protocol):
                 backend.outstanding -= 1
             self._backend_answered(group, backend, ex)
             if upstream.upgraded:
+                self._relay_started()
                 self.relay_to = upstream
                 self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
                 upstream.start_relay(self)
-                upstream.on_relay_end = functools.partial(
-                    _give_back, gateway, pool, upstream)
+                upstream.relay_pool = pool
                 return
             self._give_back(pool, upstream, None)
             return
@@ -1140,11 +1192,6 @@ class _FutureToken:
     def displaced(self) -> None:
         if not self.future.done():
             self.future.set_result(False)
-
-
-def _give_back(gateway: Gateway, pool: Any, upstream: UpstreamConnection) -> None:
-    """A relay ended: its upstream connection goes back to the pool as broken (discarded)."""
-    gateway.spawn(pool.putconn(upstream, error=ConnectionResetError("relay ended")))
 
 
 def backend_pool(backend: Backend) -> Any:

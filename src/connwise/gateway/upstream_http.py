@@ -19,7 +19,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import httptools
 
@@ -49,6 +49,32 @@ OnDone: TypeAlias = "Callable[[UpstreamConnection, UpstreamFailed | None], None]
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a backend; see the module docstring."""
 
+    __slots__ = (
+        "_chunked_out",
+        "_client",
+        "_ended",
+        "_exchange",
+        "_failure",
+        "_head_request",
+        "_head_sent",
+        "_headers",
+        "_on_done",
+        "_out",
+        "_parser",
+        "_status",
+        "_until_close",
+        "_writable",
+        "_write_paused",
+        "address",
+        "closed",
+        "frames",
+        "relay_client",
+        "relay_pool",
+        "reusable",
+        "transport",
+        "upgraded",
+    )
+
     def __init__(self, address: str) -> None:
         self.address = address
         self.transport: asyncio.Transport | None = None
@@ -56,8 +82,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = True
         self.upgraded = False
         self.relay_client: HttpClient | None = None
-        #: Called once when a relayed (upgraded) connection ends: gives the pool slot back.
-        self.on_relay_end: Callable[[], None] | None = None
+        #: The pool a relayed (upgraded) connection goes back to, as broken, when the relay
+        #: ends: a slot rather than a callback object, ~200 bytes less per WebSocket.
+        self.relay_pool: Any = None
         self.frames = FrameTracker()
         #: Released (None) once the connection is a relay (`start_relay`).
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
@@ -90,11 +117,12 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        if self.relay_client is not None:
-            self.relay_client.close()
-        if self.on_relay_end is not None:
-            on_relay_end, self.on_relay_end = self.on_relay_end, None
-            on_relay_end()
+        client = self.relay_client
+        if client is not None:
+            client.close()
+        pool, self.relay_pool = self.relay_pool, None
+        if pool is not None and client is not None:
+            client.gateway.spawn(pool.putconn(self, error=ConnectionResetError("relay ended")))
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         if self._on_done is not None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import Counter
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
@@ -178,7 +179,9 @@ class GatewayZombieWatch:
                 tracker.busy(conn_id, idle_since)
             else:
                 values = segment_values(client, listener)
-                tracker.idle(conn_id, "/".join(values[k] for k in keys), idle_since)
+                # Interned: thousands of idle connections share a few segment names.
+                tracker.idle(conn_id, sys.intern("/".join(values[k] for k in keys)),
+                             idle_since)
         found: list[ZombieFinding] = []
         flagged = self.flagged
         for tracker in trackers.values():
