@@ -305,6 +305,12 @@ class HttpClient(asyncio.Protocol):
             rec.msgs_in = self.frames.messages if self.frames is not None else 0
             if self.relay_to is not None:
                 rec.msgs_out = self.relay_to.frames.messages
+            state = self.class_state
+            if state is not None:  # the CQI behind the last class, copied once, not per request
+                axes = state.axes
+                rec.cqi_business, rec.cqi_technical = axes.business, axes.technical
+                rec.cqi_user, rec.cqi_resource = axes.user, axes.resource
+                rec.cqi_score = state.score
             reason = "half_open" if lost else "draining" if self.draining else (
                 "reset" if exc else "client closed")
             recorder.end(rec, now, reason, failed=exc is not None)
@@ -860,12 +866,6 @@ class HttpClient(asyncio.Protocol):
         if rec.class_name and rec.class_name != ex.class_name:
             rec.class_changes += 1
         rec.class_name = ex.class_name
-        state = self.class_state
-        if state is not None:
-            axes = state.axes
-            rec.cqi_business, rec.cqi_technical = axes.business, axes.technical
-            rec.cqi_user, rec.cqi_resource = axes.user, axes.resource
-            rec.cqi_score = state.score
         if ex.degrade:
             rec.degradations += 1
 
