@@ -150,61 +150,68 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
     return int(lines[0].split()[1]), lowered, body
 
 
+async def slot_held(make_gateway: GatewayFactory, origin: HttpOrigin, ms: int,
+                    max_wait: float = 10.0) -> tuple[Gateway, int, asyncio.StreamReader,
+                                                      asyncio.StreamWriter]:
+    """A gateway with one slot, and a request holding it for `ms` ms: the gateway, its port,
+    and the holder's reader and writer."""
+    gateway = await make_gateway(**one_slot(origin, max_wait))
+    port = gateway.listeners["web"].address[1]
+    reader, writer = await raw_get(port, f"/slow?ms={ms}")
+    await until(lambda: gateway.groups["app"].scheduler.in_use == 1)
+    return gateway, port, reader, writer
+
+
+async def both_go_on(gateway: Gateway, holder: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                     client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                     queued: bool) -> None:
+    """The holder is answered (and then the client's `queued` request, sent once the slot
+    freed), the client's connection serves its next request at once, and both close with
+    nothing left behind."""
+    status, _, _ = await read_answer(holder[0])
+    assert status == 200
+    if queued:
+        status, _, body = await read_answer(client[0])
+        assert status == 200 and body
+    client[1].write(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, _ = await read_answer(client[0])
+    assert status == 200
+    for _, w in (client, holder):
+        w.close()
+    await until(lambda: not gateway.clients)
+    assert gateway.groups["app"].scheduler.in_use == 0
+
+
 async def test_a_queued_request_waits_without_a_task_and_is_sent_when_the_slot_frees(
         make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
-    gateway = await make_gateway(**one_slot(origin))
+    gateway, port, holder_reader, holder = await slot_held(make_gateway, origin, 300)
     group = gateway.groups["app"]
-    port = gateway.listeners["web"].address[1]
-    holder_reader, holder = await raw_get(port, "/slow?ms=300")
-    await until(lambda: group.scheduler.in_use == 1)
     reader, writer = await raw_get(port, "/fast")
     await until(lambda: group.scheduler.waiting == 1)
     [queued] = [c for c in gateway.clients.values()
                 if isinstance(c, HttpClient) and c.queued is not None]
     assert isinstance(queued, HttpClient) and queued.task is None
-    status, _, _ = await read_answer(holder_reader)
-    assert status == 200
-    status, _, body = await read_answer(reader)
-    assert status == 200 and body
+    # The holder's answer frees the slot; the queued request goes out and is answered.
+    await both_go_on(gateway, (holder_reader, holder), (reader, writer), queued=True)
     assert group.scheduler.waiting == 0
-    # The connection goes on: the next request on it is answered at once.
-    writer.write(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
-    status, _, _ = await read_answer(reader)
-    assert status == 200
-    for w in (writer, holder):
-        w.close()
-    await until(lambda: not gateway.clients)
-    assert group.scheduler.in_use == 0
 
 
 async def test_a_queued_request_past_its_max_wait_gets_503_and_the_connection_goes_on(
         make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
-    gateway = await make_gateway(**one_slot(origin, max_wait=0.2))
+    gateway, port, holder_reader, holder = await slot_held(make_gateway, origin, 1000,
+                                                           max_wait=0.2)
     group = gateway.groups["app"]
-    port = gateway.listeners["web"].address[1]
-    holder_reader, holder = await raw_get(port, "/slow?ms=1000")
-    await until(lambda: group.scheduler.in_use == 1)
     reader, writer = await raw_get(port, "/fast")
     status, headers, _ = await read_answer(reader)
     assert status == 503 and "retry-after" in headers
     assert group.scheduler.waiting == 0 and gateway.class_counters["shed", "interactive"] == 1
-    status, _, _ = await read_answer(holder_reader)
-    assert status == 200
-    writer.write(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
-    status, _, _ = await read_answer(reader)
-    assert status == 200
-    for w in (writer, holder):
-        w.close()
-    await until(lambda: not gateway.clients)
+    await both_go_on(gateway, (holder_reader, holder), (reader, writer), queued=False)
 
 
 async def test_a_client_that_leaves_while_queued_leaves_the_queue(
         make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
-    gateway = await make_gateway(**one_slot(origin))
+    gateway, port, holder_reader, holder = await slot_held(make_gateway, origin, 300)
     group = gateway.groups["app"]
-    port = gateway.listeners["web"].address[1]
-    holder_reader, holder = await raw_get(port, "/slow?ms=300")
-    await until(lambda: group.scheduler.in_use == 1)
     _, leaver = await raw_get(port, "/fast")
     await until(lambda: group.scheduler.waiting == 1)
     leaver.close()

@@ -581,11 +581,12 @@ class HttpClient(asyncio.Protocol):
 
     # -- serving ------------------------------------------------------------------------------
 
-    def _start(self, ex: Exchange) -> None:
-        """Answer `ex`, the head of the queue: from this callback when it can go straight to
-        an idle upstream connection, else in a task (see the module docstring)."""
+    def _start(self, ex: Exchange, granted: Group | None = None) -> None:
+        """Answer `ex`, the head of the queue (or, with `granted`, the queued head that group
+        just gave a slot): from this callback when it can go straight to an idle upstream
+        connection, else in a task (see the module docstring)."""
         try:
-            if self._forward_now(ex):
+            if self._forward_now(ex) if granted is None else self._dispatch(granted, ex):
                 return
         except Exception:
             log.exception("client %s: exchange failed", self.client_ip)
@@ -673,16 +674,7 @@ class HttpClient(asyncio.Protocol):
         ex.admitted = True
         if self.record is not None:
             self._record_start(self.record, ex)
-        try:
-            if self._dispatch(group, ex):
-                return
-        except Exception:
-            log.exception("client %s: exchange failed", self.client_ip)
-            self._settle(ex)
-            self.write(simple_response(502, "Bad Gateway", close=True))
-            self.close()
-            return
-        self.task = self.loop.create_task(self._serve(ex))
+        self._start(ex, group)
 
     def _refuse(self, ladder: DegradeLadder, ex: Exchange) -> None:
         """503 for `ex` (shed, timed out in the queue, displaced), then the next request
