@@ -44,7 +44,12 @@ class Route:
             return False
         if self.upgrade and not ex.upgrade:
             return False
-        return not self.headers or all(ex.header(name) == value for name, value in self.headers)
+        # A loop, not all() over a generator: this runs for every route tried per request.
+        header = ex.header
+        for name, value in self.headers:  # noqa: SIM110 (all() + generator: 1.07 vs 0.43 us)
+            if header(name) != value:
+                return False
+        return True
 
 
 class Router:
