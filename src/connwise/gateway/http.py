@@ -772,12 +772,7 @@ class HttpClient(asyncio.Protocol):
             group.release(ex.class_name)
         rec = self.record
         if rec is not None:
-            now = self.gateway.clock.now()
-            rec.unuse(now)
-            rec.phase("idle", now)
-            rec.status = ex.status or 502
-            if rec.status >= 500:
-                rec.errors += 1
+            rec.request_ended(self.gateway.clock.now(), ex.status or 502)
 
     def _ended(self, ex: Exchange) -> bool:
         """`ex` was answered: take it off the queue; True when the connection goes on."""
@@ -851,15 +846,9 @@ class HttpClient(asyncio.Protocol):
         finally:
             self._settle(ex)
 
+
     def _record_start(self, rec: ConnRecord, ex: Exchange) -> None:
-        now = self.gateway.clock.now()
-        rec.phase("active", now)
-        rec.use(now)  # counts the request
-        if rec.class_name and rec.class_name != ex.class_name:
-            rec.class_changes += 1
-        rec.class_name = ex.class_name
-        if ex.degrade:
-            rec.degradations += 1
+        rec.request_started(self.gateway.clock.now(), ex.class_name, ex.degrade > 0)
 
     async def _admit(self, group: Group, ex: Exchange) -> bool:
         """Admit `ex` through its group's ladder and scheduler; False once it was answered 503.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connwise.telemetry.record import (
     COLUMN,
@@ -114,3 +116,33 @@ def test_the_row_is_every_field_in_order_and_a_new_record_holds_the_defaults() -
     for i, name in enumerate(FIELD_NAMES):
         setattr(rec, name, i)
     assert rec.row() == tuple(range(len(FIELDS)))
+
+
+@given(first=st.sampled_from(["idle", "queued", "connecting"]),
+       steps=st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 5.0),
+                                st.sampled_from(["bulk", "interactive", "critical"]),
+                                st.booleans(), st.sampled_from([200, 404, 502, 503])),
+                      max_size=8))
+def test_request_started_and_ended_keep_the_books_of_the_steps_they_fuse(
+        first: str, steps: list[tuple[float, float, str, bool, int]]) -> None:
+    fused = ConnRecord("1", "client", "web", 0.0, phase=first)
+    stepwise = ConnRecord("1", "client", "web", 0.0, phase=first)
+    now = 0.0
+    for wait, serve, class_name, degraded, status in steps:
+        now += wait
+        fused.request_started(now, class_name, degraded)
+        stepwise.phase("active", now)
+        stepwise.use(now)
+        if stepwise.class_name and stepwise.class_name != class_name:
+            stepwise.class_changes += 1
+        stepwise.class_name = class_name
+        stepwise.degradations += degraded
+        now += serve
+        fused.request_ended(now, status)
+        stepwise.unuse(now)
+        stepwise.phase("idle", now)
+        stepwise.status = status
+        stepwise.errors += status >= 500
+    for rec in (fused, stepwise):
+        rec.finish(now + 1.0, "client closed")
+    assert fused.row() == stepwise.row()
