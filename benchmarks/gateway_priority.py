@@ -5,8 +5,10 @@ The origin (this file, `--role origin`, asyncio + uvloop + httptools in its own 
 that honours the signal), and answers `X-Degraded: 1` when it served the cheap version. The
 proxies in front hold at most 10 requests in flight to it (connwise: the group's
 `max_in_flight = 10`; HAProxy: `maxconn 10` on the server line); the origin also runs requests
-through a semaphore of 10 and reports the most it ever saw at once. Full-quality capacity is
-therefore 1,000 requests/s.
+through a semaphore of 10 and reports the most it ever saw at once, and `busy_share`: its
+service time over 10 slots x the span from the first service to the last, so what a proxy
+loses between the origin's answer and the next request shows as a share below 1. Full-quality
+capacity is therefore 1,000 requests/s.
 
 The load generator (this file, `--role load`, its own process so that its CPU is not the
 proxy's) is open-loop: it draws Poisson arrivals at 3x capacity (3,000/s) for 20 s (5 s with
@@ -84,6 +86,16 @@ class Origin:
         self.degraded = 0
         #: Service times actually delivered (from the request's end to the answer), seconds.
         self.service: dict[bool, list[float]] = {False: [], True: []}
+        #: When the first service began and the last ended (perf_counter; 0.0: none yet).
+        self.first_at = 0.0
+        self.last_at = 0.0
+
+    def busy_share(self) -> float | None:
+        """Share of the slots' time (CAPACITY x first start to last end) spent serving: what
+        the proxy in front wastes between the origin's answer and its next request."""
+        span = self.last_at - self.first_at
+        busy = sum(self.service[False]) + sum(self.service[True])
+        return round(busy / (CAPACITY * span), 4) if span > 0 else None
 
 
 class OriginConnection(asyncio.Protocol):
@@ -141,9 +153,11 @@ class OriginConnection(asyncio.Protocol):
                     "service_ms_p99": _ms(percentile(origin.service[False], 99)),
                     "degraded_service_ms_p50": _ms(percentile(origin.service[True], 50)),
                     "degraded_service_ms_p99": _ms(percentile(origin.service[True], 99)),
+                    "busy_share": origin.busy_share(),
                 }, allow_nan=True).encode()
                 origin.requests = origin.degraded = origin.max_concurrent = 0
                 origin.service = {False: [], True: []}
+                origin.first_at = origin.last_at = 0.0
                 self.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 continue
@@ -152,8 +166,10 @@ class OriginConnection(asyncio.Protocol):
             try:
                 async with origin.sem:
                     started = time.perf_counter()
+                    origin.first_at = origin.first_at or started
                     await asyncio.sleep(DEGRADED_S if degrade else SERVICE_S)
-                    origin.service[degrade].append(time.perf_counter() - started)
+                    origin.last_at = time.perf_counter()
+                    origin.service[degrade].append(origin.last_at - started)
             finally:
                 origin.concurrent -= 1
             origin.requests += 1
@@ -618,11 +634,11 @@ def main() -> None:
     table("load generator and proxies",
           ["contender", "achieved req/s", "lag p99 ms", "lag max ms", "proxy CPU s",
            "generator CPU s", "origin max in flight", "origin svc p50 ms",
-           "degraded svc p50 ms", "served (all)"],
+           "degraded svc p50 ms", "origin busy", "served (all)"],
           [[name, res["achieved_rate"], res["send_lag_p99_ms"], res["send_lag_max_ms"],
             res["proxy_cpu_s"], res["generator_cpu_s"], res["origin"]["max_concurrent"],
             res["origin"]["service_ms_p50"], res["origin"]["degraded_service_ms_p50"],
-            res["served_share"]] for name, res in results.items()])
+            res["origin"]["busy_share"], res["served_share"]] for name, res in results.items()])
     table("targets", ["check", "figure", "target", "met"], [list(c) for c in checks])
     payload = clean({
         "benchmark": NAME,
