@@ -7,6 +7,7 @@ Defaults work on a laptop; the non-obvious ones carry their precedent in a comme
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
+from connwise.telemetry.clientinfo import REGIONS_KEY, RegionTable
 
 
 def parse_address(value: str, key: str) -> tuple[str, int]:
@@ -26,6 +28,10 @@ def parse_address(value: str, key: str) -> tuple[str, int]:
         raise ConfigError(key, value, "an address is host:port with a port in 0..65535 "
                           "(0: any free port)", "write e.g. '127.0.0.1:8080'")
     return host, int(port)
+
+
+#: RFC 9110's token, what a header name is made of.
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class _Model(BaseModel):
@@ -174,6 +180,30 @@ class TelemetrySection(_Model):
     #: as every Nth shorter one ends (1: all, 0: none); the system call costs as much as the
     #: rest of a short connection's record.
     tcp_info_every: int = Field(8, ge=0)
+    #: A CIDR table file (`10.20.0.0/16 eu-west` per line) giving each client address its
+    #: record's `region`; read at start and at each reload.
+    regions: str | None = None
+    #: A request header naming the client's region (a CDN's viewer country); wins over the
+    #: table when a request carries it.
+    region_header: str | None = None
+    #: A request header naming the client's device; without it (or when a request lacks it) the
+    #: User-Agent is classified as desktop, mobile, tablet, bot or other.
+    device_header: str | None = None
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: str | None) -> str | None:
+        if value is not None:
+            RegionTable.from_file(value, key=REGIONS_KEY)  # a bad table fails the config
+        return value
+
+    @field_validator("region_header", "device_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not _HTTP_TOKEN.fullmatch(value):
+            raise ValueError("a header name is an HTTP token: ASCII letters, digits and "
+                             "!#$%&'*+-.^_`|~")
+        return value
 
 
 ZombieSegmentKey = Literal["listener", "kind", "class", "backend"]

@@ -556,6 +556,79 @@ async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory
     assert report.read_text().startswith("<!DOCTYPE html>")
 
 
+async def test_records_carry_the_region_and_device_of_their_client(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], tmp_path: Any) -> None:
+    from connwise.telemetry.record import FIELD_NAMES
+    from connwise.telemetry.stores import StoreSpec
+
+    store = tmp_path / "gw.db"
+    regions = tmp_path / "regions.txt"
+    regions.write_text("# the lab\n127.0.0.0/8 lab\n127.0.0.0/24 lab-rack-0\n")
+    config = web_config(origins)
+    config["listeners"].append({"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0",
+                                "group": "app"})
+    config["telemetry"] = {"store": str(store), "flush_interval": 0.05,
+                           "regions": str(regions), "region_header": "X-Region",
+                           "device_header": "X-Device"}
+    gateway = await make_gateway(**config)
+    iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) Mobile/15E148"
+    clients = [  # (headers of each request, region, device)
+        ({"User-Agent": iphone, "X-Region": "eu-west"}, "eu-west", "mobile"),
+        ({"User-Agent": iphone}, "lab-rack-0", "mobile"),
+        ({"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)", "X-Device": "Kiosk"}, "lab-rack-0",
+         "kiosk"),
+        ({"User-Agent": "curl/8.5.0", "X-Region": "r" * 500}, "r" * 64, "bot"),
+    ]
+    for headers, _, _ in clients:
+        async with httpx.AsyncClient(base_url=url(gateway), headers=headers) as client:
+            assert (await client.get("/fast")).status_code == 200
+            # Later requests do not move the segment of the connection's first.
+            assert (await client.get("/fast", headers={"X-Region": "elsewhere"})
+                    ).status_code == 200
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.5.0\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+    await asyncio.sleep(0.05)
+    await gateway.drain(1.0)
+    rows = [dict(zip(FIELD_NAMES, row, strict=True))
+            for chunk in StoreSpec.parse(str(store)).read() for row in chunk]
+    web = sorted((row for row in rows if row["source"] == "web"), key=lambda r: r["started_at"])
+    assert [(row["region"], row["device"]) for row in web] == [
+        (region, device) for _, region, device in clients]
+    assert all(row["requests"] == 2 for row in web)
+    [raw_row] = [row for row in rows if row["source"] == "raw"]
+    # A tcp listener reads no headers: the table's region, no device.
+    assert (raw_row["region"], raw_row["device"]) == ("lab-rack-0", "")
+
+
+async def test_a_reload_reads_the_region_table_again_or_is_refused_whole(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], tmp_path: Any) -> None:
+    first, second, gone = (tmp_path / f"{name}.txt" for name in ("first", "second", "gone"))
+    first.write_text("127.0.0.0/8 first\n")
+    second.write_text("127.0.0.0/8 second\n")
+    gone.write_text("127.0.0.0/8 gone\n")
+    config = web_config(origins[:1])
+    config["telemetry"] = {"regions": str(first)}
+    gateway = await make_gateway(**config)
+    assert gateway.segments.region_of_address("127.0.0.1") == "first"
+    config["listeners"][0]["bind"] = gateway.config.listeners[0].bind
+    config["telemetry"] = {"regions": str(second)}
+    await gateway.reload(load_gateway_config(config))
+    assert gateway.segments.region_of_address("127.0.0.1") == "second"
+    config["telemetry"] = {"regions": str(gone)}
+    config["groups"]["app"]["backends"] = [origins[1].address]
+    valid = load_gateway_config(config)
+    gone.unlink()  # between validation and the reload: the reload must refuse, not half-apply
+    with pytest.raises(ConfigError, match=r"telemetry\.regions = .*cannot be read"):
+        await gateway.reload(valid)
+    assert gateway.segments.region_of_address("127.0.0.1") == "second"
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/fast")).headers["x-origin"] == "o0"
+
+
 async def test_hash_affinity_keeps_a_cookie_on_one_backend(make_gateway: GatewayFactory,
                                                            origins: list[HttpOrigin]) -> None:
     config = web_config(origins)

@@ -267,8 +267,10 @@ class HttpClient(asyncio.Protocol):
             return
         recorder = self.gateway.recorder
         if recorder is not None:
-            self.record = recorder.begin_client(str(self.conn_id), self.listener.config.name,
-                                                self.opened_at, "idle", self.client_ip)
+            rec = self.record = recorder.begin_client(
+                str(self.conn_id), self.listener.config.name, self.opened_at, "idle",
+                self.client_ip)
+            rec.region = self.gateway.segments.region_of_address(self.client_ip)
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -682,10 +684,7 @@ class HttpClient(asyncio.Protocol):
         self.queued = None
         self.gateway.count_class("shed", ex.class_name)
         self._unavailable(ladder, ex)
-        rec = self.record
-        if rec is not None:
-            rec.requests += 1
-            rec.status = 503
+        self._record_refused(ex)
         if self._ended(ex):
             self._next()
 
@@ -832,10 +831,7 @@ class HttpClient(asyncio.Protocol):
             ex.class_name = gateway.classify(route, ex, self)
         if not ex.admitted:
             if not await self._admit(group, ex):
-                rec = self.record
-                if rec is not None:
-                    rec.requests += 1
-                    rec.status = 503
+                self._record_refused(ex)
                 await self._discard_body(ex)
                 return
             ex.admitted = True
@@ -848,7 +844,18 @@ class HttpClient(asyncio.Protocol):
 
 
     def _record_start(self, rec: ConnRecord, ex: Exchange) -> None:
+        if not rec.device:  # the first request says who the client is
+            self.gateway.segments.fill(rec, ex.headers)
         rec.request_started(self.gateway.clock.now(), ex.class_name, ex.degrade > 0)
+
+    def _record_refused(self, ex: Exchange) -> None:
+        """`ex` was answered 503 by admission: it counts as a request of the record."""
+        rec = self.record
+        if rec is not None:
+            if not rec.device:
+                self.gateway.segments.fill(rec, ex.headers)
+            rec.requests += 1
+            rec.status = 503
 
     async def _admit(self, group: Group, ex: Exchange) -> bool:
         """Admit `ex` through its group's ladder and scheduler; False once it was answered 503.

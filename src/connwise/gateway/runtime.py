@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from connwise.config import GatewayConfig, ListenerConfig, parse_address
+from connwise.config import GatewayConfig, ListenerConfig, TelemetrySection, parse_address
 from connwise.core.clock import Clock, MonotonicClock
 from connwise.core.cqi import ClassChange, ClassState, CqiConfig, CqiPolicy
 from connwise.core.escalation import (
@@ -37,6 +37,7 @@ from connwise.gateway.routing import Route, Router, build_routers
 from connwise.gateway.tcp import TcpClient
 from connwise.gateway.upstreams import Group
 from connwise.gateway.zombies import GatewayZombieWatch
+from connwise.telemetry.clientinfo import ClientSegments
 from connwise.telemetry.recorder import Recorder
 from connwise.telemetry.stores import StoreSpec
 from connwise.telemetry.tcpinfo import TcpInfoSampler
@@ -113,6 +114,8 @@ class Gateway:
         self.recorder: Recorder | None = None
         #: Which ending client connections read TCP_INFO into their record.
         self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
+        #: Where a client record's region and device come from.
+        self.segments = client_segments(config.telemetry)
         self._writer: RecordWriter | None = None
         self.counters: Counter[str] = Counter()
         self.class_counters: Counter[tuple[str, str]] = Counter()
@@ -401,9 +404,12 @@ class Gateway:
         if old != new:
             raise ConfigError("listeners", sorted(new.items()), "a reload cannot add, remove or "
                               "move listeners", "restart the gateway to change listeners")
+        segments = client_segments(config.telemetry)  # reads the table: may refuse
         self.classes = config.class_table()
         self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
+        self.segments = segments
+        self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
         groups = self._build_groups(config)
         for group in groups.values():
             await group.open()
@@ -430,6 +436,12 @@ class Gateway:
                 "groups": {name: g.snapshot() for name, g in self.groups.items()},
                 "zombies": self.zombies.stats()}
 
+
+
+def client_segments(section: TelemetrySection) -> ClientSegments:
+    """The region and device sources of `[telemetry]` (reads the CIDR table file)."""
+    return ClientSegments.from_settings(section.regions, section.region_header,
+                                        section.device_header)
 
 
 def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | None:

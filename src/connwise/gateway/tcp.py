@@ -84,6 +84,7 @@ class TcpClient(RelayHalf):
                 str(self.conn_id), self.listener.config.name, self.opened_at, "queued",
                 self.client_ip)
             rec.class_name = self.class_name
+            rec.region = gateway.segments.region_of_address(self.client_ip)
         if self.listener.config.sni:
             return  # wait for the ClientHello in data_received
         self._route(self.listener.config.group)

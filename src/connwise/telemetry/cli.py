@@ -147,7 +147,7 @@ def _run_ingest(parser: LineParser, files: list[Path], store: str, progress: boo
 
 
 def _regions(path: Path | None) -> RegionTable | None:
-    return RegionTable.from_file(path) if path is not None else None
+    return RegionTable.from_file(path, key="--regions") if path is not None else None
 
 
 FilesArgument = Annotated[list[Path], typer.Argument(help="Log files (.gz too).")]

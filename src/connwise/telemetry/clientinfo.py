@@ -4,6 +4,12 @@ Both are asked once per connection (or per log line), so both are cached: logs a
 repeat a few thousand user agents and addresses over and over. The caches are bounded and simply
 start over when full, which costs a few misses and never memory.
 
+`ClientSegments` is the gateway's side: `[telemetry] regions`, `region_header` and
+`device_header` say where a client connection's region and device come from, and each record
+gets them once, the region from the table as the connection opens and the headers at its first
+request. Header values come from clients: they are cut to `MAX_SEGMENT` characters, so a
+hostile client cannot make a record carry a large value.
+
 A CIDR table file has one `network region` pair per line (`10.20.0.0/16 eu-west`), `#`
 comments and blank lines; the most specific network that holds an address wins.
 """
@@ -11,12 +17,24 @@ comments and blank lines; the most specific network that holds an address wins.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connwise.errors import ConfigError
 
+if TYPE_CHECKING:
+    from connwise.telemetry.record import ConnRecord
+
 #: Entries kept per cache before it starts over.
 CACHE_LIMIT = 65_536
+#: The config key of the gateway's CIDR table, which its errors name.
+REGIONS_KEY = "telemetry.regions"
+#: Longest User-Agent cached (real ones are 100-300 characters): a client sending long
+#: random agents must not fill the cache with kilobytes each.
+MAX_CACHED_AGENT = 512
+#: Characters kept of a region or device named by a client's header.
+MAX_SEGMENT = 64
 
 _BOTS = ("bot", "crawl", "spider", "slurp", "curl/", "wget/", "python-requests", "httpclient",
          "go-http-client", "okhttp/", "java/", "monitor", "probe", "headless")
@@ -46,9 +64,10 @@ def device_of(user_agent: str) -> str:
         device = "desktop"
     else:
         device = "other"
-    if len(_device_cache) >= CACHE_LIMIT:
-        _device_cache.clear()
-    _device_cache[user_agent] = device
+    if len(user_agent) <= MAX_CACHED_AGENT:
+        if len(_device_cache) >= CACHE_LIMIT:
+            _device_cache.clear()
+        _device_cache[user_agent] = device
     return device
 
 
@@ -64,12 +83,14 @@ class RegionTable:
             self.add(cidr, region, where=f"{source} entry {number}")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> RegionTable:
+    def from_file(cls, path: str | Path, *, key: str = "regions") -> RegionTable:
+        """The table in file `path`; errors name `key` (the option or config key that gave
+        the path) and the file's line."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError("regions", str(path), f"the CIDR table cannot be read "
+            raise ConfigError(key, str(path), f"the CIDR table cannot be read "
                               f"({exc.strerror or exc})", "check the path") from exc
         table = cls(source=str(path))
         for number, text_line in enumerate(text.splitlines(), start=1):
@@ -78,17 +99,18 @@ class RegionTable:
                 continue
             parts = line.split()
             if len(parts) != 2:
-                raise ConfigError(f"regions ({path}:{number})", line, "a line must hold a "
+                raise ConfigError(f"{key} ({path}:{number})", line, "a line must hold a "
                                   "network and a region", "write e.g. '10.20.0.0/16 eu-west'")
-            table.add(parts[0], parts[1], where=f"{path}:{number}")
+            table.add(parts[0], parts[1], where=f"{path}:{number}", key=key)
         return table
 
-    def add(self, cidr: str, region: str, *, where: str = "regions") -> None:
+    def add(self, cidr: str, region: str, *, where: str = "regions", key: str = "regions") -> None:
         try:
             net = ipaddress.ip_network(cidr, strict=False)
         except ValueError as exc:
-            raise ConfigError(f"regions ({where})", cidr, f"not a network ({exc})",
+            raise ConfigError(f"{key} ({where})", cidr, f"not a network ({exc})",
                               "write a CIDR such as '10.20.0.0/16' or '2001:db8::/32'") from exc
+
         host_bits = net.max_prefixlen - net.prefixlen
         by_len = self._nets[net.version].setdefault(net.prefixlen, {})
         by_len[int(net.network_address) >> host_bits] = region
@@ -120,3 +142,58 @@ class RegionTable:
             self._cache.clear()
         self._cache[address] = region
         return region
+
+
+class ClientSegments:
+    """Where a gateway client connection's `region` and `device` come from.
+
+    The region: `region_header` when the request carries it (a CDN's or load balancer's viewer
+    country, say), else the most specific network of the `regions` table that holds the client's
+    address, else "". The device: `device_header`'s value when the request carries it (a client
+    hint, an app's own header), else the class of the User-Agent (`device_of`), "other" without
+    one. A `tcp` listener has no headers: its records get the table's region only.
+    """
+
+    __slots__ = ("_device_header", "_region_header", "regions")
+
+    def __init__(self, regions: RegionTable | None = None, *, region_header: str | None = None,
+                 device_header: str | None = None) -> None:
+        self.regions = regions
+        self._region_header = region_header.lower().encode("latin-1") if region_header else None
+        self._device_header = device_header.lower().encode("latin-1") if device_header else None
+
+    @classmethod
+    def from_settings(cls, regions: str | None, region_header: str | None,
+                      device_header: str | None) -> ClientSegments:
+        """From the `[telemetry]` keys; reads the table file (ConfigError if it is bad)."""
+        table = RegionTable.from_file(regions, key=REGIONS_KEY) if regions else None
+        return cls(table, region_header=region_header, device_header=device_header)
+
+    def region_of_address(self, address: str) -> str:
+        """The table's region of `address`; "" without a table."""
+        regions = self.regions
+        return regions.region_of(address) if regions is not None else ""
+
+    def fill(self, rec: ConnRecord, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """Set `rec.region` and `rec.device` from the first request's `headers` (raw names
+        and values, as parsed); the region from the address stays where no header names one."""
+        region_header = self._region_header
+        device_header = self._device_header
+        user_agent = b""
+        device = b""
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"user-agent":
+                user_agent = value
+            elif lower == device_header and value:
+                device = value
+            elif lower == region_header and value:
+                rec.region = _segment(value)
+        if device:
+            rec.device = _segment(device).lower()
+        else:
+            rec.device = device_of(user_agent.decode("latin-1"))
+
+
+def _segment(value: bytes) -> str:
+    return value[:MAX_SEGMENT].decode("latin-1").strip()

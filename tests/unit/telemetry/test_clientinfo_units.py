@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from connwise.errors import ConfigError
-from connwise.telemetry.clientinfo import RegionTable, device_of
+from connwise.telemetry import clientinfo
+from connwise.telemetry.clientinfo import ClientSegments, RegionTable, device_of
+from connwise.telemetry.record import ConnRecord
 from connwise.telemetry.units import parse_duration, parse_size, parse_time
 
 
@@ -51,6 +53,62 @@ def test_region_table_file_errors_name_file_and_line(tmp_path: Path) -> None:
         RegionTable.from_file(path)
     with pytest.raises(ConfigError, match="cannot be read"):
         RegionTable.from_file(tmp_path / "missing.txt")
+
+
+def _filled(segments: ClientSegments, address: str,
+            headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
+    rec = ConnRecord("1", "client", "web", 0.0)
+    rec.region = segments.region_of_address(address)
+    segments.fill(rec, headers)
+    return rec.region, rec.device
+
+
+def test_client_segments_header_first_then_table_then_user_agent() -> None:
+    segments = ClientSegments(RegionTable([("10.20.0.0/16", "eu-west")]),
+                              region_header="CloudFront-Viewer-Country",
+                              device_header="X-Device")
+    ua = (b"User-Agent", b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) Mobile")
+    # Header names match in any case; the header's region wins over the table's.
+    assert _filled(segments, "10.20.1.1", [ua, (b"cloudfront-viewer-country", b"DE")]) == (
+        "DE", "mobile")
+    assert _filled(segments, "10.20.1.1", [ua]) == ("eu-west", "mobile")
+    assert _filled(segments, "192.0.2.1", [ua]) == ("", "mobile")
+    # The device header wins over the User-Agent; its value is lower-cased.
+    assert _filled(segments, "10.20.1.1", [ua, (b"X-DEVICE", b"SmartTV")]) == (
+        "eu-west", "smarttv")
+    # Empty headers name nothing; without a User-Agent the device is "other".
+    assert _filled(segments, "10.20.1.1", [(b"x-device", b""),
+                                           (b"CloudFront-Viewer-Country", b"")]) == (
+        "eu-west", "other")
+
+
+def test_client_segments_cut_what_a_client_sends_and_work_without_settings() -> None:
+    segments = ClientSegments(region_header="X-Region", device_header="X-Device")
+    region, device = _filled(segments, "10.0.0.1", [(b"X-Region", b"r" * 10_000),
+                                                    (b"X-Device", b"D" * 10_000)])
+    assert region == "r" * clientinfo.MAX_SEGMENT and device == "d" * clientinfo.MAX_SEGMENT
+    bare = ClientSegments()
+    assert bare.regions is None
+    assert _filled(bare, "10.0.0.1", [(b"X-Region", b"x"), (b"User-Agent", b"curl/8")]) == (
+        "", "bot")
+
+
+def test_long_user_agents_are_classified_but_not_cached() -> None:
+    long_agent = "Mozilla/5.0 (iPhone) Mobile " + "x" * clientinfo.MAX_CACHED_AGENT
+    assert device_of(long_agent) == "mobile"
+    assert long_agent not in clientinfo._device_cache
+    assert device_of("Mozilla/5.0 (iPad)") == "tablet"
+    assert "Mozilla/5.0 (iPad)" in clientinfo._device_cache
+
+
+def test_client_segments_from_settings_read_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "regions.txt"
+    path.write_text("10.0.0.0/8 internal\n")
+    segments = ClientSegments.from_settings(str(path), None, None)
+    assert segments.region_of_address("10.9.9.9") == "internal"
+    assert ClientSegments.from_settings(None, None, None).region_of_address("10.9.9.9") == ""
+    with pytest.raises(ConfigError, match="cannot be read"):
+        ClientSegments.from_settings(str(tmp_path / "missing.txt"), None, None)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
