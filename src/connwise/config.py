@@ -180,6 +180,9 @@ class TelemetrySection(_Model):
     #: as every Nth shorter one ends (1: all, 0: none); the system call costs as much as the
     #: rest of a short connection's record.
     tcp_info_every: int = Field(8, ge=0)
+    #: Record the gateway's keep-alive connections to its backends too (`kind = upstream`),
+    #: not only client connections.
+    upstream_records: bool = True
     #: A CIDR table file (`10.20.0.0/16 eu-west` per line) giving each client address its
     #: record's `region`; read at start and at each reload.
     regions: str | None = None

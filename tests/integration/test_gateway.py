@@ -538,14 +538,31 @@ async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory
     await gateway.drain(1.0)
     rows = [dict(zip(FIELD_NAMES, row, strict=True))
             for chunk in StoreSpec.parse(str(store)).read() for row in chunk]
-    by_source = {row["source"]: row for row in rows}
+    by_source = {row["source"]: row for row in rows if row["kind"] == "client"}
     assert set(by_source) == {"web", "raw"}
     web = by_source["web"]
     assert web["kind"] == "client" and web["requests"] == 3 and web["status"] == 200
     assert web["class_name"] == "interactive" and web["cqi_score"] is not None
     assert web["bytes_out"] > 0 and web["backend"] in {o.address for o in origins}
+    assert 0 < web["first_byte_s"] < 5 and web["queued_s"] == 0.0
+    # The pools start cold (warm_target 0): the first request waited for a connect.
+    assert 0 < web["upstream_connect_s"] < 5
     raw_row = by_source["raw"]
     assert raw_row["bytes_in"] > 0 and raw_row["upstream_connect_s"] is not None
+    # The http listener's upstream keep-alive connections are records of their own.
+    upstream = [row for row in rows if row["kind"] == "upstream"]
+    assert upstream and {row["source"] for row in upstream} == {"app"}
+    assert sum(row["requests"] for row in upstream) == 3
+    assert {row["backend"] for row in upstream} <= {o.address for o in origins}
+    for row in upstream:
+        assert row["final_state"] == "closed" and row["close_reason"] == "gateway closed"
+        assert row["upstream_connect_s"] > 0 and row["bytes_out"] > 0
+        if row["requests"]:
+            assert row["bytes_in"] > 0 and row["first_byte_s"] > 0 and row["active_s"] > 0
+        lifetime = row["ended_at"] - row["started_at"]
+        phases = sum(row[f"{p}_s"] for p in ("queued", "connecting", "active", "idle",
+                                              "draining"))
+        assert abs(lifetime - phases) < 1e-6
     report = tmp_path / "report.html"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "connwise", "assess", "--store", str(store), "--html", str(report),

@@ -659,6 +659,8 @@ class HttpClient(asyncio.Protocol):
             self._refuse(ladder, ex)
             return
         gateway.count_class("queued", class_name)
+        if self.record is not None:
+            self.record.phase("queued", now)
         self.queued = grant
         grant.timer = self.loop.call_at(self.loop.time() + grant.waiter.deadline - now,
                                         grant.expire)
@@ -854,6 +856,8 @@ class HttpClient(asyncio.Protocol):
         if rec is not None:
             if not rec.device:
                 self.gateway.segments.fill(rec, ex.headers)
+            if rec.current_phase == "queued":  # its wait ended in the refusal
+                rec.phase("idle", self.gateway.clock.now())
             rec.requests += 1
             rec.status = 503
 
@@ -888,6 +892,8 @@ class HttpClient(asyncio.Protocol):
             self._unavailable(ladder, ex)
             return False
         gateway.count_class("queued", class_name)
+        if self.record is not None:
+            self.record.phase("queued", now)
         for victim in scheduler.take_displaced():
             gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()

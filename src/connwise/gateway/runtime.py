@@ -126,6 +126,11 @@ class Gateway:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def _upstream_recorder(self, config: GatewayConfig) -> Recorder | None:
+        """The recorder of upstream connections: the gateway's, unless `config` turns them
+        off."""
+        return self.recorder if config.telemetry.upstream_records else None
+
     def _build_groups(self, config: GatewayConfig) -> dict[str, Group]:
         return {name: Group(name, group, self.classes, self.clock.now)
                 for name, group in config.groups.items()}
@@ -242,7 +247,7 @@ class Gateway:
             self.recorder = Recorder.for_clock(self.clock, self._writer.submit,
                                                node=self.config.node_id)
         for group in self.groups.values():
-            await group.open()
+            await group.open(self._upstream_recorder(self.config), self.clock)
         self.spawn(self._ticker())
         self.spawn(self._health_checks())
         self.zombies.start()
@@ -412,7 +417,7 @@ class Gateway:
         self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
         groups = self._build_groups(config)
         for group in groups.values():
-            await group.open()
+            await group.open(self._upstream_recorder(config), self.clock)
         retired, self.groups = self.groups, groups
         self.routers = build_routers(config)
         for group in retired.values():

@@ -7,6 +7,13 @@ response with httptools and streams it to the client with the client's own frami
 back to its backend's pool if both sides allow keep-alive. A `101` answer turns it into a
 byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check and close these connections.
 
+With telemetry on, each upstream connection is one record (`kind = upstream`, source the group,
+`backend` the backend): from its connect (a failed connect is a failed record) to its close,
+its requests with their active and idle time, bytes each way (`bytes_in` what the backend
+sent), the first answer's latency. It also tells the client's record what the client waited
+for: the connect of a fresh connection (`upstream_connect_s`) and the first answer byte
+(`first_byte_s`).
+
 An exchange ends through one callback, `on_done(upstream, failure)`, called once from the
 protocol callbacks, after what the last chunk produced for the client was written: `begin`
 serves a bodiless request without a task (the client's callback carries on from there), and
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -27,7 +35,10 @@ from connwise.errors import BackendUnavailable, ConnectionBroken
 from connwise.gateway.wsframes import FrameTracker
 
 if TYPE_CHECKING:
+    from connwise.core.clock import Clock
     from connwise.gateway.http import Exchange, HttpClient
+    from connwise.telemetry.record import ConnRecord
+    from connwise.telemetry.recorder import Recorder
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade", b"proxy-authenticate",
@@ -46,15 +57,43 @@ class UpstreamFailed(Exception):
 OnDone: TypeAlias = "Callable[[UpstreamConnection, UpstreamFailed | None], None]"
 
 
+#: Upstream record ids, unique in the process (a group's backends share its source).
+_upstream_ids = itertools.count(1)
+
+
+class UpstreamRecording:
+    """What an upstream connection's record needs: the recorder, its clock, the names."""
+
+    __slots__ = ("backend", "clock", "recorder", "source")
+
+    def __init__(self, recorder: Recorder, clock: Clock, source: str, backend: str) -> None:
+        self.recorder = recorder
+        self.clock = clock
+        self.source = source
+        self.backend = backend
+
+    def begin(self, started: float) -> ConnRecord:
+        return self.recorder.begin(str(next(_upstream_ids)), "upstream", self.source, started,
+                                   backend=self.backend)
+
+    def failed(self, started: float, reason: str) -> None:
+        """A connect that began at `started` failed: a record of its own, with the error."""
+        rec = self.begin(started)
+        rec.errors = 1
+        self.recorder.end(rec, self.clock.now(), reason, failed=True)
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a backend; see the module docstring."""
 
     __slots__ = (
         "_chunked_out",
         "_client",
+        "_close_reason",
         "_ended",
         "_exchange",
         "_failure",
+        "_fresh",
         "_head_request",
         "_head_sent",
         "_headers",
@@ -67,7 +106,11 @@ class UpstreamConnection(asyncio.Protocol):
         "_write_paused",
         "address",
         "closed",
+        "connect_s",
+        "connected_at",
         "frames",
+        "record",
+        "recording",
         "relay_client",
         "relay_pool",
         "reusable",
@@ -107,6 +150,14 @@ class UpstreamConnection(asyncio.Protocol):
         #: While a chunk from the backend is parsed, what it produces for the client is
         #: collected here and written once (one writev, not one send per head and body).
         self._out: list[bytes] | None = None
+        #: With telemetry (set by the driver): this connection's record, and when and how
+        #: long it connected, for the record of the first client it serves.
+        self.recording: UpstreamRecording | None = None
+        self.record: ConnRecord | None = None
+        self.connected_at = 0.0
+        self.connect_s = 0.0
+        self._fresh = True
+        self._close_reason = ""
 
     # -- transport ----------------------------------------------------------------------------
 
@@ -117,6 +168,16 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        rec, recording = self.record, self.recording
+        if rec is not None and recording is not None:
+            self.record = None
+            if self.upgraded:
+                rec.msgs_in = self.frames.messages
+            now = recording.clock.now()
+            if self._on_done is not None:
+                rec.request_ended(now, self._status or 502)
+            reason = self._close_reason or ("reset" if exc else "backend closed")
+            recording.recorder.end(rec, now, reason, failed=exc is not None)
         client = self.relay_client
         if client is not None:
             client.close()
@@ -146,17 +207,25 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+            if self.record is not None:
+                self.record.bytes_out += len(data)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._close_reason = self._close_reason or "gateway closed"
             self.transport.close()
 
     def start_relay(self, client: HttpClient) -> None:
         """After a 101: relay bytes to and from `client`; the response parser is freed."""
         self.relay_client = client
         self._parser = None
+        rec, recording = self.record, self.recording
+        if rec is not None and recording is not None:
+            rec.phase("active", recording.clock.now())  # relaying is this connection's use
 
     def data_received(self, data: bytes) -> None:
+        if self.record is not None:
+            self.record.bytes_in += len(data)
         client = self.relay_client
         if client is not None:
             self.frames.feed(data)
@@ -219,7 +288,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._head_request = ex.method == b"HEAD"
         client.active_upstream = self
+        recording = self.recording
+        if recording is not None:
+            self._record_begin(recording, ex, client)
         self.write(self._request_head(ex, client, via, forwarded_proto))
+
+    def _record_begin(self, recording: UpstreamRecording, ex: Exchange,
+                      client: HttpClient) -> None:
+        now = recording.clock.now()
+        rec = self.record
+        if rec is not None:
+            rec.request_started(now, ex.class_name, ex.degrade > 0)
+        if self._fresh:
+            self._fresh = False
+            client_rec = client.record
+            if client_rec is not None:
+                client_rec.upstream_connected(self.connected_at, self.connect_s)
 
     async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
                        forwarded_proto: bytes, retryable: bool,
@@ -243,6 +327,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         """Forget the current exchange without reporting its end (its client is gone)."""
+        rec, recording = self.record, self.recording
+        if rec is not None and recording is not None and self._on_done is not None:
+            rec.request_ended(recording.clock.now(), self._status or 502)
         if self._client is not None:
             self._client.active_upstream = None
         self._client = None
@@ -319,6 +406,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         status = parser.get_status_code()
         self._status = status
+        recording = self.recording
+        if recording is not None:
+            self._record_first_byte(recording, client)
         if 100 <= status < 200 and status != 101:
             self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
             return
@@ -365,6 +455,16 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._head_request:
             self._parser = httptools.HttpResponseParser(self)
             self._complete()
+
+    def _record_first_byte(self, recording: UpstreamRecording, client: HttpClient) -> None:
+        rec, client_rec = self.record, client.record
+        if (rec is not None and rec.first_byte_s is None) or (
+                client_rec is not None and client_rec.first_byte_s is None):
+            now = recording.clock.now()
+            if rec is not None:
+                rec.first_byte(now)
+            if client_rec is not None:
+                client_rec.first_byte(now)
 
     def on_body(self, body: bytes) -> None:
         client = self._client
@@ -433,19 +533,37 @@ class UpstreamDriver:
 
     name = "http-upstream"
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, recording: UpstreamRecording | None = None) -> None:
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
+        #: Set when telemetry is on: every connection (and failed connect) is a record.
+        self.recording = recording
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
+        recording = self.recording
+        started = recording.clock.now() if recording is not None else 0.0
         try:
             _, protocol = await loop.create_connection(
                 lambda: UpstreamConnection(self.address), self.host, self.port)
         except OSError as exc:
-            raise BackendUnavailable(f"could not connect to backend {self.address}: "
-                                     f"{exc.strerror or exc}") from exc
+            reason = f"could not connect to backend {self.address}: {exc.strerror or exc}"
+            if recording is not None:
+                recording.failed(started, reason)
+            raise BackendUnavailable(reason) from exc
+        except asyncio.CancelledError:  # the pool's connect timeout, or shutdown
+            if recording is not None:
+                recording.failed(started, "connect cancelled (timed out, or the pool closed)")
+            raise
+        if recording is not None:
+            now = recording.clock.now()
+            protocol.recording = recording
+            protocol.connected_at = now
+            protocol.connect_s = now - started
+            rec = protocol.record = recording.begin(started)
+            rec.upstream_connect_s = protocol.connect_s
+            rec.phase("idle", now)
         return protocol
 
     async def check(self, conn: UpstreamConnection) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connwise.config import GroupConfig, parse_address
 from connwise.core.affinity import BoundedLoadRing
@@ -22,8 +22,16 @@ from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
 from connwise.core.health import BackendHealth, HealthConfig, HealthGroup
 from connwise.core.scheduler import Scheduler
-from connwise.gateway.upstream_http import UpstreamConnection, UpstreamDriver
+from connwise.gateway.upstream_http import (
+    UpstreamConnection,
+    UpstreamDriver,
+    UpstreamRecording,
+)
 from connwise.pool.pool import Pool
+
+if TYPE_CHECKING:
+    from connwise.core.clock import Clock
+    from connwise.telemetry.recorder import Recorder
 
 #: Upstream keep-alive pools serve one class: admission by class happened at the group.
 UPSTREAM_CLASSES = ClassTable([PriorityClass("any", rank=0, max_wait=60.0)])
@@ -99,12 +107,17 @@ class Group:
 
     # -- upstream pools -----------------------------------------------------------------------
 
-    async def open(self) -> None:
-        """Open a keep-alive pool per backend, warming `warm_target` connections in each."""
+    async def open(self, recorder: Recorder | None = None, clock: Clock | None = None) -> None:
+        """Open a keep-alive pool per backend, warming `warm_target` connections in each; with
+        a `recorder` (and the `clock` its times are read on), every upstream connection is
+        recorded."""
         config = self.config
         for backend in self.backends:
+            recording = (UpstreamRecording(recorder, clock, self.name, backend.name)
+                         if recorder is not None and clock is not None else None)
             pool: Pool[UpstreamConnection] = Pool(
-                UpstreamDriver(backend.host, backend.port), name=f"{self.name}/{backend.name}",
+                UpstreamDriver(backend.host, backend.port, recording),
+                name=f"{self.name}/{backend.name}",
                 min_size=0, max_size=config.max_in_flight, classes=UPSTREAM_CLASSES,
                 default_class="any", max_lifetime=None, idle_timeout=60.0, leak_threshold=None,
                 check_interval=30.0, connect_timeout=config.connect_timeout,

@@ -83,8 +83,10 @@ FIELDS: tuple[Field, ...] = (
     _f("errors", "int", "count", "Errors seen: connect or check failures, breaks, 5xx, aborts.",
        default=0),
     _f("status", "int", "", "HTTP status of a request record."),
-    _f("first_byte_s", "real", "s", "Latency to the first response byte."),
-    _f("upstream_connect_s", "real", "s", "Time to connect to the upstream (gateway, HAProxy Tc, "
+    _f("first_byte_s", "real", "s", "Latency to the first response byte (gateway: of the "
+       "connection's first answered request, from its admission)."),
+    _f("upstream_connect_s", "real", "s", "Time to connect to the upstream (gateway client: the "
+       "longest connect a request waited for, NULL if all found a warm connection; HAProxy Tc, "
        "nginx `$upstream_connect_time`)."),
     _f("rtt_ms", "real", "ms", "Smoothed RTT from TCP_INFO, last sample (Linux)."),
     _f("retransmits", "int", "count", "Total retransmitted segments from TCP_INFO (Linux)."),
@@ -269,6 +271,24 @@ class ConnRecord:
         self.status = status
         if status >= 500:
             self.errors += 1
+
+    def first_byte(self, now: float) -> None:
+        """The answer to the request in hand began at `now`: the first such answer of the
+        connection sets `first_byte_s`, counted from the request's admission."""
+        held_at = self._held_at
+        if self.first_byte_s is None and held_at is not None:
+            self.first_byte_s = now - held_at
+
+    def upstream_connected(self, connected_at: float, connect_s: float) -> None:
+        """The request in hand goes to an upstream connection that finished connecting at
+        `connected_at` after `connect_s`: if that was after the request's admission, the
+        request waited for the connect, and `upstream_connect_s` keeps the longest such wait
+        (None when every request found a warm connection)."""
+        held_at = self._held_at
+        if held_at is not None and connected_at >= held_at:
+            current = self.upstream_connect_s
+            if current is None or connect_s > current:
+                self.upstream_connect_s = connect_s
 
     def finish(self, now: float, reason: str, *, failed: bool = False) -> None:
         """Close the books at `now`: the last phase, the tail of idleness, the outcome. A

@@ -146,3 +146,30 @@ def test_request_started_and_ended_keep_the_books_of_the_steps_they_fuse(
     for rec in (fused, stepwise):
         rec.finish(now + 1.0, "client closed")
     assert fused.row() == stepwise.row()
+
+
+def test_first_byte_is_the_first_answered_request_s_from_its_admission() -> None:
+    rec = ConnRecord("1", "client", "web", 0.0, phase="idle")
+    rec.first_byte(0.5)  # no request in hand: nothing to measure from
+    assert rec.first_byte_s is None
+    rec.request_started(1.0, "interactive", False)
+    rec.first_byte(1.25)
+    rec.request_ended(1.5, 200)
+    rec.request_started(2.0, "interactive", False)
+    rec.first_byte(4.0)  # a later, slower answer does not replace the first
+    assert rec.first_byte_s == pytest.approx(0.25)
+
+
+def test_upstream_connect_counts_only_connects_a_request_waited_for() -> None:
+    rec = ConnRecord("1", "client", "web", 0.0, phase="idle")
+    rec.request_started(1.0, "interactive", False)
+    rec.upstream_connected(0.5, 0.01)  # warmed before the request came: no wait
+    assert rec.upstream_connect_s is None
+    rec.upstream_connected(1.02, 0.02)  # finished after the admission: the request waited
+    assert rec.upstream_connect_s == pytest.approx(0.02)
+    rec.request_ended(1.1, 200)
+    rec.request_started(2.0, "interactive", False)
+    rec.upstream_connected(2.005, 0.005)  # shorter: the longest wait stays
+    assert rec.upstream_connect_s == pytest.approx(0.02)
+    rec.upstream_connected(2.3, 0.3)
+    assert rec.upstream_connect_s == pytest.approx(0.3)

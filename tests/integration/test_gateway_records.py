@@ -1,0 +1,135 @@
+"""What the gateway's records say about waiting and about its own upstream connections, over
+real loopback sockets into a real SQLite store: time queued for admission, the upstream
+connect a client waited for, the first answer byte, failed connects, WebSocket relays."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+
+from connwise.gateway.runtime import Gateway
+from connwise.telemetry.record import FIELD_NAMES, PHASES
+from connwise.telemetry.stores import StoreSpec
+from tests.integration.conftest import GatewayFactory
+from tests.integration.http_origin import HttpOrigin
+from tests.integration.tcp_relay import free_port
+
+
+def _config(store: Path, backends: list[str], **telemetry: Any) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        "routes": [{"listener": "web", "group": "app", "path_prefix": "/"}],
+        "groups": {"app": {"backends": backends, "health": {"kind": "none"}}},
+        "telemetry": {"store": str(store), "flush_interval": 0.05, **telemetry},
+    }
+
+
+def _url(gateway: Gateway) -> str:
+    host, port = gateway.listeners["web"].address
+    return f"http://{host}:{port}"
+
+
+async def _rows(gateway: Gateway, store: Path) -> list[dict[str, Any]]:
+    await asyncio.sleep(0.05)  # the clients' connection_lost callbacks
+    await gateway.drain(1.0)
+    return [dict(zip(FIELD_NAMES, row, strict=True))
+            for chunk in StoreSpec.parse(str(store)).read() for row in chunk]
+
+
+def _phases_add_up(row: dict[str, Any]) -> bool:
+    lifetime = row["ended_at"] - row["started_at"]
+    return abs(lifetime - sum(row[f"{phase}_s"] for phase in PHASES)) < 1e-6
+
+
+async def test_a_request_that_queued_shows_its_wait(make_gateway: GatewayFactory,
+                                                    origins: list[HttpOrigin],
+                                                    tmp_path: Path) -> None:
+    store = tmp_path / "gw.db"
+    config = _config(store, [origins[0].address])
+    config["groups"]["app"]["max_in_flight"] = 1
+    gateway = await make_gateway(**config)
+
+    async def one(delay: float) -> int:
+        await asyncio.sleep(delay)
+        async with httpx.AsyncClient(base_url=_url(gateway)) as client:
+            return (await client.get("/slow?ms=300")).status_code
+
+    # The second client arrives while the first holds the group's only slot.
+    assert await asyncio.gather(one(0.0), one(0.1)) == [200, 200]
+    clients = sorted((row for row in await _rows(gateway, store) if row["kind"] == "client"),
+                     key=lambda row: row["started_at"])
+    assert len(clients) == 2
+    first, second = clients
+    assert first["queued_s"] == 0.0
+    assert 0.1 < second["queued_s"] < 1.0  # ~0.2 s: the rest of the first one's 300 ms
+    # The first answer byte is counted from admission: the wait is not in it.
+    assert 0.25 < second["first_byte_s"] < 1.0
+    assert all(_phases_add_up(row) for row in clients)
+
+
+async def test_upstream_connections_are_recorded_and_can_be_turned_off(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], tmp_path: Path) -> None:
+    store = tmp_path / "on.db"
+    gateway = await make_gateway(**_config(store, [origins[0].address]))
+    async with httpx.AsyncClient(base_url=_url(gateway)) as client:
+        for _ in range(4):
+            assert (await client.post("/echo", content=b"x" * 1000)).status_code == 200
+    rows = await _rows(gateway, store)
+    [upstream] = [row for row in rows if row["kind"] == "upstream"]
+    assert upstream["requests"] == 4 and upstream["status"] == 200
+    assert upstream["bytes_out"] > 4000 and upstream["bytes_in"] > 4000  # bodies both ways
+    assert upstream["class_name"] == "interactive" and upstream["errors"] == 0
+    assert upstream["active_s"] > 0 and upstream["idle_s"] > 0 and _phases_add_up(upstream)
+
+    store = tmp_path / "off.db"
+    gateway = await make_gateway(**_config(store, [origins[0].address],
+                                           upstream_records=False))
+    async with httpx.AsyncClient(base_url=_url(gateway)) as client:
+        assert (await client.get("/fast")).status_code == 200
+    assert [row["kind"] for row in await _rows(gateway, store)] == ["client"]
+
+
+async def test_a_failed_connect_is_a_failed_upstream_record(make_gateway: GatewayFactory,
+                                                            tmp_path: Path) -> None:
+    store = tmp_path / "gw.db"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    gateway = await make_gateway(**_config(store, [address]))
+    async with httpx.AsyncClient(base_url=_url(gateway)) as client:
+        assert (await client.get("/fast")).status_code == 502
+    rows = await _rows(gateway, store)
+    failed = [row for row in rows if row["kind"] == "upstream"]
+    assert failed and all(row["final_state"] == "failed" and row["errors"] == 1
+                          and "could not connect" in row["close_reason"]
+                          and row["backend"] == address for row in failed)
+    [client_row] = [row for row in rows if row["kind"] == "client"]
+    assert client_row["status"] == 502 and client_row["errors"] == 1
+
+
+async def test_a_websocket_relay_is_active_time_of_its_upstream_record(
+        make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await websockets.serve(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = tmp_path / "gw.db"
+    gateway = await make_gateway(**_config(store, [f"127.0.0.1:{port}"]))
+    host, gport = gateway.listeners["web"].address
+    async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
+        for i in range(5):
+            await ws.send(f"m{i}")
+            assert await ws.recv() == f"m{i}"
+        await asyncio.sleep(0.2)
+    server.close()
+    rows = await _rows(gateway, store)
+    [upstream] = [row for row in rows if row["kind"] == "upstream"]
+    assert upstream["requests"] == 1 and upstream["status"] == 101
+    assert upstream["msgs_in"] == 6  # the backend's frames: five echoes and its close
+    assert upstream["active_s"] >= 0.2 and _phases_add_up(upstream)
+    [client_row] = [row for row in rows if row["kind"] == "client"]
+    assert client_row["msgs_in"] == 6 and client_row["first_byte_s"] is not None  # and its close
