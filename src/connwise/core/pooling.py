@@ -34,14 +34,13 @@ from __future__ import annotations
 import enum
 import math
 import random
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from connwise.core.classes import ClassTable
 from connwise.core.lifecycle import FINAL, ConnectionRecord, LifecycleEvent, State, Trigger
-from connwise.core.scheduler import Scheduler, Waiter
+from connwise.core.scheduler import Scheduler, Waiter, WaitHistogram
 from connwise.errors import ConfigError, IllegalTransition
 
 # -- configuration ------------------------------------------------------------------------------
@@ -165,37 +164,6 @@ _OPEN = PoolState.OPEN
 _IDLE, _IN_USE, _CHECKING = State.IDLE, State.IN_USE, State.CHECKING
 _CONNECTING, _DRAINING = State.CONNECTING, State.DRAINING
 _ACQUIRE, _RELEASE = Trigger.ACQUIRE, Trigger.RELEASE
-
-
-#: Upper bounds, in seconds, of the wait-time histogram buckets (the last one is +Inf).
-WAIT_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
-
-
-class WaitHistogram:
-    """Cumulative-free bucket counts of acquire waits, with sum and max, Prometheus-shaped."""
-
-    __slots__ = ("counts", "max", "sum", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * len(WAIT_BUCKETS)
-        self.total = 0
-        self.sum = 0.0
-        self.max = 0.0
-
-    def observe(self, seconds: float) -> None:
-        if seconds == 0.0:  # an idle connection taken at once: the common case
-            self.counts[0] += 1
-            self.total += 1
-            return
-        self.counts[bisect_left(WAIT_BUCKETS, seconds)] += 1
-        self.total += 1
-        self.sum += seconds
-        self.max = max(self.max, seconds)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"count": self.total, "sum": self.sum, "max": self.max,
-                "buckets": dict(zip((str(b) for b in WAIT_BUCKETS), self.counts, strict=True))}
 
 
 COUNTERS = ("acquired", "created", "connect_failed", "closed", "recycled", "broken", "leaked",

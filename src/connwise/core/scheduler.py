@@ -34,11 +34,43 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
+from bisect import bisect_left
 from collections import deque
 from typing import Any
 
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.errors import ConfigError, IllegalTransition, TooManyWaiters, UnknownClass
+
+#: Upper bounds, in seconds, of the wait-time histogram buckets (the last one is +Inf).
+WAIT_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
+
+
+class WaitHistogram:
+    """Cumulative-free bucket counts of acquire waits, with sum and max, Prometheus-shaped."""
+
+    __slots__ = ("counts", "max", "sum", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(WAIT_BUCKETS)
+        self.total = 0
+        self.sum = 0.0
+        self.max = 0.0
+
+    def observe(self, seconds: float) -> None:
+        if seconds == 0.0:  # an idle connection taken at once: the common case
+            self.counts[0] += 1
+            self.total += 1
+            return
+        self.counts[bisect_left(WAIT_BUCKETS, seconds)] += 1
+        self.total += 1
+        self.sum += seconds
+        self.max = max(self.max, seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"count": self.total, "sum": self.sum, "max": self.max,
+                "buckets": dict(zip((str(b) for b in WAIT_BUCKETS), self.counts, strict=True))}
 
 
 class WaiterState(enum.Enum):
@@ -91,7 +123,7 @@ class Waiter:
 
 
 class _ClassQueue:
-    __slots__ = ("above", "cls", "in_use", "queue", "reserved", "waiting")
+    __slots__ = ("above", "cls", "in_use", "queue", "reserved", "waiting", "waits")
 
     def __init__(self, cls: PriorityClass) -> None:
         self.cls = cls
@@ -100,6 +132,8 @@ class _ClassQueue:
         self.waiting = 0
         self.reserved = 0
         self.above: list[_ClassQueue] = []
+        #: Time from arrival to a slot of every admission of the class (0 at once).
+        self.waits = WaitHistogram()
 
     def head(self) -> Waiter | None:
         queue = self.queue
@@ -185,6 +219,9 @@ class Scheduler:
             return False
         self.in_use += 1
         q.in_use += 1
+        waits = q.waits  # `waits.observe(0.0)`, inlined: once per admission
+        waits.counts[0] += 1
+        waits.total += 1
         return True
 
     def submit(self, class_name: str, now: float, timeout: float | None = None,
@@ -258,6 +295,7 @@ class Scheduler:
         best._move("grant")
         best.granted_at = now
         q = best_q
+        q.waits.observe(now - best.arrived)
         q.queue.popleft()
         q.waiting -= 1
         q.in_use += 1
@@ -277,6 +315,10 @@ class Scheduler:
             raise IllegalTransition(0, self.owner, f"holding no {class_name} slot", "release")
         q.in_use -= 1
         self.in_use -= 1
+
+    def queue_waits(self) -> dict[str, WaitHistogram]:
+        """Per class, the admission waits so far (Prometheus-shaped): a scrape reads them."""
+        return {name: q.waits for name, q in self._queues.items()}
 
     def take_displaced(self) -> list[Waiter]:
         """Waiters pushed out of a full queue by higher classes since the last call."""

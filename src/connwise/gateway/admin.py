@@ -100,6 +100,7 @@ class AdminServer:
         self.token = token.encode() if token else None
         self.registry = CollectorRegistry()
         self.registry.register(GatewayCollector(gateway))
+        self.registry.register(gateway.metrics)
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:

@@ -359,6 +359,23 @@ class HttpClient(asyncio.Protocol):
                 "class": self.class_state.class_name if self.class_state else None,
                 "why": self.class_state.explain(now) if self.class_state else None}
 
+    def metric_labels(self) -> tuple[str, str, str, str, str]:
+        """(listener, kind, state, class, backend) for `connwise_connections`: `queued` while
+        a request waits for admission, `active` while one is served or a WebSocket relayed,
+        `draining` once the gateway drains, else `idle`."""
+        upstream = self.relay_to or self.active_upstream
+        if self.draining:
+            state = "draining"
+        elif upstream is not None or (self.task is not None and not self.task.done()):
+            state = "active"
+        elif self.queued is not None:
+            state = "queued"
+        else:
+            state = "idle"
+        return (self.listener.config.name, "websocket" if self.relay_to else "http", state,
+                self.class_state.class_name if self.class_state else "",
+                upstream.address if upstream else "")
+
     def going_away(self) -> None:
         """Drain timeout: a WebSocket gets close frames with code 1001 on both sides, then both
         connections close; anything else is aborted."""

@@ -16,9 +16,11 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry
 
 from connwise.config import GatewayConfig, ListenerConfig, TelemetrySection, parse_address
 from connwise.core.clock import Clock, MonotonicClock
@@ -38,6 +40,7 @@ from connwise.gateway.tcp import TcpClient
 from connwise.gateway.upstreams import Group
 from connwise.gateway.zombies import GatewayZombieWatch
 from connwise.telemetry.clientinfo import ClientSegments
+from connwise.telemetry.metrics import ConnectionLabels, TelemetryMetrics
 from connwise.telemetry.recorder import Recorder
 from connwise.telemetry.stores import StoreSpec
 from connwise.telemetry.tcpinfo import TcpInfoSampler
@@ -58,6 +61,8 @@ class Client(Protocol):
     listener: Listener
 
     def describe(self, now: float) -> dict[str, Any]: ...
+
+    def metric_labels(self) -> ConnectionLabels: ...
 
     def bytes_total(self) -> int: ...
 
@@ -117,6 +122,11 @@ class Gateway:
         #: Where a client record's region and device come from.
         self.segments = client_segments(config.telemetry)
         self._writer: RecordWriter | None = None
+        #: Metrics read at scrape time (the admin API's /metrics adds them to its own): client
+        #: connections by state, class and backend, the upstream pools, admission waits by
+        #: class, the telemetry writer's written and dropped records.
+        self.metrics = TelemetryMetrics(CollectorRegistry())
+        self.metrics.watch_connections(self.connection_labels)
         self.counters: Counter[str] = Counter()
         self.class_counters: Counter[tuple[str, str]] = Counter()
         self.clients: dict[int, Client] = {}
@@ -125,6 +135,17 @@ class Gateway:
         self._next_id = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def _watch(self, group: Group) -> None:
+        self.metrics.watch_scheduler(group.name, group.scheduler)
+        for backend in group.backends:
+            if backend.pool is not None:
+                self.metrics.watch_pool(backend.pool, backend=backend.name)
+
+    def connection_labels(self) -> Iterator[ConnectionLabels]:
+        """Each client connection's metric labels, for a scrape."""
+        for client in list(self.clients.values()):
+            yield client.metric_labels()
 
     def _upstream_recorder(self, config: GatewayConfig) -> Recorder | None:
         """The recorder of upstream connections: the gateway's, unless `config` turns them
@@ -246,8 +267,10 @@ class Gateway:
                 flush_interval=telemetry.flush_interval)
             self.recorder = Recorder.for_clock(self.clock, self._writer.submit,
                                                node=self.config.node_id)
+            self.metrics.watch_writer(self._writer)
         for group in self.groups.values():
             await group.open(self._upstream_recorder(self.config), self.clock)
+            self._watch(group)
         self.spawn(self._ticker())
         self.spawn(self._health_checks())
         self.zombies.start()
@@ -418,6 +441,8 @@ class Gateway:
         groups = self._build_groups(config)
         for group in groups.values():
             await group.open(self._upstream_recorder(config), self.clock)
+        for group in groups.values():  # once all opened: a refused reload leaves no trace
+            self._watch(group)
         retired, self.groups = self.groups, groups
         self.routers = build_routers(config)
         for group in retired.values():

@@ -176,6 +176,12 @@ class TcpClient(RelayHalf):
                 "throttled": self.bucket is not None,
                 "why": self.class_state.explain(now) if self.class_state else None}
 
+    def metric_labels(self) -> tuple[str, str, str, str, str]:
+        """(listener, kind, state, class, backend) for `connwise_connections`: `queued` until
+        admitted, then `active`."""
+        return (self.listener.config.name, "tcp", "active" if self._admitted else "queued",
+                self.class_name, self.backend.name if self.backend else "")
+
     def granted(self) -> bool:
         """Called by the group when a slot is handed to this waiter; False refuses it."""
         if self.closed:

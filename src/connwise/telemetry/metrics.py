@@ -3,8 +3,10 @@
 Two kinds of sources, one registry (always passed in: connwise never touches the global one):
 
 * *Read at scrape time* from objects that already count: a pool's gauges, wait histogram and
-  counters (`watch_pool`), a record writer's queue and drop counters (`watch_writer`). The data
-  plane pays nothing for these and they cannot drift from the pool's own numbers.
+  counters (`watch_pool`), a scheduler's admission waits by class (`watch_scheduler`), a record
+  writer's queue and drop counters (`watch_writer`), and the live connections of a shell that
+  can list them (`watch_connections`, the gateway's clients). The data plane pays nothing for
+  these and they cannot drift from the owners' own numbers.
 * *Pushed by the data plane* where no such object exists: connection state changes of the
   gateway (`connection_state`), admission waits and queue times (`observe_wait`,
   `observe_queue`, kept in the core's Prometheus-shaped `WaitHistogram`, a list increment per
@@ -28,7 +30,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -40,9 +43,12 @@ from prometheus_client.core import (
 )
 
 from connwise.core.lifecycle import State
-from connwise.core.pooling import WAIT_BUCKETS, WaitHistogram
+from connwise.core.scheduler import WAIT_BUCKETS, Scheduler, WaitHistogram
 from connwise.core.zombies import ZombieFinding
 from connwise.telemetry.writer import RecordWriter
+
+#: A connection's labels in `connections`: owner, kind, state, class, backend.
+ConnectionLabels = tuple[str, str, str, str, str]
 
 _BOUNDS = tuple("+Inf" if math.isinf(b) else repr(b) for b in WAIT_BUCKETS)
 
@@ -81,6 +87,8 @@ class TelemetryMetrics:
         self._queues: dict[tuple[str, str], WaitHistogram] = {}
         self._pools: dict[str, tuple[weakref.ReferenceType[Any], str]] = {}
         self._writers: list[RecordWriter] = []
+        self._schedulers: dict[str, weakref.ReferenceType[Scheduler]] = {}
+        self._connection_sources: list[Callable[[], Iterable[ConnectionLabels]]] = []
         # The registry holds this object: metrics live as long as the registry does, even if
         # the caller keeps no reference of its own.
         registry.register(self)
@@ -95,6 +103,17 @@ class TelemetryMetrics:
         watch = getattr(pool, "zombies", None)
         if watch is not None and watch.metrics is None:
             watch.metrics = self
+
+    def watch_scheduler(self, owner: str, scheduler: Scheduler) -> None:
+        """Export `scheduler`'s admission waits by class as `queue_seconds{owner,class}`.
+        Held weakly; watching another scheduler under the same `owner` replaces it (a
+        reloaded gateway group)."""
+        self._schedulers[owner] = weakref.ref(scheduler)
+
+    def watch_connections(self, source: Callable[[], Iterable[ConnectionLabels]]) -> None:
+        """Count the connections `source()` lists, one (owner, kind, state, class, backend)
+        each, into `connections` at every scrape."""
+        self._connection_sources.append(source)
 
     def watch_writer(self, writer: RecordWriter) -> None:
         """Export `writer`'s written, dropped and failed records and its queue depth."""
@@ -155,6 +174,11 @@ class TelemetryMetrics:
                                          labels=["owner", "op"])
         for (owner, kind, state, class_name, backend), n in self._connections.items():
             connections.add_metric([owner, kind, state, class_name, backend], n)
+        listed: Tally[ConnectionLabels] = Tally()
+        for source in self._connection_sources:
+            listed.update(source())
+        for labels, n in listed.items():
+            connections.add_metric(list(labels), n)
         for name, (ref, backend) in list(self._pools.items()):
             pool = ref()
             if pool is None:
@@ -177,6 +201,14 @@ class TelemetryMetrics:
             waits.add_metric([owner, class_name], _buckets(histogram.counts), histogram.sum)
         for (owner, class_name), histogram in self._queues.items():
             queues.add_metric([owner, class_name], _buckets(histogram.counts), histogram.sum)
+        for owner, scheduler_ref in list(self._schedulers.items()):
+            scheduler = scheduler_ref()
+            if scheduler is None:
+                del self._schedulers[owner]
+                continue
+            for class_name, histogram in scheduler.queue_waits().items():
+                queues.add_metric([owner, class_name], _buckets(histogram.counts),
+                                  histogram.sum)
         records = CounterMetricFamily(f"{ns}_telemetry_records", "Connection records by sink "
                                       "and outcome: written, dropped (queue full) or failed "
                                       "(store error).", labels=["sink", "outcome"])

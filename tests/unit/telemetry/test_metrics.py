@@ -114,3 +114,38 @@ def test_dropped_telemetry_is_a_metric() -> None:
     writer.close()
     assert value(registry, "cw_telemetry_records_total", sink="sqlite",
                  outcome="written") == 10 - writer.dropped
+
+
+def test_schedulers_and_listed_connections_are_read_at_scrape_time() -> None:
+    from connwise.core.scheduler import Scheduler
+
+    registry = CollectorRegistry()
+    metrics = TelemetryMetrics(registry)
+    scheduler = Scheduler(ClassTable(), capacity=1, max_waiters=10, owner="app")
+    metrics.watch_scheduler("app", scheduler)
+    assert scheduler.try_admit("bulk")
+    waiter = scheduler.submit("critical", 10.0)
+    scheduler.release("bulk")
+    assert scheduler.grant(10.3) is waiter
+    critical = {"class": "critical"}
+    assert value(registry, "connwise_queue_seconds_count", owner="app", **critical) == 1
+    assert value(registry, "connwise_queue_seconds_bucket", owner="app", le="0.25",
+                 **critical) == 0
+    assert value(registry, "connwise_queue_seconds_bucket", owner="app", le="0.5",
+                 **critical) == 1
+    assert value(registry, "connwise_queue_seconds_bucket", owner="app", le="0.0001",
+                 **{"class": "bulk"}) == 1
+    # A reloaded group's new scheduler replaces the old one under the same owner.
+    reloaded = Scheduler(ClassTable(), capacity=1, max_waiters=10)
+    metrics.watch_scheduler("app", reloaded)
+    assert value(registry, "connwise_queue_seconds_count", owner="app", **critical) == 0
+    del reloaded  # held weakly: a scheduler nobody uses any more is not exported
+    assert value(registry, "connwise_queue_seconds_count", owner="app", **critical) is None
+    listed = [("web", "http", "idle", "bulk", ""), ("web", "http", "idle", "bulk", ""),
+              ("web", "tcp", "active", "critical", "db")]
+    metrics.watch_connections(lambda: listed)
+    assert value(registry, "connwise_connections", owner="web", kind="http", state="idle",
+                 backend="", **{"class": "bulk"}) == 2
+    listed.pop()
+    assert value(registry, "connwise_connections", owner="web", kind="tcp", state="active",
+                 backend="db", **critical) is None
