@@ -511,13 +511,29 @@ async def test_abandoned_requests_and_ended_websockets_give_upstream_slots_back(
     server.close()
 
 
+async def _raw_request_then_rows(gateway: Gateway, store: Any,
+                                 headers: bytes = b"") -> list[dict[str, Any]]:
+    """One request through the `raw` tcp listener, then drain: every record in `store`."""
+    from connwise.telemetry.record import FIELD_NAMES
+    from connwise.telemetry.stores import StoreSpec
+
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()
+    await asyncio.sleep(0.05)
+    await gateway.drain(1.0)
+    return [dict(zip(FIELD_NAMES, row, strict=True))
+            for chunk in StoreSpec.parse(str(store)).read() for row in chunk]
+
+
 async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory,
                                                     origins: list[HttpOrigin],
                                                     tmp_path: Any) -> None:
     import sys
 
-    from connwise.telemetry.record import FIELD_NAMES
-    from connwise.telemetry.stores import StoreSpec
 
     store = tmp_path / "gw.db"
     config = web_config(origins)
@@ -528,16 +544,7 @@ async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory
     async with httpx.AsyncClient(base_url=url(gateway)) as client:
         for _ in range(3):
             assert (await client.get("/fast")).status_code == 200
-    host, port = gateway.listeners["raw"].address
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 200")
-    writer.close()
-    await asyncio.sleep(0.05)
-    await gateway.drain(1.0)
-    rows = [dict(zip(FIELD_NAMES, row, strict=True))
-            for chunk in StoreSpec.parse(str(store)).read() for row in chunk]
+    rows = await _raw_request_then_rows(gateway, store)
     by_source = {row["source"]: row for row in rows if row["kind"] == "client"}
     assert set(by_source) == {"web", "raw"}
     web = by_source["web"]
@@ -575,8 +582,6 @@ async def test_gateway_run_is_recorded_and_assessed(make_gateway: GatewayFactory
 
 async def test_records_carry_the_region_and_device_of_their_client(
         make_gateway: GatewayFactory, origins: list[HttpOrigin], tmp_path: Any) -> None:
-    from connwise.telemetry.record import FIELD_NAMES
-    from connwise.telemetry.stores import StoreSpec
 
     store = tmp_path / "gw.db"
     regions = tmp_path / "regions.txt"
@@ -602,16 +607,7 @@ async def test_records_carry_the_region_and_device_of_their_client(
             # Later requests do not move the segment of the connection's first.
             assert (await client.get("/fast", headers={"X-Region": "elsewhere"})
                     ).status_code == 200
-    host, port = gateway.listeners["raw"].address
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.5.0\r\n\r\n")
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 200")
-    writer.close()
-    await asyncio.sleep(0.05)
-    await gateway.drain(1.0)
-    rows = [dict(zip(FIELD_NAMES, row, strict=True))
-            for chunk in StoreSpec.parse(str(store)).read() for row in chunk]
+    rows = await _raw_request_then_rows(gateway, store, b"User-Agent: curl/8.5.0\r\n")
     web = sorted((row for row in rows if row["source"] == "web"), key=lambda r: r["started_at"])
     assert [(row["region"], row["device"]) for row in web] == [
         (region, device) for _, region, device in clients]
