@@ -41,8 +41,9 @@ async def _rows(gateway: Gateway, store: Path) -> list[dict[str, Any]]:
 
 
 def _phases_add_up(row: dict[str, Any]) -> bool:
-    lifetime = row["ended_at"] - row["started_at"]
-    return abs(lifetime - sum(row[f"{phase}_s"] for phase in PHASES)) < 1e-6
+    lifetime: float = row["ended_at"] - row["started_at"]
+    phases: float = sum(row[f"{phase}_s"] for phase in PHASES)
+    return abs(lifetime - phases) < 1e-6
 
 
 async def test_a_request_that_queued_shows_its_wait(make_gateway: GatewayFactory,
@@ -59,7 +60,7 @@ async def test_a_request_that_queued_shows_its_wait(make_gateway: GatewayFactory
             return (await client.get("/slow?ms=300")).status_code
 
     # The second client arrives while the first holds the group's only slot.
-    assert await asyncio.gather(one(0.0), one(0.1)) == [200, 200]
+    assert list(await asyncio.gather(one(0.0), one(0.1))) == [200, 200]
     clients = sorted((row for row in await _rows(gateway, store) if row["kind"] == "client"),
                      key=lambda row: row["started_at"])
     assert len(clients) == 2
