@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -141,4 +142,34 @@ async def test_workers_share_the_listening_socket(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await origin.stop()
+
+
+async def test_workers_drain_and_exit_when_their_master_is_killed(tmp_path: Path) -> None:
+    origin = await HttpOrigin("o").start()
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(origin))
+    proc = await asyncio.create_subprocess_exec(*CLI, "gateway", "-c", str(path), "--workers",
+                                                "2", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    children: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for _ in range(2):
+            await asyncio.wait_for(proc.stdout.readline(), 20)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        proc.kill()  # SIGKILL: the master cannot forward anything
+        await proc.wait()
+        for _ in range(200):
+            alive = [c for c in children if Path(f"/proc/{c}").exists()
+                     and "zombie" not in Path(f"/proc/{c}/status").read_text()]
+            if not alive:
+                break
+            await asyncio.sleep(0.05)
+        assert not alive, f"workers {alive} outlived their master"
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
         await origin.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -30,6 +31,9 @@ from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
 
 log = logging.getLogger("connwise.gateway")
+
+#: prctl(2) option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
 async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
@@ -101,10 +105,12 @@ def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
         _run_loop(config, path, admin=True)
         return 0
     children: list[int] = []
+    master = os.getpid()
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
             try:
+                _die_with(master)
                 _run_loop(config, path, admin=index == 0)
             finally:
                 os._exit(0)
@@ -122,6 +128,16 @@ def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
     return status
+
+
+def _die_with(master: int) -> None:
+    """A worker drains (SIGTERM) when its master dies, even by SIGKILL, instead of serving on
+    as an orphan that holds the port (Linux's PR_SET_PDEATHSIG; elsewhere only the check)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != master:  # the master died before the call above
+        os._exit(0)
 
 
 def _run_loop(config: GatewayConfig, path: Path | None, *, admin: bool) -> None:
