@@ -87,6 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a backend; see the module docstring."""
 
     __slots__ = (
+        "_busy_at",
         "_chunked_out",
         "_client",
         "_close_reason",
@@ -158,6 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.connect_s = 0.0
         self._fresh = True
         self._close_reason = ""
+        #: When the exchange in hand began, for the record (0.0: none).
+        self._busy_at = 0.0
 
     # -- transport ----------------------------------------------------------------------------
 
@@ -174,8 +177,8 @@ class UpstreamConnection(asyncio.Protocol):
             if self.upgraded:
                 rec.msgs_in = self.frames.messages
             now = recording.clock.now()
-            if self._on_done is not None:
-                rec.request_ended(now, self._status or 502)
+            if self._busy_at:
+                rec.add_use(self._busy_at, now, self._status or 502)
             reason = self._close_reason or ("reset" if exc else "backend closed")
             recording.recorder.end(rec, now, reason, failed=exc is not None)
         client = self.relay_client
@@ -288,22 +291,25 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._head_request = ex.method == b"HEAD"
         client.active_upstream = self
+        if self._fresh:
+            self._first_use(client)
         recording = self.recording
         if recording is not None:
-            self._record_begin(recording, ex, client)
+            self._busy_at = recording.clock.now()
+            rec = self.record
+            if rec is not None:
+                rec.class_name = ex.class_name
+                if ex.degrade:
+                    rec.degradations += 1
         self.write(self._request_head(ex, client, via, forwarded_proto))
 
-    def _record_begin(self, recording: UpstreamRecording, ex: Exchange,
-                      client: HttpClient) -> None:
-        now = recording.clock.now()
-        rec = self.record
-        if rec is not None:
-            rec.request_started(now, ex.class_name, ex.degrade > 0)
-        if self._fresh:
-            self._fresh = False
-            client_rec = client.record
-            if client_rec is not None:
-                client_rec.upstream_connected(self.connected_at, self.connect_s)
+    def _first_use(self, client: HttpClient) -> None:
+        """The first exchange of this connection: the client's record learns whether it
+        waited for the connect."""
+        self._fresh = False
+        client_rec = client.record
+        if client_rec is not None and self.connect_s:
+            client_rec.upstream_connected(self.connected_at, self.connect_s)
 
     async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
                        forwarded_proto: bytes, retryable: bool,
@@ -327,9 +333,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         """Forget the current exchange without reporting its end (its client is gone)."""
-        rec, recording = self.record, self.recording
-        if rec is not None and recording is not None and self._on_done is not None:
-            rec.request_ended(recording.clock.now(), self._status or 502)
+        busy_at = self._busy_at
+        if busy_at:
+            self._busy_at = 0.0
+            rec, recording = self.record, self.recording
+            if rec is not None and recording is not None:
+                rec.add_use(busy_at, recording.clock.now(), self._status or 502)
         if self._client is not None:
             self._client.active_upstream = None
         self._client = None
@@ -406,9 +415,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         status = parser.get_status_code()
         self._status = status
-        recording = self.recording
-        if recording is not None:
-            self._record_first_byte(recording, client)
+        client_rec = client.record
+        if client_rec is not None and client_rec.first_byte_s is None:
+            client_rec.first_byte(client.gateway.clock.now())
+        rec = self.record
+        if rec is not None and rec.first_byte_s is None and self._busy_at:
+            rec.first_byte_s = client.gateway.clock.now() - self._busy_at
         if 100 <= status < 200 and status != 101:
             self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
             return
@@ -455,16 +467,6 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._head_request:
             self._parser = httptools.HttpResponseParser(self)
             self._complete()
-
-    def _record_first_byte(self, recording: UpstreamRecording, client: HttpClient) -> None:
-        rec, client_rec = self.record, client.record
-        if (rec is not None and rec.first_byte_s is None) or (
-                client_rec is not None and client_rec.first_byte_s is None):
-            now = recording.clock.now()
-            if rec is not None:
-                rec.first_byte(now)
-            if client_rec is not None:
-                client_rec.first_byte(now)
 
     def on_body(self, body: bytes) -> None:
         client = self._client
@@ -533,17 +535,21 @@ class UpstreamDriver:
 
     name = "http-upstream"
 
-    def __init__(self, host: str, port: int, recording: UpstreamRecording | None = None) -> None:
+    def __init__(self, host: str, port: int, clock: Clock | None = None,
+                 recording: UpstreamRecording | None = None) -> None:
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
+        #: Times each connect (a client's record says which it waited for); None: untimed.
+        self.clock = clock
         #: Set when telemetry is on: every connection (and failed connect) is a record.
         self.recording = recording
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         recording = self.recording
-        started = recording.clock.now() if recording is not None else 0.0
+        clock = self.clock
+        started = clock.now() if clock is not None else 0.0
         try:
             _, protocol = await loop.create_connection(
                 lambda: UpstreamConnection(self.address), self.host, self.port)
@@ -556,14 +562,15 @@ class UpstreamDriver:
             if recording is not None:
                 recording.failed(started, "connect cancelled (timed out, or the pool closed)")
             raise
-        if recording is not None:
-            now = recording.clock.now()
-            protocol.recording = recording
+        if clock is not None:
+            now = clock.now()
             protocol.connected_at = now
             protocol.connect_s = now - started
-            rec = protocol.record = recording.begin(started)
-            rec.upstream_connect_s = protocol.connect_s
-            rec.phase("idle", now)
+            if recording is not None:
+                protocol.recording = recording
+                rec = protocol.record = recording.begin(started)
+                rec.upstream_connect_s = protocol.connect_s
+                rec.phase("idle", now)
         return protocol
 
     async def check(self, conn: UpstreamConnection) -> None:

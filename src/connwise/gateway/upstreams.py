@@ -116,7 +116,7 @@ class Group:
             recording = (UpstreamRecording(recorder, clock, self.name, backend.name)
                          if recorder is not None and clock is not None else None)
             pool: Pool[UpstreamConnection] = Pool(
-                UpstreamDriver(backend.host, backend.port, recording),
+                UpstreamDriver(backend.host, backend.port, clock, recording),
                 name=f"{self.name}/{backend.name}",
                 min_size=0, max_size=config.max_in_flight, classes=UPSTREAM_CLASSES,
                 default_class="any", max_lifetime=None, idle_timeout=60.0, leak_threshold=None,

@@ -272,6 +272,25 @@ class ConnRecord:
         if status >= 500:
             self.errors += 1
 
+    def add_use(self, start: float, end: float, status: int) -> None:
+        """One use from `start` to `end` answered with `status`, by an owner that keeps the
+        record in its idle phase and times the uses itself (the gateway's upstream
+        connections): one call per request instead of `request_started`/`request_ended`, the
+        span moved from the idle column to the active one."""
+        idle_at = self._idle_at
+        if idle_at is not None and start - idle_at > self.max_gap_s:
+            self.max_gap_s = start - idle_at
+        held = end - start
+        self.active_s += held
+        self.idle_s -= held
+        if held > self.max_held_s:  # noqa: PLR1730 -- a comparison costs less than max()
+            self.max_held_s = held
+        self._idle_at = end
+        self.requests += 1
+        self.status = status
+        if status >= 500:
+            self.errors += 1
+
     def first_byte(self, now: float) -> None:
         """The answer to the request in hand began at `now`: the first such answer of the
         connection sets `first_byte_s`, counted from the request's admission."""

@@ -173,3 +173,20 @@ def test_upstream_connect_counts_only_connects_a_request_waited_for() -> None:
     assert rec.upstream_connect_s == pytest.approx(0.02)
     rec.upstream_connected(2.3, 0.3)
     assert rec.upstream_connect_s == pytest.approx(0.3)
+
+
+def test_add_use_moves_each_span_from_idle_to_active_and_keeps_the_books() -> None:
+    rec = ConnRecord("1", "upstream", "app", 0.0)
+    rec.phase("idle", 0.5)  # connected; the owner keeps it idle and times its uses
+    rec.add_use(1.0, 1.25, 200)
+    rec.add_use(3.0, 3.5, 503)
+    rec.finish(4.0, "gateway closed")
+    assert rec.requests == 2 and rec.status == 503 and rec.errors == 1
+    assert rec.connecting_s == pytest.approx(0.5)
+    assert rec.active_s == pytest.approx(0.75)
+    assert rec.idle_s == pytest.approx(2.75)
+    assert rec.max_gap_s == pytest.approx(1.75)  # from 1.25 to 3.0
+    assert rec.max_held_s == pytest.approx(0.5)
+    assert rec.tail_idle_s == pytest.approx(0.5)
+    total = rec.connecting_s + rec.active_s + rec.idle_s
+    assert total == pytest.approx(rec.ended_at - rec.started_at)
