@@ -104,6 +104,7 @@ class Exchange:
         "connection",
         "content_length",
         "degrade",
+        "ended_at",
         "expect_continue",
         "group",
         "headers",
@@ -112,6 +113,7 @@ class Exchange:
         "method",
         "path",
         "released",
+        "started_at",
         "status",
         "upgrade",
         "url",
@@ -147,6 +149,10 @@ class Exchange:
         self.admitted = False
         #: The admission slot went back (at the answer's end, or when the exchange ended).
         self.released = False
+        #: With a record: when the request was admitted and when its answer ended (read by
+        #: the upstream connection, which sees the end first); 0.0 until then.
+        self.started_at = 0.0
+        self.ended_at = 0.0
         #: The backend picked for the attempt in hand (handed from the callback to the task).
         self.backend: Backend | None = None
 
@@ -313,6 +319,11 @@ class HttpClient(asyncio.Protocol):
                 rec.cqi_business, rec.cqi_technical = axes.business, axes.technical
                 rec.cqi_user, rec.cqi_resource = axes.user, axes.resource
                 rec.cqi_score = state.score
+            for ex in self.queue[:1]:  # an answer in flight (a task's ends after this)
+                if ex.started_at:
+                    rec.request_done(ex.started_at, now, ex.class_name, ex.degrade > 0,
+                                     ex.status or 499)
+                    ex.started_at = 0.0
             reason = "half_open" if lost else "draining" if self.draining else (
                 "reset" if exc else "client closed")
             recorder.end(rec, now, reason, failed=exc is not None)
@@ -789,8 +800,10 @@ class HttpClient(asyncio.Protocol):
             ex.released = True
             group.release(ex.class_name)
         rec = self.record
-        if rec is not None:
-            rec.request_ended(self.gateway.clock.now(), ex.status or 502)
+        if rec is not None and ex.started_at:
+            rec.request_done(ex.started_at, ex.ended_at or self.gateway.clock.now(),
+                             ex.class_name, ex.degrade > 0, ex.status or 502)
+            ex.started_at = 0.0
 
     def _ended(self, ex: Exchange) -> bool:
         """`ex` was answered: take it off the queue; True when the connection goes on."""
@@ -863,9 +876,11 @@ class HttpClient(asyncio.Protocol):
 
 
     def _record_start(self, rec: ConnRecord, ex: Exchange) -> None:
+        """`ex` is admitted: its start, for `request_done` at its end (one record call per
+        request, there)."""
         if not rec.device:  # the first request says who the client is
             self.gateway.segments.fill(rec, ex.headers)
-        rec.request_started(self.gateway.clock.now(), ex.class_name, ex.degrade > 0)
+        ex.started_at = self.gateway.clock.now()
 
     def _record_refused(self, ex: Exchange) -> None:
         """`ex` was answered 503 by admission: it counts as a request of the record."""

@@ -292,24 +292,26 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = ex.method == b"HEAD"
         client.active_upstream = self
         if self._fresh:
-            self._first_use(client)
-        recording = self.recording
-        if recording is not None:
-            self._busy_at = recording.clock.now()
-            rec = self.record
-            if rec is not None:
-                rec.class_name = ex.class_name
-                if ex.degrade:
-                    rec.degradations += 1
+            self._first_use(client, ex)
+        rec = self.record
+        if rec is not None:
+            # The use starts at the request's admission (the client's clock reading), or at
+            # the connect the request waited for.
+            start = ex.started_at
+            self._busy_at = start if start > self.connected_at else self.connected_at
+            ex.ended_at = 0.0  # a retry's attempt ends later than the one that failed
+            rec.class_name = ex.class_name
+            if ex.degrade:
+                rec.degradations += 1
         self.write(self._request_head(ex, client, via, forwarded_proto))
 
-    def _first_use(self, client: HttpClient) -> None:
+    def _first_use(self, client: HttpClient, ex: Exchange) -> None:
         """The first exchange of this connection: the client's record learns whether it
         waited for the connect."""
         self._fresh = False
         client_rec = client.record
-        if client_rec is not None and self.connect_s:
-            client_rec.upstream_connected(self.connected_at, self.connect_s)
+        if client_rec is not None and self.connect_s and ex.started_at:
+            client_rec.upstream_connected(ex.started_at, self.connected_at, self.connect_s)
 
     async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
                        forwarded_proto: bytes, retryable: bool,
@@ -338,7 +340,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._busy_at = 0.0
             rec, recording = self.record, self.recording
             if rec is not None and recording is not None:
-                rec.add_use(busy_at, recording.clock.now(), self._status or 502)
+                now = recording.clock.now()
+                rec.add_use(busy_at, now, self._status or 502)
+                if self._exchange is not None:
+                    self._exchange.ended_at = now  # the client's record ends it there too
         if self._client is not None:
             self._client.active_upstream = None
         self._client = None
@@ -416,8 +421,8 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         self._status = status
         client_rec = client.record
-        if client_rec is not None and client_rec.first_byte_s is None:
-            client_rec.first_byte(client.gateway.clock.now())
+        if client_rec is not None and client_rec.first_byte_s is None and ex.started_at:
+            client_rec.first_byte_s = client.gateway.clock.now() - ex.started_at
         rec = self.record
         if rec is not None and rec.first_byte_s is None and self._busy_at:
             rec.first_byte_s = client.gateway.clock.now() - self._busy_at

@@ -230,53 +230,15 @@ class ConnRecord:
             self._held_at = None
         self._idle_at = now
 
-    def request_started(self, now: float, class_name: str, degraded: bool) -> None:
-        """A request of a proxied connection is admitted: `phase("active")` and `use`, the
-        class it runs in, whether it was degraded. One call with the common transition
-        (idle to active) inlined: the gateway makes it per request, and the four steps it
-        replaces cost ~0.7 us there, which a keep-alive benchmark saw as several percent."""
-        if self._phase == "idle":
-            self.idle_s += now - self._phase_at
-            self._phase = "active"
-            self._phase_at = now
-        else:
-            self.phase("active", now)
-        idle_at = self._idle_at
-        if idle_at is not None:
-            self.max_gap_s = max(self.max_gap_s, now - idle_at)
-            self._idle_at = None
-        self.requests += 1
-        self._held_at = now
-        if class_name != self.class_name:
-            if self.class_name:
-                self.class_changes += 1
-            self.class_name = class_name
-        if degraded:
-            self.degradations += 1
-
-    def request_ended(self, now: float, status: int) -> None:
-        """The request's answer is complete (or failed with `status`): `unuse` and
-        `phase("idle")`, the status, a 5xx counted as an error; see `request_started`."""
-        held_at = self._held_at
-        if held_at is not None:
-            self.max_held_s = max(self.max_held_s, now - held_at)
-            self._held_at = None
-        self._idle_at = now
-        if self._phase == "active":
-            self.active_s += now - self._phase_at
-            self._phase = "idle"
-            self._phase_at = now
-        else:
-            self.phase("idle", now)
-        self.status = status
-        if status >= 500:
-            self.errors += 1
-
     def add_use(self, start: float, end: float, status: int) -> None:
-        """One use from `start` to `end` answered with `status`, by an owner that keeps the
-        record in its idle phase and times the uses itself (the gateway's upstream
-        connections): one call per request instead of `request_started`/`request_ended`, the
-        span moved from the idle column to the active one."""
+        """One use from `start` to `end` answered with `status`, by an owner that times its
+        uses itself (the gateway, per request: the client's and the upstream connection's
+        records): the record stays in its idle phase and the span moves from the idle column
+        to the active one. A record in another phase (queued for admission) goes idle at
+        `start`. One call per request, at its end, with the clock readings the owner made
+        anyway: the separate start and end steps cost the gateway several percent."""
+        if self._phase != "idle":
+            self.phase("idle", start)
         idle_at = self._idle_at
         if idle_at is not None and start - idle_at > self.max_gap_s:
             self.max_gap_s = start - idle_at
@@ -291,20 +253,24 @@ class ConnRecord:
         if status >= 500:
             self.errors += 1
 
-    def first_byte(self, now: float) -> None:
-        """The answer to the request in hand began at `now`: the first such answer of the
-        connection sets `first_byte_s`, counted from the request's admission."""
-        held_at = self._held_at
-        if self.first_byte_s is None and held_at is not None:
-            self.first_byte_s = now - held_at
+    def request_done(self, start: float, end: float, class_name: str, degraded: bool,
+                     status: int) -> None:
+        """A proxied request admitted at `start` and answered at `end`: `add_use`, the class
+        it ran in (a change counted), whether it was degraded."""
+        self.add_use(start, end, status)
+        if class_name != self.class_name:
+            if self.class_name:
+                self.class_changes += 1
+            self.class_name = class_name
+        if degraded:
+            self.degradations += 1
 
-    def upstream_connected(self, connected_at: float, connect_s: float) -> None:
-        """The request in hand goes to an upstream connection that finished connecting at
-        `connected_at` after `connect_s`: if that was after the request's admission, the
+    def upstream_connected(self, start: float, connected_at: float, connect_s: float) -> None:
+        """A request admitted at `start` goes to a fresh upstream connection that finished
+        connecting at `connected_at` after `connect_s`: if that was after the admission, the
         request waited for the connect, and `upstream_connect_s` keeps the longest such wait
         (None when every request found a warm connection)."""
-        held_at = self._held_at
-        if held_at is not None and connected_at >= held_at:
+        if connected_at >= start:
             current = self.upstream_connect_s
             if current is None or connect_s > current:
                 self.upstream_connect_s = connect_s

@@ -123,14 +123,16 @@ def test_the_row_is_every_field_in_order_and_a_new_record_holds_the_defaults() -
                                 st.sampled_from(["bulk", "interactive", "critical"]),
                                 st.booleans(), st.sampled_from([200, 404, 502, 503])),
                       max_size=8))
-def test_request_started_and_ended_keep_the_books_of_the_steps_they_fuse(
+def test_request_done_keeps_the_books_of_the_steps_it_fuses(
         first: str, steps: list[tuple[float, float, str, bool, int]]) -> None:
     fused = ConnRecord("1", "client", "web", 0.0, phase=first)
     stepwise = ConnRecord("1", "client", "web", 0.0, phase=first)
     now = 0.0
     for wait, serve, class_name, degraded, status in steps:
         now += wait
-        fused.request_started(now, class_name, degraded)
+        start = now
+        if stepwise.current_phase != "idle":  # what `add_use` does first
+            stepwise.phase("idle", now)
         stepwise.phase("active", now)
         stepwise.use(now)
         if stepwise.class_name and stepwise.class_name != class_name:
@@ -138,40 +140,25 @@ def test_request_started_and_ended_keep_the_books_of_the_steps_they_fuse(
         stepwise.class_name = class_name
         stepwise.degradations += degraded
         now += serve
-        fused.request_ended(now, status)
+        fused.request_done(start, now, class_name, degraded, status)
         stepwise.unuse(now)
         stepwise.phase("idle", now)
         stepwise.status = status
         stepwise.errors += status >= 500
     for rec in (fused, stepwise):
         rec.finish(now + 1.0, "client closed")
-    assert fused.row() == stepwise.row()
-
-
-def test_first_byte_is_the_first_answered_request_s_from_its_admission() -> None:
-    rec = ConnRecord("1", "client", "web", 0.0, phase="idle")
-    rec.first_byte(0.5)  # no request in hand: nothing to measure from
-    assert rec.first_byte_s is None
-    rec.request_started(1.0, "interactive", False)
-    rec.first_byte(1.25)
-    rec.request_ended(1.5, 200)
-    rec.request_started(2.0, "interactive", False)
-    rec.first_byte(4.0)  # a later, slower answer does not replace the first
-    assert rec.first_byte_s == pytest.approx(0.25)
+    assert fused.row() == pytest.approx(stepwise.row())
 
 
 def test_upstream_connect_counts_only_connects_a_request_waited_for() -> None:
     rec = ConnRecord("1", "client", "web", 0.0, phase="idle")
-    rec.request_started(1.0, "interactive", False)
-    rec.upstream_connected(0.5, 0.01)  # warmed before the request came: no wait
+    rec.upstream_connected(1.0, 0.5, 0.01)  # warmed before the request came: no wait
     assert rec.upstream_connect_s is None
-    rec.upstream_connected(1.02, 0.02)  # finished after the admission: the request waited
+    rec.upstream_connected(1.0, 1.02, 0.02)  # finished after the admission: it waited
     assert rec.upstream_connect_s == pytest.approx(0.02)
-    rec.request_ended(1.1, 200)
-    rec.request_started(2.0, "interactive", False)
-    rec.upstream_connected(2.005, 0.005)  # shorter: the longest wait stays
+    rec.upstream_connected(2.0, 2.005, 0.005)  # shorter: the longest wait stays
     assert rec.upstream_connect_s == pytest.approx(0.02)
-    rec.upstream_connected(2.3, 0.3)
+    rec.upstream_connected(2.0, 2.3, 0.3)
     assert rec.upstream_connect_s == pytest.approx(0.3)
 
 
