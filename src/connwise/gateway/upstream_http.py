@@ -177,8 +177,10 @@ class UpstreamConnection(asyncio.Protocol):
             if self.upgraded:
                 rec.msgs_in = self.frames.messages
             now = recording.clock.now()
-            if self._busy_at:
-                rec.add_use(self._busy_at, now, self._status or 502)
+            ex = self._exchange
+            if self._busy_at and ex is not None:
+                rec.request_done(self._busy_at, now, ex.class_name, ex.degrade > 0,
+                                 self._status or 502)
             reason = self._close_reason or ("reset" if exc else "backend closed")
             recording.recorder.end(rec, now, reason, failed=exc is not None)
         client = self.relay_client
@@ -300,9 +302,6 @@ class UpstreamConnection(asyncio.Protocol):
             start = ex.started_at
             self._busy_at = start if start > self.connected_at else self.connected_at
             ex.ended_at = 0.0  # a retry's attempt ends later than the one that failed
-            rec.class_name = ex.class_name
-            if ex.degrade:
-                rec.degradations += 1
         self.write(self._request_head(ex, client, via, forwarded_proto))
 
     def _first_use(self, client: HttpClient, ex: Exchange) -> None:
@@ -339,11 +338,12 @@ class UpstreamConnection(asyncio.Protocol):
         if busy_at:
             self._busy_at = 0.0
             rec, recording = self.record, self.recording
-            if rec is not None and recording is not None:
+            ex = self._exchange
+            if rec is not None and recording is not None and ex is not None:
                 now = recording.clock.now()
-                rec.add_use(busy_at, now, self._status or 502)
-                if self._exchange is not None:
-                    self._exchange.ended_at = now  # the client's record ends it there too
+                rec.request_done(busy_at, now, ex.class_name, ex.degrade > 0,
+                                 self._status or 502)
+                ex.ended_at = now  # the client's record ends the request there too
         if self._client is not None:
             self._client.active_upstream = None
         self._client = None

@@ -230,13 +230,15 @@ class ConnRecord:
             self._held_at = None
         self._idle_at = now
 
-    def add_use(self, start: float, end: float, status: int) -> None:
-        """One use from `start` to `end` answered with `status`, by an owner that times its
-        uses itself (the gateway, per request: the client's and the upstream connection's
-        records): the record stays in its idle phase and the span moves from the idle column
-        to the active one. A record in another phase (queued for admission) goes idle at
-        `start`. One call per request, at its end, with the clock readings the owner made
-        anyway: the separate start and end steps cost the gateway several percent."""
+    def request_done(self, start: float, end: float, class_name: str, degraded: bool,
+                     status: int) -> None:
+        """A proxied request admitted at `start`, answered at `end` with `status`, run in
+        `class_name` (a change counted), degraded or not, on a record its owner keeps in the
+        idle phase while timing the requests itself (the gateway's client and upstream
+        records): the span moves from the idle column to the active one, and a record in
+        another phase (queued for admission) goes idle at `start` first. One call per
+        request, at its end, with clock readings the owner made anyway: separate start and
+        end steps cost the gateway several percent of its throughput."""
         if self._phase != "idle":
             self.phase("idle", start)
         idle_at = self._idle_at
@@ -252,12 +254,6 @@ class ConnRecord:
         self.status = status
         if status >= 500:
             self.errors += 1
-
-    def request_done(self, start: float, end: float, class_name: str, degraded: bool,
-                     status: int) -> None:
-        """A proxied request admitted at `start` and answered at `end`: `add_use`, the class
-        it ran in (a change counted), whether it was degraded."""
-        self.add_use(start, end, status)
         if class_name != self.class_name:
             if self.class_name:
                 self.class_changes += 1

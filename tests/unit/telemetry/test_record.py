@@ -162,13 +162,14 @@ def test_upstream_connect_counts_only_connects_a_request_waited_for() -> None:
     assert rec.upstream_connect_s == pytest.approx(0.3)
 
 
-def test_add_use_moves_each_span_from_idle_to_active_and_keeps_the_books() -> None:
+def test_request_done_moves_each_span_from_idle_to_active_and_keeps_the_books() -> None:
     rec = ConnRecord("1", "upstream", "app", 0.0)
-    rec.phase("idle", 0.5)  # connected; the owner keeps it idle and times its uses
-    rec.add_use(1.0, 1.25, 200)
-    rec.add_use(3.0, 3.5, 503)
+    rec.phase("idle", 0.5)  # connected; the owner keeps it idle and times its requests
+    rec.request_done(1.0, 1.25, "interactive", False, 200)
+    rec.request_done(3.0, 3.5, "bulk", True, 503)
     rec.finish(4.0, "gateway closed")
     assert rec.requests == 2 and rec.status == 503 and rec.errors == 1
+    assert (rec.class_name, rec.class_changes, rec.degradations) == ("bulk", 1, 1)
     assert rec.connecting_s == pytest.approx(0.5)
     assert rec.active_s == pytest.approx(0.75)
     assert rec.idle_s == pytest.approx(2.75)
