@@ -147,11 +147,6 @@ class Gateway:
         for client in list(self.clients.values()):
             yield client.metric_labels()
 
-    def _upstream_recorder(self, config: GatewayConfig) -> Recorder | None:
-        """The recorder of upstream connections: the gateway's, unless `config` turns them
-        off."""
-        return self.recorder if config.telemetry.upstream_records else None
-
     def _build_groups(self, config: GatewayConfig) -> dict[str, Group]:
         return {name: Group(name, group, self.classes, self.clock.now)
                 for name, group in config.groups.items()}
@@ -269,7 +264,8 @@ class Gateway:
                                                node=self.config.node_id)
             self.metrics.watch_writer(self._writer)
         for group in self.groups.values():
-            await group.open(self._upstream_recorder(self.config), self.clock)
+            await group.open(self.recorder, self.clock,
+                             records=self.config.telemetry.upstream_records)
             self._watch(group)
         self.spawn(self._ticker())
         self.spawn(self._health_checks())
@@ -440,7 +436,7 @@ class Gateway:
         self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
         groups = self._build_groups(config)
         for group in groups.values():
-            await group.open(self._upstream_recorder(config), self.clock)
+            await group.open(self.recorder, self.clock, records=config.telemetry.upstream_records)
         for group in groups.values():  # once all opened: a refused reload leaves no trace
             self._watch(group)
         retired, self.groups = self.groups, groups

@@ -62,15 +62,19 @@ _upstream_ids = itertools.count(1)
 
 
 class UpstreamRecording:
-    """What an upstream connection's record needs: the recorder, its clock, the names."""
+    """What telemetry needs of a backend's upstream connections: the recorder, its clock, the
+    names, and whether each connection is a record itself (`records`) or is only timed, for
+    the client records that wait for its connect."""
 
-    __slots__ = ("backend", "clock", "recorder", "source")
+    __slots__ = ("backend", "clock", "recorder", "records", "source")
 
-    def __init__(self, recorder: Recorder, clock: Clock, source: str, backend: str) -> None:
+    def __init__(self, recorder: Recorder, clock: Clock, source: str, backend: str, *,
+                 records: bool = True) -> None:
         self.recorder = recorder
         self.clock = clock
         self.source = source
         self.backend = backend
+        self.records = records
 
     def begin(self, started: float) -> ConnRecord:
         return self.recorder.begin(str(next(_upstream_ids)), "upstream", self.source, started,
@@ -83,18 +87,34 @@ class UpstreamRecording:
         self.recorder.end(rec, self.clock.now(), reason, failed=True)
 
 
+class UpstreamTiming:
+    """An upstream connection's telemetry state, one object (and one slot of the protocol)
+    only when telemetry is on: a gateway without it keeps every WebSocket's upstream half as
+    small as before."""
+
+    __slots__ = ("busy_at", "close_reason", "connect_s", "connected_at", "fresh", "recording")
+
+    def __init__(self, recording: UpstreamRecording, connected_at: float,
+                 connect_s: float) -> None:
+        self.recording = recording
+        self.connected_at = connected_at
+        self.connect_s = connect_s
+        #: No exchange yet: the first one tells its client's record about the connect.
+        self.fresh = True
+        #: When the exchange in hand began, for the record (0.0: none).
+        self.busy_at = 0.0
+        self.close_reason = ""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a backend; see the module docstring."""
 
     __slots__ = (
-        "_busy_at",
         "_chunked_out",
         "_client",
-        "_close_reason",
         "_ended",
         "_exchange",
         "_failure",
-        "_fresh",
         "_head_request",
         "_head_sent",
         "_headers",
@@ -107,14 +127,12 @@ class UpstreamConnection(asyncio.Protocol):
         "_write_paused",
         "address",
         "closed",
-        "connect_s",
-        "connected_at",
         "frames",
         "record",
-        "recording",
         "relay_client",
         "relay_pool",
         "reusable",
+        "timing",
         "transport",
         "upgraded",
     )
@@ -151,16 +169,10 @@ class UpstreamConnection(asyncio.Protocol):
         #: While a chunk from the backend is parsed, what it produces for the client is
         #: collected here and written once (one writev, not one send per head and body).
         self._out: list[bytes] | None = None
-        #: With telemetry (set by the driver): this connection's record, and when and how
-        #: long it connected, for the record of the first client it serves.
-        self.recording: UpstreamRecording | None = None
+        #: With telemetry (set by the driver): this connection's record (None when upstream
+        #: records are off) and its timing.
         self.record: ConnRecord | None = None
-        self.connected_at = 0.0
-        self.connect_s = 0.0
-        self._fresh = True
-        self._close_reason = ""
-        #: When the exchange in hand began, for the record (0.0: none).
-        self._busy_at = 0.0
+        self.timing: UpstreamTiming | None = None
 
     # -- transport ----------------------------------------------------------------------------
 
@@ -171,17 +183,18 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        rec, recording = self.record, self.recording
-        if rec is not None and recording is not None:
+        rec, timing = self.record, self.timing
+        if rec is not None and timing is not None:
             self.record = None
             if self.upgraded:
                 rec.msgs_in = self.frames.messages
+            recording = timing.recording
             now = recording.clock.now()
             ex = self._exchange
-            if self._busy_at and ex is not None:
-                rec.request_done(self._busy_at, now, ex.class_name, ex.degrade > 0,
+            if timing.busy_at and ex is not None:
+                rec.request_done(timing.busy_at, now, ex.class_name, ex.degrade > 0,
                                  self._status or 502)
-            reason = self._close_reason or ("reset" if exc else "backend closed")
+            reason = timing.close_reason or ("reset" if exc else "backend closed")
             recording.recorder.end(rec, now, reason, failed=exc is not None)
         client = self.relay_client
         if client is not None:
@@ -217,16 +230,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
-            self._close_reason = self._close_reason or "gateway closed"
+            timing = self.timing
+            if timing is not None and not timing.close_reason:
+                timing.close_reason = "gateway closed"
             self.transport.close()
 
     def start_relay(self, client: HttpClient) -> None:
         """After a 101: relay bytes to and from `client`; the response parser is freed."""
         self.relay_client = client
         self._parser = None
-        rec, recording = self.record, self.recording
-        if rec is not None and recording is not None:
-            rec.phase("active", recording.clock.now())  # relaying is this connection's use
+        rec, timing = self.record, self.timing
+        if rec is not None and timing is not None:
+            rec.phase("active", timing.recording.clock.now())  # relaying is its use now
 
     def data_received(self, data: bytes) -> None:
         if self.record is not None:
@@ -293,24 +308,26 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False
         self._head_request = ex.method == b"HEAD"
         client.active_upstream = self
-        if self._fresh:
-            self._first_use(client, ex)
-        rec = self.record
-        if rec is not None:
-            # The use starts at the request's admission (the client's clock reading), or at
-            # the connect the request waited for.
-            start = ex.started_at
-            self._busy_at = start if start > self.connected_at else self.connected_at
-            ex.ended_at = 0.0  # a retry's attempt ends later than the one that failed
+        timing = self.timing
+        if timing is not None:
+            if timing.fresh:
+                self._first_use(timing, client, ex)
+            if self.record is not None:
+                # The use starts at the request's admission (the client's clock reading), or
+                # at the connect the request waited for.
+                start = ex.started_at
+                connected_at = timing.connected_at
+                timing.busy_at = start if start > connected_at else connected_at
+                ex.ended_at = 0.0  # a retry's attempt ends later than the one that failed
         self.write(self._request_head(ex, client, via, forwarded_proto))
 
-    def _first_use(self, client: HttpClient, ex: Exchange) -> None:
+    def _first_use(self, timing: UpstreamTiming, client: HttpClient, ex: Exchange) -> None:
         """The first exchange of this connection: the client's record learns whether it
         waited for the connect."""
-        self._fresh = False
+        timing.fresh = False
         client_rec = client.record
-        if client_rec is not None and self.connect_s and ex.started_at:
-            client_rec.upstream_connected(ex.started_at, self.connected_at, self.connect_s)
+        if client_rec is not None and ex.started_at:
+            client_rec.upstream_connected(ex.started_at, timing.connected_at, timing.connect_s)
 
     async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
                        forwarded_proto: bytes, retryable: bool,
@@ -334,13 +351,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         """Forget the current exchange without reporting its end (its client is gone)."""
-        busy_at = self._busy_at
-        if busy_at:
-            self._busy_at = 0.0
-            rec, recording = self.record, self.recording
+        timing = self.timing
+        if timing is not None and timing.busy_at:
+            busy_at = timing.busy_at
+            timing.busy_at = 0.0
+            rec = self.record
             ex = self._exchange
-            if rec is not None and recording is not None and ex is not None:
-                now = recording.clock.now()
+            if rec is not None and ex is not None:
+                now = timing.recording.clock.now()
                 rec.request_done(busy_at, now, ex.class_name, ex.degrade > 0,
                                  self._status or 502)
                 ex.ended_at = now  # the client's record ends the request there too
@@ -423,9 +441,9 @@ class UpstreamConnection(asyncio.Protocol):
         client_rec = client.record
         if client_rec is not None and client_rec.first_byte_s is None and ex.started_at:
             client_rec.first_byte_s = client.gateway.clock.now() - ex.started_at
-        rec = self.record
-        if rec is not None and rec.first_byte_s is None and self._busy_at:
-            rec.first_byte_s = client.gateway.clock.now() - self._busy_at
+        rec, timing = self.record, self.timing
+        if rec is not None and timing is not None and rec.first_byte_s is None and timing.busy_at:
+            rec.first_byte_s = client.gateway.clock.now() - timing.busy_at
         if 100 <= status < 200 and status != 101:
             self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
             return
@@ -540,41 +558,36 @@ class UpstreamDriver:
 
     name = "http-upstream"
 
-    def __init__(self, host: str, port: int, clock: Clock | None = None,
-                 recording: UpstreamRecording | None = None) -> None:
+    def __init__(self, host: str, port: int, recording: UpstreamRecording | None = None) -> None:
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
-        #: Times each connect (a client's record says which it waited for); None: untimed.
-        self.clock = clock
-        #: Set when telemetry is on: every connection (and failed connect) is a record.
+        #: Set when telemetry is on: each connect is timed, and with `recording.records` every
+        #: connection (and failed connect) is a record.
         self.recording = recording
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         recording = self.recording
-        clock = self.clock
-        started = clock.now() if clock is not None else 0.0
+        started = recording.clock.now() if recording is not None else 0.0
         try:
             _, protocol = await loop.create_connection(
                 lambda: UpstreamConnection(self.address), self.host, self.port)
         except OSError as exc:
             reason = f"could not connect to backend {self.address}: {exc.strerror or exc}"
-            if recording is not None:
+            if recording is not None and recording.records:
                 recording.failed(started, reason)
             raise BackendUnavailable(reason) from exc
         except asyncio.CancelledError:  # the pool's connect timeout, or shutdown
-            if recording is not None:
+            if recording is not None and recording.records:
                 recording.failed(started, "connect cancelled (timed out, or the pool closed)")
             raise
-        if clock is not None:
-            now = clock.now()
-            protocol.connected_at = now
-            protocol.connect_s = now - started
-            if recording is not None:
-                protocol.recording = recording
+        if recording is not None:
+            now = recording.clock.now()
+            protocol.timing = UpstreamTiming(recording, now, now - started)
+            if recording.records:
                 rec = protocol.record = recording.begin(started)
-                rec.upstream_connect_s = protocol.connect_s
+                rec.upstream_connect_s = now - started
                 rec.phase("idle", now)
         return protocol
 

@@ -107,16 +107,18 @@ class Group:
 
     # -- upstream pools -----------------------------------------------------------------------
 
-    async def open(self, recorder: Recorder | None = None, clock: Clock | None = None) -> None:
+    async def open(self, recorder: Recorder | None = None, clock: Clock | None = None, *,
+                   records: bool = True) -> None:
         """Open a keep-alive pool per backend, warming `warm_target` connections in each; with
-        a `recorder` (and the `clock` its times are read on), every upstream connection is
-        recorded."""
+        a `recorder` (and the `clock` its times are read on), connects are timed for the
+        client records and, with `records`, every upstream connection is recorded."""
         config = self.config
         for backend in self.backends:
-            recording = (UpstreamRecording(recorder, clock, self.name, backend.name)
+            recording = (UpstreamRecording(recorder, clock, self.name, backend.name,
+                                           records=records)
                          if recorder is not None and clock is not None else None)
             pool: Pool[UpstreamConnection] = Pool(
-                UpstreamDriver(backend.host, backend.port, clock, recording),
+                UpstreamDriver(backend.host, backend.port, recording),
                 name=f"{self.name}/{backend.name}",
                 min_size=0, max_size=config.max_in_flight, classes=UPSTREAM_CLASSES,
                 default_class="any", max_lifetime=None, idle_timeout=60.0, leak_threshold=None,
