@@ -19,7 +19,6 @@ benchmarks/results/telemetry_cost.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,7 +34,8 @@ from benchmarks.gateway_harness import (
     raise_nofile,
     require_tools,
 )
-from benchmarks.telemetry_overhead import PINNED, RESULTS, Contender, wrk
+from benchmarks.harness import emit
+from benchmarks.telemetry_overhead import PINNED, Contender, wrk
 
 #: (label, whether it has a store, extra `[telemetry]` keys)
 VARIANTS = (("off", False, ""), ("clients", True, "upstream_records = false\n"),
@@ -95,10 +95,7 @@ def main() -> None:
         us, extra = w["us_per_request"], w["extra_us"]
         print(f"{name:<18}{us['off']:>12.1f}{us['clients']:>10.1f}{us['all']:>10.1f}"
               f"{extra['clients']:>10.1f}{extra['all']:>10.1f}")
-    if not options.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "telemetry_cost.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report))
+    emit("telemetry_cost", report, write=not options.no_write)
 
 
 if __name__ == "__main__":

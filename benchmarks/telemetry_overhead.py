@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sqlite3
 import statistics
@@ -46,9 +45,9 @@ from benchmarks.gateway_harness import (
     raise_nofile,
     require_tools,
 )
+from benchmarks.harness import emit
 from connwise.telemetry.schema import TABLE
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.95
 
 GATEWAY_TOML = """
@@ -222,10 +221,7 @@ def main() -> None:
               f"{off['per_cpu_s']:>15.0f}{on['per_cpu_s']:>14.0f}"
               f"{w['ratio_per_cpu_s']:>8.3f}{w['ratio_paired']:>8.3f}{w['ratio_total_cpu']:>8.3f}"
               f"{w['ratio_control']:>9.3f}  {'met' if w['met'] else 'MISSED'}")
-    if not options.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "telemetry_overhead.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report))
+    emit("telemetry_overhead", report, write=not options.no_write)
 
 
 if __name__ == "__main__":
