@@ -35,7 +35,7 @@ from benchmarks.gateway_harness import (
     require_tools,
 )
 from benchmarks.harness import emit
-from benchmarks.telemetry_overhead import PINNED, Contender, wrk
+from benchmarks.telemetry_overhead import PINNED, Contender, selected_workloads, wrk
 
 #: (label, whether it has a store, extra `[telemetry]` keys)
 VARIANTS = (("off", False, ""), ("clients", True, "upstream_records = false\n"),
@@ -83,10 +83,7 @@ def main() -> None:
     with Processes() as procs:
         origin = free_port()
         procs.nginx(origin)
-        for close in (False, True):
-            name = "connection_close" if close else "keep_alive"
-            if options.workload and options.workload != name:
-                continue
+        for name, close in selected_workloads(options.workload):
             report["workloads"][name] = run_workload(procs, origin, close, options.seconds,
                                                      options.repeat)
     print(f"{'workload':<18}{'off us/req':>12}{'clients':>10}{'all':>10}"

@@ -31,6 +31,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,15 @@ class Contender:
                 "per_total_cpu_s": round(requests / (cpu + child), 1) if cpu else None}
 
 
+def selected_workloads(only: str | None) -> Iterator[tuple[str, bool]]:
+    """(name, whether requests carry `Connection: close`) of the workloads to run: both, or
+    `only`."""
+    for close in (False, True):
+        name = "connection_close" if close else "keep_alive"
+        if only is None or only == name:
+            yield name, close
+
+
 def run_workload(procs: Processes, origin: int, close: bool, seconds: float,
                  reps: int, extra: str = "") -> dict[str, Any]:
     """Three gateways up at once, measured in rotating windows (off, on, control, control, on,
@@ -204,10 +214,7 @@ def main() -> None:
     with Processes() as procs:
         origin = free_port()
         procs.nginx(origin)
-        for close in (False, True):
-            name = "connection_close" if close else "keep_alive"
-            if options.workload and options.workload != name:
-                continue
+        for name, close in selected_workloads(options.workload):
             report["workloads"][name] = run_workload(
                 procs, origin, close, seconds, reps,
                 "upstream_records = false\n" if options.no_upstream_records else "")
