@@ -137,3 +137,24 @@ async def test_a_websocket_relay_is_active_time_of_its_upstream_record(
     assert upstream["active_s"] >= 0.2 and _phases_add_up(upstream)
     [client_row] = [row for row in rows if row["kind"] == "client"]
     assert client_row["msgs_in"] == 6 and client_row["first_byte_s"] is not None  # and its close
+
+
+async def test_a_client_that_leaves_mid_request_is_recorded_whole(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], tmp_path: Path) -> None:
+    store = tmp_path / "gw.db"
+    gateway = await make_gateway(**_config(store, [origins[0].address]))
+    host, port = gateway.listeners["web"].address
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /slow?ms=400 HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.15)
+    writer.close()  # before the answer: the gateway abandons the upstream exchange
+    await writer.wait_closed()
+    rows = await _rows(gateway, store)
+    [client_row] = [row for row in rows if row["kind"] == "client"]
+    assert client_row["requests"] == 1 and client_row["first_byte_s"] is None
+    assert 0.1 < client_row["active_s"] < 0.4 and _phases_add_up(client_row)
+    upstream = [row for row in rows if row["kind"] == "upstream"]
+    # The abandoned upstream connection is closed, its one request counted as active time.
+    assert sum(row["requests"] for row in upstream) == 1
+    assert all(_phases_add_up(row) for row in upstream)
