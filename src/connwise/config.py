@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
-from connwise.telemetry.clientinfo import REGIONS_KEY, RegionTable
 
 
 def parse_address(value: str, key: str) -> tuple[str, int]:
@@ -184,7 +183,8 @@ class TelemetrySection(_Model):
     #: not only client connections.
     upstream_records: bool = True
     #: A CIDR table file (`10.20.0.0/16 eu-west` per line) giving each client address its
-    #: record's `region`; read at start and at each reload.
+    #: record's `region`; read (and its lines checked) by the gateway at start, at each reload
+    #: and by `connwise gateway --check`, not here: configuration stays free of file I/O.
     regions: str | None = None
     #: A request header naming the client's region (a CDN's viewer country); wins over the
     #: table when a request carries it.
@@ -192,13 +192,6 @@ class TelemetrySection(_Model):
     #: A request header naming the client's device; without it (or when a request lacks it) the
     #: User-Agent is classified as desktop, mobile, tablet, bot or other.
     device_header: str | None = None
-
-    @field_validator("regions")
-    @classmethod
-    def _regions(cls, value: str | None) -> str | None:
-        if value is not None:
-            RegionTable.from_file(value, key=REGIONS_KEY)  # a bad table fails the config
-        return value
 
     @field_validator("region_header", "device_header")
     @classmethod

@@ -61,6 +61,22 @@ async def test_check_prints_resolved_config_and_names_bad_keys(tmp_path: Path) -
     assert code == 2 and "--workers" in err
 
 
+async def test_check_and_start_read_the_region_table_the_config_names(tmp_path: Path) -> None:
+    origin = HttpOrigin()
+    origin.port = 9
+    table = tmp_path / "regions.txt"
+    table.write_text("10.0.0.0/8 internal\n10.0.0.0/40 broken\n")
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(origin) + f'\n[telemetry]\nregions = "{table}"\n')
+    for args in (("--check",), ()):  # validating, and starting, refuse it alike
+        code, _, err = await run_cli("gateway", *args, "-c", str(path))
+        assert code == 2 and "telemetry.regions (" in err and "regions.txt:2" in err, err
+        assert "not a network" in err and "Traceback" not in err
+    table.write_text("10.0.0.0/8 internal\n")
+    code, out, err = await run_cli("gateway", "--check", "-c", str(path))
+    assert code == 0 and "configuration is valid" in err and '"regions"' in out
+
+
 async def test_serve_reload_and_drain(tmp_path: Path) -> None:
     first = await HttpOrigin("first").start()
     second = await HttpOrigin("second").start()
