@@ -20,10 +20,10 @@ from connwise.demo import gateway_demo
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.forecast.cli import forecast_app
-from connwise.gateway.runtime import client_segments
 from connwise.gateway.serve import run
 from connwise.sim.cli import simulate_command
 from connwise.telemetry.cli import ingest_app, telemetry_app
+from connwise.telemetry.clientinfo import ClientSegments
 
 app = typer.Typer(
     name="connwise",
@@ -56,7 +56,7 @@ def gateway(
 ) -> None:
     try:
         resolved = load_gateway_config(config)
-        client_segments(resolved.telemetry)  # the files the configuration names
+        ClientSegments.from_config(resolved.telemetry)  # the files the configuration names
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -48,7 +48,8 @@ WAIT_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 
 
 class WaitHistogram:
-    """Cumulative-free bucket counts of acquire waits, with sum and max, Prometheus-shaped."""
+    """Cumulative-free bucket counts of waits (a pool's acquires, a scheduler's admissions),
+    with sum and max, Prometheus-shaped."""
 
     __slots__ = ("counts", "max", "sum", "total")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from connwise.config import GatewayConfig, ListenerConfig, TelemetrySection, parse_address
+from connwise.config import GatewayConfig, ListenerConfig, parse_address
 from connwise.core.clock import Clock, MonotonicClock
 from connwise.core.cqi import ClassChange, ClassState, CqiConfig, CqiPolicy
 from connwise.core.escalation import (
@@ -120,7 +120,7 @@ class Gateway:
         #: Which ending client connections read TCP_INFO into their record.
         self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
         #: Where a client record's region and device come from.
-        self.segments = client_segments(config.telemetry)
+        self.segments = ClientSegments.from_config(config.telemetry)
         self._writer: RecordWriter | None = None
         #: Metrics read at scrape time (the admin API's /metrics adds them to its own): client
         #: connections by state, class and backend, the upstream pools, admission waits by
@@ -428,17 +428,17 @@ class Gateway:
         if old != new:
             raise ConfigError("listeners", sorted(new.items()), "a reload cannot add, remove or "
                               "move listeners", "restart the gateway to change listeners")
-        segments = client_segments(config.telemetry)  # reads the table: may refuse
+        segments = ClientSegments.from_config(config.telemetry)  # reads the table: may refuse
         self.classes = config.class_table()
         self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
-        self.segments = segments
-        self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
         groups = self._build_groups(config)
         for group in groups.values():
             await group.open(self.recorder, self.clock, records=config.telemetry.upstream_records)
         for group in groups.values():  # once all opened: a refused reload leaves no trace
             self._watch(group)
+        self.segments = segments
+        self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
         retired, self.groups = self.groups, groups
         self.routers = build_routers(config)
         for group in retired.values():
@@ -462,12 +462,6 @@ class Gateway:
                 "groups": {name: g.snapshot() for name, g in self.groups.items()},
                 "zombies": self.zombies.stats()}
 
-
-
-def client_segments(section: TelemetrySection) -> ClientSegments:
-    """The region and device sources of `[telemetry]` (reads the CIDR table file)."""
-    return ClientSegments.from_settings(section.regions, section.region_header,
-                                        section.device_header)
 
 
 def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | None:

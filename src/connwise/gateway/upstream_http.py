@@ -350,7 +350,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.detach()  # cancelled before the end: nothing more goes to this client
 
     def detach(self) -> None:
-        """Forget the current exchange without reporting its end (its client is gone)."""
+        """Forget the current exchange without calling its `on_done` (the end of the answer,
+        or its client is gone); this connection's record counts the request's use."""
         timing = self.timing
         if timing is not None and timing.busy_at:
             busy_at = timing.busy_at
@@ -438,12 +439,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         status = parser.get_status_code()
         self._status = status
-        client_rec = client.record
-        if client_rec is not None and client_rec.first_byte_s is None and ex.started_at:
-            client_rec.first_byte_s = client.gateway.clock.now() - ex.started_at
-        rec, timing = self.record, self.timing
-        if rec is not None and timing is not None and rec.first_byte_s is None and timing.busy_at:
-            rec.first_byte_s = client.gateway.clock.now() - timing.busy_at
+        client_rec, rec, timing = client.record, self.record, self.timing
+        if ((client_rec is not None and client_rec.first_byte_s is None)
+                or (rec is not None and rec.first_byte_s is None)):
+            self._first_byte(client, ex, timing)
         if 100 <= status < 200 and status != 101:
             self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
             return
@@ -490,6 +489,17 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._head_request:
             self._parser = httptools.HttpResponseParser(self)
             self._complete()
+
+    def _first_byte(self, client: HttpClient, ex: Exchange,
+                    timing: UpstreamTiming | None) -> None:
+        """The answer's head arrived: the first one of either record sets its `first_byte_s`
+        (the client's from the request's admission, this connection's from its send)."""
+        now = client.gateway.clock.now()
+        client_rec, rec = client.record, self.record
+        if client_rec is not None and client_rec.first_byte_s is None and ex.started_at:
+            client_rec.first_byte_s = now - ex.started_at
+        if rec is not None and rec.first_byte_s is None and timing is not None and timing.busy_at:
+            rec.first_byte_s = now - timing.busy_at
 
     def on_body(self, body: bytes) -> None:
         client = self._client

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from connwise.errors import ConfigError
 
 if TYPE_CHECKING:
+    from connwise.config import TelemetrySection
     from connwise.telemetry.record import ConnRecord
 
 #: Entries kept per cache before it starts over.
@@ -163,11 +164,13 @@ class ClientSegments:
         self._device_header = device_header.lower().encode("latin-1") if device_header else None
 
     @classmethod
-    def from_settings(cls, regions: str | None, region_header: str | None,
-                      device_header: str | None) -> ClientSegments:
-        """From the `[telemetry]` keys; reads the table file (ConfigError if it is bad)."""
+    def from_config(cls, section: TelemetrySection) -> ClientSegments:
+        """From the `[telemetry]` section; reads its table file (ConfigError naming
+        `telemetry.regions` and the line if it is bad)."""
+        regions = section.regions
         table = RegionTable.from_file(regions, key=REGIONS_KEY) if regions else None
-        return cls(table, region_header=region_header, device_header=device_header)
+        return cls(table, region_header=section.region_header,
+                   device_header=section.device_header)
 
     def region_of_address(self, address: str) -> str:
         """The table's region of `address`; "" without a table."""

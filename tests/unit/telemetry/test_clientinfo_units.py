@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from connwise.config import TelemetrySection
 from connwise.errors import ConfigError
 from connwise.telemetry import clientinfo
 from connwise.telemetry.clientinfo import ClientSegments, RegionTable, device_of
@@ -101,14 +102,14 @@ def test_long_user_agents_are_classified_but_not_cached() -> None:
     assert "Mozilla/5.0 (iPad)" in clientinfo._device_cache
 
 
-def test_client_segments_from_settings_read_the_table(tmp_path: Path) -> None:
+def test_client_segments_from_config_read_the_table(tmp_path: Path) -> None:
     path = tmp_path / "regions.txt"
     path.write_text("10.0.0.0/8 internal\n")
-    segments = ClientSegments.from_settings(str(path), None, None)
+    segments = ClientSegments.from_config(TelemetrySection(regions=str(path)))
     assert segments.region_of_address("10.9.9.9") == "internal"
-    assert ClientSegments.from_settings(None, None, None).region_of_address("10.9.9.9") == ""
+    assert ClientSegments.from_config(TelemetrySection()).region_of_address("10.9.9.9") == ""
     with pytest.raises(ConfigError, match="cannot be read"):
-        ClientSegments.from_settings(str(tmp_path / "missing.txt"), None, None)
+        ClientSegments.from_config(TelemetrySection(regions=str(tmp_path / "missing.txt")))
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

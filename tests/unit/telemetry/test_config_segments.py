@@ -11,7 +11,7 @@ import pytest
 
 from connwise.config import load_gateway_config
 from connwise.errors import ConfigError
-from connwise.gateway.runtime import client_segments
+from connwise.telemetry.clientinfo import ClientSegments
 
 BASE: dict[str, Any] = {"listeners": [{"name": "w", "kind": "http", "bind": "127.0.0.1:0"}],
                         "groups": {"app": {"backends": ["127.0.0.1:9001"]}}}
@@ -35,12 +35,12 @@ def test_off_by_default_and_set_from_the_section(tmp_path: Path) -> None:
 def test_a_bad_table_is_refused_with_the_key_and_the_line(tmp_path: Path) -> None:
     # The configuration names the file; the gateway (and `--check`) reads it.
     with pytest.raises(ConfigError, match=r"^telemetry\.regions = .*cannot be read"):
-        client_segments(_telemetry(regions=str(tmp_path / "missing.txt")))
+        ClientSegments.from_config(_telemetry(regions=str(tmp_path / "missing.txt")))
     table = tmp_path / "regions.txt"
     table.write_text("10.0.0.0/8 internal\n10.0.0.0/40 broken\n")
     with pytest.raises(ConfigError, match=r"^telemetry\.regions \(.*regions\.txt:2\) = "
                                           r"'10\.0\.0\.0/40': not a network"):
-        client_segments(_telemetry(regions=str(table)))
+        ClientSegments.from_config(_telemetry(regions=str(table)))
 
 
 @pytest.mark.parametrize("key", ["region_header", "device_header"])
