@@ -14,7 +14,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connwise.core.affinity import DEFAULT_VNODES
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
+from connwise.core.cqi import Band, CqiConfig, HeaderScore, Weights
+from connwise.core.degrade import DEFAULT_STEPS, LEVEL_NAMES, DegradeConfig, Step
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
 
@@ -67,8 +70,134 @@ class HealthCheckConfig(_Model):
     base_ejection_time: float = Field(30.0, gt=0)
     max_ejection_time: float = Field(300.0, gt=0)
     max_ejection_percent: float = Field(10.0, ge=0, le=100)
-    #: A recovered backend's weight ramps up over this many seconds.
+    #: A recovered backend's weight ramps up over this many seconds, from this share of its
+    #: weight (Envoy's slow_start_config min_weight_percent default, 10%).
     slow_start: float = Field(10.0, ge=0)
+    slow_start_min_weight: float = Field(0.1, gt=0, le=1)
+
+
+class StepConfig(_Model):
+    """One step of the degradation ladder: entered at `enter` pressure, left below `exit`."""
+
+    enter: float
+    exit: float
+
+
+class DegradeSection(_Model):
+    """The degradation ladder (connwise.core.degrade, whose docstring justifies each default).
+    `[degrade]` applies to every group; a group's own `[groups.NAME.degrade]` replaces it."""
+
+    #: Thresholds of throttle, signal, queue and shed for the lowest-ranked class.
+    steps: list[StepConfig] = Field(default_factory=lambda: [
+        StepConfig(enter=s.enter, exit=s.exit) for s in DEFAULT_STEPS])
+    #: Added to every threshold per rank position above the lowest class.
+    class_offset: float = 0.15
+    #: A class's own four steps, replacing the derived ones.
+    overrides: dict[str, list[StepConfig]] = Field(default_factory=dict)
+    #: The highest level a class may reach, e.g. `{ critical = "queue" }`: never shed critical.
+    max_level: dict[str, int | str] = Field(default_factory=dict)
+    dwell_up: float = 0.05
+    dwell_down: float = 5.0
+    #: Bytes/s per connection at the throttle step (nginx `limit_rate` semantics) and its burst.
+    throttle_rate: float = 1024.0 * 1024.0
+    throttle_burst: float = 256.0 * 1024.0
+    #: At the shed step, arrivals still queue while fewer than this many rounds of the
+    #: capacity wait (0: refuse whatever finds no free slot).
+    shed_backlog: float = 3.0
+    #: Seconds in the `Retry-After` of a shed request.
+    retry_after: int = 5
+
+    @field_validator("max_level")
+    @classmethod
+    def _levels(cls, value: dict[str, int | str]) -> dict[str, int | str]:
+        """A level is a number 0..4 or its name; names become numbers."""
+        levels: dict[str, int | str] = {}
+        for name, level in value.items():
+            if isinstance(level, str) and level not in LEVEL_NAMES:
+                raise ValueError(f"max_level.{name} = {level!r} is not a level; use 0..4 "
+                                 f"or one of {', '.join(LEVEL_NAMES)}")
+            levels[name] = LEVEL_NAMES.index(level) if isinstance(level, str) else level
+        return levels
+
+    def build(self, classes: ClassTable, prefix: str = "degrade") -> DegradeConfig:
+        """The core's config, validated against `classes` (errors name `prefix`'s keys)."""
+        def steps(items: list[StepConfig]) -> tuple[Step, ...]:
+            return tuple(Step(item.enter, item.exit) for item in items)
+
+        levels = {name: int(level) for name, level in self.max_level.items()}
+        config = DegradeConfig(
+            steps=steps(self.steps), class_offset=self.class_offset,
+            overrides={name: steps(items) for name, items in self.overrides.items()},
+            max_level=levels, dwell_up=self.dwell_up, dwell_down=self.dwell_down,
+            throttle_rate=self.throttle_rate, throttle_burst=self.throttle_burst,
+            shed_backlog=self.shed_backlog, retry_after=self.retry_after)
+        return config.validate(prefix, classes)
+
+
+class WeightsConfig(_Model):
+    """Relative weights of the CQI axes (they need not add up to 1)."""
+
+    business: float = 0.5
+    technical: float = 0.2
+    user: float = 0.15
+    resource: float = 0.15
+
+
+class BandConfig(_Model):
+    """Scores of at least `min_score` (below the next band up) pick `class`."""
+
+    min_score: float
+    class_name: str = Field(alias="class")
+
+
+class UserRuleConfig(_Model):
+    """A user-context rule: request header `header` equal to `value` scores `score` (0..1).
+    Only for headers something in front of the gateway sets: a client could set its own."""
+
+    header: str
+    value: str
+    score: float
+
+
+class CqiSection(_Model):
+    """The Connection Quality Index (connwise.core.cqi, whose docstring justifies each
+    default). `bands` and `business` left out are calibrated to the class table, so that a
+    route's class is kept unless evidence moves a connection."""
+
+    weights: WeightsConfig = WeightsConfig()
+    bands: list[BandConfig] | None = None
+    business: dict[str, float] | None = None
+    protocols: dict[str, float] = Field(default_factory=lambda: {"http": 0.5, "tcp": 0.5})
+    technical_default: float = 0.5
+    latency_sensitive_bonus: float = 0.4
+    websocket_bonus: float = 0.2
+    user: list[UserRuleConfig] = Field(default_factory=list)
+    user_default: float = 0.5
+    rate_half: float = 1024.0 * 1024.0
+    duration_half: float = 600.0
+    duration_weight: float = 0.3
+    rate_window: float = 10.0
+    hysteresis: float = 0.05
+    history: int = 16
+
+    def build(self, classes: ClassTable) -> CqiConfig:
+        """The core's config for `classes`, validated (errors name `cqi.*` keys)."""
+        w = self.weights
+        weights = Weights(w.business, w.technical, w.user, w.resource).validate("cqi.weights")
+        base = CqiConfig.for_classes(classes, weights)
+        bands = (tuple(Band(b.min_score, b.class_name) for b in self.bands)
+                 if self.bands is not None else base.bands)
+        config = CqiConfig(
+            weights=weights, bands=bands,
+            business=self.business if self.business is not None else base.business,
+            protocols=self.protocols, technical_default=self.technical_default,
+            latency_sensitive_bonus=self.latency_sensitive_bonus,
+            websocket_bonus=self.websocket_bonus,
+            user=tuple(HeaderScore(r.header, r.value, r.score) for r in self.user),
+            user_default=self.user_default, rate_half=self.rate_half,
+            duration_half=self.duration_half, duration_weight=self.duration_weight,
+            rate_window=self.rate_window, hysteresis=self.hysteresis, history=self.history)
+        return config.validate("cqi")
 
 
 class GroupConfig(_Model):
@@ -80,6 +209,9 @@ class GroupConfig(_Model):
     hash_key: str = "client_ip"
     #: HAProxy's hash-balance-factor / Envoy's hash_balance_factor, as a ratio.
     balance_factor: float = Field(1.25, ge=1.0)
+    #: Points per backend on the hash ring (`balance = "hash"`): 100 spread keys within a few
+    #: percent of even (HAProxy places 16 per weight unit, Envoy's ring ~1024 in all).
+    vnodes: int = Field(DEFAULT_VNODES, ge=1, le=10_000)
     #: Concurrent upstream requests (http) or connections (tcp) for the whole group.
     max_in_flight: int = Field(256, ge=1)
     max_waiters: int = Field(1024, ge=0)
@@ -90,6 +222,8 @@ class GroupConfig(_Model):
     #: backend closes before answering.
     retries: int = Field(1, ge=0, le=5)
     health: HealthCheckConfig = HealthCheckConfig()
+    #: This group's own degradation ladder; unset, the top-level `[degrade]` applies.
+    degrade: DegradeSection | None = None
 
     @field_validator("hash_key")
     @classmethod
@@ -155,6 +289,9 @@ class EscalationSection(_Model):
     group_key: str = "header:x-connwise-group"
     #: At most this share of live connections escalated at once: lower classes never starve.
     max_escalated_share: float = Field(0.2, ge=0, le=1)
+    #: Memory bounds: connections and group keys tracked (the oldest are forgotten past them).
+    max_tracked: int = Field(100_000, ge=1)
+    max_groups: int = Field(10_000, ge=1)
 
     @field_validator("group_key")
     @classmethod
@@ -363,6 +500,8 @@ class GatewayConfig(_Model):
         for c in DEFAULT_CLASSES})
     limits: LimitsConfig = LimitsConfig()
     escalation: EscalationSection = EscalationSection()
+    degrade: DegradeSection = DegradeSection()
+    cqi: CqiSection = CqiSection()
     telemetry: TelemetrySection = TelemetrySection()
     forecast: ForecastSection = ForecastSection()
     zombies: ZombieSection = ZombieSection()
@@ -414,7 +553,11 @@ class GatewayConfig(_Model):
         if admin is not None and admin.allow_anonymous and not admin.bind.startswith("127."):
             raise bad("admin.bind", admin.bind, "anonymous admin access is only allowed on "
                       "127.0.0.0/8", "bind to 127.0.0.1 or set a token")
-        self.class_table()
+        classes = self.class_table()
+        self.cqi_config(classes)
+        self.degrade.build(classes)
+        for name in self.groups:
+            self.degrade_config(name, classes)
         return self
 
     @model_validator(mode="after")
@@ -433,6 +576,23 @@ class GatewayConfig(_Model):
     def class_table(self) -> ClassTable:
         return ClassTable((PriorityClass(name, c.rank, c.reserved_share, c.max_wait,
                                          c.aging_rate) for name, c in self.classes.items()))
+
+    def cqi_config(self, classes: ClassTable | None = None) -> CqiConfig:
+        """`[cqi]` as the core's config, bands checked against the class table."""
+        classes = classes or self.class_table()
+        config = self.cqi.build(classes)
+        for i, band in enumerate(config.bands):
+            if band.class_name not in classes:
+                raise ConfigError(f"cqi.bands[{i}].class", band.class_name, "no such class",
+                                  f"use one of {sorted(classes.names)}")
+        return config
+
+    def degrade_config(self, group: str, classes: ClassTable | None = None) -> DegradeConfig:
+        """The ladder of `group`: its own `degrade` table, else the top-level one."""
+        own = self.groups[group].degrade
+        if own is None:
+            return self.degrade.build(classes or self.class_table())
+        return own.build(classes or self.class_table(), f"groups.{group}.degrade")
 
 
 def _pydantic_error(exc: ValidationError, source: str) -> ConfigError:

@@ -18,6 +18,8 @@ def test_every_config_key_is_documented() -> None:
         config.GatewayConfig, config.ListenerConfig, config.RouteConfig, config.GroupConfig,
         config.HealthCheckConfig, config.LimitsConfig, config.AdminConfig, config.ClassConfig,
         config.EscalationSection, config.ActivityRuleConfig, config.GroupRuleConfig,
-        config.TelemetrySection, config.ForecastSection, config.ZombieSection]
+        config.TelemetrySection, config.ForecastSection, config.ZombieSection,
+        config.CqiSection, config.WeightsConfig, config.BandConfig, config.UserRuleConfig,
+        config.DegradeSection, config.StepConfig]
     missing = [f"{m.__name__}.{k}" for m in models for k in keys(m) if f"`{k}`" not in DOC]
     assert not missing, f"docs/gateway.md misses {missing}"

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
 from connwise.core.clock import Clock, MonotonicClock
-from connwise.core.cqi import ClassChange, ClassState, CqiConfig, CqiPolicy
+from connwise.core.cqi import ClassChange, ClassState, CqiPolicy
 from connwise.core.escalation import (
     ActivityRule,
     EscalationConfig,
@@ -110,7 +110,7 @@ class Gateway:
         self.routers = build_routers(config)
         self.listeners = {lc.name: Listener(lc) for lc in config.listeners}
         self.via = f"connwise-{config.node_id}".encode()
-        self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
+        self.cqi = CqiPolicy(config.cqi_config(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
         self._tasks: set[asyncio.Task[None]] = set()
         #: The live zombie watch of client connections (`[zombies]`).
@@ -148,7 +148,8 @@ class Gateway:
             yield client.metric_labels()
 
     def _build_groups(self, config: GatewayConfig) -> dict[str, Group]:
-        return {name: Group(name, group, self.classes, self.clock.now)
+        return {name: Group(name, group, self.classes, self.clock.now,
+                            degrade=config.degrade_config(name, self.classes))
                 for name, group in config.groups.items()}
 
     # -- per-request decisions ----------------------------------------------------------------
@@ -430,7 +431,7 @@ class Gateway:
                               "move listeners", "restart the gateway to change listeners")
         segments = ClientSegments.from_config(config.telemetry)  # reads the table: may refuse
         self.classes = config.class_table()
-        self.cqi = CqiPolicy(CqiConfig.for_classes(self.classes), self.classes)
+        self.cqi = CqiPolicy(config.cqi_config(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
         groups = self._build_groups(config)
         for group in groups.values():
@@ -474,7 +475,8 @@ def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | 
                                     r.hold, tuple(r.classes)) for r in section.activity),
         groups=tuple(GroupRule(r.name, r.min_members, r.raise_by, r.to_class, r.quiet)
                      for r in section.groups),
-        max_escalated_share=section.max_escalated_share)
+        max_escalated_share=section.max_escalated_share, max_tracked=section.max_tracked,
+        max_groups=section.max_groups)
     return EscalationEngine(rules, classes, prefix="escalation")
 
 

@@ -75,7 +75,8 @@ class Group:
     """A named set of backends with its admission scheduler and balancer."""
 
     def __init__(self, name: str, config: GroupConfig, classes: ClassTable,
-                 clock: Callable[[], float], rng: random.Random | None = None) -> None:
+                 clock: Callable[[], float], rng: random.Random | None = None, *,
+                 degrade: DegradeConfig | None = None) -> None:
         self.name = name
         self.config = config
         self.clock = clock
@@ -89,8 +90,11 @@ class Group:
             base_ejection_time=check.base_ejection_time,
             max_ejection_time=check.max_ejection_time,
             max_ejection_percent=check.max_ejection_percent, slow_start=check.slow_start,
+            slow_start_min_weight=check.slow_start_min_weight,
         ), now, owner=f"groups.{name}")
-        self.admission = DegradeLadder(DegradeConfig(), classes, prefix=f"groups.{name}.degrade")
+        #: The degradation ladder (`[degrade]`, or the group's own `degrade` table).
+        self.admission = DegradeLadder(degrade or DegradeConfig(), classes,
+                                       prefix=f"groups.{name}.degrade")
         self._ladder_at = -LADDER_UPDATE_INTERVAL
         self.backends = [Backend(address, f"groups.{name}.backends[{i}]", self.health[address])
                          for i, address in enumerate(config.backends)]
@@ -99,7 +103,8 @@ class Group:
         names = [b.name for b in self.backends]
         self._balancer: RoundRobin | LeastOutstandingP2C | BoundedLoadRing
         if config.balance == "hash":
-            self._balancer = BoundedLoadRing(names, balance_factor=config.balance_factor)
+            self._balancer = BoundedLoadRing(names, balance_factor=config.balance_factor,
+                                             vnodes=config.vnodes)
         elif config.balance == "round_robin":
             self._balancer = RoundRobin(names)
         else:

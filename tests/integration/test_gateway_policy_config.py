@@ -1,0 +1,94 @@
+"""The policy sections of the gateway's TOML reach the running gateway: `[cqi]` user-context
+rules change a request's class, `[degrade]` (and a group's own `degrade`) the ladder that
+answers an overload, and the smaller keys (`vnodes`, `slow_start_min_weight`, escalation
+bounds) the objects built from them."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from connwise.core.affinity import BoundedLoadRing
+from connwise.core.degrade import SHED, SIGNAL
+from tests.integration.conftest import GatewayFactory
+from tests.integration.http_origin import HttpOrigin
+from tests.integration.test_gateway import url, web_config
+
+#: A user axis weighted up (0.3 instead of 0.15): the bands are then calibrated to these
+#: weights (crit/interactive edge ~0.70, interactive/bulk ~0.50), and an interactive route's
+#: request scores ~0.74 with a gold tier and ~0.48 with a free one.
+CQI: dict[str, Any] = {
+    "weights": {"business": 0.5, "technical": 0.2, "user": 0.3, "resource": 0.15},
+    "user": [{"header": "x-user-tier", "value": "gold", "score": 1.0},
+             {"header": "x-user-tier", "value": "free", "score": 0.0}],
+}
+
+
+async def class_of(gateway: Any, client: httpx.AsyncClient, tier: str | None) -> str:
+    headers = {"x-user-tier": tier} if tier else {}
+    answer = await client.get("/", headers=headers)
+    assert answer.status_code == 200
+    newest = max(gateway.connections(), key=lambda conn: conn["id"])
+    return str(newest["class"])
+
+
+async def test_cqi_user_rules_move_a_request_between_classes(make_gateway: GatewayFactory,
+                                                             origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins[:1], cqi=CQI))
+    classes = []
+    for tier in ("gold", None, "free"):
+        async with httpx.AsyncClient(base_url=url(gateway)) as client:
+            classes.append(await class_of(gateway, client, tier))
+    assert classes == ["critical", "interactive", "bulk"]
+
+
+async def test_without_cqi_rules_the_tier_header_changes_nothing(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(**web_config(origins[:1]))
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert await class_of(gateway, client, "gold") == "interactive"
+
+
+async def overload(gateway: Any, n: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=url(gateway), limits=limits, timeout=20) as client:
+        return list(await asyncio.gather(*(client.get("/slow?ms=100") for _ in range(n))))
+
+
+async def test_degrade_section_sets_the_ladder_and_a_group_may_replace_it(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    config = web_config(origins[:1], degrade={"retry_after": 17, "shed_backlog": 0,
+                                              "max_level": {"bulk": "signal"}})
+    config["groups"]["app"].update(max_in_flight=2, max_waiters=4)
+    gateway = await make_gateway(**config)
+    ladder = gateway.groups["app"].admission
+    assert ladder.config.retry_after == 17
+    assert ladder.state("bulk").max_level == SIGNAL
+    assert ladder.state("interactive").max_level == SHED
+    answers = await overload(gateway, 30)
+    shed = [a for a in answers if a.status_code == 503]
+    assert shed and all(a.headers["retry-after"] == "17" for a in shed)
+
+    config["groups"]["app"]["degrade"] = {"retry_after": 9}
+    gateway = await make_gateway(**config)
+    assert gateway.groups["app"].admission.config.retry_after == 9
+    shed = [a for a in await overload(gateway, 30) if a.status_code == 503]
+    assert shed and all(a.headers["retry-after"] == "9" for a in shed)
+
+
+async def test_smaller_policy_keys_reach_what_is_built_from_them(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    config = web_config(origins, escalation={
+        "activity": [{"name": "busy", "threshold": 100.0}], "max_tracked": 7, "max_groups": 3})
+    config["groups"]["app"].update(balance="hash", vnodes=12)
+    config["groups"]["app"]["health"]["slow_start_min_weight"] = 0.25
+    gateway = await make_gateway(**config)
+    group = gateway.groups["app"]
+    assert isinstance(group._balancer, BoundedLoadRing) and group._balancer.vnodes == 12
+    assert group.health.config.slow_start_min_weight == 0.25
+    assert gateway.escalation is not None
+    assert (gateway.escalation.config.max_tracked, gateway.escalation.config.max_groups) == (7, 3)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        assert (await client.get("/")).status_code == 200
