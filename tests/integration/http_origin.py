@@ -3,7 +3,9 @@
 Endpoints: `/fast` answers at once; `/slow?ms=N` after N ms; `/echo` answers with the request
 body (content-length or chunked); `/headers` answers with the request headers as JSON;
 `/close` answers without a length and closes; `/health` answers 200. Every answer names the
-origin (`X-Origin`) so tests can see where a request went.
+origin (`X-Origin`) so tests can see where a request went. A request with
+`Expect: 100-continue` gets the interim `100 Continue` once its head is read, as servers that
+read the body on demand send it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class _Handler(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode().lower(), value.decode()))
+
+    def on_headers_complete(self) -> None:
+        if ("expect", "100-continue") in self.headers and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self.body += body
