@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connwise.core.affinity import DEFAULT_VNODES
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
-from connwise.core.cqi import Band, CqiConfig, HeaderScore, Weights
+from connwise.core.cqi import Band, CqiConfig, CqiPolicy, HeaderScore, Weights
 from connwise.core.degrade import DEFAULT_STEPS, LEVEL_NAMES, DegradeConfig, Step
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
@@ -581,10 +581,7 @@ class GatewayConfig(_Model):
         """`[cqi]` as the core's config, bands checked against the class table."""
         classes = classes or self.class_table()
         config = self.cqi.build(classes)
-        for i, band in enumerate(config.bands):
-            if band.class_name not in classes:
-                raise ConfigError(f"cqi.bands[{i}].class", band.class_name, "no such class",
-                                  f"use one of {sorted(classes.names)}")
+        CqiPolicy(config, classes)  # checks the classes that bands and business name
         return config
 
     def degrade_config(self, group: str, classes: ClassTable | None = None) -> DegradeConfig:

@@ -48,6 +48,14 @@ from connwise.core.classes import ClassTable
 from connwise.errors import ConfigError
 
 AXIS_NAMES: tuple[str, ...] = ("business", "technical", "user", "resource")
+#: Decimals the live resource axis is kept to. A finer step moves the score by less than
+#: 0.0015 (at the default weight), far inside the hysteresis that a class change needs, and
+#: would give every idle connection its own axes and score as it ages (~120 bytes each, read
+#: off `gateway_memory`); at two decimals, connections of the same inputs and a similar age
+#: share them (`CqiPolicy.shared_axes`).
+RESOURCE_DIGITS = 2
+#: Distinct shared axes `CqiPolicy` keeps (see `CqiPolicy.shared_axes`).
+MAX_SHARED_AXES = 4096
 #: Distinct openings `CqiPolicy` keeps (see `CqiPolicy._openings`).
 MAX_OPENINGS = 1024
 
@@ -276,8 +284,8 @@ class CqiConfig:
 class CqiPolicy:
     """Scores axes, picks classes, derives axes from what the gateway sees. Immutable."""
 
-    __slots__ = ("_bands", "_business", "_headers", "_openings", "_weights", "_wsum", "classes",
-                 "config")
+    __slots__ = ("_bands", "_business", "_headers", "_openings", "_shared", "_weights", "_wsum",
+                 "classes", "config")
 
     def __init__(self, config: CqiConfig, classes: ClassTable, *, prefix: str = "cqi") -> None:
         config.validate(prefix)
@@ -310,8 +318,24 @@ class CqiPolicy:
         #: capped all the same.
         self._openings: dict[tuple[str, float | None, str, bool, bool],
                              tuple[Inputs, Axes, float]] = {}
+        #: Live axes and their score, shared by the connections that have them (see
+        #: RESOURCE_DIGITS); capped at MAX_SHARED_AXES, past which new ones are not kept.
+        self._shared: dict[tuple[float, float, float, float], tuple[Axes, float]] = {}
 
     # -- score and class ----------------------------------------------------------------------
+
+    def shared_axes(self, business: float, technical: float, user: float,
+                    resource: float) -> tuple[Axes, float]:
+        """The axes of these values and their score, one object pair for every connection
+        that has them."""
+        key = (business, technical, user, resource)
+        found = self._shared.get(key)
+        if found is None:
+            axes = Axes(business, technical, user, resource)
+            found = (axes, self.score(axes))
+            if len(self._shared) < MAX_SHARED_AXES:
+                self._shared[key] = found
+        return found
 
     def score(self, axes: Axes) -> float:
         """The weighted mean of the axes, in 0..1."""
@@ -519,10 +543,21 @@ class ClassState:
                 self.rate += alpha * (max(0.0, instant) - self.rate)
             self._bytes = bytes_total
             self._bytes_at = now
-        resource = self.policy.resource_axis(self.rate, now - self.opened_at)
+        policy = self.policy
+        resource = round(policy.resource_axis(self.rate, now - self.opened_at), RESOURCE_DIGITS)
         axes = self.axes
-        self.axes = Axes(axes.business, axes.technical, axes.user, resource)
-        return self._rescore(now, "resource use changed")
+        if resource == axes.resource:
+            return None  # the score, and so the band, stand
+        self.axes, self.score = policy.shared_axes(axes.business, axes.technical, axes.user,
+                                                   resource)
+        band = policy.reclassify(self._band, self.score)
+        if band is self._band:
+            return None
+        previous = self.cqi_class
+        self._band = band
+        self.cqi_class = band.class_name
+        return ClassChange(self.conn_id, previous, band.class_name,
+                           f"resource use changed: {self._band_reason()}", now)
 
     def update(self, now: float, *, business: float | None = None,
                technical: float | None = None, user: float | None = None,

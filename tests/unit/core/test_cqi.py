@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.cqi import (
     AXIS_NAMES,
+    MAX_SHARED_AXES,
+    RESOURCE_DIGITS,
     Axes,
     Band,
     ClassChange,
@@ -393,3 +395,30 @@ def test_explain_says_why_the_connection_has_its_class() -> None:
     assert "escalated to 'critical' above its CQI class 'interactive'" in info["why"]
     assert "group rule 'coedit'" in info["why"]
     assert repr(state).startswith("<ClassState 5 critical (cqi interactive")
+
+
+def test_idle_connections_of_the_same_inputs_share_their_live_axes() -> None:
+    """Aging alone moves the resource axis: two quiet connections opened a second apart end up
+    with the very same axes and score objects, and a step below the kept decimals changes
+    nothing (no new object, no rescoring)."""
+    p = policy()
+    a = p.open(1, 0.0, base_class="interactive")
+    b = p.open(2, 1.0, base_class="interactive")
+    assert a.axes is b.axes  # the shared opening
+    assert a.observe(0, 0.5) is None and a.axes.resource == 1.0  # 0.9997: kept at 1.0
+    opening = a.axes
+    assert a.observe(0, 120.0) is None and b.observe(0, 121.0) is None
+    assert a.axes is not opening and a.axes.resource == round(a.axes.resource, RESOURCE_DIGITS)
+    assert a.axes is b.axes and a.score is b.score
+    assert a.score == pytest.approx(p.score(a.axes))
+
+
+def test_shared_axes_are_capped() -> None:
+    p = policy()
+    steps = [i / 10 ** RESOURCE_DIGITS for i in range(10 ** RESOURCE_DIGITS + 1)]
+    made = [p.shared_axes(b, t, 0.5, r) for b in (0.1, 0.6, 1.0) for t in steps[:15] for r in steps]
+    assert len(made) > MAX_SHARED_AXES
+    assert p.shared_axes(0.1, 0.0, 0.5, 0.0)[0] is made[0][0]  # kept before the cap
+    late = p.shared_axes(1.0, steps[14], 0.5, 1.0)
+    assert late[0] == Axes(1.0, steps[14], 0.5, 1.0)
+    assert p.shared_axes(1.0, steps[14], 0.5, 1.0)[0] is not late[0]  # past the cap: not kept
