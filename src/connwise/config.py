@@ -218,6 +218,10 @@ class GroupConfig(_Model):
     #: Keep-alive connections kept open per backend.
     warm_target: int = Field(0, ge=0)
     connect_timeout: float = Field(2.0, gt=0)
+    #: Seconds from a request's last byte sent to the backend to its response head; past it,
+    #: 504 and the backend counts a passive failure (a hung backend no longer holds the slot).
+    #: nginx's proxy_read_timeout default, 60 s; HAProxy's `timeout server` has none.
+    response_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     #: Idempotent requests are retried once on another backend when the connect fails or the
     #: backend closes before answering.
     retries: int = Field(1, ge=0, le=5)
@@ -476,6 +480,9 @@ class LimitsConfig(_Model):
     header_timeout: float = Field(10.0, gt=0)
     #: nginx's client_max_body_size is 1 MiB; APIs need more, 10 MiB is a middle ground.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    #: Slowloris on the body: seconds a request body may pause between two reads; past it,
+    #: 408 (nginx client_body_timeout, 60 s).
+    body_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     #: Idle keep-alive client connections are closed after this (nginx keepalive_timeout 75 s).
     keepalive_timeout: float = Field(75.0, gt=0)
 

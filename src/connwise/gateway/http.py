@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 `HttpClient` is the protocol of one client connection. httptools parses requests as bytes
 arrive; a request head that exceeds `max_header_bytes` gets 431, one that does not arrive within
-`header_timeout` gets 408 (slowloris), a body over `max_body_bytes` gets 413, and anything
+`header_timeout` gets 408 (slowloris), as does a body that pauses longer than `body_timeout`
+between two reads, a body over `max_body_bytes` gets 413, and anything
 llhttp rejects — an invalid request line, Content-Length with Transfer-Encoding, differing
 duplicate Content-Lengths (request smuggling) — gets 400 and the connection is closed.
 
@@ -21,8 +22,12 @@ the chosen backend has an idle upstream connection, is forwarded from the parser
 (`_forward_now`) and finished from the upstream's (`_forwarded`); a task per request cost more
 CPU than the rest of the proxying. Anything else — a body to stream, an upgrade, a queue to wait
 in, an upstream to connect, a retry — goes to a task (`_serve`), which takes the exchange over
-at the step where the callback left it. The connection's timeouts (header read, keep-alive
-idle) share one lazily re-armed timer, so a keep-alive request arms none.
+at the step where the callback left it. The connection's timeouts (header read, body read,
+the upstream's response head, keep-alive idle) share one lazily re-armed timer, so a
+keep-alive request arms none: it stores its response deadline, a float the timer reads when it
+fires. A backend that sends no response head within the group's `response_timeout` of the
+request's last byte gets the exchange failed (not retried: the request may have had effects),
+its connection closed and a passive health failure; the client gets 504.
 
 A `101 Switching Protocols` answer to an upgrade turns both connections into a byte relay, with
 WebSocket frame headers tracked for message counts and close codes, and capped by the ladder's
@@ -183,6 +188,7 @@ class HttpClient(asyncio.Protocol):
         "_paused",
         "_write_paused",
         "active_upstream",
+        "body_deadline",
         "bytes_in",
         "bytes_out",
         "class_state",
@@ -206,6 +212,7 @@ class HttpClient(asyncio.Protocol):
         "record",
         "relay_to",
         "requests",
+        "response_deadline",
         "sock",
         "task",
         "throttle",
@@ -236,10 +243,13 @@ class HttpClient(asyncio.Protocol):
         self.queued: _Grant | None = None
         self.header_bytes = 0
         self.loop = asyncio.get_running_loop()
-        #: The one timer of the connection (see `_on_timer`), and its two deadlines in loop
-        #: time (0.0: none): the head being read, and the keep-alive idle wait.
+        #: The one timer of the connection (see `_on_timer`), and its deadlines in loop time
+        #: (0.0: none): the head being read, the next read of a request body, the response
+        #: head of the request sent upstream, and the keep-alive idle wait.
         self.timer: asyncio.TimerHandle | None = None
         self.header_deadline = 0.0
+        self.body_deadline = 0.0
+        self.response_deadline = 0.0
         self.idle_deadline = 0.0
         self.relay_to: UpstreamConnection | None = None
         #: The ladder's throttle on this connection's WebSocket relay (set with `relay_to`).
@@ -460,17 +470,44 @@ class HttpClient(asyncio.Protocol):
         self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
+        """Act on the deadline that passed (one per firing), then re-arm for the earliest one
+        left while the connection stays open."""
         self.timer = None
         now = self.loop.time()
-        header, idle = self.header_deadline, self.idle_deadline
-        if header and now >= header:
+        if self.header_deadline and now >= self.header_deadline:
             self.header_deadline = 0.0
             self._header_timeout()
-        elif idle and now >= idle:
+        elif self.response_deadline and now >= self.response_deadline:
+            self.response_deadline = 0.0
+            self._response_timeout()
+        elif self.body_deadline and now >= self.body_deadline:
+            self.body_deadline = 0.0
+            self._body_timeout(now)
+        elif self.idle_deadline and now >= self.idle_deadline:
             self.idle_deadline = 0.0
             self.close()
-        elif header or idle:
-            self._arm(min(d for d in (header, idle) if d))
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return
+        deadlines = [d for d in (self.header_deadline, self.body_deadline,
+                                 self.response_deadline, self.idle_deadline) if d]
+        if deadlines:
+            self._arm(min(deadlines))
+
+    def _body_due(self) -> None:
+        """The next read of the request body being parsed is due within `body_timeout`."""
+        deadline = self.body_deadline = (self.loop.time()
+                                         + self.gateway.config.limits.body_timeout)
+        self._arm(deadline)
+
+    def _response_due(self, timeout: float) -> None:
+        """The request in hand went upstream whole: its response head is due within `timeout`
+        (its group's `response_timeout`). Per request a clock read, a float store and a
+        compare: the timer almost always fires earlier already (`_arm`'s test, inlined)."""
+        deadline = self.response_deadline = self.loop.time() + timeout
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            self._arm(deadline)
 
     def _header_timeout(self) -> None:
         if self.parsing is not None or (not self.queue and self.bytes_in > 0):
@@ -478,6 +515,45 @@ class HttpClient(asyncio.Protocol):
             self._reject(408, "Request Timeout")
         elif not self.queue:
             self.close()
+
+    def _body_timeout(self, now: float) -> None:
+        """No byte of the request body came for `body_timeout` (slowloris on the body): 408
+        unless an answer to the request has begun, and the connection closes; its end
+        (`connection_lost`) gives back what the exchange holds, as for a client that leaves
+        mid-request: the admission slot, and the upstream connection, closed (its state is
+        unknown). A client that does not read either is aborted, so its full send buffer
+        cannot hold the slot."""
+        if self._paused:  # the gateway stopped reading (pipelining), not the client sending
+            self.body_deadline = now + self.gateway.config.limits.body_timeout
+            return
+        self.gateway.count("http_body_timeout")
+        ex = self.parsing
+        if self._write_paused:
+            self.abort()
+        elif ex is not None and self.queue and self.queue[0] is ex and not ex.status:
+            self._reject(408, "Request Timeout")
+        else:
+            self.close()  # an answer to it began, or one to a request before it is under way
+
+    def _response_timeout(self) -> None:
+        """The backend sent no response head within `response_timeout` of the request's last
+        byte: 504, and the exchange fails, not retryable (the request may have had effects).
+        Its failure path (`_forwarded`, or `_forward` in a task) reports the backend to its
+        group's passive health, closes both connections and gives the slot back."""
+        upstream = self.active_upstream
+        if upstream is None or not upstream.awaiting_head() or not self.queue:
+            return  # the head came, or the exchange ended: the deadline was moot
+        ex = self.queue[0]
+        group = ex.group
+        assert group is not None
+        self.gateway.count("http_504")
+        ex.status = 504  # an answer went out: nothing else is written for this exchange
+        ex.keep_alive = False
+        self.write(simple_response(504, "Gateway Timeout", close=True))
+        upstream.fail(UpstreamFailed(
+            f"backend {upstream.address} sent no response head within "
+            f"groups.{group.name}.response_timeout = {group.config.response_timeout:g} s of "
+            f"the request", retryable=False))
 
     # -- parsing ------------------------------------------------------------------------------
 
@@ -578,6 +654,8 @@ class HttpClient(asyncio.Protocol):
             self.gateway.count("http_413")
             self._reject(413, "Content Too Large")
             raise _Rejected
+        if (ex.chunked or ex.content_length) and not ex.expect_continue:
+            self._body_due()  # with 100-continue the client sends once the head went upstream
         self.requests += 1
         queue = self.queue
         queue.append(ex)
@@ -597,12 +675,14 @@ class HttpClient(asyncio.Protocol):
             raise _Rejected
         ex.body.append(body)
         ex.body_arrived()
+        self._body_due()
 
     def on_message_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
         ex.body_done = True
         ex.body_arrived()
+        self.body_deadline = 0.0
         self.parsing = None
         if not self.queue and not self.closed:
             # Answered while its head was parsed (a shed 503): `_next` ran before the
@@ -661,6 +741,7 @@ class HttpClient(asyncio.Protocol):
         backend.outstanding += 1
         upstream.begin(ex, self, via=self.gateway.via, forwarded_proto=b"http",
                        on_done=self._forwarded)
+        self._response_due(group.config.response_timeout)
         return True
 
     def _queue(self, group: Group, ex: Exchange) -> None:
@@ -769,6 +850,7 @@ class HttpClient(asyncio.Protocol):
         ~340 bytes per WebSocket that would otherwise stay until the header deadline. The
         frame tracker is made here: a connection that never upgrades needs none."""
         self.header_deadline = self.idle_deadline = 0.0
+        self.body_deadline = self.response_deadline = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -811,6 +893,8 @@ class HttpClient(asyncio.Protocol):
         if self._paused and len(self.queue) <= PIPELINE_DEPTH and self.transport:
             self._paused = False
             self.transport.resume_reading()
+            if self.body_deadline:  # the client had no way to send while reading was paused
+                self._body_due()
         if self.relay_to is not None:
             self.parser = None  # a relay parses nothing more: free it (~1 KiB)
             return False
@@ -857,14 +941,14 @@ class HttpClient(asyncio.Protocol):
             if route is None:
                 gateway.count("http_404")
                 self.write(simple_response(404, "Not Found", close=not ex.keep_alive))
-                await self._discard_body(ex)
+                await self._discard_body(ex, 404)
                 return
             group = ex.group = gateway.groups[route.group]
             ex.class_name = gateway.classify(route, ex, self)
         if not ex.admitted:
             if not await self._admit(group, ex):
                 self._record_refused(ex)
-                await self._discard_body(ex)
+                await self._discard_body(ex, 503)
                 return
             ex.admitted = True
             if self.record is not None:
@@ -996,7 +1080,10 @@ class HttpClient(asyncio.Protocol):
             if not waiter.token.granted():
                 scheduler.refuse(waiter)
 
-    async def _discard_body(self, ex: Exchange) -> None:
+    async def _discard_body(self, ex: Exchange, status: int) -> None:
+        """`ex` was answered `status` by the gateway: read and drop the rest of its body (a
+        body timeout then closes without a 408, the answer having gone out)."""
+        ex.status = status
         while not ex.body_done and not self.closed:
             ex.body.clear()
             await ex.wait_body()
@@ -1027,9 +1114,14 @@ class HttpClient(asyncio.Protocol):
             except PoolError:
                 continue  # the backend's pool is busy, not broken: try another backend
             backend.outstanding += 1
+            self.response_deadline = 0.0  # a past attempt's; this one's starts once it is sent
+            if ex.expect_continue and not ex.body_done:
+                self._body_due()  # the client waited for 100 Continue: it sends from now
             try:
                 await upstream.exchange(ex, self, via=gateway.via,
                                         forwarded_proto=b"http", retryable=attempt < retries,
+                                        on_sent=functools.partial(self._response_due,
+                                                                  group.config.response_timeout),
                                         on_answered=functools.partial(_answered, group, ex))
             except UpstreamFailed as exc:
                 group.connect_failed(backend, exc)
@@ -1060,7 +1152,7 @@ class HttpClient(asyncio.Protocol):
             return
         gateway.count("http_502")
         self.write(simple_response(502, "Bad Gateway", close=not ex.keep_alive))
-        await self._discard_body(ex)
+        await self._discard_body(ex, 502)
 
 
 class RelayThrottle:

@@ -331,8 +331,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def exchange(self, ex: Exchange, client: HttpClient, *, via: bytes,
                        forwarded_proto: bytes, retryable: bool,
+                       on_sent: Callable[[], None] | None = None,
                        on_answered: Callable[[], None] | None = None) -> None:
-        """Send `ex` with its body and relay the answer to `client`; `on_answered` is called
+        """Send `ex` with its body and relay the answer to `client`; `on_sent` is called once
+        the request's last byte is written (the response timeout starts there), `on_answered`
         (in the protocol callback) as soon as the answer is complete. Raises UpstreamFailed."""
         if self.closed:
             raise UpstreamFailed(f"backend {self.address} connection is closed", retryable=True)
@@ -341,6 +343,8 @@ class UpstreamConnection(asyncio.Protocol):
                    on_done=functools.partial(_resolve, done, on_answered))
         try:
             await self._send_body(ex)
+            if on_sent is not None:
+                on_sent()
             await done
         except UpstreamFailed as exc:
             exc.retryable = exc.retryable and retryable and ex.body_size == 0
@@ -348,6 +352,17 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             if self._exchange is ex:
                 self.detach()  # cancelled before the end: nothing more goes to this client
+
+    def awaiting_head(self) -> bool:
+        """An exchange is in hand and its response head has not come yet."""
+        return self._on_done is not None and not self._head_sent
+
+    def fail(self, failure: UpstreamFailed) -> None:
+        """End the exchange in hand now with `failure` (its `on_done` is called) and close
+        this connection: whatever the backend sends later belongs to no request."""
+        self.reusable = False
+        self.close()
+        self._finish(failure)
 
     def detach(self) -> None:
         """Forget the current exchange without calling its `on_done` (the end of the answer,
