@@ -14,10 +14,9 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
-from connwise.core.ratelimit import TokenBucket
 from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
-from connwise.gateway.relay import RelayHalf
+from connwise.gateway.relay import ClassThrottle, RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
 if TYPE_CHECKING:
@@ -120,12 +119,9 @@ class TcpClient(RelayHalf):
             ladder.record(self.class_name, 4)
             self.abort()
             return
-        rate = ladder.throttle_rate(self.class_name)
-        if rate is not None:
-            self.gateway.count_class("throttle", self.class_name)
-            ladder.record(self.class_name, 1)
-            now = self.gateway.clock.now()
-            self.bucket = TokenBucket(rate, ladder.config.throttle_burst, now)
+        # Both halves share it, and it follows the class's ladder for the relay's whole life.
+        self.throttle = ClassThrottle(ladder.state(self.class_name),
+                                      ladder.config.throttle_burst, self._throttle_started)
         now = self.gateway.clock.now()
         if not ladder.should_queue(self.class_name):
             if group.scheduler.try_admit(self.class_name):
@@ -148,6 +144,15 @@ class TcpClient(RelayHalf):
             self.transport.pause_reading()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(waiter.deadline - now, self._expired)
+
+    def _throttle_started(self) -> None:
+        """The class's cap was applied to this relay (once per stay on the throttle step)."""
+        group = self.group
+        if group is not None:
+            self.gateway.count_class("throttle", self.class_name)
+            group.admission.record(self.class_name, 1)
+        if self.record is not None:
+            self.record.degradations += 1
 
     def bytes_total(self) -> int:
         return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
@@ -173,7 +178,7 @@ class TcpClient(RelayHalf):
                 "bytes_in": self.bytes_in, "bytes_out": upstream.bytes_in if upstream else 0,
                 "backend": self.backend.name if self.backend else None,
                 "class": self.class_name, "admitted": self._admitted,
-                "throttled": self.bucket is not None,
+                "throttled": self.throttle is not None and self.throttle.active,
                 "why": self.class_state.explain(now) if self.class_state else None}
 
     def metric_labels(self) -> tuple[str, str, str, str, str]:
@@ -248,13 +253,12 @@ class TcpClient(RelayHalf):
                 rec.upstream_connect_s = now - started
                 rec.phase("active", now)
                 rec.use(now)
-                if self.bucket is not None:
-                    rec.degradations += 1
             if self.closed:
                 backend.outstanding -= 1
                 upstream.close()
                 return
             self.backend = backend
+            upstream.throttle = self.throttle
             upstream.join(self)
             self.join(upstream)
             return
