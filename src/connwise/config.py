@@ -12,9 +12,19 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
+from connwise.core.escalation import ActivityRule, EscalationConfig, GroupRule
+from connwise.core.health import HealthConfig
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
 
@@ -37,7 +47,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-Address = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$")]
+def _port_in_range(value: str) -> str:
+    if int(value.rpartition(":")[2]) > 65535:
+        raise ValueError("the port must be in 0..65535 (0: any free port)")
+    return value
+
+
+Address = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$"),
+                    AfterValidator(_port_in_range)]
 
 
 class ClassConfig(_Model):
@@ -69,6 +86,17 @@ class HealthCheckConfig(_Model):
     max_ejection_percent: float = Field(10.0, ge=0, le=100)
     #: A recovered backend's weight ramps up over this many seconds.
     slow_start: float = Field(10.0, ge=0)
+
+    def core(self, prefix: str) -> HealthConfig:
+        """The core health configuration of this section, validated; errors name keys under
+        `prefix` (`groups.NAME.health`)."""
+        return HealthConfig(
+            rise=self.rise, fall=self.fall, interval=self.interval, timeout=self.timeout,
+            consecutive_failures=self.consecutive_failures,
+            base_ejection_time=self.base_ejection_time,
+            max_ejection_time=self.max_ejection_time,
+            max_ejection_percent=self.max_ejection_percent, slow_start=self.slow_start,
+        ).validate(prefix)
 
 
 class GroupConfig(_Model):
@@ -110,6 +138,19 @@ class ListenerConfig(_Model):
     sni: dict[str, str] = Field(default_factory=dict)
     #: tcp: the class of this listener's connections.
     class_name: str = Field("interactive", alias="class")
+
+    @field_validator("sni")
+    @classmethod
+    def _sni_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # DNS names are case-insensitive and the ClientHello's name is matched lowercased.
+        lowered: dict[str, str] = {}
+        for name, group in value.items():
+            key = name.lower()
+            if key in lowered:
+                raise ValueError(f"the server name {name!r} is listed twice (names are "
+                                 "case-insensitive), keep one entry")
+            lowered[key] = group
+        return lowered
 
 
 class RouteConfig(_Model):
@@ -155,6 +196,16 @@ class EscalationSection(_Model):
     group_key: str = "header:x-connwise-group"
     #: At most this share of live connections escalated at once: lower classes never starve.
     max_escalated_share: float = Field(0.2, ge=0, le=1)
+
+    def rules(self, classes: ClassTable) -> EscalationConfig:
+        """The core rules of this section, validated against `classes` (errors name keys
+        under `escalation`)."""
+        return EscalationConfig(
+            activity=tuple(ActivityRule(r.name, r.threshold, r.window, r.raise_by, r.to_class,
+                                        r.hold, tuple(r.classes)) for r in self.activity),
+            groups=tuple(GroupRule(r.name, r.min_members, r.raise_by, r.to_class, r.quiet)
+                         for r in self.groups),
+            max_escalated_share=self.max_escalated_share).validate("escalation", classes)
 
     @field_validator("group_key")
     @classmethod
@@ -349,6 +400,16 @@ class AdminConfig(_Model):
     token: str | None = None
     allow_anonymous: bool = False
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ConfigError("admin.token", value, "a blank token would mean no token, that "
+                              "is anonymous access", "set a secret (e.g. the output of "
+                              "'openssl rand -hex 32'), or remove the key and set "
+                              "allow_anonymous = true on a loopback bind")
+        return value
+
 
 class GatewayConfig(_Model):
     node_id: str = "gw1"
@@ -415,6 +476,14 @@ class GatewayConfig(_Model):
             raise bad("admin.bind", admin.bind, "anonymous admin access is only allowed on "
                       "127.0.0.0/8", "bind to 127.0.0.1 or set a token")
         self.class_table()
+        return self
+
+    @model_validator(mode="after")
+    def _core_sections(self) -> GatewayConfig:
+        """The core policies' own checks, so that `--check` refuses what start would."""
+        for name, group in self.groups.items():
+            group.health.core(f"groups.{name}.health")
+        self.escalation.rules(self.class_table())
         return self
 
     @model_validator(mode="after")

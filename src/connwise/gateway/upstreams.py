@@ -20,7 +20,7 @@ from connwise.core.affinity import BoundedLoadRing
 from connwise.core.balance import LeastOutstandingP2C, RoundRobin
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
-from connwise.core.health import BackendHealth, HealthConfig, HealthGroup
+from connwise.core.health import BackendHealth, HealthGroup
 from connwise.core.scheduler import Scheduler
 from connwise.gateway.upstream_http import (
     UpstreamConnection,
@@ -82,14 +82,8 @@ class Group:
         self.scheduler = Scheduler(classes, capacity=config.max_in_flight,
                                    max_waiters=config.max_waiters, owner=f"group {name!r}")
         now = clock()
-        check = config.health
-        self.health = HealthGroup(config.backends, HealthConfig(
-            rise=check.rise, fall=check.fall, interval=check.interval, timeout=check.timeout,
-            consecutive_failures=check.consecutive_failures,
-            base_ejection_time=check.base_ejection_time,
-            max_ejection_time=check.max_ejection_time,
-            max_ejection_percent=check.max_ejection_percent, slow_start=check.slow_start,
-        ), now, owner=f"groups.{name}")
+        self.health = HealthGroup(config.backends, config.health.core(f"groups.{name}.health"),
+                                  now, owner=f"groups.{name}")
         self.admission = DegradeLadder(DegradeConfig(), classes, prefix=f"groups.{name}.degrade")
         self._ladder_at = -LADDER_UPDATE_INTERVAL
         self.backends = [Backend(address, f"groups.{name}.backends[{i}]", self.health[address])
