@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from connwise.config import parse_address
 from connwise.errors import ConfigError
+from connwise.gateway.accept import bind_failed
 
 if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway
@@ -96,6 +97,7 @@ class AdminServer:
 
     def __init__(self, gateway: Gateway, bind: str, token: str | None) -> None:
         self.gateway = gateway
+        self.bind = bind
         self.host, self.port = parse_address(bind, "admin.bind")
         self.token = token.encode() if token else None
         self.registry = CollectorRegistry()
@@ -104,7 +106,10 @@ class AdminServer:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            raise bind_failed("admin.bind", self.bind, "the admin API", exc) from None
 
     @property
     def address(self) -> tuple[str, int]:

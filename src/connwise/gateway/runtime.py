@@ -25,14 +25,9 @@ from prometheus_client import CollectorRegistry
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
 from connwise.core.clock import Clock, MonotonicClock
 from connwise.core.cqi import ClassChange, ClassState, CqiConfig, CqiPolicy
-from connwise.core.escalation import (
-    ActivityRule,
-    EscalationConfig,
-    EscalationEngine,
-    GroupRule,
-)
+from connwise.core.escalation import EscalationEngine
 from connwise.errors import ConfigError
-from connwise.gateway.accept import AcceptLoop, Keepalive, ProtocolFactory
+from connwise.gateway.accept import AcceptLoop, Keepalive, ProtocolFactory, bind_failed
 from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
 from connwise.gateway.routing import Route, Router, build_routers
@@ -271,10 +266,14 @@ class Gateway:
         self.spawn(self._health_checks())
         self.zombies.start()
         self._start_forecast()
-        for listener in self.listeners.values():
-            listener.server = await AcceptLoop.listen(
-                listener.host, listener.port, self._factory(listener), on_error=self._accept_error,
-                keepalive=self.keepalive())
+        for i, listener in enumerate(self.listeners.values()):
+            try:
+                listener.server = await AcceptLoop.listen(
+                    listener.host, listener.port, self._factory(listener),
+                    on_error=self._accept_error, keepalive=self.keepalive())
+            except OSError as exc:
+                raise bind_failed(f"listeners[{i}].bind", listener.config.bind,
+                                  f"listener {listener.config.name!r}", exc) from None
             log.info("listener %s (%s) on %s:%d", listener.config.name, listener.config.kind,
                      *listener.address)
 
@@ -469,13 +468,7 @@ def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | 
     section = config.escalation
     if not section.activity and not section.groups:
         return None
-    rules = EscalationConfig(
-        activity=tuple(ActivityRule(r.name, r.threshold, r.window, r.raise_by, r.to_class,
-                                    r.hold, tuple(r.classes)) for r in section.activity),
-        groups=tuple(GroupRule(r.name, r.min_members, r.raise_by, r.to_class, r.quiet)
-                     for r in section.groups),
-        max_escalated_share=section.max_escalated_share)
-    return EscalationEngine(rules, classes, prefix="escalation")
+    return EscalationEngine(section.rules(classes), classes, prefix="escalation")
 
 
 def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: bool,
