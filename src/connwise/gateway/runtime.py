@@ -32,7 +32,7 @@ from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
 from connwise.gateway.routing import Route, Router, build_routers
 from connwise.gateway.tcp import TcpClient
-from connwise.gateway.upstreams import Group
+from connwise.gateway.upstreams import Backend, Group
 from connwise.gateway.zombies import GatewayZombieWatch
 from connwise.telemetry.clientinfo import ClientSegments
 from connwise.telemetry.metrics import ConnectionLabels, TelemetryMetrics
@@ -263,7 +263,7 @@ class Gateway:
                              records=self.config.telemetry.upstream_records)
             self._watch(group)
         self.spawn(self._ticker())
-        self.spawn(self._health_checks())
+        self._start_health_checks()
         self.zombies.start()
         self._start_forecast()
         for i, listener in enumerate(self.listeners.values()):
@@ -361,16 +361,32 @@ class Gateway:
                     log.exception("group %s: tick failed; continuing", group.name)
             await asyncio.sleep(0.25)
 
-    async def _health_checks(self) -> None:
-        """Active checks: a TCP connect or an HTTP GET per backend per interval."""
-        while True:
-            groups = list(self.groups.values())
-            interval = min((g.config.health.interval for g in groups), default=5.0)
-            for group in groups:
-                if group.config.health.kind == "none":
-                    continue
-                for backend in group.backends:
-                    self.spawn(check_backend(group, backend))
+    def _start_health_checks(self) -> None:
+        """Active checks: one loop per group that has them, at the group's own interval. At
+        start, and at a reload for the new groups (a retired group's loop ends by itself)."""
+        for group in self.groups.values():
+            if group.config.health.kind != "none":
+                self.spawn(self._health_loop(group))
+
+    async def _health_loop(self, group: Group) -> None:
+        """Every `health.interval` seconds, a TCP connect or an HTTP GET to each backend of
+        `group`, as long as it is the group in force. A backend whose last probe is still
+        running (its `timeout` is longer than the interval) is skipped this round: probes of
+        one backend never overlap, so a slow backend is not probed ever harder."""
+        interval = group.config.health.interval
+        probing: set[str] = set()
+
+        async def check(backend: Backend) -> None:
+            try:
+                await check_backend(group, backend)
+            finally:
+                probing.discard(backend.name)
+
+        while self.groups.get(group.name) is group:
+            for backend in group.backends:
+                if backend.name not in probing:
+                    probing.add(backend.name)
+                    self.spawn(check(backend))
             await asyncio.sleep(interval)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -442,6 +458,7 @@ class Gateway:
         self.routers = build_routers(config)
         for group in retired.values():
             self.spawn(group.close(wait_idle=True))
+        self._start_health_checks()
         for listener in self.listeners.values():
             listener.config = next(lc for lc in config.listeners if lc.name == listener.config.name)
         forecast_changed = config.forecast != self.config.forecast
