@@ -386,7 +386,8 @@ class LimitsConfig(_Model):
     max_connections_per_ip: int = Field(256, ge=1)
     #: nginx's large_client_header_buffers is 4 x 8 KiB; one 16 KiB head is HAProxy's tune.bufsize.
     max_header_bytes: int = Field(16_384, ge=1024)
-    #: Slowloris guard: the whole request head must arrive within this (nginx: 60 s).
+    #: Slowloris guard: the whole request head must arrive within this (nginx: 60 s); on a
+    #: tcp listener with `sni`, the ClientHello.
     header_timeout: float = Field(10.0, gt=0)
     #: nginx's client_max_body_size is 1 MiB; APIs need more, 10 MiB is a middle ground.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)

@@ -85,8 +85,18 @@ class TcpClient(RelayHalf):
             rec.class_name = self.class_name
             rec.region = gateway.segments.region_of_address(self.client_ip)
         if self.listener.config.sni:
-            return  # wait for the ClientHello in data_received
+            # Wait for the ClientHello in data_received, as long as an http listener waits for
+            # a request head: a client that connects and says nothing is closed.
+            self._timer = asyncio.get_running_loop().call_later(
+                gateway.config.limits.header_timeout, self._hello_expired)
+            return
         self._route(self.listener.config.group)
+
+    def _hello_expired(self) -> None:
+        self._timer = None
+        if self.group is None:
+            self.gateway.count("sni_timeout")
+            self.abort()
 
     def _before_peer(self, data: bytes) -> None:
         """Before the upstream exists: with SNI routing, collect the ClientHello and route by
@@ -97,6 +107,9 @@ class TcpClient(RelayHalf):
             if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
                 return
             early, self._sni_buffer = self._sni_buffer, b""
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super()._before_peer(early)
             group = self.listener.config.sni.get(name or "", self.listener.config.group)
             if group is None:
@@ -173,7 +186,8 @@ class TcpClient(RelayHalf):
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
-        return {"id": self.conn_id, "kind": "tcp", "listener": self.listener.config.name,
+        return {"id": self.conn_id, "kind": "tcp", "state": self.state(),
+                "listener": self.listener.config.name,
                 "client": self.client_ip, "age": round(now - self.opened_at, 3),
                 "bytes_in": self.bytes_in, "bytes_out": upstream.bytes_in if upstream else 0,
                 "backend": self.backend.name if self.backend else None,
@@ -181,11 +195,15 @@ class TcpClient(RelayHalf):
                 "throttled": self.throttle is not None and self.throttle.active,
                 "why": self.class_state.explain(now) if self.class_state else None}
 
+    def state(self) -> str:
+        """`queued` until admitted (waiting for the ClientHello or a slot), then `active`
+        (connecting upstream, then relaying)."""
+        return "active" if self._admitted else "queued"
+
     def metric_labels(self) -> tuple[str, str, str, str, str]:
-        """(listener, kind, state, class, backend) for `connwise_connections`: `queued` until
-        admitted, then `active`."""
-        return (self.listener.config.name, "tcp", "active" if self._admitted else "queued",
-                self.class_name, self.backend.name if self.backend else "")
+        """(listener, kind, state, class, backend) for `connwise_connections`."""
+        return (self.listener.config.name, "tcp", self.state(), self.class_name,
+                self.backend.name if self.backend else "")
 
     def granted(self) -> bool:
         """Called by the group when a slot is handed to this waiter; False refuses it."""
