@@ -22,10 +22,10 @@ from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.forecast.cli import forecast_app
 from connwise.gateway.serve import run
+from connwise.pool.drivers._dsn import mask as mask_dsn
 from connwise.sim.cli import simulate_command
 from connwise.telemetry.cli import ingest_app, telemetry_app
 from connwise.telemetry.clientinfo import ClientSegments
-from connwise.telemetry.store_postgres import redact_dsn
 
 app = typer.Typer(
     name="connwise",
@@ -85,7 +85,7 @@ def redacted(config: dict[str, Any]) -> dict[str, Any]:
     for section in ("telemetry", "forecast"):
         store = config.get(section, {}).get("store")
         if store is not None:
-            config[section]["store"] = redact_dsn(store)
+            config[section]["store"] = mask_dsn(store)
     return config
 
 

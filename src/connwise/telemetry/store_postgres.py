@@ -222,7 +222,5 @@ def _window(since: float | None, until: float | None) -> tuple[str, list[float]]
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN without its password (in the user info or a `password=` query parameter), for
-    messages and printed configurations."""
-    dsn = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", dsn)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", dsn, flags=re.IGNORECASE)
+    """The DSN without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
