@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from connwise.core.degrade import THROTTLE, ClassDegrade
+from connwise.core.degrade import THROTTLE, ClassDegrade, DegradeLadder
 from connwise.core.ratelimit import TokenBucket
 
 #: Bytes a client may send before its upstream is connected; past it, reading pauses.
@@ -37,15 +37,19 @@ EARLY_DATA_LIMIT = 256 * 1024
 class ClassThrottle:
     """The throttle step on one relay, shared by its two halves; see the module docstring.
 
-    `started` is called each time the cap is (re)applied: once per stay of the class on the
-    throttle step, when the first chunk of that stay arrives (the owner counts it).
+    Each stay of the class on the throttle step is counted once per relay, when the first
+    chunk of that stay arrives: on the ladder (`record`) and by `started` (the owner's
+    counters and connection record).
     """
 
-    __slots__ = ("bucket", "burst", "degrade", "episode", "started")
+    __slots__ = ("bucket", "burst", "degrade", "episode", "ladder", "started")
 
-    def __init__(self, degrade: ClassDegrade, burst: float, started: Callable[[], None]) -> None:
-        self.degrade = degrade
-        self.burst = burst
+    def __init__(self, ladder: DegradeLadder, class_name: str,
+                 started: Callable[[], None]) -> None:
+        self.ladder = ladder
+        #: The class's live ladder state: its `throttle_rate` is read on every chunk.
+        self.degrade: ClassDegrade = ladder.state(class_name)
+        self.burst = ladder.config.throttle_burst
         self.started = started
         self.bucket: TokenBucket | None = None
         #: `degrade.entered[THROTTLE]` when the bucket was made: a later entry of the step is
@@ -68,6 +72,7 @@ class ClassThrottle:
         if bucket is None or episode != self.episode:
             bucket = self.bucket = TokenBucket(rate, self.burst, now)
             self.episode = episode
+            self.ladder.record(degrade.name, THROTTLE)
             self.started()
         elif bucket.rate != rate:
             bucket.set_rate(rate, now)

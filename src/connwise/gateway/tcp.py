@@ -133,8 +133,7 @@ class TcpClient(RelayHalf):
             self.abort()
             return
         # Both halves share it, and it follows the class's ladder for the relay's whole life.
-        self.throttle = ClassThrottle(ladder.state(self.class_name),
-                                      ladder.config.throttle_burst, self._throttle_started)
+        self.throttle = ClassThrottle(ladder, self.class_name, self._throttle_started)
         now = self.gateway.clock.now()
         if not ladder.should_queue(self.class_name):
             if group.scheduler.try_admit(self.class_name):
@@ -160,10 +159,7 @@ class TcpClient(RelayHalf):
 
     def _throttle_started(self) -> None:
         """The class's cap was applied to this relay (once per stay on the throttle step)."""
-        group = self.group
-        if group is not None:
-            self.gateway.count_class("throttle", self.class_name)
-            group.admission.record(self.class_name, 1)
+        self.gateway.count_class("throttle", self.class_name)
         if self.record is not None:
             self.record.degradations += 1
 
