@@ -7,8 +7,9 @@ a usage error (exit code 2) naming the option, never a traceback.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +22,7 @@ from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.forecast.cli import forecast_app
 from connwise.gateway.serve import run
+from connwise.pool.drivers._dsn import mask as mask_dsn
 from connwise.sim.cli import simulate_command
 from connwise.telemetry.cli import ingest_app, telemetry_app
 from connwise.telemetry.clientinfo import ClientSegments
@@ -61,10 +63,30 @@ def gateway(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if check:
-        typer.echo(resolved.model_dump_json(indent=2, by_alias=True))
+        typer.echo(json.dumps(redacted(resolved.model_dump(mode="json", by_alias=True)),
+                              indent=2, ensure_ascii=False))
         typer.echo(f"{config}: configuration is valid", err=True)
         return
-    raise typer.Exit(run(resolved, config, workers))
+    try:
+        code = run(resolved, config, workers)
+    except ConfigError as exc:  # a listener's or the admin API's address cannot be bound
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def redacted(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved configuration with its secrets hidden: the admin token and the password
+    of any DSN (telemetry.store, forecast.store). The output of `--check` ends up in CI logs
+    and tickets."""
+    admin = config.get("admin")
+    if admin is not None and admin.get("token") is not None:
+        admin["token"] = "***"
+    for section in ("telemetry", "forecast"):
+        store = config.get(section, {}).get("store")
+        if store is not None:
+            config[section]["store"] = mask_dsn(store)
+    return config
 
 
 def _print_version(value: bool) -> None:

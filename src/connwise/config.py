@@ -12,12 +12,22 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from connwise.core.affinity import DEFAULT_VNODES
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
 from connwise.core.cqi import Band, CqiConfig, CqiPolicy, HeaderScore, Weights
 from connwise.core.degrade import DEFAULT_STEPS, LEVEL_NAMES, DegradeConfig, Step
+from connwise.core.escalation import ActivityRule, EscalationConfig, GroupRule
+from connwise.core.health import HealthConfig
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
 
@@ -40,7 +50,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-Address = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$")]
+def _port_in_range(value: str) -> str:
+    if int(value.rpartition(":")[2]) > 65535:
+        raise ValueError("the port must be in 0..65535 (0: any free port)")
+    return value
+
+
+Address = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):[0-9]{1,5}$"),
+                    AfterValidator(_port_in_range)]
 
 
 class ClassConfig(_Model):
@@ -74,6 +91,18 @@ class HealthCheckConfig(_Model):
     #: weight (Envoy's slow_start_config min_weight_percent default, 10%).
     slow_start: float = Field(10.0, ge=0)
     slow_start_min_weight: float = Field(0.1, gt=0, le=1)
+
+    def core(self, prefix: str) -> HealthConfig:
+        """The core health configuration of this section, validated; errors name keys under
+        `prefix` (`groups.NAME.health`)."""
+        return HealthConfig(
+            rise=self.rise, fall=self.fall, interval=self.interval, timeout=self.timeout,
+            consecutive_failures=self.consecutive_failures,
+            base_ejection_time=self.base_ejection_time,
+            max_ejection_time=self.max_ejection_time,
+            max_ejection_percent=self.max_ejection_percent, slow_start=self.slow_start,
+            slow_start_min_weight=self.slow_start_min_weight,
+        ).validate(prefix)
 
 
 class StepConfig(_Model):
@@ -249,6 +278,19 @@ class ListenerConfig(_Model):
     #: tcp: the class of this listener's connections.
     class_name: str = Field("interactive", alias="class")
 
+    @field_validator("sni")
+    @classmethod
+    def _sni_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # DNS names are case-insensitive and the ClientHello's name is matched lowercased.
+        lowered: dict[str, str] = {}
+        for name, group in value.items():
+            key = name.lower()
+            if key in lowered:
+                raise ValueError(f"the server name {name!r} is listed twice (names are "
+                                 "case-insensitive), keep one entry")
+            lowered[key] = group
+        return lowered
+
 
 class RouteConfig(_Model):
     listener: str
@@ -296,6 +338,17 @@ class EscalationSection(_Model):
     #: Memory bounds: connections and group keys tracked (the oldest are forgotten past them).
     max_tracked: int = Field(100_000, ge=1)
     max_groups: int = Field(10_000, ge=1)
+
+    def rules(self, classes: ClassTable) -> EscalationConfig:
+        """The core rules of this section, validated against `classes` (errors name keys
+        under `escalation`)."""
+        return EscalationConfig(
+            activity=tuple(ActivityRule(r.name, r.threshold, r.window, r.raise_by, r.to_class,
+                                        r.hold, tuple(r.classes)) for r in self.activity),
+            groups=tuple(GroupRule(r.name, r.min_members, r.raise_by, r.to_class, r.quiet)
+                         for r in self.groups),
+            max_escalated_share=self.max_escalated_share, max_tracked=self.max_tracked,
+            max_groups=self.max_groups).validate("escalation", classes)
 
     @field_validator("group_key")
     @classmethod
@@ -476,7 +529,8 @@ class LimitsConfig(_Model):
     max_connections_per_ip: int = Field(256, ge=1)
     #: nginx's large_client_header_buffers is 4 x 8 KiB; one 16 KiB head is HAProxy's tune.bufsize.
     max_header_bytes: int = Field(16_384, ge=1024)
-    #: Slowloris guard: the whole request head must arrive within this (nginx: 60 s).
+    #: Slowloris guard: the whole request head must arrive within this (nginx: 60 s); on a
+    #: tcp listener with `sni`, the ClientHello.
     header_timeout: float = Field(10.0, gt=0)
     #: nginx's client_max_body_size is 1 MiB; APIs need more, 10 MiB is a middle ground.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
@@ -492,6 +546,16 @@ class AdminConfig(_Model):
     #: A bearer token; required unless `allow_anonymous` (never on a non-loopback bind).
     token: str | None = None
     allow_anonymous: bool = False
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ConfigError("admin.token", value, "a blank token would mean no token, that "
+                              "is anonymous access", "set a secret (e.g. the output of "
+                              "'openssl rand -hex 32'), or remove the key and set "
+                              "allow_anonymous = true on a loopback bind")
+        return value
 
 
 class GatewayConfig(_Model):
@@ -565,6 +629,14 @@ class GatewayConfig(_Model):
         self.degrade.build(classes)
         for name in self.groups:
             self.degrade_config(name, classes)
+        return self
+
+    @model_validator(mode="after")
+    def _core_sections(self) -> GatewayConfig:
+        """The core policies' own checks, so that `--check` refuses what start would."""
+        for name, group in self.groups.items():
+            group.health.core(f"groups.{name}.health")
+        self.escalation.rules(self.class_table())
         return self
 
     @model_validator(mode="after")

@@ -35,11 +35,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from connwise.errors import ConfigError
 
 log = logging.getLogger("connwise.gateway")
 
@@ -53,6 +56,14 @@ MIN_BACKLOG = 4096
 
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+def bind_failed(key: str, address: str, owner: str, exc: OSError) -> ConfigError:
+    """The error of an address that cannot be listened on (in use, not local, unresolvable):
+    a configuration error naming the key, so the command line prints one line and exits 2."""
+    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+    return ConfigError(key, address, f"{owner} cannot listen on it ({reason})",
+                       "stop what holds the address, or choose another one")
 
 
 def listen_backlog() -> int:

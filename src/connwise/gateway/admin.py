@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from connwise.config import parse_address
 from connwise.errors import ConfigError
+from connwise.gateway.accept import bind_failed
 
 if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway
@@ -96,6 +98,7 @@ class AdminServer:
 
     def __init__(self, gateway: Gateway, bind: str, token: str | None) -> None:
         self.gateway = gateway
+        self.bind = bind
         self.host, self.port = parse_address(bind, "admin.bind")
         self.token = token.encode() if token else None
         self.registry = CollectorRegistry()
@@ -104,7 +107,10 @@ class AdminServer:
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self.server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:
+            raise bind_failed("admin.bind", self.bind, "the admin API", exc) from None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -182,18 +188,41 @@ class AdminServer:
             return _json(200, backend.snapshot(now))
         if action == "warm_target":
             try:
-                payload = json.loads(body or b"{}")
-                n = int(payload["n"])
-                ahead = float(payload.get("in", 0))
-                if ahead < 0:
-                    raise ValueError("in must be >= 0")
+                n, ahead = _warm_target_body(body, group.config.max_in_flight)
                 group.set_warm_target(backend, n, at=now + ahead if ahead else None)
-            except (ValueError, KeyError, TypeError, ConfigError) as exc:
-                return _json(400, {"error": f"body must be {{\"n\": <int>, \"in\": <seconds>}}: "
-                                            f"{exc}"})
+            except (ValueError, ConfigError) as exc:
+                return _json(400, {"error": f"{exc}; send {{\"n\": <connections>, \"in\": "
+                                            "<seconds>}"})
             return _json(200, backend.snapshot(now))
         return _json(404, {"error": f"unknown action {action!r}; use drain, undrain or "
                                     "warm_target"})
+
+
+def _warm_target_body(body: bytes, limit: int) -> tuple[int, float]:
+    """(n, in) of a warm_target request, or ValueError naming the field and the bad value: a
+    target is a whole number of connections in 0..`limit` (the group's `max_in_flight`, the
+    most its pools may hold), `in` a finite number of seconds >= 0."""
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"the body is {type(payload).__name__}, not a JSON object")
+    unknown = sorted(set(payload) - {"n", "in"})
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}")
+    if "n" not in payload:
+        raise ValueError("'n' is missing")
+    n = payload["n"]
+    whole = isinstance(n, int) or (isinstance(n, float) and n.is_integer())
+    if isinstance(n, bool) or not whole or not 0 <= n <= limit:
+        raise ValueError(f"'n' = {n!r}: the target is a whole number of connections in "
+                         f"0..{limit} (the group's max_in_flight)")
+    ahead = payload.get("in", 0)
+    if isinstance(ahead, bool) or not isinstance(ahead, int | float) or \
+            not 0 <= ahead < math.inf:
+        raise ValueError(f"'in' = {ahead!r}: seconds from now, a finite number >= 0")
+    return int(n), float(ahead)
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}

@@ -35,5 +35,4 @@ async def probe(group: Group, backend: Backend) -> bool:
 
 
 async def check_backend(group: Group, backend: Backend) -> None:
-    ok = await probe(group, backend)
-    group.health.record_check(backend.name, ok, group.clock())
+    group.check_result(backend, await probe(group, backend))

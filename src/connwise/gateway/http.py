@@ -371,30 +371,41 @@ class HttpClient(asyncio.Protocol):
             self.close()
 
     def describe(self, now: float) -> dict[str, Any]:
-        upstream = self.relay_to or self.active_upstream
-        return {"id": self.conn_id, "kind": "websocket" if self.relay_to else "http",
-                "listener": self.listener.config.name, "client": self.client_ip,
-                "age": round(now - self.opened_at, 3), "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out, "requests": self.requests,
-                "backend": upstream.address if upstream else None,
-                "class": self.class_state.class_name if self.class_state else None,
-                "why": self.class_state.explain(now) if self.class_state else None}
+        """The admin API's view; a WebSocket adds the last close code seen each way (None
+        until a close frame passed)."""
+        relay = self.relay_to
+        upstream = relay or self.active_upstream
+        described = {"id": self.conn_id, "kind": "websocket" if relay else "http",
+                     "state": self.state(),
+                     "listener": self.listener.config.name, "client": self.client_ip,
+                     "age": round(now - self.opened_at, 3), "bytes_in": self.bytes_in,
+                     "bytes_out": self.bytes_out, "requests": self.requests,
+                     "backend": upstream.address if upstream else None,
+                     "class": self.class_state.class_name if self.class_state else None,
+                     "why": self.class_state.explain(now) if self.class_state else None}
+        if relay is not None:
+            described["close_code"] = {
+                "client": self.frames.close_code if self.frames is not None else None,
+                "upstream": relay.frames.close_code}
+        return described
+
+    def state(self) -> str:
+        """`queued` while a request waits for admission, `active` while one is served or a
+        WebSocket relayed, `draining` once the gateway drains, else `idle`."""
+        if self.draining:
+            return "draining"
+        if (self.relay_to or self.active_upstream) is not None or (
+                self.task is not None and not self.task.done()):
+            return "active"
+        if self.queued is not None:
+            return "queued"
+        return "idle"
 
     def metric_labels(self) -> tuple[str, str, str, str, str]:
-        """(listener, kind, state, class, backend) for `connwise_connections`: `queued` while
-        a request waits for admission, `active` while one is served or a WebSocket relayed,
-        `draining` once the gateway drains, else `idle`."""
+        """(listener, kind, state, class, backend) for `connwise_connections`."""
         upstream = self.relay_to or self.active_upstream
-        if self.draining:
-            state = "draining"
-        elif upstream is not None or (self.task is not None and not self.task.done()):
-            state = "active"
-        elif self.queued is not None:
-            state = "queued"
-        else:
-            state = "idle"
-        return (self.listener.config.name, "websocket" if self.relay_to else "http", state,
-                self.class_state.class_name if self.class_state else "",
+        return (self.listener.config.name, "websocket" if self.relay_to else "http",
+                self.state(), self.class_state.class_name if self.class_state else "",
                 upstream.address if upstream else "")
 
     def going_away(self) -> None:

@@ -5,8 +5,15 @@ per-chunk allocation beyond the counter updates and the `last_active` timestamp 
 what the zombie watch judges idleness by). Backpressure is the transports' own: when the
 peer's write buffer passes its high-water mark the peer's `pause_writing` pauses *our* reading,
 and `resume_writing` resumes it, so a slow reader on one side slows the writer on the other
-instead of growing a buffer. A throttled class adds a token bucket: a chunk that overdraws it
-pauses reading for exactly the time the debt takes to repay.
+instead of growing a buffer.
+
+The throttle step of the degradation ladder: both halves share one `ClassThrottle`, which holds
+the class's live ladder state (`ClassDegrade`). While the class stands at `throttle` or above,
+a token bucket caps the relay's bytes, both directions together, at the ladder's
+`throttle_rate`; a chunk that overdraws it pauses reading on the side it came from for exactly
+the time the debt takes to repay. The ladder's state is read on every chunk, so a long-lived
+relay is throttled when its class climbs to the step and released when it descends; off the
+step a chunk costs two attribute reads.
 
 Half-close is relayed (`write_eof`), so protocols that shut down one direction (HTTP/1.0
 clients, `nc -N`) work; once both directions are shut down both sides close, and a reset on
@@ -20,10 +27,56 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from connwise.core.degrade import THROTTLE, ClassDegrade, DegradeLadder
 from connwise.core.ratelimit import TokenBucket
 
 #: Bytes a client may send before its upstream is connected; past it, reading pauses.
 EARLY_DATA_LIMIT = 256 * 1024
+
+
+class ClassThrottle:
+    """The throttle step on one relay, shared by its two halves; see the module docstring.
+
+    Each stay of the class on the throttle step is counted once per relay, when the first
+    chunk of that stay arrives: on the ladder (`record`) and by `started` (the owner's
+    counters and connection record).
+    """
+
+    __slots__ = ("bucket", "burst", "degrade", "episode", "ladder", "started")
+
+    def __init__(self, ladder: DegradeLadder, class_name: str,
+                 started: Callable[[], None]) -> None:
+        self.ladder = ladder
+        #: The class's live ladder state: its `throttle_rate` is read on every chunk.
+        self.degrade: ClassDegrade = ladder.state(class_name)
+        self.burst = ladder.config.throttle_burst
+        self.started = started
+        self.bucket: TokenBucket | None = None
+        #: `degrade.entered[THROTTLE]` when the bucket was made: a later entry of the step is
+        #: a new stay, which starts from a full bucket and is counted again.
+        self.episode = -1
+
+    @property
+    def active(self) -> bool:
+        """Whether the class stands on the throttle step now."""
+        return self.degrade.throttle_rate is not None
+
+    def take(self, size: int, now: float) -> float:
+        """Take `size` bytes at `now`; the seconds to pause reading (0.0 off the step)."""
+        degrade = self.degrade
+        rate = degrade.throttle_rate
+        if rate is None:
+            return 0.0
+        bucket = self.bucket
+        episode = degrade.entered[THROTTLE]
+        if bucket is None or episode != self.episode:
+            bucket = self.bucket = TokenBucket(rate, self.burst, now)
+            self.episode = episode
+            self.ladder.record(degrade.name, THROTTLE)
+            self.started()
+        elif bucket.rate != rate:
+            bucket.set_rate(rate, now)
+        return bucket.take(size, now)
 
 
 class RelayHalf(asyncio.Protocol):
@@ -34,12 +87,12 @@ class RelayHalf(asyncio.Protocol):
         "_eof_in",
         "_paused_by_peer",
         "_throttle_handle",
-        "bucket",
         "bytes_in",
         "clock",
         "closed",
         "last_active",
         "peer",
+        "throttle",
         "transport",
     )
 
@@ -48,7 +101,8 @@ class RelayHalf(asyncio.Protocol):
         self.peer: RelayHalf | None = None
         self.bytes_in = 0
         self.closed = False
-        self.bucket: TokenBucket | None = None
+        #: The class's throttle step, shared with the peer (None: never throttled).
+        self.throttle: ClassThrottle | None = None
         #: The owner's clock (the gateway passes its own); monotonic time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         #: When bytes last arrived on this side (or it was created): the zombie watch's input.
@@ -92,8 +146,9 @@ class RelayHalf(asyncio.Protocol):
             self._before_peer(data)
             return
         peer.transport.write(data)
-        if self.bucket is not None:
-            self._throttle(len(data))
+        throttle = self.throttle
+        if throttle is not None and throttle.degrade.throttle_rate is not None:
+            self._throttle(throttle, len(data))
 
     def _before_peer(self, data: bytes) -> None:
         """Keep bytes that arrive before the peer is connected (flushed by `join`); past
@@ -105,9 +160,8 @@ class RelayHalf(asyncio.Protocol):
         if sum(map(len, early)) > EARLY_DATA_LIMIT and self.transport is not None:
             self.transport.pause_reading()
 
-    def _throttle(self, size: int) -> None:
-        assert self.bucket is not None
-        delay = self.bucket.take(size, self.last_active)
+    def _throttle(self, throttle: ClassThrottle, size: int) -> None:
+        delay = throttle.take(size, self.last_active)
         if delay > 0 and self.transport is not None and self._throttle_handle is None:
             self.transport.pause_reading()
             loop = asyncio.get_running_loop()

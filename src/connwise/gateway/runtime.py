@@ -25,19 +25,14 @@ from prometheus_client import CollectorRegistry
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
 from connwise.core.clock import Clock, MonotonicClock
 from connwise.core.cqi import ClassChange, ClassState, CqiPolicy
-from connwise.core.escalation import (
-    ActivityRule,
-    EscalationConfig,
-    EscalationEngine,
-    GroupRule,
-)
+from connwise.core.escalation import EscalationEngine
 from connwise.errors import ConfigError
-from connwise.gateway.accept import AcceptLoop, Keepalive, ProtocolFactory
+from connwise.gateway.accept import AcceptLoop, Keepalive, ProtocolFactory, bind_failed
 from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
 from connwise.gateway.routing import Route, Router, build_routers
 from connwise.gateway.tcp import TcpClient
-from connwise.gateway.upstreams import Group
+from connwise.gateway.upstreams import Backend, Group
 from connwise.gateway.zombies import GatewayZombieWatch
 from connwise.telemetry.clientinfo import ClientSegments
 from connwise.telemetry.metrics import ConnectionLabels, TelemetryMetrics
@@ -269,13 +264,17 @@ class Gateway:
                              records=self.config.telemetry.upstream_records)
             self._watch(group)
         self.spawn(self._ticker())
-        self.spawn(self._health_checks())
+        self._start_health_checks()
         self.zombies.start()
         self._start_forecast()
-        for listener in self.listeners.values():
-            listener.server = await AcceptLoop.listen(
-                listener.host, listener.port, self._factory(listener), on_error=self._accept_error,
-                keepalive=self.keepalive())
+        for i, listener in enumerate(self.listeners.values()):
+            try:
+                listener.server = await AcceptLoop.listen(
+                    listener.host, listener.port, self._factory(listener),
+                    on_error=self._accept_error, keepalive=self.keepalive())
+            except OSError as exc:
+                raise bind_failed(f"listeners[{i}].bind", listener.config.bind,
+                                  f"listener {listener.config.name!r}", exc) from None
             log.info("listener %s (%s) on %s:%d", listener.config.name, listener.config.kind,
                      *listener.address)
 
@@ -363,16 +362,32 @@ class Gateway:
                     log.exception("group %s: tick failed; continuing", group.name)
             await asyncio.sleep(0.25)
 
-    async def _health_checks(self) -> None:
-        """Active checks: a TCP connect or an HTTP GET per backend per interval."""
-        while True:
-            groups = list(self.groups.values())
-            interval = min((g.config.health.interval for g in groups), default=5.0)
-            for group in groups:
-                if group.config.health.kind == "none":
-                    continue
-                for backend in group.backends:
-                    self.spawn(check_backend(group, backend))
+    def _start_health_checks(self) -> None:
+        """Active checks: one loop per group that has them, at the group's own interval. At
+        start, and at a reload for the new groups (a retired group's loop ends by itself)."""
+        for group in self.groups.values():
+            if group.config.health.kind != "none":
+                self.spawn(self._health_loop(group))
+
+    async def _health_loop(self, group: Group) -> None:
+        """Every `health.interval` seconds, a TCP connect or an HTTP GET to each backend of
+        `group`, as long as it is the group in force. A backend whose last probe is still
+        running (its `timeout` is longer than the interval) is skipped this round: probes of
+        one backend never overlap, so a slow backend is not probed ever harder."""
+        interval = group.config.health.interval
+        probing: set[str] = set()
+
+        async def check(backend: Backend) -> None:
+            try:
+                await check_backend(group, backend)
+            finally:
+                probing.discard(backend.name)
+
+        while self.groups.get(group.name) is group:
+            for backend in group.backends:
+                if backend.name not in probing:
+                    probing.add(backend.name)
+                    self.spawn(check(backend))
             await asyncio.sleep(interval)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -444,6 +459,7 @@ class Gateway:
         self.routers = build_routers(config)
         for group in retired.values():
             self.spawn(group.close(wait_idle=True))
+        self._start_health_checks()
         for listener in self.listeners.values():
             listener.config = next(lc for lc in config.listeners if lc.name == listener.config.name)
         forecast_changed = config.forecast != self.config.forecast
@@ -470,14 +486,7 @@ def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | 
     section = config.escalation
     if not section.activity and not section.groups:
         return None
-    rules = EscalationConfig(
-        activity=tuple(ActivityRule(r.name, r.threshold, r.window, r.raise_by, r.to_class,
-                                    r.hold, tuple(r.classes)) for r in section.activity),
-        groups=tuple(GroupRule(r.name, r.min_members, r.raise_by, r.to_class, r.quiet)
-                     for r in section.groups),
-        max_escalated_share=section.max_escalated_share, max_tracked=section.max_tracked,
-        max_groups=section.max_groups)
-    return EscalationEngine(rules, classes, prefix="escalation")
+    return EscalationEngine(section.rules(classes), classes, prefix="escalation")
 
 
 def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: bool,

@@ -40,11 +40,17 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
                 ready: asyncio.Event | None = None) -> dict[str, int]:
     """Run one gateway until SIGTERM/SIGINT; reload on SIGHUP when `path` is given."""
     gateway = Gateway(config)
-    await gateway.start()
     admin_server: AdminServer | None = None
-    if admin and config.admin is not None:
-        admin_server = AdminServer(gateway, config.admin.bind, config.admin.token)
-        await admin_server.start()
+    try:
+        await gateway.start()
+        if admin and config.admin is not None:
+            admin_server = AdminServer(gateway, config.admin.bind, config.admin.token)
+            await admin_server.start()
+    except ConfigError:
+        # An address that cannot be listened on: close what started, and let the caller say
+        # why in one line.
+        await gateway.drain(0)
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
@@ -100,7 +106,9 @@ async def _apply(gateway: Gateway, config: GatewayConfig) -> None:
 
 
 def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
-    """Serve in this process (workers == 1) or in `workers` forked processes."""
+    """Serve in this process (workers == 1) or in `workers` forked processes; the exit code.
+    An address that cannot be listened on raises ConfigError (one process) or makes the
+    worker print it and exit 2 (forked)."""
     if workers == 1:
         _run_loop(config, path, admin=True)
         return 0
@@ -109,11 +117,16 @@ def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
+            code = 0
             try:
                 _die_with(master)
                 _run_loop(config, path, admin=index == 0)
+            except ConfigError as exc:
+                sys.stderr.write(f"error: worker {index}: {exc}\n")
+                code = 2
             finally:
-                os._exit(0)
+                sys.stderr.flush()
+                os._exit(code)
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:

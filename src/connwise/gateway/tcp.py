@@ -14,10 +14,9 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
-from connwise.core.ratelimit import TokenBucket
 from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
-from connwise.gateway.relay import RelayHalf
+from connwise.gateway.relay import ClassThrottle, RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
 if TYPE_CHECKING:
@@ -86,8 +85,18 @@ class TcpClient(RelayHalf):
             rec.class_name = self.class_name
             rec.region = gateway.segments.region_of_address(self.client_ip)
         if self.listener.config.sni:
-            return  # wait for the ClientHello in data_received
+            # Wait for the ClientHello in data_received, as long as an http listener waits for
+            # a request head: a client that connects and says nothing is closed.
+            self._timer = asyncio.get_running_loop().call_later(
+                gateway.config.limits.header_timeout, self._hello_expired)
+            return
         self._route(self.listener.config.group)
+
+    def _hello_expired(self) -> None:
+        self._timer = None
+        if self.group is None:
+            self.gateway.count("sni_timeout")
+            self.abort()
 
     def _before_peer(self, data: bytes) -> None:
         """Before the upstream exists: with SNI routing, collect the ClientHello and route by
@@ -98,6 +107,9 @@ class TcpClient(RelayHalf):
             if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
                 return
             early, self._sni_buffer = self._sni_buffer, b""
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super()._before_peer(early)
             group = self.listener.config.sni.get(name or "", self.listener.config.group)
             if group is None:
@@ -120,12 +132,8 @@ class TcpClient(RelayHalf):
             ladder.record(self.class_name, 4)
             self.abort()
             return
-        rate = ladder.throttle_rate(self.class_name)
-        if rate is not None:
-            self.gateway.count_class("throttle", self.class_name)
-            ladder.record(self.class_name, 1)
-            now = self.gateway.clock.now()
-            self.bucket = TokenBucket(rate, ladder.config.throttle_burst, now)
+        # Both halves share it, and it follows the class's ladder for the relay's whole life.
+        self.throttle = ClassThrottle(ladder, self.class_name, self._throttle_started)
         now = self.gateway.clock.now()
         if not ladder.should_queue(self.class_name):
             if group.scheduler.try_admit(self.class_name):
@@ -149,6 +157,12 @@ class TcpClient(RelayHalf):
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(waiter.deadline - now, self._expired)
 
+    def _throttle_started(self) -> None:
+        """The class's cap was applied to this relay (once per stay on the throttle step)."""
+        self.gateway.count_class("throttle", self.class_name)
+        if self.record is not None:
+            self.record.degradations += 1
+
     def bytes_total(self) -> int:
         return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
 
@@ -168,19 +182,24 @@ class TcpClient(RelayHalf):
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
-        return {"id": self.conn_id, "kind": "tcp", "listener": self.listener.config.name,
+        return {"id": self.conn_id, "kind": "tcp", "state": self.state(),
+                "listener": self.listener.config.name,
                 "client": self.client_ip, "age": round(now - self.opened_at, 3),
                 "bytes_in": self.bytes_in, "bytes_out": upstream.bytes_in if upstream else 0,
                 "backend": self.backend.name if self.backend else None,
                 "class": self.class_name, "admitted": self._admitted,
-                "throttled": self.bucket is not None,
+                "throttled": self.throttle is not None and self.throttle.active,
                 "why": self.class_state.explain(now) if self.class_state else None}
 
+    def state(self) -> str:
+        """`queued` until admitted (waiting for the ClientHello or a slot), then `active`
+        (connecting upstream, then relaying)."""
+        return "active" if self._admitted else "queued"
+
     def metric_labels(self) -> tuple[str, str, str, str, str]:
-        """(listener, kind, state, class, backend) for `connwise_connections`: `queued` until
-        admitted, then `active`."""
-        return (self.listener.config.name, "tcp", "active" if self._admitted else "queued",
-                self.class_name, self.backend.name if self.backend else "")
+        """(listener, kind, state, class, backend) for `connwise_connections`."""
+        return (self.listener.config.name, "tcp", self.state(), self.class_name,
+                self.backend.name if self.backend else "")
 
     def granted(self) -> bool:
         """Called by the group when a slot is handed to this waiter; False refuses it."""
@@ -248,13 +267,12 @@ class TcpClient(RelayHalf):
                 rec.upstream_connect_s = now - started
                 rec.phase("active", now)
                 rec.use(now)
-                if self.bucket is not None:
-                    rec.degradations += 1
             if self.closed:
                 backend.outstanding -= 1
                 upstream.close()
                 return
             self.backend = backend
+            upstream.throttle = self.throttle
             upstream.join(self)
             self.join(upstream)
             return

@@ -20,7 +20,7 @@ from connwise.core.affinity import BoundedLoadRing
 from connwise.core.balance import LeastOutstandingP2C, RoundRobin
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
-from connwise.core.health import BackendHealth, HealthConfig, HealthGroup
+from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup
 from connwise.core.scheduler import Scheduler
 from connwise.gateway.upstream_http import (
     UpstreamConnection,
@@ -83,15 +83,8 @@ class Group:
         self.scheduler = Scheduler(classes, capacity=config.max_in_flight,
                                    max_waiters=config.max_waiters, owner=f"group {name!r}")
         now = clock()
-        check = config.health
-        self.health = HealthGroup(config.backends, HealthConfig(
-            rise=check.rise, fall=check.fall, interval=check.interval, timeout=check.timeout,
-            consecutive_failures=check.consecutive_failures,
-            base_ejection_time=check.base_ejection_time,
-            max_ejection_time=check.max_ejection_time,
-            max_ejection_percent=check.max_ejection_percent, slow_start=check.slow_start,
-            slow_start_min_weight=check.slow_start_min_weight,
-        ), now, owner=f"groups.{name}")
+        self.health = HealthGroup(config.backends, config.health.core(f"groups.{name}.health"),
+                                  now, owner=f"groups.{name}")
         #: The degradation ladder (`[degrade]`, or the group's own `degrade` table).
         self.admission = DegradeLadder(degrade or DegradeConfig(), classes,
                                        prefix=f"groups.{name}.degrade")
@@ -181,16 +174,34 @@ class Group:
         backend.health.record_success(self.clock())
 
     def connect_failed(self, backend: Backend, exc: BaseException) -> None:
+        """A connect failed or the backend answered 5xx. Each failure is logged at DEBUG only:
+        a backend that is down fails every request, and a WARNING each flooded the log; what
+        an operator acts on is the state change (the ejection), which `tick` logs. The counts
+        are in `failures` and the admin API."""
         backend.failures += 1
-        log.warning("group %s: backend %s failed: %s", self.name, backend.name, exc)
-        for change in self.health.record_failure(backend.name, self.clock()):
-            log.warning("group %s: backend %s %s", self.name, backend.name, change)
+        log.debug("group %s: backend %s failed: %s", self.name, backend.name, exc)
+        self.health.record_failure(backend.name, self.clock())
+
+    def check_result(self, backend: Backend, ok: bool) -> None:
+        """One active check's result (`health_check`)."""
+        self.health.record_check(backend.name, ok, self.clock())
 
     def tick(self, now: float) -> None:
-        """Periodic: move the degradation ladder from the scheduler's contention."""
+        """Periodic: move the degradation ladder from the scheduler's contention, fire the
+        health timers due (an ejection's or a slow start's end) and log the backends' state
+        changes since the last tick, each once: WARNING out of rotation, INFO back. (The
+        core's own log of transitions is read, so a change fired on the hot path, where
+        `available` advances the timers, is logged too.)"""
         self._ladder_at = now
         self.admission.update(contention_from_scheduler(self.scheduler, now), now)
         self.health.poll(now)
+        for backend in self.backends:
+            if not backend.health.log:
+                continue
+            for change in backend.health.take_transitions():
+                level = logging.INFO if change.to_state in AVAILABLE else logging.WARNING
+                log.log(level, "group %s: backend %s %s -> %s: %s", self.name, change.backend,
+                        change.from_state.value, change.to_state.value, change.reason)
 
     def contended(self, now: float) -> None:
         """An admission event under contention (a request queued, a slot freed while others

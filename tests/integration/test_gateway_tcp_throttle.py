@@ -1,0 +1,118 @@
+"""The throttle step on tcp relays over real loopback sockets: both directions are capped while
+the class stands on the step, and a live relay follows its class up and down the ladder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from connwise.core.degrade import THROTTLE, DegradeConfig, DegradeLadder
+from tests.integration.conftest import GatewayFactory
+
+RATE, BURST = 1024 * 1024, 32 * 1024
+SIZE = 1024 * 1024
+#: The most one chunk may carry past the cap before its pause (a read of the relay).
+CHUNK = 256 * 1024
+
+
+class ByteService:
+    """`D n` sends n bytes back; `U n` reads n bytes and answers `OK`."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> ByteService:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while line := await reader.readline():
+                verb, n = line.split()
+                if verb == b"D":
+                    writer.write(b"x" * int(n))
+                else:
+                    await reader.readexactly(int(n))
+                    writer.write(b"OK\n")
+                await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[ByteService]:
+    started = await ByteService().start()
+    yield started
+    await started.stop()
+
+
+async def download(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    started = time.monotonic()
+    writer.write(b"D %d\n" % SIZE)
+    await asyncio.wait_for(reader.readexactly(SIZE), 20)
+    return time.monotonic() - started
+
+
+async def upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    started = time.monotonic()
+    writer.write(b"U %d\n" % SIZE + b"y" * SIZE)
+    assert await asyncio.wait_for(reader.readline(), 20) == b"OK\n"
+    return time.monotonic() - started
+
+
+async def test_a_live_tcp_relay_is_capped_both_ways_while_its_class_is_throttled(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    gateway = await make_gateway(
+        listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
+        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
+                          "health": {"kind": "none"}}})
+    group = gateway.groups["bytes"]
+    # A small rate so the cap shows in about a second, and a long dwell_down so the periodic
+    # tick (no real contention here) does not undo the step the test put the class on.
+    ladder = group.admission = DegradeLadder(
+        DegradeConfig(throttle_rate=RATE, throttle_burst=BURST, dwell_down=60.0),
+        gateway.classes)
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    floor = (SIZE - BURST - CHUNK) / RATE
+    try:
+        free_down = await download(reader, writer)
+        free_up = await upload(reader, writer)
+        class_name = gateway.connections()[0]["class"]
+        assert gateway.connections()[0]["throttled"] is False
+        assert free_down < floor / 3 and free_up < floor / 3, (free_down, free_up, floor)
+
+        # The class climbs to the throttle step while the relay is open: it is capped now.
+        for t in range(3):
+            ladder.update_pressure(dict.fromkeys(gateway.classes.names, 1.0), float(t))
+        assert ladder.level(class_name) >= THROTTLE
+        capped_down = await download(reader, writer)
+        capped_up = await upload(reader, writer)
+        assert capped_down >= 0.9 * floor, (capped_down, floor)
+        assert capped_up >= 0.9 * floor, (capped_up, floor)
+        assert gateway.connections()[0]["throttled"] is True
+
+        # The pressure goes away and the ladder descends: the cap is lifted on the same relay.
+        at = 1000.0
+        while ladder.level(class_name) > 0:
+            ladder.update_pressure({}, at)
+            at += 61.0
+        lifted_down = await download(reader, writer)
+        lifted_up = await upload(reader, writer)
+        assert lifted_down < floor / 3 and lifted_up < floor / 3, (lifted_down, lifted_up)
+        assert gateway.connections()[0]["throttled"] is False
+    finally:
+        writer.close()
+    # One stay on the step, counted once for the relay (both halves share its bucket).
+    assert gateway.class_counters["throttle", class_name] == 1
+    assert ladder.stats()[class_name]["applied"]["throttle"] == 1
