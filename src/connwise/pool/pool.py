@@ -301,6 +301,20 @@ class Pool(Generic[C]):
             self._run(actions)
         return True
 
+    def detach(self, conn: C) -> None:
+        """Take `conn`, held by the caller, out of the pool for good, without closing it: its
+        slot is free at once and the pool may open another connection in its place; the caller
+        now owns it and closes it. For a holding that outlives any request, such as a
+        WebSocket relayed on an upstream connection, which would otherwise keep a slot of
+        `max_size` for hours. Raises `ConfigError` for a connection not held from this pool."""
+        conn_id = self._held_id(conn)
+        if conn_id is None:
+            return  # closed under its holder by a drain timeout: nothing left to detach
+        self._conns.pop(conn_id, None)
+        self._ids.pop(id(conn), None)
+        self._stacks.pop(conn_id, None)
+        self._run(self._policy.detach(conn_id, self.clock.now()))
+
     def _held_id(self, conn: C) -> int | None:
         """The id of `conn`, held by a caller; None when a drain timeout closed it already."""
         conn_id = self._ids.get(id(conn))
