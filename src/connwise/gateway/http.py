@@ -774,6 +774,23 @@ class HttpClient(asyncio.Protocol):
             self.timer = None
         self.frames = FrameTracker()
 
+    def _start_relay(self, group: Group, backend: Backend, pool: Any,
+                     upstream: UpstreamConnection, ex: Exchange) -> None:
+        """A 101: both connections relay bytes from now on. The relay lives as long as its
+        session, hours for a WebSocket, so its upstream connection leaves the pool (whose
+        `max_in_flight` slots are for requests: kept, two WebSockets would have left none) and
+        counts in the backend's load instead, which the balancers read, until it closes."""
+        pool.detach(upstream)
+        if upstream.closed:  # the backend hung up right after its 101: nothing to relay
+            self.close()
+            return
+        backend.outstanding += 1
+        upstream.relay_backend = backend
+        self._relay_started()
+        self.relay_to = upstream
+        self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
+        upstream.start_relay(self)
+
     def _give_back(self, pool: Any, upstream: UpstreamConnection,
                    error: BaseException | None) -> None:
         if not pool.try_putconn(upstream, error=error):
@@ -1050,11 +1067,7 @@ class HttpClient(asyncio.Protocol):
                 backend.outstanding -= 1
             self._backend_answered(group, backend, ex)
             if upstream.upgraded:
-                self._relay_started()
-                self.relay_to = upstream
-                self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
-                upstream.start_relay(self)
-                upstream.relay_pool = pool
+                self._start_relay(group, backend, pool, upstream, ex)
                 return
             self._give_back(pool, upstream, None)
             return
