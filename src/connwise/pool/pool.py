@@ -200,10 +200,12 @@ class Pool(Generic[C]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def drain(self, timeout: float = 30.0) -> dict[str, int]:
+    async def drain(self, timeout: float | None = 30.0) -> dict[str, int]:
         """Hand out nothing new, let holders finish (closing connections as they come back), then
-        close. After `timeout` seconds, connections still held are closed under their holders.
-        Returns how many connections were closed gracefully and how many forcibly."""
+        close. After `timeout` seconds, connections still held are closed under their holders;
+        None waits for the holders however long they take (the caller bounds it, by cancelling
+        this and calling `close`). Returns how many connections were closed gracefully and how
+        many forcibly."""
         if not self._opened:
             self._opened = True
             self._closed_event = asyncio.Event()
@@ -234,7 +236,7 @@ class Pool(Generic[C]):
                 await asyncio.wait(pending)
         return {"closed": policy.counters["closed"] - before - forced, "forced": forced}
 
-    async def close(self, timeout: float = 30.0) -> None:
+    async def close(self, timeout: float | None = 30.0) -> None:
         """Drain, then close: see `drain`."""
         await self.drain(timeout)
 
