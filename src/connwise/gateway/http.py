@@ -50,7 +50,7 @@ import httptools
 
 from connwise.core.ratelimit import TokenBucket
 from connwise.core.zombies import peer_lost
-from connwise.errors import BackendError, PoolError
+from connwise.errors import BackendError, PoolError, UnknownClass
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker, handshake_accept, try_again_later
 
@@ -1084,7 +1084,8 @@ class RelayThrottle:
     pauses reading on the side it came from for exactly the time the debt takes to repay. The
     rate is read from the ladder on every chunk, so a long-lived WebSocket is throttled when its
     class becomes contended and released when it no longer is; unthrottled, a chunk costs one
-    attribute read.
+    attribute read. When the connection's class changes, the gateway calls `follow` (once per
+    change, never per chunk).
     """
 
     __slots__ = ("bucket", "client", "client_timer", "degrade", "ladder", "upstream",
@@ -1144,6 +1145,25 @@ class RelayThrottle:
         if (upstream.transport is not None and not upstream.closed
                 and not self.client._write_paused):
             upstream.transport.resume_reading()
+
+    def follow(self, class_name: str) -> None:
+        """The connection's class changed (an escalation, a reclassification): from the next
+        chunk on, the relay is capped by the new class's ladder step. A pause the old class's
+        debt imposed ends now, and a new cap starts with a full bucket. A class the relay's
+        ladder does not know (a reload changed the classes) leaves the throttle as it is."""
+        if class_name == self.degrade.name:
+            return
+        try:
+            self.degrade = self.ladder.state(class_name)
+        except UnknownClass:
+            return
+        self.bucket = None
+        if self.client_timer is not None:
+            self.client_timer.cancel()
+            self._resume_client()
+        if self.upstream_timer is not None:
+            self.upstream_timer.cancel()
+            self._resume_upstream()
 
     def cancel(self) -> None:
         for timer in (self.client_timer, self.upstream_timer):

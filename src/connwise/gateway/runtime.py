@@ -208,12 +208,13 @@ class Gateway:
         return None
 
     def apply_changes(self, changes: Any) -> None:
-        """Record escalation changes on the connections' class states (admin API, history)."""
+        """Apply escalation changes to the connections: their class states (admin API,
+        history) and a WebSocket relay's throttle, which follows its connection's class."""
         for change in changes:
             client = self.clients.get(change.conn_id)
             state = getattr(client, "class_state", None)
             if state is not None and isinstance(change, ClassChange):
-                state.apply(change)
+                _set_class(client, state, change)
                 self.count_class("escalated" if _raised(self, change) else "deescalated",
                                  change.to_class)
 
@@ -229,10 +230,12 @@ class Gateway:
             if change is None:
                 continue
             self.count_class("reclassified", change.to_class)
-            if engine is not None:
-                follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
-                if follow is not None:
-                    self.apply_changes([follow])
+            if engine is None:
+                _set_class(client, state, change)  # no escalation: the class is the CQI's
+                continue
+            follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
+            if follow is not None:
+                self.apply_changes([follow])
 
     def connections(self) -> list[dict[str, Any]]:
         """Live client connections with their class and why they have it (admin API)."""
@@ -573,6 +576,15 @@ def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: boo
             and inputs.websocket is websocket
             and inputs.latency_sensitive is route.latency_sensitive and inputs.criticality is None
             and (inputs.user_headers == tuple(matches) if matches else not inputs.user_headers))
+
+
+def _set_class(client: Any, state: ClassState, change: ClassChange) -> None:
+    """The connection's effective class changes: its state records it, and the throttle of a
+    relaying client (a WebSocket) follows it."""
+    state.apply(change)
+    throttle = getattr(client, "throttle", None)
+    if throttle is not None:
+        throttle.follow(change.to_class)
 
 
 def _raised(gateway: Gateway, change: ClassChange) -> bool:
