@@ -6,8 +6,9 @@ address), keeps the groups that admit and balance traffic, counts what happens, 
 drain (SIGTERM) and reload (SIGHUP).
 
 Reload builds the new listeners' routing and groups from the new configuration and swaps them in
-for *new* connections; established connections keep the objects they started with. A
-configuration that fails validation is refused with its error and the old one stays in force.
+whole for new requests; established connections keep the objects they started with, and the
+groups they leave behind retire once their work is done (`Group.retire`). A configuration refused
+anywhere on the way (validation, the core, opening a group's pools) changes nothing.
 """
 
 from __future__ import annotations
