@@ -54,6 +54,25 @@ async def test_roundtrip_stats_and_repr(backend: TcpBackend) -> None:
     await until(lambda: backend.open == 0)
 
 
+async def test_a_detached_connection_stays_open_and_its_slot_serves_a_waiter(
+        backend: TcpBackend) -> None:
+    async with make_pool(backend, max_size=1) as pool:
+        kept = await pool.getconn("critical")
+        waiter = asyncio.create_task(pool.getconn("critical", timeout=5))
+        await until(lambda: pool.policy.scheduler.waiting == 1)
+        pool.detach(kept)
+        other = await waiter
+        assert other is not kept and pool.stats()["counters"]["detached"] == 1
+        await kept.send(b"still here\n")                 # the pool did not close it
+        assert await kept.readline() == b"still here\n"
+        with pytest.raises(connwise.ConfigError, match="does not belong"):
+            await pool.putconn(kept)
+        await pool.putconn(other)
+    await until(lambda: backend.open == 1)                 # closing the pool left it alone
+    await TcpDriver("127.0.0.1", backend.port).close(kept)
+    await until(lambda: backend.open == 0)
+
+
 async def test_critical_served_before_earlier_bulk(backend: TcpBackend) -> None:
     async with make_pool(backend, max_size=1) as pool:
         order: list[str] = []

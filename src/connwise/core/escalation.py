@@ -270,6 +270,17 @@ class EscalationEngine:
         conn = self._conns.get(conn_id)
         return None if conn is None else self.names[conn.level]
 
+    def base_of(self, conn_id: int) -> str | None:
+        """The connection's base (CQI) class; None when it is not tracked."""
+        conn = self._conns.get(conn_id)
+        return None if conn is None else self.names[conn.base]
+
+    def group_of(self, conn_id: int) -> str | None:
+        """The group key the connection joined; None when it is in no group or not tracked.
+        With `base_of`, what another engine needs to take the connection over (a reload)."""
+        conn = self._conns.get(conn_id)
+        return None if conn is None or conn.group is None else conn.group.key
+
     # -- activity -----------------------------------------------------------------------------
 
     def on_activity(self, conn_id: int, now: float, n: int = 1) -> Sequence[ClassChange]:

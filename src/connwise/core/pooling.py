@@ -167,7 +167,8 @@ _ACQUIRE, _RELEASE = Trigger.ACQUIRE, Trigger.RELEASE
 
 
 COUNTERS = ("acquired", "created", "connect_failed", "closed", "recycled", "broken", "leaked",
-            "timed_out", "refused", "rejected", "displaced", "checks", "checks_failed")
+            "timed_out", "refused", "rejected", "displaced", "checks", "checks_failed",
+            "detached")
 
 
 def _leak_due(acquired_at: float, threshold: float) -> float:
@@ -368,6 +369,22 @@ class PoolPolicy:
         self.counters["closed"] += 1
         self._move(rec, Trigger.RETIRE, reason, now)
         return [Close(conn_id, reason), *self.pump(now)]
+
+    def detach(self, conn_id: int, now: float) -> list[Action]:
+        """A holder keeps a connection for good (a proxy's WebSocket relay, for the hours the
+        session lasts): the pool forgets it without closing it, its slot is free, and the pool
+        may open another in its place. The holder closes it. Raises `IllegalTransition` for a
+        connection that is not held."""
+        rec = self.records.get(conn_id)
+        if rec is None or rec.state not in (_IN_USE, _DRAINING) or not rec.class_name:
+            state = rec.state.value if rec else "unknown"
+            raise IllegalTransition(conn_id, self.name, state, "detach")
+        self.scheduler.release(rec.class_name)
+        rec.class_name = ""
+        self.counters["detached"] += 1
+        self._move(rec, Trigger.CLOSE, "detached: its holder keeps it", now)
+        self._maybe_closed()
+        return self.pump(now)
 
     # -- connecting and checking --------------------------------------------------------------
 

@@ -55,7 +55,7 @@ import httptools
 
 from connwise.core.ratelimit import TokenBucket
 from connwise.core.zombies import peer_lost
-from connwise.errors import BackendError, PoolError
+from connwise.errors import BackendError, PoolError, UnknownClass
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker, handshake_accept, try_again_later
 
@@ -867,6 +867,23 @@ class HttpClient(asyncio.Protocol):
             self.timer = None
         self.frames = FrameTracker()
 
+    def _start_relay(self, group: Group, backend: Backend, pool: Any,
+                     upstream: UpstreamConnection, ex: Exchange) -> None:
+        """A 101: both connections relay bytes from now on. The relay lives as long as its
+        session, hours for a WebSocket, so its upstream connection leaves the pool (whose
+        `max_in_flight` slots are for requests: kept, two WebSockets would have left none) and
+        counts in the backend's load instead, which the balancers read, until it closes."""
+        pool.detach(upstream)
+        if upstream.closed:  # the backend hung up right after its 101: nothing to relay
+            self.close()
+            return
+        backend.outstanding += 1
+        upstream.relay_backend = backend
+        self._relay_started()
+        self.relay_to = upstream
+        self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
+        upstream.start_relay(self)
+
     def _give_back(self, pool: Any, upstream: UpstreamConnection,
                    error: BaseException | None) -> None:
         if not pool.try_putconn(upstream, error=error):
@@ -1153,11 +1170,7 @@ class HttpClient(asyncio.Protocol):
                 backend.outstanding -= 1
             self._backend_answered(group, backend, ex)
             if upstream.upgraded:
-                self._relay_started()
-                self.relay_to = upstream
-                self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
-                upstream.start_relay(self)
-                upstream.relay_pool = pool
+                self._start_relay(group, backend, pool, upstream, ex)
                 return
             self._give_back(pool, upstream, None)
             return
@@ -1174,7 +1187,8 @@ class RelayThrottle:
     pauses reading on the side it came from for exactly the time the debt takes to repay. The
     rate is read from the ladder on every chunk, so a long-lived WebSocket is throttled when its
     class becomes contended and released when it no longer is; unthrottled, a chunk costs one
-    attribute read.
+    attribute read. When the connection's class changes, the gateway calls `follow` (once per
+    change, never per chunk).
     """
 
     __slots__ = ("bucket", "client", "client_timer", "degrade", "ladder", "upstream",
@@ -1234,6 +1248,25 @@ class RelayThrottle:
         if (upstream.transport is not None and not upstream.closed
                 and not self.client._write_paused):
             upstream.transport.resume_reading()
+
+    def follow(self, class_name: str) -> None:
+        """The connection's class changed (an escalation, a reclassification): from the next
+        chunk on, the relay is capped by the new class's ladder step. A pause the old class's
+        debt imposed ends now, and a new cap starts with a full bucket. A class the relay's
+        ladder does not know (a reload changed the classes) leaves the throttle as it is."""
+        if class_name == self.degrade.name:
+            return
+        try:
+            self.degrade = self.ladder.state(class_name)
+        except UnknownClass:
+            return
+        self.bucket = None
+        if self.client_timer is not None:
+            self.client_timer.cancel()
+            self._resume_client()
+        if self.upstream_timer is not None:
+            self.upstream_timer.cancel()
+            self._resume_upstream()
 
     def cancel(self) -> None:
         for timer in (self.client_timer, self.upstream_timer):

@@ -6,8 +6,9 @@ address), keeps the groups that admit and balance traffic, counts what happens, 
 drain (SIGTERM) and reload (SIGHUP).
 
 Reload builds the new listeners' routing and groups from the new configuration and swaps them in
-for *new* connections; established connections keep the objects they started with. A
-configuration that fails validation is refused with its error and the old one stays in force.
+whole for new requests; established connections keep the objects they started with, and the
+groups they leave behind retire once their work is done (`Group.retire`). A configuration refused
+anywhere on the way (validation, the core, opening a group's pools) changes nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from connwise.config import GatewayConfig, ListenerConfig, parse_address
+from connwise.core.classes import ClassTable
 from connwise.core.clock import Clock, MonotonicClock
 from connwise.core.cqi import ClassChange, ClassState, CqiPolicy
-from connwise.core.escalation import EscalationEngine
+from connwise.core.escalation import EscalationConfig, EscalationEngine
 from connwise.errors import ConfigError
 from connwise.gateway.accept import AcceptLoop, Keepalive, ProtocolFactory, bind_failed
 from connwise.gateway.health_check import check_backend
@@ -101,7 +103,9 @@ class Gateway:
         self.clock: Clock = clock or MonotonicClock()
         self.config = config
         self.classes = config.class_table()
-        self.groups = self._build_groups(config)
+        self.groups = self._build_groups(config, self.classes)
+        #: Groups a reload replaced, while their established work finishes (`Group.retire`).
+        self.retired: set[Group] = set()
         self.routers = build_routers(config)
         self.listeners = {lc.name: Listener(lc) for lc in config.listeners}
         self.via = f"connwise-{config.node_id}".encode()
@@ -142,9 +146,9 @@ class Gateway:
         for client in list(self.clients.values()):
             yield client.metric_labels()
 
-    def _build_groups(self, config: GatewayConfig) -> dict[str, Group]:
-        return {name: Group(name, group, self.classes, self.clock.now,
-                            degrade=config.degrade_config(name, self.classes))
+    def _build_groups(self, config: GatewayConfig, classes: ClassTable) -> dict[str, Group]:
+        return {name: Group(name, group, classes, self.clock.now,
+                            degrade=config.degrade_config(name, classes))
                 for name, group in config.groups.items()}
 
     # -- per-request decisions ----------------------------------------------------------------
@@ -201,12 +205,13 @@ class Gateway:
         return None
 
     def apply_changes(self, changes: Any) -> None:
-        """Record escalation changes on the connections' class states (admin API, history)."""
+        """Apply escalation changes to the connections: their class states (admin API,
+        history) and a WebSocket relay's throttle, which follows its connection's class."""
         for change in changes:
             client = self.clients.get(change.conn_id)
             state = getattr(client, "class_state", None)
             if state is not None and isinstance(change, ClassChange):
-                state.apply(change)
+                _set_class(client, state, change)
                 self.count_class("escalated" if _raised(self, change) else "deescalated",
                                  change.to_class)
 
@@ -222,10 +227,12 @@ class Gateway:
             if change is None:
                 continue
             self.count_class("reclassified", change.to_class)
-            if engine is not None:
-                follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
-                if follow is not None:
-                    self.apply_changes([follow])
+            if engine is None:
+                _set_class(client, state, change)  # no escalation: the class is the CQI's
+                continue
+            follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
+            if follow is not None:
+                self.apply_changes([follow])
 
     def connections(self) -> list[dict[str, Any]]:
         """Live client connections with their class and why they have it (admin API)."""
@@ -428,8 +435,9 @@ class Gateway:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
-        for group in self.groups.values():
+        for group in [*self.groups.values(), *self.retired]:
             await group.close()
+        self.retired.clear()
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
             self.count("telemetry_dropped", self._writer.dropped)
@@ -437,28 +445,47 @@ class Gateway:
 
     async def reload(self, config: GatewayConfig) -> None:
         """Apply a validated configuration to new connections; listeners must keep their binds.
-        Established connections keep the groups they started with; old groups close their idle
-        upstream connections once their last client is gone."""
+
+        Everything new is built and opened first, into locals: a configuration refused on the
+        way (a bad value only the core sees, a region table gone) leaves the running one whole,
+        the very same objects. Then it is swapped in at once, without an await. Established
+        connections keep the groups they started with: a replaced group retires
+        (`Group.retire`: idle upstream connections close now, requests in flight finish,
+        WebSockets go on). Escalation state is kept: see `_next_escalation`."""
         old = {lc.name: (lc.bind, lc.kind) for lc in self.config.listeners}
         new = {lc.name: (lc.bind, lc.kind) for lc in config.listeners}
         if old != new:
             raise ConfigError("listeners", sorted(new.items()), "a reload cannot add, remove or "
                               "move listeners", "restart the gateway to change listeners")
         segments = ClientSegments.from_config(config.telemetry)  # reads the table: may refuse
-        self.classes = config.class_table()
-        self.cqi = CqiPolicy(config.cqi_config(self.classes), self.classes)
-        self.escalation = build_escalation(config, self.classes)
-        groups = self._build_groups(config)
+        tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
+        classes = config.class_table()
+        cqi = CqiPolicy(config.cqi_config(classes), classes)
+        escalation = self._next_escalation(config, classes)
+        groups = self._build_groups(config, classes)
+        routers = build_routers(config)
+        opened: list[Group] = []
+        try:
+            for group in groups.values():
+                opened.append(group)
+                await group.open(self.recorder, self.clock,
+                                 records=config.telemetry.upstream_records)
+        except BaseException:
+            for group in opened:
+                self.spawn(group.close())
+            raise
+        # Nothing below fails or awaits: the new configuration goes in whole.
         for group in groups.values():
-            await group.open(self.recorder, self.clock, records=config.telemetry.upstream_records)
-        for group in groups.values():  # once all opened: a refused reload leaves no trace
             self._watch(group)
-        self.segments = segments
-        self.tcp_info = TcpInfoSampler(config.telemetry.tcp_info_every)
+        carried = self._carry_escalation(escalation, classes, self.clock.now())
+        self.classes, self.cqi, self.escalation = classes, cqi, escalation
+        self.apply_changes(carried)
+        self.segments, self.tcp_info = segments, tcp_info
         retired, self.groups = self.groups, groups
-        self.routers = build_routers(config)
+        self.routers = routers
         for group in retired.values():
-            self.spawn(group.close(wait_idle=True))
+            self.retired.add(group)
+            self.spawn(self._retire(group))
         self._start_health_checks()
         for listener in self.listeners.values():
             listener.config = next(lc for lc in config.listeners if lc.name == listener.config.name)
@@ -472,6 +499,65 @@ class Gateway:
             self._start_forecast()
         self.count("reloads")
 
+    async def _retire(self, group: Group) -> None:
+        """Let a replaced group's established work finish, then forget it. Cancelled by a
+        drain, it stays in `retired`, and the drain closes it."""
+        await group.retire()
+        self.retired.discard(group)
+
+    def _next_escalation(self, config: GatewayConfig,
+                         classes: ClassTable) -> EscalationEngine | None:
+        """The escalation engine of a reloaded configuration. The running one stays when its
+        rules and the classes are unchanged, with every live connection's escalation, activity
+        window and group. Otherwise a new engine (it may refuse the configuration, before
+        anything changed), which `_carry_escalation` fills."""
+        rules = escalation_rules(config, classes)
+        if rules is None:
+            return None
+        engine = self.escalation
+        if (engine is not None and engine.config == rules
+                and list(engine.classes) == list(classes)):
+            return engine
+        return EscalationEngine(rules, classes, prefix="escalation")
+
+    def _carry_escalation(self, engine: EscalationEngine | None, classes: ClassTable,
+                          now: float) -> list[ClassChange]:
+        """Move the connections the running engine tracks into `engine`, a new one (new rules
+        or classes), and return their class changes for `apply_changes`.
+
+        What carries over is what the core exposes: each connection's base (CQI) class and its
+        group key, so groups re-form at once and the new group rules judge them. What resets:
+        activity rates (the new rules count from zero), hold and quiet periods in progress,
+        the order of escalations under the cap. A connection escalated under the old rules
+        but not the new ones goes back to its base class now; one whose base class the new
+        classes lack (or whose class they lack) is no longer tracked (an HTTP connection is
+        again at its next request).
+        With no engine before, nothing is carried: HTTP connections join at their next request,
+        WebSockets opened before stay outside escalation. Without an engine now, escalated
+        connections go back to their base class."""
+        old = self.escalation
+        if old is None or engine is old:
+            return []
+        carried: list[tuple[int, ClassState, str]] = []
+        for conn_id, client in self.clients.items():
+            base = old.base_of(conn_id)
+            state: ClassState | None = getattr(client, "class_state", None)
+            if base is None or state is None:
+                continue
+            if base not in classes or state.class_name not in classes:
+                continue  # the new classes lack its class: classified afresh, if ever
+            carried.append((conn_id, state, base))
+            if engine is not None:
+                engine.open(conn_id, base, now, group_key=old.group_of(conn_id))
+        # Read after every connection is in: a group that re-formed raised all its members.
+        changes: list[ClassChange] = []
+        for conn_id, state, base in carried:
+            to_class = (engine.class_of(conn_id) if engine is not None else None) or base
+            if to_class != state.class_name:
+                changes.append(ClassChange(conn_id, state.class_name, to_class,
+                                           "reload: the escalation rules changed", now))
+        return changes
+
     def stats(self) -> dict[str, Any]:
         return {"node_id": self.config.node_id, "draining": self.draining,
                 "clients": len(self.clients), "counters": dict(self.counters),
@@ -481,12 +567,19 @@ class Gateway:
 
 
 
-def build_escalation(config: GatewayConfig, classes: Any) -> EscalationEngine | None:
+def build_escalation(config: GatewayConfig, classes: ClassTable) -> EscalationEngine | None:
     """The escalation engine of a configuration, or None when it has no rules."""
+    rules = escalation_rules(config, classes)
+    return None if rules is None else EscalationEngine(rules, classes, prefix="escalation")
+
+
+def escalation_rules(config: GatewayConfig, classes: ClassTable) -> EscalationConfig | None:
+    """The `[escalation]` rules as the core takes them (validated against `classes`), or None
+    when there are none."""
     section = config.escalation
     if not section.activity and not section.groups:
         return None
-    return EscalationEngine(section.rules(classes), classes, prefix="escalation")
+    return section.rules(classes)
 
 
 def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: bool,
@@ -497,6 +590,15 @@ def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: boo
             and inputs.websocket is websocket
             and inputs.latency_sensitive is route.latency_sensitive and inputs.criticality is None
             and (inputs.user_headers == tuple(matches) if matches else not inputs.user_headers))
+
+
+def _set_class(client: Any, state: ClassState, change: ClassChange) -> None:
+    """The connection's effective class changes: its state records it, and the throttle of a
+    relaying client (a WebSocket) follows it."""
+    state.apply(change)
+    throttle = getattr(client, "throttle", None)
+    if throttle is not None:
+        throttle.follow(change.to_class)
 
 
 def _raised(gateway: Gateway, change: ClassChange) -> bool:

@@ -27,7 +27,7 @@ import functools
 import itertools
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import httptools
 
@@ -37,6 +37,7 @@ from connwise.gateway.wsframes import FrameTracker
 if TYPE_CHECKING:
     from connwise.core.clock import Clock
     from connwise.gateway.http import Exchange, HttpClient
+    from connwise.gateway.upstreams import Backend
     from connwise.telemetry.record import ConnRecord
     from connwise.telemetry.recorder import Recorder
 
@@ -129,8 +130,8 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "frames",
         "record",
+        "relay_backend",
         "relay_client",
-        "relay_pool",
         "reusable",
         "timing",
         "transport",
@@ -144,9 +145,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = True
         self.upgraded = False
         self.relay_client: HttpClient | None = None
-        #: The pool a relayed (upgraded) connection goes back to, as broken, when the relay
-        #: ends: a slot rather than a callback object, ~200 bytes less per WebSocket.
-        self.relay_pool: Any = None
+        #: The backend whose load (`outstanding`) a relay (an upgraded connection, detached
+        #: from its pool) counts in until it ends: a slot rather than a callback object.
+        self.relay_backend: Backend | None = None
         self.frames = FrameTracker()
         #: Released (None) once the connection is a relay (`start_relay`).
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
@@ -199,9 +200,9 @@ class UpstreamConnection(asyncio.Protocol):
         client = self.relay_client
         if client is not None:
             client.close()
-        pool, self.relay_pool = self.relay_pool, None
-        if pool is not None and client is not None:
-            client.gateway.spawn(pool.putconn(self, error=ConnectionResetError("relay ended")))
+        backend, self.relay_backend = self.relay_backend, None
+        if backend is not None:
+            backend.outstanding -= 1
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         if self._on_done is not None:

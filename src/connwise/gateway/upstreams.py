@@ -9,7 +9,6 @@ call in, get an answer, and do their I/O afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable, Collection
@@ -44,6 +43,8 @@ UPSTREAM_MAX_CONNECTING = 64
 #: Least seconds between two ladder updates driven by admission events (the periodic tick
 #: updates it too): O(classes) each, so at most 100 a second costs nothing measurable.
 LADDER_UPDATE_INTERVAL = 0.01
+#: Seconds between two looks of a retired group at its queues (`Group.retire`).
+RETIRE_POLL_INTERVAL = 0.05
 
 log = logging.getLogger("connwise.gateway")
 
@@ -92,7 +93,6 @@ class Group:
         self.backends = [Backend(address, f"groups.{name}.backends[{i}]", self.health[address])
                          for i, address in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
-        self._idle: asyncio.Event | None = None
         names = [b.name for b in self.backends]
         self._balancer: RoundRobin | LeastOutstandingP2C | BoundedLoadRing
         if config.balance == "hash":
@@ -136,12 +136,33 @@ class Group:
         backend.warm_target = n
         backend.pool.set_target(n, at=at)
 
-    async def close(self, *, wait_idle: bool = False, timeout: float = 30.0) -> None:
-        """Close the upstream pools; with `wait_idle`, first wait for in-flight work to end."""
-        if wait_idle and self.scheduler.in_use:
-            self._idle = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
+    async def retire(self) -> None:
+        """A reload replaced this group: new connections no longer reach it, established ones
+        finish on it. Requests still waiting for its admission or for an upstream connection
+        are served first (their class's `max_wait` bounds that); then every pool drains: idle
+        connections close at once, held ones as their requests give them back, however long
+        those answers stream, with no force close: the gateway's drain timeout (SIGTERM)
+        bounds them, and `close` then ends what is left. WebSocket relays left their pools
+        when they upgraded, so they go on until their sessions end.
+
+        From then on the group's pools open nothing: an idempotent request of the group whose
+        upstream fails is answered 502, not retried on another of its backends."""
+        # Polled, not signalled: waiters leave by many ways (grant, deadline, displacement, a
+        # client gone, in the group and in its pools), a retired group is rare, and this keeps
+        # `release`, run by every request, free of a check for it.
+        while self._has_waiters():  # noqa: ASYNC110
+            await asyncio.sleep(RETIRE_POLL_INTERVAL)
+        await asyncio.gather(*(b.pool.drain(timeout=None) for b in self.backends
+                               if b.pool is not None))
+
+    def _has_waiters(self) -> bool:
+        """Requests wait for this group's admission or for one of its upstream connections."""
+        return bool(self.scheduler.waiting) or any(
+            b.pool is not None and b.pool.policy.scheduler.waiting for b in self.backends)
+
+    async def close(self) -> None:
+        """Close the upstream pools (the gateway's drain, once its clients are gone):
+        connections still held a second later are closed under their holders."""
         for backend in self.backends:
             if backend.pool is not None:
                 await backend.pool.close(timeout=1.0)
@@ -218,8 +239,6 @@ class Group:
         scheduler = self.scheduler
         now = self.clock()
         scheduler.release(class_name)
-        if not scheduler.in_use and self._idle is not None:
-            self._idle.set()
         if scheduler.waiting:
             self.contended(now)
             while (waiter := scheduler.grant(now)) is not None:

@@ -200,10 +200,12 @@ class Pool(Generic[C]):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def drain(self, timeout: float = 30.0) -> dict[str, int]:
+    async def drain(self, timeout: float | None = 30.0) -> dict[str, int]:
         """Hand out nothing new, let holders finish (closing connections as they come back), then
-        close. After `timeout` seconds, connections still held are closed under their holders.
-        Returns how many connections were closed gracefully and how many forcibly."""
+        close. After `timeout` seconds, connections still held are closed under their holders;
+        None waits for the holders however long they take (the caller bounds it, by cancelling
+        this and calling `close`). Returns how many connections were closed gracefully and how
+        many forcibly."""
         if not self._opened:
             self._opened = True
             self._closed_event = asyncio.Event()
@@ -234,7 +236,7 @@ class Pool(Generic[C]):
                 await asyncio.wait(pending)
         return {"closed": policy.counters["closed"] - before - forced, "forced": forced}
 
-    async def close(self, timeout: float = 30.0) -> None:
+    async def close(self, timeout: float | None = 30.0) -> None:
         """Drain, then close: see `drain`."""
         await self.drain(timeout)
 
@@ -300,6 +302,20 @@ class Pool(Generic[C]):
         if actions or self._policy.state is not PoolState.OPEN:
             self._run(actions)
         return True
+
+    def detach(self, conn: C) -> None:
+        """Take `conn`, held by the caller, out of the pool for good, without closing it: its
+        slot is free at once and the pool may open another connection in its place; the caller
+        now owns it and closes it. For a holding that outlives any request, such as a
+        WebSocket relayed on an upstream connection, which would otherwise keep a slot of
+        `max_size` for hours. Raises `ConfigError` for a connection not held from this pool."""
+        conn_id = self._held_id(conn)
+        if conn_id is None:
+            return  # closed under its holder by a drain timeout: nothing left to detach
+        self._conns.pop(conn_id, None)
+        self._ids.pop(id(conn), None)
+        self._stacks.pop(conn_id, None)
+        self._run(self._policy.detach(conn_id, self.clock.now()))
 
     def _held_id(self, conn: C) -> int | None:
         """The id of `conn`, held by a caller; None when a drain timeout closed it already."""

@@ -642,6 +642,39 @@ def test_refuse_of_a_connection_retired_meanwhile_closes_it() -> None:
     assert sim.assigned[-1].conn_id == new
 
 
+def test_detach_frees_the_slot_without_a_close_and_serves_the_next_waiter() -> None:
+    """A WebSocket relay keeps its upstream connection for hours: detached, it no longer
+    counts against max_size, and a waiter gets a new connection in its place."""
+    sim = Sim(max_size=1)
+    (conn,) = sim.open(1)
+    held = sim.hold("bulk", 0.0)
+    w = sim.p.submit("critical", 0.0)
+    assert sim.pump(0.0) == []                       # full: nothing to open
+    actions = sim.feed(sim.p.detach(held, 1.0))
+    assert actions == [Connect(conn + 1)]            # no Close: the holder owns it now
+    assert conn not in sim.p.records
+    assert sim.p.scheduler.in_use == 0 and sim.p.counters["detached"] == 1
+    assert sim.p.counters["closed"] == 0
+    assert sim.events[-1].trigger is Trigger.CLOSE and "detached" in sim.events[-1].reason
+    assert [a.waiter for a in of(Assign, sim.connect_all(1.1))] == [w]
+    with pytest.raises(IllegalTransition, match="detach"):
+        sim.p.detach(held, 2.0)                       # not held any more
+    idle = sim.p.records[conn + 1]
+    sim.release(idle.id, 2.0)
+    with pytest.raises(IllegalTransition, match="detach"):
+        sim.p.detach(idle.id, 2.0)                    # idle: not the caller's to keep
+
+
+def test_detach_of_the_last_held_connection_lets_a_draining_pool_close() -> None:
+    sim = Sim(max_size=2)
+    sim.open(1)
+    held = sim.hold("bulk", 0.0)
+    sim.feed(sim.p.drain(0.5))
+    assert state(sim.p) is PoolState.DRAINING
+    assert sim.feed(sim.p.detach(held, 1.0)) == []
+    assert state(sim.p) is PoolState.CLOSED and sim.p.scheduler.in_use == 0
+
+
 def test_refuse_after_drain_closes_and_lets_the_pool_close() -> None:
     sim = Sim(max_size=2)
     (conn,) = sim.open(1)

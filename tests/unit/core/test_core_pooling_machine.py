@@ -330,6 +330,17 @@ class PoolMachine(RuleBasedStateMachine):
         actions = self.p.retire(conn_id, self.now, "zombie")
         self.process(actions)
 
+    @precondition(lambda self: bool(self.in_phase("held")))
+    @rule(data=st.data())
+    def detach(self, data: st.DataObject) -> None:
+        """The holder keeps the connection (a relay): the pool forgets it, closing nothing."""
+        conn_id = data.draw(st.sampled_from(self.in_phase("held")))
+        self._forget(conn_id)
+        actions = self.p.detach(conn_id, self.now)
+        assert conn_id not in self.p.records
+        assert not any(isinstance(a, Close) and a.conn_id == conn_id for a in actions)
+        self.process(actions)
+
     @precondition(lambda self: self._p is not None and self._p.state is PoolState.OPEN
                   and self.steps >= 25)
     @rule()

@@ -95,6 +95,18 @@ def test_connection_bookkeeping() -> None:
         e.rate(1, "nope", 0.0)
 
 
+def test_base_and_group_say_what_another_engine_needs_to_take_a_connection_over() -> None:
+    e = engine()
+    e.open(1, "bulk", 0.0, group_key="doc")
+    e.open(2, "interactive", 0.0)
+    burst(e, 2, 0.0, 10)
+    assert (e.base_of(1), e.group_of(1)) == ("bulk", "doc")
+    assert (e.base_of(2), e.group_of(2), e.class_of(2)) == ("interactive", None, "critical")
+    e.on_leave(1, 1.0)
+    assert e.group_of(1) is None
+    assert e.base_of(99) is None and e.group_of(99) is None
+
+
 # -- activity -----------------------------------------------------------------------------------
 
 
