@@ -34,49 +34,42 @@ from connwise.core.ratelimit import TokenBucket
 EARLY_DATA_LIMIT = 256 * 1024
 
 
-class ClassThrottle:
-    """The throttle step on one relay, shared by its two halves; see the module docstring.
+class ThrottleStep:
+    """The throttle step of one class on one ladder, shared by every relay of the class: what a
+    chunk reads to know whether the class stands on the step (`degrade.throttle_rate`). A relay
+    holds no throttle state of its own until it is capped (a `RelayBucket` then), so an idle
+    relay pays one slot per half for the feature, not an object.
 
-    Each stay of the class on the throttle step is counted once per relay, when the first
-    chunk of that stay arrives: on the ladder (`record`) and by `started` (the owner's
-    counters and connection record).
+    `started(half)` is called once per relay and stay of the class on the step, with the half
+    whose chunk started the cap; the step records it on the ladder itself.
     """
 
-    __slots__ = ("bucket", "burst", "degrade", "episode", "ladder", "started")
+    __slots__ = ("burst", "degrade", "ladder", "started")
 
     def __init__(self, ladder: DegradeLadder, class_name: str,
-                 started: Callable[[], None]) -> None:
+                 started: Callable[[RelayHalf], None]) -> None:
         self.ladder = ladder
         #: The class's live ladder state: its `throttle_rate` is read on every chunk.
         self.degrade: ClassDegrade = ladder.state(class_name)
         self.burst = ladder.config.throttle_burst
         self.started = started
-        self.bucket: TokenBucket | None = None
-        #: `degrade.entered[THROTTLE]` when the bucket was made: a later entry of the step is
-        #: a new stay, which starts from a full bucket and is counted again.
-        self.episode = -1
 
     @property
     def active(self) -> bool:
         """Whether the class stands on the throttle step now."""
         return self.degrade.throttle_rate is not None
 
-    def take(self, size: int, now: float) -> float:
-        """Take `size` bytes at `now`; the seconds to pause reading (0.0 off the step)."""
-        degrade = self.degrade
-        rate = degrade.throttle_rate
-        if rate is None:
-            return 0.0
-        bucket = self.bucket
-        episode = degrade.entered[THROTTLE]
-        if bucket is None or episode != self.episode:
-            bucket = self.bucket = TokenBucket(rate, self.burst, now)
-            self.episode = episode
-            self.ladder.record(degrade.name, THROTTLE)
-            self.started()
-        elif bucket.rate != rate:
-            bucket.set_rate(rate, now)
-        return bucket.take(size, now)
+
+class RelayBucket(TokenBucket):
+    """One relay's cap, shared by its two halves, for one stay of its class on the step."""
+
+    __slots__ = ("episode",)
+
+    def __init__(self, rate: float, burst: float, now: float, episode: int) -> None:
+        super().__init__(rate, burst, now)
+        #: `ClassDegrade.entered[THROTTLE]` when it was made: a later entry of the step is a new
+        #: stay, which starts from a full bucket and is counted again.
+        self.episode = episode
 
 
 class RelayHalf(asyncio.Protocol):
@@ -87,6 +80,7 @@ class RelayHalf(asyncio.Protocol):
         "_eof_in",
         "_paused_by_peer",
         "_throttle_handle",
+        "bucket",
         "bytes_in",
         "clock",
         "closed",
@@ -101,8 +95,10 @@ class RelayHalf(asyncio.Protocol):
         self.peer: RelayHalf | None = None
         self.bytes_in = 0
         self.closed = False
-        #: The class's throttle step, shared with the peer (None: never throttled).
-        self.throttle: ClassThrottle | None = None
+        #: The class's throttle step, shared with every relay of the class (None: never
+        #: throttled), and this relay's cap while the class stands on it (shared with the peer).
+        self.throttle: ThrottleStep | None = None
+        self.bucket: RelayBucket | None = None
         #: The owner's clock (the gateway passes its own); monotonic time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         #: When bytes last arrived on this side (or it was created): the zombie watch's input.
@@ -160,8 +156,24 @@ class RelayHalf(asyncio.Protocol):
         if sum(map(len, early)) > EARLY_DATA_LIMIT and self.transport is not None:
             self.transport.pause_reading()
 
-    def _throttle(self, throttle: ClassThrottle, size: int) -> None:
-        delay = throttle.take(size, self.last_active)
+    def _throttle(self, step: ThrottleStep, size: int) -> None:
+        """The class stands on the throttle step: take `size` from the relay's bucket (made,
+        for both halves, by the first chunk of each stay) and pause reading for any debt."""
+        degrade = step.degrade
+        rate = degrade.throttle_rate
+        assert rate is not None
+        now = self.last_active
+        episode = degrade.entered[THROTTLE]
+        bucket = self.bucket
+        if bucket is None or bucket.episode != episode:
+            bucket = self.bucket = RelayBucket(rate, step.burst, now, episode)
+            if self.peer is not None:
+                self.peer.bucket = bucket
+            step.ladder.record(degrade.name, THROTTLE)
+            step.started(self)
+        elif bucket.rate != rate:
+            bucket.set_rate(rate, now)
+        delay = bucket.take(size, now)
         if delay > 0 and self.transport is not None and self._throttle_handle is None:
             self.transport.pause_reading()
             loop = asyncio.get_running_loop()

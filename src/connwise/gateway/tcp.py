@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
-from connwise.gateway.relay import ClassThrottle, RelayHalf
+from connwise.gateway.relay import RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ class TcpClient(RelayHalf):
             ladder.record(self.class_name, 4)
             self.abort()
             return
-        # Both halves share it, and it follows the class's ladder for the relay's whole life.
-        self.throttle = ClassThrottle(ladder, self.class_name, self._throttle_started)
+        # Both halves read it, and it follows the class's ladder for the relay's whole life.
+        self.throttle = group.relay_throttle(self.class_name, _throttle_started)
         now = self.gateway.clock.now()
         if not ladder.should_queue(self.class_name):
             if group.scheduler.try_admit(self.class_name):
@@ -156,12 +156,6 @@ class TcpClient(RelayHalf):
             self.transport.pause_reading()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(waiter.deadline - now, self._expired)
-
-    def _throttle_started(self) -> None:
-        """The class's cap was applied to this relay (once per stay on the throttle step)."""
-        self.gateway.count_class("throttle", self.class_name)
-        if self.record is not None:
-            self.record.degradations += 1
 
     def bytes_total(self) -> int:
         return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
@@ -315,3 +309,13 @@ class TcpClient(RelayHalf):
             recorder.end(rec, now, reason,
                          failed=exc is not None or self.backend is None)
         self.gateway.client_closed(self)
+
+
+def _throttle_started(half: RelayHalf) -> None:
+    """A tcp relay's class cap was applied (once per stay on the throttle step): counted, and
+    in the client's record."""
+    client = half if isinstance(half, TcpClient) else half.peer
+    if isinstance(client, TcpClient):
+        client.gateway.count_class("throttle", client.class_name)
+        if client.record is not None:
+            client.record.degradations += 1

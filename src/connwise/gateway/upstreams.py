@@ -21,6 +21,7 @@ from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
 from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup
 from connwise.core.scheduler import Scheduler
+from connwise.gateway.relay import RelayHalf, ThrottleStep
 from connwise.gateway.upstream_http import (
     UpstreamConnection,
     UpstreamDriver,
@@ -90,6 +91,8 @@ class Group:
         self.admission = DegradeLadder(degrade or DegradeConfig(), classes,
                                        prefix=f"groups.{name}.degrade")
         self._ladder_at = -LADDER_UPDATE_INTERVAL
+        #: The throttle step of each class for tcp relays, one per class (see `relay_throttle`).
+        self._relay_throttles: dict[str, ThrottleStep] = {}
         self.backends = [Backend(address, f"groups.{name}.backends[{i}]", self.health[address])
                          for i, address in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
@@ -102,6 +105,16 @@ class Group:
             self._balancer = RoundRobin(names)
         else:
             self._balancer = LeastOutstandingP2C(names, rng=rng or random.Random())
+
+    def relay_throttle(self, class_name: str,
+                       started: Callable[[RelayHalf], None]) -> ThrottleStep:
+        """The throttle step of `class_name` on this group's ladder, shared by its tcp relays
+        (`started` is the same function for all of them)."""
+        step = self._relay_throttles.get(class_name)
+        if step is None:
+            step = self._relay_throttles[class_name] = ThrottleStep(self.admission, class_name,
+                                                                    started)
+        return step
 
     # -- upstream pools -----------------------------------------------------------------------
 
