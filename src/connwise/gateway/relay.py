@@ -7,13 +7,14 @@ peer's write buffer passes its high-water mark the peer's `pause_writing` pauses
 and `resume_writing` resumes it, so a slow reader on one side slows the writer on the other
 instead of growing a buffer.
 
-The throttle step of the degradation ladder: both halves share one `ClassThrottle`, which holds
-the class's live ladder state (`ClassDegrade`). While the class stands at `throttle` or above,
-a token bucket caps the relay's bytes, both directions together, at the ladder's
-`throttle_rate`; a chunk that overdraws it pauses reading on the side it came from for exactly
-the time the debt takes to repay. The ladder's state is read on every chunk, so a long-lived
-relay is throttled when its class climbs to the step and released when it descends; off the
-step a chunk costs two attribute reads.
+The throttle step of the degradation ladder: every relay of a class reads one shared
+`ThrottleStep`, which holds the class's live ladder state (`ClassDegrade`). While the class
+stands at `throttle` or above, a token bucket (a `RelayBucket`, made by the first chunk of the
+stay and shared by both halves) caps the relay's bytes, both directions together, at the
+ladder's `throttle_rate`; a chunk that overdraws it pauses reading on the side it came from for
+exactly the time the debt takes to repay. The ladder's state is read on every chunk, so a
+long-lived relay is throttled when its class climbs to the step and released when it descends;
+off the step a chunk costs two attribute reads.
 
 Half-close is relayed (`write_eof`), so protocols that shut down one direction (HTTP/1.0
 clients, `nc -N`) work; once both directions are shut down both sides close, and a reset on
