@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from connwise.core.cqi import ClassChange
 from connwise.core.degrade import THROTTLE, DegradeConfig, DegradeLadder
 from tests.integration.conftest import GatewayFactory
 
@@ -116,3 +117,40 @@ async def test_a_live_tcp_relay_is_capped_both_ways_while_its_class_is_throttled
     # One stay on the step, counted once for the relay (both halves share its bucket).
     assert gateway.class_counters["throttle", class_name] == 1
     assert ladder.stats()[class_name]["applied"]["throttle"] == 1
+
+
+async def test_a_tcp_relay_follows_its_connections_class(make_gateway: GatewayFactory,
+                                                         service: ByteService) -> None:
+    """An escalation moves a throttled relay to a class off the step: both halves read the new
+    class's step at once, and its admission slot is still given back in the class it took."""
+    gateway = await make_gateway(
+        listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
+        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
+                          "health": {"kind": "none"}}})
+    group = gateway.groups["bytes"]
+    ladder = group.admission = DegradeLadder(
+        DegradeConfig(throttle_rate=RATE, throttle_burst=BURST, dwell_down=60.0),
+        gateway.classes)
+    for t in range(3):  # bulk and interactive climb to the step; critical stays off it
+        ladder.update_pressure({"bulk": 1.0, "interactive": 1.0}, float(t))
+    assert ladder.level("interactive") >= THROTTLE and ladder.level("critical") == 0
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    floor = (SIZE - BURST - CHUNK) / RATE
+    try:
+        assert await download(reader, writer) >= 0.9 * floor
+        [conn] = gateway.connections()
+        assert conn["class"] == "interactive" and conn["throttled"] is True
+        gateway.apply_changes([ClassChange(conn["id"], "interactive", "critical", "test",
+                                           gateway.clock.now())])
+        [conn] = gateway.connections()
+        assert conn["class"] == "critical" and conn["throttled"] is False
+        assert await download(reader, writer) < floor / 3
+        assert await upload(reader, writer) < floor / 3
+    finally:
+        writer.close()
+    for _ in range(100):
+        if not gateway.clients:
+            break
+        await asyncio.sleep(0.01)
+    assert group.scheduler.in_use == 0  # the slot went back in the class it was taken in

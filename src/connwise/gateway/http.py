@@ -370,6 +370,12 @@ class HttpClient(asyncio.Protocol):
         else:
             self.close()
 
+    def follow_class(self, class_name: str) -> None:
+        """The connection's class changed: a WebSocket relay's throttle follows it (a request
+        takes its class when it is admitted, so nothing else does)."""
+        if self.throttle is not None:
+            self.throttle.follow(class_name)
+
     def describe(self, now: float) -> dict[str, Any]:
         """The admin API's view; a WebSocket adds the last close code seen each way (None
         until a close frame passed)."""

@@ -71,6 +71,8 @@ class Client(Protocol):
 
     def reclaim(self) -> None: ...
 
+    def follow_class(self, class_name: str) -> None: ...
+
 
 class Listener:
     """One configured listener and its server."""
@@ -210,7 +212,7 @@ class Gateway:
         for change in changes:
             client = self.clients.get(change.conn_id)
             state = getattr(client, "class_state", None)
-            if state is not None and isinstance(change, ClassChange):
+            if client is not None and state is not None and isinstance(change, ClassChange):
                 _set_class(client, state, change)
                 self.count_class("escalated" if _raised(self, change) else "deescalated",
                                  change.to_class)
@@ -592,13 +594,11 @@ def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: boo
             and (inputs.user_headers == tuple(matches) if matches else not inputs.user_headers))
 
 
-def _set_class(client: Any, state: ClassState, change: ClassChange) -> None:
-    """The connection's effective class changes: its state records it, and the throttle of a
-    relaying client (a WebSocket) follows it."""
+def _set_class(client: Client, state: ClassState, change: ClassChange) -> None:
+    """The connection's effective class changes: its state records it, and its relay's
+    throttle (a WebSocket's, a tcp relay's) follows it."""
     state.apply(change)
-    throttle = getattr(client, "throttle", None)
-    if throttle is not None:
-        throttle.follow(change.to_class)
+    client.follow_class(change.to_class)
 
 
 def _raised(gateway: Gateway, change: ClassChange) -> bool:

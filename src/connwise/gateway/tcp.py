@@ -157,6 +157,17 @@ class TcpClient(RelayHalf):
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(waiter.deadline - now, self._expired)
 
+    def follow_class(self, class_name: str) -> None:
+        """The connection's class changed (an escalation, a reclassification): both halves read
+        the new class's throttle step from the next chunk on. The admission slot stays with the
+        class it was taken in (`class_name`), which gives it back."""
+        group = self.group
+        if group is None or self.throttle is None or class_name not in group.admission.classes:
+            return
+        step = self.throttle = group.relay_throttle(class_name, _throttle_started)
+        if self.peer is not None:
+            self.peer.throttle = step
+
     def bytes_total(self) -> int:
         return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
 
@@ -181,7 +192,10 @@ class TcpClient(RelayHalf):
                 "client": self.client_ip, "age": round(now - self.opened_at, 3),
                 "bytes_in": self.bytes_in, "bytes_out": upstream.bytes_in if upstream else 0,
                 "backend": self.backend.name if self.backend else None,
-                "class": self.class_name, "admitted": self._admitted,
+                # The effective class (an escalation may have moved it since admission, whose
+                # class keeps the slot), as for http connections.
+                "class": self.class_state.class_name if self.class_state else self.class_name,
+                "admitted": self._admitted,
                 "throttled": self.throttle is not None and self.throttle.active,
                 "why": self.class_state.explain(now) if self.class_state else None}
 
