@@ -360,10 +360,13 @@ class Gateway:
         """Four times a second: move every group's degradation ladder and health timers."""
         while True:
             now = self.clock.now()
-            if self.escalation is not None:
-                self.apply_changes(self.escalation.tick(now))
-            if int(now * 4) % 4 == 0:  # once a second
-                self.observe_resources(now)
+            try:  # a failing step is logged, and the ladders and health timers still move
+                if self.escalation is not None:
+                    self.apply_changes(self.escalation.tick(now))
+                if int(now * 4) % 4 == 0:  # once a second
+                    self.observe_resources(now)
+            except Exception:
+                log.exception("escalation or CQI tick failed; continuing")
             for group in list(self.groups.values()):
                 try:
                     group.tick(now)
