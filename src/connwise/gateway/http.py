@@ -3,11 +3,17 @@
 Theory of operation
 -------------------
 `HttpClient` is the protocol of one client connection. httptools parses requests as bytes
-arrive; a request head that exceeds `max_header_bytes` gets 431, one that does not arrive within
-`header_timeout` gets 408 (slowloris), as does a body that pauses longer than `body_timeout`
-between two reads, a body over `max_body_bytes` gets 413, and anything
-llhttp rejects — an invalid request line, Content-Length with Transfer-Encoding, differing
-duplicate Content-Lengths (request smuggling) — gets 400 and the connection is closed.
+arrive; a request head that exceeds `max_header_bytes` gets 431 (counted per chunk while the
+head spans chunks, as httptools holds a header line back until it ends), one that does not
+arrive within `header_timeout` gets 408 (slowloris), as does a body that pauses longer than
+`body_timeout` between two reads, a body over `max_body_bytes` gets 413, and anything llhttp
+rejects — an invalid request line, Content-Length with Transfer-Encoding, differing duplicate
+Content-Lengths (request smuggling) — gets 400, as do a second Host header and an absolute-form
+target that is not an http(s) URI; then the connection is closed. A bad request pipelined
+behind others is answered after them: reading stops until they were.
+
+A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
+header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it.
 
 Each complete head becomes an `Exchange`: route it, classify it, admit it through the group's
 scheduler (degradation ladder: throttle, signal, queue, shed with 503 Retry-After), take a
@@ -15,7 +21,8 @@ keep-alive upstream connection from the chosen backend's `connwise.Pool`, write 
 head, stream the body both ways, and give the connection back. Exchanges on one client
 connection are answered in order; a pipelined request waits, with reading paused, for the one
 before it. Idempotent requests whose upstream fails before any response byte are retried once on
-another backend.
+another backend; a request that is not retried gets 502 if no answer head went out yet, and the
+connection closes.
 
 The common case runs without a task: a request without a body, admitted at once, for which
 the chosen backend has an idle upstream connection, is forwarded from the parser callback
@@ -49,7 +56,7 @@ import os
 import socket
 import sys
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import httptools
 
@@ -78,6 +85,9 @@ PIPELINE_DEPTH = 4
 #: Request headers the proxy reads itself (the rest are only forwarded).
 _HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect",
                        b"connection"})
+#: `HttpClient.head_fed` between request heads, and in the chunk in which one begins.
+_NO_HEAD = -1
+_HEAD_BEGUN = -2
 #: Seconds a refused WebSocket handshake's connection stays open, half-closed, for the client's
 #: close frame: closing at once would answer that frame with a reset, which can destroy the
 #: unread 1013 at the client (the lingering close of Apache httpd, on a shorter clock).
@@ -91,6 +101,10 @@ def simple_response(status: int, reason: str, *, close: bool, extra: bytes = b""
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: %s\r\n%s\r\n%s" % (status, reason.encode(), len(body), connection,
                                              extra, body))
+
+
+#: The answer to a request whose upstream failed before answering, and is not retried.
+_BAD_GATEWAY = simple_response(502, "Bad Gateway", close=True)
 
 
 class Exchange:
@@ -198,6 +212,7 @@ class HttpClient(asyncio.Protocol):
         "draining",
         "frames",
         "gateway",
+        "head_fed",
         "header_bytes",
         "header_deadline",
         "idle_deadline",
@@ -210,6 +225,7 @@ class HttpClient(asyncio.Protocol):
         "queue",
         "queued",
         "record",
+        "rejection",
         "relay_to",
         "requests",
         "response_deadline",
@@ -242,6 +258,13 @@ class HttpClient(asyncio.Protocol):
         #: The head request while it waits in the admission queue without a task.
         self.queued: _Grant | None = None
         self.header_bytes = 0
+        #: The head being read, counted a chunk at a time once it spans chunks (see
+        #: `_head_spans`): _NO_HEAD between heads, _HEAD_BEGUN while the chunk in which one
+        #: began is fed, then its bytes so far.
+        self.head_fed = _NO_HEAD
+        #: The answer (400, 408, 413, 431) to a bad request pipelined behind others still being
+        #: answered: it goes out, and the connection closes, once they were (see `_reject`).
+        self.rejection: bytes | None = None
         self.loop = asyncio.get_running_loop()
         #: The one timer of the connection (see `_on_timer`), and its deadlines in loop time
         #: (0.0: none): the head being read, the next read of a request body, the response
@@ -592,29 +615,55 @@ class HttpClient(asyncio.Protocol):
             return
         parser = self.parser
         if parser is None:
-            return  # a refused WebSocket handshake: the client's close frame, or its last bytes
+            return  # a refused WebSocket handshake, or a bad request's answer waits its turn
         self.idle_deadline = 0.0
         try:
             parser.feed_data(data)
+            if self.head_fed != _NO_HEAD:  # the chunk ended inside a request head
+                self._head_spans(data)
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
             if rest and self.parsing is not None:
                 self.parsing.body.append(rest)
         except httptools.HttpParserError as exc:
-            self.gateway.count("http_400")
-            log.debug("client %s: bad request: %s", self.client_ip, exc)
-            self._reject(400, "Bad Request")
-        except _Rejected:
+            # A callback that refused the request (431, 413, 400) answered it already: httptools
+            # reports its _Rejected as a parser error.
+            if self.parser is not None:
+                self.gateway.count("http_400")
+                log.debug("client %s: bad request: %s", self.client_ip, exc)
+                self._reject(400, "Bad Request")
+        except _Rejected:  # from `_head_spans`, outside the parser
             pass
 
     def _reject(self, status: int, reason: str) -> None:
-        if self.transport is not None and not self.closed:
-            self.write(simple_response(status, reason, close=True))
-            self.transport.close()
+        """Answer the request being read with `status` and close the connection.
+
+        A request pipelined behind others still being answered must not overtake their
+        answers (or cut them off): reading stops, nothing more is parsed, and `_ended` sends
+        this answer once the requests before it were answered. The bad request itself, if its
+        head was queued already, leaves the queue unstarted."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.parser = None  # nothing more is parsed
+        queue = self.queue
+        ex = self.parsing
+        if ex is not None and len(queue) > 1 and queue[-1] is ex:
+            queue.pop()
+        if queue and queue[0] is not ex:
+            self.rejection = simple_response(status, reason, close=True)
+            self.parsing = None
+            self.header_deadline = 0.0
+            self._paused = True
+            transport.pause_reading()
+            return
+        self.write(simple_response(status, reason, close=True))
+        transport.close()
 
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
         self.header_bytes = 0
+        self.head_fed = _HEAD_BEGUN
         if not self.header_deadline:
             self._arm_header_timer()
 
@@ -632,32 +681,56 @@ class HttpClient(asyncio.Protocol):
         if self.header_bytes > self.gateway.config.limits.max_header_bytes:
             self._header_overflow()
 
-    def _header_overflow(self) -> None:
+    def _head_spans(self, data: bytes) -> None:
+        """The chunk `data` ended inside a request head. httptools hands a header over only
+        once its line ends, buffering it meanwhile, so `on_header` alone never sees a line
+        that does not end: the head is counted here, a chunk at a time, from the chunk in
+        which it began (what followed the request target: bytes of pipelined requests before
+        it do not count) until the one that completes it, and is refused with 431 as soon as
+        it is over `max_header_bytes`. A head that arrives in one chunk never gets here."""
+        fed = self.head_fed
+        if fed == _HEAD_BEGUN:
+            ex = self.parsing
+            url = ex.url if ex is not None else b""
+            at = data.rfind(url)  # the target so far ends the chunk or precedes what does
+            fed = len(data) - at if at >= 0 else self.header_bytes
+        else:
+            fed += len(data)
+        self.head_fed = fed
+        if fed > self.gateway.config.limits.max_header_bytes:
+            self._header_overflow()
+
+    def _header_overflow(self) -> NoReturn:
         self.gateway.count("http_431")
         self._reject(431, "Request Header Fields Too Large")
+        raise _Rejected
+
+    def _bad_request(self, why: str) -> NoReturn:
+        self.gateway.count("http_400")
+        log.debug("client %s: bad request: %s", self.client_ip, why)
+        self._reject(400, "Bad Request")
         raise _Rejected
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
         self.header_deadline = 0.0
+        self.head_fed = _NO_HEAD
         parser = self.parser
         assert parser is not None
         ex.method = parser.get_method()
         ex.version = parser.get_http_version()
         ex.keep_alive = parser.should_keep_alive()
         ex.upgrade = parser.should_upgrade()
-        raw = ex.url
-        if raw[:1] == b"/" and b"?" not in raw and b"#" not in raw:
-            ex.path = raw.decode("latin-1")  # origin-form without a query: the path itself
-        else:
-            ex.path = (httptools.parse_url(raw).path or b"/").decode("latin-1")
+        host: bytes | None = None
         for name, value in ex.headers:
             lower = name.lower()
             if lower not in _HEADS_UP:
                 continue
             if lower == b"host":
-                ex.host = value.decode("latin-1").split(":")[0].lower()
+                if host is not None:  # which one would the backend believe? (RFC 9112 3.2)
+                    self._bad_request("more than one Host header")
+                host = value
             elif lower == b"content-length":
                 ex.content_length = int(value)
             elif lower == b"transfer-encoding":
@@ -666,6 +739,20 @@ class HttpClient(asyncio.Protocol):
                 ex.expect_continue = ex.expect_continue or value.lower() == b"100-continue"
             else:  # connection
                 ex.connection = value if ex.connection is None else ex.connection + b"," + value
+        raw = ex.url
+        if raw[:1] == b"/":  # origin-form: routed by the Host header
+            if b"?" not in raw and b"#" not in raw:
+                ex.path = raw.decode("latin-1")  # without a query: the path itself
+            else:
+                ex.path = (httptools.parse_url(raw).path or b"/").decode("latin-1")
+            if host is not None:
+                ex.host = host.decode("latin-1").split(":")[0].lower()
+        elif raw == b"*":  # asterisk-form (OPTIONS *)
+            ex.path = "*"
+            if host is not None:
+                ex.host = host.decode("latin-1").split(":")[0].lower()
+        else:
+            self._absolute_form(ex)
         limit = self.gateway.config.limits.max_body_bytes
         if ex.content_length is not None and ex.content_length > limit:
             self.gateway.count("http_413")
@@ -681,6 +768,27 @@ class HttpClient(asyncio.Protocol):
         elif len(queue) > PIPELINE_DEPTH and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
+
+    def _absolute_form(self, ex: Exchange) -> None:
+        """RFC 9112 3.2.2: a target in absolute-form (`http://host:port/path?query`) names the
+        host itself, and the Host header is ignored. It routes by that authority and goes on
+        in origin-form with a Host header made from it, so the route and the backend see one
+        host; a scheme other than http(s), userinfo or a target that is no URI gets 400."""
+        try:
+            url = httptools.parse_url(ex.url)
+        except httptools.HttpParserInvalidURLError:
+            self._bad_request(f"invalid request target {ex.url[:200]!r}")
+        scheme = (url.schema or b"").lower()
+        if scheme not in (b"http", b"https") or not url.host or url.userinfo is not None:
+            self._bad_request(f"request target {ex.url[:200]!r} is not an http(s) URI")
+        host = url.host if b":" not in url.host else b"[%s]" % url.host  # an IPv6 literal
+        authority = host if url.port is None else b"%s:%d" % (host, url.port)
+        path = url.path or (b"*" if ex.method == b"OPTIONS" else b"/")
+        ex.url = path if url.query is None else path + b"?" + url.query
+        ex.path = path.decode("latin-1")
+        ex.host = host.decode("latin-1").lower()
+        ex.headers = [(name, value) for name, value in ex.headers if name.lower() != b"host"]
+        ex.headers.append((b"Host", authority))
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -834,7 +942,7 @@ class HttpClient(asyncio.Protocol):
                 self.task = self.loop.create_task(self._serve(ex, {backend.name}, 1))
                 return
             self._settle(ex)
-            self.close()
+            self._upstream_failed(ex)
             return
         self._backend_answered(group, backend, ex)
         self._give_back(backend.pool, upstream, None)
@@ -895,6 +1003,16 @@ class HttpClient(asyncio.Protocol):
         if not pool.try_putconn(upstream, error=error):
             self.gateway.spawn(pool.putconn(upstream, error=error))
 
+    def _upstream_failed(self, ex: Exchange) -> None:
+        """The upstream failed `ex`, which is not retried: 502 if no answer head went to the
+        client yet (a 1xx does not count), else the client can only see the answer cut off.
+        The connection closes either way: the request's body may be half read."""
+        if not ex.status:
+            self.gateway.count("http_502")
+            self.write(_BAD_GATEWAY)
+        ex.keep_alive = False
+        self.close()
+
     def _backend_answered(self, group: Group, backend: Backend, ex: Exchange) -> None:
         """The backend answered `ex`: its health follows, and the record names it."""
         if ex.status >= 500:
@@ -923,12 +1041,19 @@ class HttpClient(asyncio.Protocol):
 
     def _ended(self, ex: Exchange) -> bool:
         """`ex` was answered: take it off the queue; True when the connection goes on."""
-        self.queue.pop(0)
-        if self._paused and len(self.queue) <= PIPELINE_DEPTH and self.transport:
-            self._paused = False
-            self.transport.resume_reading()
-            if self.body_deadline:  # the client had no way to send while reading was paused
-                self._body_due()
+        queue = self.queue
+        queue.pop(0)
+        if self._paused:
+            if self.rejection is not None:  # a bad request waits behind the queue
+                if not queue or not ex.keep_alive or self.draining:
+                    self._send_rejection(ex)
+                    return False
+                return True
+            if len(queue) <= PIPELINE_DEPTH and self.transport:
+                self._paused = False
+                self.transport.resume_reading()
+                if self.body_deadline:  # the client had no way to send while reading was paused
+                    self._body_due()
         if self.relay_to is not None:
             self.parser = None  # a relay parses nothing more: free it (~1 KiB)
             return False
@@ -938,6 +1063,16 @@ class HttpClient(asyncio.Protocol):
             self.close()
             return False
         return True
+
+    def _send_rejection(self, ex: Exchange) -> None:
+        """The requests before a bad one were answered: its answer goes out, then the close
+        (only the close when the last answer ended the connection, so that its client sends
+        nothing after it, or made it a WebSocket relay)."""
+        rejection, self.rejection = self.rejection, None
+        if (rejection is not None and ex.keep_alive and not self.draining
+                and self.relay_to is None):
+            self.write(rejection)
+        self.close()
 
     def _next(self) -> None:
         """Answer the next queued request, or wait for one (keep-alive idle timeout)."""
@@ -1101,6 +1236,7 @@ class HttpClient(asyncio.Protocol):
             return
         self.write(try_again_later(accept, retry_after))
         self.parser = None
+        self.rejection = None  # what the client sent after its handshake were frames, not HTTP
         transport.write_eof()
         self.idle_deadline = self.loop.time() + WS_REFUSAL_GRACE
         self._arm(self.idle_deadline)
@@ -1163,7 +1299,7 @@ class HttpClient(asyncio.Protocol):
                 if exc.retryable:
                     gateway.count("http_retries")
                     continue
-                self.close()
+                self._upstream_failed(ex)
                 return
             except BaseException as exc:
                 # The client went away (or we were cancelled) mid-exchange: the upstream's

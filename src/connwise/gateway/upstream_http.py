@@ -1,9 +1,11 @@
 """Keep-alive HTTP/1.1 connections to a backend, pooled by `connwise.Pool`.
 
 `UpstreamConnection` is the protocol of one upstream socket. For each exchange it writes the
-rewritten request head (hop-by-hop headers removed; X-Forwarded-For, X-Forwarded-Proto and Via
-added; `Connwise-Degrade` when the ladder signals), streams the request body, parses the
-response with httptools and streams it to the client with the client's own framing, then goes
+rewritten request head (hop-by-hop headers removed, those the Connection header names too;
+X-Forwarded-For, X-Forwarded-Proto and Via added; `Connwise-Degrade` when the ladder signals),
+streams the request body, parses the response with httptools and streams it to the client with
+the client's own framing (the same hop-by-hop headers removed; a body of unknown length chunked
+for an HTTP/1.1 client, sent as it is to an HTTP/1.0 one and ended by the close), then goes
 back to its backend's pool if both sides allow keep-alive. A `101` answer turns it into a
 byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check and close these connections.
 
@@ -401,7 +403,7 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.connection is None:
             drop: frozenset[bytes] = _DROPPED
         else:
-            drop = _DROPPED.union(t.strip().lower() for t in ex.connection.split(b","))
+            drop = _DROPPED | connection_options(ex.connection)
         for name, value in ex.headers:
             lower = name.lower()
             if lower in drop:
@@ -460,7 +462,8 @@ class UpstreamConnection(asyncio.Protocol):
                 or (rec is not None and rec.first_byte_s is None)):
             self._first_byte(client, ex, timing)
         if 100 <= status < 200 and status != 101:
-            self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
+            if ex.version != "1.0":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
+                self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
             return
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
@@ -469,7 +472,9 @@ class UpstreamConnection(asyncio.Protocol):
         length = None
         chunked = False
         upgrade = b"websocket"
-        lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+        named: frozenset[bytes] = frozenset()
+        status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+        lines = [status_line]
         append = lines.append
         for name, value in headers:
             lower = name.lower()
@@ -478,14 +483,28 @@ class UpstreamConnection(asyncio.Protocol):
                     chunked = chunked or b"chunked" in value.lower()
                 elif lower == b"upgrade":
                     upgrade = value
+                elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                    named |= connection_options(value)
                 continue
             if lower == b"content-length":
                 length = value
             lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
+        if named:  # the backend made more headers hop-by-hop (RFC 9110 7.6.1): drop them
+            lines = [status_line]
+            for name, value in headers:
+                lower = name.lower()
+                if lower not in HOP_BY_HOP and lower not in named:
+                    lines += (name, b": ", value, b"\r\n")
+            append = lines.append
         no_body = self._head_request or status in (204, 304)
         self._until_close = not no_body and length is None and not chunked and status != 101
         self._chunked_out = chunked and not no_body
         close_client = not ex.keep_alive or client.draining or self._until_close
+        if self._chunked_out and ex.version == "1.0":
+            # An HTTP/1.0 client knows no chunks: the body of unknown length goes to it as it
+            # is, and the close of its connection ends it (RFC 9112 6.3, 7.1).
+            self._chunked_out = False
+            close_client = True
         if close_client:
             ex.keep_alive = False
         if status == 101:
@@ -573,6 +592,22 @@ def _resolve(done: asyncio.Future[None], on_answered: Callable[[], None] | None,
 #: Request headers not forwarded as they came: hop-by-hop ones, and those the gateway sets
 #: (X-Forwarded-For is extended, X-Forwarded-Proto and Connwise-Degrade replaced).
 _DROPPED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"connwise-degrade"}
+
+#: What `connection_options` leaves out: the headers a Connection header cannot make
+#: hop-by-hop, the framing of a message whose body the gateway streams (without Content-Length a
+#: request body would reach the backend unframed: a smuggled request) and the Host the request
+#: was routed by; and the tokens that are dropped anyway or name no header.
+_NOT_OPTIONS = HOP_BY_HOP | {b"content-length", b"host", b"close", b""}
+
+#: Connection header values (lowercased) that name no header to drop: the common answers skip
+#: `connection_options`.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def connection_options(value: bytes) -> frozenset[bytes]:
+    """The header names a Connection header's value lists (RFC 9110 7.6.1: those headers are
+    hop-by-hop, not forwarded), less `_NOT_OPTIONS`."""
+    return frozenset(t.strip().lower() for t in value.split(b",")) - _NOT_OPTIONS
 
 #: Status lines by status, precomputed (an HTTPStatus lookup per response costs ~0.7 us).
 _STATUS_LINES: dict[int, bytes] = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
