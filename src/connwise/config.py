@@ -42,6 +42,11 @@ def parse_address(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+#: The core's defaults, which the policy sections' defaults are (one source of truth).
+_CQI = CqiConfig()
+_WEIGHTS = Weights()
+_DEGRADE = DegradeConfig()
+
 #: RFC 9110's token, what a header name is made of.
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -120,21 +125,21 @@ class DegradeSection(_Model):
     steps: list[StepConfig] = Field(default_factory=lambda: [
         StepConfig(enter=s.enter, exit=s.exit) for s in DEFAULT_STEPS])
     #: Added to every threshold per rank position above the lowest class.
-    class_offset: float = 0.15
+    class_offset: float = _DEGRADE.class_offset
     #: A class's own four steps, replacing the derived ones.
     overrides: dict[str, list[StepConfig]] = Field(default_factory=dict)
     #: The highest level a class may reach, e.g. `{ critical = "queue" }`: never shed critical.
     max_level: dict[str, int | str] = Field(default_factory=dict)
-    dwell_up: float = 0.05
-    dwell_down: float = 5.0
+    dwell_up: float = _DEGRADE.dwell_up
+    dwell_down: float = _DEGRADE.dwell_down
     #: Bytes/s per connection at the throttle step (nginx `limit_rate` semantics) and its burst.
-    throttle_rate: float = 1024.0 * 1024.0
-    throttle_burst: float = 256.0 * 1024.0
+    throttle_rate: float = _DEGRADE.throttle_rate
+    throttle_burst: float = _DEGRADE.throttle_burst
     #: At the shed step, arrivals still queue while fewer than this many rounds of the
     #: capacity wait (0: refuse whatever finds no free slot).
-    shed_backlog: float = 3.0
+    shed_backlog: float = _DEGRADE.shed_backlog
     #: Seconds in the `Retry-After` of a shed request.
-    retry_after: int = 5
+    retry_after: int = _DEGRADE.retry_after
 
     @field_validator("max_level")
     @classmethod
@@ -166,10 +171,10 @@ class DegradeSection(_Model):
 class WeightsConfig(_Model):
     """Relative weights of the CQI axes (they need not add up to 1)."""
 
-    business: float = 0.5
-    technical: float = 0.2
-    user: float = 0.15
-    resource: float = 0.15
+    business: float = _WEIGHTS.business
+    technical: float = _WEIGHTS.technical
+    user: float = _WEIGHTS.user
+    resource: float = _WEIGHTS.resource
 
 
 class BandConfig(_Model):
@@ -196,18 +201,18 @@ class CqiSection(_Model):
     weights: WeightsConfig = WeightsConfig()
     bands: list[BandConfig] | None = None
     business: dict[str, float] | None = None
-    protocols: dict[str, float] = Field(default_factory=lambda: {"http": 0.5, "tcp": 0.5})
-    technical_default: float = 0.5
-    latency_sensitive_bonus: float = 0.4
-    websocket_bonus: float = 0.2
+    protocols: dict[str, float] = Field(default_factory=lambda: dict(_CQI.protocols))
+    technical_default: float = _CQI.technical_default
+    latency_sensitive_bonus: float = _CQI.latency_sensitive_bonus
+    websocket_bonus: float = _CQI.websocket_bonus
     user: list[UserRuleConfig] = Field(default_factory=list)
-    user_default: float = 0.5
-    rate_half: float = 1024.0 * 1024.0
-    duration_half: float = 600.0
-    duration_weight: float = 0.3
-    rate_window: float = 10.0
-    hysteresis: float = 0.05
-    history: int = 16
+    user_default: float = _CQI.user_default
+    rate_half: float = _CQI.rate_half
+    duration_half: float = _CQI.duration_half
+    duration_weight: float = _CQI.duration_weight
+    rate_window: float = _CQI.rate_window
+    hysteresis: float = _CQI.hysteresis
+    history: int = _CQI.history
 
     def build(self, classes: ClassTable) -> CqiConfig:
         """The core's config for `classes`, validated (errors name `cqi.*` keys)."""

@@ -517,9 +517,12 @@ class ClassState:
         return _band_reason(self.score, self._band)
 
     def _rescore(self, now: float, why: str) -> ClassChange | None:
-        policy = self.policy
-        self.score = policy.score(self.axes)
-        band = policy.reclassify(self._band, self.score)
+        self.score = self.policy.score(self.axes)
+        return self._reband(now, why)
+
+    def _reband(self, now: float, why: str) -> ClassChange | None:
+        """The band of the current score (with hysteresis): the CQI class change, if any."""
+        band = self.policy.reclassify(self._band, self.score)
         if band is self._band:
             return None
         previous = self.cqi_class
@@ -550,14 +553,7 @@ class ClassState:
             return None  # the score, and so the band, stand
         self.axes, self.score = policy.shared_axes(axes.business, axes.technical, axes.user,
                                                    resource)
-        band = policy.reclassify(self._band, self.score)
-        if band is self._band:
-            return None
-        previous = self.cqi_class
-        self._band = band
-        self.cqi_class = band.class_name
-        return ClassChange(self.conn_id, previous, band.class_name,
-                           f"resource use changed: {self._band_reason()}", now)
+        return self._reband(now, "resource use changed")
 
     def update(self, now: float, *, business: float | None = None,
                technical: float | None = None, user: float | None = None,
