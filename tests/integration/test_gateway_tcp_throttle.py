@@ -12,6 +12,7 @@ import pytest
 
 from connwise.core.cqi import ClassChange
 from connwise.core.degrade import THROTTLE, DegradeConfig, DegradeLadder
+from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
 
 RATE, BURST = 1024 * 1024, 32 * 1024
@@ -57,6 +58,21 @@ async def service() -> AsyncIterator[ByteService]:
     await started.stop()
 
 
+async def relay_gateway(make_gateway: GatewayFactory,
+                        service: ByteService) -> tuple[Gateway, DegradeLadder]:
+    """A gateway with a tcp listener to `service`, its group's ladder replaced by one with a
+    small rate, so that the cap shows in about a second, and a long dwell_down, so that the
+    periodic tick (no real contention here) does not undo the step a test puts a class on."""
+    gateway = await make_gateway(
+        listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
+        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
+                          "health": {"kind": "none"}}})
+    ladder = gateway.groups["bytes"].admission = DegradeLadder(
+        DegradeConfig(throttle_rate=RATE, throttle_burst=BURST, dwell_down=60.0),
+        gateway.classes)
+    return gateway, ladder
+
+
 async def download(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
     started = time.monotonic()
     writer.write(b"D %d\n" % SIZE)
@@ -73,16 +89,7 @@ async def upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 async def test_a_live_tcp_relay_is_capped_both_ways_while_its_class_is_throttled(
         make_gateway: GatewayFactory, service: ByteService) -> None:
-    gateway = await make_gateway(
-        listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
-        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
-                          "health": {"kind": "none"}}})
-    group = gateway.groups["bytes"]
-    # A small rate so the cap shows in about a second, and a long dwell_down so the periodic
-    # tick (no real contention here) does not undo the step the test put the class on.
-    ladder = group.admission = DegradeLadder(
-        DegradeConfig(throttle_rate=RATE, throttle_burst=BURST, dwell_down=60.0),
-        gateway.classes)
+    gateway, ladder = await relay_gateway(make_gateway, service)
     host, port = gateway.listeners["raw"].address
     reader, writer = await asyncio.open_connection(host, port)
     floor = (SIZE - BURST - CHUNK) / RATE
@@ -123,14 +130,8 @@ async def test_a_tcp_relay_follows_its_connections_class(make_gateway: GatewayFa
                                                          service: ByteService) -> None:
     """An escalation moves a throttled relay to a class off the step: both halves read the new
     class's step at once, and its admission slot is still given back in the class it took."""
-    gateway = await make_gateway(
-        listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
-        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
-                          "health": {"kind": "none"}}})
+    gateway, ladder = await relay_gateway(make_gateway, service)
     group = gateway.groups["bytes"]
-    ladder = group.admission = DegradeLadder(
-        DegradeConfig(throttle_rate=RATE, throttle_burst=BURST, dwell_down=60.0),
-        gateway.classes)
     for t in range(3):  # bulk and interactive climb to the step; critical stays off it
         ladder.update_pressure({"bulk": 1.0, "interactive": 1.0}, float(t))
     assert ladder.level("interactive") >= THROTTLE and ladder.level("critical") == 0
