@@ -400,10 +400,11 @@ class UpstreamConnection(asyncio.Protocol):
         lines = [b"%s %s HTTP/1.1\r\n" % (ex.method, ex.url)]
         append = lines.append
         forwarded_for = b""
-        if ex.connection is None:
-            drop: frozenset[bytes] = _DROPPED
+        connection = ex.connection
+        if connection is None or connection.lower() in _PLAIN_CONNECTION:
+            drop: frozenset[bytes] = _DROPPED  # the common requests: no set built per request
         else:
-            drop = _DROPPED | connection_options(ex.connection)
+            drop = _DROPPED | connection_options(connection)
         for name, value in ex.headers:
             lower = name.lower()
             if lower in drop:
@@ -608,6 +609,7 @@ def connection_options(value: bytes) -> frozenset[bytes]:
     """The header names a Connection header's value lists (RFC 9110 7.6.1: those headers are
     hop-by-hop, not forwarded), less `_NOT_OPTIONS`."""
     return frozenset(t.strip().lower() for t in value.split(b",")) - _NOT_OPTIONS
+
 
 #: Status lines by status, precomputed (an HTTPStatus lookup per response costs ~0.7 us).
 _STATUS_LINES: dict[int, bytes] = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
