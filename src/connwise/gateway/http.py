@@ -95,16 +95,21 @@ WS_REFUSAL_GRACE = 2.0
 
 
 def simple_response(status: int, reason: str, *, close: bool, extra: bytes = b"",
-                    body: bytes = b"") -> bytes:
+                    body: bytes = b"", head: bool = False) -> bytes:
+    """An answer of the gateway's own; `head`: to a HEAD request, so it has the headers of the
+    answer to a GET, Content-Length included, and no body (RFC 9110 9.3.2): a body would be
+    read as the start of the next answer on a keep-alive connection."""
     body = body or f"{status} {reason}\n".encode()
     connection = b"close" if close else b"keep-alive"
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: %s\r\n%s\r\n%s" % (status, reason.encode(), len(body), connection,
-                                             extra, body))
+                                             extra, b"" if head else body))
 
 
-#: The answer to a request whose upstream failed before answering, and is not retried.
+#: The answer to a request whose upstream failed before answering, and is not retried (and
+#: the same to a HEAD request).
 _BAD_GATEWAY = simple_response(502, "Bad Gateway", close=True)
+_BAD_GATEWAY_HEAD = simple_response(502, "Bad Gateway", close=True, head=True)
 
 
 class Exchange:
@@ -589,7 +594,8 @@ class HttpClient(asyncio.Protocol):
         self.gateway.count("http_504")
         ex.status = 504  # an answer went out: nothing else is written for this exchange
         ex.keep_alive = False
-        self.write(simple_response(504, "Gateway Timeout", close=True))
+        self.write(simple_response(504, "Gateway Timeout", close=True,
+                                   head=ex.method == b"HEAD"))
         upstream.fail(UpstreamFailed(
             f"backend {upstream.address} sent no response head within "
             f"groups.{group.name}.response_timeout = {group.config.response_timeout:g} s of "
@@ -641,24 +647,38 @@ class HttpClient(asyncio.Protocol):
         A request pipelined behind others still being answered must not overtake their
         answers (or cut them off): reading stops, nothing more is parsed, and `_ended` sends
         this answer once the requests before it were answered. The bad request itself, if its
-        head was queued already, leaves the queue unstarted."""
+        head was queued already, leaves the queue unstarted. If an answer to it began already
+        (the backend answered before the body was read), the close alone ends it: nothing
+        can follow that answer."""
         transport = self.transport
         if transport is None or self.closed:
             return
-        self.parser = None  # nothing more is parsed
         queue = self.queue
         ex = self.parsing
+        answer = simple_response(status, reason, close=True, head=self._head_request(ex))
+        self.parser = None  # nothing more is parsed
         if ex is not None and len(queue) > 1 and queue[-1] is ex:
             queue.pop()
         if queue and queue[0] is not ex:
-            self.rejection = simple_response(status, reason, close=True)
+            self.rejection = answer
             self.parsing = None
             self.header_deadline = 0.0
             self._paused = True
             transport.pause_reading()
             return
-        self.write(simple_response(status, reason, close=True))
+        if ex is None or not ex.status:
+            self.write(answer)
         transport.close()
+
+    def _head_request(self, ex: Exchange | None) -> bool:
+        """Whether `ex`, the request being read, is a HEAD, whose answer has no body: known
+        from its request target on (the method comes before it), its head complete or not."""
+        if ex is None:
+            return False
+        if ex.method:
+            return ex.method == b"HEAD"
+        parser = self.parser
+        return bool(ex.url) and parser is not None and parser.get_method() == b"HEAD"
 
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
@@ -826,7 +846,7 @@ class HttpClient(asyncio.Protocol):
         except Exception:
             log.exception("client %s: exchange failed", self.client_ip)
             self._settle(ex)
-            self.write(simple_response(502, "Bad Gateway", close=True))
+            self.write(_bad_gateway(ex))
             self.close()
             return
         self.task = self.loop.create_task(self._serve(ex))
@@ -1009,9 +1029,16 @@ class HttpClient(asyncio.Protocol):
         The connection closes either way: the request's body may be half read."""
         if not ex.status:
             self.gateway.count("http_502")
-            self.write(_BAD_GATEWAY)
+            self.write(_bad_gateway(ex))
         ex.keep_alive = False
         self.close()
+
+    def _answer(self, ex: Exchange, status: int, reason: str, extra: bytes = b"") -> None:
+        """Answer `ex` from the gateway itself (404, 502, 503): `Connection: close` when the
+        connection ends after it (the client's wish, or a drain: `_ended` closes it then), and
+        no body to a HEAD request."""
+        self.write(simple_response(status, reason, close=not ex.keep_alive or self.draining,
+                                   extra=extra, head=ex.method == b"HEAD"))
 
     def _backend_answered(self, group: Group, backend: Backend, ex: Exchange) -> None:
         """The backend answered `ex`: its health follows, and the record names it."""
@@ -1093,7 +1120,7 @@ class HttpClient(asyncio.Protocol):
             raise
         except Exception:
             log.exception("client %s: exchange failed", self.client_ip)
-            self.write(simple_response(502, "Bad Gateway", close=True))
+            self.write(_bad_gateway(ex))
             self.close()
             return
         finally:
@@ -1109,7 +1136,7 @@ class HttpClient(asyncio.Protocol):
             route = gateway.router(self.listener.config.name).match(ex)
             if route is None:
                 gateway.count("http_404")
-                self.write(simple_response(404, "Not Found", close=not ex.keep_alive))
+                self._answer(ex, 404, "Not Found")
                 await self._discard_body(ex, 404)
                 return
             group = ex.group = gateway.groups[route.group]
@@ -1220,8 +1247,7 @@ class HttpClient(asyncio.Protocol):
             if accept is not None:
                 self._refuse_upgrade(accept, retry_after)
                 return
-        self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
-                                   extra=b"Retry-After: %d\r\n" % retry_after))
+        self._answer(ex, 503, "Service Unavailable", b"Retry-After: %d\r\n" % retry_after)
 
     def _refuse_upgrade(self, accept: bytes, retry_after: int) -> None:
         """Complete the handshake and close with 1013: a browser's WebSocket cannot read the
@@ -1317,7 +1343,7 @@ class HttpClient(asyncio.Protocol):
             self._give_back(pool, upstream, None)
             return
         gateway.count("http_502")
-        self.write(simple_response(502, "Bad Gateway", close=not ex.keep_alive))
+        self._answer(ex, 502, "Bad Gateway")
         await self._discard_body(ex, 502)
 
 
@@ -1419,6 +1445,11 @@ class RelayThrottle:
 
 class _Rejected(Exception):
     """Raised inside a parser callback after the client was answered and closed."""
+
+
+def _bad_gateway(ex: Exchange) -> bytes:
+    """The 502 (with a close) to `ex`, without a body if it is a HEAD request."""
+    return _BAD_GATEWAY_HEAD if ex.method == b"HEAD" else _BAD_GATEWAY
 
 
 def _answered(group: Group, ex: Exchange) -> None:
