@@ -19,6 +19,7 @@ from tests.integration.test_gateway_http_edges import (
     connect,
     exchange,
     header_of,
+    hosts_config,
     ok,
     read_answer,
     web_config,
@@ -196,3 +197,40 @@ async def test_the_gateways_own_answer_during_a_drain_says_close(make_gateway: G
     assert header_of(head, b"connection") == [b"close"]
     group.release("interactive")
     assert await drain == {"finished": 1, "forced": 0}
+
+
+# -- the Host header -------------------------------------------------------------------------
+
+async def test_an_http10_request_needs_no_host(make_gateway: GatewayFactory, raw: Start) -> None:
+    backend = await raw(ok)
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, b"GET /old HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+
+
+@pytest.mark.parametrize(("target", "host", "forwarded"), [
+    (b"/x", b"[::1]:8080", b"[::1]:8080"),
+    (b"/x", b"[::1]", b"[::1]"),
+    (b"/x", b"[0:0:0:0:0:0:0:1]:8080", b"[0:0:0:0:0:0:0:1]:8080"),  # another spelling...
+    (b"http://[::1]:8080/x", b"public.example", b"[::1]:8080"),
+    (b"http://[::1]/x", b"public.example", b"[::1]"),
+])
+async def test_an_ipv6_literal_host_routes_with_its_brackets(
+        make_gateway: GatewayFactory, raw: Start, target: bytes, host: bytes,
+        forwarded: bytes) -> None:
+    """Routes see the host without its port, an IPv6 literal with its brackets, from a Host
+    header or an absolute-form target alike (it used to route as `[`)."""
+    public, internal = await raw(ok), await raw(ok)
+    config = hosts_config(public.address, internal.address)
+    config["routes"][0]["host"] = "[::1]"
+    gateway = await make_gateway(**config)
+    answer = await exchange(gateway, b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                                     % (target, host))
+    if host.startswith(b"[0:"):  # ...is another host to a route: no route matches it
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:80]
+        return
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert public.heads == []
+    [head] = internal.heads
+    assert head.startswith(b"GET /x HTTP/1.1\r\n")
+    assert header_of(head, b"host") == [forwarded]

@@ -302,8 +302,13 @@ async def test_an_absolute_form_target_without_a_route_gets_404(make_gateway: Ga
     b"GET http:/x HTTP/1.1\r\nHost: public.example\r\n\r\n",
     b"GET http:// HTTP/1.1\r\nHost: public.example\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: public.example\r\nHost: internal.example\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",  # RFC 9112 3.2: HTTP/1.1 needs a Host header...
+    b"GET http://internal.example/x HTTP/1.1\r\n\r\n",  # ...whatever the target's form
+    b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",  # and a valid one
+    b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: [internal.example]\r\n\r\n",
 ])
-async def test_a_bad_target_or_a_second_host_gets_400(make_gateway: GatewayFactory,
+async def test_a_bad_target_or_a_missing_or_bad_host_gets_400(make_gateway: GatewayFactory,
                                                       backends: Any,
                                                       request_head: bytes) -> None:
     public, internal = await backends(ok), await backends(ok)

@@ -85,6 +85,9 @@ PIPELINE_DEPTH = 4
 #: Request headers the proxy reads itself (the rest are only forwarded).
 _HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect",
                        b"connection"})
+#: What the brackets of an IP literal in a Host header may hold (RFC 3986 3.2.2: an IPv6
+#: address, an IPv4 one in its last 32 bits).
+_IP_LITERAL = b"0123456789abcdefABCDEF:."
 #: `HttpClient.head_fed` between request heads, and in the chunk in which one begins.
 _NO_HEAD = -1
 _HEAD_BEGUN = -2
@@ -765,13 +768,16 @@ class HttpClient(asyncio.Protocol):
                 ex.path = raw.decode("latin-1")  # without a query: the path itself
             else:
                 ex.path = (httptools.parse_url(raw).path or b"/").decode("latin-1")
-            if host is not None:
+            if host is not None and host[:1] != b"[":
                 ex.host = host.decode("latin-1").split(":")[0].lower()
+            else:
+                self._host_header(ex, host)
         elif raw == b"*":  # asterisk-form (OPTIONS *)
             ex.path = "*"
-            if host is not None:
-                ex.host = host.decode("latin-1").split(":")[0].lower()
+            self._host_header(ex, host)
         else:
+            if host is None:
+                self._host_header(ex, host)  # required all the same (RFC 9112 3.2)
             self._absolute_form(ex)
         limit = self.gateway.config.limits.max_body_bytes
         if ex.content_length is not None and ex.content_length > limit:
@@ -788,6 +794,26 @@ class HttpClient(asyncio.Protocol):
         elif len(queue) > PIPELINE_DEPTH and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
+
+    def _host_header(self, ex: Exchange, host: bytes | None) -> None:
+        """Set `ex.host` from its Host header's value `host` (None: there was none): the host
+        without its port, lowercased, an IPv6 literal with its brackets (`[::1]`, as a URI
+        writes it and as an absolute-form target's authority routes). An HTTP/1.1 request
+        without a Host header, or with a bracketed host that is no IP literal, gets 400 (RFC
+        9112 3.2); HTTP/1.0 knew no Host header."""
+        if host is None:
+            if ex.version != "1.0":
+                self._bad_request("an HTTP/1.1 request without a Host header")
+            return
+        if host[:1] != b"[":
+            ex.host = host.decode("latin-1").split(":")[0].lower()
+            return
+        end = host.find(b"]")
+        port = host[end + 1:]
+        if (end < 2 or host[1:end].translate(None, _IP_LITERAL)
+                or (port and not (port[:1] == b":" and (port == b":" or port[1:].isdigit())))):
+            self._bad_request(f"Host header {host[:200]!r} is no [IP literal] with a port")
+        ex.host = host[:end + 1].decode("latin-1").lower()
 
     def _absolute_form(self, ex: Exchange) -> None:
         """RFC 9112 3.2.2: a target in absolute-form (`http://host:port/path?query`) names the
