@@ -5,6 +5,7 @@ the trailer section of a chunked body, and what a WebSocket client sends before 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.integration.test_gateway_http_edges import (
     hosts_config,
     ok,
     read_answer,
+    still_serves,
     web_config,
 )
 
@@ -234,3 +236,102 @@ async def test_an_ipv6_literal_host_routes_with_its_brackets(
     [head] = internal.heads
     assert head.startswith(b"GET /x HTTP/1.1\r\n")
     assert header_of(head, b"host") == [forwarded]
+
+
+# -- the trailer section of a chunked body ---------------------------------------------------
+
+@pytest.mark.parametrize("pieces", [[3000], [700, 700], [300, 300, 300, 300]])
+async def test_a_trailer_line_over_the_limit_gets_431_before_it_ends(
+        make_gateway: GatewayFactory, origin: HttpOrigin, pieces: list[int]) -> None:
+    """httptools buffers a trailer line until its CRLF, as it does a header line: the trailer
+    section is counted read by read against `max_header_bytes`. The origin answers an echo
+    only once the body is whole: it never is, so nothing was answered yet."""
+    gateway = await make_gateway(**web_config([origin.address], limits={
+        "max_header_bytes": 1024, "body_timeout": 30.0}))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(CHUNKED_POST + b"5\r\nhello\r\n0\r\nX-Trailer: " + b"t" * pieces[0])
+        for size in pieces[1:]:
+            await asyncio.sleep(0.05)  # each piece its own read
+            writer.write(b"t" * size)
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer
+    assert gateway.counters["http_431"] == 1
+    await until(lambda: gateway.groups["app"].scheduler.in_use == 0)
+
+
+async def test_an_endless_trailer_line_is_cut_off_early(make_gateway: GatewayFactory,
+                                                        origin: HttpOrigin) -> None:
+    """The audit's finding: 16 MiB of one trailer line were taken without an answer."""
+    gateway = await make_gateway(**web_config([origin.address],
+                                              limits={"body_timeout": 30.0}))
+    _, writer = await connect(gateway)
+    sent = 0
+    piece = b"t" * 65536
+    writer.write(CHUNKED_POST + b"5\r\nhello\r\n0\r\nX-Trailer: ")
+    with pytest.raises(ConnectionError):  # the gateway closed: our writes fail
+        while sent < 64 * 1024 * 1024:
+            writer.write(piece)
+            await asyncio.wait_for(writer.drain(), 5)
+            sent += len(piece)
+    writer.close()
+    assert sent < 32 * 1024 * 1024
+    assert gateway.counters["http_431"] == 1
+    await still_serves(gateway)
+
+
+async def test_chunks_split_across_reads_are_body_not_trailers(make_gateway: GatewayFactory,
+                                                               origin: HttpOrigin) -> None:
+    """A read that ends right after a chunk's size line, with its data still to come, counts
+    nothing toward the trailer section: a body far over `max_header_bytes` in such reads is
+    served, and its trailer fields are dropped."""
+    gateway = await make_gateway(**web_config([origin.address],
+                                              limits={"max_header_bytes": 1024}))
+    reader, writer = await connect(gateway)
+    body = b""
+    try:
+        writer.write(CHUNKED_POST)
+        for n in range(4):
+            data = bytes([97 + n]) * 3000
+            writer.write(b"%x\r\n" % len(data))
+            await asyncio.sleep(0.05)
+            for at in range(0, len(data), 1000):  # the data in reads under the limit
+                writer.write(data[at:at + 1000])
+                await asyncio.sleep(0.02)
+            writer.write(b"\r\n")
+            body += data
+        writer.write(b"0\r\nX-Trailer: yes\r\n\r\n")
+        head, answered = await read_answer(reader)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200") and answered == body
+    assert gateway.counters["http_431"] == 0
+
+
+async def test_trailer_fields_never_join_the_head_sent_upstream(make_gateway: GatewayFactory,
+                                                                origin: HttpOrigin) -> None:
+    """A chunked request queued for admission while its whole body and trailer section arrive
+    has its head sent afterwards: its trailer fields (a Host among them, which would make the
+    backend see two) are not in it (RFC 9110 6.5.1)."""
+    config = web_config([origin.address])
+    config["groups"]["app"].update(max_in_flight=1, max_waiters=4)
+    gateway = await make_gateway(**config)
+    group = gateway.groups["app"]
+    assert group.scheduler.try_admit("interactive")  # the one slot is held
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"POST /headers HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\nX-Trailer: yes\r\nHost: b\r\n\r\n")
+        await until(lambda: group.scheduler.waiting == 1)
+        await asyncio.sleep(0.05)  # the trailer section was read while the request waited
+        group.release("interactive")
+        head, body = await read_answer(reader)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    seen = {name.lower(): value for name, value in json.loads(body).items()}
+    assert "x-trailer" not in seen and seen["host"] == "a"
+    assert seen["transfer-encoding"] == "chunked"

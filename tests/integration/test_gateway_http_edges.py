@@ -425,6 +425,8 @@ async def origin() -> AsyncIterator[HttpOrigin]:
     (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"800\r\n" + b"b" * 2048 + b"\r\n", b"413"),
     (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
+    (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\nX-Trailer: " + b"t" * 2000, b"431"),  # a trailer line with no end
 ])
 async def test_a_pipelined_bad_request_is_answered_after_the_ones_before_it(
         make_gateway: GatewayFactory, origin: HttpOrigin, bad: bytes, status: bytes) -> None:

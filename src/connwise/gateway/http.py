@@ -88,9 +88,14 @@ _HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expec
 #: What the brackets of an IP literal in a Host header may hold (RFC 3986 3.2.2: an IPv6
 #: address, an IPv4 one in its last 32 bits).
 _IP_LITERAL = b"0123456789abcdefABCDEF:."
-#: `HttpClient.head_fed` between request heads, and in the chunk in which one begins.
+#: `HttpClient.head_fed` between request heads, in the chunk in which one begins, and in the
+#: one in which a chunk's size line of a chunked body ended (the last chunk's trailer section
+#: follows it, counted like a head).
 _NO_HEAD = -1
 _HEAD_BEGUN = -2
+_CHUNK_BEGUN = -3
+#: `HttpClient.fields` while no head or trailer section is read: nothing is ever put in it.
+_NO_FIELDS: list[tuple[bytes, bytes]] = []
 #: Seconds a refused WebSocket handshake's connection stays open, half-closed, for the client's
 #: close frame: closing at once would answer that frame with a reset, which can destroy the
 #: unread 1013 at the client (the lingering close of Apache httpd, on a shorter clock).
@@ -218,6 +223,7 @@ class HttpClient(asyncio.Protocol):
         "closed",
         "conn_id",
         "draining",
+        "fields",
         "frames",
         "gateway",
         "head_fed",
@@ -259,6 +265,12 @@ class HttpClient(asyncio.Protocol):
         self.closed = False
         self.draining = False
         self.parsing: Exchange | None = None
+        #: Where `on_header` puts a field: the head's (`parsing.headers`), then, once the head
+        #: of a chunked request is complete, its trailer section's, counted and dropped: never
+        #: merged into the head, which may not have gone upstream yet (RFC 9110 6.5.1; a
+        #: trailer `Host` there would be a second one). Between requests
+        #: `_NO_FIELDS`, so that an idle connection keeps no request's headers.
+        self.fields = _NO_FIELDS
         # A list, not a deque: at most PIPELINE_DEPTH + 1 entries, and an empty deque costs
         # ~600 bytes per idle connection where an empty list costs 56.
         self.queue: list[Exchange] = []
@@ -266,9 +278,10 @@ class HttpClient(asyncio.Protocol):
         #: The head request while it waits in the admission queue without a task.
         self.queued: _Grant | None = None
         self.header_bytes = 0
-        #: The head being read, counted a chunk at a time once it spans chunks (see
-        #: `_head_spans`): _NO_HEAD between heads, _HEAD_BEGUN while the chunk in which one
-        #: began is fed, then its bytes so far.
+        #: The head (or trailer section) being read, counted a chunk at a time once it spans
+        #: chunks (see `_head_spans`): _NO_HEAD between heads, _HEAD_BEGUN while the chunk in
+        #: which one began is fed, _CHUNK_BEGUN from a chunk's size line to its data, then
+        #: its bytes so far.
         self.head_fed = _NO_HEAD
         #: The answer (400, 408, 413, 431) to a bad request pipelined behind others still being
         #: answered: it goes out, and the connection closes, once they were (see `_reject`).
@@ -628,7 +641,7 @@ class HttpClient(asyncio.Protocol):
         self.idle_deadline = 0.0
         try:
             parser.feed_data(data)
-            if self.head_fed != _NO_HEAD:  # the chunk ended inside a request head
+            if self.head_fed != _NO_HEAD:  # the chunk ended inside a head or trailer section
                 self._head_spans(data)
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
@@ -684,7 +697,8 @@ class HttpClient(asyncio.Protocol):
         return bool(ex.url) and parser is not None and parser.get_method() == b"HEAD"
 
     def on_message_begin(self) -> None:
-        self.parsing = Exchange(self)
+        ex = self.parsing = Exchange(self)
+        self.fields = ex.headers
         self.header_bytes = 0
         self.head_fed = _HEAD_BEGUN
         if not self.header_deadline:
@@ -698,25 +712,33 @@ class HttpClient(asyncio.Protocol):
             self._header_overflow()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.parsing is not None
-        self.parsing.headers.append((name, value))
+        self.fields.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.gateway.config.limits.max_header_bytes:
             self._header_overflow()
 
     def _head_spans(self, data: bytes) -> None:
-        """The chunk `data` ended inside a request head. httptools hands a header over only
-        once its line ends, buffering it meanwhile, so `on_header` alone never sees a line
-        that does not end: the head is counted here, a chunk at a time, from the chunk in
-        which it began (what followed the request target: bytes of pipelined requests before
-        it do not count) until the one that completes it, and is refused with 431 as soon as
-        it is over `max_header_bytes`. A head that arrives in one chunk never gets here."""
+        """The chunk `data` ended inside a request head or trailer section. httptools hands a
+        header over only once its line ends, buffering it meanwhile, so `on_header` alone
+        never sees a line that does not end: the head is counted here, a chunk at a time, from
+        the chunk in which it began (what followed the request target: bytes of pipelined
+        requests before it do not count) until the one that completes it, and is refused with
+        431 as soon as it is over `max_header_bytes`. A head that arrives in one chunk never
+        gets here.
+
+        The trailer section of a chunked body is counted the same way, from the chunk in
+        which the last chunk's size line ended (what follows that line's end). Every chunk's
+        size line sets `_CHUNK_BEGUN`, and a data chunk's first byte of data undoes it
+        (`on_body`): a chunk that ends after a size line with its data still to come counts
+        nothing of its own, and the next chunk brings the data."""
         fed = self.head_fed
         if fed == _HEAD_BEGUN:
             ex = self.parsing
             url = ex.url if ex is not None else b""
             at = data.rfind(url)  # the target so far ends the chunk or precedes what does
             fed = len(data) - at if at >= 0 else self.header_bytes
+        elif fed == _CHUNK_BEGUN:
+            fed = len(data) - data.rfind(b"\n") - 1  # the unfinished line after the last LF
         else:
             fed += len(data)
         self.head_fed = fed
@@ -784,8 +806,12 @@ class HttpClient(asyncio.Protocol):
             self.gateway.count("http_413")
             self._reject(413, "Content Too Large")
             raise _Rejected
-        if (ex.chunked or ex.content_length) and not ex.expect_continue:
-            self._body_due()  # with 100-continue the client sends once the head went upstream
+        self.fields = _NO_FIELDS  # the head is whole: it keeps its fields
+        if ex.chunked or ex.content_length:
+            if ex.chunked:
+                self.fields = []  # the trailer section's
+            if not ex.expect_continue:
+                self._body_due()  # with 100-continue, the client sends once the head went on
         self.requests += 1
         queue = self.queue
         queue.append(ex)
@@ -839,6 +865,7 @@ class HttpClient(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         assert ex is not None
+        self.head_fed = _NO_HEAD  # data: the chunk whose size line came last was no last chunk
         ex.body_size += len(body)
         if ex.body_size > self.gateway.config.limits.max_body_bytes:
             self.gateway.count("http_413")
@@ -847,6 +874,14 @@ class HttpClient(asyncio.Protocol):
         ex.body.append(body)
         ex.body_arrived()
         self._body_due()
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line ended: if it was the last chunk's, a trailer section follows
+        (see `_head_spans`)."""
+        self.head_fed = _CHUNK_BEGUN
+
+    def on_chunk_complete(self) -> None:
+        self.head_fed = _NO_HEAD
 
     def on_message_complete(self) -> None:
         ex = self.parsing
