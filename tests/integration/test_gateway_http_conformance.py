@@ -335,3 +335,127 @@ async def test_trailer_fields_never_join_the_head_sent_upstream(make_gateway: Ga
     seen = {name.lower(): value for name, value in json.loads(body).items()}
     assert "x-trailer" not in seen and seen["host"] == "a"
     assert seen["transfer-encoding"] == "chunked"
+
+
+# -- what a WebSocket client sends before the 101 ---------------------------------------------
+
+class UpgradeBackend:
+    """An upgrading backend on loopback: `/ws` gets its 101 after `delay` seconds, then every
+    byte that comes is kept (`relayed`) and echoed; `/refuse` gets a keep-alive 403. It keeps
+    the request heads it read."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.heads: list[bytes] = []
+        self.relayed = b""
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> UpgradeBackend:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                if not head.startswith(b"GET /ws "):
+                    writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+                    continue
+                await asyncio.sleep(self.delay)
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\n\r\n")
+                while data := await reader.read(65536):
+                    self.relayed += data
+                    writer.write(data)
+                break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def upgrading() -> AsyncIterator[Callable[[float], Awaitable[UpgradeBackend]]]:
+    started: list[UpgradeBackend] = []
+
+    async def start(delay: float = 0.0) -> UpgradeBackend:
+        backend = await UpgradeBackend(delay).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()
+
+
+def upgrade(path: bytes) -> bytes:
+    return (b"GET %s HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            % path)
+
+
+#: A masked text frame ("hi"), then one that reads like an HTTP request: neither may be
+#: parsed as one by the gateway.
+FRAME = b"\x81\x82abcd" + bytes(b ^ m for b, m in zip(b"hi", b"ab", strict=True))
+LOOKALIKE = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@pytest.mark.parametrize("later", [False, True])
+async def test_bytes_sent_before_the_101_are_relayed_after_it(
+        make_gateway: GatewayFactory, upgrading: Any, later: bool) -> None:
+    """With the request, or in a later read while the backend takes its time to answer: the
+    backend gets them after its 101, in order, and nothing is parsed as a request."""
+    backend = await upgrading(0.3)
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(upgrade(b"/ws") + FRAME)
+        if later:
+            await asyncio.sleep(0.1)
+            writer.write(LOOKALIKE)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        expected = FRAME + (LOOKALIKE if later else b"")
+        echoed = await asyncio.wait_for(reader.readexactly(len(expected)), 5)
+    finally:
+        writer.close()
+    assert echoed == expected and backend.relayed == expected
+    assert len(backend.heads) == 1
+    assert gateway.counters["http_400"] == 0
+
+
+async def test_bytes_held_for_a_refused_upgrade_go_with_the_connection(
+        make_gateway: GatewayFactory, upgrading: Any) -> None:
+    backend = await upgrading()
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, upgrade(b"/refuse") + LOOKALIKE)
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert answer.count(b"HTTP/1.1 ") == 1 and answer.endswith(b"\r\n\r\nno")
+    assert header_of(answer.partition(b"\r\n\r\n")[0], b"connection") == [b"close"]
+    assert [h.split(b"\r\n")[0] for h in backend.heads] == [b"GET /refuse HTTP/1.1"]
+
+
+async def test_a_refused_upgrade_with_nothing_held_goes_on_with_http(
+        make_gateway: GatewayFactory, upgrading: Any) -> None:
+    backend = await upgrading()
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        for _ in range(2):
+            writer.write(upgrade(b"/refuse"))
+            head, body = await read_answer(reader)
+            assert head.startswith(b"HTTP/1.1 403") and body == b"no"
+            assert header_of(head, b"connection") == [b"keep-alive"]
+    finally:
+        writer.close()
+    assert len(backend.heads) == 2

@@ -229,6 +229,7 @@ class HttpClient(asyncio.Protocol):
         "head_fed",
         "header_bytes",
         "header_deadline",
+        "held",
         "idle_deadline",
         "last_active",
         "listener",
@@ -286,6 +287,9 @@ class HttpClient(asyncio.Protocol):
         #: The answer (400, 408, 413, 431) to a bad request pipelined behind others still being
         #: answered: it goes out, and the connection closes, once they were (see `_reject`).
         self.rejection: bytes | None = None
+        #: Set once an upgrade request was read, until its answer: what the client sent after
+        #: it, which is not HTTP if the upgrade succeeds (see `_hold`).
+        self.held: bytes | None = None
         self.loop = asyncio.get_running_loop()
         #: The one timer of the connection (see `_on_timer`), and its deadlines in loop time
         #: (0.0: none): the head being read, the next read of a request body, the response
@@ -644,9 +648,7 @@ class HttpClient(asyncio.Protocol):
             if self.head_fed != _NO_HEAD:  # the chunk ended inside a head or trailer section
                 self._head_spans(data)
         except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
-            if rest and self.parsing is not None:
-                self.parsing.body.append(rest)
+            self._hold(data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b"")
         except httptools.HttpParserError as exc:
             # A callback that refused the request (431, 413, 400) answered it already: httptools
             # reports its _Rejected as a parser error.
@@ -656,6 +658,25 @@ class HttpClient(asyncio.Protocol):
                 self._reject(400, "Bad Request")
         except _Rejected:  # from `_head_spans`, outside the parser
             pass
+
+    def _hold(self, rest: bytes) -> None:
+        """An upgrade request was read, and `rest` followed it in the chunk. What follows it is
+        the new protocol if the upgrade succeeds, and a WebSocket client may send its first
+        frames before the 101 arrives: nothing more is parsed until the answer. Reading stops,
+        so `rest` is all that is held (at most one read); it goes to the backend once the
+        relay starts (`_start_relay`), before anything read after it. If the upgrade is
+        refused, what was held is dropped with the connection (its answer says close: the
+        bytes may be frames, and must not be read as a request), and a connection that held
+        nothing goes on with HTTP (`_ended`)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.held = rest
+        self._paused = True
+        transport.pause_reading()
+        queue = self.queue
+        if rest and queue and queue[-1].upgrade:
+            queue[-1].keep_alive = False
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer the request being read with `status` and close the connection.
@@ -1078,6 +1099,26 @@ class HttpClient(asyncio.Protocol):
         self.relay_to = upstream
         self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
         upstream.start_relay(self)
+        held, self.held = self.held, None
+        if held is not None:  # what the client sent before the 101 goes first (`_hold`)
+            if held:
+                self._relay_held(upstream, held)
+            if self.transport is not None and not self.closed:
+                self._paused = False
+                self.transport.resume_reading()
+
+    def _relay_held(self, upstream: UpstreamConnection, held: bytes) -> None:
+        """Relay `held` as `data_received` relays what comes once the relay started."""
+        frames = self.frames
+        assert frames is not None
+        frames.feed(held)
+        upstream.write(held)
+        if self.throttle is not None:
+            self.throttle.client_sent(len(held))
+        engine = self.gateway.escalation
+        if engine is not None and frames.messages:
+            self.gateway.apply_changes(engine.on_activity(
+                self.conn_id, self.gateway.clock.now(), frames.messages))
 
     def _give_back(self, pool: Any, upstream: UpstreamConnection,
                    error: BaseException | None) -> None:
@@ -1137,7 +1178,13 @@ class HttpClient(asyncio.Protocol):
                     self._send_rejection(ex)
                     return False
                 return True
-            if len(queue) <= PIPELINE_DEPTH and self.transport:
+            if self.held is not None:  # an upgrade request waits for its answer (`_hold`)
+                if not queue:  # it was answered, and no relay started: the upgrade was refused
+                    held, self.held = self.held, None
+                    if not held and self.transport:  # nothing but HTTP: it goes on
+                        self._paused = False
+                        self.transport.resume_reading()
+            elif len(queue) <= PIPELINE_DEPTH and self.transport:
                 self._paused = False
                 self.transport.resume_reading()
                 if self.body_deadline:  # the client had no way to send while reading was paused
@@ -1324,6 +1371,10 @@ class HttpClient(asyncio.Protocol):
         self.write(try_again_later(accept, retry_after))
         self.parser = None
         self.rejection = None  # what the client sent after its handshake were frames, not HTTP
+        if self.held is not None:  # dropped too; reading goes on, for the client's close frame
+            self.held = None
+            self._paused = False
+            transport.resume_reading()
         transport.write_eof()
         self.idle_deadline = self.loop.time() + WS_REFUSAL_GRACE
         self._arm(self.idle_deadline)
