@@ -4,16 +4,24 @@ Theory of operation
 -------------------
 `HttpClient` is the protocol of one client connection. httptools parses requests as bytes
 arrive; a request head that exceeds `max_header_bytes` gets 431 (counted per chunk while the
-head spans chunks, as httptools holds a header line back until it ends), one that does not
-arrive within `header_timeout` gets 408 (slowloris), as does a body that pauses longer than
-`body_timeout` between two reads, a body over `max_body_bytes` gets 413, and anything llhttp
-rejects — an invalid request line, Content-Length with Transfer-Encoding, differing duplicate
-Content-Lengths (request smuggling) — gets 400, as do a second Host header and an absolute-form
-target that is not an http(s) URI; then the connection is closed. A bad request pipelined
-behind others is answered after them: reading stops until they were.
+head spans chunks, as httptools holds a header line back until it ends), as does the trailer
+section of a chunked body (counted the same way: httptools would buffer an endless trailer
+line), one that does not arrive within `header_timeout` gets 408 (slowloris), as does a body
+that pauses longer than `body_timeout` between two reads, a body over `max_body_bytes` gets
+413, and anything llhttp rejects — an invalid request line, Content-Length with
+Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do
+an HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
+literal, and an absolute-form target that is not an http(s) URI; then the connection is
+closed. A bad request pipelined behind others is answered after them: reading stops until they
+were. Trailer fields are dropped, never merged into the head.
 
 A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
-header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it.
+header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
+see the host without its port, an IPv6 literal with its brackets (`[::1]`), either way.
+
+The gateway's own answers (404, 502, 503, 504, 408...) have no body when the request was a
+HEAD, and say `Connection: close` whenever the connection closes after them: the client asked
+for it, or the gateway drains.
 
 Each complete head becomes an `Exchange`: route it, classify it, admit it through the group's
 scheduler (degradation ladder: throttle, signal, queue, shed with 503 Retry-After), take a
@@ -38,7 +46,10 @@ its connection closed and a passive health failure; the client gets 504.
 
 A `101 Switching Protocols` answer to an upgrade turns both connections into a byte relay, with
 WebSocket frame headers tracked for message counts and close codes, and capped by the ladder's
-throttle step while its class stands on it (`RelayThrottle`).
+throttle step while its class stands on it (`RelayThrottle`). Between an upgrade request and
+its answer nothing is parsed and reading stops: what the client sent after the request (its
+first frames, perhaps) is held, relayed first once the 101 came, or dropped with the
+connection if the upgrade is refused (`_hold`).
 
 Refused requests (shed, timed out or displaced in the queue, queue full) get 503 with
 `Retry-After`, except a valid WebSocket handshake: a browser sees no status of a failed
