@@ -302,8 +302,13 @@ async def test_an_absolute_form_target_without_a_route_gets_404(make_gateway: Ga
     b"GET http:/x HTTP/1.1\r\nHost: public.example\r\n\r\n",
     b"GET http:// HTTP/1.1\r\nHost: public.example\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: public.example\r\nHost: internal.example\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",  # RFC 9112 3.2: HTTP/1.1 needs a Host header...
+    b"GET http://internal.example/x HTTP/1.1\r\n\r\n",  # ...whatever the target's form
+    b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",  # and a valid one
+    b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: [internal.example]\r\n\r\n",
 ])
-async def test_a_bad_target_or_a_second_host_gets_400(make_gateway: GatewayFactory,
+async def test_a_bad_target_or_a_missing_or_bad_host_gets_400(make_gateway: GatewayFactory,
                                                       backends: Any,
                                                       request_head: bytes) -> None:
     public, internal = await backends(ok), await backends(ok)
@@ -420,6 +425,8 @@ async def origin() -> AsyncIterator[HttpOrigin]:
     (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"800\r\n" + b"b" * 2048 + b"\r\n", b"413"),
     (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
+    (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\nX-Trailer: " + b"t" * 2000, b"431"),  # a trailer line with no end
 ])
 async def test_a_pipelined_bad_request_is_answered_after_the_ones_before_it(
         make_gateway: GatewayFactory, origin: HttpOrigin, bad: bytes, status: bytes) -> None:

@@ -4,16 +4,24 @@ Theory of operation
 -------------------
 `HttpClient` is the protocol of one client connection. httptools parses requests as bytes
 arrive; a request head that exceeds `max_header_bytes` gets 431 (counted per chunk while the
-head spans chunks, as httptools holds a header line back until it ends), one that does not
-arrive within `header_timeout` gets 408 (slowloris), as does a body that pauses longer than
-`body_timeout` between two reads, a body over `max_body_bytes` gets 413, and anything llhttp
-rejects — an invalid request line, Content-Length with Transfer-Encoding, differing duplicate
-Content-Lengths (request smuggling) — gets 400, as do a second Host header and an absolute-form
-target that is not an http(s) URI; then the connection is closed. A bad request pipelined
-behind others is answered after them: reading stops until they were.
+head spans chunks, as httptools holds a header line back until it ends), as does the trailer
+section of a chunked body (counted the same way: httptools would buffer an endless trailer
+line), one that does not arrive within `header_timeout` gets 408 (slowloris), as does a body
+that pauses longer than `body_timeout` between two reads, a body over `max_body_bytes` gets
+413, and anything llhttp rejects — an invalid request line, Content-Length with
+Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do
+an HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
+literal, and an absolute-form target that is not an http(s) URI; then the connection is
+closed. A bad request pipelined behind others is answered after them: reading stops until they
+were. Trailer fields are dropped, never merged into the head.
 
 A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
-header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it.
+header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
+see the host without its port, an IPv6 literal with its brackets (`[::1]`), either way.
+
+The gateway's own answers (404, 502, 503, 504, 408...) have no body when the request was a
+HEAD, and say `Connection: close` whenever the connection closes after them: the client asked
+for it, or the gateway drains.
 
 Each complete head becomes an `Exchange`: route it, classify it, admit it through the group's
 scheduler (degradation ladder: throttle, signal, queue, shed with 503 Retry-After), take a
@@ -38,7 +46,10 @@ its connection closed and a passive health failure; the client gets 504.
 
 A `101 Switching Protocols` answer to an upgrade turns both connections into a byte relay, with
 WebSocket frame headers tracked for message counts and close codes, and capped by the ladder's
-throttle step while its class stands on it (`RelayThrottle`).
+throttle step while its class stands on it (`RelayThrottle`). Between an upgrade request and
+its answer nothing is parsed and reading stops: what the client sent after the request (its
+first frames, perhaps) is held, relayed first once the 101 came, or dropped with the
+connection if the upgrade is refused (`_hold`).
 
 Refused requests (shed, timed out or displaced in the queue, queue full) get 503 with
 `Retry-After`, except a valid WebSocket handshake: a browser sees no status of a failed
@@ -85,9 +96,17 @@ PIPELINE_DEPTH = 4
 #: Request headers the proxy reads itself (the rest are only forwarded).
 _HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect",
                        b"connection"})
-#: `HttpClient.head_fed` between request heads, and in the chunk in which one begins.
+#: What the brackets of an IP literal in a Host header may hold (RFC 3986 3.2.2: an IPv6
+#: address, an IPv4 one in its last 32 bits).
+_IP_LITERAL = b"0123456789abcdefABCDEF:."
+#: `HttpClient.head_fed` between request heads, in the chunk in which one begins, and in the
+#: one in which a chunk's size line of a chunked body ended (the last chunk's trailer section
+#: follows it, counted like a head).
 _NO_HEAD = -1
 _HEAD_BEGUN = -2
+_CHUNK_BEGUN = -3
+#: `HttpClient.fields` while no head or trailer section is read: nothing is ever put in it.
+_NO_FIELDS: list[tuple[bytes, bytes]] = []
 #: Seconds a refused WebSocket handshake's connection stays open, half-closed, for the client's
 #: close frame: closing at once would answer that frame with a reset, which can destroy the
 #: unread 1013 at the client (the lingering close of Apache httpd, on a shorter clock).
@@ -95,16 +114,21 @@ WS_REFUSAL_GRACE = 2.0
 
 
 def simple_response(status: int, reason: str, *, close: bool, extra: bytes = b"",
-                    body: bytes = b"") -> bytes:
+                    body: bytes = b"", head: bool = False) -> bytes:
+    """An answer of the gateway's own; `head`: to a HEAD request, so it has the headers of the
+    answer to a GET, Content-Length included, and no body (RFC 9110 9.3.2): a body would be
+    read as the start of the next answer on a keep-alive connection."""
     body = body or f"{status} {reason}\n".encode()
     connection = b"close" if close else b"keep-alive"
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: %s\r\n%s\r\n%s" % (status, reason.encode(), len(body), connection,
-                                             extra, body))
+                                             extra, b"" if head else body))
 
 
-#: The answer to a request whose upstream failed before answering, and is not retried.
+#: The answer to a request whose upstream failed before answering, and is not retried (and
+#: the same to a HEAD request).
 _BAD_GATEWAY = simple_response(502, "Bad Gateway", close=True)
+_BAD_GATEWAY_HEAD = simple_response(502, "Bad Gateway", close=True, head=True)
 
 
 class Exchange:
@@ -210,11 +234,13 @@ class HttpClient(asyncio.Protocol):
         "closed",
         "conn_id",
         "draining",
+        "fields",
         "frames",
         "gateway",
         "head_fed",
         "header_bytes",
         "header_deadline",
+        "held",
         "idle_deadline",
         "last_active",
         "listener",
@@ -251,6 +277,12 @@ class HttpClient(asyncio.Protocol):
         self.closed = False
         self.draining = False
         self.parsing: Exchange | None = None
+        #: Where `on_header` puts a field: the head's (`parsing.headers`), then, once the head
+        #: of a chunked request is complete, its trailer section's, counted and dropped: never
+        #: merged into the head, which may not have gone upstream yet (RFC 9110 6.5.1; a
+        #: trailer `Host` there would be a second one). Between requests
+        #: `_NO_FIELDS`, so that an idle connection keeps no request's headers.
+        self.fields = _NO_FIELDS
         # A list, not a deque: at most PIPELINE_DEPTH + 1 entries, and an empty deque costs
         # ~600 bytes per idle connection where an empty list costs 56.
         self.queue: list[Exchange] = []
@@ -258,13 +290,17 @@ class HttpClient(asyncio.Protocol):
         #: The head request while it waits in the admission queue without a task.
         self.queued: _Grant | None = None
         self.header_bytes = 0
-        #: The head being read, counted a chunk at a time once it spans chunks (see
-        #: `_head_spans`): _NO_HEAD between heads, _HEAD_BEGUN while the chunk in which one
-        #: began is fed, then its bytes so far.
+        #: The head (or trailer section) being read, counted a chunk at a time once it spans
+        #: chunks (see `_head_spans`): _NO_HEAD between heads, _HEAD_BEGUN while the chunk in
+        #: which one began is fed, _CHUNK_BEGUN from a chunk's size line to its data, then
+        #: its bytes so far.
         self.head_fed = _NO_HEAD
         #: The answer (400, 408, 413, 431) to a bad request pipelined behind others still being
         #: answered: it goes out, and the connection closes, once they were (see `_reject`).
         self.rejection: bytes | None = None
+        #: Set once an upgrade request was read, until its answer: what the client sent after
+        #: it, which is not HTTP if the upgrade succeeds (see `_hold`).
+        self.held: bytes | None = None
         self.loop = asyncio.get_running_loop()
         #: The one timer of the connection (see `_on_timer`), and its deadlines in loop time
         #: (0.0: none): the head being read, the next read of a request body, the response
@@ -589,7 +625,8 @@ class HttpClient(asyncio.Protocol):
         self.gateway.count("http_504")
         ex.status = 504  # an answer went out: nothing else is written for this exchange
         ex.keep_alive = False
-        self.write(simple_response(504, "Gateway Timeout", close=True))
+        self.write(simple_response(504, "Gateway Timeout", close=True,
+                                   head=ex.method == b"HEAD"))
         upstream.fail(UpstreamFailed(
             f"backend {upstream.address} sent no response head within "
             f"groups.{group.name}.response_timeout = {group.config.response_timeout:g} s of "
@@ -619,12 +656,10 @@ class HttpClient(asyncio.Protocol):
         self.idle_deadline = 0.0
         try:
             parser.feed_data(data)
-            if self.head_fed != _NO_HEAD:  # the chunk ended inside a request head
+            if self.head_fed != _NO_HEAD:  # the chunk ended inside a head or trailer section
                 self._head_spans(data)
         except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b""
-            if rest and self.parsing is not None:
-                self.parsing.body.append(rest)
+            self._hold(data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b"")
         except httptools.HttpParserError as exc:
             # A callback that refused the request (431, 413, 400) answered it already: httptools
             # reports its _Rejected as a parser error.
@@ -635,33 +670,67 @@ class HttpClient(asyncio.Protocol):
         except _Rejected:  # from `_head_spans`, outside the parser
             pass
 
+    def _hold(self, rest: bytes) -> None:
+        """An upgrade request was read, and `rest` followed it in the chunk. What follows it is
+        the new protocol if the upgrade succeeds, and a WebSocket client may send its first
+        frames before the 101 arrives: nothing more is parsed until the answer. Reading stops,
+        so `rest` is all that is held (at most one read); it goes to the backend once the
+        relay starts (`_start_relay`), before anything read after it. If the upgrade is
+        refused, what was held is dropped with the connection (its answer says close: the
+        bytes may be frames, and must not be read as a request), and a connection that held
+        nothing goes on with HTTP (`_ended`)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.held = rest
+        self._paused = True
+        transport.pause_reading()
+        queue = self.queue
+        if rest and queue and queue[-1].upgrade:
+            queue[-1].keep_alive = False
+
     def _reject(self, status: int, reason: str) -> None:
         """Answer the request being read with `status` and close the connection.
 
         A request pipelined behind others still being answered must not overtake their
         answers (or cut them off): reading stops, nothing more is parsed, and `_ended` sends
         this answer once the requests before it were answered. The bad request itself, if its
-        head was queued already, leaves the queue unstarted."""
+        head was queued already, leaves the queue unstarted. If an answer to it began already
+        (the backend answered before the body was read), the close alone ends it: nothing
+        can follow that answer."""
         transport = self.transport
         if transport is None or self.closed:
             return
-        self.parser = None  # nothing more is parsed
         queue = self.queue
         ex = self.parsing
+        answer = simple_response(status, reason, close=True, head=self._head_request(ex))
+        self.parser = None  # nothing more is parsed
         if ex is not None and len(queue) > 1 and queue[-1] is ex:
             queue.pop()
         if queue and queue[0] is not ex:
-            self.rejection = simple_response(status, reason, close=True)
+            self.rejection = answer
             self.parsing = None
             self.header_deadline = 0.0
             self._paused = True
             transport.pause_reading()
             return
-        self.write(simple_response(status, reason, close=True))
+        if ex is None or not ex.status:
+            self.write(answer)
         transport.close()
 
+    def _head_request(self, ex: Exchange | None) -> bool:
+        """Whether `ex`, the request being read, is a HEAD, whose answer has no body: known
+        from its request target on (the method comes before it), its head complete or not."""
+        if ex is None:
+            return False
+        if ex.method:
+            return ex.method == b"HEAD"
+        parser = self.parser
+        return bool(ex.url) and parser is not None and parser.get_method() == b"HEAD"
+
     def on_message_begin(self) -> None:
-        self.parsing = Exchange(self)
+        ex = self.parsing = Exchange(self)
+        self.fields = ex.headers
         self.header_bytes = 0
         self.head_fed = _HEAD_BEGUN
         if not self.header_deadline:
@@ -675,25 +744,33 @@ class HttpClient(asyncio.Protocol):
             self._header_overflow()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.parsing is not None
-        self.parsing.headers.append((name, value))
+        self.fields.append((name, value))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.gateway.config.limits.max_header_bytes:
             self._header_overflow()
 
     def _head_spans(self, data: bytes) -> None:
-        """The chunk `data` ended inside a request head. httptools hands a header over only
-        once its line ends, buffering it meanwhile, so `on_header` alone never sees a line
-        that does not end: the head is counted here, a chunk at a time, from the chunk in
-        which it began (what followed the request target: bytes of pipelined requests before
-        it do not count) until the one that completes it, and is refused with 431 as soon as
-        it is over `max_header_bytes`. A head that arrives in one chunk never gets here."""
+        """The chunk `data` ended inside a request head or trailer section. httptools hands a
+        header over only once its line ends, buffering it meanwhile, so `on_header` alone
+        never sees a line that does not end: the head is counted here, a chunk at a time, from
+        the chunk in which it began (what followed the request target: bytes of pipelined
+        requests before it do not count) until the one that completes it, and is refused with
+        431 as soon as it is over `max_header_bytes`. A head that arrives in one chunk never
+        gets here.
+
+        The trailer section of a chunked body is counted the same way, from the chunk in
+        which the last chunk's size line ended (what follows that line's end). Every chunk's
+        size line sets `_CHUNK_BEGUN`, and a data chunk's first byte of data undoes it
+        (`on_body`): a chunk that ends after a size line with its data still to come counts
+        nothing of its own, and the next chunk brings the data."""
         fed = self.head_fed
         if fed == _HEAD_BEGUN:
             ex = self.parsing
             url = ex.url if ex is not None else b""
             at = data.rfind(url)  # the target so far ends the chunk or precedes what does
             fed = len(data) - at if at >= 0 else self.header_bytes
+        elif fed == _CHUNK_BEGUN:
+            fed = len(data) - data.rfind(b"\n") - 1  # the unfinished line after the last LF
         else:
             fed += len(data)
         self.head_fed = fed
@@ -745,21 +822,28 @@ class HttpClient(asyncio.Protocol):
                 ex.path = raw.decode("latin-1")  # without a query: the path itself
             else:
                 ex.path = (httptools.parse_url(raw).path or b"/").decode("latin-1")
-            if host is not None:
+            if host is not None and host[:1] != b"[":
                 ex.host = host.decode("latin-1").split(":")[0].lower()
+            else:
+                self._host_header(ex, host)
         elif raw == b"*":  # asterisk-form (OPTIONS *)
             ex.path = "*"
-            if host is not None:
-                ex.host = host.decode("latin-1").split(":")[0].lower()
+            self._host_header(ex, host)
         else:
+            if host is None:
+                self._host_header(ex, host)  # required all the same (RFC 9112 3.2)
             self._absolute_form(ex)
         limit = self.gateway.config.limits.max_body_bytes
         if ex.content_length is not None and ex.content_length > limit:
             self.gateway.count("http_413")
             self._reject(413, "Content Too Large")
             raise _Rejected
-        if (ex.chunked or ex.content_length) and not ex.expect_continue:
-            self._body_due()  # with 100-continue the client sends once the head went upstream
+        self.fields = _NO_FIELDS  # the head is whole: it keeps its fields
+        if ex.chunked or ex.content_length:
+            if ex.chunked:
+                self.fields = []  # the trailer section's
+            if not ex.expect_continue:
+                self._body_due()  # with 100-continue, the client sends once the head went on
         self.requests += 1
         queue = self.queue
         queue.append(ex)
@@ -768,6 +852,26 @@ class HttpClient(asyncio.Protocol):
         elif len(queue) > PIPELINE_DEPTH and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
+
+    def _host_header(self, ex: Exchange, host: bytes | None) -> None:
+        """Set `ex.host` from its Host header's value `host` (None: there was none): the host
+        without its port, lowercased, an IPv6 literal with its brackets (`[::1]`, as a URI
+        writes it and as an absolute-form target's authority routes). An HTTP/1.1 request
+        without a Host header, or with a bracketed host that is no IP literal, gets 400 (RFC
+        9112 3.2); HTTP/1.0 knew no Host header."""
+        if host is None:
+            if ex.version != "1.0":
+                self._bad_request("an HTTP/1.1 request without a Host header")
+            return
+        if host[:1] != b"[":
+            ex.host = host.decode("latin-1").split(":")[0].lower()
+            return
+        end = host.find(b"]")
+        port = host[end + 1:]
+        if (end < 2 or host[1:end].translate(None, _IP_LITERAL)
+                or (port and not (port[:1] == b":" and (port == b":" or port[1:].isdigit())))):
+            self._bad_request(f"Host header {host[:200]!r} is no [IP literal] with a port")
+        ex.host = host[:end + 1].decode("latin-1").lower()
 
     def _absolute_form(self, ex: Exchange) -> None:
         """RFC 9112 3.2.2: a target in absolute-form (`http://host:port/path?query`) names the
@@ -793,6 +897,7 @@ class HttpClient(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         assert ex is not None
+        self.head_fed = _NO_HEAD  # data: the chunk whose size line came last was no last chunk
         ex.body_size += len(body)
         if ex.body_size > self.gateway.config.limits.max_body_bytes:
             self.gateway.count("http_413")
@@ -801,6 +906,14 @@ class HttpClient(asyncio.Protocol):
         ex.body.append(body)
         ex.body_arrived()
         self._body_due()
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line ended: if it was the last chunk's, a trailer section follows
+        (see `_head_spans`)."""
+        self.head_fed = _CHUNK_BEGUN
+
+    def on_chunk_complete(self) -> None:
+        self.head_fed = _NO_HEAD
 
     def on_message_complete(self) -> None:
         ex = self.parsing
@@ -826,7 +939,7 @@ class HttpClient(asyncio.Protocol):
         except Exception:
             log.exception("client %s: exchange failed", self.client_ip)
             self._settle(ex)
-            self.write(simple_response(502, "Bad Gateway", close=True))
+            self.write(_bad_gateway(ex))
             self.close()
             return
         self.task = self.loop.create_task(self._serve(ex))
@@ -997,6 +1110,26 @@ class HttpClient(asyncio.Protocol):
         self.relay_to = upstream
         self.throttle = RelayThrottle(self, upstream, group.admission, ex.class_name)
         upstream.start_relay(self)
+        held, self.held = self.held, None
+        if held is not None:  # what the client sent before the 101 goes first (`_hold`)
+            if held:
+                self._relay_held(upstream, held)
+            if self.transport is not None and not self.closed:
+                self._paused = False
+                self.transport.resume_reading()
+
+    def _relay_held(self, upstream: UpstreamConnection, held: bytes) -> None:
+        """Relay `held` as `data_received` relays what comes once the relay started."""
+        frames = self.frames
+        assert frames is not None
+        frames.feed(held)
+        upstream.write(held)
+        if self.throttle is not None:
+            self.throttle.client_sent(len(held))
+        engine = self.gateway.escalation
+        if engine is not None and frames.messages:
+            self.gateway.apply_changes(engine.on_activity(
+                self.conn_id, self.gateway.clock.now(), frames.messages))
 
     def _give_back(self, pool: Any, upstream: UpstreamConnection,
                    error: BaseException | None) -> None:
@@ -1009,9 +1142,16 @@ class HttpClient(asyncio.Protocol):
         The connection closes either way: the request's body may be half read."""
         if not ex.status:
             self.gateway.count("http_502")
-            self.write(_BAD_GATEWAY)
+            self.write(_bad_gateway(ex))
         ex.keep_alive = False
         self.close()
+
+    def _answer(self, ex: Exchange, status: int, reason: str, extra: bytes = b"") -> None:
+        """Answer `ex` from the gateway itself (404, 502, 503): `Connection: close` when the
+        connection ends after it (the client's wish, or a drain: `_ended` closes it then), and
+        no body to a HEAD request."""
+        self.write(simple_response(status, reason, close=not ex.keep_alive or self.draining,
+                                   extra=extra, head=ex.method == b"HEAD"))
 
     def _backend_answered(self, group: Group, backend: Backend, ex: Exchange) -> None:
         """The backend answered `ex`: its health follows, and the record names it."""
@@ -1049,7 +1189,13 @@ class HttpClient(asyncio.Protocol):
                     self._send_rejection(ex)
                     return False
                 return True
-            if len(queue) <= PIPELINE_DEPTH and self.transport:
+            if self.held is not None:  # an upgrade request waits for its answer (`_hold`)
+                if not queue:  # it was answered, and no relay started: the upgrade was refused
+                    held, self.held = self.held, None
+                    if not held and self.transport:  # nothing but HTTP: it goes on
+                        self._paused = False
+                        self.transport.resume_reading()
+            elif len(queue) <= PIPELINE_DEPTH and self.transport:
                 self._paused = False
                 self.transport.resume_reading()
                 if self.body_deadline:  # the client had no way to send while reading was paused
@@ -1093,7 +1239,7 @@ class HttpClient(asyncio.Protocol):
             raise
         except Exception:
             log.exception("client %s: exchange failed", self.client_ip)
-            self.write(simple_response(502, "Bad Gateway", close=True))
+            self.write(_bad_gateway(ex))
             self.close()
             return
         finally:
@@ -1109,7 +1255,7 @@ class HttpClient(asyncio.Protocol):
             route = gateway.router(self.listener.config.name).match(ex)
             if route is None:
                 gateway.count("http_404")
-                self.write(simple_response(404, "Not Found", close=not ex.keep_alive))
+                self._answer(ex, 404, "Not Found")
                 await self._discard_body(ex, 404)
                 return
             group = ex.group = gateway.groups[route.group]
@@ -1220,8 +1366,7 @@ class HttpClient(asyncio.Protocol):
             if accept is not None:
                 self._refuse_upgrade(accept, retry_after)
                 return
-        self.write(simple_response(503, "Service Unavailable", close=not ex.keep_alive,
-                                   extra=b"Retry-After: %d\r\n" % retry_after))
+        self._answer(ex, 503, "Service Unavailable", b"Retry-After: %d\r\n" % retry_after)
 
     def _refuse_upgrade(self, accept: bytes, retry_after: int) -> None:
         """Complete the handshake and close with 1013: a browser's WebSocket cannot read the
@@ -1237,6 +1382,10 @@ class HttpClient(asyncio.Protocol):
         self.write(try_again_later(accept, retry_after))
         self.parser = None
         self.rejection = None  # what the client sent after its handshake were frames, not HTTP
+        if self.held is not None:  # dropped too; reading goes on, for the client's close frame
+            self.held = None
+            self._paused = False
+            transport.resume_reading()
         transport.write_eof()
         self.idle_deadline = self.loop.time() + WS_REFUSAL_GRACE
         self._arm(self.idle_deadline)
@@ -1317,7 +1466,7 @@ class HttpClient(asyncio.Protocol):
             self._give_back(pool, upstream, None)
             return
         gateway.count("http_502")
-        self.write(simple_response(502, "Bad Gateway", close=not ex.keep_alive))
+        self._answer(ex, 502, "Bad Gateway")
         await self._discard_body(ex, 502)
 
 
@@ -1419,6 +1568,11 @@ class RelayThrottle:
 
 class _Rejected(Exception):
     """Raised inside a parser callback after the client was answered and closed."""
+
+
+def _bad_gateway(ex: Exchange) -> bytes:
+    """The 502 (with a close) to `ex`, without a body if it is a HEAD request."""
+    return _BAD_GATEWAY_HEAD if ex.method == b"HEAD" else _BAD_GATEWAY
 
 
 def _answered(group: Group, ex: Exchange) -> None:
