@@ -7,6 +7,7 @@ Defaults work on a laptop; the non-obvious ones carry their precedent in a comme
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from pathlib import Path
@@ -40,6 +41,15 @@ def parse_address(value: str, key: str) -> tuple[str, int]:
         raise ConfigError(key, value, "an address is host:port with a port in 0..65535 "
                           "(0: any free port)", "write e.g. '127.0.0.1:8080'")
     return host, int(port)
+
+
+def ip_literal(text: str) -> str | None:
+    """An IPv6 address as a route and a request compare it, `[` compressed form `]` (so
+    `[0:0::1]` and `[::1]` are one host); None if `text` (without brackets) is none."""
+    try:
+        return f"[{ipaddress.IPv6Address(text).compressed}]"
+    except ValueError:
+        return None
 
 
 #: The core's defaults, which the policy sections' defaults are (one source of truth).
@@ -307,6 +317,22 @@ class RouteConfig(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
     upgrade: Literal["websocket"] | None = None
     latency_sensitive: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        """A host name or IP address, lowercased; an IPv6 address in the one form requests are
+        compared in (`[::1]`), whether written with brackets or without."""
+        if value is None or value == "*":
+            return value
+        host = value.strip().lower()
+        if ":" in host or host.startswith("["):
+            literal = ip_literal(host[1:-1] if host[:1] == "[" and host[-1:] == "]" else host)
+            if literal is None:
+                raise ValueError(f"{value!r} is no host: write a name or an IP address without "
+                                 "a port (an IPv6 address as [::1])")
+            return literal
+        return host
 
 
 class ActivityRuleConfig(_Model):

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from connwise.config import load_gateway_config
+from connwise.errors import ConfigError
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway_admission import until
@@ -213,29 +215,38 @@ async def test_an_http10_request_needs_no_host(make_gateway: GatewayFactory, raw
 @pytest.mark.parametrize(("target", "host", "forwarded"), [
     (b"/x", b"[::1]:8080", b"[::1]:8080"),
     (b"/x", b"[::1]", b"[::1]"),
-    (b"/x", b"[0:0:0:0:0:0:0:1]:8080", b"[0:0:0:0:0:0:0:1]:8080"),  # another spelling...
+    (b"/x", b"[0:0:0:0:0:0:0:1]:8080", b"[0:0:0:0:0:0:0:1]:8080"),  # another spelling of ::1
     (b"http://[::1]:8080/x", b"public.example", b"[::1]:8080"),
     (b"http://[::1]/x", b"public.example", b"[::1]"),
+    (b"http://[0::1]/x", b"public.example", b"[::1]"),
 ])
-async def test_an_ipv6_literal_host_routes_with_its_brackets(
+@pytest.mark.parametrize("route_host", ["[::1]", "::1", "[0:0::1]"])
+async def test_an_ipv6_literal_host_routes_as_one_address(
         make_gateway: GatewayFactory, raw: Start, target: bytes, host: bytes,
-        forwarded: bytes) -> None:
-    """Routes see the host without its port, an IPv6 literal with its brackets, from a Host
-    header or an absolute-form target alike (it used to route as `[`)."""
+        forwarded: bytes, route_host: str) -> None:
+    """Routes see the host without its port and an IPv6 literal in one form (`[::1]`), from
+    a Host header or an absolute-form target alike, however either spells it (it used to
+    route as `[`); the Host header goes upstream as the client wrote it."""
     public, internal = await raw(ok), await raw(ok)
     config = hosts_config(public.address, internal.address)
-    config["routes"][0]["host"] = "[::1]"
+    config["routes"][0]["host"] = route_host
     gateway = await make_gateway(**config)
     answer = await exchange(gateway, b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
                                      % (target, host))
-    if host.startswith(b"[0:"):  # ...is another host to a route: no route matches it
-        assert answer.startswith(b"HTTP/1.1 404"), answer[:80]
-        return
     assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
     assert public.heads == []
     [head] = internal.heads
     assert head.startswith(b"GET /x HTTP/1.1\r\n")
     assert header_of(head, b"host") == [forwarded]
+
+
+def test_a_route_host_with_a_port_or_a_bad_literal_is_refused() -> None:
+    for bad in ("example.com:80", "[::1]:80", "[example]", "1:2:3"):
+        config = hosts_config("127.0.0.1:1", "127.0.0.1:2")
+        config["routes"][0]["host"] = bad
+        with pytest.raises(ConfigError) as caught:
+            load_gateway_config(config)
+        assert caught.value.key == "routes[0].host", bad
 
 
 # -- the trailer section of a chunked body ---------------------------------------------------

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import httptools
 
+from connwise.config import ip_literal
 from connwise.core.ratelimit import TokenBucket
 from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError, UnknownClass
@@ -868,10 +869,12 @@ class HttpClient(asyncio.Protocol):
             return
         end = host.find(b"]")
         port = host[end + 1:]
-        if (end < 2 or host[1:end].translate(None, _IP_LITERAL)
-                or (port and not (port[:1] == b":" and (port == b":" or port[1:].isdigit())))):
+        literal = ip_literal(host[1:end].decode("latin-1")) if end >= 2 and not \
+            host[1:end].translate(None, _IP_LITERAL) else None
+        if literal is None or (port and not (port[:1] == b":"
+                                             and (port == b":" or port[1:].isdigit()))):
             self._bad_request(f"Host header {host[:200]!r} is no [IP literal] with a port")
-        ex.host = host[:end + 1].decode("latin-1").lower()
+        ex.host = literal
 
     def _absolute_form(self, ex: Exchange) -> None:
         """RFC 9112 3.2.2: a target in absolute-form (`http://host:port/path?query`) names the
@@ -885,7 +888,13 @@ class HttpClient(asyncio.Protocol):
         scheme = (url.schema or b"").lower()
         if scheme not in (b"http", b"https") or not url.host or url.userinfo is not None:
             self._bad_request(f"request target {ex.url[:200]!r} is not an http(s) URI")
-        host = url.host if b":" not in url.host else b"[%s]" % url.host  # an IPv6 literal
+        if b":" in url.host:  # an IPv6 literal: written the one way routes compare it
+            literal = ip_literal(url.host.decode("latin-1"))
+            if literal is None:
+                self._bad_request(f"request target {ex.url[:200]!r} has no valid IP literal")
+            host = literal.encode()
+        else:
+            host = url.host
         authority = host if url.port is None else b"%s:%d" % (host, url.port)
         path = url.path or (b"*" if ex.method == b"OPTIONS" else b"/")
         ex.url = path if url.query is None else path + b"?" + url.query
