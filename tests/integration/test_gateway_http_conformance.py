@@ -18,6 +18,7 @@ from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway_admission import until
 from tests.integration.test_gateway_http_edges import (
     Answer,
+    LoopbackServer,
     RawBackend,
     connect,
     exchange,
@@ -350,7 +351,7 @@ async def test_trailer_fields_never_join_the_head_sent_upstream(make_gateway: Ga
 
 # -- what a WebSocket client sends before the 101 ---------------------------------------------
 
-class UpgradeBackend:
+class UpgradeBackend(LoopbackServer):
     """An upgrading backend on loopback: `/ws` gets its 101 after `delay` seconds, then every
     byte that comes is kept (`relayed`) and echoed; `/refuse` gets a keep-alive 403. It keeps
     the request heads it read."""
@@ -359,16 +360,6 @@ class UpgradeBackend:
         self.delay = delay
         self.heads: list[bytes] = []
         self.relayed = b""
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> UpgradeBackend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    @property
-    def address(self) -> str:
-        assert self.server is not None
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -389,10 +380,6 @@ class UpgradeBackend:
             pass
         finally:
             writer.close()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 @pytest.fixture

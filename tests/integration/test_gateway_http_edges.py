@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -20,7 +20,30 @@ from tests.integration.test_gateway_http_fastpath import gateway_tasks
 Answer = Callable[[bytes], Awaitable[bytes | None]]
 
 
-class RawBackend:
+class LoopbackServer:
+    """An asyncio stream server on loopback for the tests' backends: `start`, `address`,
+    `stop`; a subclass answers in `_serve`."""
+
+    server: asyncio.Server | None = None
+
+    async def start(self) -> Self:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+class RawBackend(LoopbackServer):
     """A keep-alive HTTP backend on loopback that keeps every request head it reads (the
     bytes as they came) and body (Content-Length only), and answers what `answer` says."""
 
@@ -30,16 +53,6 @@ class RawBackend:
         self.close_after = close_after
         self.heads: list[bytes] = []
         self.bodies: list[bytes] = []
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> RawBackend:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    @property
-    def address(self) -> str:
-        assert self.server is not None
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -59,10 +72,6 @@ class RawBackend:
             pass
         finally:
             writer.close()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 def header_of(head: bytes, name: bytes) -> list[bytes]:
