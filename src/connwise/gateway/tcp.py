@@ -80,7 +80,7 @@ class TcpClient(RelayHalf):
         self.class_name = self.class_state.class_name
         if gateway.recorder is not None:
             rec = self.record = gateway.recorder.begin_client(
-                str(self.conn_id), self.listener.config.name, self.opened_at, "queued",
+                str(self.conn_id), self.listener.name, self.opened_at, "queued",
                 self.client_ip)
             rec.class_name = self.class_name
             rec.region = gateway.segments.region_of_address(self.client_ip)
@@ -88,7 +88,7 @@ class TcpClient(RelayHalf):
             # Wait for the ClientHello in data_received, as long as an http listener waits for
             # a request head: a client that connects and says nothing is closed.
             self._timer = asyncio.get_running_loop().call_later(
-                gateway.config.limits.header_timeout, self._hello_expired)
+                gateway.limits.header_timeout, self._hello_expired)
             return
         self._route(self.listener.config.group)
 
@@ -188,7 +188,7 @@ class TcpClient(RelayHalf):
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
         return {"id": self.conn_id, "kind": "tcp", "state": self.state(),
-                "listener": self.listener.config.name,
+                "listener": self.listener.name,
                 "client": self.client_ip, "age": round(now - self.opened_at, 3),
                 "bytes_in": self.bytes_in, "bytes_out": upstream.bytes_in if upstream else 0,
                 "backend": self.backend.name if self.backend else None,
@@ -206,7 +206,7 @@ class TcpClient(RelayHalf):
 
     def metric_labels(self) -> tuple[str, str, str, str, str]:
         """(listener, kind, state, class, backend) for `connwise_connections`."""
-        return (self.listener.config.name, "tcp", self.state(), self.class_name,
+        return (self.listener.name, "tcp", self.state(), self.class_name,
                 self.backend.name if self.backend else "")
 
     def granted(self) -> bool:
@@ -246,7 +246,7 @@ class TcpClient(RelayHalf):
 
     async def _connect(self, group: Group) -> None:
         tried: set[str] = set()
-        for _ in range(group.config.retries + 1):
+        for _ in range(group.retries + 1):
             backend = group.pick(self.client_ip, self.client_ip, exclude=tried)
             if backend is None:
                 break

@@ -481,7 +481,7 @@ class UpstreamConnection(asyncio.Protocol):
             lower = name.lower()
             if lower in HOP_BY_HOP:
                 if lower == b"transfer-encoding":
-                    chunked = chunked or b"chunked" in value.lower()
+                    chunked = chunked or value.lower().find(b"chunked") >= 0
                 elif lower == b"upgrade":
                     upgrade = value
                 elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:

@@ -81,6 +81,11 @@ class Group:
                  degrade: DegradeConfig | None = None) -> None:
         self.name = name
         self.config = config
+        #: What the data plane reads of `config` per request, as plain attributes (a pydantic
+        #: model's are read through its `__getattr__` hook).
+        self.response_timeout = config.response_timeout
+        self.retries = config.retries
+        self.hashed = config.balance == "hash"
         self.clock = clock
         self.scheduler = Scheduler(classes, capacity=config.max_in_flight,
                                    max_waiters=config.max_waiters, owner=f"group {name!r}")

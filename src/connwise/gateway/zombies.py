@@ -130,7 +130,7 @@ class GatewayZombieWatch:
         """The kernel gave up on a client's peer (keep-alive probes unanswered): the connection
         was half-open, and TCP itself found and closed it. Reported like a finding, whether or
         not the watch scans (keep-alive is on its own switch)."""
-        listener = client.listener.config.name
+        listener = client.listener.name
         now = self.gateway.clock.now()
         idle_since = client.idle_since()
         silent = now - idle_since if idle_since is not None else 0.0
@@ -152,7 +152,7 @@ class GatewayZombieWatch:
 
     def forget(self, client: Client) -> None:
         """A client connection closed."""
-        tracker = self.trackers.get(client.listener.config.name)
+        tracker = self.trackers.get(client.listener.name)
         if tracker is not None:
             tracker.forget(client.conn_id)
         self.flagged.pop(client.conn_id, None)
@@ -167,7 +167,7 @@ class GatewayZombieWatch:
         keys = self.section.segment
         trackers = self.trackers
         for conn_id, client in gateway.clients.items():
-            listener = client.listener.config.name
+            listener = client.listener.name
             tracker = trackers.get(listener)
             if tracker is None:
                 tracker = trackers[listener] = ZombieTracker(listener, self.thresholds,
