@@ -98,9 +98,11 @@ class HotLimits:
     instructions a request at the 18 reads a keep-alive request made (callgrind)."""
 
     __slots__ = ("body_timeout", "header_timeout", "keepalive_timeout", "max_body_bytes",
-                 "max_header_bytes")
+                 "max_connections", "max_connections_per_ip", "max_header_bytes")
 
     def __init__(self, limits: LimitsConfig) -> None:
+        self.max_connections = limits.max_connections
+        self.max_connections_per_ip = limits.max_connections_per_ip
         self.max_header_bytes = limits.max_header_bytes
         self.header_timeout = limits.header_timeout
         self.max_body_bytes = limits.max_body_bytes
@@ -326,7 +328,7 @@ class Gateway:
 
     def client_opened(self, client: Client) -> bool:
         """Register a new client; False (and counted) when a limit refuses it."""
-        limits = self.config.limits
+        limits = self.limits
         if self.draining:
             self.count("refused_draining")
             return False
