@@ -53,6 +53,10 @@ LEAK_STACK_DEPTH = 12
 #: A captured stack: (code, offset of its last instruction) per frame, innermost first.
 Stack = tuple[tuple[CodeType, int], ...]
 
+#: Enum members read per acquire and release (a member read goes through the enum metaclass's
+#: `__getattr__` hook in Python 3.11: ~800 instructions each under callgrind, a global ~20).
+_OPEN = PoolState.OPEN
+_HELD = frozenset({State.IN_USE, State.DRAINING})
 #: Every pool reports its zombies unless told otherwise (`zombies=None`): report only, scanned
 #: once a second at no cost per acquire; `ZombieSettings(reclaim=True)` also closes them.
 DEFAULT_ZOMBIES = ZombieSettings()
@@ -299,7 +303,7 @@ class Pool(Generic[C]):
             self._stacks.pop(conn_id, None)
         failed = error is not None and driver.is_connection_error(error)
         actions = self._policy.release(conn_id, self.clock.now(), broken=broken, failed=failed)
-        if actions or self._policy.state is not PoolState.OPEN:
+        if actions or self._policy.state is not _OPEN:
             self._run(actions)
         return True
 
@@ -320,10 +324,10 @@ class Pool(Generic[C]):
     def _held_id(self, conn: C) -> int | None:
         """The id of `conn`, held by a caller; None when a drain timeout closed it already."""
         conn_id = self._ids.get(id(conn))
-        if conn_id is None and self._policy.state is not PoolState.OPEN:
+        if conn_id is None and self._policy.state is not _OPEN:
             return None  # closed under its holder by a drain timeout: nothing left to give back
         rec = self._policy.records.get(conn_id) if conn_id is not None else None
-        if conn_id is None or rec is None or rec.state not in (State.IN_USE, State.DRAINING):
+        if conn_id is None or rec is None or rec.state not in _HELD:
             raise ConfigError("conn", conn, f"the connection does not belong to pool "
                               f"{self.name!r} or was given back already",
                               "give back each connection once, to its own pool")
