@@ -16,6 +16,10 @@ exactly the time the debt takes to repay. The ladder's state is read on every ch
 long-lived relay is throttled when its class climbs to the step and released when it descends;
 off the step a chunk costs two attribute reads.
 
+A WebSocket (an `http` listener's upgraded connection, relayed by the HTTP client and its
+upstream connection rather than by two halves) is capped the same way by a `RelayThrottle`,
+which also follows its connection's class when an escalation or a reclassification changes it.
+
 Half-close is relayed (`write_eof`), so protocols that shut down one direction (HTTP/1.0
 clients, `nc -N`) work; once both directions are shut down both sides close, and a reset on
 either side closes both.
@@ -26,10 +30,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from connwise.core.degrade import THROTTLE, ClassDegrade, DegradeLadder
 from connwise.core.ratelimit import TokenBucket
+from connwise.errors import UnknownClass
+
+if TYPE_CHECKING:
+    from connwise.gateway.http import HttpClient
+    from connwise.gateway.upstream_http import UpstreamConnection
 
 #: Bytes a client may send before its upstream is connected; past it, reading pauses.
 EARLY_DATA_LIMIT = 256 * 1024
@@ -71,6 +80,102 @@ class RelayBucket(TokenBucket):
         #: `ClassDegrade.entered[THROTTLE]` when it was made: a later entry of the step is a new
         #: stay, which starts from a full bucket and is counted again.
         self.episode = episode
+
+
+class RelayThrottle:
+    """The throttle step on one WebSocket relay (tcp relays read a `ThrottleStep`).
+
+    While the class's ladder stands at `throttle` or above, one `TokenBucket` caps the relay's
+    bytes, both directions together, at the ladder's `throttle_rate`: a chunk that overdraws it
+    pauses reading on the side it came from for exactly the time the debt takes to repay. The
+    rate is read from the ladder on every chunk, so a long-lived WebSocket is throttled when its
+    class becomes contended and released when it no longer is; unthrottled, a chunk costs one
+    attribute read. When the connection's class changes, the gateway calls `follow` (once per
+    change, never per chunk).
+    """
+
+    __slots__ = ("bucket", "client", "client_timer", "degrade", "ladder", "upstream",
+                 "upstream_timer")
+
+    def __init__(self, client: HttpClient, upstream: UpstreamConnection, ladder: DegradeLadder,
+                 class_name: str) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.ladder = ladder
+        self.degrade: ClassDegrade = ladder.state(class_name)
+        self.bucket: TokenBucket | None = None
+        self.client_timer: asyncio.TimerHandle | None = None
+        self.upstream_timer: asyncio.TimerHandle | None = None
+
+    def client_sent(self, n: int) -> None:
+        delay = self._take(n)
+        transport = self.client.transport
+        if delay > 0 and self.client_timer is None and transport is not None:
+            transport.pause_reading()
+            self.client_timer = asyncio.get_running_loop().call_later(delay,
+                                                                      self._resume_client)
+
+    def upstream_sent(self, n: int) -> None:
+        delay = self._take(n)
+        transport = self.upstream.transport
+        if delay > 0 and self.upstream_timer is None and transport is not None:
+            transport.pause_reading()
+            self.upstream_timer = asyncio.get_running_loop().call_later(delay,
+                                                                        self._resume_upstream)
+
+    def _take(self, n: int) -> float:
+        rate = self.degrade.throttle_rate
+        bucket = self.bucket
+        if rate is None:
+            self.bucket = None  # the class left the throttle step: lift the cap
+            return 0.0
+        client = self.client
+        now = client.gateway.clock.now()
+        if bucket is None:
+            bucket = self.bucket = TokenBucket(rate, self.ladder.config.throttle_burst, now)
+            client.gateway.count_class("throttle", self.degrade.name)
+            self.ladder.record(self.degrade.name, 1)
+        elif bucket.rate != rate:
+            bucket.set_rate(rate, now)
+        return bucket.take(n, now)
+
+    def _resume_client(self) -> None:
+        self.client_timer = None
+        client = self.client
+        if client.transport is not None and not client.closed:
+            client.transport.resume_reading()
+
+    def _resume_upstream(self) -> None:
+        self.upstream_timer = None
+        upstream = self.upstream
+        if (upstream.transport is not None and not upstream.closed
+                and not self.client._write_paused):
+            upstream.transport.resume_reading()
+
+    def follow(self, class_name: str) -> None:
+        """The connection's class changed (an escalation, a reclassification): from the next
+        chunk on, the relay is capped by the new class's ladder step. A pause the old class's
+        debt imposed ends now, and a new cap starts with a full bucket. A class the relay's
+        ladder does not know (a reload changed the classes) leaves the throttle as it is."""
+        if class_name == self.degrade.name:
+            return
+        try:
+            self.degrade = self.ladder.state(class_name)
+        except UnknownClass:
+            return
+        self.bucket = None
+        if self.client_timer is not None:
+            self.client_timer.cancel()
+            self._resume_client()
+        if self.upstream_timer is not None:
+            self.upstream_timer.cancel()
+            self._resume_upstream()
+
+    def cancel(self) -> None:
+        for timer in (self.client_timer, self.upstream_timer):
+            if timer is not None:
+                timer.cancel()
+        self.client_timer = self.upstream_timer = None
 
 
 class RelayHalf(asyncio.Protocol):
