@@ -316,6 +316,9 @@ async def test_an_absolute_form_target_without_a_route_gets_404(make_gateway: Ga
     b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",  # and a valid one
     b"GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: [internal.example]\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: public.example:internal\r\n\r\n",  # a port is digits: the
+    b"GET / HTTP/1.1\r\nHost: public.example:1:2\r\n\r\n",  # route would see one host and
+    b"OPTIONS * HTTP/1.1\r\nHost: public.example:x\r\n\r\n",  # the backend another
 ])
 async def test_a_bad_target_or_a_missing_or_bad_host_gets_400(make_gateway: GatewayFactory,
                                                       backends: Any,
@@ -482,3 +485,19 @@ async def test_a_pipelined_body_before_a_head_does_not_count_as_head(
     assert [a[:3] for a in answers] == [b"200", b"200"], answer[:200]
     assert answers[0].endswith(body) and answers[1].endswith(b"/fast from o0")
     assert gateway.counters["http_431"] == 0
+
+
+@pytest.mark.parametrize("host", [b"public.example", b"public.example:8080", b"PUBLIC.example:",
+                                  b"public.example:0"])
+async def test_a_host_with_a_port_or_none_routes_by_its_name(make_gateway: GatewayFactory,
+                                                             backends: Any, host: bytes) -> None:
+    public, internal = await backends(ok), await backends(ok)
+    gateway = await make_gateway(**hosts_config(public.address, internal.address))
+    answer = await exchange(gateway, b"GET /x HTTP/1.1\r\nHost: %s\r\nConnection: close"
+                                     b"\r\n\r\n" % host)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert len(public.heads) == 1 and internal.heads == []
+    # The asterisk form reads its Host the same way: no route takes "*", but the Host is fine.
+    answer = await exchange(gateway, b"OPTIONS * HTTP/1.1\r\nHost: %s\r\nConnection: close"
+                                     b"\r\n\r\n" % host)
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:80]

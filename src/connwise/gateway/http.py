@@ -825,8 +825,9 @@ class HttpClient(asyncio.Protocol):
                 ex.path = raw.decode("latin-1")  # without a query: the path itself
             else:
                 ex.path = (httptools.parse_url(raw).path or b"/").decode("latin-1")
-            if host is not None and host[:1] != b"[":
-                ex.host = host.decode("latin-1").split(":")[0].lower()
+            name, _, port = host.partition(b":") if host is not None else (b"", b"", b"")
+            if host is not None and name[:1] != b"[" and not (port and not port.isdigit()):
+                ex.host = name.decode("latin-1").lower()
             else:
                 self._host_header(ex, host)
         elif raw == b"*":  # asterisk-form (OPTIONS *)
@@ -860,14 +861,19 @@ class HttpClient(asyncio.Protocol):
         """Set `ex.host` from its Host header's value `host` (None: there was none): the host
         without its port, lowercased, an IPv6 literal with its brackets (`[::1]`, as a URI
         writes it and as an absolute-form target's authority routes). An HTTP/1.1 request
-        without a Host header, or with a bracketed host that is no IP literal, gets 400 (RFC
-        9112 3.2); HTTP/1.0 knew no Host header."""
+        without a Host header, with a port that is not digits (`a:b:c`: the route would see `a`
+        and the backend something else) or with a bracketed host that is no IP literal, gets
+        400 (RFC 9112 3.2); HTTP/1.0 knew no Host header. `on_headers_complete` reads the plain
+        `host[:port]` of an origin-form request itself and calls this for the rest."""
         if host is None:
             if ex.version != "1.0":
                 self._bad_request("an HTTP/1.1 request without a Host header")
             return
-        if host[:1] != b"[":
-            ex.host = host.decode("latin-1").split(":")[0].lower()
+        if host[:1] != b"[":  # host[:port], and a port is digits (RFC 9110 7.2, RFC 3986 3.2.3)
+            name, _, port = host.partition(b":")
+            if port and not port.isdigit():
+                self._bad_request(f"Host header {host[:200]!r} is no host[:port]")
+            ex.host = name.decode("latin-1").lower()
             return
         end = host.find(b"]")
         port = host[end + 1:]
