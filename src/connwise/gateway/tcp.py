@@ -71,7 +71,7 @@ class TcpClient(RelayHalf):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         gateway = self.gateway
-        self.opened_at = gateway.clock.now()
+        self.opened_at = self.last_active  # one float for both (an idle relay holds it)
         if not gateway.client_opened(self):
             self.abort()
             return
@@ -251,8 +251,8 @@ class TcpClient(RelayHalf):
             if backend is None:
                 break
             tried.add(backend.name)
-            upstream = RelayHalf(clock=self.clock)
             started = self.gateway.clock.now()
+            upstream = RelayHalf(clock=self.clock, now=started)
 
             def factory(half: RelayHalf = upstream) -> RelayHalf:
                 return half
