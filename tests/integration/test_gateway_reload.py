@@ -201,3 +201,30 @@ async def test_changed_rules_take_live_connections_over_with_their_groups(
         history = gateway.connections()[0]["why"]["history"]
         assert history[-1]["reason"] == "reload: the escalation rules changed"
         assert gateway.escalation.group_size("doc-7") == 3
+
+
+async def test_a_reload_applies_new_limits_and_a_refused_one_keeps_the_old(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    """The data plane reads `[limits]` from a snapshot (`Gateway.limits`) taken at start and at
+    every reload: a smaller `max_body_bytes` refuses the next large body, keep-alive
+    connections included, and a refused reload leaves the snapshot as it was."""
+    data: dict[str, Any] = {
+        "listeners": [{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        "routes": [{"listener": "web", "group": "app"}],
+        "groups": {"app": {"backends": [origins[0].address], "health": {"kind": "none"}}},
+    }
+    gateway = await make_gateway(**data)
+    host, port = gateway.listeners["web"].address
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+        assert (await client.post("/echo", content=b"x" * 5000)).status_code == 200
+        data["limits"] = {"max_body_bytes": 1000}
+        await gateway.reload(load_gateway_config(data))
+        assert gateway.limits.max_body_bytes == 1000
+        assert (await client.post("/echo", content=b"x" * 5000)).status_code == 413
+    before = gateway.limits
+    data["limits"] = {"max_body_bytes": 10}
+    data["listeners"].append({"name": "extra", "kind": "http", "bind": "127.0.0.1:0"})
+    refused = load_gateway_config(data)  # valid, but a reload cannot add a listener
+    with pytest.raises(ConfigError):
+        await gateway.reload(refused)
+    assert gateway.limits is before and gateway.limits.max_body_bytes == 1000
