@@ -42,26 +42,13 @@ from benchmarks.gateway_harness import (
     wait_port,
 )
 from benchmarks.harness import emit, environment, table
+from benchmarks.telemetry_overhead import GATEWAY_TOML as OVERHEAD_TOML
 
 NAME = "gateway_instructions"
 CONNECTIONS = 4
 
-GATEWAY_TOML = """\
-node_id = "bench"
-[[listeners]]
-name = "web"
-kind = "http"
-bind = "127.0.0.1:{port}"
-[[routes]]
-listener = "web"
-group = "origin"
-[groups.origin]
-backends = ["127.0.0.1:{origin}"]
-max_in_flight = 1024
-warm_target = 4
-[groups.origin.health]
-kind = "none"
-{telemetry}"""
+#: telemetry_overhead's gateway, on a port chosen beforehand (nothing reads its ready line here).
+GATEWAY_TOML = OVERHEAD_TOML.replace('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:{port}"')
 
 
 def haproxy_cfg(origin: int, port: int) -> str:
