@@ -74,6 +74,22 @@ class RawBackend(LoopbackServer):
             writer.close()
 
 
+async def flood(gateway: Gateway, start: bytes) -> int:
+    """Send `start`, then one endless line in 64 KiB pieces until the gateway closes (at most
+    64 MiB); the bytes of the line sent."""
+    _, writer = await connect(gateway)
+    sent = 0
+    piece = b"a" * 65536
+    writer.write(start)
+    with pytest.raises(ConnectionError):  # the gateway closed: our writes fail
+        while sent < 64 * 1024 * 1024:
+            writer.write(piece)
+            await asyncio.wait_for(writer.drain(), 5)
+            sent += len(piece)
+    writer.close()
+    return sent
+
+
 def header_of(head: bytes, name: bytes) -> list[bytes]:
     """The values of the header `name` in a raw head."""
     return [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
@@ -174,16 +190,7 @@ async def test_an_endless_header_line_is_cut_off_early(make_gateway: GatewayFact
     backend = await backends(ok)
     gateway = await make_gateway(**web_config([backend.address],
                                               limits={"header_timeout": 30.0}))
-    _, writer = await connect(gateway)
-    sent = 0
-    piece = b"a" * 65536
-    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
-    with pytest.raises(ConnectionError):  # the gateway closed: our writes fail
-        while sent < 64 * 1024 * 1024:
-            writer.write(piece)
-            await asyncio.wait_for(writer.drain(), 5)
-            sent += len(piece)
-    writer.close()
+    sent = await flood(gateway, b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
     # What the kernel buffers on both sides is all it took before the close: far below 64 MiB.
     assert sent < 32 * 1024 * 1024
     assert gateway.counters["http_431"] == 1
