@@ -149,3 +149,26 @@ def test_a_store_that_cannot_open_fails_at_start(tmp_path: Path) -> None:
     spec = StoreSpec.parse(str(tmp_path / "missing" / "t.db"))
     with pytest.raises(StoreError, match=r"directory .* does not exist"):
         spec.writer()
+
+
+class Reason(str):
+    """A str subclass, as an enum's value may be: marshal cannot write it, pickle can."""
+
+
+def test_a_batch_marshal_cannot_write_goes_as_pickle_and_is_stored(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    writer = StoreSpec.parse(str(db)).writer(batch_size=10, flush_interval=60.0)
+    for i in range(10):  # one marshal batch
+        writer.submit(record(i))
+    odd = record(10)
+    odd.close_reason = Reason("client closed")
+    writer.submit(odd)
+    for i in range(11, 20):  # the batch with the str subclass in it
+        writer.submit(record(i))
+    assert writer.flush(30.0)
+    writer.close()
+    assert writer.failed == 0 and writer.written == 20
+    assert sorted(stored(db), key=int) == [str(i) for i in range(20)]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT close_reason FROM connections WHERE conn_id = '10'"
+                            ).fetchone() == ("client closed",)

@@ -343,10 +343,9 @@ class HttpClient(asyncio.Protocol):
             return
         recorder = self.gateway.recorder
         if recorder is not None:
-            rec = self.record = recorder.begin_client(
-                str(self.conn_id), self.listener.name, self.opened_at, "idle",
-                self.client_ip)
-            rec.region = self.gateway.segments.region_of_address(self.client_ip)
+            self.record = recorder.begin_client(
+                str(self.conn_id), self.listener.name, self.opened_at, "idle", self.client_ip,
+                self.gateway.segments.region_of_address(self.client_ip))
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:

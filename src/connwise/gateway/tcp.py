@@ -81,9 +81,8 @@ class TcpClient(RelayHalf):
         if gateway.recorder is not None:
             rec = self.record = gateway.recorder.begin_client(
                 str(self.conn_id), self.listener.name, self.opened_at, "queued",
-                self.client_ip)
+                self.client_ip, gateway.segments.region_of_address(self.client_ip))
             rec.class_name = self.class_name
-            rec.region = gateway.segments.region_of_address(self.client_ip)
         if self.listener.config.sni:
             # Wait for the ClientHello in data_received, as long as an http listener waits for
             # a request head: a client that connects and says nothing is closed.

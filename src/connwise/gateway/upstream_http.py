@@ -80,8 +80,8 @@ class UpstreamRecording:
         self.records = records
 
     def begin(self, started: float) -> ConnRecord:
-        return self.recorder.begin(str(next(_upstream_ids)), "upstream", self.source, started,
-                                   backend=self.backend)
+        return self.recorder.begin_upstream(str(next(_upstream_ids)), self.source, started,
+                                            self.backend)
 
     def failed(self, started: float, reason: str) -> None:
         """A connect that began at `started` failed: a record of its own, with the error."""

@@ -155,13 +155,15 @@ class ClientSegments:
     one. A `tcp` listener has no headers: its records get the table's region only.
     """
 
-    __slots__ = ("_device_header", "_region_header", "regions")
+    __slots__ = ("_device_header", "_raw_devices", "_region_header", "regions")
 
     def __init__(self, regions: RegionTable | None = None, *, region_header: str | None = None,
                  device_header: str | None = None) -> None:
         self.regions = regions
         self._region_header = region_header.lower().encode("latin-1") if region_header else None
         self._device_header = device_header.lower().encode("latin-1") if device_header else None
+        #: `device_of` by the User-Agent's raw bytes, as the parser hands them over.
+        self._raw_devices: dict[bytes, str] = {}
 
     @classmethod
     def from_config(cls, section: TelemetrySection) -> ClientSegments:
@@ -179,9 +181,18 @@ class ClientSegments:
 
     def fill(self, rec: ConnRecord, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """Set `rec.region` and `rec.device` from the first request's `headers` (raw names
-        and values, as parsed); the region from the address stays where no header names one."""
+        and values, as parsed); the region from the address stays where no header names one.
+        Without region and device headers (the default) only the User-Agent is looked for,
+        and its device is cached by the raw value: this runs once per client connection."""
         region_header = self._region_header
         device_header = self._device_header
+        if region_header is None and device_header is None:
+            for name, value in headers:
+                if len(name) == _UA_LENGTH and name.lower() == b"user-agent":
+                    rec.device = self._device_of_raw(value)
+                    return
+            rec.device = "other"
+            return
         user_agent = b""
         device = b""
         for name, value in headers:
@@ -195,7 +206,21 @@ class ClientSegments:
         if device:
             rec.device = _segment(device).lower()
         else:
-            rec.device = device_of(user_agent.decode("latin-1"))
+            rec.device = self._device_of_raw(user_agent)
+
+    def _device_of_raw(self, user_agent: bytes) -> str:
+        cache = self._raw_devices
+        device = cache.get(user_agent)
+        if device is None:
+            device = device_of(user_agent.decode("latin-1"))
+            if len(user_agent) <= MAX_CACHED_AGENT:
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[user_agent] = device
+        return device
+
+
+_UA_LENGTH = len(b"user-agent")
 
 
 def _segment(value: bytes) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from connwise.core.clock import Clock
 from connwise.core.lifecycle import LeakEvent, LifecycleEvent, State, Trigger
-from connwise.telemetry.record import ConnRecord
+from connwise.telemetry.record import ConnRecord, new_record
 
 #: The phase whose column a pool connection's time in each state goes to.
 PHASE_OF_STATE: dict[State, str] = {
@@ -75,18 +75,21 @@ class Recorder:
         return rec
 
     def begin_client(self, conn_id: str, source: str, now: float, phase: str,
-                     client_addr: str) -> ConnRecord:
+                     client_addr: str, region: str = "") -> ConnRecord:
         """`begin` of a client connection, the gateway's per-connection call, without the
-        keyword arguments' dictionary and checks (half of `begin`'s cost)."""
-        rec = ConnRecord(conn_id, "client", source, now, phase=phase)
-        rec.node = self.node
-        rec.client_addr = client_addr
-        return rec
+        keyword arguments' dictionary and checks (`new_record`: half of `begin`'s cost).
+        `phase` must be one of `PHASES`; the gateway passes literals."""
+        return new_record(conn_id, "client", source, now, phase, self.node, client_addr,
+                          region, "")
+
+    def begin_upstream(self, conn_id: str, source: str, now: float, backend: str) -> ConnRecord:
+        """`begin` of a connection the gateway opens to `backend`, connecting from `now`."""
+        return new_record(conn_id, "upstream", source, now, "connecting", self.node, "", "",
+                          backend)
 
     def end(self, rec: ConnRecord, now: float, reason: str, *, failed: bool = False) -> None:
         """The connection terminated at `now`: close its books and hand it to the sink."""
-        rec.finish(now, reason, failed=failed)
-        rec.shift(self.wall_offset)
+        rec.close_books(now, reason, failed, self.wall_offset)
         self.sink(rec)
 
     # -- pools ---------------------------------------------------------------------------------

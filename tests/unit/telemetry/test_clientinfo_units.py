@@ -102,6 +102,20 @@ def test_long_user_agents_are_classified_but_not_cached() -> None:
     assert "Mozilla/5.0 (iPad)" in clientinfo._device_cache
 
 
+def test_client_segments_without_headers_configured_find_the_user_agent_in_any_case() -> None:
+    bare = ClientSegments()
+    iphone = b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) Mobile"
+    assert _filled(bare, "10.0.0.1", [(b"Host", b"a"), (b"user-AGENT", iphone)]) == (
+        "", "mobile")
+    assert _filled(bare, "10.0.0.1", [(b"Host", b"a"), (b"User-Agentx", iphone)]) == (
+        "", "other")
+    assert _filled(bare, "10.0.0.1", []) == ("", "other")
+    # Cached by the raw value, never past the size limit.
+    long_agent = iphone + b"x" * clientinfo.MAX_CACHED_AGENT
+    assert _filled(bare, "10.0.0.1", [(b"User-Agent", long_agent)]) == ("", "mobile")
+    assert bare._raw_devices == {iphone: "mobile"}
+
+
 def test_client_segments_from_config_read_the_table(tmp_path: Path) -> None:
     path = tmp_path / "regions.txt"
     path.write_text("10.0.0.0/8 internal\n")

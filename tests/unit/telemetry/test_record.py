@@ -178,3 +178,31 @@ def test_request_done_moves_each_span_from_idle_to_active_and_keeps_the_books() 
     assert rec.tail_idle_s == pytest.approx(0.5)
     total = rec.connecting_s + rec.active_s + rec.idle_s
     assert total == pytest.approx(rec.ended_at - rec.started_at)
+
+
+def _in_state(state: str) -> ConnRecord:
+    rec = ConnRecord("9", "client", "web", 10.0, phase="idle")
+    if state == "idle_after_use":
+        rec.request_done(11.0, 12.5, "critical", False, 200)
+    elif state == "held":
+        rec.phase("active", 11.0)
+        rec.use(11.0)
+    elif state == "idle_never_used":
+        pass
+    elif state == "never_idle":
+        rec = ConnRecord("9", "client", "web", 10.0, phase="queued")
+    elif state == "reason_set_before":
+        rec.close_reason = "zombie"
+    return rec
+
+
+@pytest.mark.parametrize("state", ["idle_after_use", "held", "idle_never_used", "never_idle",
+                                   "reason_set_before"])
+@pytest.mark.parametrize("failed", [False, True])
+def test_close_books_is_finish_then_shift(state: str, failed: bool) -> None:
+    fused, stepwise = _in_state(state), _in_state(state)
+    fused.close_books(20.0, "client closed", failed, 1_700_000_000.0)
+    stepwise.finish(20.0, "client closed", failed=failed)
+    stepwise.shift(1_700_000_000.0)
+    assert fused.row() == pytest.approx(stepwise.row())
+    assert fused.ended_at == 1_700_000_020.0 and fused.started_at == 1_700_000_010.0

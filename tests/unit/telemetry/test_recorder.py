@@ -135,3 +135,14 @@ def test_begin_client_makes_the_record_begin_makes() -> None:
     assert fast.row() == slow.row()
     assert fast.current_phase == slow.current_phase == "queued"
     assert fast.node == "n1" and fast.kind == "client" and fast.client_addr == "10.0.0.1"
+
+
+def test_begin_client_and_begin_upstream_make_the_records_begin_makes() -> None:
+    recorder = Recorder(MemorySink[ConnRecord](), node="n1", wall_offset=0.0)
+    client = recorder.begin_client("7", "web", 3.0, "idle", "10.0.0.1", "eu-west")
+    assert client.row() == recorder.begin("7", "client", "web", 3.0, phase="idle",
+                                          client_addr="10.0.0.1", region="eu-west").row()
+    upstream = recorder.begin_upstream("8", "origin", 4.0, "10.0.0.9:80")
+    assert upstream.row() == recorder.begin("8", "upstream", "origin", 4.0,
+                                            backend="10.0.0.9:80").row()
+    assert upstream.current_phase == "connecting"
