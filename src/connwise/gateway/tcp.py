@@ -322,6 +322,9 @@ class TcpClient(RelayHalf):
             recorder.end(rec, now, reason,
                          failed=exc is not None or self.backend is None)
         self.gateway.client_closed(self)
+        # The halves point at each other: a reference cycle that only the garbage collector
+        # would free, with both transports and sockets, were this side to keep its peer.
+        self.peer = None
 
 
 def _throttle_started(half: RelayHalf) -> None:

@@ -216,6 +216,9 @@ class UpstreamConnection(asyncio.Protocol):
                     f"backend {self.address} closed the connection before answering"
                     if not self._head_sent else f"backend {self.address} closed mid-response",
                     retryable=not self._head_sent))
+        # The parser holds bound methods of this protocol: without this, a reference cycle
+        # that only the garbage collector frees (see HttpClient.connection_lost).
+        self._parser = None
 
     def pause_writing(self) -> None:
         self._write_paused = True

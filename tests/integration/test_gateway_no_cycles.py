@@ -1,0 +1,91 @@
+"""A closed connection is freed by reference counting alone: no protocol object of the gateway is
+left in a reference cycle for the garbage collector (an HTTP client and its parser, the two halves
+of a tcp relay, a WebSocket client and its upstream). Each such cycle kept ~10-16 objects per
+connection (transports, sockets, CQI state) alive until a collection, which under
+`Connection: close` load cost ~4% of the gateway's instructions."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import websockets
+from websockets.asyncio.server import Server, ServerConnection
+
+from connwise.gateway.http import HttpClient
+from connwise.gateway.relay import RelayHalf
+from connwise.gateway.upstream_http import UpstreamConnection
+from tests.integration.conftest import GatewayFactory
+from tests.integration.http_origin import HttpOrigin
+
+GATEWAY_TYPES = (HttpClient, RelayHalf, UpstreamConnection)
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Server]:
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await websockets.serve(handler, "127.0.0.1", 0)
+    yield server
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture
+def saved_garbage() -> Iterator[list[object]]:
+    """What the collector finds unreachable from here on, kept in `gc.garbage` for the test."""
+    gc.collect()
+    flags = gc.get_debug()
+    gc.garbage.clear()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield gc.garbage
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+
+
+async def http_request(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    answer = await asyncio.wait_for(reader.read(), 10)  # every answer here ends with a close
+    writer.close()
+    await writer.wait_closed()
+    return answer
+
+
+async def test_closed_connections_leave_no_cycles(make_gateway: GatewayFactory,
+                                                  origins: list[HttpOrigin], echo: Server,
+                                                  saved_garbage: list[object]) -> None:
+    ws_address = f"127.0.0.1:{echo.sockets[0].getsockname()[1]}"
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"},
+                   {"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "app"}],
+        routes=[{"listener": "web", "group": "ws", "path_prefix": "/ws"},
+                {"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [origins[0].address], "health": {"kind": "none"}},
+                "ws": {"backends": [ws_address], "health": {"kind": "none"}}})
+    web, raw = gateway.listeners["web"].address[1], gateway.listeners["raw"].address[1]
+    head = b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    for _ in range(5):
+        assert (await http_request(web, head)).startswith(b"HTTP/1.1 200")
+        # Through the tcp relay the origin ends the connection: `/close` answers and closes.
+        assert (await http_request(raw, head.replace(b"/x", b"/close"))).startswith(
+            b"HTTP/1.1 200")
+    for i in range(3):
+        async with websockets.connect(f"ws://127.0.0.1:{web}/ws") as ws:
+            await ws.send(f"m{i}")
+            assert await asyncio.wait_for(ws.recv(), 10) == f"m{i}"
+    for _ in range(200):
+        if not gateway.clients:
+            break
+        await asyncio.sleep(0.01)
+    assert not gateway.clients
+    await asyncio.sleep(0.05)  # the upstream halves' connection_lost follow their clients'
+    gc.collect()
+    leaked = [type(o).__name__ for o in saved_garbage if isinstance(o, GATEWAY_TYPES)]
+    assert leaked == []
