@@ -4,6 +4,7 @@ maintenance, leaks, drain, and cancellation at every await."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from collections.abc import AsyncIterator
 
@@ -101,6 +102,31 @@ async def test_timeout_names_class_wait_and_state(backend: TcpBackend) -> None:
         assert 0.04 <= info.value.waited < 1.0
         assert pool.stats()["counters"]["timed_out"] == 1
         assert pool.policy.scheduler.waiting == 0
+
+
+async def test_a_timeout_leaves_no_reference_cycle(backend: TcpBackend) -> None:
+    """Under overload timeouts are many: each must be freed by reference counting, not left
+    (exception, traceback, frame, future, waiter) for the garbage collector."""
+    async with make_pool(backend, max_size=1) as pool, pool.acquire("critical"):
+        gc.collect()
+        flags = gc.get_debug()
+        gc.garbage.clear()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                try:
+                    async with pool.acquire("bulk", timeout=0.01):
+                        pass
+                except PoolTimeout as exc:
+                    assert exc.waited >= 0.0
+            gc.collect()
+            left = [type(o).__name__ for o in gc.garbage
+                    if isinstance(o, (PoolTimeout, asyncio.Future))]
+        finally:
+            gc.set_debug(flags)
+            gc.garbage.clear()
+        assert left == []
+        assert pool.stats()["counters"]["timed_out"] == 3
 
 
 async def test_waiter_bound_and_unknown_class(backend: TcpBackend) -> None:
