@@ -14,7 +14,7 @@ import pytest
 import websockets
 from websockets.asyncio.server import Server, ServerConnection
 
-from connwise.gateway.http import HttpClient
+from connwise.gateway.http import Exchange, HttpClient, _Grant
 from connwise.gateway.relay import RelayHalf
 from connwise.gateway.upstream_http import UpstreamConnection
 from tests.integration.conftest import GatewayFactory
@@ -88,4 +88,31 @@ async def test_closed_connections_leave_no_cycles(make_gateway: GatewayFactory,
     await asyncio.sleep(0.05)  # the upstream halves' connection_lost follow their clients'
     gc.collect()
     leaked = [type(o).__name__ for o in saved_garbage if isinstance(o, GATEWAY_TYPES)]
+    assert leaked == []
+
+
+async def test_requests_shed_from_the_queue_leave_no_cycles(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin],
+        saved_garbage: list[object]) -> None:
+    """A queued request holds a grant that the scheduler's waiter names as its token; shed or
+    served, the grant lets go of the waiter."""
+    classes = {"critical": {"rank": 2, "max_wait": 0.05},
+               "interactive": {"rank": 1, "max_wait": 0.05, "aging_rate": 0.2},
+               "bulk": {"rank": 0, "max_wait": 0.05, "aging_rate": 0.1}}
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [origins[0].address], "max_in_flight": 2,
+                        "max_waiters": 8, "health": {"kind": "none"}}},
+        classes=classes)
+    web = gateway.listeners["web"].address[1]
+    head = b"GET /slow?ms=30 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    answers = await asyncio.gather(*(http_request(web, head) for _ in range(30)))
+    statuses = {answer[:12] for answer in answers}
+    assert statuses == {b"HTTP/1.1 200", b"HTTP/1.1 503"}  # some served, some shed
+    assert gateway.class_counters["queued", "interactive"] > 0  # they waited in the queue
+    await asyncio.sleep(0.05)
+    gc.collect()
+    leaked = [type(o).__name__ for o in saved_garbage
+              if isinstance(o, (*GATEWAY_TYPES, _Grant, Exchange))]
     assert leaked == []

@@ -1549,14 +1549,18 @@ class _Grant:
 
     def cancel(self) -> None:
         """The client went away while queued: leave the queue."""
+        waiter = self.waiter
         self._stop()
-        if self.waiter is not None:
-            self.group.scheduler.cancel(self.waiter)
+        if waiter is not None:
+            self.group.scheduler.cancel(waiter)
 
     def _stop(self) -> None:
+        """Done waiting: the timer goes, and the waiter, whose token this is (a reference
+        cycle the garbage collector would otherwise free, one per queued request)."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.waiter = None
 
 
 class _FutureToken:
