@@ -1,5 +1,6 @@
 """What the integration tests share: a factory of started gateways that drains them at the end,
-two real HTTP origins, and the drop of a PostgreSQL schema a test worked in."""
+two real HTTP origins, a WebSocket echo server, and the drop of a PostgreSQL schema a test
+worked in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+import websockets
+from websockets.asyncio.server import Server, ServerConnection
 
 from connwise.config import load_gateway_config
 from connwise.gateway.runtime import Gateway
@@ -48,3 +51,16 @@ async def drop_schema(dsn: str, schema: str) -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Server]:
+    """A WebSocket server on loopback that sends every message back."""
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await websockets.serve(handler, "127.0.0.1", 0)
+    yield server
+    server.close()
+    await server.wait_closed()

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import websockets
-from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import Server
 
 from connwise.gateway.http import Exchange, HttpClient, _Grant
 from connwise.gateway.relay import RelayHalf
@@ -21,18 +21,6 @@ from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
 
 GATEWAY_TYPES = (HttpClient, RelayHalf, UpstreamConnection)
-
-
-@pytest.fixture
-async def echo() -> AsyncIterator[Server]:
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
-
-    server = await websockets.serve(handler, "127.0.0.1", 0)
-    yield server
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.fixture

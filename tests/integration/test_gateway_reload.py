@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import websockets
-from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import Server
 
 from connwise.config import load_gateway_config
 from connwise.errors import ConfigError
@@ -20,18 +19,6 @@ from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway_admission import until
-
-
-@pytest.fixture
-async def echo() -> AsyncIterator[Server]:
-    async def handler(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
-
-    server = await websockets.serve(handler, "127.0.0.1", 0)
-    yield server
-    server.close()
-    await server.wait_closed()
 
 
 def config(echo: Server, app: HttpOrigin, **extra: Any) -> dict[str, Any]:

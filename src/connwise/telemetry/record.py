@@ -326,20 +326,39 @@ class ConnRecord:
                 f"uses {self.requests}>")
 
 
-def _compile_init() -> Callable[[ConnRecord, str, str, str, float, str], None]:
-    """The body of `ConnRecord.__init__` as one generated function, the way dataclasses
-    generate `__init__`: every field's default (each a literal) or argument, and the private
-    state, in straight slot stores. A record is made per connection on the data plane; this
-    costs half of storing the defaults in a loop and then the arguments."""
+def _stores(given: dict[str, str]) -> str:
+    """The body that fills a new record, the way dataclasses generate `__init__`: every field's
+    argument (the names in `given`) or default (each a literal), and the private state, in
+    straight slot stores. A record is made per connection on the data plane; this costs half
+    of storing the defaults in a loop and then the arguments."""
     given = {"conn_id": "conn_id", "kind": "kind", "source": "source",
-             "started_at": "started_at", "ended_at": "started_at"}
-    body = [f"    self.{f.name} = {given.get(f.name, repr(f.default))}" for f in FIELDS]
-    body += ["    self._phase = phase", "    self._phase_at = started_at",
-             "    self._idle_at = None", "    self._held_at = None"]
+             "started_at": "started_at", "ended_at": "started_at", **given}
+    lines = [f"    self.{f.name} = {given.get(f.name, repr(f.default))}" for f in FIELDS]
+    lines += ["    self._phase = phase", "    self._phase_at = started_at",
+              "    self._idle_at = None", "    self._held_at = None"]
+    return "\n".join(lines) + "\n"
+
+
+def _compile_init() -> Callable[[ConnRecord, str, str, str, float, str], None]:
+    """The body of `ConnRecord.__init__`."""
     namespace: dict[str, Any] = {}
-    exec("def init(self, conn_id, kind, source, started_at, phase):\n" + "\n".join(body)
-         + "\n", {}, namespace)
+    exec("def init(self, conn_id, kind, source, started_at, phase):\n" + _stores({}),
+         namespace)
     function: Callable[[ConnRecord, str, str, str, float, str], None] = namespace["init"]
+    return function
+
+
+def _compile_new_record() -> Callable[..., ConnRecord]:
+    """`new_record`: the instance made in the same function (no `__init__` call, no keyword
+    dictionary, no phase check) and the columns a recorder sets at once (node, client
+    address, region, backend) among its stores: what the gateway calls per connection, at
+    about half of `ConnRecord(...)` and the stores after it."""
+    extra = {name: name for name in ("node", "client_addr", "region", "backend")}
+    namespace: dict[str, Any] = {"new": object.__new__, "ConnRecord": ConnRecord}
+    exec("def new_record(conn_id, kind, source, started_at, phase, node, client_addr, region,"
+         " backend):\n    self = new(ConnRecord)\n" + _stores(extra) + "    return self\n",
+         namespace)
+    function: Callable[..., ConnRecord] = namespace["new_record"]
     return function
 
 
@@ -350,24 +369,6 @@ def _compile_row_of() -> Callable[[ConnRecord], Row]:
     namespace: dict[str, Any] = {}
     exec(f"def row_of(rec):\n    return ({items})\n", {}, namespace)
     function: Callable[[ConnRecord], Row] = namespace["row_of"]
-    return function
-
-
-def _compile_new_record() -> Callable[..., ConnRecord]:
-    """`new_record`: `_init` with the instance made in the same function (no `__init__` call,
-    no keyword dictionary, no phase check) and the columns a recorder sets at once (node,
-    client address, region, backend) among its stores: what the gateway calls per
-    connection, at about half of `ConnRecord(...)` and the stores after it."""
-    given = {"conn_id": "conn_id", "kind": "kind", "source": "source", "node": "node",
-             "started_at": "started_at", "ended_at": "started_at", "backend": "backend",
-             "client_addr": "client_addr", "region": "region"}
-    body = [f"    self.{f.name} = {given.get(f.name, repr(f.default))}" for f in FIELDS]
-    body += ["    self._phase = phase", "    self._phase_at = started_at",
-             "    self._idle_at = None", "    self._held_at = None", "    return self"]
-    namespace: dict[str, Any] = {"new": object.__new__, "ConnRecord": ConnRecord}
-    exec("def new_record(conn_id, kind, source, started_at, phase, node, client_addr, region,"
-         " backend):\n    self = new(ConnRecord)\n" + "\n".join(body) + "\n", namespace)
-    function: Callable[..., ConnRecord] = namespace["new_record"]
     return function
 
 
