@@ -341,6 +341,44 @@ async def test_trailer_fields_never_join_the_head_sent_upstream(make_gateway: Ga
     assert seen["transfer-encoding"] == "chunked"
 
 
+async def trailered(head: bytes) -> bytes:
+    """`/t` answers chunked with a trailer section; anything else answers with a length."""
+    if head.startswith(b"GET /t "):
+        return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n"
+                b"0\r\nX-Checksum: abc\r\nSet-Cookie: s=1\r\nServer-Timing: db;dur=5\r\n\r\n")
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_response_trailers_go_to_their_client_and_never_to_the_next_answer(
+        make_gateway: GatewayFactory, raw: Start) -> None:
+    """A chunked answer's trailer section is relayed in it (without a field no trailer may
+    carry: a cookie); the next answer on the same upstream connection, to another client,
+    carries none of its fields."""
+    backend = await raw(trailered)
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"GET /t HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        body = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    assert body == b"4\r\nbody\r\n0\r\nX-Checksum: abc\r\nServer-Timing: db;dur=5\r\n\r\n"
+    other_reader, other_writer = await connect(gateway)
+    try:
+        other_writer.write(b"GET /u HTTP/1.1\r\nHost: a\r\n\r\n")
+        next_head, next_body = await read_answer(other_reader)
+    finally:
+        other_writer.close()
+    assert len(backend.heads) == 2 and backend.connections == 1  # one upstream connection
+    assert next_body == b"ok"
+    assert b"x-checksum" not in next_head.lower() and b"cookie" not in next_head.lower()
+    # An HTTP/1.0 client gets the body until the close, without the trailer section.
+    answer = await exchange(gateway, b"GET /t HTTP/1.0\r\n\r\n")
+    assert answer.endswith(b"\r\n\r\nbody"), answer
+
+
 # -- what a WebSocket client sends before the 101 ---------------------------------------------
 
 class UpgradeBackend(LoopbackServer):

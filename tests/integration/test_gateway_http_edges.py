@@ -53,8 +53,11 @@ class RawBackend(LoopbackServer):
         self.close_after = close_after
         self.heads: list[bytes] = []
         self.bodies: list[bytes] = []
+        #: Connections the gateway opened to it.
+        self.connections = 0
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

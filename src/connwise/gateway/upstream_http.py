@@ -47,6 +47,14 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"upgrade", b"proxy-authenticate",
                         b"proxy-authorization"})
 
+#: Fields a trailer section must not carry (RFC 9110 6.5.1: framing, routing, authentication,
+#: response control and content processing), and the hop-by-hop ones: dropped when a backend's
+#: trailer section is relayed.
+NOT_TRAILERS = HOP_BY_HOP | frozenset({
+    b"content-length", b"host", b"content-type", b"content-encoding", b"content-range",
+    b"authorization", b"set-cookie", b"www-authenticate", b"age", b"cache-control", b"date",
+    b"expires", b"location", b"retry-after", b"vary"})
+
 
 class UpstreamFailed(Exception):
     """The upstream failed during an exchange; `retryable` if no response byte was sent."""
@@ -557,16 +565,25 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             self._status = 0
             return
+        # Fields the parser handed over since the head are the trailer section's: they go
+        # with this answer or nowhere, never into the next answer's head on this connection.
+        trailers, self._headers = self._headers, []
         if self._chunked_out:
-            self._finish_client_body()
+            self._finish_client_body(trailers)
         if self._out is not None and self._on_done is not None:
             self._ended = True  # the common case of `_complete`, without the call
         else:
             self._complete()
 
-    def _finish_client_body(self) -> None:
+    def _finish_client_body(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """The last chunk, with the backend's trailer fields (RFC 9112 7.1.2) but those that
+        must not be trailers or are hop-by-hop (RFC 9110 6.5.1), which are dropped."""
         if self._chunked_out and self._client is not None:
-            self._emit(self._client, b"0\r\n\r\n")
+            last = b"0\r\n"
+            if trailers:
+                last += b"".join(b"%s: %s\r\n" % (name, value) for name, value in trailers
+                                 if name.lower() not in NOT_TRAILERS)
+            self._emit(self._client, last + b"\r\n")
             self._chunked_out = False
 
     def _complete(self) -> None:
