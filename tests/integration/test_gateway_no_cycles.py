@@ -104,3 +104,31 @@ async def test_requests_shed_from_the_queue_leave_no_cycles(
     leaked = [type(o).__name__ for o in saved_garbage
               if isinstance(o, (*GATEWAY_TYPES, _Grant, Exchange))]
     assert leaked == []
+
+
+async def test_a_failed_exchange_leaves_no_cycle(make_gateway: GatewayFactory,
+                                                 saved_garbage: list[object]) -> None:
+    """A backend that closes before answering: the failure raised from the exchange's future
+    must not keep that future (and through it the client and the upstream) in a cycle."""
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    backend = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        gateway = await make_gateway(
+            listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+            routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+            groups={"app": {"backends": [f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"],
+                            "health": {"kind": "none"}, "warm_target": 0}})
+        web = gateway.listeners["web"].address[1]
+        head = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        for _ in range(3):  # fewer than the failures that eject the backend
+            assert (await http_request(web, head)).startswith(b"HTTP/1.1 502")
+        await asyncio.sleep(0.05)
+        gc.collect()
+    finally:
+        backend.close()
+    leaked = [type(o).__name__ for o in saved_garbage
+              if isinstance(o, (*GATEWAY_TYPES, Exchange, BaseException))]
+    assert leaked == []

@@ -366,6 +366,9 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             if self._exchange is ex:
                 self.detach()  # cancelled before the end: nothing more goes to this client
+            # A failure raised from `done` has this frame in its traceback: without this, the
+            # future, the exception and the frames would be a cycle for the collector.
+            del done
 
     def awaiting_head(self) -> bool:
         """An exchange is in hand and its response head has not come yet."""
