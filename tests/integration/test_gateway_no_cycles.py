@@ -132,3 +132,30 @@ async def test_a_failed_exchange_leaves_no_cycle(make_gateway: GatewayFactory,
     leaked = [type(o).__name__ for o in saved_garbage
               if isinstance(o, (*GATEWAY_TYPES, Exchange, BaseException))]
     assert leaked == []
+
+
+async def test_a_client_gone_mid_request_leaves_no_cycle(make_gateway: GatewayFactory,
+                                                         origins: list[HttpOrigin],
+                                                         saved_garbage: list[object]) -> None:
+    """Clients that go away while their request waits for its answer or its body: the
+    requests they leave in their queue hold nothing that points back at them."""
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [origins[0].address], "health": {"kind": "none"}}})
+    web = gateway.listeners["web"].address[1]
+    for head in (b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n",
+                 b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"):
+        _, writer = await asyncio.open_connection("127.0.0.1", web)
+        writer.write(head)
+        await asyncio.sleep(0.05)
+        writer.close()
+        await writer.wait_closed()
+    for _ in range(100):
+        if not gateway.clients:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.4)  # the slow answer ends on its upstream connection
+    gc.collect()
+    leaked = [type(o).__name__ for o in saved_garbage if isinstance(o, (*GATEWAY_TYPES, Exchange))]
+    assert leaked == []

@@ -144,7 +144,6 @@ class Exchange:
         "body_size",
         "chunked",
         "class_name",
-        "client",
         "connection",
         "content_length",
         "degrade",
@@ -164,8 +163,7 @@ class Exchange:
         "version",
     )
 
-    def __init__(self, client: HttpClient) -> None:
-        self.client = client
+    def __init__(self) -> None:
         self.url = b""
         self.path = "/"
         self.host = ""
@@ -735,7 +733,7 @@ class HttpClient(asyncio.Protocol):
         return bool(ex.url) and parser is not None and parser.get_method() == b"HEAD"
 
     def on_message_begin(self) -> None:
-        ex = self.parsing = Exchange(self)
+        ex = self.parsing = Exchange()
         self.fields = ex.headers
         self.header_bytes = 0
         self.head_fed = _HEAD_BEGUN
