@@ -283,7 +283,7 @@ class UpstreamConnection(asyncio.Protocol):
                 out.append(rest)
         except httptools.HttpParserError as exc:
             self.reusable = False
-            if self._on_done is not None:
+            if self._on_done is not None and not self._ended:  # a complete answer stands
                 self._ended = True
                 self._failure = UpstreamFailed(f"backend {self.address} sent an invalid "
                                                f"response: {exc}", retryable=False)
@@ -454,6 +454,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.write(b"0\r\n\r\n")
 
     # -- response parsing (httptools callbacks) -----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._on_done is None or self._head_sent:
+            # An answer no request in hand asked for: bytes after the end of the last one (in
+            # its chunk, or while idle). They must reach no client, which would read them as
+            # the answer to its next request, and the connection ends: kept, the next answer
+            # on it, to any client, would be read after them. The parser error closes it.
+            raise UpstreamFailed(f"backend {self.address} sent bytes after its answer",
+                                 retryable=False)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
