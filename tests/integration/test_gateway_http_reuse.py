@@ -1,7 +1,7 @@
 """What a keep-alive connection must not carry from one exchange to the next, on either side of
-the gateway: bytes a backend sends beyond its answer (a second answer, anything while the
-connection is idle) reach no client, and the upstream connection that carried them is not used
-again."""
+the gateway: bytes a backend sends beyond its answer (a second answer, a body to a HEAD
+request, anything while the connection is idle) reach no client, and the upstream connection
+that carried them is not used again."""
 
 from __future__ import annotations
 
@@ -74,6 +74,28 @@ async def test_an_answer_the_backend_sends_beyond_its_own_reaches_nobody(
     finally:
         writer.close()
     assert backend.connections == 2  # the first upstream connection was not used again
+
+
+async def test_a_body_to_a_head_request_reaches_nobody(make_gateway: GatewayFactory,
+                                                       raw: Start) -> None:
+    """A backend that sends a body with its answer to a HEAD request (by the answer's
+    Content-Length): the client gets the head alone, and the connection is not used again."""
+    async def answer(head: bytes) -> bytes:
+        if head.startswith(b"HEAD "):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+        return SECOND
+
+    backend = await raw(answer)
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: 4" in head.lower()
+        await second_request_is_answered_alone(reader, writer)
+    finally:
+        writer.close()
+    assert backend.connections == 2
 
 
 class LateBackend(LoopbackServer):

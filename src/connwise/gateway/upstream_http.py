@@ -558,6 +558,12 @@ class UpstreamConnection(asyncio.Protocol):
             rec.first_byte_s = now - timing.busy_at
 
     def on_body(self, body: bytes) -> None:
+        if self._head_request:
+            # A body to a HEAD request, read by the parser that had the head (it knows no HEAD,
+            # and reads the rest of its chunk by the answer's framing): bytes after the answer,
+            # for nobody (see on_message_begin).
+            raise UpstreamFailed(f"backend {self.address} sent a body to a HEAD request",
+                                 retryable=False)
         client = self._client
         if client is None:
             return
