@@ -6,11 +6,15 @@ that carried them is not used again."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
+from connwise.gateway.http import HttpClient
+from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
+from tests.integration.test_gateway_admission import until
 from tests.integration.test_gateway_http_conformance import Start
 from tests.integration.test_gateway_http_edges import (
     Answer,
@@ -142,3 +146,70 @@ async def test_bytes_an_idle_upstream_connection_receives_reach_nobody(
     finally:
         backend.stop()
     assert backend.connections == 2
+
+
+# -- a client that reads slowly: its backpressure is the exchange's, not the connection's ------
+
+BIG = 1 << 20
+
+
+async def sized(head: bytes) -> bytes:
+    """`/big` gets a 1 MiB body, `/small` one of 1 KiB, anything else `SECOND`."""
+    path = head.split(b" ", 2)[1]
+    size = {b"/big": BIG, b"/small": 1024}.get(path)
+    if size is None:
+        return SECOND
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (size, b"x" * size)
+
+
+async def slow_client(gateway: Gateway) -> tuple[socket.socket, HttpClient]:
+    """A client socket that buffers little and is not read (what it does not read stays in
+    the gateway's transport), and the gateway's side of it."""
+    host, port = gateway.listeners["web"].address
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    await until(lambda: len(gateway.clients) == 1)
+    [client] = gateway.clients.values()
+    assert isinstance(client, HttpClient)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    return sock, client
+
+
+async def test_an_answer_that_ends_as_its_client_stops_reading_leaves_its_connection_reading(
+        make_gateway: GatewayFactory, raw: Start) -> None:
+    """The client's send buffer filled with the last bytes of an answer, which stopped reading
+    the answer's upstream connection (backpressure): the connection goes back to its pool
+    reading again, or the next request on it, from any client, never gets its answer."""
+    backend = await raw(sized)
+    gateway = await make_gateway(**web_config([backend.address]))
+    sock, client = await slow_client(gateway)
+    transport = client.transport
+    assert transport is not None
+    loop = asyncio.get_running_loop()
+    try:
+        # A first answer the client does not read fills what the sockets hold; the gateway
+        # keeps the rest (its high-water mark raised for it: no backpressure yet).
+        transport.set_write_buffer_limits(high=64 * BIG)
+        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: len(backend.heads) == 1 and not client.queue
+                    and transport.get_write_buffer_size() > 0)
+        # The next answer takes the buffer over the high-water mark, in the read that
+        # completes it.
+        transport.set_write_buffer_limits(high=transport.get_write_buffer_size() + 512, low=0)
+        await loop.sock_sendall(sock, b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: len(backend.heads) == 2 and not client.queue)
+    except BaseException:
+        sock.close()
+        raise
+    # The client reads everything; its next request goes to the same upstream connection.
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        for size in (BIG, 1024):
+            _, body = await read_answer(reader)
+            assert len(body) == size
+        await second_request_is_answered_alone(reader, writer)
+    finally:
+        writer.close()
+    assert backend.connections == 1 and len(backend.heads) == 3

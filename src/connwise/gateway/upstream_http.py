@@ -394,6 +394,13 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.ended_at = now  # the client's record ends the request there too
         if self._client is not None:
             self._client.active_upstream = None
+            if self.transport is not None and not self.upgraded:
+                # The client's backpressure may have stopped reading (`HttpClient.pause_writing`)
+                # in the chunk that ended the answer, and its `resume_writing` resumes only its
+                # active upstream: paused, this connection would go back to its pool deaf, and
+                # the next request on it, from any client, would never get its answer. (A relay
+                # keeps its client's backpressure.)
+                self.transport.resume_reading()
         self._client = None
         self._exchange = None
         self._on_done = None
