@@ -213,3 +213,41 @@ async def test_an_answer_that_ends_as_its_client_stops_reading_leaves_its_connec
     finally:
         writer.close()
     assert backend.connections == 1 and len(backend.heads) == 3
+
+
+async def test_the_next_answer_to_a_client_that_stopped_reading_waits_for_it(
+        make_gateway: GatewayFactory, raw: Start) -> None:
+    """The client's backpressure outlives the answer that caused it: the next answer's upstream
+    connection is not read while the client reads nothing (else the gateway would hold all of
+    it, and of every answer after it), and is read once the client reads again."""
+    backend = await raw(sized)
+    gateway = await make_gateway(**web_config([backend.address]))
+    sock, client = await slow_client(gateway)
+    transport = client.transport
+    assert transport is not None
+    loop = asyncio.get_running_loop()
+    try:
+        transport.set_write_buffer_limits(high=64 * BIG)
+        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: len(backend.heads) == 1 and not client.queue
+                    and transport.get_write_buffer_size() > 0)
+        transport.set_write_buffer_limits(high=transport.get_write_buffer_size() + 512, low=0)
+        await loop.sock_sendall(sock, b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: len(backend.heads) == 2 and not client.queue)
+        held = transport.get_write_buffer_size()
+        # The client, its buffer over the high-water mark, asks for another big answer.
+        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: len(backend.heads) == 3)
+        await asyncio.sleep(0.3)
+        assert transport.get_write_buffer_size() - held < BIG // 2  # a read, not the answer
+    except BaseException:
+        sock.close()
+        raise
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        for size in (BIG, 1024, BIG):
+            _, body = await read_answer(reader)
+            assert len(body) == size
+        await second_request_is_answered_alone(reader, writer)
+    finally:
+        writer.close()

@@ -547,6 +547,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._emit(client, b"".join(lines))
         ex.status = status
         self._head_sent = True
+        if client._write_paused and self.transport is not None:
+            # The client has not read what came before (its backpressure outlives the answer
+            # that caused it): the rest of this one waits, as `pause_writing` would have made
+            # it, until `resume_writing` resumes the active upstream. Read now, all of it, and
+            # of each answer after it, would pile up in the gateway. (Paused only once the
+            # head came: the response timeout is the backend's, not the client's.)
+            self.transport.pause_reading()
         if status == 101:
             self._complete()
         elif self._head_request:
