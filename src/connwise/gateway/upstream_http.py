@@ -283,7 +283,7 @@ class UpstreamConnection(asyncio.Protocol):
                 out.append(rest)
         except httptools.HttpParserError as exc:
             self.reusable = False
-            if self._on_done is not None:
+            if self._on_done is not None and not self._ended:  # a complete answer stands
                 self._ended = True
                 self._failure = UpstreamFailed(f"backend {self.address} sent an invalid "
                                                f"response: {exc}", retryable=False)
@@ -397,6 +397,13 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.ended_at = now  # the client's record ends the request there too
         if self._client is not None:
             self._client.active_upstream = None
+            if self.transport is not None and not self.upgraded:
+                # The client's backpressure may have stopped reading (`HttpClient.pause_writing`)
+                # in the chunk that ended the answer, and its `resume_writing` resumes only its
+                # active upstream: paused, this connection would go back to its pool deaf, and
+                # the next request on it, from any client, would never get its answer. (A relay
+                # keeps its client's backpressure.)
+                self.transport.resume_reading()
         self._client = None
         self._exchange = None
         self._on_done = None
@@ -457,6 +464,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.write(b"0\r\n\r\n")
 
     # -- response parsing (httptools callbacks) -----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._on_done is None or self._head_sent:
+            # An answer no request in hand asked for: bytes after the end of the last one (in
+            # its chunk, or while idle). They must reach no client, which would read them as
+            # the answer to its next request, and the connection ends: kept, the next answer
+            # on it, to any client, would be read after them. The parser error closes it.
+            raise UpstreamFailed(f"backend {self.address} sent bytes after its answer",
+                                 retryable=False)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
@@ -534,6 +550,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._emit(client, b"".join(lines))
         ex.status = status
         self._head_sent = True
+        if client._write_paused and self.transport is not None:
+            # The client has not read what came before (its backpressure outlives the answer
+            # that caused it): the rest of this one waits, as `pause_writing` would have made
+            # it, until `resume_writing` resumes the active upstream. Read now, all of it, and
+            # of each answer after it, would pile up in the gateway. (Paused only once the
+            # head came: the response timeout is the backend's, not the client's.)
+            self.transport.pause_reading()
         if status == 101:
             self._complete()
         elif self._head_request:
@@ -552,6 +575,12 @@ class UpstreamConnection(asyncio.Protocol):
             rec.first_byte_s = now - timing.busy_at
 
     def on_body(self, body: bytes) -> None:
+        if self._head_request:
+            # A body to a HEAD request, read by the parser that had the head (it knows no HEAD,
+            # and reads the rest of its chunk by the answer's framing): bytes after the answer,
+            # for nobody (see on_message_begin).
+            raise UpstreamFailed(f"backend {self.address} sent a body to a HEAD request",
+                                 retryable=False)
         client = self._client
         if client is None:
             return
