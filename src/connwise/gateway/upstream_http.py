@@ -395,14 +395,16 @@ class UpstreamConnection(asyncio.Protocol):
                 rec.request_done(busy_at, now, ex.class_name, ex.degrade > 0,
                                  self._status or 502)
                 ex.ended_at = now  # the client's record ends the request there too
-        if self._client is not None:
-            self._client.active_upstream = None
-            if self.transport is not None and not self.upgraded:
+        client = self._client
+        if client is not None:
+            client.active_upstream = None
+            if client._write_paused and self.transport is not None and not self.upgraded:
                 # The client's backpressure may have stopped reading (`HttpClient.pause_writing`)
                 # in the chunk that ended the answer, and its `resume_writing` resumes only its
                 # active upstream: paused, this connection would go back to its pool deaf, and
                 # the next request on it, from any client, would never get its answer. (A relay
-                # keeps its client's backpressure.)
+                # keeps its client's backpressure. A client not paused now resumed this one
+                # when it drained, or never paused it.)
                 self.transport.resume_reading()
         self._client = None
         self._exchange = None
