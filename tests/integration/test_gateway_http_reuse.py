@@ -251,3 +251,55 @@ async def test_the_next_answer_to_a_client_that_stopped_reading_waits_for_it(
         await second_request_is_answered_alone(reader, writer)
     finally:
         writer.close()
+
+
+class EarlyAnswerBackend(LoopbackServer):
+    """Answers each request as soon as its head is read, without reading its body: whatever
+    follows on the connection, a body included, it reads as the next request."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.heads: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                path = head.split(b" ", 2)[1]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(path), path))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_connection_answered_before_its_request_body_was_sent_is_not_reused(
+        make_gateway: GatewayFactory) -> None:
+    """A backend that answers before it read the request body leaves that body in its stream,
+    where it would read it as a request (here one for `/evil`) and answer it to whoever sent
+    the next request on the connection: the gateway finishes sending the body and closes the
+    connection instead of pooling it."""
+    backend = await EarlyAnswerBackend().start()
+    try:
+        gateway = await make_gateway(**web_config([backend.address]))
+        smuggled = b"GET /evil HTTP/1.1\r\nHost: a\r\n\r\n"
+        reader, writer = await connect(gateway)
+        try:
+            writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n"
+                         % len(smuggled))
+            head, body = await read_answer(reader)  # answered while the body is still due
+            assert head.startswith(b"HTTP/1.1 200") and body == b"/upload"
+            # The body, sent after the answer, and the next request right behind it: on a
+            # pooled connection the next request would go out before the answer to `/evil`.
+            writer.write(smuggled + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+            _, body = await read_answer(reader)
+        finally:
+            writer.close()
+        assert body == b"/next", body
+        assert backend.connections == 2  # the first connection was not used again
+    finally:
+        backend.stop()

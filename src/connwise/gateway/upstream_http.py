@@ -357,6 +357,11 @@ class UpstreamConnection(asyncio.Protocol):
                    on_done=functools.partial(_resolve, done, on_answered))
         try:
             await self._send_body(ex)
+            if done.done():
+                # Answered before its body was all sent: the backend may not have read the
+                # body, and would then read it as a request of its own and send its answer
+                # to whoever is next on this connection (request smuggling). Not reused.
+                self.reusable = False
             if on_sent is not None:
                 on_sent()
             await done
