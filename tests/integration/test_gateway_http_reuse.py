@@ -303,3 +303,37 @@ async def test_a_connection_answered_before_its_request_body_was_sent_is_not_reu
         assert backend.connections == 2  # the first connection was not used again
     finally:
         backend.stop()
+
+
+async def early_hints(head: bytes) -> bytes:
+    """`/hints`: a 103 with its Link header, then the answer; `/switch`: a 101 nobody asked
+    for; anything else: a plain answer."""
+    if head.startswith(b"GET /hints "):
+        return (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    if head.startswith(b"GET /switch "):
+        return b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+    return SECOND
+
+
+async def test_interim_answers_keep_their_status_and_fields_and_an_unasked_101_is_refused(
+        make_gateway: GatewayFactory, raw: Start) -> None:
+    backend = await raw(early_hints)
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"GET /hints HTTP/1.1\r\nHost: a\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+        head, body = await read_answer(reader)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"ok"
+        writer.write(b"GET /switch HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 502"), head
+    finally:
+        writer.close()
+    reader, writer = await connect(gateway)  # and it goes on serving
+    try:
+        await second_request_is_answered_alone(reader, writer)
+    finally:
+        writer.close()

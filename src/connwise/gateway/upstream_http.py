@@ -501,8 +501,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._first_byte(client, ex, timing)
         if 100 <= status < 200 and status != 101:
             if ex.version != "1.0":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
-                self._emit(client, b"HTTP/1.1 %d Continue\r\n\r\n" % status)
+                self._emit(client, _interim(status, headers))
             return
+        if status == 101 and not ex.upgrade:
+            # A protocol switch the request did not ask for: the client would get a 101 while
+            # the gateway went on with HTTP. An invalid answer (502); the parser error this
+            # raises ends the connection.
+            raise UpstreamFailed(f"backend {self.address} switched protocols (101) for a "
+                                 "request that asked for no upgrade", retryable=False)
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
             self.reusable = False
@@ -673,6 +679,18 @@ def connection_options(value: bytes) -> frozenset[bytes]:
 #: Status lines by status, precomputed (an HTTPStatus lookup per response costs ~0.7 us).
 _STATUS_LINES: dict[int, bytes] = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode())
                                    for s in HTTPStatus}
+
+
+def _interim(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A 1xx answer as the client gets it: its own status and its fields (a 103's `Link`
+    headers are what it is for), hop-by-hop ones dropped (RFC 9110 15.2: a proxy forwards
+    1xx answers)."""
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Informational\r\n" % status]
+    for name, value in headers:
+        if name.lower() not in HOP_BY_HOP:
+            lines += (name, b": ", value, b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 class UpstreamDriver:
