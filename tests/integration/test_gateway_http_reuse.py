@@ -177,6 +177,43 @@ async def slow_client(gateway: Gateway) -> tuple[socket.socket, HttpClient]:
     return sock, client
 
 
+async def paused_client(gateway: Gateway, backend: RawBackend
+                        ) -> tuple[socket.socket, asyncio.Transport]:
+    """A `slow_client` that asked for two answers and read neither: the first fills what the
+    sockets hold and the gateway keeps the rest (its high-water mark raised for it: no
+    backpressure yet); the second takes the gateway's buffer over the mark in the read that
+    completes it, which stops reading that answer's upstream connection."""
+    sock, client = await slow_client(gateway)
+    transport = client.transport
+    assert transport is not None
+    loop = asyncio.get_running_loop()
+    try:
+        transport.set_write_buffer_limits(high=64 * BIG)
+        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: len(backend.heads) == 1 and not client.queue
+                    and transport.get_write_buffer_size() > 0)
+        transport.set_write_buffer_limits(high=transport.get_write_buffer_size() + 512, low=0)
+        await loop.sock_sendall(sock, b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: len(backend.heads) == 2 and not client.queue)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, transport
+
+
+async def read_all_then_ask_again(sock: socket.socket, sizes: tuple[int, ...]) -> None:
+    """The client reads the answers of `sizes` at last; its next request then goes to the
+    same upstream connection and gets its own answer."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        for size in sizes:
+            _, body = await read_answer(reader)
+            assert len(body) == size
+        await second_request_is_answered_alone(reader, writer)
+    finally:
+        writer.close()
+
+
 async def test_an_answer_that_ends_as_its_client_stops_reading_leaves_its_connection_reading(
         make_gateway: GatewayFactory, raw: Start) -> None:
     """The client's send buffer filled with the last bytes of an answer, which stopped reading
@@ -184,34 +221,8 @@ async def test_an_answer_that_ends_as_its_client_stops_reading_leaves_its_connec
     reading again, or the next request on it, from any client, never gets its answer."""
     backend = await raw(sized)
     gateway = await make_gateway(**web_config([backend.address]))
-    sock, client = await slow_client(gateway)
-    transport = client.transport
-    assert transport is not None
-    loop = asyncio.get_running_loop()
-    try:
-        # A first answer the client does not read fills what the sockets hold; the gateway
-        # keeps the rest (its high-water mark raised for it: no backpressure yet).
-        transport.set_write_buffer_limits(high=64 * BIG)
-        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
-        await until(lambda: len(backend.heads) == 1 and not client.queue
-                    and transport.get_write_buffer_size() > 0)
-        # The next answer takes the buffer over the high-water mark, in the read that
-        # completes it.
-        transport.set_write_buffer_limits(high=transport.get_write_buffer_size() + 512, low=0)
-        await loop.sock_sendall(sock, b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
-        await until(lambda: len(backend.heads) == 2 and not client.queue)
-    except BaseException:
-        sock.close()
-        raise
-    # The client reads everything; its next request goes to the same upstream connection.
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
-        for size in (BIG, 1024):
-            _, body = await read_answer(reader)
-            assert len(body) == size
-        await second_request_is_answered_alone(reader, writer)
-    finally:
-        writer.close()
+    sock, _ = await paused_client(gateway, backend)
+    await read_all_then_ask_again(sock, (BIG, 1024))
     assert backend.connections == 1 and len(backend.heads) == 3
 
 
@@ -222,35 +233,19 @@ async def test_the_next_answer_to_a_client_that_stopped_reading_waits_for_it(
     it, and of every answer after it), and is read once the client reads again."""
     backend = await raw(sized)
     gateway = await make_gateway(**web_config([backend.address]))
-    sock, client = await slow_client(gateway)
-    transport = client.transport
-    assert transport is not None
-    loop = asyncio.get_running_loop()
+    sock, transport = await paused_client(gateway, backend)
     try:
-        transport.set_write_buffer_limits(high=64 * BIG)
-        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
-        await until(lambda: len(backend.heads) == 1 and not client.queue
-                    and transport.get_write_buffer_size() > 0)
-        transport.set_write_buffer_limits(high=transport.get_write_buffer_size() + 512, low=0)
-        await loop.sock_sendall(sock, b"GET /small HTTP/1.1\r\nHost: a\r\n\r\n")
-        await until(lambda: len(backend.heads) == 2 and not client.queue)
         held = transport.get_write_buffer_size()
         # The client, its buffer over the high-water mark, asks for another big answer.
-        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        await asyncio.get_running_loop().sock_sendall(
+            sock, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
         await until(lambda: len(backend.heads) == 3)
         await asyncio.sleep(0.3)
         assert transport.get_write_buffer_size() - held < BIG // 2  # a read, not the answer
     except BaseException:
         sock.close()
         raise
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
-        for size in (BIG, 1024, BIG):
-            _, body = await read_answer(reader)
-            assert len(body) == size
-        await second_request_is_answered_alone(reader, writer)
-    finally:
-        writer.close()
+    await read_all_then_ask_again(sock, (BIG, 1024, BIG))
 
 
 class EarlyAnswerBackend(LoopbackServer):
