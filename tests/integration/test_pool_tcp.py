@@ -350,6 +350,24 @@ async def test_cancel_during_reset_discards_connection(backend: TcpBackend) -> N
             assert fresh is not conn
 
 
+async def test_putconn_while_the_first_putconn_resets_is_refused(backend: TcpBackend) -> None:
+    driver = SlowResetDriver("127.0.0.1", backend.port, greeting=b"HELLO")
+    async with connwise.Pool(driver, min_size=0, max_size=1) as pool:
+        conn = await pool.getconn()
+        waiter = asyncio.create_task(pool.getconn(timeout=5))
+        await until(lambda: pool.policy.scheduler.waiting == 1)
+        first = asyncio.create_task(pool.putconn(conn))
+        await asyncio.sleep(0.05)  # in the middle of the reset
+        with pytest.raises(connwise.ConfigError, match="given back already"):
+            await pool.putconn(conn)
+        await first
+        assert await asyncio.wait_for(waiter, 2) is conn
+        # Released once, so the waiter holds it alone: nobody else may take it.
+        assert pool.policy.scheduler.in_use == 1
+        assert pool.try_getconn() is None
+        await pool.putconn(conn)
+
+
 async def test_resize_growth_serves_waiters_at_once(backend: TcpBackend) -> None:
     async with make_pool(backend, max_size=1) as pool, pool.acquire():
         waiter = asyncio.create_task(pool.getconn(timeout=5))
