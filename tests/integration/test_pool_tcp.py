@@ -74,6 +74,34 @@ async def test_a_detached_connection_stays_open_and_its_slot_serves_a_waiter(
     await until(lambda: backend.open == 0)
 
 
+class CountingResetDriver(TcpDriver):
+    """A TCP driver whose connections always need a reset, which it counts."""
+
+    resets = 0
+
+    def needs_reset(self, conn: TcpConnection) -> bool:
+        return True
+
+    async def reset(self, conn: TcpConnection, *, full: bool) -> None:
+        self.resets += 1
+
+
+async def test_a_connection_detached_inside_acquire_is_left_to_its_holder(
+        backend: TcpBackend) -> None:
+    driver = CountingResetDriver("127.0.0.1", backend.port, greeting=b"HELLO")
+    async with connwise.Pool(driver, min_size=0, max_size=1) as pool:
+        async with pool.acquire() as kept:
+            pool.detach(kept)
+        assert driver.resets == 0  # not the pool's any more: neither reset nor given back
+        assert pool.policy.scheduler.in_use == 0
+        async with pool.acquire(timeout=2) as other:
+            assert other is not kept
+        await kept.send(b"mine\n")
+        assert await kept.readline() == b"mine\n"
+    await driver.close(kept)
+    await until(lambda: backend.open == 0)
+
+
 async def test_critical_served_before_earlier_bulk(backend: TcpBackend) -> None:
     async with make_pool(backend, max_size=1) as pool:
         order: list[str] = []

@@ -618,6 +618,10 @@ class _Acquire(Generic[C]):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         conn = self._conn
+        pool = self._pool
         if conn is not None:
             self._conn = None
-            await self._pool._release(self._id, conn, exc)
+            # Not when the holder detached it (the connection is the holder's now: the pool
+            # would reset it under them) or a drain timeout closed it: the pool forgot it then.
+            if pool._ids.get(id(conn)) == self._id:
+                await pool._release(self._id, conn, exc)
