@@ -115,6 +115,29 @@ async def test_cheap_reset_rolls_back_what_the_holder_left_open(postgres_dsn: st
 
 
 @services
+@pytest.mark.parametrize("autocommit", [True, False])
+async def test_reset_restores_the_autocommit_mode_the_holder_switched(
+        postgres_dsn: str, app_name: str, autocommit: bool) -> None:
+    driver = make_driver(postgres_dsn, app_name, autocommit=autocommit)
+    async with connwise.Pool(driver, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TEMP TABLE t (x int)")
+            await conn.commit()  # a no-op in autocommit
+            await conn.set_autocommit(not autocommit)
+            assert driver.needs_reset(conn)
+        async with pool.acquire() as conn:
+            assert conn.autocommit is autocommit
+            await conn.execute("INSERT INTO t VALUES (1)")
+            await conn.commit()
+        async with pool.acquire() as conn:
+            # Had the previous holder worked outside autocommit unknowingly, its insert would
+            # have been rolled back when it gave the connection back.
+            assert await value(conn, "SELECT count(*) FROM t") == 1
+            await conn.rollback()
+        assert pool.stats()["counters"]["broken"] == 0
+
+
+@services
 async def test_cheap_reset_rolls_back_a_failed_transaction(postgres_dsn: str,
                                                            app_name: str) -> None:
     driver = make_driver(postgres_dsn, app_name)

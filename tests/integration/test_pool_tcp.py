@@ -74,6 +74,34 @@ async def test_a_detached_connection_stays_open_and_its_slot_serves_a_waiter(
     await until(lambda: backend.open == 0)
 
 
+class CountingResetDriver(TcpDriver):
+    """A TCP driver whose connections always need a reset, which it counts."""
+
+    resets = 0
+
+    def needs_reset(self, conn: TcpConnection) -> bool:
+        return True
+
+    async def reset(self, conn: TcpConnection, *, full: bool) -> None:
+        self.resets += 1
+
+
+async def test_a_connection_detached_inside_acquire_is_left_to_its_holder(
+        backend: TcpBackend) -> None:
+    driver = CountingResetDriver("127.0.0.1", backend.port, greeting=b"HELLO")
+    async with connwise.Pool(driver, min_size=0, max_size=1) as pool:
+        async with pool.acquire() as kept:
+            pool.detach(kept)
+        assert driver.resets == 0  # not the pool's any more: neither reset nor given back
+        assert pool.policy.scheduler.in_use == 0
+        async with pool.acquire(timeout=2) as other:
+            assert other is not kept
+        await kept.send(b"mine\n")
+        assert await kept.readline() == b"mine\n"
+    await driver.close(kept)
+    await until(lambda: backend.open == 0)
+
+
 async def test_critical_served_before_earlier_bulk(backend: TcpBackend) -> None:
     async with make_pool(backend, max_size=1) as pool:
         order: list[str] = []
@@ -348,6 +376,24 @@ async def test_cancel_during_reset_discards_connection(backend: TcpBackend) -> N
         assert pool.policy.scheduler.in_use == 0
         async with pool.acquire(timeout=2) as fresh:
             assert fresh is not conn
+
+
+async def test_putconn_while_the_first_putconn_resets_is_refused(backend: TcpBackend) -> None:
+    driver = SlowResetDriver("127.0.0.1", backend.port, greeting=b"HELLO")
+    async with connwise.Pool(driver, min_size=0, max_size=1) as pool:
+        conn = await pool.getconn()
+        waiter = asyncio.create_task(pool.getconn(timeout=5))
+        await until(lambda: pool.policy.scheduler.waiting == 1)
+        first = asyncio.create_task(pool.putconn(conn))
+        await asyncio.sleep(0.05)  # in the middle of the reset
+        with pytest.raises(connwise.ConfigError, match="given back already"):
+            await pool.putconn(conn)
+        await first
+        assert await asyncio.wait_for(waiter, 2) is conn
+        # Released once, so the waiter holds it alone: nobody else may take it.
+        assert pool.policy.scheduler.in_use == 1
+        assert pool.try_getconn() is None
+        await pool.putconn(conn)
 
 
 async def test_resize_growth_serves_waiters_at_once(backend: TcpBackend) -> None:

@@ -162,6 +162,10 @@ class Pool(Generic[C]):
         self._conns: dict[int, C] = {}
         self._ids: dict[int, int] = {}
         self._stacks: dict[int, Stack] = {}
+        #: Held connections whose release awaits their reset: still IN_USE in the policy, but
+        #: given back, so a second `putconn` meanwhile must be refused, not release them again
+        #: (it would release them from under whoever the first release hands them to).
+        self._returning: set[int] = set()
         self._subscribers: list[Callable[[Event], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -327,7 +331,8 @@ class Pool(Generic[C]):
         if conn_id is None and self._policy.state is not _OPEN:
             return None  # closed under its holder by a drain timeout: nothing left to give back
         rec = self._policy.records.get(conn_id) if conn_id is not None else None
-        if conn_id is None or rec is None or rec.state not in _HELD:
+        if (conn_id is None or rec is None or rec.state not in _HELD
+                or conn_id in self._returning):
             raise ConfigError("conn", conn, f"the connection does not belong to pool "
                               f"{self.name!r} or was given back already",
                               "give back each connection once, to its own pool")
@@ -394,6 +399,7 @@ class Pool(Generic[C]):
         broken = driver.is_broken(conn)
         failed = error is not None and driver.is_connection_error(error)
         if not broken and (self._full_reset or driver.needs_reset(conn)):
+            self._returning.add(conn_id)
             try:
                 await asyncio.wait_for(driver.reset(conn, full=self._full_reset),
                                        self._reset_timeout)
@@ -404,6 +410,8 @@ class Pool(Generic[C]):
                 log.warning("pool %s: reset of connection %d failed, discarding it: %s",
                             self.name, conn_id, _describe(exc))
                 broken = True
+            finally:
+                self._returning.discard(conn_id)
         self._run(self._policy.release(conn_id, self.clock.now(), broken=broken, failed=failed))
 
     # -- targets and sizes --------------------------------------------------------------------
@@ -610,6 +618,10 @@ class _Acquire(Generic[C]):
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         conn = self._conn
+        pool = self._pool
         if conn is not None:
             self._conn = None
-            await self._pool._release(self._id, conn, exc)
+            # Not when the holder detached it (the connection is the holder's now: the pool
+            # would reset it under them) or a drain timeout closed it: the pool forgot it then.
+            if pool._ids.get(id(conn)) == self._id:
+                await pool._release(self._id, conn, exc)

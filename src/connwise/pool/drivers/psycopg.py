@@ -7,8 +7,9 @@ long-running transaction. With `autocommit=False` the driver still works; the ch
 autocommit on for its empty query so it never leaves a transaction behind (what psycopg_pool's
 `check_connection` does).
 
-The cheap reset rolls back whatever the transaction status says is open; the full one adds
-`DISCARD ALL`, which psycopg recognises and answers by forgetting its own prepared statements.
+The cheap reset rolls back whatever the transaction status says is open and switches autocommit
+back to the driver's mode if the holder changed it; the full one adds `DISCARD ALL`, which
+psycopg recognises and answers by forgetting its own prepared statements.
 A connection returned while a query is still running (status ACTIVE) or whose status is unknown
 cannot be reset safely and is reported broken, so the pool discards it.
 
@@ -132,7 +133,10 @@ class PsycopgDriver:
                                    f"{scrub(str(exc), self.conninfo)}") from exc
 
     def needs_reset(self, conn: Connection) -> bool:
-        return conn.info.transaction_status != TransactionStatus.IDLE
+        # A holder that switched autocommit would hand its mode to the next one: outside
+        # autocommit unknowingly, whose writes the release would then roll back.
+        return (conn.info.transaction_status != TransactionStatus.IDLE
+                or conn.autocommit != self.autocommit)
 
     async def reset(self, conn: Connection, *, full: bool) -> None:
         status = conn.info.transaction_status
@@ -142,6 +146,8 @@ class PsycopgDriver:
             raise ConnectionBroken(f"a connection to {self.address} came back with its "
                                    f"transaction status {status.name} (a query still running, "
                                    "or the connection lost); it cannot be reset and is discarded")
+        if conn.autocommit != self.autocommit:
+            await conn.set_autocommit(self.autocommit)  # after the rollback: refused inside one
         if full:
             # DISCARD ALL cannot run inside a transaction block, which psycopg would open for it
             # outside autocommit.
