@@ -11,7 +11,8 @@ that pauses longer than `body_timeout` between two reads, a body over `max_body_
 413, and anything llhttp rejects — an invalid request line, Content-Length with
 Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do
 an HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
-literal, and an absolute-form target that is not an http(s) URI; then the connection is
+literal, an absolute-form target that is not an http(s) URI, and an upgrade request with a
+body (llhttp hands its body over as the new protocol's bytes); then the connection is
 closed. A bad request pipelined behind others is answered after them: reading stops until they
 were. Trailer fields are dropped, never merged into the head.
 
@@ -820,6 +821,12 @@ class HttpClient(asyncio.Protocol):
                 ex.expect_continue = ex.expect_continue or value.lower() == b"100-continue"
             else:  # connection
                 ex.connection = value if ex.connection is None else ex.connection + b"," + value
+        if ex.upgrade and (ex.chunked or ex.content_length):
+            # llhttp reads no body of an upgrade request: what follows its head is held as the
+            # new protocol's (`_hold`), so the backend would get a head announcing a body that
+            # never comes (Content-Length: it reads the next request on the connection as that
+            # body) or, Transfer-Encoding dropped as hop-by-hop, none.
+            self._bad_request("an upgrade request with a body")
         raw = ex.url
         if raw[:1] == b"/":  # origin-form: routed by the Host header
             # find(), not `in`: CPython's `bytes in bytes` first tries the needle as an int
@@ -1381,7 +1388,7 @@ class HttpClient(asyncio.Protocol):
     def _unavailable(self, ladder: DegradeLadder, ex: Exchange) -> None:
         """Refuse `ex`: 503 with Retry-After, or a valid WebSocket handshake closed with 1013."""
         retry_after = ladder.retry_after(ex.class_name)
-        if ex.upgrade and not (ex.chunked or ex.content_length):
+        if ex.upgrade:
             accept = handshake_accept(ex.method, ex.headers)
             if accept is not None:
                 self._refuse_upgrade(accept, retry_after)

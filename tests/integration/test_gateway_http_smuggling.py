@@ -1,0 +1,73 @@
+"""Request smuggling through the http listener, over raw loopback sockets: requests whose
+framing the backend could read otherwise than the gateway did (an upgrade with a body, a
+CONNECT, transfer codings the gateway drops, Transfer-Encoding in HTTP/1.0) are refused with
+400 before anything reaches a backend, and the headers the gateway sets cannot be sent by a
+client in another spelling or lost from a list."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import GatewayFactory
+from tests.integration.test_gateway_http_edges import (
+    Answer,
+    RawBackend,
+    exchange,
+    ok,
+    still_serves,
+    web_config,
+)
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[[Answer], Awaitable[RawBackend]]]:
+    """`await backends(answer)`: a started `RawBackend`, stopped when the test ends."""
+    started: list[RawBackend] = []
+
+    async def start(answer: Answer) -> RawBackend:
+        backend = await RawBackend(answer).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()
+
+
+#: A request the backend would answer if it read it from a body: it must reach no backend.
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+
+
+async def refused(make_gateway: GatewayFactory, backends: Any, request: bytes) -> None:
+    """`request` gets 400 with a close, no backend sees a byte of it, and the gateway goes on
+    serving."""
+    backend = await backends(ok)
+    gateway = await make_gateway(**web_config([backend.address],
+                                              groups={"app": {
+                                                  "backends": [backend.address],
+                                                  "health": {"kind": "none"},
+                                                  "response_timeout": 2.0}}))
+    answer = await exchange(gateway, request)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer
+    assert backend.heads == []
+    await still_serves(gateway)
+    assert [h.split(b"\r\n")[0] for h in backend.heads] == [b"GET /fine HTTP/1.1"]
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: %d\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED),
+    b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED),
+])
+async def test_an_upgrade_request_with_a_body_gets_400(make_gateway: GatewayFactory,
+                                                       backends: Any, framing: bytes) -> None:
+    """llhttp reads no body of an upgrade request: what follows its head is held as the new
+    protocol's. Forwarded, the backend got a head that announced a body (Content-Length) or
+    none (Transfer-Encoding dropped as hop-by-hop) and never the body itself."""
+    await refused(make_gateway, backends, UPGRADE + framing)
