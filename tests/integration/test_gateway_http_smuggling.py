@@ -71,3 +71,13 @@ async def test_an_upgrade_request_with_a_body_gets_400(make_gateway: GatewayFact
     protocol's. Forwarded, the backend got a head that announced a body (Content-Length) or
     none (Transfer-Encoding dropped as hop-by-hop) and never the body itself."""
     await refused(make_gateway, backends, UPGRADE + framing)
+
+
+@pytest.mark.parametrize("target", [b"http://a/", b"http://a:80/x"])
+async def test_a_connect_request_gets_400(make_gateway: GatewayFactory, backends: Any,
+                                          target: bytes) -> None:
+    """CONNECT asks for a tunnel, which a reverse proxy does not make; an absolute-form target
+    (llhttp lets it through) went to the backend as `CONNECT /` with an Upgrade header of the
+    gateway's own."""
+    await refused(make_gateway, backends, b"CONNECT %s HTTP/1.1\r\nHost: a\r\n\r\n%s"
+                                          % (target, SMUGGLED))

@@ -11,10 +11,10 @@ that pauses longer than `body_timeout` between two reads, a body over `max_body_
 413, and anything llhttp rejects — an invalid request line, Content-Length with
 Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do
 an HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
-literal, an absolute-form target that is not an http(s) URI, and an upgrade request with a
-body (llhttp hands its body over as the new protocol's bytes); then the connection is
-closed. A bad request pipelined behind others is answered after them: reading stops until they
-were. Trailer fields are dropped, never merged into the head.
+literal, an absolute-form target that is not an http(s) URI, an upgrade request with a body
+(llhttp hands its body over as the new protocol's bytes) and a CONNECT request; then the
+connection is closed. A bad request pipelined behind others is answered after them: reading
+stops until they were. Trailer fields are dropped, never merged into the head.
 
 A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
 header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
@@ -827,6 +827,11 @@ class HttpClient(asyncio.Protocol):
             # never comes (Content-Length: it reads the next request on the connection as that
             # body) or, Transfer-Encoding dropped as hop-by-hop, none.
             self._bad_request("an upgrade request with a body")
+        if ex.method == b"CONNECT":
+            # A tunnel, which a reverse proxy does not make. llhttp takes it for an upgrade and
+            # lets an absolute-form target through: it went upstream as `CONNECT /`, with the
+            # Upgrade header an upgrade request gets.
+            self._bad_request("a CONNECT request")
         raw = ex.url
         if raw[:1] == b"/":  # origin-form: routed by the Host header
             # find(), not `in`: CPython's `bytes in bytes` first tries the needle as an int
