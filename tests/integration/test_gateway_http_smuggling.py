@@ -16,6 +16,7 @@ from tests.integration.test_gateway_http_edges import (
     Answer,
     RawBackend,
     exchange,
+    header_of,
     ok,
     still_serves,
     web_config,
@@ -81,3 +82,30 @@ async def test_a_connect_request_gets_400(make_gateway: GatewayFactory, backends
     gateway's own."""
     await refused(make_gateway, backends, b"CONNECT %s HTTP/1.1\r\nHost: a\r\n\r\n%s"
                                           % (target, SMUGGLED))
+
+
+@pytest.mark.parametrize("coding", [
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Transfer-Encoding: identity, chunked\r\n",
+    b"Transfer-Encoding: x;y=\"a,chunked\", chunked\r\n",
+    b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+])
+async def test_a_transfer_coding_besides_chunked_gets_400(make_gateway: GatewayFactory,
+                                                          backends: Any, coding: bytes) -> None:
+    """The gateway decodes only chunked and re-frames the body as chunked: another coding
+    before it was dropped, and the backend read coded bytes as the content."""
+    await refused(make_gateway, backends, b"POST /up HTTP/1.1\r\nHost: a\r\n%s\r\n"
+                                          b"5\r\nhello\r\n0\r\n\r\n" % coding)
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b" CHUNKED ", b",chunked"])
+async def test_chunked_in_any_case_is_reframed(make_gateway: GatewayFactory, backends: Any,
+                                               coding: bytes) -> None:
+    backend = await backends(ok)
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: %s\r\n"
+                                     b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % coding)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    head, body = backend.heads  # RawBackend reads a chunked body as a second head
+    assert header_of(head, b"transfer-encoding") == [b"chunked"]
+    assert body == b"5\r\nhello\r\n0\r\n\r\n"

@@ -9,12 +9,13 @@ section of a chunked body (counted the same way: httptools would buffer an endle
 line), one that does not arrive within `header_timeout` gets 408 (slowloris), as does a body
 that pauses longer than `body_timeout` between two reads, a body over `max_body_bytes` gets
 413, and anything llhttp rejects — an invalid request line, Content-Length with
-Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do
-an HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
+Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do an
+HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
 literal, an absolute-form target that is not an http(s) URI, an upgrade request with a body
-(llhttp hands its body over as the new protocol's bytes) and a CONNECT request; then the
-connection is closed. A bad request pipelined behind others is answered after them: reading
-stops until they were. Trailer fields are dropped, never merged into the head.
+(llhttp hands its body over as the new protocol's bytes), a CONNECT request and a
+Transfer-Encoding other than chunked; then the connection is closed. A bad request pipelined
+behind others is answered after them: reading stops until they were. Trailer fields are
+dropped, never merged into the head.
 
 A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
 header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
@@ -816,7 +817,13 @@ class HttpClient(asyncio.Protocol):
             elif lower == b"content-length":
                 ex.content_length = int(value)
             elif lower == b"transfer-encoding":
-                ex.chunked = ex.chunked or value.lower().find(b"chunked") >= 0
+                # llhttp lets a request through with chunked last; the gateway decodes only
+                # chunked and sends the body on chunked alone, so a coding before it (gzip,
+                # identity) would be dropped and the backend read coded bytes as the content.
+                codings = {c.strip() for c in value.lower().split(b",")} - {b""}
+                if codings - {b"chunked"}:
+                    self._bad_request(f"Transfer-Encoding {value[:200]!r} is not chunked")
+                ex.chunked = ex.chunked or bool(codings)
             elif lower == b"expect":
                 ex.expect_continue = ex.expect_continue or value.lower() == b"100-continue"
             else:  # connection
