@@ -109,3 +109,12 @@ async def test_chunked_in_any_case_is_reframed(make_gateway: GatewayFactory, bac
     head, body = backend.heads  # RawBackend reads a chunked body as a second head
     assert header_of(head, b"transfer-encoding") == [b"chunked"]
     assert body == b"5\r\nhello\r\n0\r\n\r\n"
+
+
+async def test_transfer_encoding_in_an_http_1_0_request_gets_400(make_gateway: GatewayFactory,
+                                                                 backends: Any) -> None:
+    """RFC 9112 6.1: HTTP/1.0 knows no Transfer-Encoding, and an HTTP/1.0 hop in front of the
+    gateway may read the chunked body as the next request; the framing is faulty."""
+    await refused(make_gateway, backends,
+                  b"POST /up HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked"
+                  b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED, SMUGGLED))

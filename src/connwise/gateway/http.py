@@ -12,10 +12,10 @@ that pauses longer than `body_timeout` between two reads, a body over `max_body_
 Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do an
 HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
 literal, an absolute-form target that is not an http(s) URI, an upgrade request with a body
-(llhttp hands its body over as the new protocol's bytes), a CONNECT request and a
-Transfer-Encoding other than chunked; then the connection is closed. A bad request pipelined
-behind others is answered after them: reading stops until they were. Trailer fields are
-dropped, never merged into the head.
+(llhttp hands its body over as the new protocol's bytes), a CONNECT request, and a
+Transfer-Encoding other than chunked or in an HTTP/1.0 request; then the connection is closed.
+A bad request pipelined behind others is answered after them: reading stops until they were.
+Trailer fields are dropped, never merged into the head.
 
 A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
 header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
@@ -828,6 +828,10 @@ class HttpClient(asyncio.Protocol):
                 ex.expect_continue = ex.expect_continue or value.lower() == b"100-continue"
             else:  # connection
                 ex.connection = value if ex.connection is None else ex.connection + b"," + value
+        if ex.chunked and ex.version == "1.0":
+            # RFC 9112 6.1: its framing is faulty. An HTTP/1.0 hop in front of the gateway
+            # knows no chunks, and may read the body as the next request.
+            self._bad_request("Transfer-Encoding in an HTTP/1.0 request")
         if ex.upgrade and (ex.chunked or ex.content_length):
             # llhttp reads no body of an upgrade request: what follows its head is held as the
             # new protocol's (`_hold`), so the backend would get a head announcing a body that
