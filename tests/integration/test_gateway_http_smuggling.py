@@ -118,3 +118,17 @@ async def test_transfer_encoding_in_an_http_1_0_request_gets_400(make_gateway: G
     await refused(make_gateway, backends,
                   b"POST /up HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked"
                   b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED, SMUGGLED))
+
+
+async def test_every_x_forwarded_for_line_is_kept(make_gateway: GatewayFactory,
+                                                  backends: Any) -> None:
+    """Two X-Forwarded-For lines are one list (RFC 9110 5.3): the gateway appends the client to
+    all of it, not to the last line alone."""
+    backend = await backends(ok)
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1"
+                                     b"\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n"
+                                     b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    [head] = backend.heads
+    assert header_of(head, b"x-forwarded-for") == [b"10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]

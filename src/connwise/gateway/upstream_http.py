@@ -436,8 +436,8 @@ class UpstreamConnection(asyncio.Protocol):
         for name, value in ex.headers:
             lower = name.lower()
             if lower in drop:
-                if lower == b"x-forwarded-for":
-                    forwarded_for = value + b", "
+                if lower == b"x-forwarded-for":  # each line is part of one list (RFC 9110 5.3)
+                    forwarded_for += value + b", "
                 continue
             lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
         append(b"X-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\nVia: %s %s\r\n" % (
