@@ -120,6 +120,23 @@ async def test_transfer_encoding_in_an_http_1_0_request_gets_400(make_gateway: G
                   b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED, SMUGGLED))
 
 
+@pytest.mark.parametrize("name", [b"Connwise_Degrade", b"X_Forwarded_For", b"x_forwarded_proto"])
+async def test_a_gateway_header_spelled_with_underscores_is_not_forwarded(
+        make_gateway: GatewayFactory, backends: Any, name: bytes) -> None:
+    """CGI and WSGI servers read `Connwise_Degrade` as `Connwise-Degrade` (both become
+    HTTP_CONNWISE_DEGRADE): forwarded, it would read as set by the gateway."""
+    backend = await backends(ok)
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, b"GET /x HTTP/1.1\r\nHost: a\r\n%s: 3\r\n"
+                                     b"X_Other: kept\r\nConnection: close\r\n\r\n" % name)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    [head] = backend.heads
+    assert name not in head
+    assert header_of(head, b"x_other") == [b"kept"]
+    assert header_of(head, b"x-forwarded-for") == [b"127.0.0.1"]
+    assert header_of(head, b"x-forwarded-proto") == [b"http"]
+
+
 async def test_every_x_forwarded_for_line_is_kept(make_gateway: GatewayFactory,
                                                   backends: Any) -> None:
     """Two X-Forwarded-For lines are one list (RFC 9110 5.3): the gateway appends the client to
