@@ -9,11 +9,13 @@ section of a chunked body (counted the same way: httptools would buffer an endle
 line), one that does not arrive within `header_timeout` gets 408 (slowloris), as does a body
 that pauses longer than `body_timeout` between two reads, a body over `max_body_bytes` gets
 413, and anything llhttp rejects — an invalid request line, Content-Length with
-Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do
-an HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
-literal, and an absolute-form target that is not an http(s) URI; then the connection is
-closed. A bad request pipelined behind others is answered after them: reading stops until they
-were. Trailer fields are dropped, never merged into the head.
+Transfer-Encoding, differing duplicate Content-Lengths (request smuggling) — gets 400, as do an
+HTTP/1.1 request without a Host header or with a second one, a bracketed Host that is no IP
+literal, an absolute-form target that is not an http(s) URI, an upgrade request with a body
+(llhttp hands its body over as the new protocol's bytes), a CONNECT request, and a
+Transfer-Encoding other than chunked or in an HTTP/1.0 request; then the connection is closed.
+A bad request pipelined behind others is answered after them: reading stops until they were.
+Trailer fields are dropped, never merged into the head.
 
 A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
 header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
@@ -815,11 +817,32 @@ class HttpClient(asyncio.Protocol):
             elif lower == b"content-length":
                 ex.content_length = int(value)
             elif lower == b"transfer-encoding":
-                ex.chunked = ex.chunked or value.lower().find(b"chunked") >= 0
+                # llhttp lets a request through with chunked last; the gateway decodes only
+                # chunked and sends the body on chunked alone, so a coding before it (gzip,
+                # identity) would be dropped and the backend read coded bytes as the content.
+                codings = {c.strip() for c in value.lower().split(b",")} - {b""}
+                if codings - {b"chunked"}:
+                    self._bad_request(f"Transfer-Encoding {value[:200]!r} is not chunked")
+                ex.chunked = ex.chunked or bool(codings)
             elif lower == b"expect":
                 ex.expect_continue = ex.expect_continue or value.lower() == b"100-continue"
             else:  # connection
                 ex.connection = value if ex.connection is None else ex.connection + b"," + value
+        if ex.chunked and ex.version == "1.0":
+            # RFC 9112 6.1: its framing is faulty. An HTTP/1.0 hop in front of the gateway
+            # knows no chunks, and may read the body as the next request.
+            self._bad_request("Transfer-Encoding in an HTTP/1.0 request")
+        if ex.upgrade and (ex.chunked or ex.content_length):
+            # llhttp reads no body of an upgrade request: what follows its head is held as the
+            # new protocol's (`_hold`), so the backend would get a head announcing a body that
+            # never comes (Content-Length: it reads the next request on the connection as that
+            # body) or, Transfer-Encoding dropped as hop-by-hop, none.
+            self._bad_request("an upgrade request with a body")
+        if ex.method == b"CONNECT":
+            # A tunnel, which a reverse proxy does not make. llhttp takes it for an upgrade and
+            # lets an absolute-form target through: it went upstream as `CONNECT /`, with the
+            # Upgrade header an upgrade request gets.
+            self._bad_request("a CONNECT request")
         raw = ex.url
         if raw[:1] == b"/":  # origin-form: routed by the Host header
             # find(), not `in`: CPython's `bytes in bytes` first tries the needle as an int
@@ -1381,7 +1404,7 @@ class HttpClient(asyncio.Protocol):
     def _unavailable(self, ladder: DegradeLadder, ex: Exchange) -> None:
         """Refuse `ex`: 503 with Retry-After, or a valid WebSocket handshake closed with 1013."""
         retry_after = ladder.retry_after(ex.class_name)
-        if ex.upgrade and not (ex.chunked or ex.content_length):
+        if ex.upgrade:
             accept = handshake_accept(ex.method, ex.headers)
             if accept is not None:
                 self._refuse_upgrade(accept, retry_after)

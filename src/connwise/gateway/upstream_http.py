@@ -436,8 +436,12 @@ class UpstreamConnection(asyncio.Protocol):
         for name, value in ex.headers:
             lower = name.lower()
             if lower in drop:
-                if lower == b"x-forwarded-for":
-                    forwarded_for = value + b", "
+                if lower == b"x-forwarded-for":  # each line is part of one list (RFC 9110 5.3)
+                    forwarded_for += value + b", "
+                continue
+            if lower.find(b"_") >= 0 and lower.replace(b"_", b"-") in drop:
+                # CGI and WSGI read `Connwise_Degrade` as Connwise-Degrade (both become
+                # HTTP_CONNWISE_DEGRADE): it would pass for a header the gateway sets or drops.
                 continue
             lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
         append(b"X-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\nVia: %s %s\r\n" % (
@@ -656,7 +660,8 @@ def _resolve(done: asyncio.Future[None], on_answered: Callable[[], None] | None,
 
 
 #: Request headers not forwarded as they came: hop-by-hop ones, and those the gateway sets
-#: (X-Forwarded-For is extended, X-Forwarded-Proto and Connwise-Degrade replaced).
+#: (X-Forwarded-For is extended, X-Forwarded-Proto and Connwise-Degrade replaced); nor is
+#: any of them spelled with underscores.
 _DROPPED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"connwise-degrade"}
 
 #: What `connection_options` leaves out: the headers a Connection header cannot make
