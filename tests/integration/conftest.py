@@ -1,11 +1,11 @@
 """What the integration tests share: a factory of started gateways that drains them at the end,
-two real HTTP origins, a WebSocket echo server, and the drop of a PostgreSQL schema a test
-worked in."""
+two real HTTP origins, raw HTTP backends, a WebSocket echo server, and the drop of a PostgreSQL
+schema a test worked in."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
@@ -16,7 +16,12 @@ from connwise.config import load_gateway_config
 from connwise.gateway.runtime import Gateway
 from tests.integration.http_origin import HttpOrigin
 
+if TYPE_CHECKING:
+    from tests.integration.test_gateway_http_edges import Answer, RawBackend
+
 GatewayFactory = Callable[..., Awaitable[Gateway]]
+#: What the `raw` fixture gives: `await raw(answer)` starts a `RawBackend` answering `answer`.
+Start = Callable[["Answer"], Awaitable["RawBackend"]]
 
 
 @pytest.fixture
@@ -64,3 +69,21 @@ async def echo() -> AsyncIterator[Server]:
     yield server
     server.close()
     await server.wait_closed()
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[Start]:
+    """`await raw(answer)`: a started `RawBackend`, stopped when the test ends."""
+    # Imported here: the module defining it imports this one.
+    from tests.integration.test_gateway_http_edges import RawBackend
+
+    started: list[RawBackend] = []
+
+    async def start(answer: Answer) -> RawBackend:
+        backend = await RawBackend(answer).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()

@@ -13,13 +13,11 @@ import pytest
 
 from connwise.config import load_gateway_config
 from connwise.errors import ConfigError
-from tests.integration.conftest import GatewayFactory
+from tests.integration.conftest import GatewayFactory, Start
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway_admission import until
 from tests.integration.test_gateway_http_edges import (
-    Answer,
     LoopbackServer,
-    RawBackend,
     connect,
     exchange,
     flood,
@@ -30,23 +28,6 @@ from tests.integration.test_gateway_http_edges import (
     still_serves,
     web_config,
 )
-
-Start = Callable[[Answer], Awaitable[RawBackend]]
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[Start]:
-    """`await raw(answer)`: a started `RawBackend`, stopped when the test ends."""
-    started: list[RawBackend] = []
-
-    async def start(answer: Answer) -> RawBackend:
-        backend = await RawBackend(answer).start()
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
 
 
 @pytest.fixture

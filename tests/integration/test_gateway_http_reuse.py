@@ -7,39 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 
 from connwise.gateway.http import HttpClient
 from connwise.gateway.runtime import Gateway
-from tests.integration.conftest import GatewayFactory
+from tests.integration.conftest import GatewayFactory, Start
 from tests.integration.test_gateway_admission import until
-from tests.integration.test_gateway_http_conformance import Start
 from tests.integration.test_gateway_http_edges import (
-    Answer,
     LoopbackServer,
     RawBackend,
     connect,
     read_answer,
     web_config,
 )
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[Start]:
-    """`await raw(answer)`: a started `RawBackend`, stopped when the test ends."""
-    started: list[RawBackend] = []
-
-    async def start(answer: Answer) -> RawBackend:
-        backend = await RawBackend(answer).start()
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
-
 
 SECOND = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
 

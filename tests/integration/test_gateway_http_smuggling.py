@@ -6,37 +6,16 @@ client in another spelling or lost from a list."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
-
 import pytest
 
-from tests.integration.conftest import GatewayFactory
+from tests.integration.conftest import GatewayFactory, Start
 from tests.integration.test_gateway_http_edges import (
-    Answer,
-    RawBackend,
     exchange,
     header_of,
     ok,
     still_serves,
     web_config,
 )
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[Callable[[Answer], Awaitable[RawBackend]]]:
-    """`await backends(answer)`: a started `RawBackend`, stopped when the test ends."""
-    started: list[RawBackend] = []
-
-    async def start(answer: Answer) -> RawBackend:
-        backend = await RawBackend(answer).start()
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.stop()
-
 
 #: A request the backend would answer if it read it from a body: it must reach no backend.
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -45,10 +24,10 @@ UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Up
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
 
 
-async def refused(make_gateway: GatewayFactory, backends: Any, request: bytes) -> None:
+async def refused(make_gateway: GatewayFactory, raw: Start, request: bytes) -> None:
     """`request` gets 400 with a close, no backend sees a byte of it, and the gateway goes on
     serving."""
-    backend = await backends(ok)
+    backend = await raw(ok)
     gateway = await make_gateway(**web_config([backend.address],
                                               groups={"app": {
                                                   "backends": [backend.address],
@@ -67,20 +46,20 @@ async def refused(make_gateway: GatewayFactory, backends: Any, request: bytes) -
     b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED),
 ])
 async def test_an_upgrade_request_with_a_body_gets_400(make_gateway: GatewayFactory,
-                                                       backends: Any, framing: bytes) -> None:
+                                                       raw: Start, framing: bytes) -> None:
     """llhttp reads no body of an upgrade request: what follows its head is held as the new
     protocol's. Forwarded, the backend got a head that announced a body (Content-Length) or
     none (Transfer-Encoding dropped as hop-by-hop) and never the body itself."""
-    await refused(make_gateway, backends, UPGRADE + framing)
+    await refused(make_gateway, raw, UPGRADE + framing)
 
 
 @pytest.mark.parametrize("target", [b"http://a/", b"http://a:80/x"])
-async def test_a_connect_request_gets_400(make_gateway: GatewayFactory, backends: Any,
+async def test_a_connect_request_gets_400(make_gateway: GatewayFactory, raw: Start,
                                           target: bytes) -> None:
     """CONNECT asks for a tunnel, which a reverse proxy does not make; an absolute-form target
     (llhttp lets it through) went to the backend as `CONNECT /` with an Upgrade header of the
     gateway's own."""
-    await refused(make_gateway, backends, b"CONNECT %s HTTP/1.1\r\nHost: a\r\n\r\n%s"
+    await refused(make_gateway, raw, b"CONNECT %s HTTP/1.1\r\nHost: a\r\n\r\n%s"
                                           % (target, SMUGGLED))
 
 
@@ -91,17 +70,17 @@ async def test_a_connect_request_gets_400(make_gateway: GatewayFactory, backends
     b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
 ])
 async def test_a_transfer_coding_besides_chunked_gets_400(make_gateway: GatewayFactory,
-                                                          backends: Any, coding: bytes) -> None:
+                                                          raw: Start, coding: bytes) -> None:
     """The gateway decodes only chunked and re-frames the body as chunked: another coding
     before it was dropped, and the backend read coded bytes as the content."""
-    await refused(make_gateway, backends, b"POST /up HTTP/1.1\r\nHost: a\r\n%s\r\n"
+    await refused(make_gateway, raw, b"POST /up HTTP/1.1\r\nHost: a\r\n%s\r\n"
                                           b"5\r\nhello\r\n0\r\n\r\n" % coding)
 
 
 @pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b" CHUNKED ", b",chunked"])
-async def test_chunked_in_any_case_is_reframed(make_gateway: GatewayFactory, backends: Any,
+async def test_chunked_in_any_case_is_reframed(make_gateway: GatewayFactory, raw: Start,
                                                coding: bytes) -> None:
-    backend = await backends(ok)
+    backend = await raw(ok)
     gateway = await make_gateway(**web_config([backend.address]))
     answer = await exchange(gateway, b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: %s\r\n"
                                      b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n" % coding)
@@ -112,20 +91,20 @@ async def test_chunked_in_any_case_is_reframed(make_gateway: GatewayFactory, bac
 
 
 async def test_transfer_encoding_in_an_http_1_0_request_gets_400(make_gateway: GatewayFactory,
-                                                                 backends: Any) -> None:
+                                                                 raw: Start) -> None:
     """RFC 9112 6.1: HTTP/1.0 knows no Transfer-Encoding, and an HTTP/1.0 hop in front of the
     gateway may read the chunked body as the next request; the framing is faulty."""
-    await refused(make_gateway, backends,
+    await refused(make_gateway, raw,
                   b"POST /up HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked"
                   b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED, SMUGGLED))
 
 
 @pytest.mark.parametrize("name", [b"Connwise_Degrade", b"X_Forwarded_For", b"x_forwarded_proto"])
 async def test_a_gateway_header_spelled_with_underscores_is_not_forwarded(
-        make_gateway: GatewayFactory, backends: Any, name: bytes) -> None:
+        make_gateway: GatewayFactory, raw: Start, name: bytes) -> None:
     """CGI and WSGI servers read `Connwise_Degrade` as `Connwise-Degrade` (both become
     HTTP_CONNWISE_DEGRADE): forwarded, it would read as set by the gateway."""
-    backend = await backends(ok)
+    backend = await raw(ok)
     gateway = await make_gateway(**web_config([backend.address]))
     answer = await exchange(gateway, b"GET /x HTTP/1.1\r\nHost: a\r\n%s: 3\r\n"
                                      b"X_Other: kept\r\nConnection: close\r\n\r\n" % name)
@@ -138,10 +117,10 @@ async def test_a_gateway_header_spelled_with_underscores_is_not_forwarded(
 
 
 async def test_every_x_forwarded_for_line_is_kept(make_gateway: GatewayFactory,
-                                                  backends: Any) -> None:
+                                                  raw: Start) -> None:
     """Two X-Forwarded-For lines are one list (RFC 9110 5.3): the gateway appends the client to
     all of it, not to the last line alone."""
-    backend = await backends(ok)
+    backend = await raw(ok)
     gateway = await make_gateway(**web_config([backend.address]))
     answer = await exchange(gateway, b"GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1"
                                      b"\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n"
