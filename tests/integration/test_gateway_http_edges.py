@@ -47,10 +47,14 @@ class RawBackend(LoopbackServer):
     """A keep-alive HTTP backend on loopback that keeps every request head it reads (the
     bytes as they came) and body (Content-Length only), and answers what `answer` says."""
 
-    def __init__(self, answer: Answer, *, close_after: bool = False) -> None:
+    def __init__(self, answer: Answer, *, close_after: bool = False,
+                 read_bodies: bool = True) -> None:
         self.answer = answer
         #: Close the connection after each answer (a partial one stays partial).
         self.close_after = close_after
+        #: False: answer as soon as a head is read, leaving its body in the stream, where
+        #: it is read as the next request (a backend that answers early).
+        self.read_bodies = read_bodies
         self.heads: list[bytes] = []
         self.bodies: list[bytes] = []
         #: Connections the gateway opened to it.
@@ -62,7 +66,7 @@ class RawBackend(LoopbackServer):
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.heads.append(head)
-                for length in header_of(head, b"content-length"):
+                for length in header_of(head, b"content-length") if self.read_bodies else ():
                     self.bodies.append(await reader.readexactly(int(length)))
                 answer = await self.answer(head)
                 if answer is None:

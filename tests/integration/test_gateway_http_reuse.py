@@ -229,28 +229,10 @@ async def test_the_next_answer_to_a_client_that_stopped_reading_waits_for_it(
     await read_all_then_ask_again(sock, (BIG, 1024, BIG))
 
 
-class EarlyAnswerBackend(LoopbackServer):
-    """Answers each request as soon as its head is read, without reading its body: whatever
-    follows on the connection, a body included, it reads as the next request."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.heads: list[bytes] = []
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.heads.append(head)
-                path = head.split(b" ", 2)[1]
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(path), path))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+async def path_echo(head: bytes) -> bytes:
+    """Answers with the request's target as its body."""
+    path = head.split(b" ", 2)[1]
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
 
 
 async def test_a_connection_answered_before_its_request_body_was_sent_is_not_reused(
@@ -259,7 +241,7 @@ async def test_a_connection_answered_before_its_request_body_was_sent_is_not_reu
     where it would read it as a request (here one for `/evil`) and answer it to whoever sent
     the next request on the connection: the gateway finishes sending the body and closes the
     connection instead of pooling it."""
-    backend = await EarlyAnswerBackend().start()
+    backend = await RawBackend(path_echo, read_bodies=False).start()
     try:
         gateway = await make_gateway(**web_config([backend.address]))
         smuggled = b"GET /evil HTTP/1.1\r\nHost: a\r\n\r\n"
