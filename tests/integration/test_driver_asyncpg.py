@@ -4,6 +4,7 @@ server kills its sessions or goes away and comes back."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -290,3 +291,19 @@ async def test_pool_through_a_server_that_goes_away_and_comes_back(postgres_dsn:
             assert counters["checks_failed"] + counters["broken"] >= 2  # both old ones discarded
     finally:
         await relay.stop()
+
+
+@services
+async def test_a_query_cut_by_a_timeout_leaves_a_connection_the_next_holder_can_use(
+        postgres_dsn: str, app_name: str) -> None:
+    """asyncpg cancels the query itself (`settles_interrupts`): the pool keeps the connection
+    rather than opening a new one, and the next holder gets its own answer."""
+    async with connwise.Pool(make_driver(postgres_dsn, app_name), min_size=0, max_size=1,
+                             name="cut") as pool:
+        with pytest.raises(TimeoutError):
+            async with pool.acquire() as conn:
+                await asyncio.wait_for(conn.fetchval("SELECT 1 FROM pg_sleep(2)"), 0.05)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 42") == 42
+        assert pool.stats()["counters"]["broken"] == 0
+        assert pool.stats()["counters"]["created"] == 1

@@ -421,3 +421,26 @@ async def test_putconn_of_foreign_connection_is_refused(backend: TcpBackend) -> 
         await pool.putconn(conn)
         with pytest.raises(connwise.ConfigError, match="given back already"):
             await pool.putconn(conn)
+
+
+@pytest.mark.parametrize("interrupt", ["timeout", "cancel"])
+async def test_a_holder_interrupted_mid_exchange_does_not_pass_its_reply_on(
+        backend: TcpBackend, interrupt: str) -> None:
+    """Raw TCP has no protocol to settle a cut exchange: the reply to `first` would reach the
+    next holder as the answer to its own request, so the pool discards the connection."""
+    async with make_pool(backend, max_size=1) as pool:
+        async def hold() -> None:
+            async with pool.acquire("critical") as conn:
+                await conn.send(b"first\n")
+                if interrupt == "timeout":
+                    await asyncio.wait_for(conn.readline(), 0)
+                else:
+                    asyncio.current_task().cancel()  # type: ignore[union-attr]
+                    await conn.readline()
+
+        with pytest.raises(TimeoutError if interrupt == "timeout" else asyncio.CancelledError):
+            await asyncio.create_task(hold())
+        async with pool.acquire("critical") as conn:
+            await conn.send(b"second\n")
+            assert await conn.readline() == b"second\n"
+        assert pool.stats()["counters"]["broken"] == 1

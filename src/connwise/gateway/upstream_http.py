@@ -702,6 +702,8 @@ class UpstreamDriver:
     """Lets `connwise.Pool` open and close keep-alive connections to one backend."""
 
     name = "http-upstream"
+    #: An exchange cut short leaves `reusable` false, which `is_broken` reads.
+    settles_interrupts = True
 
     def __init__(self, host: str, port: int, recording: UpstreamRecording | None = None) -> None:
         self.host = host

@@ -7,7 +7,9 @@ and a slow backend never holds the bookkeeping.
 
 Cancellation is safe at every await: a waiter cancelled or timed out before the hand-off refuses
 the connection and it goes to the next waiter; a holder cancelled during reset gives the
-connection back as broken (its session state is unknown); nothing leaks a slot.
+connection back as broken (its session state is unknown), and so does a holder cancelled or timed
+out mid-exchange on a driver that cannot settle the exchange (raw TCP, where the late reply would
+reach the next holder); nothing leaks a slot.
 """
 
 from __future__ import annotations
@@ -156,6 +158,11 @@ class Pool(Generic[C]):
         self.clock: Clock = clock or MonotonicClock()
         self._policy = PoolPolicy(name=name, limits=limits, classes=table, rng=rng)
         self._full_reset = reset == "full"
+        #: Errors that leave the connection broken: a holder interrupted mid-exchange, for a
+        #: driver whose client library does not settle the exchange itself.
+        self._interrupts: tuple[type[BaseException], ...] = (
+            () if getattr(driver, "settles_interrupts", True)
+            else (asyncio.CancelledError, TimeoutError))
         self._connect_timeout = connect_timeout
         self._check_timeout = check_timeout
         self._reset_timeout = reset_timeout
@@ -300,7 +307,7 @@ class Pool(Generic[C]):
         if conn_id is None:
             return True
         driver = self.driver
-        broken = driver.is_broken(conn)
+        broken = driver.is_broken(conn) or isinstance(error, self._interrupts)
         if not broken and (self._full_reset or driver.needs_reset(conn)):
             return False
         if self._stacks:
@@ -396,7 +403,7 @@ class Pool(Generic[C]):
     async def _release(self, conn_id: int, conn: C, error: BaseException | None) -> None:
         driver = self.driver
         self._stacks.pop(conn_id, None)
-        broken = driver.is_broken(conn)
+        broken = driver.is_broken(conn) or isinstance(error, self._interrupts)
         failed = error is not None and driver.is_connection_error(error)
         if not broken and (self._full_reset or driver.needs_reset(conn)):
             self._returning.add(conn_id)

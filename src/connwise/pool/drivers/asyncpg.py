@@ -39,6 +39,7 @@ class AsyncpgDriver:
     """Opens `asyncpg.connect(dsn, **connect_kwargs)`; the pool hands out `asyncpg.Connection`."""
 
     name = "asyncpg"
+    settles_interrupts = True
 
     def __init__(self, dsn: str, **connect_kwargs: Any) -> None:
         check_url("dsn", dsn, ("postgresql", "postgres"), "postgresql://user@host:5432/dbname")

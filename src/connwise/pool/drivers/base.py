@@ -22,6 +22,12 @@ class Driver(Protocol[C]):
     #: A short name for logs and stats: "asyncpg", "psycopg", "redis", "tcp".
     name: str
 
+    #: Whether a connection stays usable when its holder is cancelled or times out in the
+    #: middle of an exchange, because the client library settles the exchange itself (asyncpg
+    #: and psycopg cancel the query, redis-py disconnects). False: the pool discards such a
+    #: connection, since a reply still on its way would reach the next holder.
+    settles_interrupts: bool
+
     async def connect(self) -> C:
         """Open one connection. Raises ConfigError, BackendUnavailable or BackendAuthError."""
         ...

@@ -68,6 +68,7 @@ class PsycopgDriver:
     """
 
     name = "psycopg"
+    settles_interrupts = True
 
     def __init__(self, conninfo: str, *, autocommit: bool = True, **kwargs: Any) -> None:
         self.address = mask(conninfo) or "the libpq default server"

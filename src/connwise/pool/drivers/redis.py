@@ -85,6 +85,7 @@ class RedisDriver:
     (`socket_timeout=`, `client_name=`, `decode_responses=`, `protocol=`, ...)."""
 
     name = "redis"
+    settles_interrupts = True
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         check_url("url", url, ("redis", "rediss", "unix"), "redis://host:6379/0")

@@ -40,6 +40,7 @@ class TcpDriver:
     """Connects to `host:port`; optional `greeting` awaited on connect, `probe` used to check."""
 
     name = "tcp"
+    settles_interrupts = False
 
     def __init__(self, host: str, port: int, *, greeting: bytes | None = None,
                  probe: bytes | None = None, probe_reply: bytes | None = None) -> None:
