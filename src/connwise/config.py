@@ -572,6 +572,16 @@ class LimitsConfig(_Model):
     keepalive_timeout: float = Field(75.0, gt=0)
 
 
+class HttpSection(_Model):
+    """How http listeners read request targets."""
+
+    #: Route and forward the normalised path (RFC 3986 6.2.2: unreserved escapes decoded, dot
+    #: segments removed), so a route and its backend read one path: Envoy's `normalize_path`.
+    normalize_path: bool = True
+    #: With `normalize_path`, `//` becomes `/` (nginx's `merge_slashes`, on by default).
+    merge_slashes: bool = True
+
+
 class AdminConfig(_Model):
     bind: Address = "127.0.0.1:9901"
     #: A bearer token; required unless `allow_anonymous` (never on a non-loopback bind).
@@ -601,6 +611,7 @@ class GatewayConfig(_Model):
                             max_wait=c.max_wait, aging_rate=c.aging_rate)
         for c in DEFAULT_CLASSES})
     limits: LimitsConfig = LimitsConfig()
+    http: HttpSection = HttpSection()
     escalation: EscalationSection = EscalationSection()
     degrade: DegradeSection = DegradeSection()
     cqi: CqiSection = CqiSection()

@@ -15,7 +15,8 @@ literal, an absolute-form target that is not an http(s) URI, an upgrade request 
 (llhttp hands its body over as the new protocol's bytes), a CONNECT request, and a
 Transfer-Encoding other than chunked or in an HTTP/1.0 request; then the connection is closed.
 A bad request pipelined behind others is answered after them: reading stops until they were.
-Trailer fields are dropped, never merged into the head.
+Trailer fields are dropped, never merged into the head. Paths are normalised before routing
+(gateway/paths.py) and forwarded as routed.
 
 A target in absolute-form (`GET http://host/path`) is routed by its authority, not by the Host
 header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
@@ -76,6 +77,7 @@ import httptools
 from connwise.config import ip_literal
 from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError
+from connwise.gateway.paths import BadPath, normalise
 from connwise.gateway.relay import RelayThrottle
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
 from connwise.gateway.wsframes import FrameTracker, handshake_accept, try_again_later
@@ -847,10 +849,11 @@ class HttpClient(asyncio.Protocol):
         if raw[:1] == b"/":  # origin-form: routed by the Host header
             # find(), not `in`: CPython's `bytes in bytes` first tries the needle as an int
             # and formats (then clears) a TypeError, ~1,600 instructions each.
-            if raw.find(b"?") < 0 and raw.find(b"#") < 0:
-                ex.path = raw.decode("latin-1")  # without a query: the path itself
-            else:
-                ex.path = (httptools.parse_url(raw).path or b"/").decode("latin-1")
+            path = raw if raw.find(b"?") < 0 and raw.find(b"#") < 0 else (
+                httptools.parse_url(raw).path or b"/")  # without a query: the path itself
+            if path.find(b"%") >= 0 or path.find(b"/.") >= 0 or path.find(b"//") >= 0:
+                path = self._normalise(ex, path, raw[len(path):])
+            ex.path = path.decode("latin-1")
             name, _, port = host.partition(b":") if host is not None else (b"", b"", b"")
             if host is not None and name[:1] != b"[" and not (port and not port.isdigit()):
                 ex.host = name.decode("latin-1").lower()
@@ -910,6 +913,21 @@ class HttpClient(asyncio.Protocol):
             self._bad_request(f"Host header {host[:200]!r} is no [IP literal] with a port")
         ex.host = literal
 
+    def _normalise(self, ex: Exchange, path: bytes, rest: bytes) -> bytes:
+        """`path` normalised (gateway/paths.py) unless `[http] normalize_path` is off, and
+        `ex.url` rewritten with it ahead of `rest` (the query) if that changed it: the backend
+        gets the path the route matched. A malformed percent-escape gets 400."""
+        limits = self.gateway.limits
+        if not limits.normalize_path:
+            return path
+        try:
+            normal = normalise(path, limits.merge_slashes)
+        except BadPath as exc:
+            self._bad_request(str(exc))
+        if normal != path:
+            ex.url = normal + rest
+        return normal
+
     def _absolute_form(self, ex: Exchange) -> None:
         """RFC 9112 3.2.2: a target in absolute-form (`http://host:port/path?query`) names the
         host itself, and the Host header is ignored. It routes by that authority and goes on
@@ -932,6 +950,8 @@ class HttpClient(asyncio.Protocol):
         authority = host if url.port is None else b"%s:%d" % (host, url.port)
         path = url.path or (b"*" if ex.method == b"OPTIONS" else b"/")
         ex.url = path if url.query is None else path + b"?" + url.query
+        if path[:1] == b"/":
+            path = self._normalise(ex, path, ex.url[len(path):])
         ex.path = path.decode("latin-1")
         ex.host = host.decode("latin-1").lower()
         ex.headers = [(name, value) for name, value in ex.headers if name.lower() != b"host"]

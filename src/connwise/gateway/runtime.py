@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from connwise.config import GatewayConfig, LimitsConfig, ListenerConfig, parse_address
+from connwise.config import GatewayConfig, HttpSection, LimitsConfig, ListenerConfig, parse_address
 from connwise.core.classes import ClassTable
 from connwise.core.clock import Clock, MonotonicClock
 from connwise.core.cqi import ClassChange, ClassState, CqiPolicy
@@ -93,14 +93,17 @@ class Listener:
 
 
 class HotLimits:
-    """`[limits]` as plain slots, for the data plane, which reads them per request and per
-    header: an attribute of a pydantic model is read through its `__getattr__` hook, ~1,800
-    instructions a request at the 18 reads a keep-alive request made (callgrind)."""
+    """`[limits]` and `[http]` as plain slots, for the data plane, which reads them per request
+    and per header: an attribute of a pydantic model is read through its `__getattr__` hook,
+    ~1,800 instructions a request at the 18 reads a keep-alive request made (callgrind)."""
 
     __slots__ = ("body_timeout", "header_timeout", "keepalive_timeout", "max_body_bytes",
-                 "max_connections", "max_connections_per_ip", "max_header_bytes")
+                 "max_connections", "max_connections_per_ip", "max_header_bytes",
+                 "merge_slashes", "normalize_path")
 
-    def __init__(self, limits: LimitsConfig) -> None:
+    def __init__(self, limits: LimitsConfig, http: HttpSection) -> None:
+        self.normalize_path = http.normalize_path
+        self.merge_slashes = http.merge_slashes
         self.max_connections = limits.max_connections
         self.max_connections_per_ip = limits.max_connections_per_ip
         self.max_header_bytes = limits.max_header_bytes
@@ -125,7 +128,7 @@ class Gateway:
         self.clock: Clock = clock or MonotonicClock()
         self.config = config
         #: `config.limits` for the data plane (see HotLimits).
-        self.limits = HotLimits(config.limits)
+        self.limits = HotLimits(config.limits, config.http)
         self.classes = config.class_table()
         self.groups = self._build_groups(config, self.classes)
         #: Groups a reload replaced, while their established work finishes (`Group.retire`).
@@ -518,7 +521,7 @@ class Gateway:
             listener.config = next(lc for lc in config.listeners if lc.name == listener.config.name)
         forecast_changed = config.forecast != self.config.forecast
         self.config = config
-        self.limits = HotLimits(config.limits)
+        self.limits = HotLimits(config.limits, config.http)
         self.zombies.configure(config.zombies)
         for listener in self.listeners.values():
             if listener.server is not None:
