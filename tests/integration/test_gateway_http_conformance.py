@@ -189,10 +189,17 @@ async def test_the_gateways_own_answer_during_a_drain_says_close(make_gateway: G
 # -- the Host header -------------------------------------------------------------------------
 
 async def test_an_http10_request_needs_no_host(make_gateway: GatewayFactory, raw: Start) -> None:
+    """It goes upstream as HTTP/1.1, which requires a Host header (RFC 9112 3.2): the gateway
+    names the backend in it, as nginx's default `proxy_set_header Host $proxy_host` does. An
+    empty Host the client sent is its own, and stays the only one."""
     backend = await raw(ok)
     gateway = await make_gateway(**web_config([backend.address]))
     answer = await exchange(gateway, b"GET /old HTTP/1.0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert header_of(backend.heads[0], b"host") == [backend.address.encode()]
+    answer = await exchange(gateway, b"GET /old HTTP/1.0\r\nHost:\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert header_of(backend.heads[1], b"host") == [b""]
 
 
 @pytest.mark.parametrize(("target", "host", "forwarded"), [

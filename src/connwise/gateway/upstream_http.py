@@ -444,6 +444,10 @@ class UpstreamConnection(asyncio.Protocol):
                 # HTTP_CONNWISE_DEGRADE): it would pass for a header the gateway sets or drops.
                 continue
             lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
+        if not ex.host and ex.header(b"host") is None:
+            # An HTTP/1.0 request without one goes on as HTTP/1.1, which requires a Host (RFC
+            # 9112 3.2): the backend's authority, as nginx's default `Host $proxy_host`.
+            append(b"Host: %s\r\n" % self.address.encode())
         append(b"X-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\nVia: %s %s\r\n" % (
             forwarded_for, client.client_ip.encode(), proto, ex.version.encode(), via))
         if ex.degrade:
