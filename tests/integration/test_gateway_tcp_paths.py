@@ -1,0 +1,112 @@
+"""The tcp listener's edge paths over real loopback sockets: backpressure that holds from the
+first byte, a client that leaves while its upstream connect is pending, reclaiming a relay
+that no longer reads, and a client that half-closes before its ClientHello is complete."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from connwise.gateway.tcp import TcpClient
+from tests.integration.conftest import GatewayFactory
+from tests.integration.tcp_relay import until
+
+#: Bytes a test client writes at once: far more than the relay may hold for it.
+FLOOD = 8 * 1024 * 1024
+#: What a relay may hold for a side that does not read: the early bytes (at most
+#: EARLY_DATA_LIMIT and a chunk) and the transport's high-water mark, with room to spare.
+LIMIT = 1024 * 1024
+
+
+@contextlib.contextmanager
+def silent_backend(rcvbuf: int = 4096) -> Iterator[int]:
+    """A port whose connections the kernel completes and nobody reads, with a small receive
+    window: a backend that stops reading (its port, while the context lasts)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def blackhole_backend() -> Iterator[int]:
+    """A port whose accept queue is full: a connect to it gets no SYN-ACK and stays pending
+    (the kernel drops the SYN), as to a backend behind a dead link."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    fillers = [socket.create_connection(("127.0.0.1", port))]
+    try:
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        sock.close()
+
+
+def tcp_listener(*ports: int, **group: object) -> dict[str, object]:
+    return {"listeners": [{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "b"}],
+            "groups": {"b": {"backends": [f"127.0.0.1:{p}" for p in ports],
+                             "health": {"kind": "none"}, **group}}}
+
+
+def the_client(gateway: object) -> TcpClient:
+    clients = list(gateway.clients.values())  # type: ignore[attr-defined]
+    assert len(clients) == 1
+    client = clients[0]
+    assert isinstance(client, TcpClient)
+    return client
+
+
+@pytest.fixture
+async def wan_send_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream connections get a send buffer the size of a WAN path's (loopback's first one
+    is megabytes): the kernel then takes only part of a large write at once."""
+    loop = asyncio.get_running_loop()
+    connect = loop.create_connection
+
+    async def small_buffer(*args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await connect(*args, **kwargs)
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                      32 * 1024)
+        return transport, protocol
+
+    monkeypatch.setattr(loop, "create_connection", small_buffer)
+
+
+@pytest.mark.usefixtures("wan_send_buffer")
+async def test_backpressure_holds_when_the_early_bytes_fill_the_upstream(
+        make_gateway: GatewayFactory) -> None:
+    """Bytes sent before the upstream connect completes are flushed at join; when that flush
+    alone passes the upstream's high-water mark, the client's reading must stay paused (it
+    was resumed, and the relay then read the whole flood into the upstream's buffer)."""
+    with silent_backend() as port:
+        gateway = await make_gateway(**tcp_listener(port))
+        host, gport = gateway.listeners["raw"].address
+        _, writer = await asyncio.open_connection(host, gport)
+        writer.write(b"x" * FLOOD)  # at once: the gateway reads some while it connects
+        await until(lambda: bool(gateway.clients))
+        client = the_client(gateway)
+        await until(lambda: client.peer is not None)
+        upstream = client.peer
+        assert client.transport is not None and upstream is not None
+        assert upstream.transport is not None
+
+        def buffered() -> int:
+            assert upstream.transport is not None
+            return upstream.transport.get_write_buffer_size()
+
+        # Either the client is paused (right) or the upstream's buffer grows past any bound.
+        await until(lambda: not client.transport.is_reading() or buffered() > LIMIT)
+        assert buffered() <= LIMIT, f"{buffered()} bytes held for a backend that does not read"
+        writer.transport.abort()
