@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from connwise.gateway.runtime import Gateway
 from connwise.gateway.tcp import TcpClient
 from tests.integration.conftest import GatewayFactory
 from tests.integration.tcp_relay import until
@@ -60,8 +62,8 @@ def tcp_listener(*ports: int, **group: object) -> dict[str, object]:
                              "health": {"kind": "none"}, **group}}}
 
 
-def the_client(gateway: object) -> TcpClient:
-    clients = list(gateway.clients.values())  # type: ignore[attr-defined]
+def the_client(gateway: Gateway) -> TcpClient:
+    clients = list(gateway.clients.values())
     assert len(clients) == 1
     client = clients[0]
     assert isinstance(client, TcpClient)
@@ -110,3 +112,36 @@ async def test_backpressure_holds_when_the_early_bytes_fill_the_upstream(
         await until(lambda: not client.transport.is_reading() or buffered() > LIMIT)
         assert buffered() <= LIMIT, f"{buffered()} bytes held for a backend that does not read"
         writer.transport.abort()
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset (SO_LINGER 0), not a FIN, which would be a half-close to relay."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def connecting(gateway: Gateway) -> list[asyncio.Task[None]]:
+    """The gateway's tasks that connect a tcp client to its upstream."""
+    return [task for task in gateway._tasks
+            if task.get_coro().__qualname__ == "TcpClient._connect"]  # type: ignore[union-attr]
+
+
+async def test_a_client_gone_while_its_upstream_connect_is_pending_ends_the_connect(
+        make_gateway: GatewayFactory) -> None:
+    """A client that resets while the connect to its backend hangs: the connect ends with it
+    (it went on for `connect_timeout`, holding the backend's outstanding count, and was then
+    retried and counted as `upstream_unavailable` for a client long gone)."""
+    with blackhole_backend() as port:
+        gateway = await make_gateway(**tcp_listener(port, connect_timeout=30.0))
+        group = gateway.groups["b"]
+        backend = group.backends[0]
+        _, writer = await asyncio.open_connection(*gateway.listeners["raw"].address)
+        writer.write(b"early bytes")
+        await until(lambda: backend.outstanding == 1)
+        reset(writer)
+        await until(lambda: not gateway.clients)
+        assert group.scheduler.in_use == 0
+        await until(lambda: not connecting(gateway), timeout=1.0)
+        assert backend.outstanding == 0
+        assert gateway.counters["upstream_unavailable"] == 0

@@ -31,6 +31,7 @@ class TcpClient(RelayHalf):
 
     __slots__ = (
         "_admitted",
+        "_connecting",
         "_sni_buffer",
         "_timer",
         "_waiter",
@@ -62,6 +63,8 @@ class TcpClient(RelayHalf):
         self.client_ip = sys.intern(peer[0]) if peer else ""
         self.opened_at = 0.0
         self._admitted = False
+        #: The task connecting upstream, while it runs: a client that goes away cancels it.
+        self._connecting: asyncio.Task[None] | None = None
         self._sni_buffer = b""
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: Waiter | None = None
@@ -241,9 +244,13 @@ class TcpClient(RelayHalf):
     def _granted(self) -> None:
         self._admitted = True
         assert self.group is not None
-        self.gateway.spawn(self._connect(self.group))
+        self._connecting = self.gateway.spawn(self._connect(self.group))
 
     async def _connect(self, group: Group) -> None:
+        """Connect to a backend of `group` (another one on failure) and join the relay. A
+        client that goes away meanwhile cancels this (`connection_lost`): the pending connect
+        ends with it rather than at `connect_timeout`, and nothing is retried or counted for
+        a client that is gone."""
         tried: set[str] = set()
         for _ in range(group.retries + 1):
             backend = group.pick(self.client_ip, self.client_ip, exclude=tried)
@@ -266,6 +273,10 @@ class TcpClient(RelayHalf):
                 backend.outstanding -= 1
                 group.connect_failed(backend, exc)
                 continue
+            except asyncio.CancelledError:  # the client went away, or the gateway drains
+                backend.outstanding -= 1
+                raise
+            self._connecting = None
             group.connect_ok(backend)
             rec = self.record
             if rec is not None:
@@ -274,15 +285,12 @@ class TcpClient(RelayHalf):
                 rec.upstream_connect_s = now - started
                 rec.phase("active", now)
                 rec.use(now)
-            if self.closed:
-                backend.outstanding -= 1
-                upstream.close()
-                return
             self.backend = backend
             upstream.throttle = self.throttle
             upstream.join(self)
             self.join(upstream)
             return
+        self._connecting = None
         self.gateway.count("upstream_unavailable")
         self.abort()
 
@@ -296,6 +304,9 @@ class TcpClient(RelayHalf):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
         group = self.group
         if group is not None:
             if self._waiter is not None:
