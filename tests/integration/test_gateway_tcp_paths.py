@@ -145,3 +145,34 @@ async def test_a_client_gone_while_its_upstream_connect_is_pending_ends_the_conn
         await until(lambda: not connecting(gateway), timeout=1.0)
         assert backend.outstanding == 0
         assert gateway.counters["upstream_unavailable"] == 0
+
+
+async def test_reclaim_ends_a_relay_whose_client_stopped_reading(
+        make_gateway: GatewayFactory) -> None:
+    """A backend sends more than a client reads: the relay stalls with bytes buffered for the
+    client, and no byte moves. The zombie watch reclaims it; a plain close waits to flush that
+    buffer, which never happens, so the relay (its slot, its upstream) stayed open for good."""
+    async def flood(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"x" * FLOOD)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(flood, "127.0.0.1", 0)
+    try:
+        gateway = await make_gateway(
+            **tcp_listener(backend.sockets[0].getsockname()[1]),
+            zombies={"interval": 0.02, "floor": 0.05, "default_threshold": 0.05,
+                     "reclaim": True, "grace": 0.0})
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(gateway.listeners["raw"].address)
+        sock.setblocking(False)
+        try:
+            await until(lambda: sum(gateway.zombies.reclaimed.values()) >= 1)
+            await until(lambda: not gateway.clients, timeout=1.0)
+            assert gateway.groups["b"].scheduler.in_use == 0
+        finally:
+            sock.close()
+    finally:
+        backend.close()

@@ -184,8 +184,12 @@ class TcpClient(RelayHalf):
         return self.last_active  # waiting for a ClientHello that does not come
 
     def reclaim(self) -> None:
-        """The zombie watch closes this relay: both sides (the upstream follows the client)."""
-        self.close()
+        """The zombie watch closes this relay: both sides, reset. A close would first flush
+        what is buffered for a side, and a relay is often silent because one side stopped
+        reading: that flush never ends, and the relay would keep its slot for good."""
+        if self.peer is not None:
+            self.peer.abort()
+        self.abort()
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
