@@ -176,3 +176,30 @@ async def test_reclaim_ends_a_relay_whose_client_stopped_reading(
             sock.close()
     finally:
         backend.close()
+
+
+async def test_a_client_that_half_closes_before_a_whole_client_hello_is_routed_at_once(
+        make_gateway: GatewayFactory) -> None:
+    """On an sni listener, a client that sends a few bytes (no ClientHello, too short to tell)
+    and then its FIN will send nothing more: it is routed by what came, to the default group,
+    at once (it waited out `header_timeout` and was then reset as an `sni_timeout`)."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"got " + await reader.read())
+        writer.close()
+
+    backend = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        gateway = await make_gateway(
+            listeners=[{"name": "tls", "kind": "tcp", "bind": "127.0.0.1:0", "group": "b",
+                        "sni": {"b.example.com": "b"}}],
+            groups={"b": {"backends": [f"127.0.0.1:{backend.sockets[0].getsockname()[1]}"],
+                          "health": {"kind": "none"}}},
+            limits={"header_timeout": 30.0})
+        reader, writer = await asyncio.open_connection(*gateway.listeners["tls"].address)
+        writer.write(b"hi")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 1.0) == b"got hi"
+        assert gateway.counters["sni_timeout"] == 0
+        writer.close()
+    finally:
+        backend.close()

@@ -108,19 +108,34 @@ class TcpClient(RelayHalf):
             result, name = read_sni(self._sni_buffer)
             if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
                 return
-            early, self._sni_buffer = self._sni_buffer, b""
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            super()._before_peer(early)
-            group = self.listener.config.sni.get(name or "", self.listener.config.group)
-            if group is None:
-                self.gateway.count("sni_unrouted")
-                self.abort()
-                return
-            self._route(group)
+            self._route_by_hello(name)
             return
         super()._before_peer(data)
+
+    def eof_received(self) -> bool:
+        """The client half-closed. Waiting for its ClientHello, no more of it will come: it is
+        routed by what came (no server name: the listener's group) rather than held until
+        `header_timeout`; the EOF follows its bytes upstream."""
+        keep_open = super().eof_received()
+        if self.group is None and self.listener.config.sni and not self.closed:
+            self._route_by_hello(None)
+        return keep_open
+
+    def _route_by_hello(self, name: str | None) -> None:
+        """Route by the server name read from the ClientHello (None: none, or no ClientHello),
+        with the bytes it came in kept for the upstream."""
+        early, self._sni_buffer = self._sni_buffer, b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if early:
+            super()._before_peer(early)
+        group = self.listener.config.sni.get(name or "", self.listener.config.group)
+        if group is None:
+            self.gateway.count("sni_unrouted")
+            self.abort()
+            return
+        self._route(group)
 
     # -- admission ----------------------------------------------------------------------------
 
