@@ -225,7 +225,10 @@ class RelayHalf(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def join(self, peer: RelayHalf) -> None:
-        """Connect this half to `peer` and flush what arrived before the peer existed."""
+        """Connect this half to `peer`, flush what arrived before the peer existed, and read
+        again (reading paused at EARLY_DATA_LIMIT) unless that flush itself passed the peer's
+        high-water mark: its `pause_writing` paused us, and only its `resume_writing` may
+        resume us, or the peer's buffer would grow without bound."""
         self.peer = peer
         peer.peer = self
         if self._early and peer.transport is not None:
@@ -234,7 +237,7 @@ class RelayHalf(asyncio.Protocol):
         if self._eof_in:
             if peer.transport is not None and peer.transport.can_write_eof():
                 peer.transport.write_eof()
-        elif self.transport is not None and not self.closed:
+        elif self.transport is not None and not self.closed and not self._paused_by_peer:
             self.transport.resume_reading()
 
     # -- data ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class TcpClient(RelayHalf):
 
     __slots__ = (
         "_admitted",
+        "_connecting",
         "_sni_buffer",
         "_timer",
         "_waiter",
@@ -62,6 +63,8 @@ class TcpClient(RelayHalf):
         self.client_ip = sys.intern(peer[0]) if peer else ""
         self.opened_at = 0.0
         self._admitted = False
+        #: The task connecting upstream, while it runs: a client that goes away cancels it.
+        self._connecting: asyncio.Task[None] | None = None
         self._sni_buffer = b""
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: Waiter | None = None
@@ -105,19 +108,34 @@ class TcpClient(RelayHalf):
             result, name = read_sni(self._sni_buffer)
             if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
                 return
-            early, self._sni_buffer = self._sni_buffer, b""
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            super()._before_peer(early)
-            group = self.listener.config.sni.get(name or "", self.listener.config.group)
-            if group is None:
-                self.gateway.count("sni_unrouted")
-                self.abort()
-                return
-            self._route(group)
+            self._route_by_hello(name)
             return
         super()._before_peer(data)
+
+    def eof_received(self) -> bool:
+        """The client half-closed. Waiting for its ClientHello, no more of it will come: it is
+        routed by what came (no server name: the listener's group) rather than held until
+        `header_timeout`; the EOF follows its bytes upstream."""
+        keep_open = super().eof_received()
+        if self.group is None and self.listener.config.sni and not self.closed:
+            self._route_by_hello(None)
+        return keep_open
+
+    def _route_by_hello(self, name: str | None) -> None:
+        """Route by the server name read from the ClientHello (None: none, or no ClientHello),
+        with the bytes it came in kept for the upstream."""
+        early, self._sni_buffer = self._sni_buffer, b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if early:
+            super()._before_peer(early)
+        group = self.listener.config.sni.get(name or "", self.listener.config.group)
+        if group is None:
+            self.gateway.count("sni_unrouted")
+            self.abort()
+            return
+        self._route(group)
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -181,8 +199,12 @@ class TcpClient(RelayHalf):
         return self.last_active  # waiting for a ClientHello that does not come
 
     def reclaim(self) -> None:
-        """The zombie watch closes this relay: both sides (the upstream follows the client)."""
-        self.close()
+        """The zombie watch closes this relay: both sides, reset. A close would first flush
+        what is buffered for a side, and a relay is often silent because one side stopped
+        reading: that flush never ends, and the relay would keep its slot for good."""
+        if self.peer is not None:
+            self.peer.abort()
+        self.abort()
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
@@ -241,9 +263,13 @@ class TcpClient(RelayHalf):
     def _granted(self) -> None:
         self._admitted = True
         assert self.group is not None
-        self.gateway.spawn(self._connect(self.group))
+        self._connecting = self.gateway.spawn(self._connect(self.group))
 
     async def _connect(self, group: Group) -> None:
+        """Connect to a backend of `group` (another one on failure) and join the relay. A
+        client that goes away meanwhile cancels this (`connection_lost`): the pending connect
+        ends with it rather than at `connect_timeout`, and nothing is retried or counted for
+        a client that is gone."""
         tried: set[str] = set()
         for _ in range(group.retries + 1):
             backend = group.pick(self.client_ip, self.client_ip, exclude=tried)
@@ -266,6 +292,10 @@ class TcpClient(RelayHalf):
                 backend.outstanding -= 1
                 group.connect_failed(backend, exc)
                 continue
+            except asyncio.CancelledError:  # the client went away, or the gateway drains
+                backend.outstanding -= 1
+                raise
+            self._connecting = None
             group.connect_ok(backend)
             rec = self.record
             if rec is not None:
@@ -274,15 +304,12 @@ class TcpClient(RelayHalf):
                 rec.upstream_connect_s = now - started
                 rec.phase("active", now)
                 rec.use(now)
-            if self.closed:
-                backend.outstanding -= 1
-                upstream.close()
-                return
             self.backend = backend
             upstream.throttle = self.throttle
             upstream.join(self)
             self.join(upstream)
             return
+        self._connecting = None
         self.gateway.count("upstream_unavailable")
         self.abort()
 
@@ -296,6 +323,9 @@ class TcpClient(RelayHalf):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
         group = self.group
         if group is not None:
             if self._waiter is not None:

@@ -23,7 +23,7 @@ under-sampled; that too can only raise the learned threshold.
 until enough gaps) and each finding is reported once per idle stretch: a log line,
 `connwise_zombies_total{owner,verdict}` on the admin `/metrics`, the `zombie` field of
 `/connections`, `flag` in the connection's telemetry record, and the watch's subscribers. With
-`reclaim`, a zombie still silent `grace` seconds after its report is closed (tcp: both sides;
+`reclaim`, a zombie still silent `grace` seconds after its report is closed (tcp: both sides, reset;
 WebSocket: close frames with 1001, going away, to both sides; HTTP keep-alive: a plain close)
 and its record's `close_reason` is `zombie`. A connection that speaks in between is forgiven.
 
