@@ -87,10 +87,13 @@ def try_again_later(accept: bytes, retry_after: int) -> bytes:
 
 
 class FrameTracker:
-    """Feed it every chunk of one direction; read `messages`, `frames` and `close_code`."""
+    """Feed it every chunk of one direction; read `messages`, `frames` and `close_code`.
 
-    __slots__ = ("_header", "_opcode", "_remaining", "_want_close_code", "close_code", "frames",
-                 "messages")
+    A frame header, and a close frame's code, may arrive split at any byte across chunks: the
+    partial header (at most 14 bytes) or code (2) is kept until the rest comes. A client's
+    frames are masked (RFC 6455 5.3), so its close code is unmasked with the frame's key."""
+
+    __slots__ = ("_code", "_header", "_mask", "_remaining", "close_code", "frames", "messages")
 
     def __init__(self) -> None:
         self.frames = 0
@@ -98,8 +101,11 @@ class FrameTracker:
         self.close_code: int | None = None
         self._header = b""
         self._remaining = 0
-        self._opcode = 0
-        self._want_close_code = False
+        #: The close code's bytes read so far, while a close frame's first two payload bytes
+        #: pass; None otherwise.
+        self._code: bytes | None = None
+        #: The masking key of that close frame (empty: unmasked).
+        self._mask = b""
 
     def feed(self, data: bytes) -> None:
         pos = 0
@@ -107,12 +113,8 @@ class FrameTracker:
         while pos < size:
             if self._remaining:
                 take = min(self._remaining, size - pos)
-                if self._want_close_code:
-                    self._header += data[pos:pos + min(take, 2 - len(self._header))]
-                    if len(self._header) >= 2:
-                        self.close_code = int.from_bytes(self._header[:2], "big")
-                        self._want_close_code = False
-                        self._header = b""
+                if self._code is not None:
+                    self._read_code(data[pos:pos + take])
                 pos += take
                 self._remaining -= take
                 continue
@@ -121,26 +123,35 @@ class FrameTracker:
             if parsed is None:
                 self._header = header
                 return
-            used, fin, opcode, length, masked = parsed
+            used, fin, opcode, length, mask = parsed
             pos += used - len(self._header)
             self._header = b""
             self.frames += 1
-            if opcode:
-                self._opcode = opcode
             if fin and opcode not in {9, 10}:
                 self.messages += 1
             self._remaining = length
-            if opcode == OP_CLOSE and length >= 2 and not masked:
-                self._want_close_code = True
-            elif opcode == OP_CLOSE and length >= 2:
-                # A client's close frame is masked: the code is XOR-ed, read it with the key.
-                mask = header[used - 4:used]
-                code = data[pos:pos + 2] if pos + 2 <= size else b""
-                if len(code) == 2:
-                    self.close_code = ((code[0] ^ mask[0]) << 8) | (code[1] ^ mask[1])
+            if opcode == OP_CLOSE and length >= 2:
+                self._code = b""
+                self._mask = mask
+
+    def _read_code(self, payload: bytes) -> None:
+        """Take the close code's bytes from the start of `payload` (what of the close frame's
+        payload this chunk holds); once both came, unmask them and set `close_code`."""
+        assert self._code is not None
+        code = self._code + payload[:2 - len(self._code)]
+        if len(code) < 2:
+            self._code = code
+            return
+        self._code = None
+        mask = self._mask
+        if mask:
+            code = bytes((code[0] ^ mask[0], code[1] ^ mask[1]))
+        self.close_code = int.from_bytes(code, "big")
 
 
-def _parse_header(buf: bytes) -> tuple[int, bool, int, int, bool] | None:
+def _parse_header(buf: bytes) -> tuple[int, bool, int, int, bytes] | None:
+    """(header length, FIN, opcode, payload length, masking key or b"") of the frame header at
+    the start of `buf`, or None if `buf` holds only part of it."""
     if len(buf) < 2:
         return None
     fin = bool(buf[0] & 0x80)
@@ -158,8 +169,8 @@ def _parse_header(buf: bytes) -> tuple[int, bool, int, int, bool] | None:
             return None
         length = int.from_bytes(buf[2:10], "big")
         used = 10
-    if masked:
-        if len(buf) < used + 4:
-            return None
-        used += 4
-    return used, fin, opcode, length, masked
+    if not masked:
+        return used, fin, opcode, length, b""
+    if len(buf) < used + 4:
+        return None
+    return used + 4, fin, opcode, length, buf[used:used + 4]
