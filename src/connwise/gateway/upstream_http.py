@@ -250,12 +250,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     def start_relay(self, client: HttpClient) -> None:
-        """After a 101: relay bytes to and from `client`; the response parser is freed."""
+        """After a 101: relay bytes to and from `client`; the response parser is freed, and
+        reading, stopped at the 101, goes on (unless the client's backpressure holds it)."""
         self.relay_client = client
         self._parser = None
         rec, timing = self.record, self.timing
         if rec is not None and timing is not None:
             rec.phase("active", timing.recording.clock.now())  # relaying is its use now
+        if self.transport is not None and not self.closed and not client._write_paused:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.record is not None:
@@ -281,6 +284,11 @@ class UpstreamConnection(asyncio.Protocol):
             if rest and client is not None:
                 self.frames.feed(rest)
                 out.append(rest)
+            if self.transport is not None:
+                # Until the exchange's task starts the relay (`start_relay`), a later read would
+                # reach the spent parser and be lost: what the backend sends next waits in the
+                # socket. (uvloop reads again at once when a read filled its buffer.)
+                self.transport.pause_reading()
         except httptools.HttpParserError as exc:
             self.reusable = False
             if self._on_done is not None and not self._ended:  # a complete answer stands

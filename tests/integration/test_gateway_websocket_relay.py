@@ -1,0 +1,70 @@
+"""The WebSocket relay over raw loopback sockets: what the backend sends with its 101, a close
+frame the gateway writes itself while a frame is in flight, and backpressure toward a backend
+that does not read."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvloop
+
+from connwise.config import load_gateway_config
+from connwise.gateway.runtime import Gateway
+from tests.integration.test_gateway_http_conformance import upgrade
+from tests.integration.test_gateway_http_edges import LoopbackServer, connect, web_config
+
+#: A binary frame from a server (unmasked) of 65535 bytes, the largest with a 2-byte length.
+BIG_FRAME = b"\x82\x7e\xff\xff" + bytes(65535)
+
+
+class BurstAfter101(LoopbackServer):
+    """Answers `GET /big` with `size` bytes (keep-alive), and an upgrade with its 101 and
+    `frames` of BIG_FRAME in the same write; then reads until the gateway closes."""
+
+    def __init__(self, size: int, frames: int) -> None:
+        self.size = size
+        self.frames = frames
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (await reader.readuntil(b"\r\n\r\n")).startswith(b"GET /big "):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (self.size, bytes(self.size)))
+                await writer.drain()
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\n\r\n" + BIG_FRAME * self.frames)
+            await writer.drain()
+            await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def test_frames_the_backend_sends_with_its_101_all_reach_the_client() -> None:
+    """Under uvloop, on an upstream connection whose receive buffer grew with an earlier large
+    answer: the read holding the 101 fills uvloop's buffer, so libuv reads again at once,
+    before the relay has started; those bytes too must reach the client, in order."""
+    frames, size = 32, 4 << 20
+
+    async def scenario() -> bytes:
+        backend = await BurstAfter101(size, frames).start()
+        gateway = Gateway(load_gateway_config(web_config([backend.address])))
+        await gateway.start()
+        try:
+            reader, writer = await connect(gateway)
+            writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            await asyncio.wait_for(reader.readexactly(size), 5)
+            writer.write(upgrade(b"/ws"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            try:
+                return await asyncio.wait_for(reader.readexactly(len(BIG_FRAME) * frames), 5)
+            finally:
+                writer.close()
+        finally:
+            await gateway.drain(1.0)
+            backend.stop()
+
+    assert uvloop.run(scenario()) == BIG_FRAME * frames
