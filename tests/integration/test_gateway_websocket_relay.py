@@ -10,7 +10,8 @@ import uvloop
 
 from connwise.config import load_gateway_config
 from connwise.gateway.runtime import Gateway
-from tests.integration.test_gateway_http_conformance import upgrade
+from tests.integration.conftest import GatewayFactory
+from tests.integration.test_gateway_http_conformance import UpgradeBackend, upgrade
 from tests.integration.test_gateway_http_edges import LoopbackServer, connect, web_config
 
 #: A binary frame from a server (unmasked) of 65535 bytes, the largest with a 2-byte length.
@@ -68,3 +69,44 @@ def test_frames_the_backend_sends_with_its_101_all_reach_the_client() -> None:
             backend.stop()
 
     assert uvloop.run(scenario()) == BIG_FRAME * frames
+
+
+class EchoUntilClosed(UpgradeBackend):
+    """`UpgradeBackend` that says when the gateway closed its connection (`ended`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            self.ended.set()
+
+
+#: The start of a client's binary frame announcing 1000 payload bytes, and 10 of them: the
+#: echoing backend sends it back as it came, so both directions stand inside a frame.
+PARTIAL_FRAME = b"\x82\xfe\x03\xe8abcd" + bytes(10)
+
+
+async def test_a_drain_writes_no_close_frame_into_a_frame_in_flight(
+        make_gateway: GatewayFactory) -> None:
+    """At the drain timeout each side gets a close frame with 1001, but only between frames: one
+    written in the middle of a frame the relay is forwarding would be read as payload, and the
+    frame after it as garbage. A side in mid-frame gets the close alone."""
+    backend = await EchoUntilClosed().start()
+    try:
+        gateway = await make_gateway(**web_config([backend.address]))
+        reader, writer = await connect(gateway)
+        writer.write(upgrade(b"/ws") + PARTIAL_FRAME)
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert await asyncio.wait_for(reader.readexactly(len(PARTIAL_FRAME)), 5) == PARTIAL_FRAME
+        assert await gateway.drain(0.05) == {"finished": 0, "forced": 1}
+        rest = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert rest == b""
+        await asyncio.wait_for(backend.ended.wait(), 5)
+        assert backend.relayed == PARTIAL_FRAME
+    finally:
+        backend.stop()

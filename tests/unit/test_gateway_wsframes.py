@@ -72,6 +72,12 @@ def test_close_frame_is_unmasked_with_code_and_reason() -> None:
         close_frame(1000, "x" * 124)
 
 
+def test_a_masked_close_frame_is_a_clients_and_reads_back() -> None:
+    mask = b"\x01\x02\x03\x04"
+    assert close_frame(1001, mask=mask) == b"\x88\x82" + mask + bytes((0x03 ^ 1, 0xE9 ^ 2))
+    assert tracked(close_frame(4000, "bye", mask=mask)) == (1, 1, 4000)
+
+
 def test_refusal_is_a_101_then_one_close_frame_1013() -> None:
     answer = try_again_later(ACCEPT, 5)
     head, frame = answer.split(b"\r\n\r\n", 1)

@@ -78,7 +78,14 @@ from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError
 from connwise.gateway.relay import RelayThrottle
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
-from connwise.gateway.wsframes import FrameTracker, handshake_accept, try_again_later
+from connwise.gateway.wsframes import (
+    CLOSE_GOING_AWAY,
+    WS_GOING_AWAY,
+    FrameTracker,
+    close_frame,
+    handshake_accept,
+    try_again_later,
+)
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
@@ -481,15 +488,17 @@ class HttpClient(asyncio.Protocol):
 
     def going_away(self) -> None:
         """Drain timeout: a WebSocket gets close frames with code 1001 on both sides, then both
-        connections close; anything else is aborted."""
+        connections close; anything else is aborted. A side the relay is sending a frame to
+        gets the close alone: a close frame written into the frame would be read as its
+        payload, and the frame's end as garbage."""
         upstream = self.relay_to
         if upstream is None:
             self.abort()
             return
-        code = (1001).to_bytes(2, "big")
-        self.write(b"\x88\x02" + code)
-        mask = os.urandom(4)
-        upstream.write(b"\x88\x82" + mask + bytes(b ^ m for b, m in zip(code, mask, strict=False)))
+        if upstream.frames.at_boundary:
+            self.write(CLOSE_GOING_AWAY)
+        if self.frames is not None and self.frames.at_boundary:
+            upstream.write(close_frame(WS_GOING_AWAY, mask=os.urandom(4)))
         upstream.close()
         self.close()
 

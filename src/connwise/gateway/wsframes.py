@@ -1,10 +1,12 @@
 """Count WebSocket messages and read close codes from a relayed byte stream, without buffering;
-and the bytes of the one WebSocket answer the gateway writes itself, a refusal with close 1013.
+and the bytes the gateway writes itself: a refusal with close 1013, and the close frames with
+1001 that end a relay at the drain timeout.
 
 After an upgrade the gateway relays bytes untouched; this tracker only walks the frame headers
 (RFC 6455 section 5.2) as the bytes pass, skipping payloads by length, so it costs a few
 operations per frame, keeps at most one partial header (14 bytes), and never copies a payload
-except the 2-byte close code.
+except the 2-byte close code. It also says whether the stream stands between frames
+(`at_boundary`), where the gateway's own close frame can go without corrupting one.
 
 When admission refuses a WebSocket handshake (the shed step, a queue timeout), a 503 would reach
 a browser as a bare error and close code 1006, the same as a broken server; so the gateway
@@ -23,6 +25,8 @@ from collections.abc import Iterable
 from connwise.core.degrade import WS_TRY_AGAIN_LATER
 
 OP_CLOSE = 0x8
+#: The close code of a WebSocket the gateway ends itself (drain timeout, zombie reclaim).
+WS_GOING_AWAY = 1001
 #: RFC 6455 section 1.3: appended to the client's key before hashing.
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -63,18 +67,24 @@ def handshake_accept(method: bytes, headers: Iterable[tuple[bytes, bytes]]) -> b
     return accept_value(key)
 
 
-def close_frame(code: int, reason: str = "") -> bytes:
-    """An unmasked close frame, as a server sends it (RFC 6455 5.5.1); the reason must fit a
-    control frame's 125 bytes with the code."""
+def close_frame(code: int, reason: str = "", *, mask: bytes = b"") -> bytes:
+    """A close frame (RFC 6455 5.5.1): unmasked, as a server sends it, or masked with the
+    4-byte `mask`, as a client must send it (5.3), for the gateway's close toward a backend.
+    The reason must fit a control frame's 125 bytes with the code."""
     payload = code.to_bytes(2, "big") + reason.encode()
     if len(payload) > 125:
         raise ValueError(f"close reason of {len(reason)} characters: a control frame's payload "
                          "holds at most 125 bytes; shorten the reason")
-    return bytes((0x80 | OP_CLOSE, len(payload))) + payload
+    if not mask:
+        return bytes((0x80 | OP_CLOSE, len(payload))) + payload
+    return (bytes((0x80 | OP_CLOSE, 0x80 | len(payload))) + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
 
 #: The close frame of a refused handshake (precomputed: it never changes).
 CLOSE_TRY_AGAIN_LATER = close_frame(WS_TRY_AGAIN_LATER, "try again later")
+#: The close frame a WebSocket gets toward its client at the drain timeout (1001, going away).
+CLOSE_GOING_AWAY = close_frame(WS_GOING_AWAY)
 
 
 def try_again_later(accept: bytes, retry_after: int) -> bytes:
@@ -106,6 +116,12 @@ class FrameTracker:
         self._code: bytes | None = None
         #: The masking key of that close frame (empty: unmasked).
         self._mask = b""
+
+    @property
+    def at_boundary(self) -> bool:
+        """Whether the bytes fed so far end a frame: a frame the gateway writes itself into
+        this direction now cannot land inside one the relay is forwarding."""
+        return not self._remaining and not self._header
 
     def feed(self, data: bytes) -> None:
         pos = 0
