@@ -9,13 +9,21 @@ import asyncio
 import uvloop
 
 from connwise.config import load_gateway_config
+from connwise.gateway.http import HttpClient
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
+from tests.integration.test_gateway_admission import until
 from tests.integration.test_gateway_http_conformance import UpgradeBackend, upgrade
 from tests.integration.test_gateway_http_edges import LoopbackServer, connect, web_config
 
 #: A binary frame from a server (unmasked) of 65535 bytes, the largest with a 2-byte length.
 BIG_FRAME = b"\x82\x7e\xff\xff" + bytes(65535)
+
+
+def the_client(gateway: Gateway) -> HttpClient:
+    [client] = gateway.clients.values()
+    assert isinstance(client, HttpClient)
+    return client
 
 
 class BurstAfter101(LoopbackServer):
@@ -109,4 +117,53 @@ async def test_a_drain_writes_no_close_frame_into_a_frame_in_flight(
         await asyncio.wait_for(backend.ended.wait(), 5)
         assert backend.relayed == PARTIAL_FRAME
     finally:
+        backend.stop()
+
+
+class DeafAfter101(LoopbackServer):
+    """Answers an upgrade with its 101, then reads nothing more until the test ends."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\n\r\n")
+            await self.release.wait()
+        finally:
+            writer.close()
+
+
+async def test_a_backend_that_does_not_read_stops_the_client_being_read(
+        make_gateway: GatewayFactory) -> None:
+    """The client's bytes pile up in the gateway only to the upstream transport's high-water
+    mark: past it the client is no longer read (its sends then stall in TCP), as a slow client
+    stops the backend being read."""
+    backend = await DeafAfter101().start()
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    writer.write(upgrade(b"/ws"))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    client = the_client(gateway)
+    upstream = client.relay_to
+    assert upstream is not None and upstream.transport is not None and client.transport
+    chunk = b"\x82\x7f" + (1 << 40).to_bytes(8, "big") + b"abcd" + bytes(1 << 20)
+
+    async def send() -> None:
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+    sending = asyncio.create_task(send())
+    try:
+        # Either the client stops being read, or the buffer grows past any sane bound.
+        await until(lambda: not client.transport.is_reading()  # type: ignore[union-attr]
+                    or upstream.transport.get_write_buffer_size() > 32 << 20)  # type: ignore[union-attr]
+        assert upstream.transport.get_write_buffer_size() < 1 << 20
+    finally:
+        sending.cancel()
+        writer.close()
+        backend.release.set()
         backend.stop()

@@ -1166,9 +1166,8 @@ class HttpClient(asyncio.Protocol):
         if held is not None:  # what the client sent before the 101 goes first (`_hold`)
             if held:
                 self._relay_held(upstream, held)
-            if self.transport is not None and not self.closed:
-                self._paused = False
-                self.transport.resume_reading()
+            self._paused = False
+            self.throttle.resume_client()  # unless the held bytes' debt or backpressure holds it
 
     def _relay_held(self, upstream: UpstreamConnection, held: bytes) -> None:
         """Relay `held` as `data_received` relays what comes once the relay started."""

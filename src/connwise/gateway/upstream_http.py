@@ -229,12 +229,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = None
 
     def pause_writing(self) -> None:
+        """The backend does not read fast enough: a request body waits (`_send_body`), and a
+        relay stops reading its client until `resume_writing`."""
         self._write_paused = True
+        client = self.relay_client
+        if client is not None and client.transport is not None:
+            client.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        client = self.relay_client
+        if client is not None and client.throttle is not None:
+            client.throttle.resume_client()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
