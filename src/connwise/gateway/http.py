@@ -80,7 +80,14 @@ from connwise.errors import BackendError, PoolError
 from connwise.gateway.paths import BadPath, normalise
 from connwise.gateway.relay import RelayThrottle
 from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
-from connwise.gateway.wsframes import FrameTracker, handshake_accept, try_again_later
+from connwise.gateway.wsframes import (
+    CLOSE_GOING_AWAY,
+    WS_GOING_AWAY,
+    FrameTracker,
+    close_frame,
+    handshake_accept,
+    try_again_later,
+)
 
 if TYPE_CHECKING:
     from connwise.core.cqi import ClassState
@@ -483,15 +490,17 @@ class HttpClient(asyncio.Protocol):
 
     def going_away(self) -> None:
         """Drain timeout: a WebSocket gets close frames with code 1001 on both sides, then both
-        connections close; anything else is aborted."""
+        connections close; anything else is aborted. A side the relay is sending a frame to
+        gets the close alone: a close frame written into the frame would be read as its
+        payload, and the frame's end as garbage."""
         upstream = self.relay_to
         if upstream is None:
             self.abort()
             return
-        code = (1001).to_bytes(2, "big")
-        self.write(b"\x88\x02" + code)
-        mask = os.urandom(4)
-        upstream.write(b"\x88\x82" + mask + bytes(b ^ m for b, m in zip(code, mask, strict=False)))
+        if upstream.frames.at_boundary:
+            self.write(CLOSE_GOING_AWAY)
+        if self.frames is not None and self.frames.at_boundary:
+            upstream.write(close_frame(WS_GOING_AWAY, mask=os.urandom(4)))
         upstream.close()
         self.close()
 
@@ -1177,9 +1186,8 @@ class HttpClient(asyncio.Protocol):
         if held is not None:  # what the client sent before the 101 goes first (`_hold`)
             if held:
                 self._relay_held(upstream, held)
-            if self.transport is not None and not self.closed:
-                self._paused = False
-                self.transport.resume_reading()
+            self._paused = False
+            self.throttle.resume_client()  # unless the held bytes' debt or backpressure holds it
 
     def _relay_held(self, upstream: UpstreamConnection, held: bytes) -> None:
         """Relay `held` as `data_received` relays what comes once the relay started."""

@@ -141,8 +141,14 @@ class RelayThrottle:
 
     def _resume_client(self) -> None:
         self.client_timer = None
+        self.resume_client()
+
+    def resume_client(self) -> None:
+        """Read the client again, unless its debt (a pending timer) or the upstream's
+        backpressure (`UpstreamConnection.pause_writing`) still holds it."""
         client = self.client
-        if client.transport is not None and not client.closed:
+        if (client.transport is not None and not client.closed and self.client_timer is None
+                and not self.upstream._write_paused):
             client.transport.resume_reading()
 
     def _resume_upstream(self) -> None:

@@ -229,12 +229,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = None
 
     def pause_writing(self) -> None:
+        """The backend does not read fast enough: a request body waits (`_send_body`), and a
+        relay stops reading its client until `resume_writing`."""
         self._write_paused = True
+        client = self.relay_client
+        if client is not None and client.transport is not None:
+            client.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        client = self.relay_client
+        if client is not None and client.throttle is not None:
+            client.throttle.resume_client()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -250,12 +258,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     def start_relay(self, client: HttpClient) -> None:
-        """After a 101: relay bytes to and from `client`; the response parser is freed."""
+        """After a 101: relay bytes to and from `client`; the response parser is freed, and
+        reading, stopped at the 101, goes on (unless the client's backpressure holds it)."""
         self.relay_client = client
         self._parser = None
         rec, timing = self.record, self.timing
         if rec is not None and timing is not None:
             rec.phase("active", timing.recording.clock.now())  # relaying is its use now
+        if self.transport is not None and not self.closed and not client._write_paused:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.record is not None:
@@ -281,6 +292,11 @@ class UpstreamConnection(asyncio.Protocol):
             if rest and client is not None:
                 self.frames.feed(rest)
                 out.append(rest)
+            if self.transport is not None:
+                # Until the exchange's task starts the relay (`start_relay`), a later read would
+                # reach the spent parser and be lost: what the backend sends next waits in the
+                # socket. (uvloop reads again at once when a read filled its buffer.)
+                self.transport.pause_reading()
         except httptools.HttpParserError as exc:
             self.reusable = False
             if self._on_done is not None and not self._ended:  # a complete answer stands
