@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from connwise.config import parse_address
+from connwise.core.health import HealthState
 from connwise.errors import ConfigError
 from connwise.gateway.accept import bind_failed
 
@@ -180,11 +181,16 @@ class AdminServer:
             return _json(404, {"error": f"no backend {backend_name!r} in {group_name!r}; "
                                         f"have {names}"})
         now = self.gateway.clock.now()
+        # Drain and undrain say the state the operator wants, so a repeated one (a retried
+        # script, two operators) changes nothing; the core's table refuses a second drain.
+        draining = backend.health.state is HealthState.DRAINING
         if action == "drain":
-            backend.health.drain(now)
+            if not draining:
+                backend.health.drain(now)
             return _json(200, backend.snapshot(now))
         if action == "undrain":
-            backend.health.undrain(now)
+            if draining:
+                backend.health.undrain(now)
             return _json(200, backend.snapshot(now))
         if action == "warm_target":
             try:
