@@ -4,8 +4,9 @@ bad input, torn and pipelined requests, and how its connections end when it clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
+from tests.integration.test_gateway_admission import until
 
 #: Nothing listens here: the group's pools warm nothing (warm_target 0, no health checks), so
 #: no test connects to it.
@@ -20,7 +22,6 @@ BACKEND = "127.0.0.1:9"
 AUTH = b"Authorization: Bearer t\r\n"
 
 Answer = tuple[int, dict[str, str], bytes]
-Start = Callable[..., "asyncio.Future[AdminServer]"]
 
 
 @pytest.fixture
@@ -75,3 +76,85 @@ async def test_drain_and_undrain_are_idempotent(admin: AdminServer, gateway: Gat
     status, _, answer = await call(admin, "POST", f"/backends/app/{BACKEND}/undrain")
     assert status == 200, answer
     assert gateway.groups["app"].backends[0].health.available(gateway.clock.now())
+
+
+async def test_a_body_nested_too_deep_is_refused_naming_the_body(admin: AdminServer) -> None:
+    status, _, answer = await call(admin, "POST", f"/backends/app/{BACKEND}/warm_target",
+                                   b"[" * 20_000)
+    assert status == 400 and answer["error"].startswith("the body is not JSON"), answer
+
+
+async def test_an_unexpected_error_gets_500_and_the_listener_serves_on(
+        admin: AdminServer, gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gateway, "stats", broken)
+    status, _, answer = await call(admin, "GET", "/stats")
+    assert status == 500 and "GET /stats" in answer["error"], answer
+    assert "RuntimeError" in answer["error"]
+    monkeypatch.undo()
+    assert (await call(admin, "GET", "/stats"))[0] == 200
+
+
+async def test_a_request_cut_short_is_answered_and_closed(admin: AdminServer) -> None:
+    status, _, answer = parse(await send(admin, b"GET /sta", eof=True))
+    assert status == 400 and "ended before" in json.loads(answer)["error"], answer
+    assert await send(admin, b"", eof=True) == b""  # nothing sent: closed, nothing to say
+
+
+async def test_garbage_gets_400_naming_the_problem(admin: AdminServer) -> None:
+    status, headers, answer = parse(await send(admin, b"\x16\x03\x01\x02\x00\x01\x00\r\n\r\n"))
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert "not an HTTP/1.1 request" in json.loads(answer)["error"], answer
+    assert (await call(admin, "GET", "/stats"))[0] == 200
+
+
+async def test_pipelined_requests_get_the_first_answered(admin: AdminServer) -> None:
+    one = b"GET /stats HTTP/1.1\r\nHost: a\r\n" + AUTH + b"\r\n"
+    two = b"POST /backends/app/" + BACKEND.encode() + b"/drain HTTP/1.1\r\nHost: a\r\n\r\n"
+    status, headers, answer = parse(await send(admin, one + two))
+    assert status == 200 and headers["connection"] == "close"
+    assert json.loads(answer)["node_id"] == "gw1"
+
+
+async def test_an_upgrade_request_is_answered_without_upgrading(admin: AdminServer) -> None:
+    # What `curl --http2` sends to an http:// URL.
+    raw = (b"GET /stats HTTP/1.1\r\nHost: a\r\n" + AUTH + b"Connection: Upgrade, HTTP2-Settings"
+           b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+    status, _, answer = parse(await send(admin, raw))
+    assert status == 200 and json.loads(answer)["node_id"] == "gw1"
+
+
+async def test_a_request_over_the_limit_gets_413_naming_it(admin: AdminServer) -> None:
+    status, _, answer = await call(admin, "POST", f"/backends/app/{BACKEND}/warm_target",
+                                   b'{"n": 1}' + b" " * 1_000_000)
+    assert status == 413 and "65536 bytes" in answer["error"], answer
+
+
+async def test_a_slow_request_gets_408(admin: AdminServer,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("connwise.gateway.admin.ADMIN_REQUEST_TIMEOUT", 0.2)
+    raw = b"POST /backends/app/" + BACKEND.encode() + b"/drain HTTP/1.1\r\nContent-Length: 9\r\n"
+    status, _, answer = parse(await send(admin, raw + AUTH + b"\r\n{"))
+    assert status == 408 and "0.2 s" in json.loads(answer)["error"], answer
+
+
+def handlers() -> list[asyncio.Task[Any]]:
+    """The admin connection handlers running now."""
+    return [t for t in asyncio.all_tasks() if "AdminServer._handle" in repr(t.get_coro())]
+
+
+async def test_closing_the_admin_server_ends_its_connections(gateway: Gateway) -> None:
+    server = AdminServer(gateway, "127.0.0.1:0", "t")
+    await server.start()
+    reader, writer = await asyncio.open_connection(*server.address)
+    try:
+        writer.write(b"GET /stats HTTP/1.1\r\n")  # and no more: the handler waits to read
+        await until(lambda: bool(handlers()))
+        await asyncio.wait_for(server.close(), 2)
+        with contextlib.suppress(ConnectionResetError):  # aborted: a reset, or EOF
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+        assert not handlers()
+    finally:
+        writer.close()

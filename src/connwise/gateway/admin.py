@@ -18,11 +18,15 @@ Endpoints (JSON unless noted):
   `connwise_forecast_demand{segment, horizon}` and `connwise_forecast_warm_target{group}`.
 
 The admin listener is not on the hot path, so it uses asyncio streams and parses with httptools.
+One request per connection (`Connection: close`): every request read gets an answer, bad input
+included (400, 408, 413 and, for a bug, 500, each with `{"error": ...}` saying what to send),
+and every connection is closed, by `AdminServer.close` too, so nothing outlives the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -45,7 +49,15 @@ if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway
 
 log = logging.getLogger("connwise.gateway.admin")
+#: Bytes of one admin request, head and body: its bodies are small JSON objects.
 MAX_ADMIN_REQUEST = 64 * 1024
+#: Seconds a whole admin request may take to arrive: a slow or silent client holds a
+#: connection no longer than this (the data plane's `header_timeout` default).
+ADMIN_REQUEST_TIMEOUT = 10.0
+#: Seconds to go on reading (and dropping) what a refused client still sends after its answer:
+#: a socket closed with unread bytes sends a reset, which can destroy the answer before the
+#: client reads it (nginx's lingering close; its lingering_timeout is 5 s).
+ADMIN_LINGER = 2.0
 
 
 class GatewayCollector(Collector):
@@ -106,6 +118,8 @@ class AdminServer:
         self.registry.register(GatewayCollector(gateway))
         self.registry.register(gateway.metrics)
         self.server: asyncio.Server | None = None
+        #: The connections being served, by their handler task (`close` ends them).
+        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     async def start(self) -> None:
         try:
@@ -120,28 +134,58 @@ class AdminServer:
         return host, port
 
     async def close(self) -> None:
+        """Stop listening and end the connections in progress (a request still arriving, an
+        answer still being written), and return once their handlers are done: the server's
+        `close` alone leaves them to their read timeout, and uvloop's `wait_closed` waits
+        for them."""
         if self.server is not None:
             self.server.close()
+            for writer in self._handlers.values():
+                writer.transport.abort()
+            if self._handlers:
+                await asyncio.wait(list(self._handlers))
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one request on a new connection, then close it whatever happened."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = writer
+        unread = True  # what the client sent is not all read: linger after a refusal
         try:
-            request = await asyncio.wait_for(_read_request(reader), 10.0)
-            if request is None:
-                return
-            status, content_type, body = self.dispatch(*request)
-        except (TimeoutError, ConnectionError, httptools.HttpParserError):
-            status, content_type, body = 400, "text/plain", b"bad request\n"
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n").encode()
-        try:
-            writer.write(head + body)
+            try:
+                request = await asyncio.wait_for(_read_request(reader), ADMIN_REQUEST_TIMEOUT)
+            except TimeoutError:
+                answer = _json(408, {"error": "the request did not arrive whole within "
+                                              f"{ADMIN_REQUEST_TIMEOUT:g} s; send it at once"})
+            except _Refused as exc:
+                answer = exc.answer
+            else:
+                if request is None:
+                    return  # closed before a byte: nothing to answer
+                unread = False
+                answer = self._serve(*request)
+            writer.write(_response(*answer))
             await writer.drain()
+            if unread:
+                await _linger(reader, writer)
         except ConnectionError:
-            pass
+            pass  # the client went away: nobody to answer
         finally:
+            del self._handlers[task]
             writer.close()
+
+    def _serve(self, method: str, path: str, headers: dict[str, str],
+               body: bytes) -> tuple[int, str, bytes]:
+        """`dispatch`, with a 500 (and the traceback in the log) for a bug in it: the
+        client gets an answer and the listener goes on."""
+        try:
+            return self.dispatch(method, path, headers, body)
+        except Exception as exc:
+            log.exception("admin API: %s %s failed", method, path)
+            return _json(500, {"error": f"{method} {path} failed: {type(exc).__name__}: {exc}; "
+                                        "this is a bug: please report it with the gateway's "
+                                        "log"})
 
     def dispatch(self, method: str, path: str, headers: dict[str, str],
                  body: bytes) -> tuple[int, str, bytes]:
@@ -210,7 +254,7 @@ def _warm_target_body(body: bytes, limit: int) -> tuple[int, float]:
     most its pools may hold), `in` a finite number of seconds >= 0."""
     try:
         payload = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ValueError("the body is not JSON") from None
     if not isinstance(payload, dict):
         raise ValueError(f"the body is {type(payload).__name__}, not a JSON object")
@@ -231,26 +275,66 @@ def _warm_target_body(body: bytes, limit: int) -> tuple[int, float]:
     return int(n), float(ahead)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            408: "Request Timeout", 413: "Content Too Large", 500: "Internal Server Error"}
 
 
 def _json(status: int, payload: Any) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(payload, default=str).encode()
 
 
+def _response(status: int, content_type: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close after an answer to a request not read whole, and drop what still comes, for
+    `ADMIN_LINGER` seconds at most or until the client closes (see ADMIN_LINGER)."""
+    writer.write_eof()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ADMIN_LINGER):
+            while await reader.read(65536):
+                pass
+
+
+class _Refused(Exception):
+    """A request that cannot be read, and the answer that says why."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.answer = _json(status, {"error": error})
+
+
 async def _read_request(reader: asyncio.StreamReader
                         ) -> tuple[str, str, dict[str, str], bytes] | None:
-    state: dict[str, Any] = {"url": b"", "headers": {}, "body": b"", "done": False}
+    """The first request on the connection: (method, target, headers by lower-case name,
+    body); None if the client closed without sending a byte. `_Refused` for a request that is
+    not HTTP/1.x, is over `MAX_ADMIN_REQUEST` or ends early. What follows the first request
+    (pipelined ones) is not read: the answer closes the connection. An upgrade (h2c, as
+    `curl --http2` asks) is not made: the request is served as it is."""
+    state: dict[str, Any] = {"method": "", "url": b"", "headers": {}, "body": b"",
+                             "done": False}
 
     class _Callbacks:
+        # httptools goes on parsing the rest of a chunk after the first request: its
+        # callbacks then belong to the next request and are ignored.
         def on_url(self, url: bytes) -> None:
-            state["url"] += url
+            if not state["done"]:
+                state["url"] += url
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            state["headers"][name.decode("latin-1").lower()] = value.decode("latin-1")
+            if not state["done"]:
+                state["headers"][name.decode("latin-1").lower()] = value.decode("latin-1")
+
+        def on_headers_complete(self) -> None:
+            if not state["done"]:
+                state["method"] = parser.get_method().decode("latin-1")
 
         def on_body(self, body: bytes) -> None:
-            state["body"] += body
+            if not state["done"]:
+                state["body"] += body
 
         def on_message_complete(self) -> None:
             state["done"] = True
@@ -260,10 +344,22 @@ async def _read_request(reader: asyncio.StreamReader
     while not state["done"]:
         data = await reader.read(65536)
         if not data:
-            return None
+            if not size:
+                return None
+            raise _Refused(400, f"the request ended before it was complete ({size} bytes "
+                                "came); send the whole request before closing")
         size += len(data)
         if size > MAX_ADMIN_REQUEST:
-            raise httptools.HttpParserError("admin request too large")
-        parser.feed_data(data)
-    method = parser.get_method().decode()
-    return method, state["url"].decode("latin-1"), state["headers"], state["body"]
+            raise _Refused(413, f"the request is over {MAX_ADMIN_REQUEST} bytes, the most the "
+                                "admin API reads; its bodies are small JSON objects")
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if not state["done"]:
+                raise _Refused(400, "the admin API does not switch protocols (CONNECT, "
+                                    "Upgrade); send a plain HTTP/1.1 request") from None
+        except httptools.HttpParserError as exc:
+            raise _Refused(400, f"the request is not an HTTP/1.1 request ({exc}); send e.g. "
+                                "'GET /stats HTTP/1.1' with 'Authorization: Bearer "
+                                "<admin.token>'") from None
+    return state["method"], state["url"].decode("latin-1"), state["headers"], state["body"]
