@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from connwise.errors import ConfigError
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
@@ -158,3 +159,37 @@ async def test_closing_the_admin_server_ends_its_connections(gateway: Gateway) -
         assert not handlers()
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(("authorization", "status"), [
+    (b"Authorization: t\r\n", 401),             # the token without its scheme
+    (b"Authorization: Basic t\r\n", 401),
+    (b"Authorization: Bearer\r\n", 401),
+    (b"Authorization: Bearer tt\r\n", 401),
+    (b"", 401),
+    (b"Authorization: bearer t\r\n", 200),      # the scheme is case-insensitive (RFC 9110)
+    (b"Authorization: Bearer  t \r\n", 200),
+])
+async def test_only_a_bearer_token_is_accepted(admin: AdminServer, authorization: bytes,
+                                               status: int) -> None:
+    for method, path in (("GET", "/metrics"), ("POST", f"/backends/app/{BACKEND}/drain")):
+        got, headers, answer = await call(admin, method, path, auth=authorization)
+        assert got == status, (authorization, method, answer)
+        if status == 401:
+            assert headers["www-authenticate"] == "Bearer"
+            assert "Authorization: Bearer <admin.token>" in answer["error"]
+
+
+async def test_a_token_outside_ascii_is_compared_as_utf8(gateway: Gateway) -> None:
+    server = AdminServer(gateway, "127.0.0.1:0", "pässwörd")
+    await server.start()
+    try:
+        auth = "Authorization: Bearer pässwörd\r\n".encode()
+        assert (await call(server, "GET", "/stats", auth=auth))[0] == 200
+    finally:
+        await server.close()
+
+
+def test_a_blank_token_is_refused(gateway: Gateway) -> None:
+    with pytest.raises(ConfigError, match=r"admin\.token"):
+        AdminServer(gateway, "127.0.0.1:0", " ")

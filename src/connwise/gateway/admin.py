@@ -113,7 +113,12 @@ class AdminServer:
         self.gateway = gateway
         self.bind = bind
         self.host, self.port = parse_address(bind, "admin.bind")
-        self.token = token.encode() if token else None
+        if token is not None and not token.strip():
+            raise ConfigError("admin.token", token, "a blank token would mean no token, that "
+                              "is anonymous access", "set a secret, or None for anonymous "
+                              "access on a loopback bind")
+        #: The token as the bytes a client sends (UTF-8), or None: anonymous access.
+        self.token = token.encode() if token is not None else None
         self.registry = CollectorRegistry()
         self.registry.register(GatewayCollector(gateway))
         self.registry.register(gateway.metrics)
@@ -189,11 +194,9 @@ class AdminServer:
 
     def dispatch(self, method: str, path: str, headers: dict[str, str],
                  body: bytes) -> tuple[int, str, bytes]:
-        if self.token is not None:
-            given = headers.get("authorization", "").removeprefix("Bearer ").encode()
-            if not hmac.compare_digest(given, self.token):
-                return _json(401, {"error": "missing or wrong bearer token; send "
-                                            "'Authorization: Bearer <admin.token>'"})
+        if self.token is not None and not self._authorized(headers.get("authorization", "")):
+            return _json(401, {"error": "missing or wrong bearer token; send "
+                                        "'Authorization: Bearer <admin.token>'"})
         gw = self.gateway
         parts = [p for p in path.split("?", maxsplit=1)[0].split("/") if p]
         if method == "GET" and parts == ["metrics"]:
@@ -212,6 +215,15 @@ class AdminServer:
         if method == "POST" and len(parts) == 4 and parts[0] == "backends":
             return self._backend_action(parts[1], parts[2], parts[3], body)
         return _json(404, {"error": f"no admin endpoint {method} {path}"})
+
+    def _authorized(self, authorization: str) -> bool:
+        """Whether `authorization` is `Bearer <token>` (RFC 6750; the scheme in any case),
+        compared in constant time. The header was decoded as Latin-1, so encoding it back
+        gives the bytes sent, which a UTF-8 token is compared with."""
+        assert self.token is not None
+        scheme, _, credentials = authorization.strip().partition(" ")
+        given = credentials.strip().encode("latin-1")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.token)
 
     def _backend_action(self, group_name: str, backend_name: str, action: str,
                         body: bytes) -> tuple[int, str, bytes]:
@@ -284,8 +296,10 @@ def _json(status: int, payload: Any) -> tuple[int, str, bytes]:
 
 
 def _response(status: int, content_type: str, body: bytes) -> bytes:
+    # A 401 names the scheme it wants (RFC 9110 section 11.6.1).
+    challenge = "WWW-Authenticate: Bearer\r\n" if status == 401 else ""
     return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{challenge}"
             "Connection: close\r\n\r\n").encode() + body
 
 
