@@ -193,3 +193,18 @@ async def test_a_token_outside_ascii_is_compared_as_utf8(gateway: Gateway) -> No
 def test_a_blank_token_is_refused(gateway: Gateway) -> None:
     with pytest.raises(ConfigError, match=r"admin\.token"):
         AdminServer(gateway, "127.0.0.1:0", " ")
+
+
+async def test_percent_encoded_names_reach_their_backend(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        groups={"my app": {"backends": ["[::1]:9"], "health": {"kind": "none"}}})
+    server = AdminServer(gateway, "127.0.0.1:0", "t")
+    await server.start()
+    try:
+        for path in ("/backends/my%20app/%5B%3A%3A1%5D%3A9/drain",  # as httpx sends it
+                     "/backends/my%20app/[::1]:9/undrain"):
+            status, _, answer = await call(server, "POST", path)
+            assert status == 200 and answer["name"] == "[::1]:9", (path, answer)
+    finally:
+        await server.close()

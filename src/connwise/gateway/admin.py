@@ -33,6 +33,7 @@ import logging
 import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
@@ -198,7 +199,9 @@ class AdminServer:
             return _json(401, {"error": "missing or wrong bearer token; send "
                                         "'Authorization: Bearer <admin.token>'"})
         gw = self.gateway
-        parts = [p for p in path.split("?", maxsplit=1)[0].split("/") if p]
+        # Segments are decoded after the split: a group or backend name may need escapes
+        # (`my%20app`, an IPv6 backend `%5B%3A%3A1%5D%3A80`, as clients send brackets).
+        parts = [unquote(p) for p in path.split("?", maxsplit=1)[0].split("/") if p]
         if method == "GET" and parts == ["metrics"]:
             return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
         if method == "GET" and parts == ["stats"]:
