@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from connwise.config import load_gateway_config
 from connwise.errors import ConfigError
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
@@ -208,3 +209,18 @@ async def test_percent_encoded_names_reach_their_backend(make_gateway: GatewayFa
             assert status == 200 and answer["name"] == "[::1]:9", (path, answer)
     finally:
         await server.close()
+
+
+async def test_a_drained_backend_stays_drained_across_a_reload(
+        admin: AdminServer, gateway: Gateway) -> None:
+    other = "127.0.0.1:10"
+    status, _, _ = await call(admin, "POST", f"/backends/app/{BACKEND}/drain")
+    assert status == 200
+    data = {"listeners": [{"name": "web", "kind": "http",
+                           "bind": gateway.config.listeners[0].bind}],
+            "groups": {"app": {"backends": [BACKEND, other], "max_in_flight": 8,
+                               "health": {"kind": "none"}}}}
+    await gateway.reload(load_gateway_config(data))
+    status, _, answer = await call(admin, "GET", "/backends")
+    states = {b["name"]: b["health"]["state"] for b in answer["app"]["backends"]}
+    assert states == {BACKEND: "draining", other: "healthy"}, states
