@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from connwise.config import load_gateway_config
 from connwise.errors import ConfigError
@@ -224,3 +225,22 @@ async def test_a_drained_backend_stays_drained_across_a_reload(
     status, _, answer = await call(admin, "GET", "/backends")
     states = {b["name"]: b["health"]["state"] for b in answer["app"]["backends"]}
     assert states == {BACKEND: "draining", other: "healthy"}, states
+
+
+async def test_metrics_declare_their_utf8(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        groups={"café": {"backends": [BACKEND], "health": {"kind": "none"}}})
+    server = AdminServer(gateway, "127.0.0.1:0", "t")
+    await server.start()
+    try:
+        status, headers, body = await call(server, "GET", "/metrics")
+    finally:
+        await server.close()
+    media_type, *params = (p.strip() for p in headers["content-type"].split(";"))
+    assert status == 200 and media_type == "text/plain"
+    assert "version=0.0.4" in params and "charset=utf-8" in params, params
+    samples = {s.labels.get("group"): s.value for family in
+               text_string_to_metric_families(body.decode("utf-8"))
+               for s in family.samples if s.name == "connwise_warm_target"}
+    assert samples == {"café": 0.0}

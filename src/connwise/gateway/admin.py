@@ -50,6 +50,10 @@ if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway
 
 log = logging.getLogger("connwise.gateway.admin")
+#: What `generate_latest` writes: the text format 0.0.4, in UTF-8 (label values are names from
+#: the configuration). prometheus_client's own constant for it is newer than our oldest
+#: supported version, and its CONTENT_TYPE_LATEST may name another format.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Bytes of one admin request, head and body: its bodies are small JSON objects.
 MAX_ADMIN_REQUEST = 64 * 1024
 #: Seconds a whole admin request may take to arrive: a slow or silent client holds a
@@ -203,7 +207,7 @@ class AdminServer:
         # (`my%20app`, an IPv6 backend `%5B%3A%3A1%5D%3A80`, as clients send brackets).
         parts = [unquote(p) for p in path.split("?", maxsplit=1)[0].split("/") if p]
         if method == "GET" and parts == ["metrics"]:
-            return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
+            return 200, METRICS_CONTENT_TYPE, generate_latest(self.registry)
         if method == "GET" and parts == ["stats"]:
             return _json(200, gw.stats())
         if method == "GET" and parts == ["connections"]:
