@@ -244,3 +244,19 @@ async def test_metrics_declare_their_utf8(make_gateway: GatewayFactory) -> None:
                text_string_to_metric_families(body.decode("utf-8"))
                for s in family.samples if s.name == "connwise_warm_target"}
     assert samples == {"café": 0.0}
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", f"/backends/app/{BACKEND}/drain"), ("HEAD", "/metrics"), ("POST", "/stats"),
+    ("GET", "/nope")])
+async def test_no_such_endpoint_says_which_there_are(admin: AdminServer, method: str,
+                                                     path: str) -> None:
+    raw = f"{method} {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n".encode() + AUTH
+    status, _, answer = parse(await send(admin, raw + b"\r\n"))
+    assert status == 404
+    if method == "HEAD":
+        assert answer == b""  # an answer to HEAD has no body
+    else:
+        error = json.loads(answer)["error"]
+        assert error.startswith(f"no admin endpoint {method} {path}; use GET /stats"), error
+        assert "POST /backends/<group>/<backend>/drain" in error

@@ -162,6 +162,7 @@ class AdminServer:
         assert task is not None
         self._handlers[task] = writer
         unread = True  # what the client sent is not all read: linger after a refusal
+        head_only = False
         try:
             try:
                 request = await asyncio.wait_for(_read_request(reader), ADMIN_REQUEST_TIMEOUT)
@@ -174,8 +175,9 @@ class AdminServer:
                 if request is None:
                     return  # closed before a byte: nothing to answer
                 unread = False
+                head_only = request[0] == "HEAD"
                 answer = self._serve(*request)
-            writer.write(_response(*answer))
+            writer.write(_response(*answer, head_only=head_only))
             await writer.drain()
             if unread:
                 await _linger(reader, writer)
@@ -221,7 +223,10 @@ class AdminServer:
             return _json(200, gw.forecast.snapshot())
         if method == "POST" and len(parts) == 4 and parts[0] == "backends":
             return self._backend_action(parts[1], parts[2], parts[3], body)
-        return _json(404, {"error": f"no admin endpoint {method} {path}"})
+        return _json(404, {"error": f"no admin endpoint {method} {path}; use GET /stats, "
+                                    "/connections, /backends, /forecast or /metrics, or POST "
+                                    "/backends/<group>/<backend>/drain, /undrain or "
+                                    "/warm_target"})
 
     def _authorized(self, authorization: str) -> bool:
         """Whether `authorization` is `Bearer <token>` (RFC 6750; the scheme in any case),
@@ -302,12 +307,13 @@ def _json(status: int, payload: Any) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(payload, default=str).encode()
 
 
-def _response(status: int, content_type: str, body: bytes) -> bytes:
+def _response(status: int, content_type: str, body: bytes, *, head_only: bool = False) -> bytes:
+    """The answer's bytes; `head_only` for a HEAD request, whose answer has no body."""
     # A 401 names the scheme it wants (RFC 9110 section 11.6.1).
     challenge = "WWW-Authenticate: Bearer\r\n" if status == 401 else ""
     return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{challenge}"
-            "Connection: close\r\n\r\n").encode() + body
+            "Connection: close\r\n\r\n").encode() + (b"" if head_only else body)
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
