@@ -43,6 +43,15 @@ def parse_address(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _loopback(address: str) -> bool:
+    """Whether `address` (host:port) is on a loopback IP address."""
+    host, _ = parse_address(address, "admin.bind")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
 def ip_literal(text: str) -> str | None:
     """An IPv6 address as a route and a request compare it, `[` compressed form `]` (so
     `[0:0::1]` and `[::1]` are one host); None if `text` (without brackets) is none."""
@@ -584,7 +593,7 @@ class HttpSection(_Model):
 
 class AdminConfig(_Model):
     bind: Address = "127.0.0.1:9901"
-    #: A bearer token; required unless `allow_anonymous` (never on a non-loopback bind).
+    #: A bearer token; required unless `allow_anonymous` (only on a loopback IP address).
     token: str | None = None
     allow_anonymous: bool = False
 
@@ -663,9 +672,10 @@ class GatewayConfig(_Model):
         if admin is not None and admin.token is None and not admin.allow_anonymous:
             raise bad("admin.token", None, "the admin API requires a bearer token",
                       "set a token, or allow_anonymous = true on a loopback bind")
-        if admin is not None and admin.allow_anonymous and not admin.bind.startswith("127."):
-            raise bad("admin.bind", admin.bind, "anonymous admin access is only allowed on "
-                      "127.0.0.0/8", "bind to 127.0.0.1 or set a token")
+        if admin is not None and admin.allow_anonymous and not _loopback(admin.bind):
+            raise bad("admin.bind", admin.bind, "anonymous admin access is only allowed on a "
+                      "loopback address (127.0.0.0/8 or [::1]; not a host name, which may "
+                      "resolve to any)", "bind to 127.0.0.1 or set a token")
         classes = self.class_table()
         self.cqi_config(classes)
         self.degrade.build(classes)

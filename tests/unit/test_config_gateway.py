@@ -43,11 +43,23 @@ def with_(**sections: Any) -> dict[str, Any]:
      "secret"),
     (with_(admin={"bind": "0.0.0.0:9901", "token": "  \t"}),
      "admin.token = '  \\t': a blank token"),
+    # A host name that only starts like a loopback address resolves to anything.
+    (with_(admin={"bind": "127.attacker.example:9901", "allow_anonymous": True}),
+     "admin.bind = '127.attacker.example:9901': anonymous admin access is only allowed on a "
+     "loopback address"),
+    (with_(admin={"bind": "localhost:9901", "allow_anonymous": True}),
+     "admin.bind = 'localhost:9901': anonymous admin access is only allowed on a loopback"),
 ])
 def test_refused_with_the_full_key_path(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_gateway_config(config)
     assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:9901", "127.1.2.3:0", "[::1]:9901"])
+def test_anonymous_admin_access_on_a_loopback_address(bind: str) -> None:
+    config = load_gateway_config(with_(admin={"bind": bind, "allow_anonymous": True}))
+    assert config.admin is not None and config.admin.token is None
 
 
 def test_the_highest_port_and_the_classes_of_escalation_rules_pass() -> None:

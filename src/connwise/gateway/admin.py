@@ -18,17 +18,22 @@ Endpoints (JSON unless noted):
   `connwise_forecast_demand{segment, horizon}` and `connwise_forecast_warm_target{group}`.
 
 The admin listener is not on the hot path, so it uses asyncio streams and parses with httptools.
+One request per connection (`Connection: close`): every request read gets an answer, bad input
+included (400, 408, 413 and, for a bug, 500, each with `{"error": ...}` saying what to send),
+and every connection is closed, by `AdminServer.close` too, so nothing outlives the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,6 +42,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from connwise.config import parse_address
+from connwise.core.health import HealthState
 from connwise.errors import ConfigError
 from connwise.gateway.accept import bind_failed
 
@@ -44,7 +50,19 @@ if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway
 
 log = logging.getLogger("connwise.gateway.admin")
+#: What `generate_latest` writes: the text format 0.0.4, in UTF-8 (label values are names from
+#: the configuration). prometheus_client's own constant for it is newer than our oldest
+#: supported version, and its CONTENT_TYPE_LATEST may name another format.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Bytes of one admin request, head and body: its bodies are small JSON objects.
 MAX_ADMIN_REQUEST = 64 * 1024
+#: Seconds a whole admin request may take to arrive: a slow or silent client holds a
+#: connection no longer than this (the data plane's `header_timeout` default).
+ADMIN_REQUEST_TIMEOUT = 10.0
+#: Seconds to go on reading (and dropping) what a refused client still sends after its answer:
+#: a socket closed with unread bytes sends a reset, which can destroy the answer before the
+#: client reads it (nginx's lingering close; its lingering_timeout is 5 s).
+ADMIN_LINGER = 2.0
 
 
 class GatewayCollector(Collector):
@@ -100,11 +118,18 @@ class AdminServer:
         self.gateway = gateway
         self.bind = bind
         self.host, self.port = parse_address(bind, "admin.bind")
-        self.token = token.encode() if token else None
+        if token is not None and not token.strip():
+            raise ConfigError("admin.token", token, "a blank token would mean no token, that "
+                              "is anonymous access", "set a secret, or None for anonymous "
+                              "access on a loopback bind")
+        #: The token as the bytes a client sends (UTF-8), or None: anonymous access.
+        self.token = token.encode() if token is not None else None
         self.registry = CollectorRegistry()
         self.registry.register(GatewayCollector(gateway))
         self.registry.register(gateway.metrics)
         self.server: asyncio.Server | None = None
+        #: The connections being served, by their handler task (`close` ends them).
+        self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     async def start(self) -> None:
         try:
@@ -119,40 +144,72 @@ class AdminServer:
         return host, port
 
     async def close(self) -> None:
+        """Stop listening and end the connections in progress (a request still arriving, an
+        answer still being written), and return once their handlers are done: the server's
+        `close` alone leaves them to their read timeout, and uvloop's `wait_closed` waits
+        for them."""
         if self.server is not None:
             self.server.close()
+            for writer in self._handlers.values():
+                writer.transport.abort()
+            if self._handlers:
+                await asyncio.wait(list(self._handlers))
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one request on a new connection, then close it whatever happened."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = writer
+        unread = True  # what the client sent is not all read: linger after a refusal
+        head_only = False
         try:
-            request = await asyncio.wait_for(_read_request(reader), 10.0)
-            if request is None:
-                return
-            status, content_type, body = self.dispatch(*request)
-        except (TimeoutError, ConnectionError, httptools.HttpParserError):
-            status, content_type, body = 400, "text/plain", b"bad request\n"
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n").encode()
-        try:
-            writer.write(head + body)
+            try:
+                request = await asyncio.wait_for(_read_request(reader), ADMIN_REQUEST_TIMEOUT)
+            except TimeoutError:
+                answer = _json(408, {"error": "the request did not arrive whole within "
+                                              f"{ADMIN_REQUEST_TIMEOUT:g} s; send it at once"})
+            except _Refused as exc:
+                answer = exc.answer
+            else:
+                if request is None:
+                    return  # closed before a byte: nothing to answer
+                unread = False
+                head_only = request[0] == "HEAD"
+                answer = self._serve(*request)
+            writer.write(_response(*answer, head_only=head_only))
             await writer.drain()
+            if unread:
+                await _linger(reader, writer)
         except ConnectionError:
-            pass
+            pass  # the client went away: nobody to answer
         finally:
+            del self._handlers[task]
             writer.close()
+
+    def _serve(self, method: str, path: str, headers: dict[str, str],
+               body: bytes) -> tuple[int, str, bytes]:
+        """`dispatch`, with a 500 (and the traceback in the log) for a bug in it: the
+        client gets an answer and the listener goes on."""
+        try:
+            return self.dispatch(method, path, headers, body)
+        except Exception as exc:
+            log.exception("admin API: %s %s failed", method, path)
+            return _json(500, {"error": f"{method} {path} failed: {type(exc).__name__}: {exc}; "
+                                        "this is a bug: please report it with the gateway's "
+                                        "log"})
 
     def dispatch(self, method: str, path: str, headers: dict[str, str],
                  body: bytes) -> tuple[int, str, bytes]:
-        if self.token is not None:
-            given = headers.get("authorization", "").removeprefix("Bearer ").encode()
-            if not hmac.compare_digest(given, self.token):
-                return _json(401, {"error": "missing or wrong bearer token; send "
-                                            "'Authorization: Bearer <admin.token>'"})
+        if self.token is not None and not self._authorized(headers.get("authorization", "")):
+            return _json(401, {"error": "missing or wrong bearer token; send "
+                                        "'Authorization: Bearer <admin.token>'"})
         gw = self.gateway
-        parts = [p for p in path.split("?", maxsplit=1)[0].split("/") if p]
+        # Segments are decoded after the split: a group or backend name may need escapes
+        # (`my%20app`, an IPv6 backend `%5B%3A%3A1%5D%3A80`, as clients send brackets).
+        parts = [unquote(p) for p in path.split("?", maxsplit=1)[0].split("/") if p]
         if method == "GET" and parts == ["metrics"]:
-            return 200, "text/plain; version=0.0.4", generate_latest(self.registry)
+            return 200, METRICS_CONTENT_TYPE, generate_latest(self.registry)
         if method == "GET" and parts == ["stats"]:
             return _json(200, gw.stats())
         if method == "GET" and parts == ["connections"]:
@@ -166,7 +223,19 @@ class AdminServer:
             return _json(200, gw.forecast.snapshot())
         if method == "POST" and len(parts) == 4 and parts[0] == "backends":
             return self._backend_action(parts[1], parts[2], parts[3], body)
-        return _json(404, {"error": f"no admin endpoint {method} {path}"})
+        return _json(404, {"error": f"no admin endpoint {method} {path}; use GET /stats, "
+                                    "/connections, /backends, /forecast or /metrics, or POST "
+                                    "/backends/<group>/<backend>/drain, /undrain or "
+                                    "/warm_target"})
+
+    def _authorized(self, authorization: str) -> bool:
+        """Whether `authorization` is `Bearer <token>` (RFC 6750; the scheme in any case),
+        compared in constant time. The header was decoded as Latin-1, so encoding it back
+        gives the bytes sent, which a UTF-8 token is compared with."""
+        assert self.token is not None
+        scheme, _, credentials = authorization.strip().partition(" ")
+        given = credentials.strip().encode("latin-1")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.token)
 
     def _backend_action(self, group_name: str, backend_name: str, action: str,
                         body: bytes) -> tuple[int, str, bytes]:
@@ -180,11 +249,16 @@ class AdminServer:
             return _json(404, {"error": f"no backend {backend_name!r} in {group_name!r}; "
                                         f"have {names}"})
         now = self.gateway.clock.now()
+        # Drain and undrain say the state the operator wants, so a repeated one (a retried
+        # script, two operators) changes nothing; the core's table refuses a second drain.
+        draining = backend.health.state is HealthState.DRAINING
         if action == "drain":
-            backend.health.drain(now)
+            if not draining:
+                backend.health.drain(now)
             return _json(200, backend.snapshot(now))
         if action == "undrain":
-            backend.health.undrain(now)
+            if draining:
+                backend.health.undrain(now)
             return _json(200, backend.snapshot(now))
         if action == "warm_target":
             try:
@@ -204,7 +278,7 @@ def _warm_target_body(body: bytes, limit: int) -> tuple[int, float]:
     most its pools may hold), `in` a finite number of seconds >= 0."""
     try:
         payload = json.loads(body or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ValueError("the body is not JSON") from None
     if not isinstance(payload, dict):
         raise ValueError(f"the body is {type(payload).__name__}, not a JSON object")
@@ -225,26 +299,69 @@ def _warm_target_body(body: bytes, limit: int) -> tuple[int, float]:
     return int(n), float(ahead)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            408: "Request Timeout", 413: "Content Too Large", 500: "Internal Server Error"}
 
 
 def _json(status: int, payload: Any) -> tuple[int, str, bytes]:
     return status, "application/json", json.dumps(payload, default=str).encode()
 
 
+def _response(status: int, content_type: str, body: bytes, *, head_only: bool = False) -> bytes:
+    """The answer's bytes; `head_only` for a HEAD request, whose answer has no body."""
+    # A 401 names the scheme it wants (RFC 9110 section 11.6.1).
+    challenge = "WWW-Authenticate: Bearer\r\n" if status == 401 else ""
+    return (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{challenge}"
+            "Connection: close\r\n\r\n").encode() + (b"" if head_only else body)
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close after an answer to a request not read whole, and drop what still comes, for
+    `ADMIN_LINGER` seconds at most or until the client closes (see ADMIN_LINGER)."""
+    writer.write_eof()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ADMIN_LINGER):
+            while await reader.read(65536):
+                pass
+
+
+class _Refused(Exception):
+    """A request that cannot be read, and the answer that says why."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.answer = _json(status, {"error": error})
+
+
 async def _read_request(reader: asyncio.StreamReader
                         ) -> tuple[str, str, dict[str, str], bytes] | None:
-    state: dict[str, Any] = {"url": b"", "headers": {}, "body": b"", "done": False}
+    """The first request on the connection: (method, target, headers by lower-case name,
+    body); None if the client closed without sending a byte. `_Refused` for a request that is
+    not HTTP/1.x, is over `MAX_ADMIN_REQUEST` or ends early. What follows the first request
+    (pipelined ones) is not read: the answer closes the connection. An upgrade (h2c, as
+    `curl --http2` asks) is not made: the request is served as it is."""
+    state: dict[str, Any] = {"method": "", "url": b"", "headers": {}, "body": b"",
+                             "done": False}
 
     class _Callbacks:
+        # httptools goes on parsing the rest of a chunk after the first request: its
+        # callbacks then belong to the next request and are ignored.
         def on_url(self, url: bytes) -> None:
-            state["url"] += url
+            if not state["done"]:
+                state["url"] += url
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            state["headers"][name.decode("latin-1").lower()] = value.decode("latin-1")
+            if not state["done"]:
+                state["headers"][name.decode("latin-1").lower()] = value.decode("latin-1")
+
+        def on_headers_complete(self) -> None:
+            if not state["done"]:
+                state["method"] = parser.get_method().decode("latin-1")
 
         def on_body(self, body: bytes) -> None:
-            state["body"] += body
+            if not state["done"]:
+                state["body"] += body
 
         def on_message_complete(self) -> None:
             state["done"] = True
@@ -254,10 +371,22 @@ async def _read_request(reader: asyncio.StreamReader
     while not state["done"]:
         data = await reader.read(65536)
         if not data:
-            return None
+            if not size:
+                return None
+            raise _Refused(400, f"the request ended before it was complete ({size} bytes "
+                                "came); send the whole request before closing")
         size += len(data)
         if size > MAX_ADMIN_REQUEST:
-            raise httptools.HttpParserError("admin request too large")
-        parser.feed_data(data)
-    method = parser.get_method().decode()
-    return method, state["url"].decode("latin-1"), state["headers"], state["body"]
+            raise _Refused(413, f"the request is over {MAX_ADMIN_REQUEST} bytes, the most the "
+                                "admin API reads; its bodies are small JSON objects")
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if not state["done"]:
+                raise _Refused(400, "the admin API does not switch protocols (CONNECT, "
+                                    "Upgrade); send a plain HTTP/1.1 request") from None
+        except httptools.HttpParserError as exc:
+            raise _Refused(400, f"the request is not an HTTP/1.1 request ({exc}); send e.g. "
+                                "'GET /stats HTTP/1.1' with 'Authorization: Bearer "
+                                "<admin.token>'") from None
+    return state["method"], state["url"].decode("latin-1"), state["headers"], state["body"]

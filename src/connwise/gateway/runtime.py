@@ -505,8 +505,11 @@ class Gateway:
                 self.spawn(group.close())
             raise
         # Nothing below fails or awaits: the new configuration goes in whole.
-        for group in groups.values():
+        now = self.clock.now()
+        for name, group in groups.items():
             self._watch(group)
+            if name in self.groups:
+                group.keep_drained(self.groups[name], now)
         carried = self._carry_escalation(escalation, classes, self.clock.now())
         self.classes, self.cqi, self.escalation = classes, cqi, escalation
         self.apply_changes(carried)

@@ -19,7 +19,7 @@ from connwise.core.affinity import BoundedLoadRing
 from connwise.core.balance import LeastOutstandingP2C, RoundRobin
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
-from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup
+from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup, HealthState
 from connwise.core.scheduler import Scheduler
 from connwise.gateway.relay import RelayHalf, ThrottleStep
 from connwise.gateway.upstream_http import (
@@ -184,6 +184,15 @@ class Group:
         for backend in self.backends:
             if backend.pool is not None:
                 await backend.pool.close(timeout=1.0)
+
+    def keep_drained(self, old: Group, now: float) -> None:
+        """A reload replaces `old` with this group: the backends of the same address that an
+        operator drained there stay drained here, until undrained (HAProxy keeps a server's
+        maintenance state across reloads the same way, with its server-state file)."""
+        drained = {b.name for b in old.backends if b.health.state is HealthState.DRAINING}
+        for backend in self.backends:
+            if backend.name in drained:
+                backend.health.drain(now)
 
     # -- balancing ----------------------------------------------------------------------------
 
