@@ -359,6 +359,17 @@ class BackendHealth:
         self._advance(now, out)
         return out
 
+    def take_over(self, previous: BackendHealth) -> None:
+        """Go on from `previous`'s state and history: a reload rebuilt this backend's group, and
+        must put no backend back into rotation that was down, ejected or drained, nor forget
+        its ejections' backoff. This backend's configuration applies from now on: an ejection
+        still ends when it was due to, and a slow start in progress ramps over the new
+        window from when it began."""
+        for slot in _TAKEN_OVER:
+            setattr(self, slot, getattr(previous, slot))
+        if self.state is H.SLOW_START:
+            self._deadline = self.since + self.config.slow_start
+
     # -- observation --------------------------------------------------------------------------
 
     def take_transitions(self) -> list[HealthTransition]:
@@ -378,6 +389,13 @@ class BackendHealth:
 
     def __repr__(self) -> str:
         return f"<BackendHealth {self.name} {self.state.value}>"
+
+
+#: What `BackendHealth.take_over` carries from a backend's previous state machine: all of its
+#: state but its name, configuration and the transitions its old owner logs.
+_TAKEN_OVER = ("state", "since", "consecutive_failures", "failures", "successes", "ejections",
+               "ejections_refused", "ejected_until", "_checks_down", "_ok_run", "_fail_run",
+               "_backoff", "_returned_at", "_deadline")
 
 
 # -- a group ------------------------------------------------------------------------------------

@@ -111,6 +111,14 @@ class Group:
         else:
             self._balancer = LeastOutstandingP2C(names, rng=rng or random.Random())
 
+    def take_over_health(self, previous: Group) -> None:
+        """A reload replaces `previous` with this group: each backend both have goes on from
+        its health there (down, ejected, drained, ramping up), not healthy afresh."""
+        for backend in self.backends:
+            old = previous._by_name.get(backend.name)
+            if old is not None:
+                backend.health.take_over(old.health)
+
     def relay_throttle(self, class_name: str,
                        started: Callable[[RelayHalf], None]) -> ThrottleStep:
         """The throttle step of `class_name` on this group's ladder, shared by its tcp relays

@@ -265,6 +265,33 @@ def test_drain_twice_or_undrain_without_drain_is_a_bookkeeping_bug() -> None:
         health.drain(1.0)
 
 
+# -- reload -------------------------------------------------------------------------------------
+
+
+def test_a_rebuilt_backend_takes_over_its_ejection_and_backoff() -> None:
+    old = backend()
+    fail(old, 5, 0.0)
+    new = backend(10.0, base_ejection_time=30.0, max_ejection_time=600.0)
+    new.take_over(old)
+    assert not new.available(29.9) and new.available(30.0)
+    fail(new, 5, 30.0)
+    assert new.ejected_until == 90.0                       # the second ejection: doubled
+    assert new.ejections == 2 and new.config.max_ejection_time == 600.0
+
+
+def test_a_slow_start_taken_over_ramps_over_the_new_window() -> None:
+    old = backend(slow_start=10.0)
+    fail(old, 5, 0.0)
+    assert old.weight(32.0) == pytest.approx(0.2)          # ramping since 30
+    longer = backend(32.0, slow_start=20.0)
+    longer.take_over(old)
+    assert longer.weight(40.0) == pytest.approx(0.5) and state(longer) is H.SLOW_START
+    assert longer.weight(50.0) == 1.0 and state(longer) is H.HEALTHY
+    none = backend(32.0, slow_start=0.0)                  # no window: healthy at once
+    none.take_over(old)
+    assert none.weight(32.0) == 1.0 and state(none) is H.HEALTHY
+
+
 # -- observation --------------------------------------------------------------------------------
 
 
