@@ -221,6 +221,10 @@ class BackendHealth:
         transition = HealthTransition(self.name, previous, target, event, at, reason)
         if target is previous:
             return transition
+        if previous in AVAILABLE and target in (H.UNHEALTHY, H.DRAINING):
+            # Out of service but not ejected (`_eject` does this itself): keep what the time
+            # in service forgave, as the return will restart the count.
+            self._backoff = self._decayed_backoff(at)
         self.state = target
         self.since = at
         config = self.config

@@ -199,6 +199,38 @@ def test_ejection_time_doubles_with_each_ejection_and_is_forgiven_over_time(
     assert health.ejections == len(gaps)
 
 
+@pytest.mark.parametrize("pause", ["drain", "checks"])
+def test_time_in_service_stays_forgiven_across_a_drain_or_failed_checks(pause: str) -> None:
+    """Three ejections, then 1000 s back in service forgive them all; a drain or a spell of
+    failed checks afterwards must not bring the backoff back."""
+    health = backend(slow_start=0.0)
+    now = 0.0
+    for _ in range(3):
+        fail(health, 5, now)
+        now = health.ejected_until
+        assert health.available(now)
+    now += 1000.0
+    if pause == "drain":
+        health.drain(now)
+        health.undrain(now + 1.0)
+    else:
+        checks(health, "---", now)
+        checks(health, "++", now + 1.0)
+    assert health.ejection_time(now + 1.0) == 30.0
+    fail(health, 5, now + 1.0)
+    assert health.ejected_until - (now + 1.0) == 30.0
+
+
+def test_the_end_of_a_slow_start_forgives_nothing_twice() -> None:
+    health = backend(slow_start=40.0)
+    now = 0.0
+    for _ in range(3):
+        fail(health, 5, now)
+        now = health.ejected_until
+    assert health.weight(now + 45.0) == 1.0                # ramped at +40: one step forgiven
+    assert health.ejection_time(now + 60.0) == 60.0        # two of three forgiven by +60
+
+
 def test_ejection_time_predicts_the_next_ejection() -> None:
     health = backend()
     assert health.ejection_time(0.0) == 30.0
