@@ -21,6 +21,9 @@ the state and the event. The table also generates the state diagram of the docs.
   backends, one at a time). An ejection over the cap is refused and counted; the failure run
   continues, so the backend is ejected at its next failure once there is room. Only outlier
   ejections count: a backend that fails its active checks is down on evidence, not suspicion.
+  Nor is the last backend in rotation ejected: with nowhere else to send its requests, its
+  ejection would fail them all until it ends, however soon the backend recovers (Envoy's
+  panic threshold sends them to it then, ejected or not).
 * **Slow start** (HAProxy `slowstart`, Envoy `slow_start_config`): a backend that comes back
   (checks passed, ejection over, undrained) first takes a weight that ramps linearly from
   `slow_start_min_weight` (0.1, Envoy's min_weight_percent) to 1 over `slow_start` seconds
@@ -455,9 +458,11 @@ class HealthGroup:
         return count
 
     def record_failure(self, name: str, now: float) -> list[HealthTransition]:
-        """A failure of `name`; ejects it if its run is long enough and the cap has room."""
+        """A failure of `name`; ejects it if its run is long enough, the cap has room and
+        another backend is in rotation (see the module doc)."""
         health = self[name]
-        room = self.ejected(now) < self.max_ejected()
+        room = self.ejected(now) < self.max_ejected() and any(
+            other is not health and other.available(now) for other in self.backends.values())
         return health.record_failure(now, may_eject=room)
 
     def record_success(self, name: str, now: float) -> None:

@@ -379,6 +379,26 @@ def test_the_group_refuses_ejections_over_the_cap_and_allows_them_when_room_retu
     assert group.available(31.0) == ["a", "c"]
 
 
+@pytest.mark.parametrize("others", [[], ["down"], ["drained"]])
+def test_the_last_backend_in_rotation_is_never_ejected(others: list[str]) -> None:
+    """With nowhere else to send its requests, ejecting a backend fails them all for the
+    ejection's length, however soon it recovers (Envoy's panic threshold would send them to it
+    anyway): the ejection is refused, and happens once another backend is back."""
+    group = HealthGroup(["only", *others], HealthConfig(slow_start=0.0), 0.0)
+    if others == ["down"]:
+        for _ in range(3):
+            group.record_check("down", False, 0.0)
+    elif others == ["drained"]:
+        group.drain("drained", 0.0)
+    for _ in range(5):
+        assert group.record_failure("only", 1.0) == []
+    assert group.available(1.0) == ["only"] and group["only"].ejections_refused == 1
+    if others == ["drained"]:
+        group.undrain("drained", 2.0)
+        [transition] = group.record_failure("only", 2.0)
+        assert transition.to_state is H.EJECTED
+
+
 def test_group_bookkeeping() -> None:
     group = HealthGroup(["a", "b"], HealthConfig(), 0.0, owner="api")
     with pytest.raises(ConfigError) as info:
@@ -426,7 +446,9 @@ def test_the_ejected_share_never_exceeds_the_cap(ops: list[tuple[str, int, float
         name = names[i % n]
         health = group[name]
         if op == "fail":
-            group.record_failure(name, now)
+            others = [o for o in names if o != name and group[o].available(now)]
+            ejected_now = any(t.event is E.EJECT for t in group.record_failure(name, now))
+            assert others or not ejected_now               # never the last in rotation
         elif op == "ok":
             group.record_success(name, now)
         elif op in ("check_ok", "check_fail"):
