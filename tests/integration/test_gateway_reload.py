@@ -246,3 +246,25 @@ async def test_a_reload_keeps_the_health_of_the_backends_it_keeps(
     async with httpx.AsyncClient(base_url=base(gateway)) as client:
         for _ in range(4):
             assert (await client.post("/echo", content=b"x")).headers["x-origin"] == "o0"
+
+
+async def test_a_reload_during_a_drain_is_refused(
+        make_gateway: GatewayFactory, echo: Server, origins: list[HttpOrigin]) -> None:
+    """A SIGHUP while SIGTERM drains: the new groups would open pools (warming connections)
+    and start health checks for a gateway that takes no new connection, and those made after
+    the drain cancelled its tasks and closed its groups outlived it. It is refused."""
+    data = config(echo, origins[0])
+    gateway = await make_gateway(**data)
+    groups = gateway.groups
+    async with httpx.AsyncClient(base_url=base(gateway)) as client:
+        slow = asyncio.create_task(client.get("/slow?ms=500", timeout=5))
+        await until(lambda: gateway.groups["app"].scheduler.in_use == 1)
+        drain = asyncio.create_task(gateway.drain(5.0))
+        await until(lambda: gateway.draining)
+        data["groups"]["app"]["warm_target"] = 2
+        with pytest.raises(ConfigError, match="draining"):
+            await reload(gateway, data)
+        assert gateway.groups is groups and not gateway.retired
+        assert (await slow).status_code == 200
+        assert await drain == {"finished": 1, "forced": 0}
+    assert gateway.counters["reloads"] == 0

@@ -479,7 +479,14 @@ class Gateway:
         connections keep the groups they started with: a replaced group retires
         (`Group.retire`: idle upstream connections close now, requests in flight finish,
         WebSockets go on); a backend kept in a group of the same name keeps its health
-        (`Group.take_over_health`). Escalation state is kept: see `_next_escalation`."""
+        (`Group.take_over_health`). Escalation state is kept: see `_next_escalation`.
+
+        Refused while the gateway drains: it takes no new connection for a configuration to
+        apply to, and what a reload opens after the drain closed its groups would outlive it."""
+        if self.draining:
+            raise ConfigError("reload", config.node_id, "the gateway is draining and takes no "
+                              "new connection", "start a new gateway with the new "
+                              "configuration")
         old = {lc.name: (lc.bind, lc.kind) for lc in self.config.listeners}
         new = {lc.name: (lc.bind, lc.kind) for lc in config.listeners}
         if old != new:
