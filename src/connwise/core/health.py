@@ -366,16 +366,28 @@ class BackendHealth:
         self._advance(now, out)
         return out
 
-    def take_over(self, previous: BackendHealth) -> None:
+    def take_over(self, previous: BackendHealth, now: float, *,
+                  checks: bool = True) -> list[HealthTransition]:
         """Go on from `previous`'s state and history: a reload rebuilt this backend's group, and
         must put no backend back into rotation that was down, ejected or drained, nor forget
         its ejections' backoff. This backend's configuration applies from now on: an ejection
         still ends when it was due to, and a slow start in progress ramps over the new
-        window from when it began."""
+        window from when it began. Without active `checks` from now on, a backend down by
+        its checks is up again (none would ever pass to bring it back)."""
         for slot in _TAKEN_OVER:
             setattr(self, slot, getattr(previous, slot))
+        out: list[HealthTransition] = []
         if self.state is H.SLOW_START:
             self._deadline = self.since + self.config.slow_start
+        self._advance(now, out)
+        if not checks and self._checks_down:
+            self._checks_down = False
+            self._fail_run = 0
+            changed = self._fire(E.CHECKS_PASSED, now, "its active checks are off")
+            if changed.to_state is not changed.from_state:
+                out.append(changed)
+            self._advance(now, out)
+        return out
 
     # -- observation --------------------------------------------------------------------------
 

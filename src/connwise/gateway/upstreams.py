@@ -114,10 +114,12 @@ class Group:
     def take_over_health(self, previous: Group) -> None:
         """A reload replaces `previous` with this group: each backend both have goes on from
         its health there (down, ejected, drained, ramping up), not healthy afresh."""
+        checks = self.config.health.kind != "none"
+        now = self.clock()
         for backend in self.backends:
             old = previous._by_name.get(backend.name)
             if old is not None:
-                backend.health.take_over(old.health)
+                backend.health.take_over(old.health, now, checks=checks)
 
     def relay_throttle(self, class_name: str,
                        started: Callable[[RelayHalf], None]) -> ThrottleStep:

@@ -304,11 +304,31 @@ def test_a_rebuilt_backend_takes_over_its_ejection_and_backoff() -> None:
     old = backend()
     fail(old, 5, 0.0)
     new = backend(10.0, base_ejection_time=30.0, max_ejection_time=600.0)
-    new.take_over(old)
+    new.take_over(old, 10.0)
     assert not new.available(29.9) and new.available(30.0)
     fail(new, 5, 30.0)
     assert new.ejected_until == 90.0                       # the second ejection: doubled
     assert new.ejections == 2 and new.config.max_ejection_time == 600.0
+
+
+def test_a_backend_down_by_its_checks_returns_when_a_reload_turns_them_off() -> None:
+    """Nothing would ever pass a check again to bring it back."""
+    old = backend()
+    checks(old, "---", 1.0)
+    drained = backend()
+    drained.drain(0.0)
+    checks(drained, "---", 1.0)
+    for previous in (old, drained):
+        new = backend(2.0)
+        new.take_over(previous, 2.0, checks=False)
+        assert new.snapshot(2.0)["checks_down"] is False
+        if previous is drained:
+            assert state(new) is H.DRAINING
+            new.undrain(3.0)
+        assert new.available(3.0)
+    kept = backend(2.0)
+    kept.take_over(old, 2.0)
+    assert state(kept) is H.UNHEALTHY
 
 
 def test_a_slow_start_taken_over_ramps_over_the_new_window() -> None:
@@ -316,11 +336,11 @@ def test_a_slow_start_taken_over_ramps_over_the_new_window() -> None:
     fail(old, 5, 0.0)
     assert old.weight(32.0) == pytest.approx(0.2)          # ramping since 30
     longer = backend(32.0, slow_start=20.0)
-    longer.take_over(old)
+    longer.take_over(old, 32.0)
     assert longer.weight(40.0) == pytest.approx(0.5) and state(longer) is H.SLOW_START
     assert longer.weight(50.0) == 1.0 and state(longer) is H.HEALTHY
     none = backend(32.0, slow_start=0.0)                  # no window: healthy at once
-    none.take_over(old)
+    none.take_over(old, 32.0)
     assert none.weight(32.0) == 1.0 and state(none) is H.HEALTHY
 
 
