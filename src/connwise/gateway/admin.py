@@ -37,6 +37,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from connwise.config import parse_address
+from connwise.core.health import IllegalBackendTransition
 from connwise.errors import ConfigError
 from connwise.gateway.accept import bind_failed
 
@@ -180,11 +181,14 @@ class AdminServer:
             return _json(404, {"error": f"no backend {backend_name!r} in {group_name!r}; "
                                         f"have {names}"})
         now = self.gateway.clock.now()
-        if action == "drain":
-            backend.health.drain(now)
-            return _json(200, backend.snapshot(now))
-        if action == "undrain":
-            backend.health.undrain(now)
+        if action in ("drain", "undrain"):
+            change = backend.health.drain if action == "drain" else backend.health.undrain
+            try:
+                change(now)
+            except IllegalBackendTransition as exc:
+                # An operator's repeated or misplaced command, not a bookkeeping bug.
+                return _json(409, {"error": f"backend {backend_name!r} of {group_name!r} is "
+                                            f"{exc.state}: it cannot {action}"})
             return _json(200, backend.snapshot(now))
         if action == "warm_target":
             try:
