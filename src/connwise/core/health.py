@@ -14,7 +14,8 @@ the state and the event. The table also generates the state diagram of the docs.
   `base_ejection_time * 2**k` seconds, capped at `max_ejection_time`, where k counts its
   earlier ejections (one is forgiven per `base_ejection_time` spent back in service). Envoy
   grows the time linearly (base x number of ejections); we double it, so a flapping backend
-  is out of the way sooner, and cap it the same. A success resets the failure run.
+  is out of the way sooner, and cap it the same. A success resets the failure run, and so
+  does a return to rotation.
 * **The ejection cap**: within a `HealthGroup`, at most `max_ejection_percent` of the backends
   are ejected at once — `floor(percent / 100 * n)`, but at least one, since Envoy too ejects a
   host when none is ejected whatever the percentage (default 10%: in a group of fewer than 20
@@ -236,6 +237,9 @@ class BackendHealth:
         elif target is H.SLOW_START:
             self._returned_at = at
             self._deadline = at + config.slow_start
+            # Back in rotation: a new failure run. Failures while out of it (the tail of
+            # requests in flight at an ejection) were acted on already.
+            self.consecutive_failures = 0
         else:
             if previous is H.EJECTED:
                 self._returned_at = at

@@ -231,6 +231,19 @@ def test_the_end_of_a_slow_start_forgives_nothing_twice() -> None:
     assert health.ejection_time(now + 60.0) == 60.0        # two of three forgiven by +60
 
 
+def test_failures_while_out_of_rotation_do_not_count_towards_the_next_ejection() -> None:
+    """Requests in flight when a backend was ejected fail after it: their run was acted on
+    already, and one failure after its return must not eject it again, for twice as long."""
+    health = backend()
+    fail(health, 5, 0.0)
+    fail(health, 4, 0.5)                                   # the tail of its requests in flight
+    assert health.available(30.0)
+    assert health.record_failure(30.0) == []
+    assert state(health) is H.SLOW_START and health.ejections == 1
+    fail(health, 4, 31.0)
+    assert state(health) is H.EJECTED                      # a run of its own, after its return
+
+
 def test_ejection_time_predicts_the_next_ejection() -> None:
     health = backend()
     assert health.ejection_time(0.0) == 30.0
