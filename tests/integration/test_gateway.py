@@ -300,10 +300,15 @@ async def test_admin_api(make_gateway: GatewayFactory, origins: list[HttpOrigin]
             assert bad.status_code == 400
             drained = await client.post(f"/backends/app/{backend}/drain", headers=auth)
             assert drained.json()["health"]["state"] == "draining"
+            # An operator's retry changes nothing: the backend stays drained.
+            again = await client.post(f"/backends/app/{backend}/drain", headers=auth)
+            assert again.status_code == 200 and again.json()["health"]["state"] == "draining"
             async with httpx.AsyncClient(base_url=url(gateway)) as web:
                 for _ in range(6):
                     assert (await web.get("/fast")).headers["x-origin"] == "o1"
             await client.post(f"/backends/app/{backend}/undrain", headers=auth)
+            again = await client.post(f"/backends/app/{backend}/undrain", headers=auth)
+            assert again.status_code == 200 and again.json()["health"]["state"] == "slow_start"
             metrics = (await client.get("/metrics", headers=auth)).text
             assert 'connwise_warm_target{backend="' + backend + '",group="app"} 3.0' in metrics
             assert "connwise_gateway_events_total" in metrics

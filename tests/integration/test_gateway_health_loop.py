@@ -108,3 +108,27 @@ async def test_a_failing_backend_logs_its_ejection_not_each_failure(
     assert any(level == logging.INFO and "ejected -> " in m for level, m in lines), lines
     assert sum(level == logging.DEBUG and "failed: answered 503" in m
                for level, m in lines) == 10
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_an_http_check_names_the_backend_as_its_host(
+        make_gateway: GatewayFactory, host: str) -> None:
+    """RFC 9110 7.2: Host is the target's authority, port included and an IPv6 literal in
+    brackets; `Host: ::1` is no valid field value, and a server may answer it 400."""
+    heads: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.put_nowait(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(answer, host, 0)
+    port = server.sockets[0].getsockname()[1]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        await make_gateway(listeners=listener(), groups={
+            "app": {"backends": [address], "health": {"kind": "http", "interval": 0.05}}})
+        head = await asyncio.wait_for(heads.get(), 5)
+        assert f"\r\nHost: {address}\r\n".encode() in head, head
+    finally:
+        server.close()

@@ -215,3 +215,56 @@ async def test_a_reload_applies_new_limits_and_a_refused_one_keeps_the_old(
     with pytest.raises(ConfigError):
         await gateway.reload(refused)
     assert gateway.limits is before and gateway.limits.max_body_bytes == 1000
+
+
+async def test_a_reload_keeps_the_health_of_the_backends_it_keeps(
+        make_gateway: GatewayFactory, echo: Server, origins: list[HttpOrigin]) -> None:
+    """A reload rebuilds every group; a backend it keeps must not come back into rotation
+    because of it: one ejected stays ejected until its time is over, one an operator drained
+    stays drained."""
+    data = config(echo, origins[0])
+    dead = "127.0.0.1:1"
+    app = data["groups"]["app"]
+    app["backends"] = [origins[0].address, dead, origins[1].address]
+    app["health"] |= {"consecutive_failures": 2, "max_ejection_percent": 100}
+    gateway = await make_gateway(**data)
+    old = gateway.groups["app"]
+    by_name = {b.name: b for b in old.backends}
+    for _ in range(2):
+        old.connect_failed(by_name[dead], OSError("connection refused"))
+    ejected_until = by_name[dead].health.ejected_until
+    by_name[origins[1].address].health.drain(gateway.clock.now())
+    data["routes"].append({"listener": "web", "group": "app", "path_prefix": "/new"})
+    await reload(gateway, data)
+    new = gateway.groups["app"]
+    assert new is not old
+    states = {b.name: b.health.state.value for b in new.backends}
+    assert states == {origins[0].address: "healthy", dead: "ejected",
+                      origins[1].address: "draining"}
+    assert new.health[dead].ejected_until == ejected_until
+    assert new.health[dead].ejections == 1
+    async with httpx.AsyncClient(base_url=base(gateway)) as client:
+        for _ in range(4):
+            assert (await client.post("/echo", content=b"x")).headers["x-origin"] == "o0"
+
+
+async def test_a_reload_during_a_drain_is_refused(
+        make_gateway: GatewayFactory, echo: Server, origins: list[HttpOrigin]) -> None:
+    """A SIGHUP while SIGTERM drains: the new groups would open pools (warming connections)
+    and start health checks for a gateway that takes no new connection, and those made after
+    the drain cancelled its tasks and closed its groups outlived it. It is refused."""
+    data = config(echo, origins[0])
+    gateway = await make_gateway(**data)
+    groups = gateway.groups
+    async with httpx.AsyncClient(base_url=base(gateway)) as client:
+        slow = asyncio.create_task(client.get("/slow?ms=500", timeout=5))
+        await until(lambda: gateway.groups["app"].scheduler.in_use == 1)
+        drain = asyncio.create_task(gateway.drain(5.0))
+        await until(lambda: gateway.draining)
+        data["groups"]["app"]["warm_target"] = 2
+        with pytest.raises(ConfigError, match="draining"):
+            await reload(gateway, data)
+        assert gateway.groups is groups and not gateway.retired
+        assert (await slow).status_code == 200
+        assert await drain == {"finished": 1, "forced": 0}
+    assert gateway.counters["reloads"] == 0

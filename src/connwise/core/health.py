@@ -14,13 +14,17 @@ the state and the event. The table also generates the state diagram of the docs.
   `base_ejection_time * 2**k` seconds, capped at `max_ejection_time`, where k counts its
   earlier ejections (one is forgiven per `base_ejection_time` spent back in service). Envoy
   grows the time linearly (base x number of ejections); we double it, so a flapping backend
-  is out of the way sooner, and cap it the same. A success resets the failure run.
+  is out of the way sooner, and cap it the same. A success resets the failure run, and so
+  does a return to rotation.
 * **The ejection cap**: within a `HealthGroup`, at most `max_ejection_percent` of the backends
   are ejected at once — `floor(percent / 100 * n)`, but at least one, since Envoy too ejects a
   host when none is ejected whatever the percentage (default 10%: in a group of fewer than 20
   backends, one at a time). An ejection over the cap is refused and counted; the failure run
   continues, so the backend is ejected at its next failure once there is room. Only outlier
   ejections count: a backend that fails its active checks is down on evidence, not suspicion.
+  Nor is the last backend in rotation ejected: with nowhere else to send its requests, its
+  ejection would fail them all until it ends, however soon the backend recovers (Envoy's
+  panic threshold sends them to it then, ejected or not).
 * **Slow start** (HAProxy `slowstart`, Envoy `slow_start_config`): a backend that comes back
   (checks passed, ejection over, undrained) first takes a weight that ramps linearly from
   `slow_start_min_weight` (0.1, Envoy's min_weight_percent) to 1 over `slow_start` seconds
@@ -221,6 +225,10 @@ class BackendHealth:
         transition = HealthTransition(self.name, previous, target, event, at, reason)
         if target is previous:
             return transition
+        if previous in AVAILABLE and target in (H.UNHEALTHY, H.DRAINING):
+            # Out of service but not ejected (`_eject` does this itself): keep what the time
+            # in service forgave, as the return will restart the count.
+            self._backoff = self._decayed_backoff(at)
         self.state = target
         self.since = at
         config = self.config
@@ -229,6 +237,9 @@ class BackendHealth:
         elif target is H.SLOW_START:
             self._returned_at = at
             self._deadline = at + config.slow_start
+            # Back in rotation: a new failure run. Failures while out of it (the tail of
+            # requests in flight at an ejection) were acted on already.
+            self.consecutive_failures = 0
         else:
             if previous is H.EJECTED:
                 self._returned_at = at
@@ -359,6 +370,29 @@ class BackendHealth:
         self._advance(now, out)
         return out
 
+    def take_over(self, previous: BackendHealth, now: float, *,
+                  checks: bool = True) -> list[HealthTransition]:
+        """Go on from `previous`'s state and history: a reload rebuilt this backend's group, and
+        must put no backend back into rotation that was down, ejected or drained, nor forget
+        its ejections' backoff. This backend's configuration applies from now on: an ejection
+        still ends when it was due to, and a slow start in progress ramps over the new
+        window from when it began. Without active `checks` from now on, a backend down by
+        its checks is up again (none would ever pass to bring it back)."""
+        for slot in _TAKEN_OVER:
+            setattr(self, slot, getattr(previous, slot))
+        out: list[HealthTransition] = []
+        if self.state is H.SLOW_START:
+            self._deadline = self.since + self.config.slow_start
+        self._advance(now, out)
+        if not checks and self._checks_down:
+            self._checks_down = False
+            self._fail_run = 0
+            changed = self._fire(E.CHECKS_PASSED, now, "its active checks are off")
+            if changed.to_state is not changed.from_state:
+                out.append(changed)
+            self._advance(now, out)
+        return out
+
     # -- observation --------------------------------------------------------------------------
 
     def take_transitions(self) -> list[HealthTransition]:
@@ -378,6 +412,13 @@ class BackendHealth:
 
     def __repr__(self) -> str:
         return f"<BackendHealth {self.name} {self.state.value}>"
+
+
+#: What `BackendHealth.take_over` carries from a backend's previous state machine: all of its
+#: state but its name, configuration and the transitions its old owner logs.
+_TAKEN_OVER = ("state", "since", "consecutive_failures", "failures", "successes", "ejections",
+               "ejections_refused", "ejected_until", "_checks_down", "_ok_run", "_fail_run",
+               "_backoff", "_returned_at", "_deadline")
 
 
 # -- a group ------------------------------------------------------------------------------------
@@ -433,9 +474,11 @@ class HealthGroup:
         return count
 
     def record_failure(self, name: str, now: float) -> list[HealthTransition]:
-        """A failure of `name`; ejects it if its run is long enough and the cap has room."""
+        """A failure of `name`; ejects it if its run is long enough, the cap has room and
+        another backend is in rotation (see the module doc)."""
         health = self[name]
-        room = self.ejected(now) < self.max_ejected()
+        room = self.ejected(now) < self.max_ejected() and any(
+            other is not health and other.available(now) for other in self.backends.values())
         return health.record_failure(now, may_eject=room)
 
     def record_success(self, name: str, now: float) -> None:

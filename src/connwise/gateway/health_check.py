@@ -20,7 +20,8 @@ async def probe(group: Group, backend: Backend) -> bool:
             reader, writer = await asyncio.open_connection(backend.host, backend.port)
             if config.kind != "http":
                 return True
-            writer.write(f"GET {config.path} HTTP/1.1\r\nHost: {backend.host}\r\n"
+            # Host is the authority as configured: its port, an IPv6 literal's brackets.
+            writer.write(f"GET {config.path} HTTP/1.1\r\nHost: {backend.name}\r\n"
                          "User-Agent: connwise-health\r\nConnection: close\r\n\r\n".encode())
             status_line = await reader.readline()
             parts = status_line.split()

@@ -481,7 +481,15 @@ class Gateway:
         the very same objects. Then it is swapped in at once, without an await. Established
         connections keep the groups they started with: a replaced group retires
         (`Group.retire`: idle upstream connections close now, requests in flight finish,
-        WebSockets go on). Escalation state is kept: see `_next_escalation`."""
+        WebSockets go on); a backend kept in a group of the same name keeps its health
+        (`Group.take_over_health`). Escalation state is kept: see `_next_escalation`.
+
+        Refused while the gateway drains: it takes no new connection for a configuration to
+        apply to, and what a reload opens after the drain closed its groups would outlive it."""
+        if self.draining:
+            raise ConfigError("reload", config.node_id, "the gateway is draining and takes no "
+                              "new connection", "start a new gateway with the new "
+                              "configuration")
         old = {lc.name: (lc.bind, lc.kind) for lc in self.config.listeners}
         new = {lc.name: (lc.bind, lc.kind) for lc in config.listeners}
         if old != new:
@@ -505,11 +513,11 @@ class Gateway:
                 self.spawn(group.close())
             raise
         # Nothing below fails or awaits: the new configuration goes in whole.
-        now = self.clock.now()
         for name, group in groups.items():
+            previous = self.groups.get(name)
+            if previous is not None:
+                group.take_over_health(previous)
             self._watch(group)
-            if name in self.groups:
-                group.keep_drained(self.groups[name], now)
         carried = self._carry_escalation(escalation, classes, self.clock.now())
         self.classes, self.cqi, self.escalation = classes, cqi, escalation
         self.apply_changes(carried)

@@ -19,7 +19,7 @@ from connwise.core.affinity import BoundedLoadRing
 from connwise.core.balance import LeastOutstandingP2C, RoundRobin
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
-from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup, HealthState
+from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup
 from connwise.core.scheduler import Scheduler
 from connwise.gateway.relay import RelayHalf, ThrottleStep
 from connwise.gateway.upstream_http import (
@@ -111,6 +111,16 @@ class Group:
         else:
             self._balancer = LeastOutstandingP2C(names, rng=rng or random.Random())
 
+    def take_over_health(self, previous: Group) -> None:
+        """A reload replaces `previous` with this group: each backend both have goes on from
+        its health there (down, ejected, drained, ramping up), not healthy afresh."""
+        checks = self.config.health.kind != "none"
+        now = self.clock()
+        for backend in self.backends:
+            old = previous._by_name.get(backend.name)
+            if old is not None:
+                backend.health.take_over(old.health, now, checks=checks)
+
     def relay_throttle(self, class_name: str,
                        started: Callable[[RelayHalf], None]) -> ThrottleStep:
         """The throttle step of `class_name` on this group's ladder, shared by its tcp relays
@@ -184,17 +194,6 @@ class Group:
         for backend in self.backends:
             if backend.pool is not None:
                 await backend.pool.close(timeout=1.0)
-
-    def keep_drained(self, old: Group, now: float) -> None:
-        """A reload replaces `old` with this group: the backends of the same address that an
-        operator drained there stay drained here, until undrained (HAProxy keeps a server's
-        maintenance state across reloads the same way, with its server-state file)."""
-        drained = {b.name for b in old.backends if b.health.state is HealthState.DRAINING}
-        for backend in self.backends:
-            if backend.name in drained:
-                backend.health.drain(now)
-
-    # -- balancing ----------------------------------------------------------------------------
 
     def pick(self, key: str, client_ip: str, exclude: Collection[str] = ()) -> Backend | None:
         """The backend for a request with affinity `key`, skipping unavailable and `exclude`."""

@@ -199,6 +199,51 @@ def test_ejection_time_doubles_with_each_ejection_and_is_forgiven_over_time(
     assert health.ejections == len(gaps)
 
 
+@pytest.mark.parametrize("pause", ["drain", "checks"])
+def test_time_in_service_stays_forgiven_across_a_drain_or_failed_checks(pause: str) -> None:
+    """Three ejections, then 1000 s back in service forgive them all; a drain or a spell of
+    failed checks afterwards must not bring the backoff back."""
+    health = backend(slow_start=0.0)
+    now = 0.0
+    for _ in range(3):
+        fail(health, 5, now)
+        now = health.ejected_until
+        assert health.available(now)
+    now += 1000.0
+    if pause == "drain":
+        health.drain(now)
+        health.undrain(now + 1.0)
+    else:
+        checks(health, "---", now)
+        checks(health, "++", now + 1.0)
+    assert health.ejection_time(now + 1.0) == 30.0
+    fail(health, 5, now + 1.0)
+    assert health.ejected_until - (now + 1.0) == 30.0
+
+
+def test_the_end_of_a_slow_start_forgives_nothing_twice() -> None:
+    health = backend(slow_start=40.0)
+    now = 0.0
+    for _ in range(3):
+        fail(health, 5, now)
+        now = health.ejected_until
+    assert health.weight(now + 45.0) == 1.0                # ramped at +40: one step forgiven
+    assert health.ejection_time(now + 60.0) == 60.0        # two of three forgiven by +60
+
+
+def test_failures_while_out_of_rotation_do_not_count_towards_the_next_ejection() -> None:
+    """Requests in flight when a backend was ejected fail after it: their run was acted on
+    already, and one failure after its return must not eject it again, for twice as long."""
+    health = backend()
+    fail(health, 5, 0.0)
+    fail(health, 4, 0.5)                                   # the tail of its requests in flight
+    assert health.available(30.0)
+    assert health.record_failure(30.0) == []
+    assert state(health) is H.SLOW_START and health.ejections == 1
+    fail(health, 4, 31.0)
+    assert state(health) is H.EJECTED                      # a run of its own, after its return
+
+
 def test_ejection_time_predicts_the_next_ejection() -> None:
     health = backend()
     assert health.ejection_time(0.0) == 30.0
@@ -265,6 +310,53 @@ def test_drain_twice_or_undrain_without_drain_is_a_bookkeeping_bug() -> None:
         health.drain(1.0)
 
 
+# -- reload -------------------------------------------------------------------------------------
+
+
+def test_a_rebuilt_backend_takes_over_its_ejection_and_backoff() -> None:
+    old = backend()
+    fail(old, 5, 0.0)
+    new = backend(10.0, base_ejection_time=30.0, max_ejection_time=600.0)
+    new.take_over(old, 10.0)
+    assert not new.available(29.9) and new.available(30.0)
+    fail(new, 5, 30.0)
+    assert new.ejected_until == 90.0                       # the second ejection: doubled
+    assert new.ejections == 2 and new.config.max_ejection_time == 600.0
+
+
+def test_a_backend_down_by_its_checks_returns_when_a_reload_turns_them_off() -> None:
+    """Nothing would ever pass a check again to bring it back."""
+    old = backend()
+    checks(old, "---", 1.0)
+    drained = backend()
+    drained.drain(0.0)
+    checks(drained, "---", 1.0)
+    for previous in (old, drained):
+        new = backend(2.0)
+        new.take_over(previous, 2.0, checks=False)
+        assert new.snapshot(2.0)["checks_down"] is False
+        if previous is drained:
+            assert state(new) is H.DRAINING
+            new.undrain(3.0)
+        assert new.available(3.0)
+    kept = backend(2.0)
+    kept.take_over(old, 2.0)
+    assert state(kept) is H.UNHEALTHY
+
+
+def test_a_slow_start_taken_over_ramps_over_the_new_window() -> None:
+    old = backend(slow_start=10.0)
+    fail(old, 5, 0.0)
+    assert old.weight(32.0) == pytest.approx(0.2)          # ramping since 30
+    longer = backend(32.0, slow_start=20.0)
+    longer.take_over(old, 32.0)
+    assert longer.weight(40.0) == pytest.approx(0.5) and state(longer) is H.SLOW_START
+    assert longer.weight(50.0) == 1.0 and state(longer) is H.HEALTHY
+    none = backend(32.0, slow_start=0.0)                  # no window: healthy at once
+    none.take_over(old, 32.0)
+    assert none.weight(32.0) == 1.0 and state(none) is H.HEALTHY
+
+
 # -- observation --------------------------------------------------------------------------------
 
 
@@ -320,6 +412,26 @@ def test_the_group_refuses_ejections_over_the_cap_and_allows_them_when_room_retu
     assert group.available(31.0) == ["a", "c"]
 
 
+@pytest.mark.parametrize("others", [[], ["down"], ["drained"]])
+def test_the_last_backend_in_rotation_is_never_ejected(others: list[str]) -> None:
+    """With nowhere else to send its requests, ejecting a backend fails them all for the
+    ejection's length, however soon it recovers (Envoy's panic threshold would send them to it
+    anyway): the ejection is refused, and happens once another backend is back."""
+    group = HealthGroup(["only", *others], HealthConfig(slow_start=0.0), 0.0)
+    if others == ["down"]:
+        for _ in range(3):
+            group.record_check("down", False, 0.0)
+    elif others == ["drained"]:
+        group.drain("drained", 0.0)
+    for _ in range(5):
+        assert group.record_failure("only", 1.0) == []
+    assert group.available(1.0) == ["only"] and group["only"].ejections_refused == 1
+    if others == ["drained"]:
+        group.undrain("drained", 2.0)
+        [transition] = group.record_failure("only", 2.0)
+        assert transition.to_state is H.EJECTED
+
+
 def test_group_bookkeeping() -> None:
     group = HealthGroup(["a", "b"], HealthConfig(), 0.0, owner="api")
     with pytest.raises(ConfigError) as info:
@@ -367,7 +479,9 @@ def test_the_ejected_share_never_exceeds_the_cap(ops: list[tuple[str, int, float
         name = names[i % n]
         health = group[name]
         if op == "fail":
-            group.record_failure(name, now)
+            others = [o for o in names if o != name and group[o].available(now)]
+            ejected_now = any(t.event is E.EJECT for t in group.record_failure(name, now))
+            assert others or not ejected_now               # never the last in rotation
         elif op == "ok":
             group.record_success(name, now)
         elif op in ("check_ok", "check_fail"):
