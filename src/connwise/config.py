@@ -605,6 +605,10 @@ class AdminConfig(_Model):
                               "is anonymous access", "set a secret (e.g. the output of "
                               "'openssl rand -hex 32'), or remove the key and set "
                               "allow_anonymous = true on a loopback bind")
+        if value is not None and value != value.strip():
+            raise ConfigError("admin.token", "***", "the token starts or ends with white space, "
+                              "which HTTP trims from the Authorization header: no request could "
+                              "ever match it", "remove the spaces from the token")
         return value
 
 

@@ -43,6 +43,9 @@ def with_(**sections: Any) -> dict[str, Any]:
      "secret"),
     (with_(admin={"bind": "0.0.0.0:9901", "token": "  \t"}),
      "admin.token = '  \\t': a blank token"),
+    # HTTP trims the header value, so such a token never matches; and it is not echoed.
+    (with_(admin={"token": "s3cret\n"}),
+     "admin.token = '***': the token starts or ends with white space"),
     # A host name that only starts like a loopback address resolves to anything.
     (with_(admin={"bind": "127.attacker.example:9901", "allow_anonymous": True}),
      "admin.bind = '127.attacker.example:9901': anonymous admin access is only allowed on a "
