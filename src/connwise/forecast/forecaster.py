@@ -241,7 +241,10 @@ class Forecaster:
         if not self.models:
             raise ConfigError("forecaster", "unfitted", "the forecaster is not fitted",
                               "call fit() or load one from the registry")
-        h = h or self.horizon
+        if h is not None and h < 1:
+            raise ConfigError("forecast.horizon", h, "the horizon is at least one period",
+                              "use e.g. 60 for an hour of minutes")
+        h = self.horizon if h is None else h
         which = model or (ENSEMBLE if len(self.names) > 1 else self.names[0])
         if which != ENSEMBLE and which not in self.models:
             raise ConfigError("model", which, "the forecaster has no such model",
