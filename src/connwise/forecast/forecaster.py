@@ -226,6 +226,13 @@ class Forecaster:
         if new != known:
             raise ConfigError("segments", sorted(new), f"the forecaster was fitted on "
                               f"{sorted(known)}", "fit a new forecaster for other segments")
+        fitted = {s.step for s in self.panel}
+        for series in panel:
+            # The seasons, lags and calendar slots were learned on the fitted resolution.
+            if series.step not in fitted:
+                raise ConfigError(f"series[{series.segment!r}].step", series.step, f"the "
+                                  f"forecaster was fitted on {min(fitted)}-second periods",
+                                  "resample the history to that resolution, or fit anew")
         self.panel = list(panel)
         for model in self.models.values():
             if isinstance(model, LightGBMModel):

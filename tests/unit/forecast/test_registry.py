@@ -13,6 +13,7 @@ from tests.unit.forecast.synth import seasonal, with_events
 from connwise.errors import ConfigError
 from connwise.forecast.forecaster import Forecaster, ForecasterConfig
 from connwise.forecast.registry import Registry
+from connwise.forecast.series import DemandSeries
 from connwise.forecast.shadow import ShadowEvaluation, ShadowRules
 
 
@@ -173,3 +174,12 @@ def test_an_unwritable_registry_is_refused_with_a_sentence(tmp_path: Path) -> No
     root.write_text("not a directory")
     with pytest.raises(ConfigError, match=r"registry.*cannot save"):
         Registry(root).save("api", _fitted(("snaive_daily",)))
+
+
+def test_update_refuses_history_of_another_resolution() -> None:
+    series = seasonal(days=15)
+    forecaster = Forecaster(ForecasterConfig(models=["snaive_daily"], windows=1))
+    forecaster.fit([series])
+    half_hourly = DemandSeries(series.segment, series.start, 1800, series.values)
+    with pytest.raises(ConfigError, match=r"1800.*fitted on 3600-second periods"):
+        forecaster.update([half_hourly])
