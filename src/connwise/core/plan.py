@@ -132,6 +132,9 @@ def build_steps(start: float, demand: Sequence[float], settings: PlanSettings, *
     number of connections the pool holds now, the point the ramp starts from.
     """
     settings.validate()
+    if current < 0:
+        raise ConfigError("current", current, "a pool cannot hold fewer than 0 connections",
+                          "pass the number of connections open now")
     if not demand:
         raise ConfigError("demand", list(demand), "the forecast is empty",
                           "forecast at least one period")
