@@ -84,21 +84,23 @@ class PlanSettings:
         if not self.step > 0:
             raise bad("step", self.step, "a plan slot must last some time",
                       "use the series resolution in seconds, e.g. 60")
-        if not self.hold_time > 0:
-            raise bad("hold_time", self.hold_time, "Little's law needs a positive mean hold time",
-                      "measure the mean seconds a connection is held and pass it")
+        # Each bound also refuses inf (and NaN): an infinite time or multiplier would make
+        # every target infinite, which no pool can hold.
+        if not 0 < self.hold_time < math.inf:
+            raise bad("hold_time", self.hold_time, "Little's law needs a positive, finite mean "
+                      "hold time", "measure the mean seconds a connection is held and pass it")
         if self.kind not in ("arrivals", "concurrency"):
             raise bad("kind", self.kind, "unknown demand kind",
                       "use 'arrivals' (opened per period) or 'concurrency'")
-        if not self.lead >= 0:
-            raise bad("lead", self.lead, "the lead time cannot be negative",
+        if not 0 <= self.lead < math.inf:
+            raise bad("lead", self.lead, "the lead time must be finite and not negative",
                       "use seconds >= 0, e.g. 600")
-        if self.max_ramp is not None and not self.max_ramp > 0:
-            raise bad("max_ramp", self.max_ramp, "a ramp limit must allow some growth",
+        if self.max_ramp is not None and not 0 < self.max_ramp < math.inf:
+            raise bad("max_ramp", self.max_ramp, "a ramp limit must allow some finite growth",
                       "use connections per second > 0, or None for no limit")
-        if not self.headroom >= 1.0:
-            raise bad("headroom", self.headroom, "headroom below 1 plans fewer connections than "
-                      "the forecast needs", "use 1.0 or more")
+        if not 1.0 <= self.headroom < math.inf:
+            raise bad("headroom", self.headroom, "headroom must be finite, and below 1 it plans "
+                      "fewer connections than the forecast needs", "use 1.0 or more, e.g. 1.2")
         if self.min_target < 0:
             raise bad("min_target", self.min_target, "a target cannot be negative", "use >= 0")
         if self.max_target is not None and self.max_target < self.min_target:
@@ -130,6 +132,9 @@ def build_steps(start: float, demand: Sequence[float], settings: PlanSettings, *
     number of connections the pool holds now, the point the ramp starts from.
     """
     settings.validate()
+    if current < 0:
+        raise ConfigError("current", current, "a pool cannot hold fewer than 0 connections",
+                          "pass the number of connections open now")
     if not demand:
         raise ConfigError("demand", list(demand), "the forecast is empty",
                           "forecast at least one period")

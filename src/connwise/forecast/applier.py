@@ -106,19 +106,23 @@ class PlanApplier:
             if self.forecast is not None:
                 self.metrics.publish_forecast(self.forecast, plan_now,
                                               self.plan.quantile or 0.5)
-        if target != self._last_set:
-            if self.forecast_only:
+        if self.forecast_only:
+            if target != self._last_set:
                 log.info("applier %s (forecast only): would set warm target %d", self.group,
                          target)
+                self._last_set = target
+            return target
+        # What the pool can hold now: a target clamped to its max_size is set in full once
+        # the pool grows, so compare what is set, not what was planned.
+        limit = self.pool.stats().get("max_size")
+        applied = min(target, limit) if isinstance(limit, int) else target
+        if applied != self._last_set:
+            try:
+                self.pool.set_target(applied)
+            except ConfigError as exc:  # not recorded as set: the next decision tries again
+                log.warning("applier %s: set_target(%d) refused: %s", self.group, applied, exc)
             else:
-                limit = self.pool.stats().get("max_size")
-                try:
-                    self.pool.set_target(min(target, limit) if isinstance(limit, int)
-                                         else target)
-                except ConfigError as exc:
-                    log.warning("applier %s: set_target(%d) refused: %s", self.group, target,
-                                exc)
-            self._last_set = target
+                self._last_set = applied
         return target
 
     def next_wakeup(self) -> float:

@@ -106,6 +106,16 @@ def _cli_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def _writing(option: str, path: Path) -> Iterator[None]:
+    """An output file that cannot be written is bad input (exit 2), not a crash."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(option, str(path), f"cannot write it ({exc.strerror or exc})",
+                          "give a path in an existing, writable directory") from exc
+
+
 @dataclass(frozen=True)
 class _Input:
     """Where the history comes from: a CSV (`history`) or a telemetry store (`store`)."""
@@ -244,7 +254,7 @@ def backtest(history: History = None, events: EventsOpt = None, segment: Segment
                         record_kind, gateway_config, time_column, value_column, segment_column)
         panel = _load(inputs, segment)
         calendar = _events(events)
-        h = horizon or panel[0].daily
+        h = panel[0].daily if horizon is None else horizon
         with _progress("backtest") as update:
             result = rolling_origin(panel, names, h=h, windows=windows, events=calendar,
                                     levels=sorted({level, 80}), progress=update)
@@ -253,10 +263,12 @@ def backtest(history: History = None, events: EventsOpt = None, segment: Segment
         console.print(_scores_table(f"backtest: {len(panel)} segment(s), {windows} windows "
                                     f"of {h} periods", scores, weights, level))
         if json_out is not None:
-            json_out.write_text(json.dumps({"horizon": h, "windows": windows, "level": level,
-                                            "scores": {k: v.to_dict() for k, v in
-                                                       scores.items()},
-                                            "weights": weights}, indent=1))
+            with _writing("--json", json_out):
+                json_out.write_text(json.dumps({"horizon": h, "windows": windows,
+                                                "level": level,
+                                                "scores": {k: v.to_dict() for k, v in
+                                                           scores.items()},
+                                                "weights": weights}, indent=1))
 
 
 @forecast_app.command()
@@ -357,7 +369,8 @@ def predict(history: Annotated[Path | None, typer.Argument(
         for forecast in forecasts.values():
             console.print(_forecast_table(forecast, quantile))
         if out is not None:
-            _write_forecasts(out, forecasts, quantile)
+            with _writing("--out", out):
+                _write_forecasts(out, forecasts, quantile)
         if plot is not None:
             _plot(plot, forecaster, forecasts, None)
 
@@ -385,7 +398,8 @@ def _plot(path: Path, forecaster: Forecaster, forecasts: dict[str, Forecast],
     for series in forecaster.panel:
         target = path if len(forecaster.panel) == 1 else path.with_name(
             f"{path.stem}-{series.segment}{path.suffix}")
-        write_plot(target, series, forecasts[series.segment], plan)
+        with _writing("--plot", target):
+            write_plot(target, series, forecasts[series.segment], plan)
         console.print(f"plot written to {target}")
 
 
@@ -462,7 +476,8 @@ def plan(history: Annotated[Path | None, typer.Argument(
                 console.print(f"[yellow]{len(short)} step(s) of {group} cannot reach the need "
                               "within --max-ramp; raise it or accept the shortfall.[/]")
         if out is not None:
-            out.write_text(json.dumps(warm.to_dict(), indent=1))
+            with _writing("--out", out):
+                out.write_text(json.dumps(warm.to_dict(), indent=1))
             console.print(f"plan written to {out}")
         if plot is not None:
             _plot(plot, forecaster, forecasts, warm)

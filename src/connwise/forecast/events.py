@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,14 +55,17 @@ def _time(value: Any, key: str) -> float:
         return when.timestamp()
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp()
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     if isinstance(value, str):
         text = value.strip()
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             pass
+        else:
+            if math.isfinite(number):  # "inf" or "nan" is no time
+                return number
         try:
             when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
@@ -92,13 +96,15 @@ def make_event(data: Mapping[str, Any], key: str) -> Event:
     size: float | None = None
     if size_raw not in (None, ""):
         try:
+            if isinstance(size_raw, bool):  # float(True) is 1.0, but true is no size
+                raise TypeError(size_raw)
             size = float(size_raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}.size", size_raw, "the expected size is not a number",
                               "give a multiplier of normal demand, e.g. 2.5") from None
-        if not size > 0:
-            raise ConfigError(f"{key}.size", size, "the expected size must be positive",
-                              "give a multiplier of normal demand, e.g. 2.5")
+        if not 0 < size < math.inf:
+            raise ConfigError(f"{key}.size", size_raw, "the expected size must be a positive, "
+                              "finite number", "give a multiplier of normal demand, e.g. 2.5")
     return Event(kind, start, end, size, str(data.get("name", "") or ""))
 
 
@@ -132,10 +138,18 @@ class EventCalendar:
             if not isinstance(tables, list):
                 raise ConfigError(f"{path}: event", tables, "events must be an array of tables",
                                   "write each event as [[event]]")
+            for i, table in enumerate(tables):
+                if not isinstance(table, dict):
+                    raise ConfigError(f"{path}: event[{i}]", table, "an event is a table",
+                                      "write each event as [[event]] with type, start, end")
             return cls(make_event(t, f"{path}: event[{i}]") for i, t in enumerate(tables))
         if path.suffix.lower() == ".csv":
-            with path.open(newline="") as handle:
-                rows = list(csv.DictReader(handle))
+            try:
+                with path.open(newline="") as handle:
+                    rows = list(csv.DictReader(handle))
+            except UnicodeDecodeError as exc:
+                raise ConfigError("events", str(path), f"the file is not UTF-8 text ({exc})",
+                                  "save the calendar as UTF-8 CSV") from exc
             return cls(make_event(r, f"{path}:{i + 2}") for i, r in enumerate(rows))
         raise ConfigError("events", str(path), "unknown calendar format",
                           "use a .toml or .csv file")

@@ -226,6 +226,13 @@ class Forecaster:
         if new != known:
             raise ConfigError("segments", sorted(new), f"the forecaster was fitted on "
                               f"{sorted(known)}", "fit a new forecaster for other segments")
+        fitted = {s.step for s in self.panel}
+        for series in panel:
+            # The seasons, lags and calendar slots were learned on the fitted resolution.
+            if series.step not in fitted:
+                raise ConfigError(f"series[{series.segment!r}].step", series.step, f"the "
+                                  f"forecaster was fitted on {min(fitted)}-second periods",
+                                  "resample the history to that resolution, or fit anew")
         self.panel = list(panel)
         for model in self.models.values():
             if isinstance(model, LightGBMModel):
@@ -241,7 +248,10 @@ class Forecaster:
         if not self.models:
             raise ConfigError("forecaster", "unfitted", "the forecaster is not fitted",
                               "call fit() or load one from the registry")
-        h = h or self.horizon
+        if h is not None and h < 1:
+            raise ConfigError("forecast.horizon", h, "the horizon is at least one period",
+                              "use e.g. 60 for an hour of minutes")
+        h = self.horizon if h is None else h
         which = model or (ENSEMBLE if len(self.names) > 1 else self.names[0])
         if which != ENSEMBLE and which not in self.models:
             raise ConfigError("model", which, "the forecaster has no such model",

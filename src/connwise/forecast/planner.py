@@ -4,7 +4,8 @@ The arithmetic (Little's law, lead time, ramp limit) lives in `connwise.core.pla
 and the simulator share it; this module chooses what goes in. Each segment of the forecast is a
 backend group of the plan. The demand planned for is the forecast's `quantile` (0.9 by
 default: the upper edge of the 80% interval — plan for a busy day, not an average one), and
-the mean hold time comes from telemetry (or the operator) as `hold_time` seconds.
+the mean hold time comes from telemetry (or the operator) as `hold_time` seconds. A forecast
+whose quantile is not finite (NaN, inf: a model broke down) is refused.
 
 `mode="forecast_only"` (AWS predictive scaling's ForecastOnly) is carried on the plan's
 metadata: the applier then computes and publishes, and never sets a target.
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
 
 from connwise.core.plan import DEFAULT_LEAD, DemandKind, PlanSettings, WarmPlan, build_plan
 from connwise.errors import ConfigError
@@ -68,8 +71,19 @@ def plan(forecasts: Mapping[str, Forecast], config: PlannerConfig, *,
         raise ConfigError("forecasts", sorted(steps), "the segments have different "
                           "resolutions", "plan segments of one resolution together")
     settings = config.settings(steps.pop())
-    groups = {segment: (f.start, f.quantile(config.quantile).tolist())
-              for segment, f in forecasts.items()}
+    groups = {}
+    for segment, f in forecasts.items():
+        demand = f.quantile(config.quantile)
+        broken = np.flatnonzero(~np.isfinite(demand))
+        if broken.size:
+            # A model that broke down; planning 0 (or infinitely many) connections for it
+            # would hide that, so the caller hears of it.
+            i = int(broken[0])
+            raise ConfigError(f"forecasts[{segment!r}]", float(demand[i]), f"the forecast's "
+                              f"q{config.quantile:g} of period {i} (at "
+                              f"{f.start + i * f.step:.0f}) is not a finite number",
+                              "refit the forecaster, or plan from another model")
+        groups[segment] = (f.start, demand.tolist())
     info = {"mode": config.mode, "hold_time": config.hold_time, "kind": config.kind,
             "headroom": config.headroom, **dict(meta or {})}
     return build_plan(groups, settings, current=current, quantile=config.quantile, meta=info)

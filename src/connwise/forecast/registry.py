@@ -21,6 +21,9 @@ the saved seed, but slower). Layout::
     <root>/<name>/v<N>/{meta.json,data.csv,events.json,lightgbm.txt}
     <root>/<name>/champion.json          {"version": N}
     <root>/promotions.jsonl              one JSON line per promotion, never rewritten
+
+A version appears complete or not at all: it is written to a hidden staging directory and
+renamed to ``v<N>`` (see `Registry.save`).
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
+import secrets
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -74,13 +81,43 @@ class Registry:
 
     def save(self, name: str, forecaster: Forecaster, *, promote: bool | None = None) -> int:
         """Save `forecaster` as the next version of `name`; returns the version. `promote`:
-        make it champion (default: only if `name` has no champion yet)."""
+        make it champion (default: only if `name` has no champion yet).
+
+        The files are written to a hidden staging directory that is renamed to ``v<N>`` when
+        complete: a save that fails or is interrupted leaves no version behind, and two
+        processes saving at once get different versions (the rename refuses an existing one,
+        and the loser takes the next). Raises `ConfigError` when the registry is unwritable."""
         if not forecaster.models:
             raise ConfigError("registry.save", name, "the forecaster is not fitted",
                               "fit it before saving")
-        version = (self.versions(name) or [0])[-1] + 1
-        target = self._dir(name) / f"v{version}"
-        target.mkdir(parents=True, exist_ok=False)
+        base = self._dir(name)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            staging = base / f".saving-{os.getpid()}-{secrets.token_hex(4)}"
+            staging.mkdir()
+        except OSError as exc:
+            raise self._unwritable(name, exc) from exc
+        try:
+            meta = self._write(staging, name, forecaster)
+            version = self._publish(staging, base, meta)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise self._unwritable(name, exc) from exc
+            raise
+        log.info("registry %s: saved %s v%d", self.root, name, version)
+        if promote or (promote is None and self.champion(name) is None):
+            self.promote(name, version, reason="first version" if promote is None else
+                         "promoted on save")
+        return version
+
+    def _unwritable(self, name: str, exc: OSError) -> ConfigError:
+        return ConfigError("registry", str(self.root), f"cannot save {name} there "
+                           f"({exc.strerror or exc})", "give a writable directory with free "
+                           "space as --registry")
+
+    def _write(self, target: Path, name: str, forecaster: Forecaster) -> dict[str, Any]:
+        """Write everything but meta.json into `target`; returns the metadata to write."""
         rows = []
         for series in forecaster.panel:
             stamps = pd.to_datetime(series.times(), unit="s").strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -90,7 +127,7 @@ class Registry:
         events = forecaster.events.to_list() if forecaster.events else []
         (target / "events.json").write_text(json.dumps(events, indent=1))
         meta: dict[str, Any] = {
-            "format": FORMAT, "connwise": __version__, "name": name, "version": version,
+            "format": FORMAT, "connwise": __version__, "name": name, "version": None,
             "created": self._now(), "config": forecaster.config.to_dict(),
             "weights": forecaster.weights, "combination": forecaster.combination,
             "scores": {k: v.to_dict() for k, v in forecaster.scores.items()},
@@ -103,12 +140,24 @@ class Registry:
         if isinstance(gbm, LightGBMModel):
             (target / "lightgbm.txt").write_text(gbm.booster_text())
             meta["lightgbm"] = {"used_lags": gbm.used_lags, "event_types": gbm.event_types}
-        (target / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
-        log.info("registry %s: saved %s v%d", self.root, name, version)
-        if promote or (promote is None and self.champion(name) is None):
-            self.promote(name, version, reason="first version" if promote is None else
-                         "promoted on save")
-        return version
+        return meta
+
+    def _publish(self, staging: Path, base: Path, meta: dict[str, Any]) -> int:
+        """Rename `staging` to the next free ``v<N>`` (meta.json, naming N, written first)."""
+        version = (self.versions(meta["name"]) or [0])[-1] + 1
+        while True:
+            meta["version"] = version
+            (staging / "meta.json").write_text(json.dumps(meta, indent=1,
+                                                          default=_json_default))
+            target = base / f"v{version}"
+            try:
+                staging.rename(target)  # atomic; refuses a non-empty target
+            except OSError:
+                if not target.exists():
+                    raise
+                version += 1  # another process took it first
+                continue
+            return version
 
     def meta(self, name: str, version: int) -> dict[str, Any]:
         path = self._dir(name) / f"v{version}" / "meta.json"
@@ -116,14 +165,20 @@ class Registry:
             raise ConfigError("registry.version", f"{name} v{version}", f"there is no such "
                               f"version in {self.root} (versions: {self.versions(name)})",
                               "fit one with `connwise forecast fit` or pick an existing one")
-        data: dict[str, Any] = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise _damaged(name, version, path, exc) from exc
+        if not isinstance(data, dict):
+            raise _damaged(name, version, path, TypeError("not a JSON object"))
         if data.get("format") != FORMAT:
             raise ConfigError("registry.format", data.get("format"), f"{path} was written in "
                               "another registry format", f"refit it with connwise {__version__}")
         return data
 
     def load(self, name: str, version: int | None = None) -> Forecaster:
-        """The forecaster `name` at `version` (default: the champion), ready to predict."""
+        """The forecaster `name` at `version` (default: the champion), ready to predict.
+        Raises `ConfigError` naming the version when its files are missing or damaged."""
         if version is None:
             version = self.champion(name)
             if version is None:
@@ -131,6 +186,13 @@ class Registry:
                                   "this name", "fit one with `connwise forecast fit`")
         meta = self.meta(name, version)
         base = self._dir(name) / f"v{version}"
+        try:
+            return self._restore(base, meta)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                lgb.basic.LightGBMError) as exc:  # ConfigError included: it is a ValueError
+            raise _damaged(name, version, base, exc) from exc
+
+    def _restore(self, base: Path, meta: dict[str, Any]) -> Forecaster:
         config = ForecasterConfig.from_dict(meta["config"])
         forecaster = Forecaster(config)
         source = CsvSource(base / "data.csv")
@@ -157,22 +219,37 @@ class Registry:
         path = self._dir(name) / "champion.json"
         if not path.is_file():
             return None
-        return int(json.loads(path.read_text())["version"])
+        try:
+            return int(json.loads(path.read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError("registry.champion", str(path), f"the champion record of {name} "
+                              f"is damaged ({exc})", "promote a version: fit with --promote, "
+                              "or call Registry.promote()") from exc
 
     def promote(self, name: str, version: int, *, reason: str,
                 details: dict[str, Any] | None = None) -> None:
         """Make `version` the champion of `name`, and log the promotion (a JSON line in
         promotions.jsonl and a log record)."""
         self.meta(name, version)  # it must exist
-        previous = self.champion(name)
+        try:
+            previous = self.champion(name)
+        except ConfigError:
+            previous = None  # a damaged record is what a promotion repairs
         path = self._dir(name) / "champion.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": version}))
-        tmp.replace(path)
+        # A name of its own: two processes promoting at once must not share a temporary file.
+        tmp = path.with_name(f".champion-{os.getpid()}-{secrets.token_hex(4)}.tmp")
         record = {"time": self._now(), "name": name, "version": version,
                   "previous": previous, "reason": reason, **(details or {})}
-        with (self.root / "promotions.jsonl").open("a") as handle:
-            handle.write(json.dumps(record, default=_json_default) + "\n")
+        try:
+            tmp.write_text(json.dumps({"version": version}))
+            tmp.replace(path)
+            with (self.root / "promotions.jsonl").open("a") as handle:
+                handle.write(json.dumps(record, default=_json_default) + "\n")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError("registry", str(self.root), f"cannot promote {name} v{version} "
+                              f"there ({exc.strerror or exc})", "give a writable directory") \
+                from exc
         log.warning("registry %s: %s v%d promoted (was %s): %s", self.root, name, version,
                     f"v{previous}" if previous else "none", reason)
 
@@ -181,6 +258,12 @@ class Registry:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _damaged(name: str, version: int, path: Path, exc: BaseException) -> ConfigError:
+    return ConfigError("registry.version", f"{name} v{version}", f"{path} is damaged or "
+                       f"incomplete ({type(exc).__name__}: {exc})", "refit it with `connwise "
+                       "forecast fit`, or pick another version")
 
 
 def _json_default(value: object) -> object:

@@ -114,7 +114,11 @@ class DemandSource(Protocol):
 def _parse_times(raw: pd.Series, path: str, column: str) -> pd.Series:
     numeric = pd.to_numeric(raw, errors="coerce")
     if numeric.notna().all():
-        parsed = pd.to_datetime(numeric, unit="s", utc=True)
+        # Beyond pandas' range (years 1677..2262: milliseconds, say, or inf) the conversion
+        # raises instead of coercing; such a number is reported below like any bad timestamp.
+        limit = pd.Timestamp.max.timestamp()
+        parsed = pd.to_datetime(numeric.where(numeric.abs() < limit), unit="s", utc=True,
+                                errors="coerce")
     else:
         parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
     bad = parsed.isna()
@@ -122,7 +126,8 @@ def _parse_times(raw: pd.Series, path: str, column: str) -> pd.Series:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise ConfigError(f"{path}:{row + 2}", str(raw.iloc[row]),
                           f"column {column!r} holds something that is not a timestamp",
-                          "use ISO 8601 (2024-05-01T00:00:00Z) or Unix seconds")
+                          "use ISO 8601 (2024-05-01T00:00:00Z) or Unix seconds (not "
+                          "milliseconds)")
     return parsed.dt.tz_convert(None)
 
 

@@ -100,9 +100,28 @@ class ShadowEvaluation:
             raise ConfigError("shadow.record", sorted(forecasts), f"the champion "
                               f"{self.champion!r} has no forecast for this window",
                               "record only windows the champion forecast")
+        # Checked before anything is recorded: a NaN error would block every promotion for
+        # `windows` windows, and a forecast of another length would be broadcast silently.
+        y = np.asarray(actual, dtype=float)
+        if not y.size:
+            raise ConfigError("shadow.record", [], "the window has no actuals",
+                              "record a window once its actuals have arrived")
+        if not np.all(np.isfinite(y)):
+            raise ConfigError("shadow.record", "actuals", "the actuals are not finite numbers",
+                              "record only periods with data")
+        for name, given in forecasts.items():
+            f = np.asarray(given, dtype=float)
+            if f.shape != y.shape:
+                raise ConfigError(f"shadow.record[{name!r}]", f"{f.size} periods", f"the "
+                                  f"forecast does not cover the window's {y.size} actuals",
+                                  "pass each forecaster's forecast of exactly these periods")
+            if not np.all(np.isfinite(f)):
+                raise ConfigError(f"shadow.record[{name!r}]", "forecast", "the forecast is not "
+                                  "finite numbers", "leave a forecaster that broke down out of "
+                                  "this window")
         for name, history in self._history.items():
-            f = forecasts.get(name)
-            history.append(None if f is None else self.error(actual, f, scale))
+            forecast = forecasts.get(name)
+            history.append(None if forecast is None else self.error(y, forecast, scale))
 
     def decide(self) -> Promotion | None:
         """The promotion the evidence supports now, or None; a promotion takes effect at once

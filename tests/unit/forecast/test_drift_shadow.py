@@ -99,3 +99,21 @@ def test_shadow_rules_are_validated() -> None:
     shadow = ShadowEvaluation("a", ["b"])
     with pytest.raises(ConfigError, match="has no forecast"):
         shadow.record(ACTUAL, {"b": ACTUAL})
+
+
+@pytest.mark.parametrize(("actual", "forecast", "message"), [
+    ([], [], "no actuals"),
+    ([1.0, 2.0, 3.0], [1.0], r"'v1'.*1 periods.*3 actuals"),
+    ([1.0, 2.0, 3.0], [1.0, float("nan"), 3.0], r"'v1'.*not finite"),
+    ([1.0, float("inf"), 3.0], [1.0, 2.0, 3.0], r"actuals.*not finite"),
+])
+def test_a_window_without_matching_finite_forecasts_is_refused(
+        actual: list[float], forecast: list[float], message: str) -> None:
+    shadow = ShadowEvaluation("v1", ["v2"], ShadowRules(windows=1))
+    with pytest.raises(ConfigError, match=message):
+        shadow.record(np.array(actual), {"v1": np.array(forecast),
+                                         "v2": np.array(actual)})
+    # nothing was recorded: a good window afterwards decides on its own
+    shadow.record(np.array([1.0, 2.0]), {"v1": np.array([3.0, 4.0]),
+                                         "v2": np.array([1.0, 2.0])})
+    assert shadow.decide() is not None

@@ -4,6 +4,7 @@ with the Prometheus gauges on a registry of the test's own."""
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,13 @@ def test_planner_config_is_validated_before_forecasting() -> None:
         PlannerConfig(kind="bytes").validate()  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"planner.lead"):
         PlannerConfig(lead=-1).validate()
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_planner_refuses_a_non_finite_forecast(bad: float) -> None:
+    forecast = Forecast("api", T0, 60, np.array([5.0, bad, 5.0]), {}, "broken")
+    with pytest.raises(ConfigError, match=r"forecasts\['api'\].*period 1 .*not a finite"):
+        plan({"api": forecast}, PlannerConfig(quantile=0.5))
 
 
 class FakePool:
@@ -128,6 +136,42 @@ def test_targets_above_the_pool_size_are_clamped() -> None:
     applier = PlanApplier(pool, WarmPlan({"api": [WarmStep(0.0, 50)]}, end=60.0), offset=0.0)
     applier.step()
     assert pool.calls == [(0.0, 8)]
+
+
+def test_a_clamped_target_is_set_in_full_once_the_pool_may_hold_it() -> None:
+    clock = VirtualClock(0.0)
+    pool = FakePool(clock, max_size=8)
+    applier = PlanApplier(pool, WarmPlan({"api": [WarmStep(0.0, 50)]}, end=600.0), offset=0.0)
+    applier.step()
+    pool.max_size = 80  # the pool was resized
+    clock.advance(15.0)
+    applier.step()
+    assert pool.calls == [(0.0, 8), (15.0, 50)]
+
+
+class RefusingPool(FakePool):
+    """Refuses the first `refusals` set_target calls, as a pool does while it is closing or
+    being resized."""
+
+    def __init__(self, clock: VirtualClock, refusals: int) -> None:
+        super().__init__(clock)
+        self.refusals = refusals
+
+    def set_target(self, n: int, at: float | None = None) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise ConfigError("target", n, "refused", "try later")
+        super().set_target(n, at)
+
+
+def test_a_refused_target_is_set_again_at_the_next_decision() -> None:
+    clock = VirtualClock(0.0)
+    pool = RefusingPool(clock, refusals=1)
+    applier = PlanApplier(pool, WarmPlan({"api": [WarmStep(0.0, 5)]}, end=600.0), offset=0.0)
+    applier.step()
+    clock.advance(15.0)
+    applier.step()
+    assert pool.calls == [(15.0, 5)]
 
 
 def test_metrics_use_the_registry_given_and_label_horizons() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from tests.unit.forecast.synth import seasonal, with_events
 from connwise.errors import ConfigError
 from connwise.forecast.forecaster import Forecaster, ForecasterConfig
 from connwise.forecast.registry import Registry
+from connwise.forecast.series import DemandSeries
 from connwise.forecast.shadow import ShadowEvaluation, ShadowRules
 
 
@@ -86,3 +88,98 @@ def test_update_forecasts_from_newer_history_without_refitting_trees() -> None:
     assert forecaster.models["lightgbm"].booster_text() == trees  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="fitted on"):
         forecaster.update([seasonal(days=15, segment="db")])
+
+
+@pytest.mark.parametrize(("file", "text"), [
+    ("v1/meta.json", "{not json"),
+    ("v1/meta.json", ""),
+    ("v1/meta.json", "[1]"),
+    ("v1/meta.json", '{"format": 1, "config": {"models": ["snaive_daily"]}}'),
+    ("v1/events.json", "{"),
+    ("v1/data.csv", "garbage\n"),
+    ("v1/events.json", '[{"colour": "red"}]'),
+    ("champion.json", "{"),
+    ("champion.json", '{"version": "latest"}'),
+])
+def test_a_damaged_version_is_refused_with_a_sentence(tmp_path: Path, file: str,
+                                                      text: str) -> None:
+    registry = Registry(tmp_path)
+    registry.save("api", _fitted(("snaive_daily",)))
+    (tmp_path / "api" / file).write_text(text)
+    with pytest.raises(ConfigError, match=r"damaged.*(refit|promote a version)"):
+        registry.load("api", None if file == "champion.json" else 1)
+
+
+def test_a_missing_saved_file_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.save("api", _fitted(("snaive_daily", "lightgbm")))
+    (tmp_path / "api" / "v1" / "lightgbm.txt").write_text("tree\nnot a booster\n")
+    with pytest.raises(ConfigError, match=r"api v1.*damaged"):
+        registry.load("api", 1)
+    (tmp_path / "api" / "v1" / "events.json").unlink()
+    with pytest.raises(ConfigError, match=r"api v1.*damaged"):
+        registry.load("api", 1)
+
+
+def test_a_save_that_fails_midway_leaves_no_version(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    forecaster = _fitted(("snaive_daily",))
+    registry = Registry(tmp_path)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pandas.DataFrame.to_csv", disk_full)
+    with pytest.raises(ConfigError, match=r"cannot save.*No space left"):
+        registry.save("api", forecaster)
+    assert registry.versions("api") == [] and registry.champion("api") is None
+    assert [p.name for p in (tmp_path / "api").iterdir()] == []  # nothing half written
+    monkeypatch.undo()
+    assert registry.save("api", forecaster) == 1
+
+
+def test_an_interrupted_save_leaves_no_version(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    forecaster = _fitted(("snaive_daily",))
+
+    write_text = Path.write_text
+
+    def interrupted(self: Path, *args: Any, **kwargs: Any) -> int:
+        if self.name == "meta.json":  # the last file: everything else is already written
+            raise KeyboardInterrupt
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Registry(tmp_path).save("api", forecaster)
+    assert list((tmp_path / "api").iterdir()) == []
+
+
+def test_two_savers_racing_for_a_version_both_succeed(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    forecaster = _fitted(("snaive_daily",))
+    first, second = Registry(tmp_path), Registry(tmp_path)
+    assert first.save("api", forecaster) == 1
+    # The second process listed the versions before the first one's v1 appeared.
+    monkeypatch.setattr(second, "versions", lambda name: [])
+    assert second.save("api", forecaster) == 2
+    monkeypatch.undo()
+    assert first.versions("api") == [1, 2]
+    assert first.meta("api", 2)["version"] == 2 and first.champion("api") == 1
+    assert first.load("api", 2).predict()["shop"].mean.size
+
+
+def test_an_unwritable_registry_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    root = tmp_path / "file"
+    root.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"registry.*cannot save"):
+        Registry(root).save("api", _fitted(("snaive_daily",)))
+
+
+def test_update_refuses_history_of_another_resolution() -> None:
+    series = seasonal(days=15)
+    forecaster = Forecaster(ForecasterConfig(models=["snaive_daily"], windows=1))
+    forecaster.fit([series])
+    half_hourly = DemandSeries(series.segment, series.start, 1800, series.values)
+    with pytest.raises(ConfigError, match=r"1800.*fitted on 3600-second periods"):
+        forecaster.update([half_hourly])

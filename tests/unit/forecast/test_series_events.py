@@ -47,6 +47,9 @@ def test_unix_seconds_and_no_segment_column(tmp_path: Path) -> None:
     ("timestamp,value\n2024-01-01T00:00:00Z,ten\n", r"history.csv:2.*'value' is not a number"),
     ("time,value\n2024-01-01T00:00:00Z,1\n", "has no column 'timestamp'"),
     ("timestamp,value\nyesterday,1\n", "not a timestamp"),
+    ("timestamp,value\n0,1\n1704067200000,2\n", r"history.csv:3.*not a timestamp.*milli"),
+    ("timestamp,value\n1e20,1\n", r"history.csv:2.*not a timestamp"),
+    ("timestamp,value\ninf,1\n", r"history.csv:2.*not a timestamp"),
     ("timestamp,value\n2024-01-01T00:00:00Z,-1\n", "demand cannot be negative"),
     ("timestamp,value\n", "has no rows"),
     ("timestamp,value\n0,1\n0,2\n60,3\n", "has this timestamp twice"),
@@ -73,6 +76,24 @@ def test_series_validation() -> None:
         from_values([1.0, 2.0], step=30)
     with pytest.raises(ConfigError, match="finite"):
         from_values([1.0, float("nan")])
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("events.toml", b"event = [1, 2]\n", r"event\[0\] = 1: an event is a table"),
+    ("events.csv", b"type,start,end\nlaunch,\xff,2\n", r"events.csv.*not UTF-8 text"),
+    ("events.toml", b"[[event]]\ntype = 'sale'\nstart = '-inf'\nend = 5\n",
+     r"event\[0\].start = '-inf': this is not a time"),
+    ("events.csv", b"type,start,end,size\nsale,0,10,inf\n",
+     r"events.csv:2.size = 'inf': the expected size must be a positive"),
+    ("events.toml", b"[[event]]\ntype = 'sale'\nstart = 0\nend = 5\nsize = true\n",
+     r"event\[0\].size = True: the expected size is not a number"),
+])
+def test_malformed_calendars_are_refused_with_a_sentence(tmp_path: Path, name: str,
+                                                          content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        EventCalendar.load(path)
 
 
 def test_example_calendar_loads_and_features_have_age() -> None:

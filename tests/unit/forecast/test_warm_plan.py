@@ -59,6 +59,12 @@ def test_ramp_from_the_current_size_marks_unreachable_steps_short() -> None:
     assert [s.short for s in steps] == [True, True, False, False, False]
 
 
+def test_a_negative_current_size_is_refused_by_name() -> None:
+    settings = PlanSettings(step=60, lead=0, max_ramp=0.001)
+    with pytest.raises(ConfigError, match=r"^current = -5: "):
+        build_steps(0.0, [10.0, 10.0], settings, current=-5)
+
+
 def test_target_at_is_a_step_lookup_and_zero_outside_the_plan() -> None:
     plan = WarmPlan({"db": [WarmStep(100.0, 3), WarmStep(160.0, 7), WarmStep(220.0, 2)]},
                     end=280.0)
