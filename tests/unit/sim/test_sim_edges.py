@@ -39,6 +39,8 @@ def small(**parts: Any) -> dict[str, Any]:
     (small(clients={"devices": {"phone": -1.0, "desktop": 2.0}}), "clients.devices.phone"),
     # A negative think-time multiplier scheduled requests in the past: the clock ran back.
     (small(clients={"device_gap": {"desktop": -1.0}}), "clients.device_gap.desktop"),
+    # Each client costs ~110 bytes up front: 10^9 of them exhausted memory before the run.
+    (small(clients={"count": 10**8}), "clients.count"),
     # Ignoring the whole run left every KPI at 0 without a word.
     (small(run={"warmup": 5.0}), "run.warmup"),
     # More ticks or plot samples than a run can hold: a hang, and memory growing with them.
