@@ -124,7 +124,8 @@ def replay_arrivals(arrivals: Arrivals, classes: Sequence[str]) -> list[ReplayAr
         raise ConfigError("arrivals.replay", None, "nothing to replay",
                           "set arrivals.replay or arrivals.replay_log")
     if not rows:
-        raise ConfigError("arrivals.replay", arrivals.replay or arrivals.replay_log,
+        key = "arrivals.replay" if arrivals.replay is not None else "arrivals.replay_log"
+        raise ConfigError(key, arrivals.replay or arrivals.replay_log,
                           "the source holds no client connection or request records",
                           "record or ingest some traffic first")
     rows.sort(key=lambda r: r[0])

@@ -87,3 +87,12 @@ def test_error_share_when_every_counted_client_is_refused() -> None:
     kpis = result.kpis()
     assert kpis["requests"] == 0 and kpis["errors"] == 4
     assert kpis["error_share"] == 1.0
+
+
+def test_an_empty_access_log_is_named_by_its_key(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text("not a log line\n\n")
+    s = load_scenario(small(arrivals={"replay_log": str(log)}))
+    with pytest.raises(ConfigError) as info:
+        simulate(s, "static")
+    assert info.value.key == "arrivals.replay_log"
