@@ -11,7 +11,8 @@ import pytest
 from connwise.errors import ConfigError
 from connwise.sim import load_scenario, simulate
 from connwise.sim.kpi import ClassStats, PolicyResult
-from connwise.sim.scenario import override_run
+from connwise.sim.scenario import Arrivals, override_run
+from connwise.sim.workload import RateProfile
 
 
 def small(**parts: Any) -> dict[str, Any]:
@@ -96,3 +97,17 @@ def test_an_empty_access_log_is_named_by_its_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         simulate(s, "static")
     assert info.value.key == "arrivals.replay_log"
+
+
+def test_the_peak_rate_of_disjoint_spikes_is_one_spike_high() -> None:
+    # The thinning bound multiplied every spike's factor: ten disjoint 10x spikes made it 1e10
+    # times the rate, so each arrival cost ~1e9 rejected candidates (a hang).
+    spikes = [{"at": 10.0 * i, "duration": 5.0, "factor": 10.0} for i in range(10)]
+    profile = RateProfile(Arrivals(rate=2.0, spikes=spikes))
+    assert profile.peak == 20.0
+    overlapping = RateProfile(Arrivals(rate=2.0, spikes=[
+        {"at": 0.0, "duration": 10.0, "factor": 3.0}, {"at": 5.0, "duration": 10.0,
+                                                       "factor": 4.0},
+        {"at": 20.0, "duration": 1.0, "factor": 0.5}]))
+    assert overlapping.peak == 24.0
+    assert max(overlapping(t / 10.0) for t in range(300)) <= overlapping.peak
