@@ -46,3 +46,43 @@ def test_every_example_scenario_loads(path: Path) -> None:
     scenario = load_scenario(path)
     for name in scenario.policies:
         scenario.resolve(name)
+
+
+SHORT = "[run]\nduration = 2\n\n[arrivals]\nrate = 5\n"
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit 2 with the message naming what to fix, and no Python traceback."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for word in words:
+        assert word in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_duration_override_is_validated(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SHORT)
+    assert_clean_error(run(str(path), "--no-plots", "-q", "--duration", value), "--duration")
+
+
+def test_scenario_that_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"\xff\xfe[run]\n")
+    assert_clean_error(run(str(path), "--no-plots", "-q"), "UTF-8")
+
+
+def test_replay_store_that_is_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / "store.db").write_text("not a database\n" * 100)
+    path = tmp_path / "s.toml"
+    path.write_text(SHORT + 'replay = "store.db"\n')
+    assert_clean_error(run(str(path), "--no-plots", "-q"), "store.db")
+
+
+def test_unwritable_outputs_fail_before_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SHORT)
+    (tmp_path / "a-file").write_text("")
+    assert_clean_error(run(str(path), "-q", "--out", str(tmp_path / "a-file")), "--out")
+    assert_clean_error(run(str(path), "-q", "--no-plots", "--json",
+                           str(tmp_path / "no-such-dir" / "k.json")), "--json")

@@ -41,6 +41,10 @@ from connwise.errors import ConfigError
 #: Points per backend on the ring: enough for an even spread of ownership; 10 backends make a
 #: ring of 1000 points (Envoy ring_hash's default minimum_ring_size is 1024).
 DEFAULT_VNODES = 100
+#: At most this many points on the ring (as Envoy's maximum_ring_size): weights are relative,
+#: so a ring of `vnodes x weight` points past it is scaled down, proportions kept. A weight
+#: of 1e6 otherwise places 1e8 points (gigabytes); 2**20 points build in about 5 s.
+MAX_RING_POINTS = 1 << 20
 
 
 def ring_hash(data: str | bytes) -> int:
@@ -86,8 +90,12 @@ class BoundedLoadRing:
 
     def _build(self) -> None:
         points: list[tuple[int, str]] = []
+        per_weight = float(self.vnodes)
+        wanted = per_weight * sum(self.weights.values())
+        if wanted > MAX_RING_POINTS:
+            per_weight *= MAX_RING_POINTS / wanted
         for node, weight in self.weights.items():
-            for i in range(max(1, round(self.vnodes * weight))):
+            for i in range(max(1, round(per_weight * weight))):
                 points.append((ring_hash(f"{node}#{i}"), node))
         points.sort()
         self._hashes = [h for h, _ in points]

@@ -192,7 +192,11 @@ class Thresholds:
         self._cache: dict[str, float] = {}
 
     def observe(self, segment: str, gap: float) -> None:
-        """One healthy gap of `segment`: an idle stretch that ended in useful traffic."""
+        """One healthy gap of `segment`: an idle stretch that ended in useful traffic. A gap
+        that is negative (the clock stepped back between its ends) or not finite measured
+        nothing and is ignored: learnt as 0 s, it would pull the threshold down to the floor."""
+        if not 0.0 <= gap < math.inf:
+            return
         histogram = self._segments.get(segment)
         if histogram is None:
             histogram = self._segments[segment] = GapHistogram()

@@ -14,10 +14,24 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from connwise.errors import ConfigError
+from connwise.errors import ConfigError, TelemetryError
 from connwise.sim.report import class_table, kpi_table, write_plots
 from connwise.sim.run import compare
-from connwise.sim.scenario import load_scenario
+from connwise.sim.scenario import load_scenario, override_run
+
+
+def _check_outputs(out: Path | None, json_out: Path | None) -> None:
+    """Refuse outputs that cannot be written before the run, not after it."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise ConfigError("--out", str(out), "it is a file, and the plots go into a directory",
+                          "name a directory (it is created if missing)")
+    if json_out is not None and str(json_out) != "-":
+        if json_out.is_dir():
+            raise ConfigError("--json", str(json_out), "it is a directory",
+                              "name a file, or '-' for stdout")
+        if not json_out.parent.is_dir():
+            raise ConfigError("--json", str(json_out), "its directory does not exist",
+                              "create the directory or name a file in an existing one")
 
 
 def simulate_command(
@@ -39,16 +53,17 @@ def simulate_command(
     console = Console(width=max(140, Console().width))
     try:
         loaded = load_scenario(scenario)
-        overrides = {}
+        overrides: dict[str, float | int] = {}
         if duration is not None:
             overrides["duration"] = duration
         if seed is not None:
             overrides["seed"] = seed
         if overrides:
-            loaded = loaded.model_copy(update={"run": loaded.run.model_copy(update=overrides)})
+            loaded = override_run(loaded, **overrides)
         names = [p.strip() for p in policies.split(",") if p.strip()] if policies else None
         for name in names or []:
             loaded.resolve(name)
+        _check_outputs(out if plots else None, json_out)
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -63,7 +78,7 @@ def simulate_command(
             progress.update(tasks[name], completed=fraction)  # type: ignore[arg-type]
         try:  # a replay source is read when its run starts
             results = compare(loaded, names, progress=update)
-        except ConfigError as exc:
+        except (ConfigError, TelemetryError) as exc:
             progress.stop()
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None

@@ -330,8 +330,8 @@ class Simulation:
             left = rec.requests
         elif p >= 1.0:
             left = 1
-        else:
-            left = 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p))
+        else:  # log1p: for a mean of 1e17 requests, 1 - p rounds to 1 and log(1 - p) to 0
+            left = 1 + int(math.log(1.0 - rng.random()) / math.log1p(-p))
         self._schedule_arrival(now)
         result = self.result
         result.sessions += 1

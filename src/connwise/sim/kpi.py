@@ -136,7 +136,7 @@ class PolicyResult:
             "served_share": served / requests if requests else 0.0,
             "shed": shed, "shed_share": shed / requests if requests else 0.0,
             "errors": errors, "error_share": errors / (requests + self.refused_total())
-            if requests else 0.0,
+            if requests or errors else 0.0,
             "refused": self.refused_total(), "reconnects": self.reconnects,
             "wait_mean": sum(waits) / len(waits) if waits else 0.0,
             "peak_wait_mean": sum(peak) / len(peak) if peak else 0.0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,9 +19,22 @@ from connwise.errors import ConfigError
 
 _DEFAULTS = {c.name: c for c in DEFAULT_CLASSES}
 
+#: A run moves its policies every `run.tick` and samples every `run.sample` (at most once a
+#: tick); at ~80 us a tick, 10 million ticks (29 days at the default 0.25 s) take about 15
+#: minutes, and a million samples hold about 100 MB. Past these a run is a hang, not a replay.
+MAX_TICKS = 10_000_000
+MAX_SAMPLES = 1_000_000
+
+#: A multiplier or a share: finite (as every number of a scenario) and not negative.
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # inf and nan are valid TOML floats; no key of a scenario means anything by them (an
+    # infinite rate draws every arrival at t = 0, forever).
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
 
 class ClassLoad(_Model):
@@ -69,9 +82,9 @@ class Arrivals(_Model):
     #: Seconds in a simulated day: 86400 for real time, less to compress a day.
     day_length: float = Field(86400.0, gt=0)
     #: 24 hourly multipliers (default: a web service's day, trough 0.2 at 4h, peak 1.0 at 20h).
-    daily: list[float] | None = Field(None, min_length=24, max_length=24)
+    daily: list[NonNegative] | None = Field(None, min_length=24, max_length=24)
     #: 7 daily multipliers, Monday first (default: weekend 0.7).
-    weekly: list[float] | None = Field(None, min_length=7, max_length=7)
+    weekly: list[NonNegative] | None = Field(None, min_length=7, max_length=7)
     spikes: list[Spike] = Field(default_factory=list)
     #: Replay instead of the model: a telemetry store (a SQLite file, or a postgresql:// DSN
     #: as `--store` takes it; a relative path is relative to the scenario file) ...
@@ -86,11 +99,12 @@ class Arrivals(_Model):
 class Clients(_Model):
     """The client population: regions and devices by share; think time scaled per device."""
 
-    count: int = Field(10_000, ge=1)
-    regions: dict[str, float] = Field(default_factory=lambda: {"local": 1.0})
-    devices: dict[str, float] = Field(default_factory=lambda: {"desktop": 1.0})
+    #: Each client costs ~110 bytes and 1.5 us before the run: 10 million is ~1 GB.
+    count: int = Field(10_000, ge=1, le=10_000_000)
+    regions: dict[str, Positive] = Field(default_factory=lambda: {"local": 1.0}, min_length=1)
+    devices: dict[str, Positive] = Field(default_factory=lambda: {"desktop": 1.0}, min_length=1)
     #: Think-time multiplier per device (a phone on a train comes back more slowly).
-    device_gap: dict[str, float] = Field(default_factory=dict)
+    device_gap: dict[str, NonNegative] = Field(default_factory=dict)
 
 
 class Zombies(_Model):
@@ -277,6 +291,45 @@ def _relative_to(scenario: Scenario, base: Path) -> Scenario:
     return scenario.model_copy(update={"arrivals": arrivals.model_copy(update=update)})
 
 
+def _check_arrivals(arrivals: Arrivals) -> None:
+    """A profile whose multipliers are all 0 lets no session arrive (and has no peak rate)."""
+    shapes = {"daily": ("daily",), "weekly": ("daily", "weekly")}.get(arrivals.profile, ())
+    for key in shapes:
+        values = getattr(arrivals, key)
+        if values is not None and not any(values):
+            raise ConfigError(f"arrivals.{key}", values, "every multiplier is 0, so no session "
+                              "would ever arrive", "give some of them a positive multiplier")
+
+
+def _check_run(run: Run) -> None:
+    """What one `[run]` key cannot say alone: the warmup ends before the run does, and the
+    ticks and samples of the run stay within `MAX_TICKS` and `MAX_SAMPLES`."""
+    if run.warmup >= run.duration:
+        raise ConfigError("run.warmup", run.warmup, f"the results ignore everything before it, "
+                          f"and the run lasts {run.duration:g} s", "shorten the warmup")
+    if run.duration / run.tick > MAX_TICKS:
+        raise ConfigError("run.duration", run.duration, f"the run would take "
+                          f"{run.duration / run.tick:.3g} ticks of run.tick ({run.tick:g} s), "
+                          f"more than {MAX_TICKS:,}", "shorten the run or raise run.tick")
+    samples = run.duration / max(run.sample, run.tick)
+    if samples > MAX_SAMPLES:
+        raise ConfigError("run.sample", run.sample, f"the run would keep {samples:.3g} samples "
+                          f"for its plots, more than {MAX_SAMPLES:,}", "raise run.sample")
+
+
+def override_run(scenario: Scenario, **values: Any) -> Scenario:
+    """`scenario` with some `[run]` keys replaced (the CLI's `--duration`, `--seed`), validated
+    as the scenario file's are; errors name the option (`--duration`)."""
+    try:
+        run = Run.model_validate({**scenario.run.model_dump(), **values})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--{err['loc'][0]}", err.get("input"), err["msg"],
+                          "see docs/simulator.md for the [run] keys") from exc
+    _check_run(run)
+    return scenario.model_copy(update={"run": run})
+
+
 def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
     """A validated `Scenario` from a TOML path, TOML text or a dict."""
     where = "scenario"
@@ -294,6 +347,9 @@ def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
         except OSError as exc:
             raise ConfigError(where, str(source), f"cannot read the scenario ({exc.strerror})",
                               "pass the path of a scenario TOML file") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(where, str(source), f"the scenario is not UTF-8 text ({exc.reason} "
+                              f"at byte {exc.start})", "save it as a UTF-8 TOML file") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(where, "TOML", f"the scenario is not valid TOML ({exc})",
                               "fix the syntax at the position named") from exc
@@ -306,6 +362,8 @@ def load_scenario(source: str | Path | dict[str, Any]) -> Scenario:
                           "see docs/simulator.md for the scenario keys") from exc
     if path is not None:
         scenario = _relative_to(scenario, path.parent)
+    _check_arrivals(scenario.arrivals)
+    _check_run(scenario.run)
     for name in scenario.classes:
         scenario.class_knobs(name)
     for name in scenario.policies:

@@ -37,6 +37,24 @@ def spike_factor(spike: Spike, t: float) -> float:
     return 1.0 + (spike.factor - 1.0) * weight
 
 
+def _spike_lift(spikes: Sequence[Spike]) -> float:
+    """The largest product of the spikes' factors at any time, a bound for thinning.
+
+    Overlapping spikes multiply; disjoint ones do not (multiplying them all made ten 10x spikes
+    a bound of 1e10, and thinning a hang). The spikes active at any t are all active at the
+    latest start among them, so the largest product is found at some spike's start.
+    """
+    lift = 1.0
+    for spike in spikes:
+        at = spike.at
+        product = 1.0
+        for other in spikes:
+            if other.at <= at < other.at + other.duration:
+                product *= max(1.0, other.factor)
+        lift = max(lift, product)
+    return lift
+
+
 class RateProfile:
     """rate(t) in sessions per second; `peak` bounds it (for thinning)."""
 
@@ -54,10 +72,7 @@ class RateProfile:
             shape = max(self._daily)
         if self.profile == "weekly":
             shape *= max(self._weekly)
-        lift = 1.0
-        for spike in self._spikes:  # overlapping spikes multiply
-            lift *= max(1.0, spike.factor)
-        self.peak = self.base * shape * lift
+        self.peak = self.base * shape * _spike_lift(self._spikes)
 
     def __call__(self, t: float) -> float:
         rate = self.base
@@ -124,7 +139,8 @@ def replay_arrivals(arrivals: Arrivals, classes: Sequence[str]) -> list[ReplayAr
         raise ConfigError("arrivals.replay", None, "nothing to replay",
                           "set arrivals.replay or arrivals.replay_log")
     if not rows:
-        raise ConfigError("arrivals.replay", arrivals.replay or arrivals.replay_log,
+        key = "arrivals.replay" if arrivals.replay is not None else "arrivals.replay_log"
+        raise ConfigError(key, arrivals.replay or arrivals.replay_log,
                           "the source holds no client connection or request records",
                           "record or ingest some traffic first")
     rows.sort(key=lambda r: r[0])

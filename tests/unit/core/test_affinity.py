@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connwise.core.affinity import BoundedLoadRing, ring_hash
+from connwise.core.affinity import MAX_RING_POINTS, BoundedLoadRing, ring_hash
 from connwise.core.balance import Balancer
 from connwise.errors import ConfigError
 
@@ -184,3 +184,14 @@ def test_no_node_ever_takes_a_request_over_the_bound(ops: list[tuple[str, object
             assert isinstance(arg, int)
             loads[placed.pop(arg % len(placed))] -= 1
             only_added = False
+
+
+def test_the_ring_size_is_bounded_whatever_the_weights() -> None:
+    # A weight of 1e6 placed 1e8 points (gigabytes, minutes); weights are relative, so the
+    # ring scales down to MAX_RING_POINTS and keeps their proportions.
+    ring = BoundedLoadRing(["a", "b"], weights={"a": 1e6, "b": 2e6})
+    owners = Counter(ring._owners)
+    assert len(ring._owners) <= MAX_RING_POINTS
+    assert 1.9 < owners["b"] / owners["a"] < 2.1
+    small = BoundedLoadRing(["a", "b"], weights={"a": 1.0, "b": 2.0})
+    assert Counter(small._owners) == {"a": 100, "b": 200}  # under the bound: unchanged

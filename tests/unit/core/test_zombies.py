@@ -240,3 +240,21 @@ def test_tracker_never_flags_a_busy_connection_as_zombie(steps: list[tuple[str, 
                 stretch = (int(str(finding.key)), now - finding.seconds)
                 assert stretch not in reported  # each idle stretch is reported once
                 reported.add(stretch)
+
+
+def test_a_clock_stepping_back_teaches_nothing() -> None:
+    # Idle at 100, busy at 50: the stretch has no length. Learnt as a 0 s "healthy gap", one
+    # such sample made the segment's threshold the 1 s floor instead of the 300 s default.
+    thresholds = Thresholds(ZombieRules(min_samples=1))
+    tracker = ZombieTracker("pool", thresholds)
+    tracker.idle("c", "eu/phone", 100.0)
+    tracker.busy("c", 50.0)
+    assert thresholds.samples("eu/phone") == 0
+    assert thresholds.threshold("eu/phone") == ZombieRules().default_threshold
+
+
+@pytest.mark.parametrize("gap", [math.nan, math.inf, -1.0])
+def test_a_gap_that_is_no_measurement_is_ignored(gap: float) -> None:
+    thresholds = Thresholds(ZombieRules(min_samples=1))
+    thresholds.observe("s", gap)  # nan and inf raised from the bucket index
+    assert thresholds.samples("s") == 0
