@@ -202,7 +202,7 @@ class ZombieWatch:
             state = rec.state
             if state is State.IN_USE:
                 if rec.acquired_at > last:
-                    thresholds.observe(segment, max(0.0, rec.acquired_at - rec.idle_since))
+                    thresholds.observe(segment, rec.acquired_at - rec.idle_since)  # <0: ignored
                 flag = flags.get(rec.id)
                 if flag is not None and flag[0] == rec.acquired_at:
                     continue
