@@ -223,3 +223,24 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue(
     await until(lambda: not gateway.clients)
     assert group.scheduler.in_use == 0
     assert origin.requests == before, "the request of a client gone is never sent"
+
+
+async def test_a_client_gone_in_the_iteration_its_queued_request_is_granted_frees_the_slot(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    # The client's end is pending (its transport closed, `connection_lost` scheduled) when the
+    # slot frees in the same loop iteration: the grant hands the request to a task (no idle
+    # upstream connection yet), which `connection_lost` then cancels before its first step.
+    gateway = await make_gateway(**one_slot(origin))
+    group = gateway.groups["app"]
+    assert group.scheduler.try_admit("interactive")  # the test holds the only slot
+    _, leaver = await raw_get(gateway.listeners["web"].address[1], "/fast")
+    await until(lambda: group.scheduler.waiting == 1)
+    [client] = [c for c in gateway.clients.values() if isinstance(c, HttpClient)]
+    assert client.transport is not None
+    client.transport.abort()
+    group.release("interactive")  # as the end of another exchange does
+    assert client.task is not None, "the grant went to a task"
+    await until(lambda: not gateway.clients)
+    leaver.close()
+    assert client.task.cancelled()
+    assert group.scheduler.in_use == 0 and group.scheduler.waiting == 0

@@ -65,11 +65,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import os
 import socket
 import sys
 from collections import deque
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import httptools
@@ -368,8 +370,15 @@ class HttpClient(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            coro = cast("Coroutine[Any, Any, None]", task.get_coro())
+            if self.queue and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                # Cancelled before its first step (the grant or the retry that made it ran in
+                # the loop iteration in which this connection ended): its `finally`, which
+                # gives the admission slot back, never runs.
+                self._settle(self.queue[0])
         elif self.active_upstream is not None:
             self._abandon(self.active_upstream, exc)
         elif self.queued is not None:
