@@ -1096,7 +1096,7 @@ class HttpClient(asyncio.Protocol):
             gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()
         group.contended(now)
-        self._run_grants(group)
+        group.grant_free(now)
 
     def _granted(self, group: Group, ex: Exchange) -> None:
         """A slot for the queued `ex`: dispatch it now, or hand it to a task when the backend
@@ -1409,7 +1409,7 @@ class HttpClient(asyncio.Protocol):
             gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()
         group.contended(now)
-        self._run_grants(group)
+        group.grant_free(now)
         # Await the future itself, with a timer for the deadline: a grant wakes this task in
         # one loop iteration (wait_for + shield took three or four, with the slot held idle).
         timer = asyncio.get_running_loop().call_later(waiter.deadline - now, _expire,
@@ -1469,15 +1469,6 @@ class HttpClient(asyncio.Protocol):
         transport.write_eof()
         self.idle_deadline = self.loop.time() + WS_REFUSAL_GRACE
         self._arm(self.idle_deadline)
-
-    @staticmethod
-    def _run_grants(group: Group) -> None:
-        """Queued by the ladder while a slot is free: hand free slots out in priority order."""
-        scheduler = group.scheduler
-        now = group.clock()
-        while (waiter := scheduler.grant(now)) is not None:
-            if not waiter.token.granted():
-                scheduler.refuse(waiter)
 
     async def _discard_body(self, ex: Exchange, status: int) -> None:
         """`ex` was answered `status` by the gateway: read and drop the rest of its body (a

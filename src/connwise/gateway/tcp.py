@@ -173,6 +173,8 @@ class TcpClient(RelayHalf):
             self.transport.pause_reading()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(waiter.deadline - now, self._expired)
+        group.contended(now)
+        group.grant_free(now)  # a slot free now is its own now (`granted`), not at a release
 
     def follow_class(self, class_name: str) -> None:
         """The connection's class changed (an escalation, a reclassification): both halves read
