@@ -1077,8 +1077,6 @@ class HttpClient(asyncio.Protocol):
             ladder.record(class_name, 4)
             self._refuse(ladder, ex)
             return
-        if ladder.should_queue(class_name):
-            ladder.record(class_name, 3)
         now = gateway.clock.now()
         grant = _Grant(self, group, ex)
         try:
@@ -1086,6 +1084,8 @@ class HttpClient(asyncio.Protocol):
         except Exception:
             self._refuse(ladder, ex)
             return
+        if ladder.should_queue(class_name):  # counted once queued: a full queue refuses it
+            ladder.record(class_name, 3)
         gateway.count_class("queued", class_name)
         if self.record is not None:
             self.record.phase("queued", now)
@@ -1393,8 +1393,6 @@ class HttpClient(asyncio.Protocol):
             ladder.record(class_name, 4)
             self._unavailable(ladder, ex)
             return False
-        if ladder.should_queue(class_name):
-            ladder.record(class_name, 3)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         try:
             waiter = scheduler.submit(class_name, now, token=_FutureToken(future))
@@ -1402,6 +1400,8 @@ class HttpClient(asyncio.Protocol):
             gateway.count_class("shed", class_name)
             self._unavailable(ladder, ex)
             return False
+        if ladder.should_queue(class_name):  # counted once queued: a full queue refuses it
+            ladder.record(class_name, 3)
         gateway.count_class("queued", class_name)
         if self.record is not None:
             self.record.phase("queued", now)
