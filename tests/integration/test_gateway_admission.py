@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from connwise.core.degrade import SIGNAL, THROTTLE, DegradeConfig, DegradeLadder
+from connwise.core.degrade import QUEUE, SIGNAL, THROTTLE, DegradeConfig, DegradeLadder
 from connwise.gateway.http import HttpClient
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
@@ -223,3 +223,53 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue(
     await until(lambda: not gateway.clients)
     assert group.scheduler.in_use == 0
     assert origin.requests == before, "the request of a client gone is never sent"
+
+
+async def test_a_client_gone_in_the_iteration_its_queued_request_is_granted_frees_the_slot(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    # The client's end is pending (its transport closed, `connection_lost` scheduled) when the
+    # slot frees in the same loop iteration: the grant hands the request to a task (no idle
+    # upstream connection yet), which `connection_lost` then cancels before its first step.
+    gateway = await make_gateway(**one_slot(origin))
+    group = gateway.groups["app"]
+    assert group.scheduler.try_admit("interactive")  # the test holds the only slot
+    _, leaver = await raw_get(gateway.listeners["web"].address[1], "/fast")
+    await until(lambda: group.scheduler.waiting == 1)
+    [client] = [c for c in gateway.clients.values() if isinstance(c, HttpClient)]
+    assert client.transport is not None
+    client.transport.abort()
+    group.release("interactive")  # as the end of another exchange does
+    assert client.task is not None, "the grant went to a task"
+    await until(lambda: not gateway.clients)
+    leaver.close()
+    assert client.task.cancelled()
+    assert group.scheduler.in_use == 0 and group.scheduler.waiting == 0
+
+
+async def test_a_request_the_full_queue_refuses_is_not_counted_as_queued(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    config = one_slot(origin)
+    config["groups"]["app"]["max_waiters"] = 1
+    gateway = await make_gateway(**config)
+    group = gateway.groups["app"]
+    ladder = group.admission = DegradeLadder(
+        DegradeConfig(dwell_down=60.0, max_level={"bulk": QUEUE, "interactive": QUEUE}),
+        gateway.classes)
+    for t in range(4):
+        ladder.update_pressure({"bulk": 2.0, "interactive": 2.0}, float(t))
+    assert ladder.level("interactive") == QUEUE
+    assert group.scheduler.try_admit("interactive")  # the test holds the only slot
+    port = gateway.listeners["web"].address[1]
+    queued_reader, queued = await raw_get(port, "/fast")
+    await until(lambda: group.scheduler.waiting == 1)
+    refused_reader, refused = await raw_get(port, "/fast")
+    status, _, _ = await read_answer(refused_reader)
+    assert status == 503
+    group.release("interactive")
+    status, _, _ = await read_answer(queued_reader)
+    assert status == 200
+    for writer in (queued, refused):
+        writer.close()
+    assert ladder.stats()["interactive"]["applied"]["queue"] == 1
+    assert gateway.class_counters["queued", "interactive"] == 1
+    assert gateway.class_counters["shed", "interactive"] == 1

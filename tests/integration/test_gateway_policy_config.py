@@ -92,3 +92,23 @@ async def test_smaller_policy_keys_reach_what_is_built_from_them(
     assert (gateway.escalation.config.max_tracked, gateway.escalation.config.max_groups) == (7, 3)
     async with httpx.AsyncClient(base_url=url(gateway)) as client:
         assert (await client.get("/")).status_code == 200
+
+
+async def test_a_keep_alive_connection_joins_the_group_its_later_request_names(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    # A page load without the key, then the document's requests with it, on one connection.
+    config = web_config(origins[:1])
+    config["routes"][0]["class"] = "bulk"
+    config["escalation"] = {"groups": [{"name": "coedit", "min_members": 2}],
+                            "max_escalated_share": 1.0}
+    gateway = await make_gateway(**config)
+    engine = gateway.escalation
+    assert engine is not None
+    doc = {"x-connwise-group": "doc-7"}
+    async with httpx.AsyncClient(base_url=url(gateway)) as first, \
+            httpx.AsyncClient(base_url=url(gateway)) as second:
+        await first.get("/fast")
+        await second.get("/fast", headers=doc)
+        await first.get("/fast", headers=doc)
+        assert engine.group_size("doc-7") == 2
+        assert {c["class"] for c in gateway.connections()} == {"interactive"}

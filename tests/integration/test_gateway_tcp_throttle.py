@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from connwise.core.cqi import ClassChange
-from connwise.core.degrade import THROTTLE, DegradeConfig, DegradeLadder
+from connwise.core.degrade import QUEUE, THROTTLE, DegradeConfig, DegradeLadder
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
 
@@ -155,3 +155,21 @@ async def test_a_tcp_relay_follows_its_connections_class(make_gateway: GatewayFa
             break
         await asyncio.sleep(0.01)
     assert group.scheduler.in_use == 0  # the slot went back in the class it was taken in
+
+
+async def test_a_tcp_connection_queued_by_the_ladder_takes_a_free_slot_at_once(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    """At the queue step a connection takes no fast path, but a slot free while nobody else
+    waits is its own at once, not at the next release (there may be none)."""
+    gateway, ladder = await relay_gateway(make_gateway, service)
+    for t in range(4):  # interactive (and bulk below it) up to the queue step
+        ladder.update_pressure({"bulk": 1.5, "interactive": 1.5}, float(t))
+    assert ladder.level("interactive") == QUEUE
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"D 10\n")
+        assert await asyncio.wait_for(reader.readexactly(10), 2) == b"x" * 10
+    finally:
+        writer.close()
+    assert ladder.stats()["interactive"]["applied"]["queue"] == 1

@@ -50,11 +50,12 @@ undoing the signal just because it works.
 
 Order between classes: the thresholds of a class are those of the lowest class plus
 `class_offset` per rank position above it, and a class never stands on a higher level than any
-class ranked below it. A class steps up to a level only in an update after the class below it
-reached that level, and steps down from a level only in an update after the class above it left
-it: the ladder of bulk moves first and is undone last, so lower classes make room before a
-higher class gives anything up. With the defaults, critical sheds only when its own oldest
-waiter has used 90% of its max wait (pressure 1.9).
+class ranked below it, unless that class is held at its `max_level`. A class steps up to a level
+only in an update after the class below it reached that level (or its `max_level`), and steps
+down from a level only in an update after the class above it left it: the ladder of bulk moves
+first and is undone last, so lower classes make room before a higher class gives anything up.
+With the defaults, critical sheds only when its own oldest waiter has used 90% of its max wait
+(pressure 1.9).
 
 Defaults (for the lowest class; + 0.15 per rank above):
 
@@ -352,9 +353,11 @@ class DegradeLadder:
         changes: list[LevelChange] = []
         before = [state.level for state in ladders]
         # Up, lowest class first: a class climbs to a level only once the class below it held
-        # that level before this update.
+        # that level before this update, or stood at its `max_level` (it goes no higher, so
+        # waiting for it would cap every class above it at its limit).
         for i, state in enumerate(ladders):
-            if wants[i] == 1 and (i == 0 or before[i - 1] > state.level):
+            if wants[i] == 1 and (i == 0 or before[i - 1] > state.level
+                                  or before[i - 1] >= ladders[i - 1].max_level):
                 self._move(state, state.level + 1, now, changes,
                            f"pressure {state.pressure:.3f} >= "
                            f"{state.enter[state.level + 1]:g}")

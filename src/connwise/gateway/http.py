@@ -65,11 +65,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import os
 import socket
 import sys
 from collections import deque
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import httptools
@@ -368,8 +370,15 @@ class HttpClient(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            coro = cast("Coroutine[Any, Any, None]", task.get_coro())
+            if self.queue and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                # Cancelled before its first step (the grant or the retry that made it ran in
+                # the loop iteration in which this connection ended): its `finally`, which
+                # gives the admission slot back, never runs.
+                self._settle(self.queue[0])
         elif self.active_upstream is not None:
             self._abandon(self.active_upstream, exc)
         elif self.queued is not None:
@@ -1068,8 +1077,6 @@ class HttpClient(asyncio.Protocol):
             ladder.record(class_name, 4)
             self._refuse(ladder, ex)
             return
-        if ladder.should_queue(class_name):
-            ladder.record(class_name, 3)
         now = gateway.clock.now()
         grant = _Grant(self, group, ex)
         try:
@@ -1077,6 +1084,8 @@ class HttpClient(asyncio.Protocol):
         except Exception:
             self._refuse(ladder, ex)
             return
+        if ladder.should_queue(class_name):  # counted once queued: a full queue refuses it
+            ladder.record(class_name, 3)
         gateway.count_class("queued", class_name)
         if self.record is not None:
             self.record.phase("queued", now)
@@ -1087,7 +1096,7 @@ class HttpClient(asyncio.Protocol):
             gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()
         group.contended(now)
-        self._run_grants(group)
+        group.grant_free(now)
 
     def _granted(self, group: Group, ex: Exchange) -> None:
         """A slot for the queued `ex`: dispatch it now, or hand it to a task when the backend
@@ -1384,8 +1393,6 @@ class HttpClient(asyncio.Protocol):
             ladder.record(class_name, 4)
             self._unavailable(ladder, ex)
             return False
-        if ladder.should_queue(class_name):
-            ladder.record(class_name, 3)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         try:
             waiter = scheduler.submit(class_name, now, token=_FutureToken(future))
@@ -1393,6 +1400,8 @@ class HttpClient(asyncio.Protocol):
             gateway.count_class("shed", class_name)
             self._unavailable(ladder, ex)
             return False
+        if ladder.should_queue(class_name):  # counted once queued: a full queue refuses it
+            ladder.record(class_name, 3)
         gateway.count_class("queued", class_name)
         if self.record is not None:
             self.record.phase("queued", now)
@@ -1400,7 +1409,7 @@ class HttpClient(asyncio.Protocol):
             gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()
         group.contended(now)
-        self._run_grants(group)
+        group.grant_free(now)
         # Await the future itself, with a timer for the deadline: a grant wakes this task in
         # one loop iteration (wait_for + shield took three or four, with the slot held idle).
         timer = asyncio.get_running_loop().call_later(waiter.deadline - now, _expire,
@@ -1460,15 +1469,6 @@ class HttpClient(asyncio.Protocol):
         transport.write_eof()
         self.idle_deadline = self.loop.time() + WS_REFUSAL_GRACE
         self._arm(self.idle_deadline)
-
-    @staticmethod
-    def _run_grants(group: Group) -> None:
-        """Queued by the ladder while a slot is free: hand free slots out in priority order."""
-        scheduler = group.scheduler
-        now = group.clock()
-        while (waiter := scheduler.grant(now)) is not None:
-            if not waiter.token.granted():
-                scheduler.refuse(waiter)
 
     async def _discard_body(self, ex: Exchange, status: int) -> None:
         """`ex` was answered `status` by the gateway: read and drop the rest of its body (a

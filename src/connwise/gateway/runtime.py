@@ -212,6 +212,11 @@ class Gateway:
             change = engine.set_base(client.conn_id, base, now, "new request")
             if change is not None:
                 self.apply_changes([change])
+            # A keep-alive connection's later request may name a group its first did not (a
+            # page, then the document's requests): it joins it (or moves to it) then.
+            key = self.group_key(ex) if engine.config.groups else None
+            if key is not None:
+                self.apply_changes(engine.on_join(client.conn_id, key, now))
         self.apply_changes(engine.on_activity(client.conn_id, now))
         effective = engine.class_of(client.conn_id) or state.class_name
         if effective != state.class_name:

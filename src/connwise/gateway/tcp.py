@@ -152,18 +152,18 @@ class TcpClient(RelayHalf):
         # Both halves read it, and it follows the class's ladder for the relay's whole life.
         self.throttle = group.relay_throttle(self.class_name, _throttle_started)
         now = self.gateway.clock.now()
-        if not ladder.should_queue(self.class_name):
-            if group.scheduler.try_admit(self.class_name):
-                self._granted()
-                return
-        else:
-            ladder.record(self.class_name, 3)
+        queue_step = ladder.should_queue(self.class_name)
+        if not queue_step and group.scheduler.try_admit(self.class_name):
+            self._granted()
+            return
         try:
             waiter = group.scheduler.submit(self.class_name, now, token=self)
         except Exception:
             self.gateway.count_class("shed", self.class_name)
             self.abort()
             return
+        if queue_step:  # counted once queued: a full queue refuses it
+            ladder.record(self.class_name, 3)
         self._waiter = waiter
         self.gateway.count_class("queued", self.class_name)
         for victim in group.scheduler.take_displaced():
@@ -173,6 +173,8 @@ class TcpClient(RelayHalf):
             self.transport.pause_reading()
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(waiter.deadline - now, self._expired)
+        group.contended(now)
+        group.grant_free(now)  # a slot free now is its own now (`granted`), not at a release
 
     def follow_class(self, class_name: str) -> None:
         """The connection's class changed (an escalation, a reclassification): both halves read

@@ -267,9 +267,17 @@ class Group:
         scheduler.release(class_name)
         if scheduler.waiting:
             self.contended(now)
-            while (waiter := scheduler.grant(now)) is not None:
-                if not waiter.token.granted():
-                    scheduler.refuse(waiter)
+            self.grant_free(now)
+
+    def grant_free(self, now: float) -> None:
+        """Hand the free slots to the best waiters. Besides a release, after a caller queued:
+        slots may be free while it waits (the ladder's queue step takes no fast path, and a
+        class may take a slot that reserved shares keep from the waiters ahead of it), and no
+        release may come to grant them."""
+        scheduler = self.scheduler
+        while (waiter := scheduler.grant(now)) is not None:
+            if not waiter.token.granted():
+                scheduler.refuse(waiter)
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()

@@ -205,6 +205,14 @@ def test_max_level_stops_a_class_below_shed() -> None:
     assert not d.should_shed("critical")
 
 
+def test_a_lower_class_held_at_its_max_level_does_not_hold_the_classes_above_it() -> None:
+    # Bulk is never queued nor shed: interactive and critical still climb the whole ladder.
+    d = ladder(dwell_up=0.0, max_level={"bulk": SIGNAL})
+    for t in range(12):
+        d.update_pressure(everywhere(2.0), float(t))
+    assert levels(d) == (SIGNAL, SHED, SHED)
+
+
 def test_missing_or_nan_pressure_counts_as_none() -> None:
     d = ladder(dwell_up=0.0, dwell_down=0.0)
     d.update_pressure({"bulk": 0.9}, 0.0)
