@@ -396,6 +396,7 @@ class HttpClient(asyncio.Protocol):
             rec.msgs_in = self.frames.messages if self.frames is not None else 0
             if self.relay_to is not None:
                 rec.msgs_out = self.relay_to.frames.messages
+                rec.unuse(self.last_active)  # the session's last traffic ends its use
             state = self.class_state
             if state is not None:  # the CQI behind the last class, copied once, not per request
                 axes = state.axes
@@ -1246,9 +1247,12 @@ class HttpClient(asyncio.Protocol):
             group.release(ex.class_name)
         rec = self.record
         if rec is not None and ex.started_at:
-            rec.request_done(ex.started_at, ex.ended_at or self.gateway.clock.now(),
-                             ex.class_name, ex.degrade > 0, ex.status or 502)
+            end = ex.ended_at or self.gateway.clock.now()
+            rec.request_done(ex.started_at, end, ex.class_name, ex.degrade > 0,
+                             ex.status or 502)
             ex.started_at = 0.0
+            if self.relay_to is not None:  # a 101: the WebSocket session is active time
+                rec.phase("active", end)
 
     def _ended(self, ex: Exchange) -> bool:
         """`ex` was answered: take it off the queue; True when the connection goes on."""

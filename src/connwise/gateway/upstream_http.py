@@ -199,6 +199,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.record = None
             if self.upgraded:
                 rec.msgs_in = self.frames.messages
+                if self.relay_client is not None:  # the session's last traffic ends its use
+                    rec.unuse(self.relay_client.last_active)
             recording = timing.recording
             now = recording.clock.now()
             ex = self._exchange

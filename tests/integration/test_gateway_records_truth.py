@@ -1,0 +1,85 @@
+"""Whether a gateway record tells what happened to its connection, over real loopback sockets:
+where a WebSocket session's time goes, class changes an escalation makes, degradation steps
+applied, who closed the connection and why, and which phase an upstream connect is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from connwise.gateway.runtime import Gateway
+from connwise.telemetry.memory import MemorySink
+from connwise.telemetry.record import ConnRecord
+from connwise.telemetry.recorder import Recorder
+from tests.integration.conftest import GatewayFactory
+from tests.integration.tcp_backend import TcpBackend
+from tests.integration.tcp_relay import until
+from tests.integration.test_gateway_records import _config, _rows
+
+
+@pytest.fixture
+async def echo_backend() -> AsyncIterator[TcpBackend]:
+    backend = await TcpBackend().start()
+    yield backend
+    await backend.stop()
+
+
+def _tcp_config(backend: str, **group: Any) -> dict[str, Any]:
+    return {"listeners": [{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0",
+                           "group": "echo"}],
+            "groups": {"echo": {"backends": [backend], "health": {"kind": "none"}, **group}}}
+
+
+def _recording(gateway: Gateway) -> MemorySink[ConnRecord]:
+    """Client records into memory, in the owner's clock (no store, no upstream records)."""
+    records: MemorySink[ConnRecord] = MemorySink()
+    gateway.recorder = Recorder(records, node="test", wall_offset=0.0)
+    return records
+
+
+def _adds_up(rec: ConnRecord) -> bool:
+    phases = rec.queued_s + rec.connecting_s + rec.active_s + rec.idle_s + rec.draining_s
+    return abs(rec.ended_at - rec.started_at - phases) < 1e-6 and min(
+        rec.queued_s, rec.connecting_s, rec.active_s, rec.idle_s, rec.draining_s) >= 0
+
+
+async def _ended(records: MemorySink[ConnRecord], n: int = 1) -> list[ConnRecord]:
+    await until(lambda: len(records.events) >= n)
+    return list(records.events)
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def test_a_websocket_session_is_active_time_with_no_idle_tail(
+        make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    async def echo(ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await websockets.serve(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = tmp_path / "gw.db"
+    gateway = await make_gateway(**_config(store, [f"127.0.0.1:{port}"]))
+    host, gport = gateway.listeners["web"].address
+    async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
+        for i in range(4):  # talking all along: ~0.4 s of session, no idle stretch
+            await ws.send(f"m{i}")
+            assert await ws.recv() == f"m{i}"
+            await asyncio.sleep(0.1)
+    server.close()
+    rows = await _rows(gateway, store)
+    for kind in ("client", "upstream"):
+        [row] = [row for row in rows if row["kind"] == kind]
+        assert row["active_s"] >= 0.35, (kind, row["active_s"], row["idle_s"])
+        # Its last frame (the close) came just before the end: it was never a zombie.
+        assert row["tail_idle_s"] < 0.1, (kind, row["tail_idle_s"])
