@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import websockets
 
+from connwise.core.cqi import ClassChange
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.memory import MemorySink
 from connwise.telemetry.record import ConnRecord
 from connwise.telemetry.recorder import Recorder
 from tests.integration.conftest import GatewayFactory
+from tests.integration.http_origin import HttpOrigin
 from tests.integration.tcp_backend import TcpBackend
 from tests.integration.tcp_relay import until
 from tests.integration.test_gateway_records import _config, _rows
@@ -83,3 +85,42 @@ async def test_a_websocket_session_is_active_time_with_no_idle_tail(
         assert row["active_s"] >= 0.35, (kind, row["active_s"], row["idle_s"])
         # Its last frame (the close) came just before the end: it was never a zombie.
         assert row["tail_idle_s"] < 0.1, (kind, row["tail_idle_s"])
+
+
+async def test_an_escalation_of_a_tcp_relay_is_a_class_change_of_its_record(
+        make_gateway: GatewayFactory, echo_backend: TcpBackend) -> None:
+    gateway = await make_gateway(**_tcp_config(f"127.0.0.1:{echo_backend.port}"))
+    records = _recording(gateway)
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    assert await asyncio.wait_for(reader.readline(), 5) == b"HELLO\n"
+    [client] = gateway.clients.values()
+    first = client.class_state.class_name
+    gateway.apply_changes([ClassChange(client.conn_id, first, "critical", "test",
+                                       gateway.clock.now())])
+    await _closed(writer)
+    [rec] = await _ended(records)
+    assert (rec.class_name, rec.class_changes) == ("critical", 1)
+
+
+async def test_an_escalation_of_a_websocket_is_a_class_change_of_its_record(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], echo: Any) -> None:
+    port = echo.sockets[0].getsockname()[1]
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [f"127.0.0.1:{port}"], "health": {"kind": "none"}}})
+    records = _recording(gateway)
+    host, gport = gateway.listeners["web"].address
+    async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        [client] = gateway.clients.values()
+        first = client.class_state.class_name
+        assert first != "critical"
+        gateway.apply_changes([ClassChange(client.conn_id, first, "critical", "test",
+                                           gateway.clock.now())])
+        await ws.send("y")
+        assert await ws.recv() == "y"
+    [rec] = await _ended(records)
+    assert (rec.class_name, rec.class_changes) == ("critical", 1)

@@ -447,9 +447,14 @@ class HttpClient(asyncio.Protocol):
 
     def follow_class(self, class_name: str) -> None:
         """The connection's class changed: a WebSocket relay's throttle follows it (a request
-        takes its class when it is admitted, so nothing else does)."""
+        takes its class when it is admitted, so nothing else does; its record counts the
+        change at the request's end, a WebSocket's here)."""
         if self.throttle is not None:
             self.throttle.follow(class_name)
+        rec = self.record
+        if rec is not None and self.relay_to is not None and class_name != rec.class_name:
+            rec.class_changes += 1
+            rec.class_name = class_name
 
     def describe(self, now: float) -> dict[str, Any]:
         """The admin API's view; a WebSocket adds the last close code seen each way (None

@@ -177,7 +177,12 @@ class TcpClient(RelayHalf):
     def follow_class(self, class_name: str) -> None:
         """The connection's class changed (an escalation, a reclassification): both halves read
         the new class's throttle step from the next chunk on. The admission slot stays with the
-        class it was taken in (`class_name`), which gives it back."""
+        class it was taken in (`class_name`), which gives it back. Its record counts the
+        change."""
+        rec = self.record
+        if rec is not None and class_name != rec.class_name:
+            rec.class_changes += 1
+            rec.class_name = class_name
         group = self.group
         if group is None or self.throttle is None or class_name not in group.admission.classes:
             return
