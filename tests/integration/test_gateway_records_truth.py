@@ -14,6 +14,7 @@ import pytest
 import websockets
 
 from connwise.core.cqi import ClassChange
+from connwise.core.degrade import QUEUE, SHED
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.memory import MemorySink
 from connwise.telemetry.record import ConnRecord
@@ -124,3 +125,70 @@ async def test_an_escalation_of_a_websocket_is_a_class_change_of_its_record(
         assert await ws.recv() == "y"
     [rec] = await _ended(records)
     assert (rec.class_name, rec.class_changes) == ("critical", 1)
+
+
+@pytest.mark.parametrize("level", [QUEUE, SHED])
+async def test_the_queue_and_shed_steps_are_degradations_of_http_records(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], level: int) -> None:
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [origins[0].address], "health": {"kind": "none"},
+                        "max_in_flight": 1}},
+        degrade={"shed_backlog": 0})
+    records = _recording(gateway)
+    group = gateway.groups["app"]
+    # Held for seconds: the ladder steps down only after `dwell_down` under the exit.
+    group.admission.state("interactive").level = level
+    host, port = gateway.listeners["web"].address
+    slow = None
+    if level == SHED:  # a free slot is taken even at the shed step: hold the only one
+        _, slow = await asyncio.open_connection(host, port)
+        slow.write(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        await until(lambda: sum(group.scheduler.in_use_by_class().values()) == 1)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 503" if level == SHED else b"HTTP/1.1 200"), head
+    await _closed(writer)
+    if slow is not None:
+        await _closed(slow)
+    ended = await _ended(records, 2 if slow is not None else 1)
+    applied = group.admission.state("interactive").applied
+    assert applied[level] == 1
+    # Each step the ladder counts as applied is in the record of the connection it hit.
+    assert sum(rec.degradations for rec in ended) == sum(applied)
+
+
+async def test_the_shed_step_is_a_degradation_of_a_tcp_record(
+        make_gateway: GatewayFactory, echo_backend: TcpBackend) -> None:
+    gateway = await make_gateway(**_tcp_config(f"127.0.0.1:{echo_backend.port}"))
+    records = _recording(gateway)
+    gateway.groups["echo"].admission.state("interactive").level = SHED
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    await _closed(writer)
+    [rec] = await _ended(records)
+    assert rec.degradations == 1 and rec.close_reason == "refused"
+
+
+async def test_a_websocket_throttle_is_a_degradation_of_its_record(
+        make_gateway: GatewayFactory, echo: Any) -> None:
+    port = echo.sockets[0].getsockname()[1]
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [f"127.0.0.1:{port}"], "health": {"kind": "none"}}})
+    records = _recording(gateway)
+    host, gport = gateway.listeners["web"].address
+    async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        state = gateway.groups["app"].admission.state("interactive")
+        state.throttle_rate = 1e9  # the class stands on the throttle step (a huge cap)
+        await ws.send("y")
+        assert await ws.recv() == "y"
+        state.throttle_rate = None
+    [rec] = await _ended(records)
+    assert state.applied[1] == 1 and rec.degradations == 1

@@ -1072,10 +1072,14 @@ class HttpClient(asyncio.Protocol):
         class_name = ex.class_name
         if ladder.sheds(class_name, scheduler):
             ladder.record(class_name, 4)
+            if self.record is not None:
+                self.record.degradations += 1
             self._refuse(ladder, ex)
             return
         if ladder.should_queue(class_name):
             ladder.record(class_name, 3)
+            if self.record is not None:
+                self.record.degradations += 1
         now = gateway.clock.now()
         grant = _Grant(self, group, ex)
         try:
@@ -1391,10 +1395,14 @@ class HttpClient(asyncio.Protocol):
         if ladder.sheds(class_name, scheduler):
             gateway.count_class("shed", class_name)
             ladder.record(class_name, 4)
+            if self.record is not None:
+                self.record.degradations += 1
             self._unavailable(ladder, ex)
             return False
         if ladder.should_queue(class_name):
             ladder.record(class_name, 3)
+            if self.record is not None:
+                self.record.degradations += 1
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         try:
             waiter = scheduler.submit(class_name, now, token=_FutureToken(future))

@@ -147,6 +147,8 @@ class TcpClient(RelayHalf):
         if ladder.should_shed(self.class_name):
             self.gateway.count_class("shed", self.class_name)
             ladder.record(self.class_name, 4)
+            if self.record is not None:
+                self.record.degradations += 1
             self.abort()
             return
         # Both halves read it, and it follows the class's ladder for the relay's whole life.
@@ -158,6 +160,8 @@ class TcpClient(RelayHalf):
                 return
         else:
             ladder.record(self.class_name, 3)
+            if self.record is not None:
+                self.record.degradations += 1
         try:
             waiter = group.scheduler.submit(self.class_name, now, token=self)
         except Exception:
