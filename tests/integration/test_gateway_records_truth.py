@@ -192,3 +192,35 @@ async def test_a_websocket_throttle_is_a_degradation_of_its_record(
         state.throttle_rate = None
     [rec] = await _ended(records)
     assert state.applied[1] == 1 and rec.degradations == 1
+
+
+async def test_who_closed_an_http_connection_is_in_its_close_reason(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [origins[0].address], "health": {"kind": "none"}}},
+        limits={"keepalive_timeout": 0.2, "max_header_bytes": 1024})
+    records = _recording(gateway)
+    host, port = gateway.listeners["web"].address
+
+    async def one(request: bytes, status: bytes) -> ConnRecord:
+        before = len(records.events)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 " + status), head
+        if status != b"200":
+            assert await asyncio.wait_for(reader.read(), 5) is not None
+        else:
+            await asyncio.sleep(0.5)  # past the keep-alive timeout
+        await _closed(writer)
+        return (await _ended(records, before + 1))[-1]
+
+    idle = await one(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n", b"200")
+    assert (idle.close_reason, idle.final_state) == ("idle timeout", "closed")
+    big = await one(b"GET /fast HTTP/1.1\r\nHost: a\r\nX: " + b"x" * 2000 + b"\r\n\r\n", b"431")
+    assert big.close_reason == "rejected 431" and big.requests == 0
+    bad = await one(b"GET /fast HTTP/1.1\r\n\r\n", b"400")  # no Host
+    assert bad.close_reason == "rejected 400"
+    assert all(_adds_up(rec) for rec in records.events)

@@ -416,11 +416,20 @@ class HttpClient(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._closing_for("draining" if self.draining else "gateway closed")
             self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
+            self._closing_for("draining" if self.draining else "gateway closed")
             self.transport.abort()
+
+    def _closing_for(self, reason: str) -> None:
+        """The gateway ends the connection for `reason`: its record says so, unless a reason
+        was given first (the zombie watch's, a more precise one before a generic close)."""
+        rec = self.record
+        if rec is not None and not rec.close_reason:
+            rec.close_reason = reason
 
     def drain(self) -> None:
         """The gateway drains: finish what is in flight, answer with Connection: close, close
@@ -584,6 +593,7 @@ class HttpClient(asyncio.Protocol):
             self._body_timeout(now)
         elif self.idle_deadline and now >= self.idle_deadline:
             self.idle_deadline = 0.0
+            self._closing_for("idle timeout")
             self.close()
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
@@ -612,7 +622,8 @@ class HttpClient(asyncio.Protocol):
         if self.parsing is not None or (not self.queue and self.bytes_in > 0):
             self.gateway.count("http_408")
             self._reject(408, "Request Timeout")
-        elif not self.queue:
+        elif not self.queue:  # no request came at all
+            self._closing_for("idle timeout")
             self.close()
 
     def _body_timeout(self, now: float) -> None:
@@ -726,6 +737,7 @@ class HttpClient(asyncio.Protocol):
             return
         queue = self.queue
         ex = self.parsing
+        self._closing_for(f"rejected {status}")
         answer = simple_response(status, reason, close=True, head=self._head_request(ex))
         self.parser = None  # nothing more is parsed
         if ex is not None and len(queue) > 1 and queue[-1] is ex:

@@ -211,6 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
             recording.recorder.end(rec, now, reason, failed=exc is not None)
         client = self.relay_client
         if client is not None:
+            client._closing_for("backend reset" if exc else "backend closed")
             client.close()
         backend, self.relay_backend = self.relay_backend, None
         if backend is not None:
