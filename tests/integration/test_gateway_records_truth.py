@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,33 @@ async def test_who_closed_an_http_connection_is_in_its_close_reason(
     bad = await one(b"GET /fast HTTP/1.1\r\n\r\n", b"400")  # no Host
     assert bad.close_reason == "rejected 400"
     assert all(_adds_up(rec) for rec in records.events)
+
+
+async def test_a_tcp_upstream_connect_is_connecting_time_not_queued(
+        make_gateway: GatewayFactory) -> None:
+    # A backend whose accept queue is full: its connects hang until the connect timeout.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(listener.getsockname())
+        filler.append(sock)
+    try:
+        gateway = await make_gateway(**_tcp_config(
+            f"127.0.0.1:{listener.getsockname()[1]}", connect_timeout=0.3, retries=0))
+        records = _recording(gateway)
+        host, port = gateway.listeners["raw"].address
+        reader, writer = await asyncio.open_connection(host, port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        await _closed(writer)
+        [rec] = await _ended(records)
+    finally:
+        for sock in (*filler, listener):
+            sock.close()
+    # Admitted at once (a free slot): the wait was the connect's.
+    assert rec.queued_s < 0.1 and rec.connecting_s >= 0.25, (rec.queued_s, rec.connecting_s)
+    assert rec.final_state == "failed" and _adds_up(rec)

@@ -272,6 +272,8 @@ class TcpClient(RelayHalf):
     def _granted(self) -> None:
         self._admitted = True
         assert self.group is not None
+        if self.record is not None:  # admitted: from now on, the upstream connect
+            self.record.phase("connecting", self.gateway.clock.now())
         self._connecting = self.gateway.spawn(self._connect(self.group))
 
     async def _connect(self, group: Group) -> None:
