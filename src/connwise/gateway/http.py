@@ -405,6 +405,7 @@ class HttpClient(asyncio.Protocol):
             rec.msgs_in = self.frames.messages if self.frames is not None else 0
             if self.relay_to is not None:
                 rec.msgs_out = self.relay_to.frames.messages
+                rec.unuse(self.last_active)  # the session's last traffic ends its use
             state = self.class_state
             if state is not None:  # the CQI behind the last class, copied once, not per request
                 axes = state.axes
@@ -424,11 +425,20 @@ class HttpClient(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._closing_for("draining" if self.draining else "gateway closed")
             self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
+            self._closing_for("draining" if self.draining else "gateway closed")
             self.transport.abort()
+
+    def _closing_for(self, reason: str) -> None:
+        """The gateway ends the connection for `reason`: its record says so, unless a reason
+        was given first (the zombie watch's, a more precise one before a generic close)."""
+        rec = self.record
+        if rec is not None and not rec.close_reason:
+            rec.close_reason = reason
 
     def drain(self) -> None:
         """The gateway drains: finish what is in flight, answer with Connection: close, close
@@ -455,9 +465,14 @@ class HttpClient(asyncio.Protocol):
 
     def follow_class(self, class_name: str) -> None:
         """The connection's class changed: a WebSocket relay's throttle follows it (a request
-        takes its class when it is admitted, so nothing else does)."""
+        takes its class when it is admitted, so nothing else does; its record counts the
+        change at the request's end, a WebSocket's here)."""
         if self.throttle is not None:
             self.throttle.follow(class_name)
+        rec = self.record
+        if rec is not None and self.relay_to is not None and class_name != rec.class_name:
+            rec.class_changes += 1
+            rec.class_name = class_name
 
     def describe(self, now: float) -> dict[str, Any]:
         """The admin API's view; a WebSocket adds the last close code seen each way (None
@@ -587,6 +602,7 @@ class HttpClient(asyncio.Protocol):
             self._body_timeout(now)
         elif self.idle_deadline and now >= self.idle_deadline:
             self.idle_deadline = 0.0
+            self._closing_for("idle timeout")
             self.close()
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
@@ -615,7 +631,8 @@ class HttpClient(asyncio.Protocol):
         if self.parsing is not None or (not self.queue and self.bytes_in > 0):
             self.gateway.count("http_408")
             self._reject(408, "Request Timeout")
-        elif not self.queue:
+        elif not self.queue:  # no request came at all
+            self._closing_for("idle timeout")
             self.close()
 
     def _body_timeout(self, now: float) -> None:
@@ -729,6 +746,7 @@ class HttpClient(asyncio.Protocol):
             return
         queue = self.queue
         ex = self.parsing
+        self._closing_for(f"rejected {status}")
         answer = simple_response(status, reason, close=True, head=self._head_request(ex))
         self.parser = None  # nothing more is parsed
         if ex is not None and len(queue) > 1 and queue[-1] is ex:
@@ -1075,6 +1093,8 @@ class HttpClient(asyncio.Protocol):
         class_name = ex.class_name
         if ladder.sheds(class_name, scheduler):
             ladder.record(class_name, 4)
+            if self.record is not None:
+                self.record.degradations += 1
             self._refuse(ladder, ex)
             return
         now = gateway.clock.now()
@@ -1084,11 +1104,13 @@ class HttpClient(asyncio.Protocol):
         except Exception:
             self._refuse(ladder, ex)
             return
-        if ladder.should_queue(class_name):  # counted once queued: a full queue refuses it
+        queue_step = ladder.should_queue(class_name)
+        if queue_step:  # counted once queued: a full queue refuses it
             ladder.record(class_name, 3)
         gateway.count_class("queued", class_name)
         if self.record is not None:
             self.record.phase("queued", now)
+            self.record.degradations += queue_step
         self.queued = grant
         grant.timer = self.loop.call_at(self.loop.time() + grant.waiter.deadline - now,
                                         grant.expire)
@@ -1255,9 +1277,12 @@ class HttpClient(asyncio.Protocol):
             group.release(ex.class_name)
         rec = self.record
         if rec is not None and ex.started_at:
-            rec.request_done(ex.started_at, ex.ended_at or self.gateway.clock.now(),
-                             ex.class_name, ex.degrade > 0, ex.status or 502)
+            end = ex.ended_at or self.gateway.clock.now()
+            rec.request_done(ex.started_at, end, ex.class_name, ex.degrade > 0,
+                             ex.status or 502)
             ex.started_at = 0.0
+            if self.relay_to is not None:  # a 101: the WebSocket session is active time
+                rec.phase("active", end)
 
     def _ended(self, ex: Exchange) -> bool:
         """`ex` was answered: take it off the queue; True when the connection goes on."""
@@ -1391,6 +1416,8 @@ class HttpClient(asyncio.Protocol):
         if ladder.sheds(class_name, scheduler):
             gateway.count_class("shed", class_name)
             ladder.record(class_name, 4)
+            if self.record is not None:
+                self.record.degradations += 1
             self._unavailable(ladder, ex)
             return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -1400,11 +1427,13 @@ class HttpClient(asyncio.Protocol):
             gateway.count_class("shed", class_name)
             self._unavailable(ladder, ex)
             return False
-        if ladder.should_queue(class_name):  # counted once queued: a full queue refuses it
+        queue_step = ladder.should_queue(class_name)
+        if queue_step:  # counted once queued: a full queue refuses it
             ladder.record(class_name, 3)
         gateway.count_class("queued", class_name)
         if self.record is not None:
             self.record.phase("queued", now)
+            self.record.degradations += queue_step
         for victim in scheduler.take_displaced():
             gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()

@@ -135,6 +135,8 @@ class RelayThrottle:
             bucket = self.bucket = TokenBucket(rate, self.ladder.config.throttle_burst, now)
             client.gateway.count_class("throttle", self.degrade.name)
             self.ladder.record(self.degrade.name, 1)
+            if client.record is not None:
+                client.record.degradations += 1
         elif bucket.rate != rate:
             bucket.set_rate(rate, now)
         return bucket.take(n, now)

@@ -147,6 +147,8 @@ class TcpClient(RelayHalf):
         if ladder.should_shed(self.class_name):
             self.gateway.count_class("shed", self.class_name)
             ladder.record(self.class_name, 4)
+            if self.record is not None:
+                self.record.degradations += 1
             self.abort()
             return
         # Both halves read it, and it follows the class's ladder for the relay's whole life.
@@ -164,6 +166,8 @@ class TcpClient(RelayHalf):
             return
         if queue_step:  # counted once queued: a full queue refuses it
             ladder.record(self.class_name, 3)
+            if self.record is not None:
+                self.record.degradations += 1
         self._waiter = waiter
         self.gateway.count_class("queued", self.class_name)
         for victim in group.scheduler.take_displaced():
@@ -179,7 +183,12 @@ class TcpClient(RelayHalf):
     def follow_class(self, class_name: str) -> None:
         """The connection's class changed (an escalation, a reclassification): both halves read
         the new class's throttle step from the next chunk on. The admission slot stays with the
-        class it was taken in (`class_name`), which gives it back."""
+        class it was taken in (`class_name`), which gives it back. Its record counts the
+        change."""
+        rec = self.record
+        if rec is not None and class_name != rec.class_name:
+            rec.class_changes += 1
+            rec.class_name = class_name
         group = self.group
         if group is None or self.throttle is None or class_name not in group.admission.classes:
             return
@@ -265,6 +274,8 @@ class TcpClient(RelayHalf):
     def _granted(self) -> None:
         self._admitted = True
         assert self.group is not None
+        if self.record is not None:  # admitted: from now on, the upstream connect
+            self.record.phase("connecting", self.gateway.clock.now())
         self._connecting = self.gateway.spawn(self._connect(self.group))
 
     async def _connect(self, group: Group) -> None:

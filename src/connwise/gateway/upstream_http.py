@@ -199,6 +199,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.record = None
             if self.upgraded:
                 rec.msgs_in = self.frames.messages
+                if self.relay_client is not None:  # the session's last traffic ends its use
+                    rec.unuse(self.relay_client.last_active)
             recording = timing.recording
             now = recording.clock.now()
             ex = self._exchange
@@ -209,6 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
             recording.recorder.end(rec, now, reason, failed=exc is not None)
         client = self.relay_client
         if client is not None:
+            client._closing_for("backend reset" if exc else "backend closed")
             client.close()
         backend, self.relay_backend = self.relay_backend, None
         if backend is not None:
