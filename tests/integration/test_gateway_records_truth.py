@@ -255,3 +255,40 @@ async def test_a_tcp_upstream_connect_is_connecting_time_not_queued(
     # Admitted at once (a free slot): the wait was the connect's.
     assert rec.queued_s < 0.1 and rec.connecting_s >= 0.25, (rec.queued_s, rec.connecting_s)
     assert rec.final_state == "failed" and _adds_up(rec)
+
+
+async def test_time_after_the_drain_began_is_draining_time(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin],
+        echo_backend: TcpBackend) -> None:
+    """A request in flight when the gateway drains: its time after the drain began moves
+    from the draining column to the active one, the rest from the idle one; a tcp relay the
+    drain timeout ends spent that time draining."""
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"},
+                   {"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "echo"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [origins[0].address], "health": {"kind": "none"}},
+                "echo": {"backends": [f"127.0.0.1:{echo_backend.port}"],
+                         "health": {"kind": "none"}}})
+    records = _recording(gateway)
+    host, port = gateway.listeners["raw"].address
+    raw_reader, raw_writer = await asyncio.open_connection(host, port)
+    assert await asyncio.wait_for(raw_reader.readline(), 5) == b"HELLO\n"  # its greeting
+    raw_writer.write(b"hello\n")
+    assert await asyncio.wait_for(raw_reader.readline(), 5) == b"hello\n"
+    host, port = gateway.listeners["web"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /slow?ms=400 HTTP/1.1\r\nHost: a\r\n\r\n")
+    group = gateway.groups["app"]
+    await until(lambda: group.scheduler.in_use > 0)
+    drained = asyncio.create_task(gateway.drain(0.6))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+    assert await drained == {"finished": 1, "forced": 1}
+    await _closed(writer)
+    await _closed(raw_writer)
+    by_kind = {rec.source: rec for rec in await _ended(records, 2)}
+    http, tcp = by_kind["web"], by_kind["raw"]
+    assert http.active_s >= 0.35 and http.draining_s < 0.1, (http.active_s, http.draining_s)
+    assert tcp.draining_s >= 0.55, tcp.draining_s
+    assert _adds_up(http) and _adds_up(tcp)

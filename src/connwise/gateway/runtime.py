@@ -46,6 +46,7 @@ from connwise.telemetry.writer import RecordWriter
 if TYPE_CHECKING:
     from connwise.gateway.forecasting import GatewayForecast
     from connwise.gateway.http import Exchange
+    from connwise.telemetry.record import ConnRecord
 
 log = logging.getLogger("connwise.gateway")
 
@@ -56,6 +57,8 @@ class Client(Protocol):
     client_ip: str
     conn_id: int
     listener: Listener
+    #: Its telemetry record, with `[telemetry]` on.
+    record: ConnRecord | None
 
     def describe(self, now: float) -> dict[str, Any]: ...
 
@@ -447,7 +450,10 @@ class Gateway:
         for listener in self.listeners.values():
             if listener.server is not None:
                 listener.server.close()
+        now = self.clock.now()
         for client in list(self.clients.values()):
+            if client.record is not None:
+                client.record.start_draining(now)
             drain_client = getattr(client, "drain", None)
             if drain_client is not None:
                 drain_client()

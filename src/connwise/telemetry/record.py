@@ -238,15 +238,23 @@ class ConnRecord:
         records): the span moves from the idle column to the active one, and a record in
         another phase (queued for admission) goes idle at `start` first. One call per
         request, at its end, with clock readings the owner made anyway: separate start and
-        end steps cost the gateway several percent of its throughput."""
-        if self._phase != "idle":
-            self.phase("idle", start)
+        end steps cost the gateway several percent of its throughput. A record draining
+        (`start_draining`) moves the span from the draining column as far as it lies after
+        the drain began, the rest from the idle one."""
+        held = end - start
+        phase = self._phase
+        if phase == "draining":
+            after = min(held, end - self._phase_at)
+            self.draining_s -= after
+            self.idle_s -= held - after
+        else:
+            if phase != "idle":
+                self.phase("idle", start)
+            self.idle_s -= held
         idle_at = self._idle_at
         if idle_at is not None and start - idle_at > self.max_gap_s:
             self.max_gap_s = start - idle_at
-        held = end - start
         self.active_s += held
-        self.idle_s -= held
         if held > self.max_held_s:  # noqa: PLR1730 -- a comparison costs less than max()
             self.max_held_s = held
         self._idle_at = end
@@ -260,6 +268,14 @@ class ConnRecord:
             self.class_name = class_name
         if degraded:
             self.degradations += 1
+
+    def start_draining(self, now: float) -> None:
+        """The gateway drains: from `now` on, the connection's time is draining time, its
+        current work finishing with no new work to come. Only from `idle` (an http client
+        between, or timing, its requests) or `active` (a relay): a record queued or
+        connecting keeps its phase, which `request_done` ends."""
+        if self._phase in {"idle", "active"}:
+            self.phase("draining", now)
 
     def upstream_connected(self, start: float, connected_at: float, connect_s: float) -> None:
         """A request admitted at `start` goes to a fresh upstream connection that finished
