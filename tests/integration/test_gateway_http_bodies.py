@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from connwise.gateway.http import HttpClient
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
@@ -176,3 +178,36 @@ async def test_tiny_chunks_go_upstream_in_few(make_gateway: GatewayFactory) -> N
     assert body == b"%d" % len(raw)
     assert raw.endswith(b"\r\n0\r\n\r\n") and raw.count(b"x") == count
     assert raw.count(b"\r\n") < 2000, "a chunk per read of the client, not one per chunk"
+
+
+@pytest.mark.parametrize(("prefix", "backends", "status"), [
+    ("/api", "live", b"404"),  # no route
+    ("/", "dead", b"502"),  # no backend answers
+])
+async def test_a_100_continue_request_the_gateway_answers_itself_ends_the_connection(
+        make_gateway: GatewayFactory, prefix: str, backends: str, status: bytes) -> None:
+    """The client waits for `100 Continue` before it sends its body, and the gateway's own
+    answer tells it not to: the gateway waited for the body all the same, with no timer
+    running, and the connection stayed taken for as long as the client kept it open. It now
+    says `Connection: close` and closes (RFC 9110 10.1.1; h11 does the same)."""
+    backend = await GatedBackend().start()
+    address = backend.address
+    if backends == "dead":
+        backend.stop()
+        assert backend.server is not None
+        await backend.server.wait_closed()
+    config = web_config([address])
+    config["routes"][0]["path_prefix"] = prefix
+    config["groups"]["app"]["connect_timeout"] = 0.2
+    gateway = await make_gateway(**config)
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 2)  # until the gateway closes
+    finally:
+        writer.close()
+        backend.stop()
+    assert answer.startswith(b"HTTP/1.1 " + status), answer
+    assert b"Connection: close" in answer
+    assert gateway.groups["app"].scheduler.in_use == 0

@@ -220,6 +220,12 @@ class Exchange:
                 return value
         return None
 
+    def body_withheld(self) -> bool:
+        """The client waits for `100 Continue` to send a body it has not begun: answered
+        otherwise, it may never send it, and the connection cannot go on without it (RFC 9110
+        10.1.1), so an answer of the gateway's own closes it."""
+        return self.expect_continue and not self.body_size and not self.body_done
+
     def body_arrived(self) -> None:
         if self.body_event is not None:
             self.body_event.set()
@@ -1281,8 +1287,10 @@ class HttpClient(asyncio.Protocol):
 
     def _answer(self, ex: Exchange, status: int, reason: str, extra: bytes = b"") -> None:
         """Answer `ex` from the gateway itself (404, 502, 503): `Connection: close` when the
-        connection ends after it (the client's wish, or a drain: `_ended` closes it then), and
-        no body to a HEAD request."""
+        connection ends after it (the client's wish, a drain, or a body the client withholds
+        until told to continue: `_ended` closes it then), and no body to a HEAD request."""
+        if ex.body_withheld():
+            ex.keep_alive = False
         self.write(simple_response(status, reason, close=not ex.keep_alive or self.draining,
                                    extra=extra, head=ex.method == b"HEAD"))
 
@@ -1537,6 +1545,8 @@ class HttpClient(asyncio.Protocol):
         """`ex` was answered `status` by the gateway: read and drop the rest of its body (a
         body timeout then closes without a 408, the answer having gone out)."""
         ex.status = status
+        if ex.body_withheld():
+            return  # it never comes: the answer said close (see `_answer`)
         while not ex.body_done and not self.closed:
             self.take_body(ex)
             await ex.wait_body()
