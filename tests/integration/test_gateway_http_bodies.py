@@ -5,6 +5,8 @@ a backend that takes none of it gets 504, tiny chunks are coalesced on the way u
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
@@ -211,3 +213,42 @@ async def test_a_100_continue_request_the_gateway_answers_itself_ends_the_connec
     assert answer.startswith(b"HTTP/1.1 " + status), answer
     assert b"Connection: close" in answer
     assert gateway.groups["app"].scheduler.in_use == 0
+
+
+class ResettingBackend(LoopbackServer):
+    """Answers a request with a body delimited by the close (no length, no chunks), then,
+    once `reset` is set, resets the connection instead of closing it."""
+
+    def __init__(self) -> None:
+        self.reset = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await self.reset.wait()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # an RST: the body did not end, the backend failed
+
+
+async def test_a_body_delimited_by_the_close_that_ends_in_a_reset_is_a_failure(
+        make_gateway: GatewayFactory) -> None:
+    """A reset is no end of a body delimited by the close: the answer failed, and the
+    backend is charged a passive failure (it counted as a whole answer, and a success)."""
+    backend = await ResettingBackend().start()
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"partial"
+        backend.reset.set()
+        await asyncio.wait_for(reader.read(), 5)  # the gateway closes
+    finally:
+        writer.close()
+        backend.stop()
+    group = gateway.groups["app"]
+    await until(lambda: group.scheduler.in_use == 0)
+    assert group.backends[0].failures == 1

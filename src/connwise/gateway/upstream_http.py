@@ -216,7 +216,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         if self._on_done is not None:
-            if self._until_close and self._head_sent:
+            if self._until_close and self._head_sent and exc is None:
+                # The close ends a body of unknown length (a reset does not: it cut it off).
                 self._finish_client_body()
                 self._finish(None)
             else:
