@@ -637,9 +637,10 @@ class HttpClient(asyncio.Protocol):
         mid-request: the admission slot, and the upstream connection, closed (its state is
         unknown). A client that does not read either is aborted, so its full send buffer
         cannot hold the slot."""
-        if self._paused or self._body_paused:
-            # The gateway stopped reading (pipelining, or the backend has yet to take what
-            # was read: `body_send_due` times that), not the client sending.
+        if self._paused or (self._body_paused and not self._write_paused):
+            # The gateway stopped reading (pipelining, or what was read waits for admission
+            # or for the backend: `body_send_due` times that), not the client sending; a
+            # client that reads none of its answers meanwhile is aborted all the same.
             self.body_deadline = now + self.gateway.limits.body_timeout
             return
         self.gateway.count("http_body_timeout")
