@@ -70,7 +70,6 @@ import logging
 import os
 import socket
 import sys
-from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -107,6 +106,10 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 #: Pipelined requests parsed ahead of the one being answered before reading pauses.
 PIPELINE_DEPTH = 4
+#: Bytes of a request body held for its backend before reading the client pauses until the
+#: backend takes them (uvicorn's flow-control high-water mark): what a client sends faster
+#: than its backend reads waits in the client's socket, not in the gateway's memory.
+BODY_BUFFER = 64 * 1024
 #: Request headers the proxy reads itself (the rest are only forwarded).
 _HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect",
                        b"connection"})
@@ -190,7 +193,9 @@ class Exchange:
         self.expect_continue = False
         #: The Connection header's value (its tokens name more hop-by-hop headers).
         self.connection: bytes | None = None
-        self.body: deque[bytes] = deque()
+        #: Body bytes read and not yet taken (`HttpClient.take_body`): one buffer, not an
+        #: object per piece, which for one-byte chunks cost ~40 bytes per byte of body.
+        self.body = bytearray()
         self.body_size = 0
         self.body_done = False
         #: Created by the first wait for body bytes: a request without a body never needs one.
@@ -217,6 +222,12 @@ class Exchange:
                 return value
         return None
 
+    def body_withheld(self) -> bool:
+        """The client waits for `100 Continue` to send a body it has not begun: answered
+        otherwise, it may never send it, and the connection cannot go on without it (RFC 9110
+        10.1.1), so an answer of the gateway's own closes it."""
+        return self.expect_continue and not self.body_size and not self.body_done
+
     def body_arrived(self) -> None:
         if self.body_event is not None:
             self.body_event.set()
@@ -234,6 +245,7 @@ class HttpClient(asyncio.Protocol):
     """One client connection of an http listener; see the module docstring."""
 
     __slots__ = (
+        "_body_paused",
         "_drain_waiters",
         "_paused",
         "_write_paused",
@@ -267,6 +279,7 @@ class HttpClient(asyncio.Protocol):
         "relay_to",
         "requests",
         "response_deadline",
+        "send_deadline",
         "sock",
         "task",
         "throttle",
@@ -322,6 +335,8 @@ class HttpClient(asyncio.Protocol):
         self.body_deadline = 0.0
         self.response_deadline = 0.0
         self.idle_deadline = 0.0
+        #: The backend is to take more of the request body by then (see `body_send_due`).
+        self.send_deadline = 0.0
         self.relay_to: UpstreamConnection | None = None
         #: The ladder's throttle on this connection's WebSocket relay (set with `relay_to`).
         self.throttle: RelayThrottle | None = None
@@ -337,6 +352,8 @@ class HttpClient(asyncio.Protocol):
         self.bytes_out = 0
         self.requests = 0
         self._paused = False
+        #: Reading stopped because `BODY_BUFFER` bytes of a request body wait for the backend.
+        self._body_paused = False
         self._write_paused = False
         #: Tasks waiting for the client to read (None until one waits: most never do).
         self._drain_waiters: list[asyncio.Future[None]] | None = None
@@ -600,6 +617,9 @@ class HttpClient(asyncio.Protocol):
         elif self.body_deadline and now >= self.body_deadline:
             self.body_deadline = 0.0
             self._body_timeout(now)
+        elif self.send_deadline and now >= self.send_deadline:
+            self.send_deadline = 0.0
+            self._send_timeout()
         elif self.idle_deadline and now >= self.idle_deadline:
             self.idle_deadline = 0.0
             self._closing_for("idle timeout")
@@ -608,7 +628,8 @@ class HttpClient(asyncio.Protocol):
         if self.closed or transport is None or transport.is_closing():
             return
         deadlines = [d for d in (self.header_deadline, self.body_deadline,
-                                 self.response_deadline, self.idle_deadline) if d]
+                                 self.response_deadline, self.idle_deadline,
+                                 self.send_deadline) if d]
         if deadlines:
             self._arm(min(deadlines))
 
@@ -642,7 +663,10 @@ class HttpClient(asyncio.Protocol):
         mid-request: the admission slot, and the upstream connection, closed (its state is
         unknown). A client that does not read either is aborted, so its full send buffer
         cannot hold the slot."""
-        if self._paused:  # the gateway stopped reading (pipelining), not the client sending
+        if self._paused or (self._body_paused and not self._write_paused):
+            # The gateway stopped reading (pipelining, or what was read waits for admission
+            # or for the backend: `body_send_due` times that), not the client sending; a
+            # client that reads none of its answers meanwhile is aborted all the same.
             self.body_deadline = now + self.gateway.limits.body_timeout
             return
         self.gateway.count("http_body_timeout")
@@ -653,6 +677,34 @@ class HttpClient(asyncio.Protocol):
             self._reject(408, "Request Timeout")
         else:
             self.close()  # an answer to it began, or one to a request before it is under way
+
+    def body_send_due(self) -> None:
+        """The backend does not take the request body being sent (its connection's writing
+        paused): it is to take more within `body_timeout`, or `_send_timeout` fails it."""
+        deadline = self.send_deadline = self.loop.time() + self.gateway.limits.body_timeout
+        self._arm(deadline)
+
+    def _send_timeout(self) -> None:
+        """The backend took no byte of the request body for `body_timeout` (it neither reads
+        it nor answers): 504 unless its answer began, the exchange fails, not retryable, and
+        the upstream connection is aborted (closing it would wait for the body it does not
+        read); the exchange's failure path reports the backend to its group's passive health
+        and closes the client. A client that does not read either is aborted."""
+        upstream = self.active_upstream
+        if upstream is None or not upstream.write_blocked() or not self.queue:
+            return  # the backend took it since, or the exchange ended
+        ex = self.queue[0]
+        if not ex.status:
+            self.gateway.count("http_504")
+            ex.status = 504
+            self.write(simple_response(504, "Gateway Timeout", close=True,
+                                       head=ex.method == b"HEAD"))
+        ex.keep_alive = False
+        upstream.fail(UpstreamFailed(
+            f"backend {upstream.address} took no byte of the request body within "
+            f"limits.body_timeout = {self.gateway.limits.body_timeout:g} s", retryable=False))
+        if self._write_paused:
+            self.abort()
 
     def _response_timeout(self) -> None:
         """The backend sent no response head within `response_timeout` of the request's last
@@ -1002,9 +1054,26 @@ class HttpClient(asyncio.Protocol):
             self.gateway.count("http_413")
             self._reject(413, "Content Too Large")
             raise _Rejected
-        ex.body.append(body)
+        ex.body += body
+        if len(ex.body) >= BODY_BUFFER and not self._body_paused and self.transport:
+            self._body_paused = True  # until the backend takes it (`take_body`)
+            self.transport.pause_reading()
         ex.body_arrived()
         self._body_due()
+
+    def take_body(self, ex: Exchange) -> bytearray:
+        """The body bytes of `ex` read so far, handed over (its buffer starts afresh); reading
+        goes on if it stopped for them, and the client's body deadline starts afresh: it could
+        not send meanwhile."""
+        body = ex.body
+        ex.body = bytearray()
+        if self._body_paused:
+            self._body_paused = False
+            if not self._paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+                if self.body_deadline:
+                    self._body_due()
+        return body
 
     def on_chunk_header(self) -> None:
         """A chunk's size line ended: if it was the last chunk's, a trailer section follows
@@ -1191,7 +1260,7 @@ class HttpClient(asyncio.Protocol):
         ~340 bytes per WebSocket that would otherwise stay until the header deadline. The
         frame tracker is made here: a connection that never upgrades needs none."""
         self.header_deadline = self.idle_deadline = 0.0
-        self.body_deadline = self.response_deadline = 0.0
+        self.body_deadline = self.response_deadline = self.send_deadline = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -1250,8 +1319,10 @@ class HttpClient(asyncio.Protocol):
 
     def _answer(self, ex: Exchange, status: int, reason: str, extra: bytes = b"") -> None:
         """Answer `ex` from the gateway itself (404, 502, 503): `Connection: close` when the
-        connection ends after it (the client's wish, or a drain: `_ended` closes it then), and
-        no body to a HEAD request."""
+        connection ends after it (the client's wish, a drain, or a body the client withholds
+        until told to continue: `_ended` closes it then), and no body to a HEAD request."""
+        if ex.body_withheld():
+            ex.keep_alive = False
         self.write(simple_response(status, reason, close=not ex.keep_alive or self.draining,
                                    extra=extra, head=ex.method == b"HEAD"))
 
@@ -1302,7 +1373,8 @@ class HttpClient(asyncio.Protocol):
                         self.transport.resume_reading()
             elif len(queue) <= PIPELINE_DEPTH and self.transport:
                 self._paused = False
-                self.transport.resume_reading()
+                if not self._body_paused:  # else the backend's taking the body resumes it
+                    self.transport.resume_reading()
                 if self.body_deadline:  # the client had no way to send while reading was paused
                     self._body_due()
         if self.relay_to is not None:
@@ -1503,10 +1575,12 @@ class HttpClient(asyncio.Protocol):
         """`ex` was answered `status` by the gateway: read and drop the rest of its body (a
         body timeout then closes without a 408, the answer having gone out)."""
         ex.status = status
+        if ex.body_withheld():
+            return  # it never comes: the answer said close (see `_answer`)
         while not ex.body_done and not self.closed:
-            ex.body.clear()
+            self.take_body(ex)
             await ex.wait_body()
-        ex.body.clear()
+        self.take_body(ex)
 
     async def _forward(self, group: Group, ex: Exchange, tried: set[str], first: int) -> None:
         """Attempts `first`.. of `ex` (the first may come with its backend picked, in

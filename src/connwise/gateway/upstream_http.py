@@ -219,7 +219,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
         if self._on_done is not None:
-            if self._until_close and self._head_sent:
+            if self._until_close and self._head_sent and exc is None:
+                # The close ends a body of unknown length (a reset does not: it cut it off).
                 self._finish_client_body()
                 self._finish(None)
             else:
@@ -247,18 +248,21 @@ class UpstreamConnection(asyncio.Protocol):
         if client is not None and client.throttle is not None:
             client.throttle.resume_client()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
             if self.record is not None:
                 self.record.bytes_out += len(data)
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
         if self.transport is not None and not self.closed:
             timing = self.timing
             if timing is not None and not timing.close_reason:
                 timing.close_reason = "gateway closed"
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def start_relay(self, client: HttpClient) -> None:
         """After a 101: relay bytes to and from `client`; the response parser is freed, and
@@ -375,7 +379,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.begin(ex, client, via=via, forwarded_proto=forwarded_proto,
                    on_done=functools.partial(_resolve, done, on_answered))
         try:
-            await self._send_body(ex)
+            await self._send_body(ex, client)
             if done.done():
                 # Answered before its body was all sent: the backend may not have read the
                 # body, and would then read it as a request of its own and send its answer
@@ -398,11 +402,16 @@ class UpstreamConnection(asyncio.Protocol):
         """An exchange is in hand and its response head has not come yet."""
         return self._on_done is not None and not self._head_sent
 
+    def write_blocked(self) -> bool:
+        """The backend is not reading what was written (writing paused)."""
+        return self._write_paused and not self.closed
+
     def fail(self, failure: UpstreamFailed) -> None:
         """End the exchange in hand now with `failure` (its `on_done` is called) and close
-        this connection: whatever the backend sends later belongs to no request."""
+        this connection: whatever the backend sends later belongs to no request. One that
+        does not read what was written is aborted (a close would wait for it to)."""
         self.reusable = False
-        self.close()
+        self.close(abort=self._write_paused)
         self._finish(failure)
 
     def detach(self) -> None:
@@ -479,18 +488,22 @@ class UpstreamConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    async def _send_body(self, ex: Exchange) -> None:
+    async def _send_body(self, ex: Exchange, client: HttpClient) -> None:
+        """Stream the body of `ex` as `client` reads it: what was read since the last write
+        goes in one write (one chunk, if chunked), and while the backend does not take it
+        (writing paused) the client's reading stops at `BODY_BUFFER` and the backend has
+        `body_timeout` to take more (`HttpClient.body_send_due`)."""
         chunked = ex.chunked and not ex.upgrade
         while True:
-            while ex.body:
-                chunk = ex.body.popleft()
-                if chunked:
-                    self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                else:
-                    self.write(chunk)
+            if ex.body:
+                chunk = client.take_body(ex)
+                self.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if self._write_paused and not self.closed:
+                    client.body_send_due()
                     self._writable = asyncio.get_running_loop().create_future()
                     await self._writable
+                    client.send_deadline = 0.0
+                continue
             if ex.body_done or ex.upgrade:
                 break
             await ex.wait_body()
