@@ -177,3 +177,32 @@ def test_an_unreadable_file_is_reported_and_the_others_go_on(tmp_path: Path) -> 
     assert "cannot open" in files[0].error and files[1].records == 12
     with pytest.raises(IngestError, match="no log file could be read"):
         ingest(NginxParser(), [tmp_path / "missing.log"], Rows(), progress=False)
+
+
+@pytest.mark.parametrize(("fmt", "line", "reason"), [
+    ("combined_rt", '1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "c" nan',
+     "$request_time 'nan' is not a number"),
+    ("combined_rt", '1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "c" inf',
+     "$request_time 'inf' is not a number"),
+    ("combined_rt", '1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "c" -2',
+     "$request_time '-2' is not a number"),
+    ("$msec $status $request_time", "nan 200 0.1", "$msec 'nan' is not a valid time"),
+    ("$msec $status $request_time", "-inf 200 0.1", "$msec '-inf' is not a valid time"),
+    ("$msec $status $upstream_connect_time", "1710230401.2 200 infinity",
+     "$upstream_connect_time 'infinity' is not a number"),
+])
+def test_nginx_numbers_that_are_not_finite_are_bad_lines(tmp_path: Path, fmt: str, line: str,
+                                                         reason: str) -> None:
+    """float() takes 'nan', 'inf' and negatives; a NaN request time once reached the store's
+    NOT NULL active_s and the IntegrityError aborted the whole ingest with a traceback."""
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    path = tmp_path / "odd.log"
+    path.write_text(line + "\n")
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        [summary] = ingest(NginxParser(fmt), [path], store, progress=False).files
+        assert (summary.records, summary.malformed) == (0, 1)
+        assert summary.reasons == {reason: 1}
+    finally:
+        store.close()
