@@ -97,6 +97,10 @@ def test_export_and_retain(store: str, tmp_path: Path) -> None:
     (("telemetry", "export", "--store", "{tmp}/empty.db", "--format", "xml", "-o", "x"),
      "unknown export format"),
     (("telemetry", "retain", "--store", "{tmp}/empty.db"), "nothing to retain by"),
+    (("telemetry", "export", "--store", "{tmp}/empty.db", "-o", "{tmp}"),
+     "cannot write it: it is a directory"),
+    (("telemetry", "export", "--store", "{tmp}/missing.db", "-o", "{tmp}/x.parquet"),
+     "does not exist; check the path"),
     (("ingest", "nginx", "{data}/nginx_combined.log", "--store", "{tmp}/x.db",
       "--log-format", "$remote_addr"), "logs no time"),
     (("ingest", "haproxy", "{tmp}/nope.log", "--store", "{tmp}/x.db"),
@@ -114,6 +118,7 @@ def test_bad_input_is_one_sentence_and_exit_status_2(tmp_path: Path, args: tuple
     assert code == 2, out
     assert message in " ".join(out.split())
     assert "Traceback" not in out
+    assert not list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob(".*.partial"))
 
 
 def test_one_unreadable_file_does_not_stop_the_others(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -194,3 +195,34 @@ def test_export_of_an_empty_window_writes_a_valid_empty_file(tmp_path: Path) -> 
         export(iter([]), tmp_path / "x.json", "json")
     with pytest.raises(ConfigError, match="does not exist"):
         export(iter([]), tmp_path / "no" / "x.csv", "csv")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_failed_export_leaves_no_file_and_the_old_one_intact(tmp_path: Path, fmt: str) -> None:
+    """The output used to be opened first: a store that could not be read (missing, not SQLite,
+    a newer schema) or broke midway left an empty or half-written file, or truncated the one
+    already there."""
+    missing = StoreSpec.parse(str(tmp_path / "missing.db"))
+    with pytest.raises(StoreError, match="does not exist"):
+        export(missing.read(), tmp_path / f"new.{fmt}", fmt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    def breaks() -> Iterator[list[Row]]:
+        yield [full_record(0)]
+        raise StoreError("the store went away")
+
+    old = tmp_path / f"old.{fmt}"
+    old.write_text("yesterday's export")
+    with pytest.raises(StoreError, match="went away"):
+        export(breaks(), old, fmt)
+    assert old.read_text() == "yesterday's export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_export_to_a_path_that_cannot_be_a_file_is_a_config_error(tmp_path: Path,
+                                                                   where: str) -> None:
+    (tmp_path / "plain").write_text("")
+    output = tmp_path if where == "directory" else tmp_path / "plain" / "x.csv"
+    with pytest.raises(ConfigError, match=r"--output = .*cannot write"):
+        export(iter([[full_record(0)]]), output, "csv")
