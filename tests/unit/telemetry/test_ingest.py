@@ -206,3 +206,17 @@ def test_nginx_numbers_that_are_not_finite_are_bad_lines(tmp_path: Path, fmt: st
         assert summary.reasons == {reason: 1}
     finally:
         store.close()
+
+
+def test_a_truncated_gzip_keeps_its_records_and_is_not_called_unreadable(tmp_path: Path) -> None:
+    """A read error after some lines (a .gz cut short) was counted as a file that could not be
+    read: with it the only file, the run raised 'no log file could be read' although its
+    records were already in the store (appended, and then not reported)."""
+    good = ('1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8" '
+            '0.001\n')
+    whole = gzip.compress((good * 2000).encode())
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(whole[:len(whole) // 2])
+    sink, [summary] = run(NginxParser(), path, batch=100)
+    assert summary.records > 0 and len(sink.rows) == summary.records
+    assert "stopped at line" in summary.error

@@ -176,8 +176,15 @@ def ingest(parser: LineParser, paths: Sequence[str | Path], sink: RowSink, *,
                     result.records += len(chunk)
                     bar.update(task, completed=raw.tell())
             bar.update(task, completed=sizes[path])
-    if files and all(f.error for f in summary.files):
+    fail_if_nothing_read(summary)
+    return summary
+
+
+def fail_if_nothing_read(summary: IngestSummary) -> None:
+    """IngestError when no file gave a single line. A file whose reading stopped midway (a
+    truncated .gz) does not count: its records before the break are in the store, so the run
+    reports it like any file with an error rather than failing as if nothing was done."""
+    if summary.files and all(f.error and not f.lines for f in summary.files):
         raise IngestError("no log file could be read: " + "; ".join(f.error for f in
                                                                    summary.files)
                           + "; check the paths and permissions.")
-    return summary
