@@ -226,3 +226,24 @@ def test_export_to_a_path_that_cannot_be_a_file_is_a_config_error(tmp_path: Path
     output = tmp_path if where == "directory" else tmp_path / "plain" / "x.csv"
     with pytest.raises(ConfigError, match=r"--output = .*cannot write"):
         export(iter([[full_record(0)]]), output, "csv")
+
+
+def test_a_store_locked_by_another_writer_is_a_store_error_naming_it(tmp_path: Path) -> None:
+    """sqlite3's OperationalError escaped: `connwise ingest` into a store another process held
+    (a gateway's writer, a second ingest) ended in a traceback."""
+    path = tmp_path / "t.db"
+    store = SqliteStore(path)
+    store._db.execute("PRAGMA busy_timeout = 0")  # the real 5 s wait, without the wait
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        for action in (lambda: store.write([full_record(0)]),
+                       lambda: store.retain(max_age=1.0)):
+            with pytest.raises(StoreError, match=r"'.*t\.db'.*locked.*another process"):
+                action()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.write([full_record(0)])  # usable again once the lock is gone
+    assert store.count() == 1
+    store.close()
