@@ -220,3 +220,35 @@ def test_a_truncated_gzip_keeps_its_records_and_is_not_called_unreadable(tmp_pat
     sink, [summary] = run(NginxParser(), path, batch=100)
     assert summary.records > 0 and len(sink.rows) == summary.records
     assert "stopped at line" in summary.error
+
+
+HUGE = "99999999999999999999"  # past int64: sqlite3 raised OverflowError for the whole batch
+
+
+@pytest.mark.parametrize(("parser", "line", "reason"), [
+    (NginxParser, f'1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 {HUGE} "-" '
+     '"c" 0.1', f"$body_bytes_sent '{HUGE}' is out of range"),
+    (NginxParser, f'1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" {HUGE} 5 "-" '
+     '"c" 0.1', f"$status '{HUGE}' is out of range"),
+    (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
+     f'10/0/30/69/109 200 {HUGE} - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
+     f"bytes read {HUGE} is out of range"),
+    (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
+     f'10/0/30/69/109 {HUGE} 5 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
+     f"status {HUGE} is out of range"),
+    (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
+     f'10/0/30/69/{"9" * 400} 200 5 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
+     f"timer {'9' * 400} is out of range"),  # was an OverflowError: int / 1000
+])
+def test_integers_past_64_bits_are_bad_lines(tmp_path: Path, parser: type, line: str,
+                                             reason: str) -> None:
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    path = tmp_path / "big.log"
+    path.write_text(line + "\n")
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        [summary] = ingest(parser(), [path], store, progress=False).files
+        assert (summary.records, summary.reasons) == (0, {reason: 1})
+    finally:
+        store.close()

@@ -35,7 +35,7 @@ from datetime import datetime
 
 from connwise.errors import ConfigError
 from connwise.telemetry.clientinfo import RegionTable, device_of
-from connwise.telemetry.ingest.base import MONTHS, USELESS
+from connwise.telemetry.ingest.base import INT64_MAX, MONTHS, USELESS
 from connwise.telemetry.record import Row
 
 PRESETS: dict[str, str] = {
@@ -221,6 +221,9 @@ class NginxParser:
             for name, i in numbers:
                 if not v[i].replace(".", "", 1).isdigit() and v[i] != "-":
                     return ValueError(f"${name} {v[i]!r} is not a number")
+            for name, i in numbers:
+                if v[i] != "-" and abs(float(v[i])) > INT64_MAX:
+                    return ValueError(f"${name} {v[i]!r} is out of range")
             for name, i in upstream_times:
                 try:
                     _seconds(v[i])
@@ -245,8 +248,12 @@ class NginxParser:
                 seq = int(v[i_seq]) if i_seq >= 0 else None
                 first_byte = _seconds(v[i_uht]) if i_uht >= 0 else None
                 connect = _seconds(v[i_uct]) if i_uct >= 0 else None
-                if not (0.0 <= rt < _INF and -_INF < end < _INF):  # float() takes nan, inf
-                    raise ValueError("not a finite time")
+                if not (0.0 <= rt < _INF and -_INF < end < _INF  # float() takes nan, inf
+                        and -INT64_MAX <= status <= INT64_MAX
+                        and -INT64_MAX <= bytes_out <= INT64_MAX
+                        and -INT64_MAX <= bytes_in <= INT64_MAX
+                        and (seq is None or -INT64_MAX <= seq <= INT64_MAX)):
+                    raise ValueError("out of range")
             except ValueError as exc:
                 raise diagnose(v, exc) from None
             addr = v[i_addr] if i_addr >= 0 else ""
