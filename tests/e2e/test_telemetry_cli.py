@@ -97,6 +97,19 @@ def test_export_and_retain(store: str, tmp_path: Path) -> None:
     (("telemetry", "export", "--store", "{tmp}/empty.db", "--format", "xml", "-o", "x"),
      "unknown export format"),
     (("telemetry", "retain", "--store", "{tmp}/empty.db"), "nothing to retain by"),
+    # Both used to delete every record; the config refuses them as telemetry.retention.
+    (("telemetry", "retain", "--store", "{tmp}/empty.db", "--max-age", "0"),
+     "--max-age = '0': an age of 0 would delete every record"),
+    (("telemetry", "retain", "--store", "{tmp}/empty.db", "--max-size", "1000"),
+     "--max-size = '1000': a store smaller than 64 KiB cannot hold its own schema"),
+    (("assess", "--store", "{tmp}/empty.db", "--since", "2024-03-13", "--until", "2024-03-12"),
+     "--since/--until = '2024-03-13 .. 2024-03-12': --since must be before --until"),
+    (("telemetry", "export", "--store", "{tmp}/empty.db", "-o", "{tmp}/x.parquet",
+      "--since", "1d", "--until", "2d"), "--since must be before --until"),
+    (("telemetry", "export", "--store", "{tmp}/empty.db", "-o", "{tmp}"),
+     "cannot write it: it is a directory"),
+    (("telemetry", "export", "--store", "{tmp}/missing.db", "-o", "{tmp}/x.parquet"),
+     "does not exist; check the path"),
     (("ingest", "nginx", "{data}/nginx_combined.log", "--store", "{tmp}/x.db",
       "--log-format", "$remote_addr"), "logs no time"),
     (("ingest", "haproxy", "{tmp}/nope.log", "--store", "{tmp}/x.db"),
@@ -114,6 +127,7 @@ def test_bad_input_is_one_sentence_and_exit_status_2(tmp_path: Path, args: tuple
     assert code == 2, out
     assert message in " ".join(out.split())
     assert "Traceback" not in out
+    assert not list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob(".*.partial"))
 
 
 def test_one_unreadable_file_does_not_stop_the_others(tmp_path: Path) -> None:

@@ -205,3 +205,19 @@ def test_build_makes_new_stores_only(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist; create it first"), \
             SqliteStore.build(tmp_path / "no" / "t.db"):
         pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_truncated_gzip_alone_makes_a_store_of_its_readable_lines(tmp_path: Path,
+                                                                   workers: int) -> None:
+    """Its read error used to count as 'no log file could be read': the new store was thrown
+    away with the records read before the break."""
+    plain, packed = tmp_path / "a.log", tmp_path / "a.log.gz"
+    mixed_log(plain, 3000)
+    whole = gzip.compress(plain.read_bytes())
+    packed.write_bytes(whole[:len(whole) * 2 // 3])
+    summary = ingest_sqlite(NginxParser(), [packed], tmp_path / "t.db", workers=workers,
+                            progress=False, chunk_bytes=16_384, parallel_min_bytes=0)
+    [result] = summary.files
+    assert "stopped at line" in result.error and 0 < result.lines < 3000
+    assert len(records(tmp_path / "t.db")) == result.records > 0

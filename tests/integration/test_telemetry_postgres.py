@@ -5,6 +5,8 @@ store spec. Each test works in a schema of its own and drops it."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -169,10 +171,58 @@ def test_the_sink_reconnects_after_the_connection_dies(postgres_dsn: str,
         sink.write([record(1)])
         assert sink._store is not None
         sink._run(sink._store._conn.close())  # the server went away under the writer
-        with pytest.raises(asyncpg.InterfaceError):
+        with pytest.raises(StoreError, match="connection is closed; the next batch "
+                                             "reconnects"):
             sink.write([record(2)])
         sink.write([record(3)])  # reconnected
         assert sink.retain(max_age=None) == 0
+    finally:
+        sink.close()
+
+
+def test_a_connection_lost_under_retention_costs_no_batch(postgres_dsn: str,
+                                                          dropped_after_sync: str) -> None:
+    """A retention pass on a dead connection kept it, so the next batch failed on it too."""
+    sink = PostgresSink(postgres_dsn, schema=dropped_after_sync)
+    try:
+        assert sink._store is not None
+        sink._run(sink._store._conn.close())
+        with pytest.raises(StoreError, match="retention on the telemetry database"):
+            sink.retain(max_age=1.0)
+        sink.write([record(1)])
+    finally:
+        sink.close()
+
+
+def test_a_server_gone_mid_copy_fails_the_batch_in_time_and_the_next_reconnects(
+        postgres_dsn: str, dropped_after_sync: str) -> None:
+    """asyncpg can wait forever in a COPY whose backend was terminated (its own `timeout` does
+    not end the wait): `connwise ingest` into PostgreSQL, or a thread writer, hung for good."""
+    sink = PostgresSink(postgres_dsn, schema=dropped_after_sync, timeout=2.0)
+    try:
+        sink.write([record(0)])
+        assert sink._store is not None
+        pid = sink._run(sink._store._conn.fetchval("SELECT pg_backend_pid()"))
+
+        def terminate() -> None:
+            time.sleep(0.1)  # into the COPY of the big batch below
+
+            async def run() -> None:
+                conn = await asyncpg.connect(postgres_dsn)
+                await conn.execute("SELECT pg_terminate_backend($1)", pid)
+                await conn.close()
+
+            asyncio.run(run())
+
+        killer = threading.Thread(target=terminate)
+        killer.start()
+        began = time.monotonic()
+        with pytest.raises(StoreError, match="writing to the telemetry database"):
+            sink.write([record(1)] * 200_000)
+        killer.join()
+        assert time.monotonic() - began < 10
+        sink.write([record(2)])  # on a new connection
+        assert sink._run(sink._connected().count()) == 2
     finally:
         sink.close()
 

@@ -24,7 +24,7 @@ from connwise.analysis.assessment import WEEKDAYS, Assessment
 from connwise.analysis.fmt import duration, share, stamp
 from connwise.analysis.frame import Floats
 from connwise.analysis.report_term import kpi_rows
-from connwise.errors import ConfigError
+from connwise.telemetry.export import replace_on_success
 
 #: Segments drawn in the per-segment plots (the table lists them all).
 PLOT_SEGMENTS = 10
@@ -251,10 +251,10 @@ p{result.rules.quantile * 100:g} of healthy idle gaps), or was found half-open.<
 
 
 def write_html(result: Assessment, path: str | Path) -> Path:
-    """Write the report to `path`; returns it."""
+    """Write the report to `path` (complete or not at all: it replaces an older report only
+    once written); returns it. ConfigError naming `--html` when it cannot be written."""
     path = Path(path)
-    if not path.parent.exists():
-        raise ConfigError("--html", str(path), f"the directory {str(path.parent)!r} does not "
-                          "exist", "create it or write the report elsewhere")
-    path.write_text(render_html(result), encoding="utf-8")
+    page = render_html(result)
+    with replace_on_success(path, "--html") as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return path

@@ -29,6 +29,7 @@ from connwise.telemetry.ingest.haproxy import MODES
 from connwise.telemetry.ingest.nginx import DEFAULT_FORMAT, PRESETS
 from connwise.telemetry.stores import DEFAULT_STORE, StoreSpec
 from connwise.telemetry.units import parse_duration, parse_size, parse_time
+from connwise.telemetry.writer import MIN_STORE_BYTES
 
 T = TypeVar("T")
 
@@ -55,8 +56,14 @@ def run_or_exit(action: Callable[[], T]) -> T:
 
 
 def window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
-    return (parse_time(since, key="--since") if since else None,
-            parse_time(until, key="--until") if until else None)
+    """`--since` and `--until` as Unix seconds; a window that holds no time is refused rather
+    than read as a store without records."""
+    start = parse_time(since, key="--since") if since else None
+    end = parse_time(until, key="--until") if until else None
+    if start is not None and end is not None and start >= end:
+        raise ConfigError("--since/--until", f"{since} .. {until}", "--since must be before "
+                          "--until", "swap them, or give a later --until")
+    return start, end
 
 
 # -- telemetry ---------------------------------------------------------------------------------
@@ -97,6 +104,15 @@ def retain_command(
         if age is None and size is None:
             raise ConfigError("--max-age/--max-size", None, "nothing to retain by",
                               "give --max-age, --max-size or both")
+        # The limits `[telemetry.retention]` has (Retention.validate): past them a pass
+        # deletes every record, which a typo should not do.
+        if age is not None and age <= 0:
+            raise ConfigError("--max-age", max_age, "an age of 0 would delete every record",
+                              "use e.g. 30d")
+        if size is not None and size < MIN_STORE_BYTES:
+            raise ConfigError("--max-size", max_size, "a store smaller than 64 KiB cannot "
+                              "hold its own schema, so every record would be deleted",
+                              "use at least 64KiB, e.g. 500MB")
         return StoreSpec.parse(store).retain(max_age=age, max_bytes=size)
 
     deleted = run_or_exit(work)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -157,16 +157,25 @@ class PostgresStore:
     async def close(self) -> None:
         await self._conn.close()
 
+    def abort(self) -> None:
+        """Close the connection at once, without a word to the server (one that is gone)."""
+        self._conn.terminate()
+
     def __repr__(self) -> str:
         return f"<PostgresStore {redact_dsn(self.dsn)} schema {self.schema} v{self.version}>"
 
 
 class PostgresSink:
-    """`PostgresStore` for the writer thread: a private event loop, reconnect after a failure."""
+    """`PostgresStore` for the writer thread: a private event loop, reconnect after a failure.
 
-    def __init__(self, dsn: str, *, schema: str = "connwise") -> None:
+    A batch that takes longer than `timeout` seconds fails and its connection is dropped:
+    asyncpg can wait forever in a COPY whose server went away (its own `timeout` does not end
+    that wait), and a batch of the writer or of an ingest takes milliseconds."""
+
+    def __init__(self, dsn: str, *, schema: str = "connwise", timeout: float = 60.0) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._store: PostgresStore | None = None
         try:
@@ -185,18 +194,28 @@ class PostgresSink:
 
     def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
         store = self._connected()
-        try:
-            self._run(store.write(rows, columns))
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-            # The connection is gone: drop it, and reconnect for the next batch.
-            self._store = None
-            self._run_quietly(store.close())
-            raise
+        with self._dropped_if_lost(store, "writing to"):
+            self._run(asyncio.wait_for(store.write(rows, columns), self.timeout))
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
                now: float | None = None) -> int:
-        return int(self._run(self._connected().retain(max_age=max_age, max_bytes=max_bytes,
-                                                      now=now)))
+        # No timeout: deleting a long backlog may rightly take minutes.
+        store = self._connected()
+        with self._dropped_if_lost(store, "retention on"):
+            return int(self._run(store.retain(max_age=max_age, max_bytes=max_bytes, now=now)))
+
+    @contextlib.contextmanager
+    def _dropped_if_lost(self, store: PostgresStore, action: str) -> Iterator[None]:
+        """A lost or hung connection (TimeoutError is an OSError) is dropped at once, without
+        waiting for the server, and raised as a StoreError; the next call reconnects."""
+        try:
+            yield
+        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+            self._store = None
+            store.abort()
+            problem = str(exc) or f"no answer within {self.timeout:g} s"
+            raise StoreError(f"{action} the telemetry database {redact_dsn(self.dsn)} failed: "
+                             f"{problem}; the next batch reconnects.") from exc
 
     def _run_quietly(self, coro: Any) -> None:
         with contextlib.suppress(Exception):

@@ -35,6 +35,9 @@ from connwise.telemetry.schema import (
 
 log = logging.getLogger("connwise.telemetry")
 
+#: How long a write waits for another connection's write lock (a gateway's writer, an ingest).
+BUSY_TIMEOUT_S = 5
+
 
 class SqliteStore:
     """A telemetry store in the SQLite file at `path`, migrated to the latest schema on open."""
@@ -52,7 +55,7 @@ class SqliteStore:
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
             if not self._table_exists(TABLE) and not self._table_exists(VERSION_TABLE):
                 self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self._db.execute("PRAGMA journal_mode = WAL")
@@ -114,13 +117,29 @@ class SqliteStore:
         sql = (f"INSERT INTO {TABLE} ({', '.join(names)}) "
                f"VALUES ({', '.join('?' * len(names))})")
         db = self._db
-        db.execute("BEGIN")
+        with self._failing("writing to"):
+            db.execute("BEGIN")
+            try:
+                db.executemany(sql, rows)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def _failing(self, action: str) -> Iterator[None]:
+        """sqlite3's errors as a StoreError naming the store. A lock held past the busy
+        timeout says who holds such locks, since running again later is the fix."""
         try:
-            db.executemany(sql, rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            yield
+        except sqlite3.Error as exc:
+            text = str(exc)
+            hint = (f"another process held it longer than {BUSY_TIMEOUT_S} s (a gateway's "
+                    "writer, an ingest, a retention pass); run again when it is done"
+                    if "locked" in text or "busy" in text else
+                    "is the disk full or the file damaged?")
+            raise StoreError(f"{action} telemetry store {str(self.path)!r} failed: {text}; "
+                             f"{hint}") from exc
 
     def table_sql(self) -> str:
         """The CREATE TABLE statement of the records' table as this store has it (column order
@@ -136,19 +155,20 @@ class SqliteStore:
         moves records without decoding them (its "transfer optimization") when the index is
         off: the parallel ingest's workers pay the per-row cost, this process does not."""
         db = self._db
-        db.execute("ATTACH ':memory:' AS image")
-        try:
-            db.deserialize(image, name="image")
-            db.execute("BEGIN")
+        with self._failing("appending to"):
+            db.execute("ATTACH ':memory:' AS image")
             try:
-                count = db.execute(f"INSERT INTO main.{TABLE} SELECT * FROM image.{TABLE}"
-                                   ).rowcount
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.execute("DETACH image")
+                db.deserialize(image, name="image")
+                db.execute("BEGIN")
+                try:
+                    count = db.execute(f"INSERT INTO main.{TABLE} SELECT * FROM image.{TABLE}"
+                                       ).rowcount
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                db.execute("DETACH image")
         return int(count)
 
     @classmethod
@@ -202,16 +222,18 @@ class SqliteStore:
         `started_at` is built once at the end, a sort, rather than kept up to date row by row
         (~10% of an insert), and the page cache is larger. Durability is unchanged."""
         db = self._db
-        rebuild = self.count() == 0
-        db.execute("PRAGMA cache_size = -131072")  # 128 MiB
-        if rebuild:
-            db.execute(drop_started_index())
+        with self._failing("preparing the bulk load of"):
+            rebuild = self.count() == 0
+            db.execute("PRAGMA cache_size = -131072")  # 128 MiB
+            if rebuild:
+                db.execute(drop_started_index())
         try:
             yield self
         finally:
-            if rebuild:
-                db.execute(started_index())
-            db.execute("PRAGMA cache_size = -2000")  # SQLite's default, 2 MiB
+            with self._failing("indexing"):
+                if rebuild:
+                    db.execute(started_index())
+                db.execute("PRAGMA cache_size = -2000")  # SQLite's default, 2 MiB
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -253,6 +275,10 @@ class SqliteStore:
                now: float | None = None) -> int:
         """Delete records that ended before `now - max_age`, then the oldest ones until the
         store fits in `max_bytes`; give the space back. Returns the records deleted."""
+        with self._failing("retention on"):
+            return self._retain(max_age, max_bytes, now)
+
+    def _retain(self, max_age: float | None, max_bytes: int | None, now: float | None) -> int:
         db = self._db
         deleted = 0
         if max_age is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -24,6 +25,8 @@ def parse_duration(value: str, *, key: str) -> float:
             seconds = float(text[:-1]) * _DURATION_UNITS[text[-1]]
         else:
             seconds = float(text)
+        if not math.isfinite(seconds):  # float() takes nan, inf and 1e400
+            raise ValueError(text)
     except ValueError:
         raise ConfigError(key, value, "not a duration", "use e.g. 30d, 12h, 15m or seconds") \
             from None
@@ -39,9 +42,12 @@ def parse_time(value: str, *, key: str, now: float | None = None) -> float:
     if text and text[-1] in _DURATION_UNITS and text[:-1].replace(".", "", 1).isdigit():
         return (time.time() if now is None else now) - parse_duration(text, key=key)
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if math.isfinite(seconds):  # float() takes nan and inf, which no window can use
+            return seconds
     try:
         stamp = datetime.fromisoformat(text)
     except ValueError:

@@ -29,6 +29,10 @@ from connwise.telemetry.record import ConnRecord, Row
 
 log = logging.getLogger("connwise.telemetry")
 
+#: The smallest `max_bytes` retention takes: an empty SQLite store is ~40 KiB, so below this a
+#: size limit can never be met and every pass would delete every record.
+MIN_STORE_BYTES = 65536
+
 
 class BatchSink(Protocol):
     """Where batches of rows go: a store, as seen from the writer thread."""
@@ -54,7 +58,7 @@ class Retention:
         if self.max_age is not None and self.max_age <= 0:
             raise ConfigError(f"{prefix}.max_age", self.max_age, "the age must be positive",
                               "use seconds > 0, or none to keep records of any age")
-        if self.max_bytes is not None and self.max_bytes < 65536:
+        if self.max_bytes is not None and self.max_bytes < MIN_STORE_BYTES:
             raise ConfigError(f"{prefix}.max_bytes", self.max_bytes, "a store smaller than "
                               "64 KiB cannot hold its own schema", "use at least 65536 bytes")
         if self.interval <= 0:

@@ -232,3 +232,13 @@ def test_hours_and_week_windows_follow_the_zone() -> None:
     paris = assess(frame, segments_by=("hour",), tz=zone("Europe/Paris"))
     assert [s.key for s in paris.segments] == ["08h"]  # 07:00 UTC is 08:00 in Paris (CET)
     assert np.isfinite(paris.week_max[0, 8]) and np.isnan(paris.week_max[0, 7])
+
+
+def test_an_html_path_that_cannot_be_written_is_a_config_error(workload_result: Any,
+                                                               tmp_path: Path) -> None:
+    """A directory, or a path under a file, used to end `connwise assess` in a traceback."""
+    (tmp_path / "plain").write_text("")
+    for path in (tmp_path, tmp_path / "plain" / "r.html"):
+        with pytest.raises(ConfigError, match=r"--html = .*cannot write"):
+            write_html(workload_result, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]

@@ -152,6 +152,12 @@ def test_sizes(text: str, size: int) -> None:
     (lambda: parse_time("yesterday", key="--since"), "--since = 'yesterday': not a time"),
     (lambda: parse_duration("soon", key="--max-age"), "--max-age = 'soon': not a duration"),
     (lambda: parse_duration("-5", key="--max-age"), "cannot be negative"),
+    # float() takes these: a NaN age deleted nothing and said so, a NaN --since matched nothing.
+    (lambda: parse_duration("nan", key="--max-age"), "--max-age = 'nan': not a duration"),
+    (lambda: parse_duration("inf", key="--max-age"), "--max-age = 'inf': not a duration"),
+    (lambda: parse_duration("1e400s", key="--max-age"), "not a duration"),
+    (lambda: parse_time("nan", key="--since"), "--since = 'nan': not a time"),
+    (lambda: parse_time("-inf", key="--until"), "--until = '-inf': not a time"),
     (lambda: parse_size("lots", key="--max-size"), "--max-size = 'lots': not a size"),
     (lambda: parse_size("5 parsecs", key="--max-size"), "not a size"),
 ])

@@ -177,3 +177,78 @@ def test_an_unreadable_file_is_reported_and_the_others_go_on(tmp_path: Path) -> 
     assert "cannot open" in files[0].error and files[1].records == 12
     with pytest.raises(IngestError, match="no log file could be read"):
         ingest(NginxParser(), [tmp_path / "missing.log"], Rows(), progress=False)
+
+
+@pytest.mark.parametrize(("fmt", "line", "reason"), [
+    ("combined_rt", '1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "c" nan',
+     "$request_time 'nan' is not a number"),
+    ("combined_rt", '1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "c" inf',
+     "$request_time 'inf' is not a number"),
+    ("combined_rt", '1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "c" -2',
+     "$request_time '-2' is not a number"),
+    ("$msec $status $request_time", "nan 200 0.1", "$msec 'nan' is not a valid time"),
+    ("$msec $status $request_time", "-inf 200 0.1", "$msec '-inf' is not a valid time"),
+    ("$msec $status $upstream_connect_time", "1710230401.2 200 infinity",
+     "$upstream_connect_time 'infinity' is not a number"),
+])
+def test_nginx_numbers_that_are_not_finite_are_bad_lines(tmp_path: Path, fmt: str, line: str,
+                                                         reason: str) -> None:
+    """float() takes 'nan', 'inf' and negatives; a NaN request time once reached the store's
+    NOT NULL active_s and the IntegrityError aborted the whole ingest with a traceback."""
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    path = tmp_path / "odd.log"
+    path.write_text(line + "\n")
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        [summary] = ingest(NginxParser(fmt), [path], store, progress=False).files
+        assert (summary.records, summary.malformed) == (0, 1)
+        assert summary.reasons == {reason: 1}
+    finally:
+        store.close()
+
+
+def test_a_truncated_gzip_keeps_its_records_and_is_not_called_unreadable(tmp_path: Path) -> None:
+    """A read error after some lines (a .gz cut short) was counted as a file that could not be
+    read: with it the only file, the run raised 'no log file could be read' although its
+    records were already in the store (appended, and then not reported)."""
+    good = ('1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/8" '
+            '0.001\n')
+    whole = gzip.compress((good * 2000).encode())
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(whole[:len(whole) // 2])
+    sink, [summary] = run(NginxParser(), path, batch=100)
+    assert summary.records > 0 and len(sink.rows) == summary.records
+    assert "stopped at line" in summary.error
+
+
+HUGE = "99999999999999999999"  # past int64: sqlite3 raised OverflowError for the whole batch
+
+
+@pytest.mark.parametrize(("parser", "line", "reason"), [
+    (NginxParser, f'1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 {HUGE} "-" '
+     '"c" 0.1', f"$body_bytes_sent '{HUGE}' is out of range"),
+    (NginxParser, f'1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" {HUGE} 5 "-" '
+     '"c" 0.1', f"$status '{HUGE}' is out of range"),
+    (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
+     f'10/0/30/69/109 200 {HUGE} - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
+     f"bytes read {HUGE} is out of range"),
+    (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
+     f'10/0/30/69/109 {HUGE} 5 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
+     f"status {HUGE} is out of range"),
+    (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
+     f'10/0/30/69/{"9" * 400} 200 5 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
+     f"timer {'9' * 400} is out of range"),  # was an OverflowError: int / 1000
+])
+def test_integers_past_64_bits_are_bad_lines(tmp_path: Path, parser: type, line: str,
+                                             reason: str) -> None:
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    path = tmp_path / "big.log"
+    path.write_text(line + "\n")
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        [summary] = ingest(parser(), [path], store, progress=False).files
+        assert (summary.records, summary.reasons) == (0, {reason: 1})
+    finally:
+        store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -194,3 +195,55 @@ def test_export_of_an_empty_window_writes_a_valid_empty_file(tmp_path: Path) -> 
         export(iter([]), tmp_path / "x.json", "json")
     with pytest.raises(ConfigError, match="does not exist"):
         export(iter([]), tmp_path / "no" / "x.csv", "csv")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_failed_export_leaves_no_file_and_the_old_one_intact(tmp_path: Path, fmt: str) -> None:
+    """The output used to be opened first: a store that could not be read (missing, not SQLite,
+    a newer schema) or broke midway left an empty or half-written file, or truncated the one
+    already there."""
+    missing = StoreSpec.parse(str(tmp_path / "missing.db"))
+    with pytest.raises(StoreError, match="does not exist"):
+        export(missing.read(), tmp_path / f"new.{fmt}", fmt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    def breaks() -> Iterator[list[Row]]:
+        yield [full_record(0)]
+        raise StoreError("the store went away")
+
+    old = tmp_path / f"old.{fmt}"
+    old.write_text("yesterday's export")
+    with pytest.raises(StoreError, match="went away"):
+        export(breaks(), old, fmt)
+    assert old.read_text() == "yesterday's export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [old.name]
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_export_to_a_path_that_cannot_be_a_file_is_a_config_error(tmp_path: Path,
+                                                                   where: str) -> None:
+    (tmp_path / "plain").write_text("")
+    output = tmp_path if where == "directory" else tmp_path / "plain" / "x.csv"
+    with pytest.raises(ConfigError, match=r"--output = .*cannot write"):
+        export(iter([[full_record(0)]]), output, "csv")
+
+
+def test_a_store_locked_by_another_writer_is_a_store_error_naming_it(tmp_path: Path) -> None:
+    """sqlite3's OperationalError escaped: `connwise ingest` into a store another process held
+    (a gateway's writer, a second ingest) ended in a traceback."""
+    path = tmp_path / "t.db"
+    store = SqliteStore(path)
+    store._db.execute("PRAGMA busy_timeout = 0")  # the real 5 s wait, without the wait
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        for action in (lambda: store.write([full_record(0)]),
+                       lambda: store.retain(max_age=1.0)):
+            with pytest.raises(StoreError, match=r"'.*t\.db'.*locked.*another process"):
+                action()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store.write([full_record(0)])  # usable again once the lock is gone
+    assert store.count() == 1
+    store.close()

@@ -39,6 +39,9 @@ MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", 
 #: HTTP statuses of requests that served nothing over the connection they held: request
 #: timeout (408), closed without response (444, nginx), client gone first (499, nginx).
 USELESS = frozenset({408, 444, 499})
+#: The largest integer a store holds (SQLite INTEGER, PostgreSQL BIGINT); a log value past it
+#: is a bad value, not an OverflowError for the whole batch.
+INT64_MAX = 2**63 - 1
 
 
 class LineParser(Protocol):
@@ -176,8 +179,15 @@ def ingest(parser: LineParser, paths: Sequence[str | Path], sink: RowSink, *,
                     result.records += len(chunk)
                     bar.update(task, completed=raw.tell())
             bar.update(task, completed=sizes[path])
-    if files and all(f.error for f in summary.files):
+    fail_if_nothing_read(summary)
+    return summary
+
+
+def fail_if_nothing_read(summary: IngestSummary) -> None:
+    """IngestError when no file gave a single line. A file whose reading stopped midway (a
+    truncated .gz) does not count: its records before the break are in the store, so the run
+    reports it like any file with an error rather than failing as if nothing was done."""
+    if summary.files and all(f.error and not f.lines for f in summary.files):
         raise IngestError("no log file could be read: " + "; ".join(f.error for f in
                                                                    summary.files)
                           + "; check the paths and permissions.")
-    return summary

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from connwise.errors import ConfigError
 from connwise.telemetry.clientinfo import RegionTable
-from connwise.telemetry.ingest.base import MONTHS, USELESS
+from connwise.telemetry.ingest.base import INT64_MAX, MONTHS, USELESS
 from connwise.telemetry.record import Row
 
 COLUMNS = ("conn_id", "node", "source", "kind", "backend", "started_at", "ended_at", "queued_s",
@@ -80,6 +80,8 @@ class _AcceptDate:
 
 def _ms(value: str) -> float | None:
     n = int(value)
+    if n > INT64_MAX:  # n / 1000 of a longer one is an OverflowError, not a bad value
+        raise ValueError(f"timer {value} is out of range")
     return n / 1000.0 if n >= 0 else None
 
 
@@ -119,6 +121,8 @@ class HaproxyParser:
                 (host, addr, _port, date, frontend, backend, _t_req, t_wait, t_conn, t_resp,
                  t_total, status_s, bytes_s, term, _request) = m.groups()
                 status = int(status_s)
+                if not -INT64_MAX <= status <= INT64_MAX:
+                    raise ValueError(f"status {status_s} is out of range")
                 kind = "request"
                 first_byte = _ms(t_resp)
                 ok_status = status > 0 and status not in USELESS
@@ -132,6 +136,8 @@ class HaproxyParser:
             start = to_time(date)
             total = _ms(t_total) or 0.0
             nbytes = int(bytes_s)
+            if nbytes > INT64_MAX:
+                raise ValueError(f"bytes read {bytes_s} is out of range")
             useful = nbytes > 0 and ok_status
             abnormal = term[0] != "-" or (status is not None and (status >= 500 or status < 0))
             return (

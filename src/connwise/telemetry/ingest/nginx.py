@@ -28,13 +28,14 @@ cached device lookup.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from collections.abc import Callable
 from datetime import datetime
 
 from connwise.errors import ConfigError
 from connwise.telemetry.clientinfo import RegionTable, device_of
-from connwise.telemetry.ingest.base import MONTHS, USELESS
+from connwise.telemetry.ingest.base import INT64_MAX, MONTHS, USELESS
 from connwise.telemetry.record import Row
 
 PRESETS: dict[str, str] = {
@@ -53,6 +54,7 @@ COLUMNS = ("conn_id", "node", "source", "kind", "backend", "started_at", "ended_
 
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 ERRORS = frozenset({444, 499})
+_INF = math.inf
 
 
 def compile_format(log_format: str) -> tuple[re.Pattern[str], dict[str, int]]:
@@ -87,15 +89,24 @@ def _seconds(value: str) -> float | None:
     if value == "-" or not value:
         return None
     if "," not in value and ":" not in value:
-        return float(value)
+        return _duration(value)
     total = 0.0
     seen = False
     for raw in re.split(r"[,:]", value):
         part = raw.strip()
         if part and part != "-":
-            total += float(part)
+            total += _duration(part)
             seen = True
     return total if seen else None
+
+
+def _duration(text: str) -> float:
+    """Seconds from a logged time. float() also takes `nan`, `inf` and negatives, which no
+    nginx writes and no record column can hold (active_s is NOT NULL): they raise."""
+    seconds = float(text)
+    if not 0.0 <= seconds < _INF:
+        raise ValueError(f"{text!r} is not a duration")
+    return seconds
 
 
 class _TimeLocal:
@@ -197,15 +208,26 @@ class NginxParser:
         numbers = [(name, i) for name, i in g.items()
                    if name in ("status", "request_time", "bytes_sent", "body_bytes_sent",
                                "request_length", "connection_requests")]
+        upstream_times = [(name, i) for name, i in g.items()
+                          if name in ("upstream_connect_time", "upstream_header_time")]
 
         def diagnose(v: tuple[str, ...], error: ValueError) -> ValueError:
             """Off the fast path: which field of a matching line was bad."""
             try:
-                to_time(v[i_time])
+                if not math.isfinite(to_time(v[i_time])):
+                    raise ValueError(v[i_time])
             except (ValueError, KeyError):
                 return ValueError(f"${self.time_var} {v[i_time]!r} is not a valid time")
             for name, i in numbers:
                 if not v[i].replace(".", "", 1).isdigit() and v[i] != "-":
+                    return ValueError(f"${name} {v[i]!r} is not a number")
+            for name, i in numbers:
+                if v[i] != "-" and abs(float(v[i])) > INT64_MAX:
+                    return ValueError(f"${name} {v[i]!r} is out of range")
+            for name, i in upstream_times:
+                try:
+                    _seconds(v[i])
+                except ValueError:
                     return ValueError(f"${name} {v[i]!r} is not a number")
             return ValueError(f"bad value: {error}")
 
@@ -226,6 +248,12 @@ class NginxParser:
                 seq = int(v[i_seq]) if i_seq >= 0 else None
                 first_byte = _seconds(v[i_uht]) if i_uht >= 0 else None
                 connect = _seconds(v[i_uct]) if i_uct >= 0 else None
+                if not (0.0 <= rt < _INF and -_INF < end < _INF  # float() takes nan, inf
+                        and -INT64_MAX <= status <= INT64_MAX
+                        and -INT64_MAX <= bytes_out <= INT64_MAX
+                        and -INT64_MAX <= bytes_in <= INT64_MAX
+                        and (seq is None or -INT64_MAX <= seq <= INT64_MAX)):
+                    raise ValueError("out of range")
             except ValueError as exc:
                 raise diagnose(v, exc) from None
             addr = v[i_addr] if i_addr >= 0 else ""

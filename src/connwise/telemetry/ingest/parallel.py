@@ -46,6 +46,7 @@ from connwise.telemetry.ingest.base import (
     FileSummary,
     IngestSummary,
     LineParser,
+    fail_if_nothing_read,
     ingest,
     parse_lines,
 )
@@ -130,10 +131,7 @@ def _ingest_parallel(parser: LineParser, files: list[Path], store: SqliteStore, 
     except BrokenProcessPool:
         raise IngestError("a parse worker process died (killed, or out of memory); run again, "
                           "or with --workers 1 to parse in this process.") from None
-    if files and all(f.error for f in summary.files):
-        raise IngestError("no log file could be read: " + "; ".join(f.error for f in
-                                                                   summary.files)
-                          + "; check the paths and permissions.")
+    fail_if_nothing_read(summary)
     return summary
 
 
