@@ -67,12 +67,7 @@ def gateway(
                               indent=2, ensure_ascii=False))
         typer.echo(f"{config}: configuration is valid", err=True)
         return
-    try:
-        code = run(resolved, config, workers)
-    except ConfigError as exc:  # a listener's or the admin API's address cannot be bound
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    raise typer.Exit(run(resolved, config, workers))  # a start-up error is said by `run`
 
 
 def redacted(config: dict[str, Any]) -> dict[str, Any]:
