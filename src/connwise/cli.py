@@ -21,7 +21,7 @@ from connwise.demo import gateway_demo
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.forecast.cli import forecast_app
-from connwise.gateway.serve import run
+from connwise.gateway.serve import check_workers, run
 from connwise.pool.drivers._dsn import mask as mask_dsn
 from connwise.sim.cli import simulate_command
 from connwise.telemetry.cli import ingest_app, telemetry_app
@@ -59,6 +59,7 @@ def gateway(
     try:
         resolved = load_gateway_config(config)
         ClientSegments.from_config(resolved.telemetry)  # the files the configuration names
+        check_workers(resolved, workers)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

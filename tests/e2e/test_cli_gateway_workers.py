@@ -105,7 +105,8 @@ async def test_a_store_that_cannot_be_opened_is_one_line_and_a_failure(
     nothing at all and exit 0: `os._exit(0)` in a `finally` swallowed them."""
     store = tmp_path / "missing" / "records.db"
     path = tmp_path / "gw.toml"
-    path.write_text(config_text(origin) + f'[telemetry]\nstore = "{store}"\n')
+    path.write_text(config_text(origin, bind=f"127.0.0.1:{free_port()}") +
+                    f'[telemetry]\nstore = "{store}"\n')
     async with gateway("-c", str(path), "--workers", workers) as proc:
         code = await asyncio.wait_for(proc.wait(), 20)
         assert proc.stdout is not None and proc.stderr is not None
@@ -179,3 +180,19 @@ async def test_sigterm_while_the_workers_start_drains_and_exits_0(
     assert code == 0, out
     assert out.count("drained: 0 finished") == 2, out
     assert refuses(port)
+
+
+async def test_workers_refuse_a_listener_on_port_0(tmp_path: Path) -> None:
+    """Port 0 gave each worker an ephemeral port of its own: N gateways on N ports, not N
+    workers sharing one."""
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(HttpOrigin(), bind="127.0.0.1:0"))
+    for args in (("--workers", "2"), ("--check", "--workers", "2")):
+        async with gateway("-c", str(path), *args) as proc:
+            code = await asyncio.wait_for(proc.wait(), 20)
+            assert proc.stdout is not None and proc.stderr is not None
+            out = (await proc.stdout.read()).decode()
+            err = (await proc.stderr.read()).decode()
+        assert code == 2 and "ready" not in out and "Traceback" not in err, (out, err)
+        assert ("listeners[0].bind = '127.0.0.1:0': with --workers 2 each worker would listen "
+                "on a port of its own" in err), err

@@ -35,7 +35,7 @@ try:
 except ImportError:  # uvloop is optional: plain asyncio where it does not build
     uvloop = None  # type: ignore[assignment]
 
-from connwise.config import GatewayConfig, load_gateway_config
+from connwise.config import GatewayConfig, load_gateway_config, parse_address
 from connwise.errors import ConfigError, ConnwiseError
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
@@ -128,6 +128,19 @@ def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
     if workers == 1:
         return _serve_process(config, path, admin=True, who="")
     return _Master(config, path, workers).run()
+
+
+def check_workers(config: GatewayConfig, workers: int) -> None:
+    """Refuse what `workers` processes cannot share: a listener on port 0 would get an
+    ephemeral port in each worker, N gateways on N ports rather than N workers on one."""
+    if workers == 1:
+        return
+    for i, listener in enumerate(config.listeners):
+        key = f"listeners[{i}].bind"
+        if parse_address(listener.bind, key)[1] == 0:
+            raise ConfigError(key, listener.bind, f"with --workers {workers} each worker would "
+                              "listen on a port of its own", "give the listener a fixed port, "
+                              "or run one worker")
 
 
 class _Master:
