@@ -172,9 +172,22 @@ def _run_gateway_demo(duration: float | None, seed: int, quick: bool,
 
 
 def _check_json_path(json_path: Path | None) -> None:
-    if json_path is not None and not json_path.parent.is_dir():
+    """Refuse a path the figures cannot be written to before the run, not after it (with a
+    traceback): opened for appending, and removed again if this made it."""
+    if json_path is None:
+        return
+    if not json_path.parent.is_dir():
         raise typer.BadParameter(f"the directory {str(json_path.parent)!r} does not exist; "
                                  "create it or name another path", param_hint="'--json'")
+    existed = json_path.exists()
+    try:
+        with json_path.open("a"):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"{str(json_path)!r} cannot be written ({exc.strerror}); "
+                                 "name another path", param_hint="'--json'") from None
+    if not existed:
+        json_path.unlink()
 
 
 def _demo_console() -> Console:
