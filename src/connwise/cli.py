@@ -21,7 +21,7 @@ from connwise.demo import gateway_demo
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.forecast.cli import forecast_app
-from connwise.gateway.serve import run
+from connwise.gateway.serve import check_workers, run
 from connwise.pool.drivers._dsn import mask as mask_dsn
 from connwise.sim.cli import simulate_command
 from connwise.telemetry.cli import ingest_app, telemetry_app
@@ -59,6 +59,7 @@ def gateway(
     try:
         resolved = load_gateway_config(config)
         ClientSegments.from_config(resolved.telemetry)  # the files the configuration names
+        check_workers(resolved, workers)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -67,12 +68,7 @@ def gateway(
                               indent=2, ensure_ascii=False))
         typer.echo(f"{config}: configuration is valid", err=True)
         return
-    try:
-        code = run(resolved, config, workers)
-    except ConfigError as exc:  # a listener's or the admin API's address cannot be bound
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+    raise typer.Exit(run(resolved, config, workers))  # a start-up error is said by `run`
 
 
 def redacted(config: dict[str, Any]) -> dict[str, Any]:
@@ -176,9 +172,22 @@ def _run_gateway_demo(duration: float | None, seed: int, quick: bool,
 
 
 def _check_json_path(json_path: Path | None) -> None:
-    if json_path is not None and not json_path.parent.is_dir():
+    """Refuse a path the figures cannot be written to before the run, not after it (with a
+    traceback): opened for appending, and removed again if this made it."""
+    if json_path is None:
+        return
+    if not json_path.parent.is_dir():
         raise typer.BadParameter(f"the directory {str(json_path.parent)!r} does not exist; "
                                  "create it or name another path", param_hint="'--json'")
+    existed = json_path.exists()
+    try:
+        with json_path.open("a"):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"{str(json_path)!r} cannot be written ({exc.strerror}); "
+                                 "name another path", param_hint="'--json'") from None
+    if not existed:
+        json_path.unlink()
 
 
 def _demo_console() -> Console:

@@ -745,10 +745,14 @@ def load_gateway_config(data: dict[str, Any] | str | Path, source: str = "config
     if isinstance(data, Path):
         source = str(data)
         try:
-            text = data.read_text()
+            text = data.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale
         except OSError as exc:
             raise ConfigError("config", str(data), f"the file cannot be read ({exc.strerror})",
                               "pass the path of a readable TOML file") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("config", str(data), f"the file is not UTF-8 (byte "
+                              f"0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                              "save it as UTF-8, as TOML requires") from None
         data = text
     if isinstance(data, str):
         try:

@@ -128,6 +128,9 @@ def test_help_lists_the_gateway_demo_and_its_options() -> None:
     (["demo", "gateway", "--duration", "2"], "--duration"),
     (["demo", "gateway", "--seed", "seven"], "--seed"),
     (["demo", "gateway", "--json", "/nonexistent-dir/out.json"], "--json"),
+    # A path that cannot be written was a traceback after the whole run.
+    (["demo", "--quick", "--json", "/proc/out.json"], "--json"),
+    (["demo", "pool", "--quick", "--json", "/proc/out.json"], "--json"),
     (["demo", "--duration", "nan"], "--duration"),
     # Options of the group before a command would be lost: a usage error that says where to go.
     (["demo", "--quick", "pool"], "--quick"),

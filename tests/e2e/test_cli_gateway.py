@@ -163,8 +163,11 @@ async def test_workers_share_the_listening_socket(tmp_path: Path) -> None:
 
 async def test_workers_drain_and_exit_when_their_master_is_killed(tmp_path: Path) -> None:
     origin = await HttpOrigin("o").start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     path = tmp_path / "gw.toml"
-    path.write_text(config_text(origin))
+    path.write_text(config_text(origin, bind=f"127.0.0.1:{port}"))
     proc = await asyncio.create_subprocess_exec(*CLI, "gateway", "-c", str(path), "--workers",
                                                 "2", stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)

@@ -4,6 +4,7 @@ tokens; and SNI names are matched case-insensitively."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,3 +104,12 @@ def test_the_health_section_becomes_the_core_config() -> None:
         rise=2, fall=3, interval=5.0, timeout=2.0, consecutive_failures=5,
         base_ejection_time=30.0, max_ejection_time=300.0, max_ejection_percent=10.0,
         slow_start=10.0)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    """TOML is UTF-8: a file in another encoding is refused by name and byte, not with a
+    UnicodeDecodeError (a traceback from the command line)."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('node_id = "gw-\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml.*not UTF-8 \(byte 0xe9 at offset 14\)"):
+        load_gateway_config(path)

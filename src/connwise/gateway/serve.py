@@ -5,7 +5,16 @@ what remains, exit 0. SIGHUP re-reads the configuration file: a valid one applie
 connections, a bad one is refused with its error and the old one stays in force. With
 `workers > 1` the parent forks that many processes, each with its own event loop, binding the
 same addresses with SO_REUSEPORT so the kernel spreads connections; the admin API runs in the
-first worker only (its counters are that worker's). The parent forwards signals and waits.
+first worker only (its counters are that worker's). The parent forwards signals and supervises:
+a worker killed by a signal is replaced; one that exits with an error of its own (an address in
+use, a store that cannot be opened) stops the others, since a replacement would fail the same
+way, and the parent exits with its code once all have.
+
+The three signals are blocked from `run` until a handler is in place (the parent's after the
+forks, a worker's event loop's after its start-up), and again once a worker has drained: a
+signal that arrives while a process starts is delivered then, never fatal (SIGHUP's default
+action kills), and one forwarded after the drain does not turn a clean exit into a death by
+signal.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 try:
@@ -25,8 +35,8 @@ try:
 except ImportError:  # uvloop is optional: plain asyncio where it does not build
     uvloop = None  # type: ignore[assignment]
 
-from connwise.config import GatewayConfig, load_gateway_config
-from connwise.errors import ConfigError
+from connwise.config import GatewayConfig, load_gateway_config, parse_address
+from connwise.errors import ConfigError, ConnwiseError
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
 
@@ -34,11 +44,14 @@ log = logging.getLogger("connwise.gateway")
 
 #: prctl(2) option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
+#: What the gateway's processes handle: drain (SIGTERM, SIGINT) and reload (SIGHUP).
+_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
                 ready: asyncio.Event | None = None) -> dict[str, int]:
-    """Run one gateway until SIGTERM/SIGINT; reload on SIGHUP when `path` is given."""
+    """Run one gateway until SIGTERM/SIGINT; reload on SIGHUP when `path` is given. A signal
+    that came while the gateway started (blocked by `run`) takes effect once it is ready."""
     gateway = Gateway(config)
     admin_server: AdminServer | None = None
     try:
@@ -46,9 +59,9 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
         if admin and config.admin is not None:
             admin_server = AdminServer(gateway, config.admin.bind, config.admin.token)
             await admin_server.start()
-    except ConfigError:
-        # An address that cannot be listened on: close what started, and let the caller say
-        # why in one line.
+    except BaseException:
+        # An address that cannot be listened on, a store that cannot be opened: close what
+        # started, and let the caller say why in one line.
         await gateway.drain(0)
         raise
     loop = asyncio.get_running_loop()
@@ -68,6 +81,7 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     addresses = ", ".join(f"{name}={host}:{port}" for name, lst in gateway.listeners.items()
                           for host, port in [lst.address])
     log.info("gateway %s serving %s", config.node_id, addresses)
@@ -88,7 +102,8 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
     result = await gateway.drain()
     if admin_server is not None:
         await admin_server.close()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    for sig in _SIGNALS:
         loop.remove_signal_handler(sig)
     _say(f"connwise gateway {config.node_id} drained: {result['finished']} finished, "
          f"{result['forced']} closed at the timeout")
@@ -106,41 +121,127 @@ async def _apply(gateway: Gateway, config: GatewayConfig) -> None:
 
 
 def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
-    """Serve in this process (workers == 1) or in `workers` forked processes; the exit code.
-    An address that cannot be listened on raises ConfigError (one process) or makes the
-    worker print it and exit 2 (forked)."""
+    """Serve in this process (workers == 1) or in `workers` forked processes until a drain;
+    the exit code. A gateway that cannot start says why on stderr: one line for a
+    `ConnwiseError` (exit 2 for a `ConfigError`, 1 otherwise), a traceback for anything else."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # until a handler takes them
     if workers == 1:
-        _run_loop(config, path, admin=True)
-        return 0
-    children: list[int] = []
-    master = os.getpid()
-    for index in range(workers):
+        return _serve_process(config, path, admin=True, who="")
+    return _Master(config, path, workers).run()
+
+
+def check_workers(config: GatewayConfig, workers: int) -> None:
+    """Refuse what `workers` processes cannot share: a listener on port 0 would get an
+    ephemeral port in each worker, N gateways on N ports rather than N workers on one."""
+    if workers == 1:
+        return
+    for i, listener in enumerate(config.listeners):
+        key = f"listeners[{i}].bind"
+        if parse_address(listener.bind, key)[1] == 0:
+            raise ConfigError(key, listener.bind, f"with --workers {workers} each worker would "
+                              "listen on a port of its own", "give the listener a fixed port, "
+                              "or run one worker")
+
+
+class _Master:
+    """The parent of `--workers` processes; see the module docstring."""
+
+    def __init__(self, config: GatewayConfig, path: Path | None, workers: int) -> None:
+        self.config = config
+        self.path = path
+        self.workers = workers
+        self.pid = os.getpid()
+        #: Live workers: pid -> index (worker 0 runs the admin API).
+        self.running: dict[int, int] = {}
+        self.stopping = False
+        self.code = 0
+
+    def run(self) -> int:
+        for index in range(self.workers):
+            self._fork(index)
+        for sig in _SIGNALS:
+            signal.signal(sig, self._forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        while self.running:
+            pid, status = os.wait()
+            if pid in self.running:
+                self._exited(self.running.pop(pid), pid, os.waitstatus_to_exitcode(status))
+        return self.code
+
+    def _fork(self, index: int) -> None:
+        """Start worker `index`. The worker begins with the signals blocked (see the module
+        docstring), and without the master's handlers, whose list of workers is not its own."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pid = os.fork()
         if pid == 0:
-            code = 0
+            code = 1
             try:
-                _die_with(master)
-                _run_loop(config, path, admin=index == 0)
-            except ConfigError as exc:
-                sys.stderr.write(f"error: worker {index}: {exc}\n")
-                code = 2
+                _die_with(self.pid)
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                code = _serve_process(self.config, self.path, admin=index == 0,
+                                      who=f"worker {index}: ")
             finally:
+                sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        children.append(pid)
+        self.running[pid] = index
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
+    def _forward(self, signum: int, _frame: object) -> None:
+        if signum != signal.SIGHUP:
+            self.stopping = True
+        self._signal_all(signum)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in list(self.running):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+                os.kill(pid, signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
-    return status
+    def _exited(self, index: int, pid: int, code: int) -> None:
+        """A worker is gone: expected while stopping; replaced if killed (or drained alone)
+        while serving; else its error (which it printed) stops the others."""
+        if self.stopping:
+            self.code = self.code or exit_code(code)
+            return
+        if code <= 0:
+            how = f"was killed by {_signal_name(-code)}" if code else "drained"
+            sys.stderr.write(f"connwise gateway: worker {index} (pid {pid}) {how}; starting "
+                             "another\n")
+            sys.stderr.flush()
+            self._fork(index)
+            return
+        self.code = code
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+
+
+def exit_code(code: int) -> int:
+    """A worker's `waitstatus_to_exitcode` as a process exit code: a death by signal N is
+    128 + N, as a shell reports it (a negative code would become 256 - N)."""
+    return 128 - code if code < 0 else code
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name of its own
+        return f"signal {signum}"
+
+
+def _serve_process(config: GatewayConfig, path: Path | None, *, admin: bool, who: str) -> int:
+    """Serve in this process until a drain; 0, or the code of an error printed on stderr."""
+    try:
+        _run_loop(config, path, admin=admin)
+    except ConnwiseError as exc:
+        sys.stderr.write(f"error: {who}{exc}\n")
+        return 2 if isinstance(exc, ConfigError) else 1
+    except Exception:
+        if not who:
+            raise  # one process: the command line reports it
+        traceback.print_exc()
+        return 1
+    return 0
 
 
 def _say(line: str) -> None:
