@@ -579,6 +579,10 @@ class LimitsConfig(_Model):
     body_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     #: Idle keep-alive client connections are closed after this (nginx keepalive_timeout 75 s).
     keepalive_timeout: float = Field(75.0, gt=0)
+    #: An http client that takes no byte of what the gateway sends it (an answer, a
+    #: WebSocket's frames) for this long is cut off (nginx send_timeout, 60 s): it would hold
+    #: its admission slot and upstream connection for as long as it pleases.
+    send_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
 
 
 class HttpSection(_Model):

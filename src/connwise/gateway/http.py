@@ -285,6 +285,7 @@ class HttpClient(asyncio.Protocol):
         "throttle",
         "timer",
         "transport",
+        "write_deadline",
     )
 
     def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
@@ -337,6 +338,8 @@ class HttpClient(asyncio.Protocol):
         self.idle_deadline = 0.0
         #: The backend is to take more of the request body by then (see `body_send_due`).
         self.send_deadline = 0.0
+        #: `send_timeout` after the client's transport paused our writing (its buffer full).
+        self.write_deadline = 0.0
         self.relay_to: UpstreamConnection | None = None
         #: The ladder's throttle on this connection's WebSocket relay (set with `relay_to`).
         self.throttle: RelayThrottle | None = None
@@ -546,13 +549,18 @@ class HttpClient(asyncio.Protocol):
         self.close()
 
     def pause_writing(self) -> None:
+        """The client does not read what the gateway sends as fast as it comes: the upstream
+        pauses, and the client must take more within `send_timeout` (`_send_stalled`)."""
         self._write_paused = True
+        deadline = self.write_deadline = self.loop.time() + self.gateway.limits.send_timeout
+        self._arm(deadline)
         upstream = self.relay_to or self.active_upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.write_deadline = 0.0
         upstream = self.relay_to or self.active_upstream
         throttle = self.throttle
         if (upstream is not None and upstream.transport is not None and not upstream.closed
@@ -620,6 +628,9 @@ class HttpClient(asyncio.Protocol):
         elif self.send_deadline and now >= self.send_deadline:
             self.send_deadline = 0.0
             self._send_timeout()
+        elif self.write_deadline and now >= self.write_deadline:
+            self.write_deadline = 0.0
+            self._send_stalled()
         elif self.idle_deadline and now >= self.idle_deadline:
             self.idle_deadline = 0.0
             self._closing_for("idle timeout")
@@ -629,7 +640,7 @@ class HttpClient(asyncio.Protocol):
             return
         deadlines = [d for d in (self.header_deadline, self.body_deadline,
                                  self.response_deadline, self.idle_deadline,
-                                 self.send_deadline) if d]
+                                 self.send_deadline, self.write_deadline) if d]
         if deadlines:
             self._arm(min(deadlines))
 
@@ -705,6 +716,17 @@ class HttpClient(asyncio.Protocol):
             f"limits.body_timeout = {self.gateway.limits.body_timeout:g} s", retryable=False))
         if self._write_paused:
             self.abort()
+
+    def _send_stalled(self) -> None:
+        """The client took no byte of what is buffered for it within `send_timeout`: it is
+        aborted (a close would wait to send that buffer), and its end gives back what it holds,
+        as for a client that leaves: the admission slot, the upstream connection (closed, its
+        answer unread), a WebSocket's backend."""
+        if not self._write_paused or self.closed:
+            return
+        self.gateway.count("http_send_timeout")
+        self._closing_for("send timeout")
+        self.abort()
 
     def _response_timeout(self) -> None:
         """The backend sent no response head within `response_timeout` of the request's last

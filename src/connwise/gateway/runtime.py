@@ -102,7 +102,7 @@ class HotLimits:
 
     __slots__ = ("body_timeout", "header_timeout", "keepalive_timeout", "max_body_bytes",
                  "max_connections", "max_connections_per_ip", "max_header_bytes",
-                 "merge_slashes", "normalize_path")
+                 "merge_slashes", "normalize_path", "send_timeout")
 
     def __init__(self, limits: LimitsConfig, http: HttpSection) -> None:
         self.normalize_path = http.normalize_path
@@ -114,6 +114,7 @@ class HotLimits:
         self.max_body_bytes = limits.max_body_bytes
         self.body_timeout = limits.body_timeout
         self.keepalive_timeout = limits.keepalive_timeout
+        self.send_timeout = limits.send_timeout
 
 
 class Gateway:
