@@ -7,7 +7,9 @@ a usage error (exit code 2) naming the option, never a traceback.
 
 from __future__ import annotations
 
+import enum
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,6 +45,15 @@ app.command("simulate")(simulate_command)
 app.add_typer(forecast_app, name="forecast")
 
 
+class LogLevel(enum.StrEnum):
+    """`--log-level` of `connwise gateway`."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @app.command("gateway", help=(
     "Run the reverse proxy described by a TOML file (see examples/gateway.toml).\n\n"
     "SIGTERM drains and exits; SIGHUP reloads the file (a bad file is refused and the running "
@@ -55,6 +66,8 @@ def gateway(
         "--check", help="Validate FILE, print the resolved configuration and exit.")] = False,
     workers: Annotated[int, typer.Option(
         min=1, max=64, help="Processes sharing the listening sockets (SO_REUSEPORT).")] = 1,
+    log_level: Annotated[LogLevel, typer.Option(
+        "--log-level", help="Least severe log lines written to stderr.")] = LogLevel.info,
 ) -> None:
     try:
         resolved = load_gateway_config(config)
@@ -68,7 +81,21 @@ def gateway(
                               indent=2, ensure_ascii=False))
         typer.echo(f"{config}: configuration is valid", err=True)
         return
+    _log_to_stderr(log_level)
     raise typer.Exit(run(resolved, config, workers))  # a start-up error is said by `run`
+
+
+def _log_to_stderr(level: LogLevel) -> None:
+    """The gateway's log lines (listeners, reloads, drains, zombies, backends ejected, at
+    `info`; refusals and failures at `warning` and `error`) to stderr, stamped with the time,
+    level and process (workers share stderr): without a handler, Python drops `info` lines
+    and writes the rest bare. Only connwise's loggers: libraries keep their own defaults."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    logger = logging.getLogger("connwise")
+    logger.addHandler(handler)
+    logger.setLevel(level.value.upper())
 
 
 def redacted(config: dict[str, Any]) -> dict[str, Any]:

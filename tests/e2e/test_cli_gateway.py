@@ -37,6 +37,18 @@ kind = "none"
 """
 
 
+#: A log line of the gateway's (`--log-level info`, the default) on stderr.
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) "
+                      r"connwise[.\w]*\[\d+\]: ")
+
+
+def problems(err: str) -> list[str]:
+    """The lines of stderr that are not the gateway's `DEBUG` or `INFO` log lines: what the
+    gateway says went wrong."""
+    return [line for line in err.strip().splitlines()
+            if not (m := LOG_LINE.match(line)) or m.group(1) not in ("DEBUG", "INFO")]
+
+
 async def run_cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(*CLI, *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
@@ -122,6 +134,9 @@ async def test_serve_reload_and_drain(tmp_path: Path) -> None:
         assert proc.stderr is not None
         err = (await proc.stderr.read()).decode()
         assert "reload refused" in err
+        logged = [LOG_LINE.match(line) for line in err.splitlines()]
+        assert all(logged), err  # every line stamped with time, level, logger and process
+        assert "INFO connwise.gateway" in err and "configuration reloaded" in err, err
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli_gateway import config_text, run_cli
+from tests.e2e.test_cli_gateway import config_text, problems, run_cli
 from tests.integration.http_origin import HttpOrigin
 
 
@@ -37,7 +37,7 @@ async def test_a_listener_address_in_use_is_one_line_and_exit_2(
     code, out, err = await run_cli("gateway", "-c", str(path), "--workers", workers)
     assert code == 2, (out, err)
     assert "Traceback" not in err and "ready" not in out
-    lines = err.strip().splitlines()
+    lines = problems(err)
     assert len(lines) == int(workers), err  # one line (per worker)
     assert all(f"listeners[0].bind = '127.0.0.1:{held_port}': listener 'web' cannot listen on "
                "it (Address already in use); stop what holds the address" in line
@@ -51,8 +51,13 @@ async def test_an_admin_address_in_use_is_one_line_and_exit_2(
                     f'[admin]\nbind = "127.0.0.1:{held_port}"\ntoken = "t0k3n"\n')
     code, out, err = await run_cli("gateway", "-c", str(path))
     assert code == 2, (out, err)
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and len(problems(err)) == 1, err
     assert f"admin.bind = '127.0.0.1:{held_port}': the admin API cannot listen on it" in err
+    assert "INFO connwise.gateway" in err, err  # the listener it had started, logged
+    code, out, err = await run_cli("gateway", "-c", str(path), "--log-level", "warning")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "INFO" not in err, err
+    code, out, err = await run_cli("gateway", "-c", str(path), "--log-level", "loud")
+    assert code == 2 and "--log-level" in err and "'loud' is not one of" in err, err
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_cli_gateway import CLI, config_text
+from tests.e2e.test_cli_gateway import CLI, config_text, problems
 from tests.integration.http_origin import HttpOrigin
 
 
@@ -114,7 +114,7 @@ async def test_a_store_that_cannot_be_opened_is_one_line_and_a_failure(
         err = (await proc.stderr.read()).decode()
     assert code == 1, (out, err)
     assert "Traceback" not in err and "ready" not in out
-    lines = err.strip().splitlines()
+    lines = problems(err)
     assert len(lines) == int(workers), err
     assert all(f"cannot create telemetry store '{store}'" in line for line in lines), err
 
