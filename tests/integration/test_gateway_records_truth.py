@@ -16,7 +16,9 @@ import websockets
 
 from connwise.core.cqi import ClassChange
 from connwise.core.degrade import QUEUE, SHED
+from connwise.gateway.http import HttpClient
 from connwise.gateway.runtime import Gateway
+from connwise.gateway.tcp import TcpClient
 from connwise.telemetry.memory import MemorySink
 from connwise.telemetry.record import ConnRecord
 from connwise.telemetry.recorder import Recorder
@@ -97,6 +99,7 @@ async def test_an_escalation_of_a_tcp_relay_is_a_class_change_of_its_record(
     reader, writer = await asyncio.open_connection(host, port)
     assert await asyncio.wait_for(reader.readline(), 5) == b"HELLO\n"
     [client] = gateway.clients.values()
+    assert isinstance(client, TcpClient) and client.class_state is not None
     first = client.class_state.class_name
     gateway.apply_changes([ClassChange(client.conn_id, first, "critical", "test",
                                        gateway.clock.now())])
@@ -118,6 +121,7 @@ async def test_an_escalation_of_a_websocket_is_a_class_change_of_its_record(
         await ws.send("x")
         assert await ws.recv() == "x"
         [client] = gateway.clients.values()
+        assert isinstance(client, HttpClient) and client.class_state is not None
         first = client.class_state.class_name
         assert first != "critical"
         gateway.apply_changes([ClassChange(client.conn_id, first, "critical", "test",

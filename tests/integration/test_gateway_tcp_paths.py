@@ -109,7 +109,8 @@ async def test_backpressure_holds_when_the_early_bytes_fill_the_upstream(
             return upstream.transport.get_write_buffer_size()
 
         # Either the client is paused (right) or the upstream's buffer grows past any bound.
-        await until(lambda: not client.transport.is_reading() or buffered() > LIMIT)
+        reading = client.transport.is_reading
+        await until(lambda: not reading() or buffered() > LIMIT)
         assert buffered() <= LIMIT, f"{buffered()} bytes held for a backend that does not read"
         writer.transport.abort()
 
