@@ -155,12 +155,11 @@ class BoundedLoadRing:
         my_weights = self.weights
         total = 0
         wsum = 0.0
-        for node, weight in my_weights.items():
+        for node, ring_weight in my_weights.items():
             if available is None or node in available:
-                if weights is not None:
-                    weight *= weights.get(node, 1.0)
-                    if weight <= 0:
-                        continue
+                weight = ring_weight if weights is None else ring_weight * weights.get(node, 1.0)
+                if weight <= 0:
+                    continue
                 total += loads.get(node, 0)
                 wsum += weight
         if wsum <= 0.0:
