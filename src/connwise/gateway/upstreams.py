@@ -196,18 +196,24 @@ class Group:
                 await backend.pool.close(timeout=1.0)
 
     def pick(self, key: str, client_ip: str, exclude: Collection[str] = ()) -> Backend | None:
-        """The backend for a request with affinity `key`, skipping unavailable and `exclude`."""
+        """The backend for a request with affinity `key` among the available ones; None when
+        none is. `exclude` (the backends a retry failed on) is avoided while another backend
+        is available, and used when none is: the common retryable failure is a keep-alive
+        connection the backend closed as the request went, and a group of one backend (or
+        with all tried) retries on it rather than failing for want of another (HAProxy
+        retries on the same server; Envoy's previous_hosts predicate falls back likewise)."""
         now = self.clock()
         if len(self.backends) == 1:
             # One backend (a common group): nothing to balance, so no load or weight tables.
             only = self.backends[0]
-            if only.name in exclude or not only.health.available(now):
+            if not only.health.available(now):
                 return None
             only.total += 1
             return only
-        available = {n for n in self.health.available(now) if n not in exclude}
-        if not available:
+        names = self.health.available(now)
+        if not names:
             return None
+        available = {n for n in names if n not in exclude} or set(names)
         loads = {b.name: b.outstanding for b in self.backends}
         name = self._balancer.pick(key or client_ip, loads, available,
                                    self.health.weights(now))
