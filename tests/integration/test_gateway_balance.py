@@ -4,7 +4,12 @@ the request."""
 
 from __future__ import annotations
 
+import httpx
+
 from tests.integration.conftest import GatewayFactory, Start
+from tests.integration.http_origin import HttpOrigin
+from tests.integration.test_gateway import url
+from tests.integration.test_gateway import web_config as origins_config
 from tests.integration.test_gateway_http_edges import exchange, ok, web_config
 
 
@@ -27,3 +32,23 @@ async def test_a_retry_in_a_group_of_one_backend_goes_to_that_backend(
     assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
     assert gateway.counters["http_retries"] == 1
     assert len(backend.heads) == 2
+
+
+async def test_no_backend_available_is_a_503_naming_the_group(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    """Every backend drained (or down, or ejected): nothing failed upstream, so not a 502
+    but a 503 that says which group has no backend, and the connection goes on."""
+    gateway = await make_gateway(**origins_config(origins))
+    group = gateway.groups["app"]
+    for origin in origins:
+        group.health.drain(origin.address, gateway.clock.now())
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for path in ("/fast", "/echo"):   # the callback path, and a body on the task path
+            answer = await client.post(path, content=b"x" * 10) if path == "/echo" else \
+                await client.get(path)
+            assert answer.status_code == 503
+            assert "no backend of group 'app' is available" in answer.text
+        group.health.undrain(origins[0].address, gateway.clock.now())
+        assert (await client.get("/fast")).status_code == 200
+    assert gateway.counters["http_502"] == 0
+    assert group.scheduler.in_use == 0
