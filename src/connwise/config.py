@@ -275,8 +275,8 @@ class GroupConfig(_Model):
     #: 504 and the backend counts a passive failure (a hung backend no longer holds the slot).
     #: nginx's proxy_read_timeout default, 60 s; HAProxy's `timeout server` has none.
     response_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
-    #: Idempotent requests are retried once on another backend when the connect fails or the
-    #: backend closes before answering.
+    #: Idempotent requests are retried once on another backend (the same one when no other is
+    #: available) when the connect fails or the backend closes before answering.
     retries: int = Field(1, ge=0, le=5)
     health: HealthCheckConfig = HealthCheckConfig()
     #: This group's own degradation ladder; unset, the top-level `[degrade]` applies.

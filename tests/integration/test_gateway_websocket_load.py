@@ -17,6 +17,7 @@ import websockets
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
+from connwise.config import load_gateway_config
 from connwise.core.degrade import THROTTLE, DegradeConfig, DegradeLadder
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
@@ -178,3 +179,26 @@ async def test_a_reclassified_websocket_takes_its_new_class_and_throttle(
         assert await asyncio.wait_for(ws.recv(), 3) == "still relayed"
     assert gateway.class_counters["reclassified", "bulk"] == 1
     assert gateway.class_counters["throttle", "bulk"] == 1
+
+
+async def test_relays_open_across_a_reload_still_count_in_the_load(
+        make_gateway: GatewayFactory, echo_servers: list[Server]) -> None:
+    """A reload replaces the groups, and its new backends started from no load while the
+    WebSockets of the old ones went on (for hours): p2c split new sessions evenly between a
+    backend with 6 open and one with none. They count in the new backend's load."""
+    config = ws_config(echo_servers, balance="p2c")
+    config["groups"]["ws"]["health"]["slow_start"] = 0
+    gateway = await make_gateway(**config)
+    busy, idle = (b.name for b in gateway.groups["ws"].backends)
+    gateway.groups["ws"].health.drain(idle, gateway.clock.now())
+    async with contextlib.AsyncExitStack() as stack:
+        await open_sockets(gateway, 6, stack)                 # all on `busy`
+        await gateway.reload(load_gateway_config(config))
+        group = gateway.groups["ws"]
+        group.health.undrain(idle, gateway.clock.now())
+        await open_sockets(gateway, 6, stack)
+        loads = {b.name: b.outstanding for b in group.backends}
+        assert loads == {busy: 0, idle: 6}                    # the new ones went to `idle`
+    await until(lambda: all(b.load == 0 for b in group.backends))
+    group.tick(gateway.clock.now())
+    assert all(not b.carried for b in group.backends)         # the old backends let go

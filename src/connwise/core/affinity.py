@@ -24,8 +24,11 @@ the mean load, while most keys stay on their owner.
 
 Each backend is placed at `vnodes` points on the ring (times its weight, if weights are given),
 so ownership is spread evenly; with weights the bound becomes
-`ceil(balance_factor * (total_load + 1) * w / W)`. Ring positions are the first 8 bytes of a
-BLAKE2b hash, stable across processes and runs (Python's `hash()` is salted per process).
+`ceil(balance_factor * (total_load + 1) * w / W)`. The weights `pick` is given (a backend's
+slow-start ramp) scale `w` in the bound only, not the ring, so a ramping backend keeps its keys
+on the ring and spills those past its small share to the next backends, the same ones every
+time. Ring positions are the first 8 bytes of a BLAKE2b hash, stable across processes and runs
+(Python's `hash()` is salted per process).
 `math.inf` as the balance factor disables the bound (plain consistent hashing).
 """
 
@@ -142,19 +145,24 @@ class BoundedLoadRing:
              available: Collection[str] | None = None,
              weights: Mapping[str, float] | None = None) -> str | None:
         """The node for `key`: its owner if under the bound, else the next one along the ring
-        that is. Skips nodes not in `available` (None: all are). `weights` is accepted for the
-        common balancer interface and ignored: ring weights are fixed at construction."""
+        that is. Skips nodes not in `available` (None: all are). `weights` scales the ring's
+        weights in the bound, not the ring itself (so no key moves for it): a backend in slow
+        start (weight 0.1 and up) spills its keys along the ring once it carries its small
+        share, and takes them back as it ramps up. A node of weight <= 0 is skipped."""
         hashes = self._hashes
         if not hashes:
             return None
         my_weights = self.weights
         total = 0
         wsum = 0.0
-        for node, weight in my_weights.items():
+        for node, ring_weight in my_weights.items():
             if available is None or node in available:
+                weight = ring_weight if weights is None else ring_weight * weights.get(node, 1.0)
+                if weight <= 0:
+                    continue
                 total += loads.get(node, 0)
                 wsum += weight
-        if wsum == 0.0:
+        if wsum <= 0.0:
             return None
         factor = self.balance_factor
         scale = factor * (total + 1) / wsum
@@ -165,9 +173,14 @@ class BoundedLoadRing:
             node = owners[(start + step) % size]
             if available is not None and node not in available:
                 continue
+            weight = my_weights[node]
+            if weights is not None:
+                weight *= weights.get(node, 1.0)
+                if weight <= 0:
+                    continue
             if factor == math.inf:
                 return node
-            if loads.get(node, 0) < math.ceil(round(scale * my_weights[node], 9)):
+            if loads.get(node, 0) < math.ceil(round(scale * weight, 9)):
                 return node
         return None  # unreachable while balance_factor >= 1: some node is under its bound
 

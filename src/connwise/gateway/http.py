@@ -1339,14 +1339,15 @@ class HttpClient(asyncio.Protocol):
         ex.keep_alive = False
         self.close()
 
-    def _answer(self, ex: Exchange, status: int, reason: str, extra: bytes = b"") -> None:
+    def _answer(self, ex: Exchange, status: int, reason: str, extra: bytes = b"",
+                body: bytes = b"") -> None:
         """Answer `ex` from the gateway itself (404, 502, 503): `Connection: close` when the
         connection ends after it (the client's wish, a drain, or a body the client withholds
         until told to continue: `_ended` closes it then), and no body to a HEAD request."""
         if ex.body_withheld():
             ex.keep_alive = False
         self.write(simple_response(status, reason, close=not ex.keep_alive or self.draining,
-                                   extra=extra, head=ex.method == b"HEAD"))
+                                   extra=extra, body=body, head=ex.method == b"HEAD"))
 
     def _backend_answered(self, group: Group, backend: Backend, ex: Exchange) -> None:
         """The backend answered `ex`: its health follows, and the record names it."""
@@ -1617,7 +1618,14 @@ class HttpClient(asyncio.Protocol):
                     key = self._affinity_key(group, ex)
                 backend = group.pick(key, self.client_ip, exclude=tried)
             if backend is None:
-                break
+                if tried:
+                    break  # what failed upstream is the answer: 502
+                # Nothing failed: no backend takes work (all down, ejected or drained).
+                gateway.count("upstream_unavailable")
+                self._answer(ex, 503, "Service Unavailable", body=b"503 Service Unavailable: "
+                             b"no backend of group '%s' is available\n" % group.name.encode())
+                await self._discard_body(ex, 503)
+                return
             tried.add(backend.name)
             pool = backend_pool(backend)
             try:

@@ -278,17 +278,23 @@ class Gateway:
                 for client in self.clients.values()]
 
     def affinity_key(self, group: Group, ex: Exchange, client: HttpClient) -> str:
-        """The key a `hash` group balances on: a header, a cookie or the client IP."""
+        """The key a `hash` group balances on: a header (its first line), a cookie (the first
+        of that name, in any Cookie line: an HTTP/2 front end may pass one line per cookie,
+        RFC 9113 8.2.3) or the client IP, which is also the key of a request without the
+        header or cookie (or with it empty)."""
         kind, _, name = group.config.hash_key.partition(":")
         if kind == "header":
             value = ex.header(name.lower().encode())
             return value.decode("latin-1") if value else client.client_ip
         if kind == "cookie":
-            cookies = ex.header(b"cookie") or b""
-            for part in cookies.split(b";"):
-                key, _, value = part.strip().partition(b"=")
-                if key.decode("latin-1") == name:
-                    return value.decode("latin-1")
+            wanted = name.encode("latin-1")
+            for header, cookies in ex.headers:
+                if header.lower() != b"cookie":
+                    continue
+                for part in cookies.split(b";"):
+                    key, _, value = part.strip().partition(b"=")
+                    if key == wanted:
+                        return value.decode("latin-1")
         return client.client_ip
 
     # -- serving ------------------------------------------------------------------------------

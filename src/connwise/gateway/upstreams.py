@@ -53,18 +53,28 @@ log = logging.getLogger("connwise.gateway")
 class Backend:
     """One upstream address of a group, with its live load and health."""
 
-    __slots__ = ("failures", "health", "host", "name", "outstanding", "pool", "port", "total",
-                 "warm_target")
+    __slots__ = ("carried", "failures", "health", "host", "name", "outstanding", "pool", "port",
+                 "total", "warm_target")
 
     def __init__(self, address: str, key: str, health: BackendHealth) -> None:
         self.name = address
         self.host, self.port = parse_address(address, key)
+        #: Requests and relays (WebSockets, tcp) in flight through this object.
         self.outstanding = 0
+        #: The same backend in the groups reloads replaced, while work they started on it goes
+        #: on (a WebSocket may for hours): it counts in `load` (`Group.take_over_health`).
+        self.carried: tuple[Backend, ...] = ()
         self.total = 0
         self.failures = 0
         self.warm_target = 0
         self.health = health
         self.pool: Pool[UpstreamConnection] | None = None
+
+    @property
+    def load(self) -> int:
+        """What the balancers read: `outstanding`, plus what is still in flight on this
+        backend through the groups a reload replaced."""
+        return self.outstanding + sum(b.outstanding for b in self.carried)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         pool = self.pool.stats()["connections"] if self.pool is not None else {}
@@ -101,6 +111,8 @@ class Group:
         self.backends = [Backend(address, f"groups.{name}.backends[{i}]", self.health[address])
                          for i, address in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
+        #: Some backend carries the load of a replaced group's (`Backend.carried`).
+        self._carrying = False
         names = [b.name for b in self.backends]
         self._balancer: RoundRobin | LeastOutstandingP2C | BoundedLoadRing
         if config.balance == "hash":
@@ -113,13 +125,19 @@ class Group:
 
     def take_over_health(self, previous: Group) -> None:
         """A reload replaces `previous` with this group: each backend both have goes on from
-        its health there (down, ejected, drained, ramping up), not healthy afresh."""
+        its health there (down, ejected, drained, ramping up), not healthy afresh, and with
+        the load still in flight on it there (and in the groups `previous` replaced), so the
+        balancers do not see a backend with hours-long WebSockets open as idle."""
         checks = self.config.health.kind != "none"
         now = self.clock()
         for backend in self.backends:
             old = previous._by_name.get(backend.name)
             if old is not None:
                 backend.health.take_over(old.health, now, checks=checks)
+                # Flat, held by the newest group only: no chain of retired groups kept alive.
+                backend.carried = (old, *(b for b in old.carried if b.outstanding))
+                old.carried = ()
+                self._carrying = True
 
     def relay_throttle(self, class_name: str,
                        started: Callable[[RelayHalf], None]) -> ThrottleStep:
@@ -196,19 +214,26 @@ class Group:
                 await backend.pool.close(timeout=1.0)
 
     def pick(self, key: str, client_ip: str, exclude: Collection[str] = ()) -> Backend | None:
-        """The backend for a request with affinity `key`, skipping unavailable and `exclude`."""
+        """The backend for a request with affinity `key` among the available ones; None when
+        none is. `exclude` (the backends a retry failed on) is avoided while another backend
+        is available, and used when none is: the common retryable failure is a keep-alive
+        connection the backend closed as the request went, and a group of one backend (or
+        with all tried) retries on it rather than failing for want of another (HAProxy
+        retries on the same server; Envoy's previous_hosts predicate falls back likewise)."""
         now = self.clock()
         if len(self.backends) == 1:
             # One backend (a common group): nothing to balance, so no load or weight tables.
             only = self.backends[0]
-            if only.name in exclude or not only.health.available(now):
+            if not only.health.available(now):
                 return None
             only.total += 1
             return only
-        available = {n for n in self.health.available(now) if n not in exclude}
-        if not available:
+        names = self.health.available(now)
+        if not names:
             return None
-        loads = {b.name: b.outstanding for b in self.backends}
+        available = {n for n in names if n not in exclude} or set(names)
+        loads = ({b.name: b.load for b in self.backends} if self._carrying
+                 else {b.name: b.outstanding for b in self.backends})
         name = self._balancer.pick(key or client_ip, loads, available,
                                    self.health.weights(now))
         if name is None:
@@ -242,6 +267,8 @@ class Group:
         self._ladder_at = now
         self.admission.update(contention_from_scheduler(self.scheduler, now), now)
         self.health.poll(now)
+        if self._carrying:
+            self._let_go_of_carried()
         for backend in self.backends:
             if not backend.health.log:
                 continue
@@ -249,6 +276,16 @@ class Group:
                 level = logging.INFO if change.to_state in AVAILABLE else logging.WARNING
                 log.log(level, "group %s: backend %s %s -> %s: %s", self.name, change.backend,
                         change.from_state.value, change.to_state.value, change.reason)
+
+    def _let_go_of_carried(self) -> None:
+        """Forget the replaced groups' backends whose work ended. (A retired group may still
+        serve its queued requests for a moment after: short ones, uncounted here.)"""
+        carrying = False
+        for backend in self.backends:
+            if backend.carried:
+                backend.carried = tuple(b for b in backend.carried if b.outstanding)
+                carrying = carrying or bool(backend.carried)
+        self._carrying = carrying
 
     def contended(self, now: float) -> None:
         """An admission event under contention (a request queued, a slot freed while others

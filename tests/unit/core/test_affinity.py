@@ -155,30 +155,33 @@ events = st.lists(st.one_of(
 
 @settings(max_examples=200, deadline=None)
 @given(events, st.sampled_from([1.0, 1.1, 1.25, 1.5, 2.0]), st.integers(1, 6),
-       st.booleans())
+       st.booleans(), st.sampled_from([None, 0.1, 0.55]))
 def test_no_node_ever_takes_a_request_over_the_bound(ops: list[tuple[str, object]],
                                                      factor: float, n: int,
-                                                     weighted: bool) -> None:
+                                                     weighted: bool, ramp: float | None
+                                                     ) -> None:
     nodes = [f"n{i}" for i in range(n)]
     weights = {node: 1.0 + i for i, node in enumerate(nodes)} if weighted else None
     ring = BoundedLoadRing(nodes, balance_factor=factor, vnodes=20, weights=weights)
-    wsum = sum(ring.weights.values())
+    slow_start = {"n0": ramp} if ramp is not None else None   # n0 ramps up (health weight)
+    effective = {node: w * (slow_start or {}).get(node, 1.0) for node, w in ring.weights.items()}
+    wsum = sum(effective.values())
     loads = dict.fromkeys(nodes, 0)
     placed: list[str] = []
     only_added = True
     for op, arg in ops:
         if op == "add":
             total = sum(loads.values())
-            node = ring.pick(str(arg), loads)
+            node = ring.pick(str(arg), loads, None, slow_start)
             assert node is not None
             loads[node] += 1
             placed.append(node)
-            share = ring.weights[node] / wsum
+            share = effective[node] / wsum
             assert loads[node] <= math.ceil(round(factor * (total + 1) * share, 9))
             if only_added:   # with arrivals only, every node stays within the current bound
                 total += 1
                 for other in nodes:
-                    share = ring.weights[other] / wsum
+                    share = effective[other] / wsum
                     assert loads[other] <= math.ceil(round(factor * total * share, 9))
         elif placed:
             assert isinstance(arg, int)
@@ -195,3 +198,20 @@ def test_the_ring_size_is_bounded_whatever_the_weights() -> None:
     assert 1.9 < owners["b"] / owners["a"] < 2.1
     small = BoundedLoadRing(["a", "b"], weights={"a": 1.0, "b": 2.0})
     assert Counter(small._owners) == {"a": 100, "b": 200}  # under the bound: unchanged
+
+
+def test_a_backend_in_slow_start_takes_a_bounded_share_of_its_keys() -> None:
+    # `weights` is the health's ramp (0.1 at the start of a slow start): the bound of a
+    # ramping backend shrinks with its weight, so its keys spill along the ring to the others
+    # while it warms up, and come back to it as it ramps.
+    ring = BoundedLoadRing(NODES)
+    cold = NODES[0]
+    keys = [k for k in KEYS if ring.owner(k) == cold][:40]
+    loads = dict.fromkeys(NODES, 10)
+    ramp = {cold: 0.1}
+    # bound(cold) = ceil(1.25 * 51 * 0.1 / 4.1) = 2: at a load of 10 it takes none of its keys.
+    assert all(ring.pick(k, loads, None, ramp) != cold for k in keys)
+    loads[cold] = 1
+    assert all(ring.pick(k, loads, None, ramp) == cold for k in keys)
+    loads[cold] = 10
+    assert all(ring.pick(k, loads, None, {cold: 1.0}) == cold for k in keys)
