@@ -199,6 +199,9 @@ async def test_relays_open_across_a_reload_still_count_in_the_load(
         await open_sockets(gateway, 6, stack)
         loads = {b.name: b.outstanding for b in group.backends}
         assert loads == {busy: 0, idle: 6}                    # the new ones went to `idle`
+        now = gateway.clock.now()                             # and the admin API says so
+        assert {b.name: b.snapshot(now)["outstanding"] for b in group.backends} == {
+            busy: 6, idle: 6}
     await until(lambda: all(b.load == 0 for b in group.backends))
     group.tick(gateway.clock.now())
     assert all(not b.carried for b in group.backends)         # the old backends let go

@@ -103,7 +103,7 @@ class GatewayCollector(Collector):
             for cls, n in group.scheduler.waiting_by_class().items():
                 waiting.add_metric([name, cls], n)
             for backend in group.backends:
-                outstanding.add_metric([name, backend.name], backend.outstanding)
+                outstanding.add_metric([name, backend.name], backend.load)
                 warm.add_metric([name, backend.name], backend.warm_target)
         yield from (in_flight, waiting, outstanding, warm)
         yield from gw.zombies.collect()

@@ -78,7 +78,7 @@ class Backend:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         pool = self.pool.stats()["connections"] if self.pool is not None else {}
-        return {"name": self.name, "outstanding": self.outstanding, "total": self.total,
+        return {"name": self.name, "outstanding": self.load, "total": self.total,
                 "failures": self.failures, "health": self.health.snapshot(now),
                 "warm_target": self.warm_target, "upstream_connections": pool}
 
