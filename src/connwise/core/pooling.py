@@ -421,7 +421,10 @@ class PoolPolicy:
         self._failures += 1
         self.last_error = error
         self.counters["connect_failed"] += 1
-        delay = min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** (self._failures - 1))
+        # The exponent stops at 1023: 2 ** 1024 does not fit a float (a backend down for hours
+        # fails that often), and the cap is reached long before anyway.
+        doublings = min(self._failures - 1, 1023)
+        delay = min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** doublings)
         self._next_connect_at = now + delay * (0.5 + 0.5 * self._rng.random())
         self._move(rec, Trigger.CONNECT_FAILED, error, now)
         self._maybe_closed()

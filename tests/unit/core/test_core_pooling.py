@@ -1012,3 +1012,23 @@ def test_counts_by_state_match_the_records_through_a_busy_life() -> None:
             if state not in (S.CLOSED, S.FAILED):
                 assert sim.p.counts[state] == live.count(state)
     assert sim.p.counts[S.CLOSED] == len(sim.closed) - sim.p.counts[S.FAILED]
+
+
+# -- audit: sizing and lifecycle ------------------------------------------------------------------
+
+
+def test_backoff_survives_a_backend_down_for_a_thousand_failed_connects() -> None:
+    """`backoff_base * 2 ** (failures - 1)` overflowed a float past 1024 failures (about six
+    hours of a dead backend at the 30 s cap): connect_failed raised, the record stayed
+    CONNECTING for good and the pool never connected again."""
+    sim = Sim(min_size=1, backoff_base=0.5, backoff_cap=30.0)
+    sim.pump(0.0)
+    now = 0.0
+    for _ in range(1100):
+        sim.fail_one(now)
+        now = sim.p.next_wakeup(now)
+        assert sim.pump(now) == [Connect(sim.connecting[0])]
+    assert now < 1100 * 30.0
+    sim.connect_one(now)
+    assert sim.p.idle == 1
+
