@@ -392,7 +392,10 @@ class PoolPolicy:
         rec = self.records.get(conn_id)
         if rec is None:
             return [Close(conn_id, "pool closed")]
+        # The backend answers: forget the backoff, including the delay set by connects that
+        # failed beside this one, or waiters would wait out that delay for nothing.
         self._failures = 0
+        self._next_connect_at = 0.0
         self.last_error = None
         self.counters["created"] += 1
         self._connect_latency = latency if self._connect_latency is None else (

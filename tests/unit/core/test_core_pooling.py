@@ -1032,3 +1032,15 @@ def test_backoff_survives_a_backend_down_for_a_thousand_failed_connects() -> Non
     sim.connect_one(now)
     assert sim.p.idle == 1
 
+
+def test_a_success_forgets_the_backoff_of_connects_that_failed_beside_it() -> None:
+    """Connects in flight together: three fail, the fourth succeeds. The backend answers, so
+    growth goes back to full speed at once, not after the last failure's delay."""
+    sim = Sim(min_size=4, max_connecting=4, backoff_base=1.0, backoff_cap=30.0)
+    sim.pump(0.0)
+    for _ in range(3):
+        sim.fail_one(0.0)
+    actions = sim.connect_one(0.01)
+    assert len(of(Connect, actions)) == 3
+    assert sim.p.next_wakeup(0.01) == 0.01 + 1e6
+
