@@ -572,12 +572,14 @@ class PoolPolicy:
         # idle connections next, so that trimming counts every connection this pass takes out
         # of service and never takes the pool below its floor.
         for rec in list(self.records.values()):
-            if rec.state is State.IN_USE:
+            # Held: IN_USE, or DRAINING with its class still set since it was retired while
+            # held (its lifetime ended, a drain): a holder can leak that one just the same.
+            if rec.class_name:
                 if leak is not None and not rec.leak_reported and now - rec.acquired_at >= leak:
                     rec.leak_reported = True
                     self.counters["leaked"] += 1
                     actions.append(Leak(rec.id, now - rec.acquired_at))
-                if rec.expires_at <= now:
+                if rec.state is State.IN_USE and rec.expires_at <= now:
                     self._move(rec, Trigger.RETIRE, "max_lifetime while held", now)
                     excess -= 1
                     over_max -= 1
@@ -636,9 +638,9 @@ class PoolPolicy:
         for rec in self.records.values():
             if rec.state is not State.DRAINING:
                 soonest = min(soonest, rec.expires_at)
-            if rec.state is State.IN_USE and limits.leak_threshold is not None \
-                    and not rec.leak_reported:
-                soonest = min(soonest, _leak_due(rec.acquired_at, limits.leak_threshold))
+            if rec.class_name:  # held (see maintain)
+                if limits.leak_threshold is not None and not rec.leak_reported:
+                    soonest = min(soonest, _leak_due(rec.acquired_at, limits.leak_threshold))
             elif rec.state is State.IDLE and limits.idle_timeout is not None and trimmable:
                 soonest = min(soonest, rec.idle_since + limits.idle_timeout)
         return max(soonest, now)

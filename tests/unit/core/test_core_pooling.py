@@ -1044,3 +1044,17 @@ def test_a_success_forgets_the_backoff_of_connects_that_failed_beside_it() -> No
     assert len(of(Connect, actions)) == 3
     assert sim.p.next_wakeup(0.01) == 0.01 + 1e6
 
+
+def test_a_connection_retired_while_held_is_still_reported_as_a_leak() -> None:
+    """A holder past max_lifetime keeps a DRAINING connection; it can leak just the same."""
+    sim = Sim(min_size=1, max_size=2, max_lifetime=100.0, lifetime_jitter=0.0,
+              leak_threshold=30.0, check_interval=1000.0)
+    (conn,) = sim.open(1)
+    sim.hold("bulk", 90.0)
+    assert of(Leak, sim.maintain(100.0)) == []
+    assert sim.p.records[conn].state is S.DRAINING
+    sim.connect_all(100.0)
+    assert sim.p.next_wakeup(100.0) == 120.0
+    assert of(Leak, sim.maintain(120.0)) == [Leak(conn, 30.0)]
+    assert of(Leak, sim.maintain(150.0)) == [], "once per holding"
+    assert sim.p.counters["leaked"] == 1
