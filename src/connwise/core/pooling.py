@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -459,6 +460,14 @@ class PoolPolicy:
 
     def set_target(self, n: int, now: float, at: float | None = None) -> list[Action]:
         """Have `n` connections open by `at` (default: now). Validated like the constructor."""
+        try:
+            n = operator.index(n)  # an int, or an int-like such as numpy's; never a float
+        except TypeError:
+            raise ConfigError("target", n, "the warm target is a whole number of connections",
+                              "round it, e.g. math.ceil(n)") from None
+        if at is not None and not math.isfinite(at):
+            raise ConfigError("target.at", at, "the time a target is due must be finite",
+                              "pass a pool-clock time such as pool.now() + 60, or None for now")
         if n < 0 or n > self.limits.max_size:
             raise ConfigError("target", n, f"the warm target must lie in 0..max_size "
                               f"({self.limits.max_size})", "lower the target or resize() first")

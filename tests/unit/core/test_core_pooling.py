@@ -1058,3 +1058,19 @@ def test_a_connection_retired_while_held_is_still_reported_as_a_leak() -> None:
     assert of(Leak, sim.maintain(120.0)) == [Leak(conn, 30.0)]
     assert of(Leak, sim.maintain(150.0)) == [], "once per holding"
     assert sim.p.counters["leaked"] == 1
+
+
+@pytest.mark.parametrize(("n", "at", "key"), [(2.5, None, "target"), (3.0, None, "target"),
+                                              (3, math.nan, "target.at"),
+                                              (3, math.inf, "target.at")])
+def test_set_target_refuses_a_fractional_count_or_a_time_that_never_comes(
+        n: Any, at: float | None, key: str) -> None:
+    """A float target (a forecast's 2.5 connections) used to be stored, then every pump raised
+    TypeError in range(); a NaN or infinite `at` was kept as a target that never takes over."""
+    sim = Sim(min_size=1)
+    sim.open(1)
+    with pytest.raises(ConfigError) as info:
+        sim.p.set_target(n, 0.0, at)
+    assert info.value.key == key
+    assert sim.p.target == 0
+    assert sim.pump(1.0) == []
