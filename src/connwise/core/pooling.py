@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 import operator
 import random
 from collections.abc import Callable
@@ -78,6 +79,10 @@ class PoolLimits:
         def bad(key: str, value: object, problem: str, fix: str) -> ConfigError:
             return ConfigError(f"{prefix}.{key}", value, problem, fix)
 
+        for key in ("max_size", "min_size", "max_waiters", "max_connecting", "trim_step"):
+            value = getattr(self, key)
+            if not isinstance(value, numbers.Integral):
+                raise bad(key, value, "it counts connections or callers", "use a whole number")
         if self.max_size < 1:
             raise bad("max_size", self.max_size, "a pool needs room for one connection",
                       "use max_size >= 1")

@@ -146,6 +146,9 @@ BAD_LIMITS: list[tuple[dict[str, Any], str]] = [
     ({"backoff_base": 0}, "pool.backoff_base"),
     ({"backoff_base": 40, "backoff_cap": 30}, "pool.backoff_base"),
     ({"trim_step": 0}, "pool.trim_step"),
+    ({"max_connecting": 2.0}, "pool.max_connecting"),
+    ({"max_waiters": 10.5}, "pool.max_waiters"),
+    ({"trim_step": 1.5}, "pool.trim_step"),
 ]
 
 
@@ -831,6 +834,8 @@ def test_force_close_without_drain_drains_first() -> None:
 
 @pytest.mark.parametrize(("min_size", "max_size", "key"), [
     (0, 0, "pool.max_size"), (5, 4, "pool.min_size"), (-1, 4, "pool.min_size"),
+    # A float bound used to pass, and the pump that followed raised TypeError in range().
+    (2, 7.5, "pool.max_size"), (1.0, 4, "pool.min_size"),
 ])
 def test_resize_is_validated_like_the_constructor(min_size: int, max_size: int,
                                                   key: str) -> None:
