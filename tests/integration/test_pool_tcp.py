@@ -444,3 +444,27 @@ async def test_a_holder_interrupted_mid_exchange_does_not_pass_its_reply_on(
             await conn.send(b"second\n")
             assert await conn.readline() == b"second\n"
         assert pool.stats()["counters"]["broken"] == 1
+
+
+async def test_an_acquire_from_another_event_loop_is_refused_and_leaks_nothing(
+        backend: TcpBackend) -> None:
+    """The waiter's future belongs to the pool's loop: awaited from another loop it raised
+    RuntimeError, the waiter stayed queued, and the next connection given back went to it,
+    held by nobody for good."""
+    async with make_pool(backend, max_size=1) as pool:
+        conn = await pool.getconn("critical")
+        errors: list[BaseException] = []
+
+        def elsewhere() -> None:
+            try:
+                asyncio.run(pool.getconn("critical", timeout=0.5))
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                errors.append(exc)
+
+        await asyncio.to_thread(elsewhere)
+        assert len(errors) == 1 and isinstance(errors[0], connwise.ConfigError)
+        assert "event loop" in str(errors[0])
+        await pool.putconn(conn)
+        again = await pool.getconn("critical", timeout=1)
+        assert pool.stats()["connections"]["in_use"] == 1
+        await pool.putconn(again)

@@ -349,6 +349,12 @@ class Pool(Generic[C]):
         policy = self._policy
         if not self._opened:
             await self.open()
+        elif asyncio.get_running_loop() is not self._loop:
+            # Its connections, timer and waiters' futures belong to the loop that opened it;
+            # a waiter queued from here could never be woken, and would take a connection.
+            raise ConfigError("loop", asyncio.get_running_loop(), f"pool {self.name!r} was "
+                              "opened on another event loop", "use a pool only from the event "
+                              "loop that opened it: open one pool per loop")
         is_broken = self.driver.is_broken
         while True:
             now = self.clock.now()
