@@ -468,3 +468,25 @@ async def test_an_acquire_from_another_event_loop_is_refused_and_leaks_nothing(
         again = await pool.getconn("critical", timeout=1)
         assert pool.stats()["connections"]["in_use"] == 1
         await pool.putconn(again)
+
+
+async def test_open_wait_counts_connections_in_use_and_stops_at_a_drain(
+        backend: TcpBackend) -> None:
+    """`open(wait=True)` waits for `min_size` connections open: it used to count only idle
+    ones, so with callers holding them it timed out on a healthy pool, and it went on waiting
+    out its timeout on a pool being drained."""
+    pool = make_pool(backend, min_size=2, max_size=2)
+    await pool.open(wait=True, timeout=2)
+    held = [await pool.getconn("critical"), await pool.getconn("critical")]
+    await asyncio.wait_for(pool.open(wait=True, timeout=1), 0.5)
+    for conn in held:
+        await pool.putconn(conn)
+    slow = make_pool(backend, min_size=1, max_size=1, connect_timeout=5)
+    backend.handshake = 1.0
+    opening = asyncio.create_task(slow.open(wait=True, timeout=3))
+    await until(lambda: slow.policy.counts[State.CONNECTING] == 1)
+    draining = asyncio.create_task(slow.drain(timeout=0.1))
+    with pytest.raises(PoolClosed):
+        await asyncio.wait_for(opening, 1)
+    await draining
+    await pool.close()

@@ -198,15 +198,19 @@ class Pool(Generic[C]):
             self._schedule()
             if self.zombies is not None:
                 self.zombies.start()
-        if self._policy.state is not PoolState.OPEN:
-            raise PoolClosed(self.name, self._policy.state.value)
-        if wait:
-            deadline = self.now() + timeout
-            while self._policy.idle < self._policy.limits.min_size:
-                if self.now() >= deadline:
-                    raise PoolTimeout(self.name, "open", timeout, self._policy.describe(),
-                                      self._policy.last_error)
-                await asyncio.sleep(0.01)
+        policy = self._policy
+        deadline = self.now() + timeout
+        while True:
+            if policy.state is not PoolState.OPEN:
+                raise PoolClosed(self.name, policy.state.value)
+            # Established connections, held ones included: callers may take them meanwhile.
+            if not wait or (policy.open_connections - policy.counts[State.CONNECTING]
+                            >= policy.limits.min_size):
+                return
+            if self.now() >= deadline:
+                raise PoolTimeout(self.name, "open", timeout, policy.describe(),
+                                  policy.last_error)
+            await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Pool[C]:
         await self.open()
