@@ -490,3 +490,17 @@ async def test_open_wait_counts_connections_in_use_and_stops_at_a_drain(
         await asyncio.wait_for(opening, 1)
     await draining
     await pool.close()
+
+
+async def test_a_target_and_a_resize_set_before_open_take_effect_at_open(
+        backend: TcpBackend) -> None:
+    """Before `open`, set_target and resize are settings: called from code with no running
+    loop (synchronous setup, a thread) they used to start connects on no loop, raise, and
+    leave the records connecting for good, so the pool never opened a connection."""
+    pool = make_pool(backend, min_size=0, max_size=2)
+    await asyncio.to_thread(pool.resize, 1, 3)
+    await asyncio.to_thread(pool.set_target, 3)
+    assert backend.accepted == 0
+    async with pool:
+        await until(lambda: pool.policy.idle == 3)
+        assert pool.stats()["connections"]["connecting"] == 0
