@@ -458,7 +458,7 @@ async def test_an_acquire_from_another_event_loop_is_refused_and_leaks_nothing(
         def elsewhere() -> None:
             try:
                 asyncio.run(pool.getconn("critical", timeout=0.5))
-            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            except BaseException as exc:  # recorded for the assertion below
                 errors.append(exc)
 
         await asyncio.to_thread(elsewhere)
