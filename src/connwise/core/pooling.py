@@ -413,7 +413,7 @@ class PoolPolicy:
             self._move(rec, Trigger.CONNECTED, "opened while draining", now)
             self.counters["closed"] += 1
             self._maybe_closed()
-            return [Close(conn_id, "draining")]
+            return [Close(conn_id, "draining"), *self.pump(now)]
         # The CONNECTED event still carries the age since the connect began (the connect time,
         # which telemetry records); from here on, age counts from establishment.
         self._move(rec, Trigger.CONNECTED, f"connected in {latency * 1000:.1f} ms", now)

@@ -1079,3 +1079,14 @@ def test_set_target_refuses_a_fractional_count_or_a_time_that_never_comes(
     assert info.value.key == key
     assert sim.p.target == 0
     assert sim.pump(1.0) == []
+
+
+def test_a_connect_retired_before_it_ends_is_replaced_when_it_closes() -> None:
+    """As after a check or a release of a retired connection: the close makes room, and the
+    floor or the waiters get a replacement then, not at the next maintenance pass."""
+    sim = Sim(min_size=1, max_size=1)
+    (first,) = [a.conn_id for a in of(Connect, sim.pump(0.0))]
+    assert sim.feed(sim.p.retire(first, 0.1, "operator")) == []
+    actions = sim.connect_one(0.2)
+    assert closes(actions) == [(first, "draining")]
+    assert of(Connect, actions) == [Connect(first + 1)]
