@@ -444,3 +444,63 @@ async def test_a_holder_interrupted_mid_exchange_does_not_pass_its_reply_on(
             await conn.send(b"second\n")
             assert await conn.readline() == b"second\n"
         assert pool.stats()["counters"]["broken"] == 1
+
+
+async def test_an_acquire_from_another_event_loop_is_refused_and_leaks_nothing(
+        backend: TcpBackend) -> None:
+    """The waiter's future belongs to the pool's loop: awaited from another loop it raised
+    RuntimeError, the waiter stayed queued, and the next connection given back went to it,
+    held by nobody for good."""
+    async with make_pool(backend, max_size=1) as pool:
+        conn = await pool.getconn("critical")
+        errors: list[BaseException] = []
+
+        def elsewhere() -> None:
+            try:
+                asyncio.run(pool.getconn("critical", timeout=0.5))
+            except BaseException as exc:  # recorded for the assertion below
+                errors.append(exc)
+
+        await asyncio.to_thread(elsewhere)
+        assert len(errors) == 1 and isinstance(errors[0], connwise.ConfigError)
+        assert "event loop" in str(errors[0])
+        await pool.putconn(conn)
+        again = await pool.getconn("critical", timeout=1)
+        assert pool.stats()["connections"]["in_use"] == 1
+        await pool.putconn(again)
+
+
+async def test_open_wait_counts_connections_in_use_and_stops_at_a_drain(
+        backend: TcpBackend) -> None:
+    """`open(wait=True)` waits for `min_size` connections open: it used to count only idle
+    ones, so with callers holding them it timed out on a healthy pool, and it went on waiting
+    out its timeout on a pool being drained."""
+    pool = make_pool(backend, min_size=2, max_size=2)
+    await pool.open(wait=True, timeout=2)
+    held = [await pool.getconn("critical"), await pool.getconn("critical")]
+    await asyncio.wait_for(pool.open(wait=True, timeout=1), 0.5)
+    for conn in held:
+        await pool.putconn(conn)
+    slow = make_pool(backend, min_size=1, max_size=1, connect_timeout=5)
+    backend.handshake = 1.0
+    opening = asyncio.create_task(slow.open(wait=True, timeout=3))
+    await until(lambda: slow.policy.counts[State.CONNECTING] == 1)
+    draining = asyncio.create_task(slow.drain(timeout=0.1))
+    with pytest.raises(PoolClosed):
+        await asyncio.wait_for(opening, 1)
+    await draining
+    await pool.close()
+
+
+async def test_a_target_and_a_resize_set_before_open_take_effect_at_open(
+        backend: TcpBackend) -> None:
+    """Before `open`, set_target and resize are settings: called from code with no running
+    loop (synchronous setup, a thread) they used to start connects on no loop, raise, and
+    leave the records connecting for good, so the pool never opened a connection."""
+    pool = make_pool(backend, min_size=0, max_size=2)
+    await asyncio.to_thread(pool.resize, 1, 3)
+    await asyncio.to_thread(pool.set_target, 3)
+    assert backend.accepted == 0
+    async with pool:
+        await until(lambda: pool.policy.idle == 3)
+        assert pool.stats()["connections"]["connecting"] == 0

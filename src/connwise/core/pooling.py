@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
+import operator
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -77,6 +79,10 @@ class PoolLimits:
         def bad(key: str, value: object, problem: str, fix: str) -> ConfigError:
             return ConfigError(f"{prefix}.{key}", value, problem, fix)
 
+        for key in ("max_size", "min_size", "max_waiters", "max_connecting", "trim_step"):
+            value = getattr(self, key)
+            if not isinstance(value, numbers.Integral):
+                raise bad(key, value, "it counts connections or callers", "use a whole number")
         if self.max_size < 1:
             raise bad("max_size", self.max_size, "a pool needs room for one connection",
                       "use max_size >= 1")
@@ -392,7 +398,10 @@ class PoolPolicy:
         rec = self.records.get(conn_id)
         if rec is None:
             return [Close(conn_id, "pool closed")]
+        # The backend answers: forget the backoff, including the delay set by connects that
+        # failed beside this one, or waiters would wait out that delay for nothing.
         self._failures = 0
+        self._next_connect_at = 0.0
         self.last_error = None
         self.counters["created"] += 1
         self._connect_latency = latency if self._connect_latency is None else (
@@ -404,7 +413,7 @@ class PoolPolicy:
             self._move(rec, Trigger.CONNECTED, "opened while draining", now)
             self.counters["closed"] += 1
             self._maybe_closed()
-            return [Close(conn_id, "draining")]
+            return [Close(conn_id, "draining"), *self.pump(now)]
         # The CONNECTED event still carries the age since the connect began (the connect time,
         # which telemetry records); from here on, age counts from establishment.
         self._move(rec, Trigger.CONNECTED, f"connected in {latency * 1000:.1f} ms", now)
@@ -421,7 +430,10 @@ class PoolPolicy:
         self._failures += 1
         self.last_error = error
         self.counters["connect_failed"] += 1
-        delay = min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** (self._failures - 1))
+        # The exponent stops at 1023: 2 ** 1024 does not fit a float (a backend down for hours
+        # fails that often), and the cap is reached long before anyway.
+        doublings = min(self._failures - 1, 1023)
+        delay = min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** doublings)
         self._next_connect_at = now + delay * (0.5 + 0.5 * self._rng.random())
         self._move(rec, Trigger.CONNECT_FAILED, error, now)
         self._maybe_closed()
@@ -453,6 +465,14 @@ class PoolPolicy:
 
     def set_target(self, n: int, now: float, at: float | None = None) -> list[Action]:
         """Have `n` connections open by `at` (default: now). Validated like the constructor."""
+        try:
+            n = operator.index(n)  # an int, or an int-like such as numpy's; never a float
+        except TypeError:
+            raise ConfigError("target", n, "the warm target is a whole number of connections",
+                              "round it, e.g. math.ceil(n)") from None
+        if at is not None and not math.isfinite(at):
+            raise ConfigError("target.at", at, "the time a target is due must be finite",
+                              "pass a pool-clock time such as pool.now() + 60, or None for now")
         if n < 0 or n > self.limits.max_size:
             raise ConfigError("target", n, f"the warm target must lie in 0..max_size "
                               f"({self.limits.max_size})", "lower the target or resize() first")
@@ -566,12 +586,14 @@ class PoolPolicy:
         # idle connections next, so that trimming counts every connection this pass takes out
         # of service and never takes the pool below its floor.
         for rec in list(self.records.values()):
-            if rec.state is State.IN_USE:
+            # Held: IN_USE, or DRAINING with its class still set since it was retired while
+            # held (its lifetime ended, a drain): a holder can leak that one just the same.
+            if rec.class_name:
                 if leak is not None and not rec.leak_reported and now - rec.acquired_at >= leak:
                     rec.leak_reported = True
                     self.counters["leaked"] += 1
                     actions.append(Leak(rec.id, now - rec.acquired_at))
-                if rec.expires_at <= now:
+                if rec.state is State.IN_USE and rec.expires_at <= now:
                     self._move(rec, Trigger.RETIRE, "max_lifetime while held", now)
                     excess -= 1
                     over_max -= 1
@@ -630,9 +652,9 @@ class PoolPolicy:
         for rec in self.records.values():
             if rec.state is not State.DRAINING:
                 soonest = min(soonest, rec.expires_at)
-            if rec.state is State.IN_USE and limits.leak_threshold is not None \
-                    and not rec.leak_reported:
-                soonest = min(soonest, _leak_due(rec.acquired_at, limits.leak_threshold))
+            if rec.class_name:  # held (see maintain)
+                if limits.leak_threshold is not None and not rec.leak_reported:
+                    soonest = min(soonest, _leak_due(rec.acquired_at, limits.leak_threshold))
             elif rec.state is State.IDLE and limits.idle_timeout is not None and trimmable:
                 soonest = min(soonest, rec.idle_since + limits.idle_timeout)
         return max(soonest, now)

@@ -179,6 +179,9 @@ class Pool(Generic[C]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed_event: asyncio.Event | None = None
         self._opened = False
+        #: Actions of set_target and resize called before `open` (connects): carried out when
+        #: the pool opens, maybe on a loop not running yet, rather than started on none.
+        self._deferred: list[Action] = []
         #: Maintenance runs at least this often, so leaks and idle timeouts are seen promptly.
         self._tick = min(1.0, (leak_threshold or 4.0) / 4, (idle_timeout or 4.0) / 4)
         #: The pool's own zombie watch (None when built with `zombies=None`); runs while open.
@@ -194,19 +197,24 @@ class Pool(Generic[C]):
             self._loop = asyncio.get_running_loop()
             self._closed_event = asyncio.Event()
             self._opened = True
+            self._run_deferred()
             self._run(self._policy.pump(self.now()))
             self._schedule()
             if self.zombies is not None:
                 self.zombies.start()
-        if self._policy.state is not PoolState.OPEN:
-            raise PoolClosed(self.name, self._policy.state.value)
-        if wait:
-            deadline = self.now() + timeout
-            while self._policy.idle < self._policy.limits.min_size:
-                if self.now() >= deadline:
-                    raise PoolTimeout(self.name, "open", timeout, self._policy.describe(),
-                                      self._policy.last_error)
-                await asyncio.sleep(0.01)
+        policy = self._policy
+        deadline = self.now() + timeout
+        while True:
+            if policy.state is not PoolState.OPEN:
+                raise PoolClosed(self.name, policy.state.value)
+            # Established connections, held ones included: callers may take them meanwhile.
+            if not wait or (policy.open_connections - policy.counts[State.CONNECTING]
+                            >= policy.limits.min_size):
+                return
+            if self.now() >= deadline:
+                raise PoolTimeout(self.name, "open", timeout, policy.describe(),
+                                  policy.last_error)
+            await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Pool[C]:
         await self.open()
@@ -225,6 +233,7 @@ class Pool(Generic[C]):
             self._opened = True
             self._closed_event = asyncio.Event()
             self._loop = asyncio.get_running_loop()
+            self._run_deferred()  # connects the drain below retires: they close when done
         policy = self._policy
         before = policy.counters["closed"]
         self._run(policy.drain(self.now()))
@@ -349,6 +358,12 @@ class Pool(Generic[C]):
         policy = self._policy
         if not self._opened:
             await self.open()
+        elif asyncio.get_running_loop() is not self._loop:
+            # Its connections, timer and waiters' futures belong to the loop that opened it;
+            # a waiter queued from here could never be woken, and would take a connection.
+            raise ConfigError("loop", asyncio.get_running_loop(), f"pool {self.name!r} was "
+                              "opened on another event loop", "use a pool only from the event "
+                              "loop that opened it: open one pool per loop")
         is_broken = self.driver.is_broken
         while True:
             now = self.clock.now()
@@ -431,16 +446,15 @@ class Pool(Generic[C]):
         """Have `n` connections open by time `at` (pool clock; default now), and keep them.
 
         The actuator of forecast-driven pre-warming: the pool starts opening early enough, at
-        its bounded connect rate, for the connections to be ready by `at`.
+        its bounded connect rate, for the connections to be ready by `at`. Before `open`, it
+        is a setting: connections open when the pool opens (so with `resize`).
         """
-        self._run(self._policy.set_target(n, self.now(), at))
-        self._schedule()
+        self._carry_out(self._policy.set_target(n, self.now(), at))
 
     def resize(self, min_size: int, max_size: int) -> None:
         """Change the bounds, validated like the constructor. Growth serves waiters at once;
         shrinking closes idle connections gradually and held ones as they come back."""
-        self._run(self._policy.resize(min_size, max_size, self.now()))
-        self._schedule()
+        self._carry_out(self._policy.resize(min_size, max_size, self.now()))
 
     def retire(self, conn_id: int, reason: str = "retired") -> None:
         """Close connection `conn_id` (the id of its events): at once if idle, when given back if
@@ -520,6 +534,18 @@ class Pool(Generic[C]):
                 self._report_leak(action)
         if self._policy.state is PoolState.CLOSED and self._closed_event is not None:
             self._closed_event.set()
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        """`_run` and re-arm maintenance; before `open`, keep the actions for it."""
+        if not self._opened:
+            self._deferred.extend(actions)
+            return
+        self._run(actions)
+        self._schedule()
+
+    def _run_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        self._run(deferred)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

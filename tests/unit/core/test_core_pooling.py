@@ -146,6 +146,9 @@ BAD_LIMITS: list[tuple[dict[str, Any], str]] = [
     ({"backoff_base": 0}, "pool.backoff_base"),
     ({"backoff_base": 40, "backoff_cap": 30}, "pool.backoff_base"),
     ({"trim_step": 0}, "pool.trim_step"),
+    ({"max_connecting": 2.0}, "pool.max_connecting"),
+    ({"max_waiters": 10.5}, "pool.max_waiters"),
+    ({"trim_step": 1.5}, "pool.trim_step"),
 ]
 
 
@@ -831,6 +834,8 @@ def test_force_close_without_drain_drains_first() -> None:
 
 @pytest.mark.parametrize(("min_size", "max_size", "key"), [
     (0, 0, "pool.max_size"), (5, 4, "pool.min_size"), (-1, 4, "pool.min_size"),
+    # A float bound used to pass, and the pump that followed raised TypeError in range().
+    (2, 7.5, "pool.max_size"), (1.0, 4, "pool.min_size"),
 ])
 def test_resize_is_validated_like_the_constructor(min_size: int, max_size: int,
                                                   key: str) -> None:
@@ -1012,3 +1017,76 @@ def test_counts_by_state_match_the_records_through_a_busy_life() -> None:
             if state not in (S.CLOSED, S.FAILED):
                 assert sim.p.counts[state] == live.count(state)
     assert sim.p.counts[S.CLOSED] == len(sim.closed) - sim.p.counts[S.FAILED]
+
+
+# -- audit: sizing and lifecycle ------------------------------------------------------------------
+
+
+def test_backoff_survives_a_backend_down_for_a_thousand_failed_connects() -> None:
+    """`backoff_base * 2 ** (failures - 1)` overflowed a float past 1024 failures (about six
+    hours of a dead backend at the 30 s cap): connect_failed raised, the record stayed
+    CONNECTING for good and the pool never connected again."""
+    sim = Sim(min_size=1, backoff_base=0.5, backoff_cap=30.0)
+    sim.pump(0.0)
+    now = 0.0
+    for _ in range(1100):
+        sim.fail_one(now)
+        now = sim.p.next_wakeup(now)
+        assert sim.pump(now) == [Connect(sim.connecting[0])]
+    assert now < 1100 * 30.0
+    sim.connect_one(now)
+    assert sim.p.idle == 1
+
+
+def test_a_success_forgets_the_backoff_of_connects_that_failed_beside_it() -> None:
+    """Connects in flight together: three fail, the fourth succeeds. The backend answers, so
+    growth goes back to full speed at once, not after the last failure's delay."""
+    sim = Sim(min_size=4, max_connecting=4, backoff_base=1.0, backoff_cap=30.0)
+    sim.pump(0.0)
+    for _ in range(3):
+        sim.fail_one(0.0)
+    actions = sim.connect_one(0.01)
+    assert len(of(Connect, actions)) == 3
+    assert sim.p.next_wakeup(0.01) == 0.01 + 1e6
+
+
+def test_a_connection_retired_while_held_is_still_reported_as_a_leak() -> None:
+    """A holder past max_lifetime keeps a DRAINING connection; it can leak just the same."""
+    sim = Sim(min_size=1, max_size=2, max_lifetime=100.0, lifetime_jitter=0.0,
+              leak_threshold=30.0, check_interval=1000.0)
+    (conn,) = sim.open(1)
+    sim.hold("bulk", 90.0)
+    assert of(Leak, sim.maintain(100.0)) == []
+    assert sim.p.records[conn].state is S.DRAINING
+    sim.connect_all(100.0)
+    assert sim.p.next_wakeup(100.0) == 120.0
+    assert of(Leak, sim.maintain(120.0)) == [Leak(conn, 30.0)]
+    assert of(Leak, sim.maintain(150.0)) == [], "once per holding"
+    assert sim.p.counters["leaked"] == 1
+
+
+@pytest.mark.parametrize(("n", "at", "key"), [(2.5, None, "target"), (3.0, None, "target"),
+                                              (3, math.nan, "target.at"),
+                                              (3, math.inf, "target.at")])
+def test_set_target_refuses_a_fractional_count_or_a_time_that_never_comes(
+        n: Any, at: float | None, key: str) -> None:
+    """A float target (a forecast's 2.5 connections) used to be stored, then every pump raised
+    TypeError in range(); a NaN or infinite `at` was kept as a target that never takes over."""
+    sim = Sim(min_size=1)
+    sim.open(1)
+    with pytest.raises(ConfigError) as info:
+        sim.p.set_target(n, 0.0, at)
+    assert info.value.key == key
+    assert sim.p.target == 0
+    assert sim.pump(1.0) == []
+
+
+def test_a_connect_retired_before_it_ends_is_replaced_when_it_closes() -> None:
+    """As after a check or a release of a retired connection: the close makes room, and the
+    floor or the waiters get a replacement then, not at the next maintenance pass."""
+    sim = Sim(min_size=1, max_size=1)
+    (first,) = [a.conn_id for a in of(Connect, sim.pump(0.0))]
+    assert sim.feed(sim.p.retire(first, 0.1, "operator")) == []
+    actions = sim.connect_one(0.2)
+    assert closes(actions) == [(first, "draining")]
+    assert of(Connect, actions) == [Connect(first + 1)]
