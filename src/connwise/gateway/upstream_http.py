@@ -564,7 +564,17 @@ class UpstreamConnection(asyncio.Protocol):
             lower = name.lower()
             if lower in HOP_BY_HOP:
                 if lower == b"transfer-encoding":
-                    chunked = chunked or value.lower().find(b"chunked") >= 0
+                    if chunked or (value != b"chunked"
+                                   and value.lower().rstrip(b" ") != b"chunked"):
+                        # The gateway sent no TE header: a backend may apply no transfer
+                        # coding but chunked (RFC 9112 7.4), the only one the gateway decodes.
+                        # Any other one would reach the client dropped (its coded bytes read
+                        # as the content), or, not last, ending the body at the close
+                        # (llhttp) where the gateway expected a last chunk.
+                        raise UpstreamFailed(
+                            f"backend {self.address} sent Transfer-Encoding other than "
+                            f"chunked alone: {value[:200]!r}", retryable=False)
+                    chunked = True
                 elif lower == b"upgrade":
                     upgrade = value
                 elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:

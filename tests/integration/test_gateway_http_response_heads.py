@@ -1,0 +1,64 @@
+"""The response heads the http listener sends its clients, over raw loopback sockets: the
+framing a backend's answer may use."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import GatewayFactory, Start
+from tests.integration.test_gateway_http_edges import (
+    Answer,
+    exchange,
+    header_of,
+    still_serves,
+    web_config,
+)
+
+CLOSE_GET = b"GET /r HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+FINE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def answering(answer: bytes) -> Answer:
+    """A backend's answer: `answer` to /r, 200 ok to anything else (`still_serves`)."""
+    async def respond(head: bytes) -> bytes:
+        return answer if head.startswith(b"GET /r ") else FINE
+    return respond
+
+
+# -- Transfer-Encoding: chunked alone, or the answer is invalid -----------------------------
+
+@pytest.mark.parametrize("coding", [
+    b"Transfer-Encoding: gzip, chunked\r\n",  # de-chunked, the gzip coding would be lost
+    b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",  # the same on two lines
+    b"Transfer-Encoding: chunked, gzip\r\n",  # chunked not last: the body ends at the close
+    b"Transfer-Encoding: chunked\t\r\n",      # llhttp: not chunked
+    b"Transfer-Encoding: xchunked\r\n",
+    b"Transfer-Encoding: gzip\r\n",
+])
+async def test_a_transfer_coding_besides_chunked_in_an_answer_gets_502(
+        make_gateway: GatewayFactory, raw: Start, coding: bytes) -> None:
+    """The gateway sends its backends no TE header, so they may apply no transfer coding but
+    chunked (RFC 9112 7.4); and it decodes only chunked. Relayed, such a body reached the
+    client re-chunked with its coding dropped (the client read coded bytes as the content),
+    or, when chunked was not the last coding, framed as chunks that never ended."""
+    backend = await raw(answering(b"HTTP/1.1 200 OK\r\n" + coding
+                                  + b"\r\n2\r\nok\r\n0\r\n\r\n"))
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, CLOSE_GET)
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:80]
+    assert answer.count(b"HTTP/1.1 ") == 1
+    await still_serves(gateway)
+    assert backend.connections == 2  # the invalid answer's connection is not reused
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b"chunked  "])
+async def test_chunked_in_any_case_is_relayed(make_gateway: GatewayFactory, raw: Start,
+                                              coding: bytes) -> None:
+    backend = await raw(answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n"
+                                  b"2\r\nok\r\n0\r\n\r\n" % coding))
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, CLOSE_GET)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert header_of(head, b"transfer-encoding") == [b"chunked"]
+    assert body == b"2\r\nok\r\n0\r\n\r\n"
