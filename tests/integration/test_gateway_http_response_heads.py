@@ -1,5 +1,5 @@
 """The response heads the http listener sends its clients, over raw loopback sockets: the
-framing a backend's answer may use."""
+framing a backend's answer may use, and its status."""
 
 from __future__ import annotations
 
@@ -62,3 +62,15 @@ async def test_chunked_in_any_case_is_relayed(make_gateway: GatewayFactory, raw:
     assert head.startswith(b"HTTP/1.1 200"), answer[:80]
     assert header_of(head, b"transfer-encoding") == [b"chunked"]
     assert body == b"2\r\nok\r\n0\r\n\r\n"
+
+
+# -- the status ----------------------------------------------------------------------------
+
+async def test_a_status_below_100_gets_502(make_gateway: GatewayFactory, raw: Start) -> None:
+    """llhttp reads `000` as status 0: it went to the client as `HTTP/1.1 0 Unknown`, no
+    valid status line, and counted as no answer at all."""
+    backend = await raw(answering(b"HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok"))
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, CLOSE_GET)
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:80]
+    await still_serves(gateway)

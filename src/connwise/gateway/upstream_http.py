@@ -539,10 +539,16 @@ class UpstreamConnection(asyncio.Protocol):
         if ((client_rec is not None and client_rec.first_byte_s is None)
                 or (rec is not None and rec.first_byte_s is None)):
             self._first_byte(client, ex, timing)
-        if 100 <= status < 200 and status != 101:
-            if ex.version != "1.0":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
-                self._emit(client, _interim(status, headers))
-            return
+        if status < 200:
+            if status < 100:
+                # llhttp reads `000` as 0: no status a client can be sent (nor one that
+                # counts as an answer). An invalid answer, 502.
+                raise UpstreamFailed(f"backend {self.address} sent status {status}",
+                                     retryable=False)
+            if status != 101:
+                if ex.version != "1.0":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
+                    self._emit(client, _interim(status, headers))
+                return
         if status == 101 and not ex.upgrade:
             # A protocol switch the request did not ask for: the client would get a 101 while
             # the gateway went on with HTTP. An invalid answer (502); the parser error this
