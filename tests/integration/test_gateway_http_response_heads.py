@@ -1,5 +1,5 @@
 """The response heads the http listener sends its clients, over raw loopback sockets: the
-framing a backend's answer may use, and its status."""
+framing a backend's answer may use, its status and the size of its head."""
 
 from __future__ import annotations
 
@@ -73,4 +73,28 @@ async def test_a_status_below_100_gets_502(make_gateway: GatewayFactory, raw: St
     gateway = await make_gateway(**web_config([backend.address]))
     answer = await exchange(gateway, CLOSE_GET)
     assert answer.startswith(b"HTTP/1.1 502"), answer[:80]
+    await still_serves(gateway)
+
+
+# -- the size of a response head -----------------------------------------------------------
+
+@pytest.mark.parametrize("flood", [
+    b"X-Big: " + b"a" * 200_000,                      # one endless line
+    b"".join(b"X-%d: v\r\n" % i for i in range(40_000)),  # very many fields
+])
+async def test_a_response_head_over_the_limit_gets_502(make_gateway: GatewayFactory,
+                                                       raw: Start, flood: bytes) -> None:
+    """Bound everything: a backend's head was read, and held, for as long as it went on
+    (until `response_timeout`)."""
+    async def endless(head: bytes) -> bytes:
+        if not head.startswith(b"GET /r "):
+            return FINE
+        return b"HTTP/1.1 200 OK\r\n" + flood  # and never the head's end
+
+    backend = await raw(endless)
+    gateway = await make_gateway(**web_config([backend.address],
+                                              limits={"max_header_bytes": 16384}))
+    answer = await exchange(gateway, CLOSE_GET)
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:80]
+    assert gateway.counters["http_502"] == 1
     await still_serves(gateway)

@@ -126,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_ended",
         "_exchange",
         "_failure",
+        "_head_fed",
         "_head_request",
         "_head_sent",
         "_headers",
@@ -174,6 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked_out = False
         self._until_close = False
         self._head_sent = False
+        #: Bytes of the response head read in chunks that did not end it (`_head_read`).
+        self._head_fed = 0
         self._head_request = False
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
@@ -293,6 +296,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._out = out
         try:
             parser.feed_data(data)
+            if not self._head_sent and self._on_done is not None and not self._ended:
+                self._head_read(client, len(data))  # the head goes on past this chunk
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             rest = data[offset:]
@@ -321,6 +326,20 @@ class UpstreamConnection(asyncio.Protocol):
         if self._ended:
             self._finish(self._failure)
 
+    def _head_read(self, client: HttpClient | None, size: int) -> None:
+        """`size` more bytes of a response head that has not ended: over `max_header_bytes`
+        (counted per chunk, as a request head's), the answer is invalid, 502. (httptools
+        holds a header line back until it ends: an endless one would grow in memory.)"""
+        fed = self._head_fed = self._head_fed + size
+        if client is not None and fed > client.gateway.limits.max_header_bytes:
+            self.reusable = False
+            self._ended = True
+            self._failure = UpstreamFailed(
+                f"backend {self.address} sent a response head over "
+                f"limits.max_header_bytes ({client.gateway.limits.max_header_bytes})",
+                retryable=False)
+            self.close()
+
     def _emit(self, client: HttpClient, data: bytes) -> None:
         """Send `data` to the client now, or with the rest of the chunk being parsed."""
         out = self._out
@@ -342,6 +361,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._failure = None
         self._status = 0
         self._head_sent = False
+        self._head_fed = 0
         self._until_close = False
         self._head_request = ex.method == b"HEAD"
         client.active_upstream = self
