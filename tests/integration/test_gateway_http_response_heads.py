@@ -3,13 +3,18 @@ framing a backend's answer may use, its status and the size of its head."""
 
 from __future__ import annotations
 
+import time
+from email.utils import parsedate_to_datetime
+
 import pytest
 
 from tests.integration.conftest import GatewayFactory, Start
 from tests.integration.test_gateway_http_edges import (
     Answer,
+    connect,
     exchange,
     header_of,
+    read_answer,
     still_serves,
     web_config,
 )
@@ -98,3 +103,53 @@ async def test_a_response_head_over_the_limit_gets_502(make_gateway: GatewayFact
     assert answer.startswith(b"HTTP/1.1 502"), answer[:80]
     assert gateway.counters["http_502"] == 1
     await still_serves(gateway)
+
+
+# -- Date ----------------------------------------------------------------------------------
+
+def a_date_of_now(head: bytes) -> None:
+    """`head` has one Date field, an IMF-fixdate within a few seconds of now."""
+    [value] = header_of(head, b"date")
+    assert value.endswith(b" GMT"), value
+    assert abs(parsedate_to_datetime(value.decode()).timestamp() - time.time()) < 5
+
+
+async def test_an_answer_without_a_date_gets_one(make_gateway: GatewayFactory,
+                                                 raw: Start) -> None:
+    """RFC 9110 6.6.1: a recipient with a clock forwarding a response without Date MUST add
+    one; one with a Date keeps it, alone."""
+    dated = b"Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+
+    async def answer(head: bytes) -> bytes:
+        date = dated if head.startswith(b"GET /dated ") else b""
+        return b"HTTP/1.1 200 OK\r\n%sContent-Length: 2\r\n\r\nok" % date
+
+    backend = await raw(answer)
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, _ = await read_answer(reader)
+        a_date_of_now(head)
+        writer.write(b"GET /dated HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, _ = await read_answer(reader)
+        assert header_of(head, b"date") == [dated[6:-2]]
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET /nowhere HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",  # 404
+    b"GET /r HTTP/1.1\r\nConnection: close\r\n\r\n",  # 400: no Host
+])
+async def test_the_gateways_own_answers_have_a_date(make_gateway: GatewayFactory, raw: Start,
+                                                    request_head: bytes) -> None:
+    """RFC 9110 6.6.1: an origin server with a clock MUST send Date in its 2xx-4xx answers
+    (the gateway sends it in all of its own)."""
+    backend = await raw(answering(FINE))
+    config = web_config([backend.address])
+    config["routes"][0]["host"] = "a"
+    gateway = await make_gateway(**config)
+    answer = await exchange(gateway, request_head)
+    assert answer[:12] in (b"HTTP/1.1 404", b"HTTP/1.1 400"), answer[:80]
+    a_date_of_now(answer.partition(b"\r\n\r\n")[0])

@@ -4,10 +4,11 @@
 rewritten request head (hop-by-hop headers removed, those the Connection header names too;
 X-Forwarded-For, X-Forwarded-Proto and Via added; `Connwise-Degrade` when the ladder signals),
 streams the request body, parses the response with httptools and streams it to the client with
-the client's own framing (the same hop-by-hop headers removed; a body of unknown length chunked
-for an HTTP/1.1 client, sent as it is to an HTTP/1.0 one and ended by the close), then goes
-back to its backend's pool if both sides allow keep-alive. A `101` answer turns it into a
-byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check and close these connections.
+the client's own framing (the same hop-by-hop headers removed, a Date added if the backend sent
+none; a body of unknown length chunked for an HTTP/1.1 client, sent as it is to an HTTP/1.0 one
+and ended by the close), then goes back to its backend's pool if both sides allow keep-alive.
+A `101` answer turns it into a byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check
+and close these connections.
 
 With telemetry on, each upstream connection is one record (`kind = upstream`, source the group,
 `backend` the backend): from its connect (a failed connect is a failed record) to its close,
@@ -27,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections.abc import Callable
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, TypeAlias, cast
 
@@ -578,9 +581,10 @@ class UpstreamConnection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
             self.reusable = False
-        # One pass over the headers: framing, the Upgrade value, and the lines to forward.
+        # One pass over the headers: framing, the Upgrade value, Date, and the lines to forward.
         length = None
         chunked = False
+        dated = False
         upgrade = b"websocket"
         named: frozenset[bytes] = frozenset()
         status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
@@ -588,26 +592,29 @@ class UpstreamConnection(asyncio.Protocol):
         append = lines.append
         for name, value in headers:
             lower = name.lower()
-            if lower in HOP_BY_HOP:
-                if lower == b"transfer-encoding":
-                    if chunked or (value != b"chunked"
-                                   and value.lower().rstrip(b" ") != b"chunked"):
-                        # The gateway sent no TE header: a backend may apply no transfer
-                        # coding but chunked (RFC 9112 7.4), the only one the gateway decodes.
-                        # Any other one would reach the client dropped (its coded bytes read
-                        # as the content), or, not last, ending the body at the close
-                        # (llhttp) where the gateway expected a last chunk.
-                        raise UpstreamFailed(
-                            f"backend {self.address} sent Transfer-Encoding other than "
-                            f"chunked alone: {value[:200]!r}", retryable=False)
-                    chunked = True
-                elif lower == b"upgrade":
-                    upgrade = value
-                elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                    named |= connection_options(value)
-                continue
-            if lower == b"content-length":
-                length = value
+            if lower in _ANSWER_READ:  # one set lookup for the common fields
+                if lower == b"content-length":
+                    length = value
+                elif lower == b"date":
+                    dated = True
+                else:  # hop-by-hop: not forwarded
+                    if lower == b"transfer-encoding":
+                        if chunked or (value != b"chunked"
+                                       and value.lower().rstrip(b" ") != b"chunked"):
+                            # The gateway sent no TE header: a backend may apply no transfer
+                            # coding but chunked (RFC 9112 7.4), the only one the gateway
+                            # decodes. Any other one would reach the client dropped (its coded
+                            # bytes read as the content), or, not last, ending the body at the
+                            # close (llhttp) where the gateway expected a last chunk.
+                            raise UpstreamFailed(
+                                f"backend {self.address} sent Transfer-Encoding other than "
+                                f"chunked alone: {value[:200]!r}", retryable=False)
+                        chunked = True
+                    elif lower == b"upgrade":
+                        upgrade = value
+                    elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                        named |= connection_options(value)
+                    continue
             lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
         if named:  # the backend made more headers hop-by-hop (RFC 9110 7.6.1): drop them
             lines = [status_line]
@@ -616,6 +623,11 @@ class UpstreamConnection(asyncio.Protocol):
                 if lower not in HOP_BY_HOP and lower not in named:
                     lines += (name, b": ", value, b"\r\n")
             append = lines.append
+            dated = dated and b"date" not in named
+        if not dated and status != 101:
+            # RFC 9110 6.6.1: a recipient with a clock that forwards a response without Date
+            # MUST add one (most backends send theirs: this is rarely reached).
+            append(date_field())
         no_body = self._head_request or status in (204, 304)
         self._until_close = not no_body and length is None and not chunked and status != 101
         self._chunked_out = chunked and not no_body
@@ -735,6 +747,31 @@ def _resolve(done: asyncio.Future[None], on_answered: Callable[[], None] | None,
 #: (X-Forwarded-For is extended, X-Forwarded-Proto and Connwise-Degrade replaced); nor is
 #: any of them spelled with underscores.
 _DROPPED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"connwise-degrade"}
+
+#: Response fields `on_headers_complete` reads (or drops): one set lookup per field.
+_ANSWER_READ = HOP_BY_HOP | {b"content-length", b"date"}
+
+
+class _DateField:
+    """The `Date` field line for the current second (RFC 9110 6.6.1), formatted once a
+    second: `date_field()`."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+
+    def __call__(self) -> bytes:
+        second = int(time.time())
+        if second != self.second:
+            self.line = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
+            self.second = second
+        return self.line
+
+
+#: `date_field()`: `Date: <IMF-fixdate>\r\n` for now.
+date_field = _DateField()
 
 #: What `connection_options` leaves out: the headers a Connection header cannot make
 #: hop-by-hop, the framing of a message whose body the gateway streams (without Content-Length a
