@@ -153,3 +153,18 @@ async def test_the_gateways_own_answers_have_a_date(make_gateway: GatewayFactory
     answer = await exchange(gateway, request_head)
     assert answer[:12] in (b"HTTP/1.1 404", b"HTTP/1.1 400"), answer[:80]
     a_date_of_now(answer.partition(b"\r\n\r\n")[0])
+
+
+# -- interim answers -----------------------------------------------------------------------
+
+async def test_an_interim_answer_drops_the_fields_its_connection_header_names(
+        make_gateway: GatewayFactory, raw: Start) -> None:
+    """RFC 9110 7.6.1 holds for a 1xx as for the final answer."""
+    backend = await raw(answering(
+        b"HTTP/1.1 103 Early Hints\r\nConnection: X-Secret\r\nX-Secret: s\r\n"
+        b"Link: </s.css>; rel=preload\r\n\r\n" + FINE))
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, CLOSE_GET)
+    interim, _, final = answer.partition(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload"
+    assert final.startswith(b"HTTP/1.1 200"), answer[:200]

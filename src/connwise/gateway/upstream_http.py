@@ -797,11 +797,15 @@ _STATUS_LINES: dict[int, bytes] = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.
 
 def _interim(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     """A 1xx answer as the client gets it: its own status and its fields (a 103's `Link`
-    headers are what it is for), hop-by-hop ones dropped (RFC 9110 15.2: a proxy forwards
-    1xx answers)."""
+    headers are what it is for), hop-by-hop ones dropped and those its Connection header names
+    (RFC 9110 15.2: a proxy forwards 1xx answers; 7.6.1)."""
     lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Informational\r\n" % status]
+    drop = HOP_BY_HOP
     for name, value in headers:
-        if name.lower() not in HOP_BY_HOP:
+        if name.lower() == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+            drop = drop | connection_options(value)
+    for name, value in headers:
+        if name.lower() not in drop:
             lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
