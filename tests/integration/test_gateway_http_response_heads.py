@@ -3,6 +3,7 @@ framing a backend's answer may use, its status and the size of its head."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from email.utils import parsedate_to_datetime
 
@@ -26,7 +27,7 @@ FINE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 def answering(answer: bytes) -> Answer:
     """A backend's answer: `answer` to /r, 200 ok to anything else (`still_serves`)."""
     async def respond(head: bytes) -> bytes:
-        return answer if head.startswith(b"GET /r ") else FINE
+        return answer if head.find(b" /r ") >= 0 else FINE
     return respond
 
 
@@ -67,6 +68,29 @@ async def test_chunked_in_any_case_is_relayed(make_gateway: GatewayFactory, raw:
     assert head.startswith(b"HTTP/1.1 200"), answer[:80]
     assert header_of(head, b"transfer-encoding") == [b"chunked"]
     assert body == b"2\r\nok\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    (b"HEAD /r HTTP/1.1\r\nHost: a\r\n\r\n", b"200 OK"),
+    (b"GET /r HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\n\r\n", b"304 Not Modified"),
+])
+async def test_a_transfer_coding_in_an_answer_without_a_body_is_no_error(
+        make_gateway: GatewayFactory, raw: Start, request_head: bytes, status: bytes) -> None:
+    """RFC 9112 6.1: the answer to a HEAD, or a 304, may name the codings the body would
+    have had; it has none to decode."""
+    backend = await raw(answering(b"HTTP/1.1 %s\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                                  % status))
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        for _ in range(2):  # and the connection goes on, both sides
+            writer.write(request_head)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 " + status), head
+            assert header_of(head, b"transfer-encoding") == []
+    finally:
+        writer.close()
+    assert backend.connections == 1
 
 
 # -- the status ----------------------------------------------------------------------------

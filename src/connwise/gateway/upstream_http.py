@@ -599,13 +599,15 @@ class UpstreamConnection(asyncio.Protocol):
                     dated = True
                 else:  # hop-by-hop: not forwarded
                     if lower == b"transfer-encoding":
-                        if chunked or (value != b"chunked"
-                                       and value.lower().rstrip(b" ") != b"chunked"):
+                        if (chunked or (value != b"chunked"
+                                        and value.lower().rstrip(b" ") != b"chunked")) and not (
+                                self._head_request or status in (204, 304)):
                             # The gateway sent no TE header: a backend may apply no transfer
                             # coding but chunked (RFC 9112 7.4), the only one the gateway
                             # decodes. Any other one would reach the client dropped (its coded
                             # bytes read as the content), or, not last, ending the body at the
-                            # close (llhttp) where the gateway expected a last chunk.
+                            # close (llhttp) where the gateway expected a last chunk. (An
+                            # answer without a body may name the codings it would have had.)
                             raise UpstreamFailed(
                                 f"backend {self.address} sent Transfer-Encoding other than "
                                 f"chunked alone: {value[:200]!r}", retryable=False)
