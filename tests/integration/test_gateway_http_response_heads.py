@@ -192,3 +192,28 @@ async def test_an_interim_answer_drops_the_fields_its_connection_header_names(
     interim, _, final = answer.partition(b"\r\n\r\n")
     assert interim == b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload"
     assert final.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+# -- keep-alive, each side its own ----------------------------------------------------------
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nconnection: X-A, CLOSE\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",  # HTTP/1.0 without keep-alive
+])
+async def test_an_answer_that_ends_its_connection_leaves_the_clients_open(
+        make_gateway: GatewayFactory, raw: Start, answer: bytes) -> None:
+    """The backend's close is its hop's: the upstream connection is not used again (even
+    if the backend keeps it open), the client's stays open."""
+    backend = await raw(answering(answer))
+    gateway = await make_gateway(**web_config([backend.address]))
+    reader, writer = await connect(gateway)
+    try:
+        for _ in range(2):
+            writer.write(b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n")
+            head, body = await read_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == b"ok", head
+            assert header_of(head, b"connection") == [b"keep-alive"]
+    finally:
+        writer.close()
+    assert backend.connections == 2
