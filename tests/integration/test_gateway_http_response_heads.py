@@ -57,6 +57,30 @@ async def test_a_transfer_coding_besides_chunked_in_an_answer_gets_502(
     assert backend.connections == 2  # the invalid answer's connection is not reused
 
 
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n"
+    b"2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 20\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nContent-Length: 2\r\n\r\nok",  # obs-fold
+    b"HTTP/1.1 200 OK\r\nX-A: o\x00ne\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nX-A: o\rne\r\nContent-Length: 2\r\n\r\nok",
+])
+async def test_an_answer_of_unsure_framing_or_fields_gets_502(make_gateway: GatewayFactory,
+                                                               raw: Start, answer: bytes) -> None:
+    """Relayed, each would be read differently by some client or cache behind the gateway
+    (response splitting); llhttp refuses them, and this keeps it so."""
+    backend = await raw(answering(answer))
+    gateway = await make_gateway(**web_config([backend.address]))
+    answer = await exchange(gateway, CLOSE_GET)
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:80]
+    assert answer.count(b"HTTP/1.1 ") == 1
+    await still_serves(gateway)
+    assert backend.connections == 2
+
+
 @pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b"chunked  "])
 async def test_chunked_in_any_case_is_relayed(make_gateway: GatewayFactory, raw: Start,
                                               coding: bytes) -> None:
