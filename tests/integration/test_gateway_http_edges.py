@@ -103,6 +103,14 @@ def header_of(head: bytes, name: bytes) -> list[bytes]:
             if line.split(b":", 1)[0].strip().lower() == name]
 
 
+def undated(message: bytes) -> bytes:
+    """`message` without the Date line of its head (the gateway adds one to an answer whose
+    backend sent none, and to its own: it changes each second)."""
+    head, end, rest = message.partition(b"\r\n\r\n")
+    return b"\r\n".join(line for line in head.split(b"\r\n")
+                         if line[:5].lower() != b"date:") + end + rest
+
+
 async def ok(head: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -268,8 +276,8 @@ async def test_an_answer_cut_off_midway_is_not_followed_by_a_502(make_gateway: G
     gateway = await make_gateway(**web_config([backend.address]))
     answer = await exchange(gateway, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
     # The head went out before the backend failed: the client sees the body cut short.
-    assert answer == (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: keep-alive\r\n\r\n"
-                      b"0123456789")
+    assert undated(answer) == (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
+                               b"Connection: keep-alive\r\n\r\n0123456789")
     assert gateway.counters["http_502"] == 0
 
 
@@ -366,7 +374,8 @@ async def test_an_http10_client_gets_an_unknown_length_body_unchunked(
     assert header_of(head, b"connection") == [b"close"]
     assert body == b"hello world"  # the gateway's close ends it
     # The upstream's own framing was whole: its connection goes back to the pool.
-    assert await exchange(gateway, b"GET /c HTTP/1.0\r\nHost: a\r\n\r\n") == answer
+    again = await exchange(gateway, b"GET /c HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert undated(again) == undated(answer)
     assert len(backend.heads) == 2
 
 

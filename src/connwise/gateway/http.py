@@ -22,8 +22,8 @@ A target in absolute-form (`GET http://host/path`) is routed by its authority, n
 header (RFC 9112 3.2.2), and forwarded in origin-form with a Host header made from it. Routes
 see the host without its port, an IPv6 literal with its brackets (`[::1]`), either way.
 
-The gateway's own answers (404, 502, 503, 504, 408...) have no body when the request was a
-HEAD, and say `Connection: close` whenever the connection closes after them: the client asked
+The gateway's own answers (404, 502, 503, 504, 408...) have a Date, no body when the request was
+a HEAD, and say `Connection: close` whenever the connection closes after them: the client asked
 for it, or the gateway drains.
 
 Each complete head becomes an `Exchange`: route it, classify it, admit it through the group's
@@ -80,7 +80,7 @@ from connwise.core.zombies import peer_lost
 from connwise.errors import BackendError, PoolError
 from connwise.gateway.paths import BadPath, normalise
 from connwise.gateway.relay import RelayThrottle
-from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed
+from connwise.gateway.upstream_http import UpstreamConnection, UpstreamFailed, date_field
 from connwise.gateway.wsframes import (
     CLOSE_GOING_AWAY,
     WS_GOING_AWAY,
@@ -134,18 +134,13 @@ def simple_response(status: int, reason: str, *, close: bool, extra: bytes = b""
                     body: bytes = b"", head: bool = False) -> bytes:
     """An answer of the gateway's own; `head`: to a HEAD request, so it has the headers of the
     answer to a GET, Content-Length included, and no body (RFC 9110 9.3.2): a body would be
-    read as the start of the next answer on a keep-alive connection."""
+    read as the start of the next answer on a keep-alive connection. It has a Date, as an
+    origin server's answers must (RFC 9110 6.6.1)."""
     body = body or f"{status} {reason}\n".encode()
     connection = b"close" if close else b"keep-alive"
     return (b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-            b"Connection: %s\r\n%s\r\n%s" % (status, reason.encode(), len(body), connection,
-                                             extra, b"" if head else body))
-
-
-#: The answer to a request whose upstream failed before answering, and is not retried (and
-#: the same to a HEAD request).
-_BAD_GATEWAY = simple_response(502, "Bad Gateway", close=True)
-_BAD_GATEWAY_HEAD = simple_response(502, "Bad Gateway", close=True, head=True)
+            b"%sConnection: %s\r\n%s\r\n%s" % (status, reason.encode(), len(body), date_field(),
+                                               connection, extra, b"" if head else body))
 
 
 class Exchange:
@@ -1680,7 +1675,7 @@ class _Rejected(Exception):
 
 def _bad_gateway(ex: Exchange) -> bytes:
     """The 502 (with a close) to `ex`, without a body if it is a HEAD request."""
-    return _BAD_GATEWAY_HEAD if ex.method == b"HEAD" else _BAD_GATEWAY
+    return simple_response(502, "Bad Gateway", close=True, head=ex.method == b"HEAD")
 
 
 def _answered(group: Group, ex: Exchange) -> None:

@@ -4,10 +4,11 @@
 rewritten request head (hop-by-hop headers removed, those the Connection header names too;
 X-Forwarded-For, X-Forwarded-Proto and Via added; `Connwise-Degrade` when the ladder signals),
 streams the request body, parses the response with httptools and streams it to the client with
-the client's own framing (the same hop-by-hop headers removed; a body of unknown length chunked
-for an HTTP/1.1 client, sent as it is to an HTTP/1.0 one and ended by the close), then goes
-back to its backend's pool if both sides allow keep-alive. A `101` answer turns it into a
-byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check and close these connections.
+the client's own framing (the same hop-by-hop headers removed, a Date added if the backend sent
+none; a body of unknown length chunked for an HTTP/1.1 client, sent as it is to an HTTP/1.0 one
+and ended by the close), then goes back to its backend's pool if both sides allow keep-alive.
+A `101` answer turns it into a byte relay. `UpstreamDriver` lets a `connwise.Pool` open, check
+and close these connections.
 
 With telemetry on, each upstream connection is one record (`kind = upstream`, source the group,
 `backend` the backend): from its connect (a failed connect is a failed record) to its close,
@@ -27,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections.abc import Callable
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, TypeAlias, cast
 
@@ -126,6 +129,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_ended",
         "_exchange",
         "_failure",
+        "_head_fed",
         "_head_request",
         "_head_sent",
         "_headers",
@@ -174,6 +178,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked_out = False
         self._until_close = False
         self._head_sent = False
+        #: Bytes of the response head read in chunks that did not end it (`_head_read`).
+        self._head_fed = 0
         self._head_request = False
         self._write_paused = False
         self._writable: asyncio.Future[None] | None = None
@@ -293,6 +299,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._out = out
         try:
             parser.feed_data(data)
+            if not self._head_sent and self._on_done is not None and not self._ended:
+                self._head_read(client, len(data))  # the head goes on past this chunk
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             rest = data[offset:]
@@ -321,6 +329,20 @@ class UpstreamConnection(asyncio.Protocol):
         if self._ended:
             self._finish(self._failure)
 
+    def _head_read(self, client: HttpClient | None, size: int) -> None:
+        """`size` more bytes of a response head that has not ended: over `max_header_bytes`
+        (counted per chunk, as a request head's), the answer is invalid, 502. (httptools
+        holds a header line back until it ends: an endless one would grow in memory.)"""
+        fed = self._head_fed = self._head_fed + size
+        if client is not None and fed > client.gateway.limits.max_header_bytes:
+            self.reusable = False
+            self._ended = True
+            self._failure = UpstreamFailed(
+                f"backend {self.address} sent a response head over "
+                f"limits.max_header_bytes ({client.gateway.limits.max_header_bytes})",
+                retryable=False)
+            self.close()
+
     def _emit(self, client: HttpClient, data: bytes) -> None:
         """Send `data` to the client now, or with the rest of the chunk being parsed."""
         out = self._out
@@ -342,6 +364,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._failure = None
         self._status = 0
         self._head_sent = False
+        self._head_fed = 0
         self._until_close = False
         self._head_request = ex.method == b"HEAD"
         client.active_upstream = self
@@ -539,10 +562,16 @@ class UpstreamConnection(asyncio.Protocol):
         if ((client_rec is not None and client_rec.first_byte_s is None)
                 or (rec is not None and rec.first_byte_s is None)):
             self._first_byte(client, ex, timing)
-        if 100 <= status < 200 and status != 101:
-            if ex.version != "1.0":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
-                self._emit(client, _interim(status, headers))
-            return
+        if status < 200:
+            if status < 100:
+                # llhttp reads `000` as 0: no status a client can be sent (nor one that
+                # counts as an answer). An invalid answer, 502.
+                raise UpstreamFailed(f"backend {self.address} sent status {status}",
+                                     retryable=False)
+            if status != 101:
+                if ex.version != "1.0":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
+                    self._emit(client, _interim(status, headers))
+                return
         if status == 101 and not ex.upgrade:
             # A protocol switch the request did not ask for: the client would get a 101 while
             # the gateway went on with HTTP. An invalid answer (502); the parser error this
@@ -552,9 +581,10 @@ class UpstreamConnection(asyncio.Protocol):
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
             self.reusable = False
-        # One pass over the headers: framing, the Upgrade value, and the lines to forward.
+        # One pass over the headers: framing, the Upgrade value, Date, and the lines to forward.
         length = None
         chunked = False
+        dated = False
         upgrade = b"websocket"
         named: frozenset[bytes] = frozenset()
         status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
@@ -562,16 +592,31 @@ class UpstreamConnection(asyncio.Protocol):
         append = lines.append
         for name, value in headers:
             lower = name.lower()
-            if lower in HOP_BY_HOP:
-                if lower == b"transfer-encoding":
-                    chunked = chunked or value.lower().find(b"chunked") >= 0
-                elif lower == b"upgrade":
-                    upgrade = value
-                elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                    named |= connection_options(value)
-                continue
-            if lower == b"content-length":
-                length = value
+            if lower in _ANSWER_READ:  # one set lookup for the common fields
+                if lower == b"content-length":
+                    length = value
+                elif lower == b"date":
+                    dated = True
+                else:  # hop-by-hop: not forwarded
+                    if lower == b"transfer-encoding":
+                        if (chunked or (value != b"chunked"
+                                        and value.lower().rstrip(b" ") != b"chunked")) and not (
+                                self._head_request or status in (204, 304)):
+                            # The gateway sent no TE header: a backend may apply no transfer
+                            # coding but chunked (RFC 9112 7.4), the only one the gateway
+                            # decodes. Any other one would reach the client dropped (its coded
+                            # bytes read as the content), or, not last, ending the body at the
+                            # close (llhttp) where the gateway expected a last chunk. (An
+                            # answer without a body may name the codings it would have had.)
+                            raise UpstreamFailed(
+                                f"backend {self.address} sent Transfer-Encoding other than "
+                                f"chunked alone: {value[:200]!r}", retryable=False)
+                        chunked = True
+                    elif lower == b"upgrade":
+                        upgrade = value
+                    elif lower == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+                        named |= connection_options(value)
+                    continue
             lines += (name, b": ", value, b"\r\n")  # no formatting: joined once below
         if named:  # the backend made more headers hop-by-hop (RFC 9110 7.6.1): drop them
             lines = [status_line]
@@ -580,6 +625,11 @@ class UpstreamConnection(asyncio.Protocol):
                 if lower not in HOP_BY_HOP and lower not in named:
                     lines += (name, b": ", value, b"\r\n")
             append = lines.append
+            dated = dated and b"date" not in named
+        if not dated and status != 101:
+            # RFC 9110 6.6.1: a recipient with a clock that forwards a response without Date
+            # MUST add one (most backends send theirs: this is rarely reached).
+            append(date_field())
         no_body = self._head_request or status in (204, 304)
         self._until_close = not no_body and length is None and not chunked and status != 101
         self._chunked_out = chunked and not no_body
@@ -700,6 +750,31 @@ def _resolve(done: asyncio.Future[None], on_answered: Callable[[], None] | None,
 #: any of them spelled with underscores.
 _DROPPED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"connwise-degrade"}
 
+#: Response fields `on_headers_complete` reads (or drops): one set lookup per field.
+_ANSWER_READ = HOP_BY_HOP | {b"content-length", b"date"}
+
+
+class _DateField:
+    """The `Date` field line for the current second (RFC 9110 6.6.1), formatted once a
+    second: `date_field()`."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+
+    def __call__(self) -> bytes:
+        second = int(time.time())
+        if second != self.second:
+            self.line = b"Date: %s\r\n" % formatdate(second, usegmt=True).encode()
+            self.second = second
+        return self.line
+
+
+#: `date_field()`: `Date: <IMF-fixdate>\r\n` for now.
+date_field = _DateField()
+
 #: What `connection_options` leaves out: the headers a Connection header cannot make
 #: hop-by-hop, the framing of a message whose body the gateway streams (without Content-Length a
 #: request body would reach the backend unframed: a smuggled request) and the Host the request
@@ -724,11 +799,15 @@ _STATUS_LINES: dict[int, bytes] = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.
 
 def _interim(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
     """A 1xx answer as the client gets it: its own status and its fields (a 103's `Link`
-    headers are what it is for), hop-by-hop ones dropped (RFC 9110 15.2: a proxy forwards
-    1xx answers)."""
+    headers are what it is for), hop-by-hop ones dropped and those its Connection header names
+    (RFC 9110 15.2: a proxy forwards 1xx answers; 7.6.1)."""
     lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Informational\r\n" % status]
+    drop = HOP_BY_HOP
     for name, value in headers:
-        if name.lower() not in HOP_BY_HOP:
+        if name.lower() == b"connection" and value.lower() not in _PLAIN_CONNECTION:
+            drop = drop | connection_options(value)
+    for name, value in headers:
+        if name.lower() not in drop:
             lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
