@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,3 +173,42 @@ def test_a_batch_marshal_cannot_write_goes_as_pickle_and_is_stored(tmp_path: Pat
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT close_reason FROM connections WHERE conn_id = '10'"
                             ).fetchone() == ("client closed",)
+
+
+class NullSink:
+    """A store that takes every batch and keeps nothing: the writer's counters, which count
+    the child's answers, are what a test reads."""
+
+    def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        pass
+
+    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+               now: float | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_records_submitted_while_the_housekeeper_ships_are_not_lost() -> None:
+    """The housekeeping thread took a short queue whole (`list(queue)`, then `queue.clear()`):
+    a record the data plane appended between the two was cleared unshipped, counted neither
+    written nor failed, and `flush` waited for it until its timeout."""
+    rec = record(0)
+    # Batches the submitter never fills: every record is shipped by the housekeeper.
+    writer = ProcessWriter(NullSink, capacity=10_000_000, batch_size=10_000_000,
+                           flush_interval=0.0005).start()
+    try:
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+        try:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                for _ in range(100):
+                    writer.submit(rec)
+        finally:
+            sys.setswitchinterval(interval)
+        assert writer.flush(10.0), writer
+        assert writer.written == writer.submitted and writer.failed == 0
+    finally:
+        writer.close(5.0)

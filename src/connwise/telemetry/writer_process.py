@@ -234,11 +234,10 @@ class ProcessWriter(RecordWriter):
         popleft = queue.popleft
         while queue and self._proc is not None:
             count = min(len(queue), self.batch_size)
-            if count == len(queue):
-                batch = list(queue)
-                queue.clear()
-            else:
-                batch = [popleft() for _ in range(count)]
+            # One popleft per row, never `list(queue)` then `queue.clear()`: the data plane
+            # appends without the lock, and a row appended between those two calls (the
+            # housekeeping thread ships here too) was cleared unshipped.
+            batch = [popleft() for _ in range(count)]
             self._request(("write", batch, None), "write", count)
         self._pump()
 
