@@ -5,6 +5,7 @@ uncommitted records counted as failed) and replaced, and no child outlives the w
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sqlite3
 import sys
@@ -212,3 +213,35 @@ def test_records_submitted_while_the_housekeeper_ships_are_not_lost() -> None:
         assert writer.written == writer.submitted and writer.failed == 0
     finally:
         writer.close(5.0)
+
+
+def test_a_child_that_cannot_be_started_is_retried(tmp_path: Path) -> None:
+    """Starting a new child can fail with an OSError (no file descriptor left for its pipes,
+    EMFILE, on a gateway at its limits): it killed the housekeeping thread, so no child was
+    ever started again, nothing was shipped, and every later record was dropped."""
+    db = tmp_path / "t.db"
+    writer = ProcessWriter(StoreSpec.parse(str(db)).open_sink, batch_size=1_000,
+                           flush_interval=0.05).start()
+    try:
+        first = writer.pid
+        assert first is not None
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+        try:
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while writer.last_error is None or "open files" not in writer.last_error:
+                assert time.monotonic() < deadline, writer.last_error
+                time.sleep(0.01)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for i in range(5):
+            writer.submit(record(i))
+        deadline = time.monotonic() + 10.0
+        while writer.written < 5:  # shipped by the housekeeping thread, to a new child
+            assert time.monotonic() < deadline, writer
+            time.sleep(0.01)
+        assert writer.restarts == 1 and writer.pid not in (None, first)
+    finally:
+        writer.close(10.0)
+    assert sorted(stored(db), key=int) == [str(i) for i in range(5)]

@@ -362,8 +362,12 @@ class ProcessWriter(RecordWriter):
         env = dict(os.environ)
         # The child imports what the parent can (connwise from a source tree, a test's sink).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        proc = subprocess.Popen([sys.executable, "-m", "connwise.telemetry.writer_process"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "connwise.telemetry.writer_process"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        except OSError as exc:  # no file descriptor left for the pipes (EMFILE), no memory
+            raise StoreError(f"cannot start the telemetry writer process {self.name}: "
+                             f"{exc}") from exc
         assert proc.stdin is not None and proc.stdout is not None
         deadline = time.monotonic() + timeout
         try:
