@@ -245,3 +245,29 @@ def test_a_child_that_cannot_be_started_is_retried(tmp_path: Path) -> None:
     finally:
         writer.close(10.0)
     assert sorted(stored(db), key=int) == [str(i) for i in range(5)]
+
+
+def test_close_within_its_timeout_counts_what_a_stuck_child_did_not_commit(
+        tmp_path: Path) -> None:
+    """`close(timeout)` (the gateway's drain gives 30 s) returned at its timeout while the
+    writer waited on for a stuck child (its own `timeout`, 60 s): the process then exited with
+    the records neither written nor counted, the child still running."""
+    db, gate = tmp_path / "t.db", tmp_path / "gate"
+    gate.touch()
+    writer = ProcessWriter(GatedSpec(db, gate), batch_size=10, flush_interval=60.0).start()
+    pid = writer.pid
+    assert pid is not None
+    try:
+        for i in range(13):  # a batch of 10 the child holds at the gate, 3 queued
+            writer.submit(record(i))
+        wait_for(Path(f"{gate}.entered"))
+        began = time.monotonic()
+        writer.close(1.0)
+        assert time.monotonic() - began < 3.0
+        assert (writer.written, writer.failed, writer.depth) == (0, 13, 0)
+        assert writer.last_error is not None and "13 records" in writer.last_error
+        assert gone(pid) and not writer._thread.is_alive()
+    finally:
+        gate.unlink()
+        writer.close()
+    assert stored(db) == []
