@@ -5,8 +5,10 @@ uncommitted records counted as failed) and replaced, and no child outlives the w
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -172,3 +174,100 @@ def test_a_batch_marshal_cannot_write_goes_as_pickle_and_is_stored(tmp_path: Pat
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT close_reason FROM connections WHERE conn_id = '10'"
                             ).fetchone() == ("client closed",)
+
+
+class NullSink:
+    """A store that takes every batch and keeps nothing: the writer's counters, which count
+    the child's answers, are what a test reads."""
+
+    def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        pass
+
+    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+               now: float | None = None) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_records_submitted_while_the_housekeeper_ships_are_not_lost() -> None:
+    """The housekeeping thread took a short queue whole (`list(queue)`, then `queue.clear()`):
+    a record the data plane appended between the two was cleared unshipped, counted neither
+    written nor failed, and `flush` waited for it until its timeout."""
+    rec = record(0)
+    # Batches the submitter never fills: every record is shipped by the housekeeper.
+    writer = ProcessWriter(NullSink, capacity=10_000_000, batch_size=10_000_000,
+                           flush_interval=0.0005).start()
+    try:
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+        try:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                for _ in range(100):
+                    writer.submit(rec)
+        finally:
+            sys.setswitchinterval(interval)
+        assert writer.flush(10.0), writer
+        assert writer.written == writer.submitted and writer.failed == 0
+    finally:
+        writer.close(5.0)
+
+
+def test_a_child_that_cannot_be_started_is_retried(tmp_path: Path) -> None:
+    """Starting a new child can fail with an OSError (no file descriptor left for its pipes,
+    EMFILE, on a gateway at its limits): it killed the housekeeping thread, so no child was
+    ever started again, nothing was shipped, and every later record was dropped."""
+    db = tmp_path / "t.db"
+    writer = ProcessWriter(StoreSpec.parse(str(db)).open_sink, batch_size=1_000,
+                           flush_interval=0.05).start()
+    try:
+        first = writer.pid
+        assert first is not None
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+        try:
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while writer.last_error is None or "open files" not in writer.last_error:
+                assert time.monotonic() < deadline, writer.last_error
+                time.sleep(0.01)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for i in range(5):
+            writer.submit(record(i))
+        deadline = time.monotonic() + 10.0
+        while writer.written < 5:  # shipped by the housekeeping thread, to a new child
+            assert time.monotonic() < deadline, writer
+            time.sleep(0.01)
+        assert writer.restarts == 1 and writer.pid not in (None, first)
+    finally:
+        writer.close(10.0)
+    assert sorted(stored(db), key=int) == [str(i) for i in range(5)]
+
+
+def test_close_within_its_timeout_counts_what_a_stuck_child_did_not_commit(
+        tmp_path: Path) -> None:
+    """`close(timeout)` (the gateway's drain gives 30 s) returned at its timeout while the
+    writer waited on for a stuck child (its own `timeout`, 60 s): the process then exited with
+    the records neither written nor counted, the child still running."""
+    db, gate = tmp_path / "t.db", tmp_path / "gate"
+    gate.touch()
+    writer = ProcessWriter(GatedSpec(db, gate), batch_size=10, flush_interval=60.0).start()
+    pid = writer.pid
+    assert pid is not None
+    try:
+        for i in range(13):  # a batch of 10 the child holds at the gate, 3 queued
+            writer.submit(record(i))
+        wait_for(Path(f"{gate}.entered"))
+        began = time.monotonic()
+        writer.close(1.0)
+        assert time.monotonic() - began < 3.0
+        assert (writer.written, writer.failed, writer.depth) == (0, 13, 0)
+        assert writer.last_error is not None and "13 records" in writer.last_error
+        assert gone(pid) and not writer._thread.is_alive()
+    finally:
+        gate.unlink()
+        writer.close()
+    assert stored(db) == []

@@ -188,9 +188,18 @@ class PostgresSink:
         return self._loop.run_until_complete(coro)
 
     def _connected(self) -> PostgresStore:
-        if self._store is None:
-            self._store = self._run(PostgresStore.open(self.dsn, schema=self.schema))
-        return self._store
+        store = self._store
+        if store is not None:
+            # The loop runs only inside a call: let it read what came while it was idle. A
+            # server that restarted, or ended the connection (`pg_terminate_backend`, an idle
+            # timeout), said goodbye then; asyncpg notices it here, so the batch goes on a
+            # new connection rather than failing on the dead one, never sent.
+            self._run(asyncio.sleep(0))
+            if store._conn.is_closed():
+                self._store = store = None
+        if store is None:
+            store = self._store = self._run(PostgresStore.open(self.dsn, schema=self.schema))
+        return store
 
     def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
         store = self._connected()
@@ -206,11 +215,13 @@ class PostgresSink:
 
     @contextlib.contextmanager
     def _dropped_if_lost(self, store: PostgresStore, action: str) -> Iterator[None]:
-        """A lost or hung connection (TimeoutError is an OSError) is dropped at once, without
-        waiting for the server, and raised as a StoreError; the next call reconnects."""
+        """A lost or hung connection (TimeoutError is an OSError), or one asyncpg lost track of
+        (InternalClientError), is dropped at once, without waiting for the server, and raised
+        as a StoreError; the next call reconnects."""
         try:
             yield
-        except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                asyncpg.PostgresConnectionError) as exc:
             self._store = None
             store.abort()
             problem = str(exc) or f"no answer within {self.timeout:g} s"

@@ -19,7 +19,8 @@ answers are read, without blocking, when the next batch is shipped, and by the h
 thread, which wakes every `flush_interval` to ship stragglers, run retention, and restart a dead
 child.
 `flush` and `close` wait for the answers; `close` then tells the child to close the store, and
-reaps it.
+reaps it. `close` keeps to its timeout: records not committed by then are counted in `failed`,
+and a child still at work is killed.
 
 A dead or hung child is not silent: the records it had not committed are counted in `failed`, the
 reason (its exit code, or that it did not answer within `timeout` and was killed) goes to
@@ -72,6 +73,8 @@ MAX_FRAME = 1 << 30
 #: Pipe buffer asked for (Linux's default limit for unprivileged processes): a few batches fit,
 #: so a write rarely comes back short.
 PIPE_BYTES = 1 << 20
+#: What `close` waits past its timeout for the thread to kill and reap a child that was late.
+_REAP_GRACE = 1.0
 
 
 class ProcessWriter(RecordWriter):
@@ -107,6 +110,8 @@ class ProcessWriter(RecordWriter):
         #: Records shipped (buffered or sent) that the child has not answered for yet.
         self._in_flight = 0
         self._answered_at = 0.0
+        #: When `close` must be done by (monotonic): the shutdown's deadline.
+        self._close_by = float("inf")
 
     @property
     def pid(self) -> int | None:
@@ -160,11 +165,14 @@ class ProcessWriter(RecordWriter):
             self._lock.release()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Commit what is queued, close the store, stop the child and the thread."""
+        """Commit what is queued, close the store, stop the child and the thread, within
+        `timeout` seconds: records not committed by then are counted as failed, and a child
+        still at work is killed."""
+        self._close_by = time.monotonic() + timeout
         self._closing = True
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(timeout + _REAP_GRACE)
 
     def __repr__(self) -> str:
         return (f"<ProcessWriter {self.name} pid {self.pid} [queued {self.depth}/"
@@ -194,9 +202,9 @@ class ProcessWriter(RecordWriter):
         with self._lock:
             self._shutdown()
 
-    def _restart(self) -> None:
+    def _restart(self, timeout: float | None = None) -> None:
         try:
-            self._spawn(self.timeout)
+            self._spawn(self.timeout if timeout is None else timeout)
         except StoreError as exc:
             self.last_error = str(exc)
             log.error("telemetry writer %s: %s; retrying in %g s", self.name, exc,
@@ -207,11 +215,24 @@ class ProcessWriter(RecordWriter):
                         self.name, self.pid)
 
     def _shutdown(self) -> None:
-        deadline = time.monotonic() + self.timeout
+        deadline = min(time.monotonic() + self.timeout, self._close_by)
         if not self._settle(self.submitted, deadline):
-            log.error("telemetry writer %s: %d records were not written before the store "
-                      "closed: %s", self.name, self.submitted - self.written - self.failed,
-                      self.last_error or "the writer process did not answer in time")
+            # Whatever is still queued or uncommitted is lost: count it, stop the child.
+            lost = self.submitted - self.written - self.failed
+            proc, self._proc = self._proc, None
+            self.failed += lost
+            self._rows.clear()
+            self._awaited.clear()
+            self._in_flight = 0
+            self._out.clear()
+            why = ("the writer process did not commit them in time" if proc is not None else
+                   self.last_error or "no writer process")
+            self.last_error = (f"{lost} records were not written before the telemetry writer "
+                               f"{self.name} closed: {why}")
+            log.error("telemetry writer %s: %s", self.name, self.last_error)
+            if proc is not None:
+                _reap(proc, 0.0)  # killed: it would go on with what it was given
+            return
         proc = self._proc
         if proc is None:
             return
@@ -234,11 +255,10 @@ class ProcessWriter(RecordWriter):
         popleft = queue.popleft
         while queue and self._proc is not None:
             count = min(len(queue), self.batch_size)
-            if count == len(queue):
-                batch = list(queue)
-                queue.clear()
-            else:
-                batch = [popleft() for _ in range(count)]
+            # One popleft per row, never `list(queue)` then `queue.clear()`: the data plane
+            # appends without the lock, and a row appended between those two calls (the
+            # housekeeping thread ships here too) was cleared unshipped.
+            batch = [popleft() for _ in range(count)]
             self._request(("write", batch, None), "write", count)
         self._pump()
 
@@ -333,7 +353,7 @@ class ProcessWriter(RecordWriter):
         """Ship everything and wait until `target` submitted records are written or failed."""
         while self.written + self.failed < target:
             if self._proc is None:
-                self._restart()
+                self._restart(min(self.timeout, max(0.0, deadline - time.monotonic())))
                 if self._proc is None:
                     return False
             self._ship()
@@ -363,8 +383,12 @@ class ProcessWriter(RecordWriter):
         env = dict(os.environ)
         # The child imports what the parent can (connwise from a source tree, a test's sink).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        proc = subprocess.Popen([sys.executable, "-m", "connwise.telemetry.writer_process"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "connwise.telemetry.writer_process"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        except OSError as exc:  # no file descriptor left for the pipes (EMFILE), no memory
+            raise StoreError(f"cannot start the telemetry writer process {self.name}: "
+                             f"{exc}") from exc
         assert proc.stdin is not None and proc.stdout is not None
         deadline = time.monotonic() + timeout
         try:
