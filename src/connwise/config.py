@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,6 +32,8 @@ from connwise.core.escalation import ActivityRule, EscalationConfig, GroupRule
 from connwise.core.health import HealthConfig
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
+from connwise.telemetry.units import parse_duration, parse_size
+from connwise.telemetry.writer import MIN_STORE_BYTES, Retention
 
 
 def parse_address(value: str, key: str) -> tuple[str, int]:
@@ -399,6 +402,52 @@ class EscalationSection(_Model):
         return value
 
 
+def _off(value: object) -> bool:
+    """TOML has no null: `"off"` is how a file keeps records of any age or size."""
+    return isinstance(value, str) and value.strip().lower() == "off"
+
+
+class RetentionSection(_Model):
+    """`[telemetry.retention]`: what the writer prunes from the store as it goes, so that a
+    gateway's store does not grow without bound. Ages take `30d`, `12h`, `15m` or seconds;
+    sizes `500MB`, `2GiB` or bytes, as `connwise telemetry retain` does."""
+
+    #: Records that started longer ago are deleted (`"off"`: any age is kept).
+    max_age: float | None = Field(30 * 86400.0, gt=0, allow_inf_nan=False)
+    #: Past this, the oldest records are deleted until the store is 10% under it.
+    max_bytes: int | None = Field(None, ge=MIN_STORE_BYTES)
+    #: Seconds between two pruning passes.
+    interval: float = Field(60.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("max_age", "interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object, info: ValidationInfo) -> object:
+        if _off(value) and info.field_name == "max_age":
+            return None
+        if isinstance(value, str):
+            try:
+                return parse_duration(value, key="")
+            except ConfigError as exc:
+                raise ValueError(f"{exc.problem}: {exc.fix}") from None
+        return value
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if _off(value):
+            return None
+        if isinstance(value, str):
+            try:
+                return parse_size(value, key="")
+            except ConfigError as exc:
+                raise ValueError(f"{exc.problem}: {exc.fix}") from None
+        return value
+
+    def retention(self) -> Retention:
+        return Retention(max_age=self.max_age, max_bytes=self.max_bytes,
+                         interval=self.interval)
+
+
 class TelemetrySection(_Model):
     """Where connection records go (connwise.telemetry); off when `store` is not set."""
 
@@ -426,6 +475,7 @@ class TelemetrySection(_Model):
     #: A request header naming the client's device; without it (or when a request lacks it) the
     #: User-Agent is classified as desktop, mobile, tablet, bot or other.
     device_header: str | None = None
+    retention: RetentionSection = RetentionSection()
 
     @field_validator("region_header", "device_header")
     @classmethod

@@ -19,6 +19,8 @@ class ConfigError(ConnwiseError, ValueError):
     def __init__(self, key: str, value: object, problem: str, fix: str) -> None:
         self.key = key
         self.value = value
+        self.problem = problem
+        self.fix = fix
         super().__init__(f"{key} = {value!r}: {problem}; {fix}.")
 
 

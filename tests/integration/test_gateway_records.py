@@ -5,6 +5,9 @@ connect a client waited for, the first answer byte, failed connects, WebSocket r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +16,12 @@ import websockets
 
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.record import FIELD_NAMES, PHASES
+from connwise.telemetry.store_sqlite import SqliteStore
 from connwise.telemetry.stores import StoreSpec
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
-from tests.integration.tcp_relay import free_port
+from tests.integration.tcp_relay import free_port, until
+from tests.unit.telemetry.test_store_sqlite import full_record
 
 
 def _config(store: Path, backends: list[str], **telemetry: Any) -> dict[str, Any]:
@@ -158,3 +163,28 @@ async def test_a_client_that_leaves_mid_request_is_recorded_whole(
     # The abandoned upstream connection is closed, its one request counted as active time.
     assert sum(row["requests"] for row in upstream) == 1
     assert all(_phases_add_up(row) for row in upstream)
+
+
+async def test_the_gateway_prunes_its_store_by_telemetry_retention(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], tmp_path: Path) -> None:
+    """`[telemetry.retention]` reaches the gateway's writer: a record older than `max_age`
+    goes at the next pass, those of this run stay (a store grew without bound before)."""
+    store = tmp_path / "gw.db"
+    old = SqliteStore(store)
+    old.write([full_record(0, start=time.time() - 7200)])
+    old.close()
+    gateway = await make_gateway(**_config(store, [origins[0].address],
+                                           retention={"max_age": "1h", "interval": 0.1}))
+    async with httpx.AsyncClient(base_url=_url(gateway)) as client:
+        assert (await client.get("/fast")).status_code == 200
+
+    def old_rows() -> int:
+        with contextlib.closing(sqlite3.connect(store)) as db:
+            (n,) = db.execute("SELECT count(*) FROM connections WHERE started_at < ?",
+                              (time.time() - 3600,)).fetchone()
+        return int(n)
+
+    await until(lambda: old_rows() == 0)
+    rows = await _rows(gateway, store)
+    assert rows and all(row["started_at"] > time.time() - 3600 for row in rows), rows
+    assert {row["kind"] for row in rows} >= {"client"}

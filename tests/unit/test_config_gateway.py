@@ -44,6 +44,12 @@ def with_(**sections: Any) -> dict[str, Any]:
      "secret"),
     (with_(admin={"bind": "0.0.0.0:9901", "token": "  \t"}),
      "admin.token = '  \\t': a blank token"),
+    (with_(telemetry={"store": "t.db", "retention": {"max_age": "soon"}}),
+     "telemetry.retention.max_age = 'soon': not a duration"),
+    (with_(telemetry={"store": "t.db", "retention": {"max_bytes": "10KB"}}),
+     "telemetry.retention.max_bytes = 10000: input should be greater than or equal to 65536"),
+    (with_(telemetry={"store": "t.db", "retention": {"max_age": 0}}),
+     "telemetry.retention.max_age = 0: input should be greater than 0"),
     # HTTP trims the header value, so such a token never matches; and it is not echoed.
     (with_(admin={"token": "s3cret\n"}),
      "admin.token = '***': the token starts or ends with white space"),
@@ -113,3 +119,16 @@ def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path: Path) -> 
     path.write_bytes('node_id = "gw-\xe9"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.toml.*not UTF-8 \(byte 0xe9 at offset 14\)"):
         load_gateway_config(path)
+
+
+def test_telemetry_retention_takes_the_cli_s_units() -> None:
+    config = load_gateway_config(with_(telemetry={
+        "store": "t.db", "retention": {"max_age": "7d", "max_bytes": "2GiB", "interval": "5m"}}))
+    retention = config.telemetry.retention.retention()
+    assert (retention.max_age, retention.max_bytes, retention.interval) == (
+        7 * 86400, 2 * 1024**3, 300)
+    default = load_gateway_config(with_(telemetry={"store": "t.db"})).telemetry.retention
+    assert (default.max_age, default.max_bytes) == (30 * 86400, None)
+    off = load_gateway_config(with_(telemetry={"store": "t.db", "retention": {
+        "max_age": "off", "max_bytes": "OFF"}})).telemetry.retention
+    assert (off.max_age, off.max_bytes) == (None, None)

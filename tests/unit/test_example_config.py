@@ -26,4 +26,5 @@ def test_the_example_loads_with_every_block_uncommented() -> None:
     assert config.cqi.user and config.cqi.user[0].header == "x-user-tier"
     assert config.degrade.max_level == {"critical": 3}
     assert config.telemetry.store is not None
+    assert config.telemetry.retention.max_bytes == 2 * 1024**3
     assert config.forecast.enabled and config.forecast.mode == "forecast_only"

@@ -304,7 +304,8 @@ class Gateway:
         if telemetry.store is not None:
             self._writer = StoreSpec.parse(telemetry.store).writer(
                 capacity=telemetry.queue_capacity, batch_size=telemetry.batch_size,
-                flush_interval=telemetry.flush_interval)
+                flush_interval=telemetry.flush_interval,
+                retention=telemetry.retention.retention())
             self.recorder = Recorder.for_clock(self.clock, self._writer.submit,
                                                node=self.config.node_id)
             self.metrics.watch_writer(self._writer)
