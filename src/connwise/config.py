@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -407,6 +408,17 @@ def _off(value: object) -> bool:
     return isinstance(value, str) and value.strip().lower() == "off"
 
 
+def _in_units(value: object, parse: Callable[..., float]) -> object:
+    """A string in the units of the command line (`30d`, `2GiB`) as its number; its error as
+    pydantic's, which names the key path."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse(value, key="")
+    except ConfigError as exc:
+        raise ValueError(f"{exc.problem}: {exc.fix}") from None
+
+
 class RetentionSection(_Model):
     """`[telemetry.retention]`: what the writer prunes from the store as it goes, so that a
     gateway's store does not grow without bound. Ages take `30d`, `12h`, `15m` or seconds;
@@ -424,24 +436,12 @@ class RetentionSection(_Model):
     def _duration(cls, value: object, info: ValidationInfo) -> object:
         if _off(value) and info.field_name == "max_age":
             return None
-        if isinstance(value, str):
-            try:
-                return parse_duration(value, key="")
-            except ConfigError as exc:
-                raise ValueError(f"{exc.problem}: {exc.fix}") from None
-        return value
+        return _in_units(value, parse_duration)
 
     @field_validator("max_bytes", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:
-        if _off(value):
-            return None
-        if isinstance(value, str):
-            try:
-                return parse_size(value, key="")
-            except ConfigError as exc:
-                raise ValueError(f"{exc.problem}: {exc.fix}") from None
-        return value
+        return None if _off(value) else _in_units(value, parse_size)
 
     def retention(self) -> Retention:
         return Retention(max_age=self.max_age, max_bytes=self.max_bytes,

@@ -648,8 +648,13 @@ async def test_a_reload_reads_the_region_table_again_or_is_refused_whole(
         assert (await client.get("/fast")).headers["x-origin"] == "o0"
 
 
+@pytest.mark.parametrize("lines", [1, 2])
 async def test_hash_affinity_keeps_a_cookie_on_one_backend(make_gateway: GatewayFactory,
-                                                           origins: list[HttpOrigin]) -> None:
+                                                           origins: list[HttpOrigin],
+                                                           lines: int) -> None:
+    """Also with the Cookie header split over two lines (as an HTTP/2 front end may pass it
+    on, RFC 9113 8.2.3): the key was read from the first line only, so every session fell
+    back to the client's address, the same for all of them here."""
     config = web_config(origins)
     config["groups"]["app"].update(balance="hash", hash_key="cookie:session")
     gateway = await make_gateway(**config)
@@ -657,7 +662,9 @@ async def test_hash_affinity_keeps_a_cookie_on_one_backend(make_gateway: Gateway
     async with httpx.AsyncClient(base_url=url(gateway)) as client:
         for i in range(40):
             session = f"s{i % 8}"
-            answer = await client.get("/fast", headers={"Cookie": f"a=1; session={session}"})
+            headers = ([("Cookie", f"a=1; session={session}")] if lines == 1 else
+                       [("Cookie", "a=1"), ("Cookie", f"b=2; session={session}")])
+            answer = await client.get("/fast", headers=headers)
             seen.setdefault(session, set()).add(answer.headers["x-origin"])
     assert all(len(backends) == 1 for backends in seen.values()), seen
     assert {b for backends in seen.values() for b in backends} == {"o0", "o1"}

@@ -52,22 +52,3 @@ async def test_no_backend_available_is_a_503_naming_the_group(
         assert (await client.get("/fast")).status_code == 200
     assert gateway.counters["http_502"] == 0
     assert group.scheduler.in_use == 0
-
-
-async def test_the_affinity_cookie_is_found_in_any_cookie_header_line(
-        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
-    """A Cookie header split over several lines (as an HTTP/2 front end may pass it on, RFC
-    9113 8.2.3) keeps each session on one backend: the key was read from the first line only,
-    so every session fell back to the client's address, the same for all of them here."""
-    config = origins_config(origins)
-    config["groups"]["app"].update(balance="hash", hash_key="cookie:session")
-    gateway = await make_gateway(**config)
-    seen: dict[str, set[str]] = {}
-    async with httpx.AsyncClient(base_url=url(gateway)) as client:
-        for i in range(40):
-            session = f"s{i % 8}"
-            headers = [("Cookie", "a=1"), ("Cookie", f"b=2; session={session}")]
-            answer = await client.get("/fast", headers=headers)
-            seen.setdefault(session, set()).add(answer.headers["x-origin"])
-    assert all(len(backends) == 1 for backends in seen.values()), seen
-    assert {b for backends in seen.values() for b in backends} == {"o0", "o1"}

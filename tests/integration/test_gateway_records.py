@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import websockets
+from websockets.asyncio.server import Server
 
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.record import FIELD_NAMES, PHASES
@@ -119,13 +120,9 @@ async def test_a_failed_connect_is_a_failed_upstream_record(make_gateway: Gatewa
 
 
 async def test_a_websocket_relay_is_active_time_of_its_upstream_record(
-        make_gateway: GatewayFactory, tmp_path: Path) -> None:
-    async def echo(ws: Any) -> None:
-        async for message in ws:
-            await ws.send(message)
-
-    server = await websockets.serve(echo, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+        make_gateway: GatewayFactory, tmp_path: Path,
+        echo: Server) -> None:
+    port = echo.sockets[0].getsockname()[1]
     store = tmp_path / "gw.db"
     gateway = await make_gateway(**_config(store, [f"127.0.0.1:{port}"]))
     host, gport = gateway.listeners["web"].address
@@ -134,7 +131,7 @@ async def test_a_websocket_relay_is_active_time_of_its_upstream_record(
             await ws.send(f"m{i}")
             assert await ws.recv() == f"m{i}"
         await asyncio.sleep(0.2)
-    server.close()
+    echo.close()
     rows = await _rows(gateway, store)
     [upstream] = [row for row in rows if row["kind"] == "upstream"]
     assert upstream["requests"] == 1 and upstream["status"] == 101

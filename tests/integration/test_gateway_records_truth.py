@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import websockets
+from websockets.asyncio.server import Server
 
 from connwise.core.cqi import ClassChange
 from connwise.core.degrade import QUEUE, SHED
@@ -60,6 +61,17 @@ async def _ended(records: MemorySink[ConnRecord], n: int = 1) -> list[ConnRecord
     return list(records.events)
 
 
+async def _websocket_gateway(make_gateway: GatewayFactory,
+                             echo: Server) -> tuple[Gateway, MemorySink[ConnRecord]]:
+    """A gateway relaying WebSockets to `echo`, its client records into memory."""
+    port = echo.sockets[0].getsockname()[1]
+    gateway = await make_gateway(
+        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
+        groups={"app": {"backends": [f"127.0.0.1:{port}"], "health": {"kind": "none"}}})
+    return gateway, _recording(gateway)
+
+
 async def _closed(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError):
@@ -67,13 +79,9 @@ async def _closed(writer: asyncio.StreamWriter) -> None:
 
 
 async def test_a_websocket_session_is_active_time_with_no_idle_tail(
-        make_gateway: GatewayFactory, tmp_path: Path) -> None:
-    async def echo(ws: Any) -> None:
-        async for message in ws:
-            await ws.send(message)
-
-    server = await websockets.serve(echo, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+        make_gateway: GatewayFactory, tmp_path: Path,
+        echo: Server) -> None:
+    port = echo.sockets[0].getsockname()[1]
     store = tmp_path / "gw.db"
     gateway = await make_gateway(**_config(store, [f"127.0.0.1:{port}"]))
     host, gport = gateway.listeners["web"].address
@@ -82,7 +90,7 @@ async def test_a_websocket_session_is_active_time_with_no_idle_tail(
             await ws.send(f"m{i}")
             assert await ws.recv() == f"m{i}"
             await asyncio.sleep(0.1)
-    server.close()
+    echo.close()
     rows = await _rows(gateway, store)
     for kind in ("client", "upstream"):
         [row] = [row for row in rows if row["kind"] == kind]
@@ -109,13 +117,8 @@ async def test_an_escalation_of_a_tcp_relay_is_a_class_change_of_its_record(
 
 
 async def test_an_escalation_of_a_websocket_is_a_class_change_of_its_record(
-        make_gateway: GatewayFactory, origins: list[HttpOrigin], echo: Any) -> None:
-    port = echo.sockets[0].getsockname()[1]
-    gateway = await make_gateway(
-        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
-        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
-        groups={"app": {"backends": [f"127.0.0.1:{port}"], "health": {"kind": "none"}}})
-    records = _recording(gateway)
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], echo: Server) -> None:
+    gateway, records = await _websocket_gateway(make_gateway, echo)
     host, gport = gateway.listeners["web"].address
     async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
         await ws.send("x")
@@ -179,13 +182,8 @@ async def test_the_shed_step_is_a_degradation_of_a_tcp_record(
 
 
 async def test_a_websocket_throttle_is_a_degradation_of_its_record(
-        make_gateway: GatewayFactory, echo: Any) -> None:
-    port = echo.sockets[0].getsockname()[1]
-    gateway = await make_gateway(
-        listeners=[{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
-        routes=[{"listener": "web", "group": "app", "path_prefix": "/"}],
-        groups={"app": {"backends": [f"127.0.0.1:{port}"], "health": {"kind": "none"}}})
-    records = _recording(gateway)
+        make_gateway: GatewayFactory, echo: Server) -> None:
+    gateway, records = await _websocket_gateway(make_gateway, echo)
     host, gport = gateway.listeners["web"].address
     async with websockets.connect(f"ws://{host}:{gport}/ws") as ws:
         await ws.send("x")
