@@ -242,3 +242,42 @@ def test_an_html_path_that_cannot_be_written_is_a_config_error(workload_result: 
         with pytest.raises(ConfigError, match=r"--html = .*cannot write"):
             write_html(workload_result, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+# -- ground truth, record kinds mixed ------------------------------------------------------------
+
+
+def test_kpis_of_every_kind_mixed_with_a_known_answer() -> None:
+    """A pool, a gateway client and upstream, and log requests with and without
+    `$connection_requests`: each KPI by hand."""
+    frame = frame_of([
+        pool(0, 100, connecting_s=0.1, requests=4, max_gap_s=1.0, tail_idle_s=0.5),
+        {"kind": "client", "started_at": 10, "ended_at": 35, "requests": 2, "errors": 1,
+         "flag": "half_open", "tail_idle_s": 5.0},  # no upstream connect: found a warm one
+        {"kind": "upstream", "started_at": 10, "ended_at": 50, "requests": 1,
+         "upstream_connect_s": 0.3, "flag": "zombie", "tail_idle_s": 40.0},
+        {"kind": "request", "started_at": 30, "ended_at": 31, "requests": 1, "conn_seq": 1,
+         "upstream_connect_s": 0.2},
+        {"kind": "request", "started_at": 31, "ended_at": 32, "requests": 1, "conn_seq": 3},
+        {"kind": "request", "started_at": 40, "ended_at": 41, "requests": 1},  # no seq logged
+    ])
+    k = assess(frame).kpis
+    assert (k.records, k.requests) == (6, 10)
+    # Samples 0.1, 0.2, 0.3 (NULL excluded, not 0), linear interpolation between them.
+    assert k.establish_samples == 3
+    assert (k.establish_p50, k.establish_p95, k.establish_p99) == pytest.approx((0.2, 0.29,
+                                                                                  0.298))
+    assert k.error_rate == pytest.approx(1 / 6)
+    assert (k.zombies, k.half_open, k.leaks) == (2, 1, 0)
+    assert k.zombie_share == pytest.approx(2 / 6) and k.zombie_seconds == pytest.approx(45.0)
+    # At 30: pool, client, upstream, first request; at 31 one request ends as the next starts.
+    assert (k.peak_concurrency, k.peak_at) == (4, 30.0)
+    # Uses 4 + 2 + 1 of live connections (3 + 1 + 0 reused), 2 logged with a seq (1 reused).
+    assert k.reuse_ratio == pytest.approx(5 / 9)
+
+
+def test_a_percentile_of_one_or_two_samples() -> None:
+    one = assess(frame_of([pool(0, 1, connecting_s=0.4)])).kpis
+    assert (one.establish_p50, one.establish_p95, one.establish_p99) == (0.4, 0.4, 0.4)
+    two = assess(frame_of([pool(0, 1, connecting_s=0.1), pool(0, 1, connecting_s=0.3)])).kpis
+    assert (two.establish_p50, two.establish_p99) == pytest.approx((0.2, 0.298))
