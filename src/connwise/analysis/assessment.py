@@ -100,6 +100,8 @@ class Concurrency:
     start: float
     width: float
     peaks: Floats
+    #: The first moment the level reached its maximum (exact, not its bin's start).
+    peak_at: float = math.nan
 
     @property
     def times(self) -> Floats:
@@ -230,7 +232,7 @@ def concurrency(starts: Floats, ends: Floats, weights: Floats | None = None) -> 
     entering = np.where(lo > 0, level[np.maximum(lo - 1, 0)], 0.0)
     within = np.maximum.reduceat(level, np.minimum(lo, len(level) - 1))
     peaks = np.where(hi > lo, np.maximum(within, entering), entering)
-    return Concurrency(float(start), float(width), peaks)
+    return Concurrency(float(start), float(width), peaks, float(times[int(level.argmax())]))
 
 
 def peak_windows(series: Concurrency, top: int = 5) -> list[tuple[float, float, int]]:
@@ -321,7 +323,6 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
     lifespan = ends - starts
     series = concurrency(starts, ends)
     peak = int(series.peaks.max()) if series.peaks.size else 0
-    peak_at = float(series.times[int(series.peaks.argmax())]) if series.peaks.size else math.nan
     log_record = ~np.isin(frame.text("kind"), list(CONNECTION_KINDS))
     share = np.divide(frame.num("active_s"), lifespan, out=np.ones(n), where=lifespan > 0)
     weights = np.where(log_record, 1.0, np.clip(share, 0.0, 1.0))
@@ -341,7 +342,7 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         leaks=int(leak.sum()),
         half_open=int((frame.text("flag") == "half_open").sum()),
         peak_concurrency=peak,
-        peak_at=peak_at,
+        peak_at=series.peak_at,
         reuse_ratio=reuse(frame),
     )
     keys = np.array(segment_keys(frame, segments_by, tz), dtype=object)

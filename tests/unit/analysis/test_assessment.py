@@ -281,3 +281,14 @@ def test_a_percentile_of_one_or_two_samples() -> None:
     assert (one.establish_p50, one.establish_p95, one.establish_p99) == (0.4, 0.4, 0.4)
     two = assess(frame_of([pool(0, 1, connecting_s=0.1), pool(0, 1, connecting_s=0.3)])).kpis
     assert (two.establish_p50, two.establish_p99) == pytest.approx((0.2, 0.298))
+
+
+def test_peak_at_is_the_moment_of_the_peak_not_its_bin() -> None:
+    """Over three days the series has bins of 5 minutes; the peak's time used to be its bin's
+    start (here 15 s early), up to an hour early over longer spans."""
+    frame = frame_of([pool(MONDAY, MONDAY + 3 * 86400), pool(MONDAY + 1000, MONDAY + 1010),
+                      pool(MONDAY + 1005, MONDAY + 1006)])
+    result = assess(frame)
+    assert result.concurrency.width == 300
+    assert (result.kpis.peak_concurrency, result.kpis.peak_at) == (3, MONDAY + 1005)
+
