@@ -10,8 +10,10 @@ frames with a known answer.
   `Tc`, nginx `$upstream_connect_time`), else the time in the connecting phase (pool).
 * *Concurrency* is the number of record intervals [started_at, ended_at] open at once: open
   connections for connection records, requests in flight for log records. It is swept exactly
-  (every start and end, ends before starts at equal times) and kept per time bin as the bin's
-  maximum, so a one-second spike in a five-minute bin is not averaged away.
+  (every start and end, ends before starts at equal times, so a connection closing as another
+  opens is not counted with it; a record of no duration, such as a request logged with
+  `$request_time` 0.000, counts at its instant) and kept per time bin as the bin's maximum, so
+  a one-second spike in a five-minute bin is not averaged away.
 * *Busy concurrency* weighs each record by its busy share, active time over lifetime: 1 for a
   request (exact), the utilisation of a connection for pool and gateway records (its uses
   spread over its life). Warm targets are sized on busy concurrency, not on open connections,
@@ -207,13 +209,15 @@ def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bo
 
 def sweep(starts: Floats, ends: Floats,
           weights: Floats | None = None) -> tuple[Floats, Floats]:
-    """Event times and the concurrency level just after each (ends first at equal times); each
+    """Event times and the concurrency level just after each (ends first at equal times, but
+    the end of a record of no duration after the starts: it counts at its instant); each
     interval counts `weights[i]` (1 by default)."""
-    times = np.concatenate([starts, np.maximum(ends, starts)])
+    ends = np.maximum(ends, starts)
+    times = np.concatenate([starts, ends])
     w = np.ones(len(starts)) if weights is None else weights
     deltas = np.concatenate([w, -w])
-    ends_first = np.concatenate([np.ones(len(starts)), np.zeros(len(starts))])
-    order = np.lexsort((ends_first, times))
+    rank = np.concatenate([np.ones(len(starts)), np.where(ends > starts, 0.0, 2.0)])
+    order = np.lexsort((rank, times))
     return times[order], np.cumsum(deltas[order])
 
 

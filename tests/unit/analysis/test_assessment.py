@@ -292,3 +292,16 @@ def test_peak_at_is_the_moment_of_the_peak_not_its_bin() -> None:
     assert result.concurrency.width == 300
     assert (result.kpis.peak_concurrency, result.kpis.peak_at) == (3, MONDAY + 1005)
 
+def test_records_of_no_duration_count_at_their_instant() -> None:
+    """nginx logs `$request_time` 0.000 for quick answers: such requests were in flight, yet
+    the sweep ended each before it began, and a log of them had a peak concurrency of 0."""
+    quick = [{"kind": "request", "started_at": MONDAY + i, "ended_at": MONDAY + i,
+              "requests": 1} for i in (0, 5, 5, 5, 9)]
+    k = assess(frame_of(quick)).kpis
+    assert (k.peak_concurrency, k.peak_at) == (3, MONDAY + 5)
+    # Still not concurrent with a record that ends at that instant, as for any other record.
+    edge = frame_of([pool(0, 5), {"kind": "request", "started_at": 5, "ended_at": 5},
+                     pool(5, 8)])
+    assert assess(edge).kpis.peak_concurrency == 2
+
+
