@@ -15,7 +15,7 @@ from rich.console import Console
 
 from connwise.analysis.assessment import assess, concurrency, sweep, zombie_verdicts
 from connwise.analysis.frame import COLUMNS, Frame, parse_segments, zone
-from connwise.analysis.recommend import nice, recommend
+from connwise.analysis.recommend import nice, recommend, sizing
 from connwise.analysis.report_html import render_html, write_html
 from connwise.analysis.report_term import render
 from connwise.core.zombies import Verdict, ZombieRules, judge
@@ -304,4 +304,16 @@ def test_records_of_no_duration_count_at_their_instant() -> None:
                      pool(5, 8)])
     assert assess(edge).kpis.peak_concurrency == 2
 
+
+def test_the_warm_target_is_never_above_the_peak() -> None:
+    """Rounding up to the series used to put warm targets above the busiest moment: 1 for
+    hours nothing was busy, 10 where the peak was 8.5."""
+    result = assess(frame_of([pool(MONDAY, MONDAY + 3600)]))
+    result.week_p95[:] = np.nan
+    result.week_max[:] = np.nan
+    result.week_p95[0, 0:2], result.week_max[0, 0:2] = 0.0, 0.0
+    result.week_p95[0, 2], result.week_max[0, 2] = 8.1, 8.5
+    plans = {r.scope: r.action for r in sizing(result)}
+    assert plans == {"Mon 00:00-02:00": "warm target 0, max_size 1",
+                     "Mon 02:00-03:00": "warm target 9, max_size 15"}
 
