@@ -16,7 +16,7 @@ from rich.console import Console
 from connwise.analysis.assessment import assess, concurrency, sweep, zombie_verdicts
 from connwise.analysis.frame import COLUMNS, Frame, parse_segments, zone
 from connwise.analysis.recommend import nice, recommend, sizing
-from connwise.analysis.report_html import render_html, write_html
+from connwise.analysis.report_html import plot_establishment, render_html, write_html
 from connwise.analysis.report_term import render
 from connwise.core.zombies import Verdict, ZombieRules, judge
 from connwise.errors import ConfigError
@@ -317,3 +317,14 @@ def test_the_warm_target_is_never_above_the_peak() -> None:
     assert plans == {"Mon 00:00-02:00": "warm target 0, max_size 1",
                      "Mon 02:00-03:00": "warm target 9, max_size 15"}
 
+
+def test_html_establishment_plot_shows_the_kpi_percentiles() -> None:
+    """The plot drew its p50/p95/p99 lines over the positive samples only, so a log with
+    `$upstream_connect_time` 0.000 showed other percentiles than the KPIs above it."""
+    frame = frame_of([{"kind": "request", "started_at": MONDAY + i, "ended_at": MONDAY + i + 1,
+                       "upstream_connect_s": v} for i, v in enumerate((0, 0, 0, 0.01, 0.02))])
+    result = assess(frame)
+    legend = re.findall(r"p(?:50|95|99) [\d.]+ ms", plot_establishment(result))
+    assert legend == ["p50 0.0 ms", "p95 18.0 ms", "p99 19.6 ms"]
+    assert "Establishment time p50 / p95 / p99</div><div class=\"value\">0.0 ms / 18.0 ms / " \
+        "19.6 ms" in render_html(result)
