@@ -328,3 +328,21 @@ def test_html_establishment_plot_shows_the_kpi_percentiles() -> None:
     assert legend == ["p50 0.0 ms", "p95 18.0 ms", "p99 19.6 ms"]
     assert "Establishment time p50 / p95 / p99</div><div class=\"value\">0.0 ms / 18.0 ms / " \
         "19.6 ms" in render_html(result)
+
+
+def test_the_window_holds_records_that_started_in_since_until(tmp_path: Path) -> None:
+    """`--since` inclusive, `--until` exclusive, on the start (an ISO time without a zone is
+    UTC); a record that started before `--since` is left out even while it was open."""
+    from connwise.analysis.cli import run_assessment
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "t.db")
+    names = ("conn_id", "kind", "started_at", "ended_at", "requests", "errors")
+    store.write([(str(i), "pool", MONDAY + start, MONDAY + start + 15, 1, int(start == 20))
+                 for i, start in enumerate((0, 10, 20, 30))], names)
+    store.close()
+    result = run_assessment(str(tmp_path / "t.db"), since=str(MONDAY + 10),
+                            until="2024-03-11T00:00:30")
+    k = result.kpis
+    assert (k.records, k.error_rate, k.peak_concurrency, k.peak_at) == (2, 0.5, 2, MONDAY + 20)
+    assert (result.first, result.last) == (MONDAY + 10, MONDAY + 35)
