@@ -10,8 +10,10 @@ frames with a known answer.
   `Tc`, nginx `$upstream_connect_time`), else the time in the connecting phase (pool).
 * *Concurrency* is the number of record intervals [started_at, ended_at] open at once: open
   connections for connection records, requests in flight for log records. It is swept exactly
-  (every start and end, ends before starts at equal times) and kept per time bin as the bin's
-  maximum, so a one-second spike in a five-minute bin is not averaged away.
+  (every start and end, ends before starts at equal times, so a connection closing as another
+  opens is not counted with it; a record of no duration, such as a request logged with
+  `$request_time` 0.000, counts at its instant) and kept per time bin as the bin's maximum, so
+  a one-second spike in a five-minute bin is not averaged away.
 * *Busy concurrency* weighs each record by its busy share, active time over lifetime: 1 for a
   request (exact), the utilisation of a connection for pool and gateway records (its uses
   spread over its life). Warm targets are sized on busy concurrency, not on open connections,
@@ -100,6 +102,8 @@ class Concurrency:
     start: float
     width: float
     peaks: Floats
+    #: The first moment the level reached its maximum (exact, not its bin's start).
+    peak_at: float = math.nan
 
     @property
     def times(self) -> Floats:
@@ -205,13 +209,15 @@ def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bo
 
 def sweep(starts: Floats, ends: Floats,
           weights: Floats | None = None) -> tuple[Floats, Floats]:
-    """Event times and the concurrency level just after each (ends first at equal times); each
+    """Event times and the concurrency level just after each (ends first at equal times, but
+    the end of a record of no duration after the starts: it counts at its instant); each
     interval counts `weights[i]` (1 by default)."""
-    times = np.concatenate([starts, np.maximum(ends, starts)])
+    ends = np.maximum(ends, starts)
+    times = np.concatenate([starts, ends])
     w = np.ones(len(starts)) if weights is None else weights
     deltas = np.concatenate([w, -w])
-    ends_first = np.concatenate([np.ones(len(starts)), np.zeros(len(starts))])
-    order = np.lexsort((ends_first, times))
+    rank = np.concatenate([np.ones(len(starts)), np.where(ends > starts, 0.0, 2.0)])
+    order = np.lexsort((rank, times))
     return times[order], np.cumsum(deltas[order])
 
 
@@ -230,7 +236,7 @@ def concurrency(starts: Floats, ends: Floats, weights: Floats | None = None) -> 
     entering = np.where(lo > 0, level[np.maximum(lo - 1, 0)], 0.0)
     within = np.maximum.reduceat(level, np.minimum(lo, len(level) - 1))
     peaks = np.where(hi > lo, np.maximum(within, entering), entering)
-    return Concurrency(float(start), float(width), peaks)
+    return Concurrency(float(start), float(width), peaks, float(times[int(level.argmax())]))
 
 
 def peak_windows(series: Concurrency, top: int = 5) -> list[tuple[float, float, int]]:
@@ -321,7 +327,6 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
     lifespan = ends - starts
     series = concurrency(starts, ends)
     peak = int(series.peaks.max()) if series.peaks.size else 0
-    peak_at = float(series.times[int(series.peaks.argmax())]) if series.peaks.size else math.nan
     log_record = ~np.isin(frame.text("kind"), list(CONNECTION_KINDS))
     share = np.divide(frame.num("active_s"), lifespan, out=np.ones(n), where=lifespan > 0)
     weights = np.where(log_record, 1.0, np.clip(share, 0.0, 1.0))
@@ -341,7 +346,7 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         leaks=int(leak.sum()),
         half_open=int((frame.text("flag") == "half_open").sum()),
         peak_concurrency=peak,
-        peak_at=peak_at,
+        peak_at=series.peak_at,
         reuse_ratio=reuse(frame),
     )
     keys = np.array(segment_keys(frame, segments_by, tz), dtype=object)

@@ -7,7 +7,8 @@ records, so an operator can check the reasoning instead of trusting it:
   concurrency in the window, the maximum size the window's peak plus 25% headroom (room for a
   peak a little above the one observed without sizing for a surge that never came). Sizes are
   rounded up to the 1-1.5-2-2.5-3-4-5-6-8 series (steps of 20-33%), so that adjacent hours with
-  similar load merge into one window instead of 168 slightly different ones.
+  similar load merge into one window instead of 168 slightly different ones; the warm target,
+  though, never above the window's peak (rounded up to a whole connection).
 * *Idle timeouts* from the healthy-gap distribution: past the zombie threshold of the kind
   (`k x p99` of gaps after which connections were used again), an idle connection almost never
   serves again; the connection-seconds idled past it are what the timeout saves.
@@ -74,7 +75,9 @@ def sizing(result: Assessment) -> list[Recommendation]:
     for slot in range(7 * 24):
         if not seen[slot]:
             continue
-        warm = nice(float(p95[slot]))
+        # Never above the window's peak: rounding up to the series must not hold warm
+        # connections that not even the busiest moment used (1 where nothing was busy).
+        warm = min(nice(float(p95[slot])), math.ceil(float(peak[slot]) - 1e-9))
         size = max(warm, nice(float(peak[slot]) * HEADROOM))
         if plans and plans[-1][1] == slot - 1 and plans[-1][2:4] == (warm, size):
             first, _, _, _, top95, top = plans[-1]

@@ -111,19 +111,29 @@ def plot_establishment(result: Assessment) -> str:
     def draw(fig: Figure) -> None:
         ax = fig.subplots()
         values = result.establish[result.establish > 0]
+        zeros = result.establish.size - values.size
         if values.size == 0:
-            _no_data(ax, "establishment times")
+            _no_data(ax, "establishment times" if zeros == 0 else "establishment times above 0 s")
             return
         bins = np.logspace(math.log10(max(values.min(), 1e-5)), math.log10(values.max()) + 1e-9,
                            40)
         ax.hist(values, bins=bins.tolist(), color="#2a6fdb")
         ax.set_xscale("log")
-        for q, style in ((0.5, "-"), (0.95, "--"), (0.99, ":")):
-            ax.axvline(float(np.quantile(values, q)), color="#c0392b", ls=style,
-                       label=f"p{int(q * 100)} {duration(float(np.quantile(values, q)))}")
+        # The KPIs' percentiles, of every sample: a 0 (an nginx or HAProxy connect of under a
+        # millisecond, or none) has no place on the log scale but counts in them.
+        k = result.kpis
+        for label, value, style in (("p50", k.establish_p50, "-"), ("p95", k.establish_p95, "--"),
+                                    ("p99", k.establish_p99, ":")):
+            text = f"{label} {duration(value)}"
+            if value > 0:
+                ax.axvline(value, color="#c0392b", ls=style, label=text)
+            else:
+                ax.plot([], [], color="#c0392b", ls=style, label=text)
         ax.legend()
         ax.set_xlabel("seconds")
-        ax.set_title("Establishment time")
+        ax.set_title("Establishment time" if zeros == 0 else
+                     f"Establishment time ({zeros} of {result.establish.size} samples of 0 s "
+                     "not drawn)")
     return _svg(draw)
 
 

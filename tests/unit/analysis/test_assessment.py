@@ -15,8 +15,8 @@ from rich.console import Console
 
 from connwise.analysis.assessment import assess, concurrency, sweep, zombie_verdicts
 from connwise.analysis.frame import COLUMNS, Frame, parse_segments, zone
-from connwise.analysis.recommend import nice, recommend
-from connwise.analysis.report_html import render_html, write_html
+from connwise.analysis.recommend import nice, recommend, sizing
+from connwise.analysis.report_html import plot_establishment, render_html, write_html
 from connwise.analysis.report_term import render
 from connwise.core.zombies import Verdict, ZombieRules, judge
 from connwise.errors import ConfigError
@@ -242,3 +242,107 @@ def test_an_html_path_that_cannot_be_written_is_a_config_error(workload_result: 
         with pytest.raises(ConfigError, match=r"--html = .*cannot write"):
             write_html(workload_result, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+# -- ground truth, record kinds mixed ------------------------------------------------------------
+
+
+def test_kpis_of_every_kind_mixed_with_a_known_answer() -> None:
+    """A pool, a gateway client and upstream, and log requests with and without
+    `$connection_requests`: each KPI by hand."""
+    frame = frame_of([
+        pool(0, 100, connecting_s=0.1, requests=4, max_gap_s=1.0, tail_idle_s=0.5),
+        {"kind": "client", "started_at": 10, "ended_at": 35, "requests": 2, "errors": 1,
+         "flag": "half_open", "tail_idle_s": 5.0},  # no upstream connect: found a warm one
+        {"kind": "upstream", "started_at": 10, "ended_at": 50, "requests": 1,
+         "upstream_connect_s": 0.3, "flag": "zombie", "tail_idle_s": 40.0},
+        {"kind": "request", "started_at": 30, "ended_at": 31, "requests": 1, "conn_seq": 1,
+         "upstream_connect_s": 0.2},
+        {"kind": "request", "started_at": 31, "ended_at": 32, "requests": 1, "conn_seq": 3},
+        {"kind": "request", "started_at": 40, "ended_at": 41, "requests": 1},  # no seq logged
+    ])
+    k = assess(frame).kpis
+    assert (k.records, k.requests) == (6, 10)
+    # Samples 0.1, 0.2, 0.3 (NULL excluded, not 0), linear interpolation between them.
+    assert k.establish_samples == 3
+    assert (k.establish_p50, k.establish_p95, k.establish_p99) == pytest.approx((0.2, 0.29,
+                                                                                  0.298))
+    assert k.error_rate == pytest.approx(1 / 6)
+    assert (k.zombies, k.half_open, k.leaks) == (2, 1, 0)
+    assert k.zombie_share == pytest.approx(2 / 6) and k.zombie_seconds == pytest.approx(45.0)
+    # At 30: pool, client, upstream, first request; at 31 one request ends as the next starts.
+    assert (k.peak_concurrency, k.peak_at) == (4, 30.0)
+    # Uses 4 + 2 + 1 of live connections (3 + 1 + 0 reused), 2 logged with a seq (1 reused).
+    assert k.reuse_ratio == pytest.approx(5 / 9)
+
+
+def test_a_percentile_of_one_or_two_samples() -> None:
+    one = assess(frame_of([pool(0, 1, connecting_s=0.4)])).kpis
+    assert (one.establish_p50, one.establish_p95, one.establish_p99) == (0.4, 0.4, 0.4)
+    two = assess(frame_of([pool(0, 1, connecting_s=0.1), pool(0, 1, connecting_s=0.3)])).kpis
+    assert (two.establish_p50, two.establish_p99) == pytest.approx((0.2, 0.298))
+
+
+def test_peak_at_is_the_moment_of_the_peak_not_its_bin() -> None:
+    """Over three days the series has bins of 5 minutes; the peak's time used to be its bin's
+    start (here 15 s early), up to an hour early over longer spans."""
+    frame = frame_of([pool(MONDAY, MONDAY + 3 * 86400), pool(MONDAY + 1000, MONDAY + 1010),
+                      pool(MONDAY + 1005, MONDAY + 1006)])
+    result = assess(frame)
+    assert result.concurrency.width == 300
+    assert (result.kpis.peak_concurrency, result.kpis.peak_at) == (3, MONDAY + 1005)
+
+def test_records_of_no_duration_count_at_their_instant() -> None:
+    """nginx logs `$request_time` 0.000 for quick answers: such requests were in flight, yet
+    the sweep ended each before it began, and a log of them had a peak concurrency of 0."""
+    quick = [{"kind": "request", "started_at": MONDAY + i, "ended_at": MONDAY + i,
+              "requests": 1} for i in (0, 5, 5, 5, 9)]
+    k = assess(frame_of(quick)).kpis
+    assert (k.peak_concurrency, k.peak_at) == (3, MONDAY + 5)
+    # Still not concurrent with a record that ends at that instant, as for any other record.
+    edge = frame_of([pool(0, 5), {"kind": "request", "started_at": 5, "ended_at": 5},
+                     pool(5, 8)])
+    assert assess(edge).kpis.peak_concurrency == 2
+
+
+def test_the_warm_target_is_never_above_the_peak() -> None:
+    """Rounding up to the series used to put warm targets above the busiest moment: 1 for
+    hours nothing was busy, 10 where the peak was 8.5."""
+    result = assess(frame_of([pool(MONDAY, MONDAY + 3600)]))
+    result.week_p95[:] = np.nan
+    result.week_max[:] = np.nan
+    result.week_p95[0, 0:2], result.week_max[0, 0:2] = 0.0, 0.0
+    result.week_p95[0, 2], result.week_max[0, 2] = 8.1, 8.5
+    plans = {r.scope: r.action for r in sizing(result)}
+    assert plans == {"Mon 00:00-02:00": "warm target 0, max_size 1",
+                     "Mon 02:00-03:00": "warm target 9, max_size 15"}
+
+
+def test_html_establishment_plot_shows_the_kpi_percentiles() -> None:
+    """The plot drew its p50/p95/p99 lines over the positive samples only, so a log with
+    `$upstream_connect_time` 0.000 showed other percentiles than the KPIs above it."""
+    frame = frame_of([{"kind": "request", "started_at": MONDAY + i, "ended_at": MONDAY + i + 1,
+                       "upstream_connect_s": v} for i, v in enumerate((0, 0, 0, 0.01, 0.02))])
+    result = assess(frame)
+    legend = re.findall(r"p(?:50|95|99) [\d.]+ ms", plot_establishment(result))
+    assert legend == ["p50 0.0 ms", "p95 18.0 ms", "p99 19.6 ms"]
+    assert "Establishment time p50 / p95 / p99</div><div class=\"value\">0.0 ms / 18.0 ms / " \
+        "19.6 ms" in render_html(result)
+
+
+def test_the_window_holds_records_that_started_in_since_until(tmp_path: Path) -> None:
+    """`--since` inclusive, `--until` exclusive, on the start (an ISO time without a zone is
+    UTC); a record that started before `--since` is left out even while it was open."""
+    from connwise.analysis.cli import run_assessment
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "t.db")
+    names = ("conn_id", "kind", "started_at", "ended_at", "requests", "errors")
+    store.write([(str(i), "pool", MONDAY + start, MONDAY + start + 15, 1, int(start == 20))
+                 for i, start in enumerate((0, 10, 20, 30))], names)
+    store.close()
+    result = run_assessment(str(tmp_path / "t.db"), since=str(MONDAY + 10),
+                            until="2024-03-11T00:00:30")
+    k = result.kpis
+    assert (k.records, k.error_rate, k.peak_concurrency, k.peak_at) == (2, 0.5, 2, MONDAY + 20)
+    assert (result.first, result.last) == (MONDAY + 10, MONDAY + 35)
