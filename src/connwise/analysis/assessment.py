@@ -21,6 +21,13 @@ frames with a known answer.
 * *Reuse ratio* is the share of uses that found a connection already open: `requests - 1` of
   every connection record, and requests with `conn_seq > 1` of a log that records
   `$connection_requests`. Its complement per segment is the *reconnection rate*.
+* *Each request once* in the figures that size pools: concurrency (open and busy, the peak,
+  the windows and the week profile), establishment time and the reuse ratio leave the `client`
+  records out when the store has `upstream` records. A gateway records each proxied request
+  twice, on its client connection and on the upstream connection that carried it: counted
+  together, the busy concurrency (and with it every pool size and warm target) came out twice
+  the backends' real load, and a client record's `upstream_connect_s` repeated its upstream
+  record's connect. `Kpis.layer` says which records these figures count.
 * *Zombies* follow the core rules (`connwise.core.zombies`): thresholds are learned per
   (kind, region, device) from healthy gaps (`max_gap_s`) as `k x p99`, with the same fallbacks,
   and a record is a zombie when its `tail_idle_s` passes its threshold or a live watch flagged
@@ -74,6 +81,9 @@ class Kpis:
     peak_at: float
     #: None when the records cannot tell (a log without `$connection_requests`).
     reuse_ratio: float | None
+    #: Which records the concurrency, establishment and reuse figures count (see the module
+    #: doc): `backend connections` or `all records`.
+    layer: str = "all records"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +161,17 @@ class Recommendation:
 
 
 # -- the pieces -----------------------------------------------------------------------------------
+
+
+def sizing_layer(frame: Frame) -> tuple[npt.NDArray[np.bool_], str]:
+    """The records that count in the figures that size pools, and what to call them: all but
+    the gateway's client connections when it recorded its upstream ones (the same requests),
+    else all."""
+    kind = frame.text("kind")
+    if (kind == "upstream").any():
+        return kind != "client", "all records but client connections (their requests are " \
+                                 "counted on the upstream connections that carried them)"
+    return np.ones(frame.n, dtype=bool), "all records"
 
 
 def establishment(frame: Frame) -> Floats:
@@ -321,24 +342,25 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
     n = frame.n
     requests = frame.num("requests")
     errors = frame.num("errors") > 0
+    layer, layer_name = sizing_layer(frame)
     establish = establishment(frame)
     zombie, leak, thresholds = zombie_verdicts(frame, rules)
     tail = frame.num("tail_idle_s")
     lifespan = ends - starts
-    series = concurrency(starts, ends)
+    series = concurrency(starts[layer], ends[layer])
     peak = int(series.peaks.max()) if series.peaks.size else 0
     log_record = ~np.isin(frame.text("kind"), list(CONNECTION_KINDS))
     share = np.divide(frame.num("active_s"), lifespan, out=np.ones(n), where=lifespan > 0)
     weights = np.where(log_record, 1.0, np.clip(share, 0.0, 1.0))
-    busy = concurrency(starts, ends, weights)
+    busy = concurrency(starts[layer], ends[layer], weights[layer])
     week_p95, week_max = week_profile(busy, tz)
     kpis = Kpis(
         records=n,
         requests=int(np.nansum(requests)),
-        establish_p50=quantile(establish, 0.50),
-        establish_p95=quantile(establish, 0.95),
-        establish_p99=quantile(establish, 0.99),
-        establish_samples=int(np.isfinite(establish).sum()),
+        establish_p50=quantile(establish[layer], 0.50),
+        establish_p95=quantile(establish[layer], 0.95),
+        establish_p99=quantile(establish[layer], 0.99),
+        establish_samples=int(np.isfinite(establish[layer]).sum()),
         error_rate=float(errors.mean()) if n else math.nan,
         zombies=int(zombie.sum()),
         zombie_share=float(zombie.mean()) if n else math.nan,
@@ -347,7 +369,8 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         half_open=int((frame.text("flag") == "half_open").sum()),
         peak_concurrency=peak,
         peak_at=series.peak_at,
-        reuse_ratio=reuse(frame),
+        reuse_ratio=reuse(frame, layer),
+        layer=layer_name,
     )
     keys = np.array(segment_keys(frame, segments_by, tz), dtype=object)
     kind = frame.text("kind")
@@ -392,7 +415,7 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         first=float(starts.min()) if n else math.nan, last=float(ends.max()) if n else math.nan,
         kpis=kpis, segments=segments, concurrency=series, busy=busy,
         peak_windows=peak_windows(series),
-        week_p95=week_p95, week_max=week_max, establish=establish[np.isfinite(establish)],
+        week_p95=week_p95, week_max=week_max, establish=establish[layer & np.isfinite(establish)],
         lifespans=lifespans, gaps=gaps, tails=tails, thresholds=thresholds, kinds=kinds,
         request_reuse=reuse(frame, kind == "request"), zombies_by_kind=zombies_by_kind,
         rules=rules)

@@ -26,6 +26,7 @@ def kpi_rows(result: Assessment) -> list[tuple[str, str]]:
         ("Connection reuse ratio", share(k.reuse_ratio) if k.reuse_ratio is not None
          else "unknown (log $connection_requests)"),
         ("Records / requests", f"{k.records} / {k.requests}"),
+        ("Concurrency, establishment and reuse of", k.layer),
     ]
 
 

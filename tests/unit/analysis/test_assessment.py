@@ -270,10 +270,30 @@ def test_kpis_of_every_kind_mixed_with_a_known_answer() -> None:
     assert k.error_rate == pytest.approx(1 / 6)
     assert (k.zombies, k.half_open, k.leaks) == (2, 1, 0)
     assert k.zombie_share == pytest.approx(2 / 6) and k.zombie_seconds == pytest.approx(45.0)
-    # At 30: pool, client, upstream, first request; at 31 one request ends as the next starts.
-    assert (k.peak_concurrency, k.peak_at) == (4, 30.0)
-    # Uses 4 + 2 + 1 of live connections (3 + 1 + 0 reused), 2 logged with a seq (1 reused).
-    assert k.reuse_ratio == pytest.approx(5 / 9)
+    # The client's requests are the upstream's (the gateway records both): counted once.
+    assert k.layer.startswith("all records but client connections")
+    # At 30: pool, upstream, first request; at 31 one request ends as the next starts.
+    assert (k.peak_concurrency, k.peak_at) == (3, 30.0)
+    # Uses 4 + 1 of live connections (3 + 0 reused), 2 logged with a seq (1 reused).
+    assert k.reuse_ratio == pytest.approx(4 / 7)
+
+
+def test_a_gateway_s_requests_size_its_pools_once() -> None:
+    """Each proxied request is active in its client record and in the upstream record that
+    carried it: counted together, every pool size came out twice the backends' load."""
+    requests = [(MONDAY + i, MONDAY + i + 0.5) for i in range(0, 60, 2)]
+    both = frame_of(
+        [{"kind": "client", "started_at": s, "ended_at": e, "active_s": e - s, "requests": 1,
+          "upstream_connect_s": 0.01} for s, e in requests]
+        + [{"kind": "upstream", "started_at": s, "ended_at": e, "active_s": e - s,
+            "requests": 1, "upstream_connect_s": 0.01} for s, e in requests])
+    k = assess(both).kpis
+    assert (k.peak_concurrency, k.establish_samples) == (1, 30)
+    assert float(np.nanmax(assess(both).busy.peaks)) == pytest.approx(1.0)
+    clients_only = frame_of([{"kind": "client", "started_at": s, "ended_at": e,
+                              "active_s": e - s, "requests": 1} for s, e in requests])
+    alone = assess(clients_only).kpis
+    assert (alone.peak_concurrency, alone.layer) == (1, "all records")
 
 
 def test_a_percentile_of_one_or_two_samples() -> None:
