@@ -4,6 +4,7 @@ connwise.Pool over the driver while the server kills its sessions or goes away a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -322,5 +323,33 @@ async def test_pool_through_a_server_that_goes_away_and_comes_back(postgres_dsn:
                 assert await value(conn, "SELECT 1") == 1
             counters = pool.stats()["counters"]
             assert counters["checks_failed"] + counters["broken"] >= 2  # both old ones discarded
+    finally:
+        await relay.stop()
+
+
+@services
+async def test_check_and_reset_of_a_server_that_stopped_answering_keep_to_their_timeouts(
+        postgres_dsn: str) -> None:
+    """psycopg settles an interrupted query by sending the server a cancel request and waiting
+    for the query to end, up to 5 s each; against a server that stopped answering, the pool's
+    check and reset must still end at their own timeouts and discard the connection."""
+    parts = urlsplit(postgres_dsn)
+    relay = await TcpRelay(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    try:
+        driver = PsycopgDriver(relay.url(postgres_dsn), connect_timeout=2)
+        async with connwise.Pool(driver, min_size=0, max_size=1, check_interval=0.1,
+                                 check_timeout=0.2, reset_timeout=0.2) as pool:
+            async with pool.acquire(timeout=2):
+                pass
+            relay.stalled = True
+            await until(lambda: pool.stats()["counters"]["checks_failed"] == 1, timeout=1.5)
+            relay.stalled = False
+            async with pool.acquire(timeout=2) as conn:
+                await conn.execute("BEGIN")
+                relay.stalled = True
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+            assert loop.time() - start < 1.0  # the holder waited for reset_timeout, no more
+            assert pool.stats()["counters"]["broken"] == 1
     finally:
         await relay.stop()
