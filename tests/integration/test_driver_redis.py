@@ -289,6 +289,24 @@ async def test_pool_discards_a_connection_that_died_while_held(
 
 
 @services
+async def test_pool_discards_an_idle_connection_the_server_closed_at_acquire(
+        redis_url: str, client_name: str, admin: redis.asyncio.Redis) -> None:
+    """A server that ends idle clients (`timeout`, `CLIENT KILL`) closes the socket; the pool
+    sees the EOF when the connection is next taken and opens another, rather than handing the
+    holder a connection whose first command fails."""
+    async with connwise.Pool(make_driver(redis_url, client_name), min_size=1,
+                             max_size=1) as pool:
+        async with pool.acquire(timeout=2) as conn:
+            before = (await conn.client_info())["id"]
+        assert await kill(admin, client_name) == 1
+        await until(lambda: conn.connection is not None and conn.connection._reader is not None
+                    and conn.connection._reader.at_eof())
+        async with pool.acquire(timeout=2) as fresh:
+            assert (await fresh.client_info())["id"] != before
+        assert pool.stats()["counters"]["broken"] == 1
+
+
+@services
 async def test_pool_through_a_server_that_goes_away_and_comes_back(redis_url: str) -> None:
     parts = urlsplit(redis_url)
     relay = await TcpRelay(parts.hostname or "127.0.0.1", parts.port or 6379).start()

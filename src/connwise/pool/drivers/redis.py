@@ -169,7 +169,13 @@ class RedisDriver:
 
     def is_broken(self, conn: PooledRedis) -> bool:
         connection = conn.connection
-        return connection is None or not connection.is_connected
+        if connection is None or not connection.is_connected:
+            return True
+        # redis-py learns of a close on its next read, but the event loop has fed the EOF to
+        # the connection's stream already: a server that ended the idle client (its `timeout`,
+        # CLIENT KILL, a restart) shows here, so the pool discards it instead of handing it out.
+        reader = getattr(connection, "_reader", None)
+        return reader is not None and reader.at_eof()
 
     async def close(self, conn: PooledRedis) -> None:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
