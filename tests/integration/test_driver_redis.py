@@ -146,6 +146,24 @@ async def test_cheap_reset_undoes_a_select(redis_url: str, client_name: str) -> 
 
 
 @services
+@pytest.mark.parametrize("named", [True, False])
+async def test_cheap_reset_undoes_a_client_setname(redis_url: str, client_name: str,
+                                                   named: bool) -> None:
+    """The name is how operators find (and kill) a service's connections: a holder's must not
+    stick to the connection. RESET keeps the name, so the driver clears it too."""
+    driver = (make_driver(redis_url, client_name) if named
+              else RedisDriver(redis_url, socket_timeout=2))
+    async with connwise.Pool(driver, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            client_id = (await conn.client_info())["id"]
+            await conn.client_setname("borrowed")
+        async with pool.acquire() as conn:
+            info = await conn.client_info()
+            assert info["id"] == client_id
+            assert info["name"] == (client_name if named else "")
+
+
+@services
 async def test_full_reset_restores_the_session_of_a_fresh_connection(
         redis_url: str, client_name: str) -> None:
     driver = make_driver(with_parts(redis_url, db=3), client_name)
