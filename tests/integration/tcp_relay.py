@@ -1,8 +1,8 @@
 """A loopback TCP relay to put between a pool and a real service, to simulate the service going
 down and coming back: `stop()` refuses new connections and cuts the open ones (what clients see
 when a server restarts), `start()` listens again on the same port; `stalled = True` makes it a
-service that accepts and never answers (a hung server, a black-holed route). Also the small helpers the
-driver tests share: a port nobody listens on, and waiting for a condition."""
+service that accepts and never answers (a hung server, a black-holed route). Also the small
+helpers the driver tests share: a port nobody listens on, and waiting for a condition."""
 
 from __future__ import annotations
 
