@@ -213,6 +213,25 @@ async def test_connection_errors_told_from_sql_errors(postgres_dsn: str, app_nam
         await driver.close(conn)
 
 
+@services
+async def test_a_session_the_server_ended_for_idling_in_a_transaction_is_a_connection_error(
+        postgres_dsn: str, app_name: str) -> None:
+    """The server ends such a session with a FATAL whose SQLSTATE (25P03) is of class 25, an
+    InternalError to psycopg: the session is gone all the same."""
+    driver = make_driver(postgres_dsn, app_name)
+    conn = await driver.connect()
+    try:
+        await conn.execute("SET idle_in_transaction_session_timeout = '50ms'")
+        await conn.execute("BEGIN")
+        await asyncio.sleep(0.2)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout) as ended:
+            await conn.execute("SELECT 1")
+        assert driver.is_connection_error(ended.value)
+        assert driver.is_broken(conn)
+    finally:
+        await driver.close(conn)
+
+
 # -- error sentences --------------------------------------------------------------------------
 
 
