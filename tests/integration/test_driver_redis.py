@@ -325,6 +325,29 @@ async def test_pool_discards_an_idle_connection_the_server_closed_at_acquire(
 
 
 @services
+async def test_a_connect_to_a_server_that_never_answers_ends_at_connect_timeout(
+        redis_url: str) -> None:
+    """No socket timeout of redis-py's: the pool's connect_timeout ends the connect, its socket
+    is closed, and the error names the server, password masked, like any connect error."""
+    parts = urlsplit(redis_url)
+    relay = await TcpRelay(parts.hostname or "127.0.0.1", parts.port or 6379).start()
+    relay.stalled = True
+    try:
+        driver = RedisDriver(relay.url(with_parts(redis_url, userinfo=":hunter2")))
+        async with connwise.Pool(driver, min_size=0, max_size=1, connect_timeout=0.2) as pool:
+            with pytest.raises(PoolTimeout) as info:
+                async with pool.acquire(timeout=0.5):
+                    pass
+            message = str(info.value)
+            assert (f"last connect error: could not connect to redis://:***@127.0.0.1:"
+                    f"{relay.port}/0: timed out after 0.2 s (connect_timeout)" in message)
+            assert "hunter2" not in message
+            await until(lambda: relay.open == 0)
+    finally:
+        await relay.stop()
+
+
+@services
 async def test_pool_through_a_server_that_goes_away_and_comes_back(redis_url: str) -> None:
     parts = urlsplit(redis_url)
     relay = await TcpRelay(parts.hostname or "127.0.0.1", parts.port or 6379).start()

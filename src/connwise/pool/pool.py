@@ -595,7 +595,10 @@ class Pool(Generic[C]):
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"connect timed out after {self._connect_timeout} s")
+                # Drivers name the server in their errors (password masked); say it here too.
+                address = getattr(self.driver, "address", None) or f"the {self.driver.name} server"
+                exc = TimeoutError(f"could not connect to {address}: timed out after "
+                                   f"{self._connect_timeout} s (connect_timeout)")
             log.warning("pool %s: connect failed: %s", self.name, _describe(exc))
             self._run(self._policy.connect_failed(conn_id, self.clock.now(), _describe(exc)))
             self._schedule()
