@@ -1,7 +1,8 @@
 """A loopback TCP relay to put between a pool and a real service, to simulate the service going
 down and coming back: `stop()` refuses new connections and cuts the open ones (what clients see
-when a server restarts), `start()` listens again on the same port. Also the small helpers the
-driver tests share: a port nobody listens on, and waiting for a condition."""
+when a server restarts), `start()` listens again on the same port; `stalled = True` makes it a
+service that accepts and never answers (a hung server, a black-holed route). Also the small
+helpers the driver tests share: a port nobody listens on, and waiting for a condition."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ class TcpRelay:
         self.target_port = target_port
         self.port = 0
         self.accepted = 0
+        #: While True, what either end sends is swallowed, on open connections and on new ones,
+        #: which are accepted but not forwarded: nothing reaches the service, nothing comes back.
+        self.stalled = False
+        #: Client connections whose client has not closed its end yet.
+        self.open = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -54,7 +60,25 @@ class TcpRelay:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.open += 1
+        task = asyncio.current_task()
+        if task is not None:  # for stop() to wait for, so no handler outlives the relay
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            await self._relay(reader, writer)
+        finally:
+            self.open -= 1
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        if self.stalled:
+            with contextlib.suppress(OSError):
+                while await reader.read(65536):
+                    pass
+            writer.transport.abort()
+            self._writers.discard(writer)
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(self.target_host,
                                                                  self.target_port)
@@ -74,10 +98,11 @@ class TcpRelay:
             self._writers.discard(w)
         await asyncio.wait(pumps)
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if self.stalled:
+                    continue
                 writer.write(data)
                 await writer.drain()
 

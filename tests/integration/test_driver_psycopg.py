@@ -4,6 +4,7 @@ connwise.Pool over the driver while the server kills its sessions or goes away a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -212,6 +213,25 @@ async def test_connection_errors_told_from_sql_errors(postgres_dsn: str, app_nam
         await driver.close(conn)
 
 
+@services
+async def test_a_session_the_server_ended_for_idling_in_a_transaction_is_a_connection_error(
+        postgres_dsn: str, app_name: str) -> None:
+    """The server ends such a session with a FATAL whose SQLSTATE (25P03) is of class 25, an
+    InternalError to psycopg: the session is gone all the same."""
+    driver = make_driver(postgres_dsn, app_name)
+    conn = await driver.connect()
+    try:
+        await conn.execute("SET idle_in_transaction_session_timeout = '50ms'")
+        await conn.execute("BEGIN")
+        await asyncio.sleep(0.2)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout) as ended:
+            await conn.execute("SELECT 1")
+        assert driver.is_connection_error(ended.value)
+        assert driver.is_broken(conn)
+    finally:
+        await driver.close(conn)
+
+
 # -- error sentences --------------------------------------------------------------------------
 
 
@@ -322,5 +342,33 @@ async def test_pool_through_a_server_that_goes_away_and_comes_back(postgres_dsn:
                 assert await value(conn, "SELECT 1") == 1
             counters = pool.stats()["counters"]
             assert counters["checks_failed"] + counters["broken"] >= 2  # both old ones discarded
+    finally:
+        await relay.stop()
+
+
+@services
+async def test_check_and_reset_of_a_server_that_stopped_answering_keep_to_their_timeouts(
+        postgres_dsn: str) -> None:
+    """psycopg settles an interrupted query by sending the server a cancel request and waiting
+    for the query to end, up to 5 s each; against a server that stopped answering, the pool's
+    check and reset must still end at their own timeouts and discard the connection."""
+    parts = urlsplit(postgres_dsn)
+    relay = await TcpRelay(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    try:
+        driver = PsycopgDriver(relay.url(postgres_dsn), connect_timeout=2)
+        async with connwise.Pool(driver, min_size=0, max_size=1, check_interval=0.1,
+                                 check_timeout=0.2, reset_timeout=0.2) as pool:
+            async with pool.acquire(timeout=2):
+                pass
+            relay.stalled = True
+            await until(lambda: pool.stats()["counters"]["checks_failed"] == 1, timeout=1.5)
+            relay.stalled = False
+            async with pool.acquire(timeout=2) as conn:
+                await conn.execute("BEGIN")
+                relay.stalled = True
+                loop = asyncio.get_running_loop()
+                start = loop.time()
+            assert loop.time() - start < 1.0  # the holder waited for reset_timeout, no more
+            assert pool.stats()["counters"]["broken"] == 1
     finally:
         await relay.stop()

@@ -146,6 +146,24 @@ async def test_cheap_reset_undoes_a_select(redis_url: str, client_name: str) -> 
 
 
 @services
+@pytest.mark.parametrize("named", [True, False])
+async def test_cheap_reset_undoes_a_client_setname(redis_url: str, client_name: str,
+                                                   named: bool) -> None:
+    """The name is how operators find (and kill) a service's connections: a holder's must not
+    stick to the connection. RESET keeps the name, so the driver clears it too."""
+    driver = (make_driver(redis_url, client_name) if named
+              else RedisDriver(redis_url, socket_timeout=2))
+    async with connwise.Pool(driver, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            client_id = (await conn.client_info())["id"]
+            await conn.client_setname("borrowed")
+        async with pool.acquire() as conn:
+            info = await conn.client_info()
+            assert info["id"] == client_id
+            assert info["name"] == (client_name if named else "")
+
+
+@services
 async def test_full_reset_restores_the_session_of_a_fresh_connection(
         redis_url: str, client_name: str) -> None:
     driver = make_driver(with_parts(redis_url, db=3), client_name)
@@ -286,6 +304,47 @@ async def test_pool_discards_a_connection_that_died_while_held(
         async with pool.acquire(timeout=2) as fresh:
             assert fresh is not conn
             assert await fresh.ping()
+
+
+@services
+async def test_pool_discards_an_idle_connection_the_server_closed_at_acquire(
+        redis_url: str, client_name: str, admin: redis.asyncio.Redis) -> None:
+    """A server that ends idle clients (`timeout`, `CLIENT KILL`) closes the socket; the pool
+    sees the EOF when the connection is next taken and opens another, rather than handing the
+    holder a connection whose first command fails."""
+    async with connwise.Pool(make_driver(redis_url, client_name), min_size=1,
+                             max_size=1) as pool:
+        async with pool.acquire(timeout=2) as conn:
+            before = (await conn.client_info())["id"]
+        assert await kill(admin, client_name) == 1
+        await until(lambda: conn.connection is not None and conn.connection._reader is not None
+                    and conn.connection._reader.at_eof())
+        async with pool.acquire(timeout=2) as fresh:
+            assert (await fresh.client_info())["id"] != before
+        assert pool.stats()["counters"]["broken"] == 1
+
+
+@services
+async def test_a_connect_to_a_server_that_never_answers_ends_at_connect_timeout(
+        redis_url: str) -> None:
+    """No socket timeout of redis-py's: the pool's connect_timeout ends the connect, its socket
+    is closed, and the error names the server, password masked, like any connect error."""
+    parts = urlsplit(redis_url)
+    relay = await TcpRelay(parts.hostname or "127.0.0.1", parts.port or 6379).start()
+    relay.stalled = True
+    try:
+        driver = RedisDriver(relay.url(with_parts(redis_url, userinfo=":hunter2")))
+        async with connwise.Pool(driver, min_size=0, max_size=1, connect_timeout=0.2) as pool:
+            with pytest.raises(PoolTimeout) as info:
+                async with pool.acquire(timeout=0.5):
+                    pass
+            message = str(info.value)
+            assert (f"last connect error: could not connect to redis://:***@127.0.0.1:"
+                    f"{relay.port}/0: timed out after 0.2 s (connect_timeout)" in message)
+            assert "hunter2" not in message
+            await until(lambda: relay.open == 0)
+    finally:
+        await relay.stop()
 
 
 @services

@@ -175,6 +175,8 @@ class Pool(Generic[C]):
         self._returning: set[int] = set()
         self._subscribers: list[Callable[[Event], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Checks and resets given up at their timeout, still settling (see `_bounded`).
+        self._abandoned: set[asyncio.Future[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed_event: asyncio.Event | None = None
@@ -251,6 +253,7 @@ class Pool(Generic[C]):
             self._timer = None
         if self.zombies is not None:
             self.zombies.stop()
+        await self._stop_abandoned(max(self._connect_timeout, 1.0))
         tasks = list(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(self._connect_timeout, 1.0))
@@ -423,8 +426,8 @@ class Pool(Generic[C]):
         if not broken and (self._full_reset or driver.needs_reset(conn)):
             self._returning.add(conn_id)
             try:
-                await asyncio.wait_for(driver.reset(conn, full=self._full_reset),
-                                       self._reset_timeout)
+                await self._bounded(driver.reset(conn, full=self._full_reset),
+                                    self._reset_timeout, "reset")
             except asyncio.CancelledError:
                 self._run(self._policy.release(conn_id, self.clock.now(), broken=True))
                 raise
@@ -547,6 +550,37 @@ class Pool(Generic[C]):
         deferred, self._deferred = self._deferred, []
         self._run(deferred)
 
+    async def _bounded(self, coro: Awaitable[None], timeout: float, what: str) -> None:
+        """Await `coro` for at most `timeout` seconds, then raise TimeoutError without waiting
+        for it to wind down (`asyncio.wait_for` waits): a client library may take long to settle
+        a cancelled exchange with a server that stopped answering (psycopg sends a cancel
+        request and waits for the query, 5 s each). The connection is discarded after a timeout;
+        the task is left to settle, and `drain` cancels it again (psycopg then closes at once)."""
+        task = asyncio.ensure_future(coro)
+        try:
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
+            task.add_done_callback(_settled)
+            raise TimeoutError(f"{what} timed out after {timeout} s")
+        task.result()
+
+    async def _stop_abandoned(self, timeout: float) -> None:
+        """Cancel the checks and resets still settling after their timeout, again and again
+        until they end (a second cancel that meets the first before it was delivered is lost),
+        at most `timeout` seconds; psycopg closes the connection when cancelled twice."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._abandoned and loop.time() < deadline:
+            for task in self._abandoned:
+                task.cancel()
+            await asyncio.wait(list(self._abandoned), timeout=0.05)
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -561,7 +595,10 @@ class Pool(Generic[C]):
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError):
-                exc = TimeoutError(f"connect timed out after {self._connect_timeout} s")
+                # Drivers name the server in their errors (password masked); say it here too.
+                address = getattr(self.driver, "address", None) or f"the {self.driver.name} server"
+                exc = TimeoutError(f"could not connect to {address}: timed out after "
+                                   f"{self._connect_timeout} s (connect_timeout)")
             log.warning("pool %s: connect failed: %s", self.name, _describe(exc))
             self._run(self._policy.connect_failed(conn_id, self.clock.now(), _describe(exc)))
             self._schedule()
@@ -578,7 +615,7 @@ class Pool(Generic[C]):
         try:
             if conn is None:
                 raise RuntimeError("connection handle missing")
-            await asyncio.wait_for(self.driver.check(conn), self._check_timeout)
+            await self._bounded(self.driver.check(conn), self._check_timeout, "check")
         except asyncio.CancelledError:
             self._run(self._policy.check_done(conn_id, self.clock.now(), 0.0, False, "cancelled"))
             raise
@@ -616,6 +653,13 @@ class Pool(Generic[C]):
         delay = min(self._policy.next_wakeup(now) - now, self._tick)
         delay = max(0.01, delay)
         self._timer = loop.call_later(delay, _maintain, weakref.ref(self))
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    """Done callback of a check or reset abandoned at its timeout: retrieve its end, which
+    nobody awaits, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _maintain(ref: weakref.ReferenceType[Pool[Any]]) -> None:

@@ -164,6 +164,12 @@ class PsycopgDriver:
     def is_connection_error(self, exc: BaseException) -> bool:
         if isinstance(exc, OSError | ConnectionBroken):
             return True
+        if not isinstance(exc, psycopg.Error):
+            return False
+        # A FATAL ends the session whatever its SQLSTATE: an idle-in-transaction timeout's
+        # 25P03 is an InternalError to psycopg, not an OperationalError.
+        if (exc.diag.severity_nonlocalized or exc.diag.severity) in ("FATAL", "PANIC"):
+            return True
         if not isinstance(exc, psycopg.OperationalError):
             return False
         # A client-side failure ("server closed the connection unexpectedly", "the connection

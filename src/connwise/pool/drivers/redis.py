@@ -14,9 +14,10 @@ redis-py keeps no local record of these, so `PooledRedis` notes when a command t
 goes through it; that flag is `needs_reset`, and costs one set lookup per command.
 
 Redis has no undo finer than `RESET` (Redis >= 6.2), which returns the session to its state
-right after connecting: so both resets send it, the cheap one only when the flag says so. `RESET`
-also drops authentication, the RESP3 protocol and the URL's database, so the driver then repeats
-redis-py's connection handshake (`HELLO`/`AUTH`, `SELECT`, `CLIENT SETNAME`) on the same socket.
+right after connecting, but for the client name: so both resets send it, and `CLIENT SETNAME ""`
+with it, the cheap one only when the flag says so. `RESET` also drops authentication, the RESP3
+protocol and the URL's database, so the driver then repeats redis-py's connection handshake
+(`HELLO`/`AUTH`, `SELECT`, `CLIENT SETNAME`) on the same socket.
 On a server older than 6.2 the reset fails and the pool discards the connection instead.
 
 Pipelines, transactions (`client.pipeline()`) and pub/sub (`client.pubsub()`) do not run on
@@ -45,7 +46,7 @@ from connwise.pool.drivers._dsn import check_url, mask, oserror, scrub, unreacha
 #: notice; `CLIENT` counts only with the subcommands in `_CLIENT_SESSION`.
 _SESSION_COMMANDS = frozenset({"MULTI", "WATCH", "SELECT", "SUBSCRIBE", "PSUBSCRIBE",
                                "SSUBSCRIBE", "MONITOR", "HELLO", "AUTH", "READONLY", "ASKING"})
-_CLIENT_SESSION = frozenset({"REPLY", "TRACKING", "CACHING", "NO-EVICT", "NO-TOUCH"})
+_CLIENT_SESSION = frozenset({"REPLY", "TRACKING", "CACHING", "NO-EVICT", "NO-TOUCH", "SETNAME"})
 
 
 def _word(value: object) -> str:
@@ -151,15 +152,20 @@ class RedisDriver:
         connection = conn.connection
         if connection is None or not connection.is_connected:
             raise ConnectionBroken(f"connection to {self.address} is closed")
+        # RESET keeps the client name: clear it in the same round trip (the handshake below
+        # sets the configured one again).
+        commands = connection.pack_commands([("RESET",), ("CLIENT", "SETNAME", "")])
         try:
-            await connection.send_command("RESET", check_health=False)
+            await connection.send_packed_command(commands, check_health=False)
             reply = await connection.read_response()
+            named = await connection.read_response()
         except redis.exceptions.ResponseError as exc:
             raise ConnectionBroken(f"{self.address} refused RESET ({exc}); resetting needs Redis "
                                    "6.2 or later, so the connection is discarded") from exc
-        if not isinstance(reply, str | bytes) or _word(reply) != "RESET":
-            raise ConnectionBroken(f"{self.address} answered RESET with {reply!r:.60}; the "
-                                   "session state is unknown, so the connection is discarded")
+        if not isinstance(reply, str | bytes) or _word(reply) != "RESET" or _word(named) != "OK":
+            raise ConnectionBroken(f"{self.address} answered RESET and CLIENT SETNAME with "
+                                   f"{(reply, named)!r:.80}; the session state is unknown, so "
+                                   "the connection is discarded")
         await connection.on_connect()
         conn.session_changed = False
 
@@ -169,7 +175,13 @@ class RedisDriver:
 
     def is_broken(self, conn: PooledRedis) -> bool:
         connection = conn.connection
-        return connection is None or not connection.is_connected
+        if connection is None or not connection.is_connected:
+            return True
+        # redis-py learns of a close on its next read, but the event loop has fed the EOF to
+        # the connection's stream already: a server that ended the idle client (its `timeout`,
+        # CLIENT KILL, a restart) shows here, so the pool discards it instead of handing it out.
+        reader = getattr(connection, "_reader", None)
+        return reader is not None and reader.at_eof()
 
     async def close(self, conn: PooledRedis) -> None:
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
