@@ -7,6 +7,8 @@ the forecast task advances through the gateway's `sleep`, so an hour passes in a
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +67,21 @@ class Run:
     and each records (minute past noon, the group's decided target, its open upstream
     connections) once the pools have finished connecting."""
 
-    def __init__(self, config: dict[str, Any], stop_minute: int) -> None:
+    def __init__(self, config: dict[str, Any], stop_minute: int, *,
+                 wall_clock: Callable[[], float] | None = None,
+                 at: dict[int, Callable[[], None]] | None = None,
+                 timeout: float = 30.0) -> None:
+        """`at`: minute -> what to do when the task first sleeps at or after it; `timeout`:
+        real seconds the run may take."""
         self.clock = VirtualClock(NOON)
         self.stop_at = NOON + stop_minute * 60
+        self.at = dict(at or {})
+        self.timeout = timeout
         self.done = asyncio.Event()
         self.seen: dict[int, tuple[int, int]] = {}
         self.split: dict[int, list[int]] = {}
         self.gateway = Gateway(load_gateway_config(config), clock=self.clock,
-                               wall_clock=self.clock.now, sleep=self.sleep)
+                               wall_clock=wall_clock or self.clock.now, sleep=self.sleep)
 
     def open_connections(self) -> int:
         return sum(b.pool.policy.open_connections for b in self.gateway.groups["app"].backends
@@ -90,9 +99,12 @@ class Run:
         await self.settled()
         forecast = self.gateway.forecast
         assert forecast is not None
+        minute = round((self.clock.now() - NOON) / 60)
+        for when in sorted(self.at):
+            if when <= minute:
+                self.at.pop(when)()
         applier = forecast.appliers.get("app")
         if applier is not None:
-            minute = round((self.clock.now() - NOON) / 60)
             self.seen[minute] = (applier.controller.target, self.open_connections())
             self.split[minute] = [b.warm_target for b in self.gateway.groups["app"].backends]
         if self.clock.now() >= self.stop_at:
@@ -102,7 +114,7 @@ class Run:
 
     async def __call__(self) -> Gateway:
         await self.gateway.start()
-        await asyncio.wait_for(self.done.wait(), 30.0)
+        await asyncio.wait_for(self.done.wait(), self.timeout)
         return self.gateway
 
 
@@ -193,3 +205,29 @@ async def test_forecast_only_publishes_the_plan_and_leaves_targets_alone(
     finally:
         await admin.close()
         await gateway.drain(1.0)
+
+
+async def test_a_group_the_new_champion_cannot_plan_gets_its_own_warm_target_back(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    registry = tmp_path / "registry"
+    fit(registry, [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+
+    def promote_another() -> None:  # a champion that knows nothing of group app
+        fit(registry, [from_values(per_minute()[:-12 * 60], step=60, start=T0,
+                                   segment="other")])
+
+    run = Run(gateway_config(origins, {"registry": str(registry), "hold_time": 30.0,
+                                       "refresh_interval": 1800}),
+              stop_minute=31, at={25: promote_another})
+    gateway = await run()
+    try:
+        forecast = gateway.forecast
+        assert forecast is not None and forecast.version == 2
+        assert run.split[25] == [5, 5]
+        assert "app" in forecast.skipped and "app" not in forecast.appliers
+        # The planner no longer owns the group: its pools hold its warm_target (0) again,
+        # not the last forecast's 10 for ever.
+        assert [b.warm_target for b in gateway.groups["app"].backends] == [0, 0]
+    finally:
+        await gateway.drain(1.0)
+

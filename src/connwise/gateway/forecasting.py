@@ -12,7 +12,8 @@ it drives one `PlanApplier` per group, the same shell that drives a `connwise.Po
 is split evenly over its available backends, and its observed demand is the group's admitted
 plus queued requests. Scale-out follows the plan; scale-in follows only observed demand
 (`connwise.core.plan.WarmController`). A group's static `warm_target` (per backend) stays the
-floor of its plan.
+floor of its plan; a group a refresh no longer plans (the new champion has no segment for it)
+gets its static `warm_target` back.
 
 In forecast-only mode the appliers decide and publish (`/forecast`, the gauges) and never set a
 target. A failed refresh (no champion, an unreachable store) is logged and shown in `/forecast`;
@@ -97,6 +98,15 @@ class GroupActuator:
             if backend.name not in available:
                 group.set_warm_target(backend, 0, at=at)
         self._layout = (id(group), available)
+
+    def release(self) -> None:
+        """The planner no longer plans the group: its backends hold the configuration's
+        `warm_target` again, not the last plan's target for ever."""
+        group = self.group
+        self.target = None
+        if group is not None:
+            for backend in group.backends:
+                group.set_warm_target(backend, group.config.warm_target)
 
     def rebalance(self) -> None:
         """Split the target again when the group's available backends (or, after a reload, the
@@ -215,7 +225,10 @@ class GatewayForecast:
                 applier.replace_plan(planned.plan)
                 applier.forecast = planned.forecast
         for name in set(self.appliers) - set(result.plans):
-            del self.appliers[name]
+            actuator = self.appliers.pop(name).pool
+            assert isinstance(actuator, GroupActuator)
+            if not self.forecast_only:
+                actuator.release()
 
     def _current(self, name: str) -> int:
         applier = self.appliers.get(name)
