@@ -231,3 +231,21 @@ async def test_a_group_the_new_champion_cannot_plan_gets_its_own_warm_target_bac
     finally:
         await gateway.drain(1.0)
 
+
+async def test_the_warm_target_floor_holds_after_the_plan_ends(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+    config = gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                      "hold_time": 30.0})
+    config["groups"]["app"]["warm_target"] = 1
+    run = Run(config, stop_minute=70)  # the plan covers an hour; the next refresh is at 120
+    gateway = await run()
+    try:
+        assert run.split[45] == [1, 1]
+        # Past the plan's end it asks for nothing, and nothing is in use: the group keeps its
+        # static warm_target, one per backend, all the same.
+        assert run.split[65] == [1, 1]
+    finally:
+        await gateway.drain(1.0)
+

@@ -12,8 +12,8 @@ it drives one `PlanApplier` per group, the same shell that drives a `connwise.Po
 is split evenly over its available backends, and its observed demand is the group's admitted
 plus queued requests. Scale-out follows the plan; scale-in follows only observed demand
 (`connwise.core.plan.WarmController`). A group's static `warm_target` (per backend) stays the
-floor of its plan; a group a refresh no longer plans (the new champion has no segment for it)
-gets its static `warm_target` back.
+floor of what it holds, also once a plan has ended; a group a refresh no longer plans (the new
+champion has no segment for it) gets its static `warm_target` back.
 
 In forecast-only mode the appliers decide and publish (`/forecast`, the gauges) and never set a
 target. A failed refresh (no champion, an unreachable store) is logged and shown in `/forecast`;
@@ -81,12 +81,15 @@ class GroupActuator:
                 "max_size": group.config.max_in_flight}
 
     def set_target(self, n: int, at: float | None = None) -> None:
-        """Hold `n` warm connections in the group: `n // k` per available backend (the first
-        `n % k` one more), none on the unavailable ones."""
+        """Hold `n` warm connections in the group, never fewer than its static floor (its
+        `warm_target` times its backends: a plan that has ended asks for 0): `n // k` per
+        available backend (the first `n % k` one more), none on the unavailable ones."""
         group = self.group
         self.target = n
         if group is None:
             return
+        config = group.config
+        n = max(n, min(config.warm_target * len(group.backends), config.max_in_flight))
         now = self.now()
         available = frozenset(group.health.available(now)) or frozenset(
             b.name for b in group.backends)
