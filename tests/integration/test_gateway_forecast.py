@@ -249,3 +249,22 @@ async def test_the_warm_target_floor_holds_after_the_plan_ends(
     finally:
         await gateway.drain(1.0)
 
+
+async def test_a_wall_clock_step_moves_the_plan_with_it(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+    skew = [-300.0]  # the wall clock is five minutes slow, until NTP steps it at minute 5
+
+    def correct() -> None:
+        skew[0] = 0.0
+
+    run = Run(gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                       "hold_time": 30.0, "refresh_interval": 600}),
+              stop_minute=21, wall_clock=lambda: run.clock.now() + skew[0], at={5: correct})
+    gateway = await run()
+    try:
+        # The plan's 12:20 step happens when the wall clock says 12:20, not five minutes on.
+        assert run.seen[19][0] == 1 and run.seen[20][0] == 10
+    finally:
+        await gateway.drain(1.0)

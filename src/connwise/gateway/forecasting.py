@@ -19,7 +19,8 @@ In forecast-only mode the appliers decide and publish (`/forecast`, the gauges) 
 target. A failed refresh (no champion, an unreachable store) is logged and shown in `/forecast`;
 the previous plans stay in force and the next refresh tries again.
 
-Time: plans are on Unix time (`wall_clock`), the gateway on its `clock`; the applier converts.
+Time: plans are on Unix time (`wall_clock`), the gateway on its `clock`; the applier converts,
+with the offset between the two measured again before every decision.
 The task waits with `sleep` (seconds of `clock`), which tests pair with a `VirtualClock`.
 """
 
@@ -192,6 +193,8 @@ class GatewayForecast:
                 if actuator.group is None:
                     del self.appliers[name]  # the group went away in a reload
                     continue
+                # Measured afresh: a step of the wall clock (NTP, a resumed VM) moves the plan.
+                applier.offset = clock.now() - self.wall_clock()
                 applier.step()
                 if not self.forecast_only:
                     actuator.rebalance()
