@@ -7,6 +7,7 @@ the forecast task advances through the gateway's `sleep`, so an hour passes in a
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from connwise.forecast.registry import Registry
 from connwise.forecast.series import from_values
 from connwise.forecast.store import StoreSource
 from connwise.gateway.admin import AdminServer
+from connwise.gateway.forecasting import GatewayForecast
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.store_sqlite import SqliteStore
 from tests.integration.http_origin import HttpOrigin
@@ -70,13 +72,15 @@ class Run:
     def __init__(self, config: dict[str, Any], stop_minute: int, *,
                  wall_clock: Callable[[], float] | None = None,
                  at: dict[int, Callable[[], None]] | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, hanging_from: float = math.inf) -> None:
         """`at`: minute -> what to do when the task first sleeps at or after it; `timeout`:
-        real seconds the run may take."""
+        real seconds the run may take; time stands still while a refresh runs, but for one
+        started at or after minute `hanging_from`."""
         self.clock = VirtualClock(NOON)
         self.stop_at = NOON + stop_minute * 60
         self.at = dict(at or {})
         self.timeout = timeout
+        self.hanging_from = hanging_from
         self.done = asyncio.Event()
         self.seen: dict[int, tuple[int, int]] = {}
         self.split: dict[int, list[int]] = {}
@@ -100,6 +104,9 @@ class Run:
         forecast = self.gateway.forecast
         assert forecast is not None
         minute = round((self.clock.now() - NOON) / 60)
+        if forecast.refreshing is not None and minute < self.hanging_from:
+            await asyncio.wait([forecast.refreshing])
+            return  # the task wakes at once to carry out the new plans
         for when in sorted(self.at):
             if when <= minute:
                 self.at.pop(when)()
@@ -268,3 +275,34 @@ async def test_a_wall_clock_step_moves_the_plan_with_it(
         assert run.seen[19][0] == 1 and run.seen[20][0] == 10
     finally:
         await gateway.drain(1.0)
+
+
+async def test_plan_steps_go_on_while_a_refresh_hangs_and_a_drain_does_not_wait_for_it(
+        tmp_path: Path, origins: list[HttpOrigin], monkeypatch: pytest.MonkeyPatch) -> None:
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+    release = threading.Event()
+    compute = GatewayForecast._compute
+    calls = []
+
+    def hanging(self: GatewayForecast, *args: Any) -> Any:
+        calls.append(args)
+        if len(calls) > 1:  # the second refresh: a store that does not answer
+            release.wait(10.0)
+        return compute(self, *args)
+
+    monkeypatch.setattr(GatewayForecast, "_compute", hanging)
+    run = Run(gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                       "hold_time": 30.0, "refresh_interval": 600}),
+              stop_minute=21, timeout=5.0, hanging_from=10)
+    try:
+        gateway = await run()
+        forecast = gateway.forecast
+        assert forecast is not None and len(calls) == 2 and forecast.refreshes == 1
+        # The refresh of minute 10 still runs; the plan of the first one is carried out.
+        assert run.seen[20] == (10, 10) and run.split[20] == [5, 5]
+        assert forecast.snapshot()["refreshing_since"] == NOON + 600
+        drained = asyncio.create_task(gateway.drain(1.0))
+        await asyncio.wait_for(asyncio.shield(drained), 3.0)
+    finally:
+        release.set()

@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 One asyncio task per gateway (`[forecast]` in the configuration). Every `refresh_interval` it
-hands a worker thread the slow part — load the registry's champion (statsforecast models refit
-from their saved window), read the newest history from the telemetry store (one SQL
-aggregation), forecast, and plan each group's warm connections with the planner (Little's law,
-lead time, ramp limit) — so that seconds of CPU never stall the event loop. Between refreshes
-it drives one `PlanApplier` per group, the same shell that drives a `connwise.Pool`, through a
+starts a refresh (one at a time), which hands a worker thread the slow part — load the
+registry's champion (statsforecast models refit from their saved window), read the newest
+history from the telemetry store (one SQL aggregation), forecast, and plan each group's warm
+connections with the planner (Little's law, lead time, ramp limit) — so that seconds of CPU
+never stall the event loop. Meanwhile, and between refreshes, it drives one `PlanApplier` per
+group, the same shell that drives a `connwise.Pool`, through a
 `GroupActuator` that makes a group's per-backend pools look like one pool: the group's target
 is split evenly over its available backends, and its observed demand is the group's admitted
 plus queued requests. Scale-out follows the plan; scale-in follows only observed demand
@@ -164,6 +165,9 @@ class GatewayForecast:
         self.refreshes = 0
         self.error: str | None = None
         self.refreshed_at: float | None = None
+        #: The refresh in progress, and when (wall clock) it started.
+        self.refreshing: asyncio.Task[None] | None = None
+        self.refreshing_since: float | None = None
         self._forecaster: Forecaster | None = None
         self._next_refresh = -math.inf
         self._task: asyncio.Task[None] | None = None
@@ -179,40 +183,71 @@ class GatewayForecast:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self.refreshing is not None:  # its plans must not reach the pools any more
+            self.refreshing.cancel()
 
     async def run(self) -> None:
-        """Refresh every `refresh_interval`; decide at every plan step and `tick` between."""
+        """Refresh every `refresh_interval`; decide at every plan step and `tick`, also while a
+        refresh runs: a slow one (a big model, a store that does not answer) must not hold up
+        the plans in force. A refresh due while one runs starts when that one ends."""
         clock = self.gateway.clock
-        while True:
-            if clock.now() >= self._next_refresh:
-                self._next_refresh = clock.now() + self.section.refresh_interval
-                await self.refresh()
-            for name, applier in list(self.appliers.items()):
-                actuator = applier.pool
-                assert isinstance(actuator, GroupActuator)
-                if actuator.group is None:
-                    del self.appliers[name]  # the group went away in a reload
-                    continue
-                # Measured afresh: a step of the wall clock (NTP, a resumed VM) moves the plan.
-                applier.offset = clock.now() - self.wall_clock()
-                applier.step()
-                if not self.forecast_only:
-                    actuator.rebalance()
-            now = clock.now()
-            wake = min([self._next_refresh, *(a.next_wakeup() for a in self.appliers.values())])
-            await self.sleep(max(0.0, wake - now))
+        try:
+            while True:
+                if self.refreshing is None and clock.now() >= self._next_refresh:
+                    self._next_refresh = clock.now() + self.section.refresh_interval
+                    self.refreshing = asyncio.ensure_future(self.refresh())
+                self._decide()
+                wakes = [a.next_wakeup() for a in self.appliers.values()]
+                waits: set[asyncio.Future[Any]] = set()
+                if self.refreshing is None:
+                    wakes.append(self._next_refresh)
+                else:
+                    waits.add(self.refreshing)  # its plans are carried out at once
+                if wakes:
+                    waits.add(asyncio.ensure_future(
+                        self.sleep(max(0.0, min(wakes) - clock.now()))))
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiting in waits - {self.refreshing}:
+                        waiting.cancel()
+                if self.refreshing is not None and self.refreshing.done():
+                    refreshed, self.refreshing = self.refreshing, None
+                    refreshed.result()  # a bug in it is not swallowed
+        finally:
+            if self.refreshing is not None:
+                self.refreshing.cancel()
+                self.refreshing = None
+
+    def _decide(self) -> None:
+        """Each applier decides and carries out its group's target now."""
+        clock = self.gateway.clock
+        for name, applier in list(self.appliers.items()):
+            actuator = applier.pool
+            assert isinstance(actuator, GroupActuator)
+            if actuator.group is None:
+                del self.appliers[name]  # the group went away in a reload
+                continue
+            # Measured afresh: a step of the wall clock (NTP, a resumed VM) moves the plan.
+            applier.offset = clock.now() - self.wall_clock()
+            applier.step()
+            if not self.forecast_only:
+                actuator.rebalance()
 
     async def refresh(self) -> None:
         """Forecast and plan in a worker thread, then hand the plans to the appliers."""
         currents = {name: self._current(name) for name in self.gateway.groups}
+        self.refreshing_since = wall_now = self.wall_clock()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                None, self._compute, self.wall_clock(), currents)
+                None, self._compute, wall_now, currents)
         except Exception as exc:
             self.error = str(exc) or type(exc).__name__
             log.warning("forecast refresh failed (the previous plans stay in force): %s",
                         self.error, exc_info=not isinstance(exc, ConnwiseError))
             return
+        finally:
+            self.refreshing_since = None
         self.error = None
         self.refreshes += 1
         self.refreshed_at = self.wall_clock()
@@ -339,4 +374,5 @@ class GatewayForecast:
             }
         return {"mode": section.mode, "model": section.model, "version": self.version,
                 "refreshes": self.refreshes, "refreshed_at": self.refreshed_at,
+                "refreshing_since": self.refreshing_since,
                 "error": self.error, "groups": groups, "skipped": self.skipped}
