@@ -306,3 +306,28 @@ async def test_plan_steps_go_on_while_a_refresh_hangs_and_a_drain_does_not_wait_
         await asyncio.wait_for(asyncio.shield(drained), 3.0)
     finally:
         release.set()
+
+
+async def test_refreshes_without_a_champion_fail_are_counted_and_the_first_champion_is_used(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+
+    def promote() -> None:
+        fit(registry, [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+
+    run = Run(gateway_config(origins, {"registry": str(registry), "hold_time": 30.0,
+                                       "refresh_interval": 300}),
+              stop_minute=21, at={10: promote})
+    gateway = await run()
+    try:
+        forecast = gateway.forecast
+        assert forecast is not None
+        shown = forecast.snapshot()
+        # Minutes 0, 5 and 10 found no champion; 15 and 20 planned with the first one.
+        assert shown["failures"] == 3 and shown["refreshes"] == 2
+        assert shown["error"] is None and shown["version"] == 1
+        assert min(run.seen) == 15 and run.seen[20] == (10, 10)
+    finally:
+        await gateway.drain(1.0)
+

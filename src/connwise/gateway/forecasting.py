@@ -162,7 +162,9 @@ class GatewayForecast:
         self.plans: dict[str, GroupPlan] = {}
         self.skipped: dict[str, str] = {}
         self.version: int | None = None
+        #: Refreshes that planned, and those that failed (`error` only tells of the last one).
         self.refreshes = 0
+        self.failures = 0
         self.error: str | None = None
         self.refreshed_at: float | None = None
         #: The refresh in progress, and when (wall clock) it started.
@@ -242,6 +244,7 @@ class GatewayForecast:
             result = await asyncio.get_running_loop().run_in_executor(
                 None, self._compute, wall_now, currents)
         except Exception as exc:
+            self.failures += 1
             self.error = str(exc) or type(exc).__name__
             log.warning("forecast refresh failed (the previous plans stay in force): %s",
                         self.error, exc_info=not isinstance(exc, ConnwiseError))
@@ -374,5 +377,5 @@ class GatewayForecast:
             }
         return {"mode": section.mode, "model": section.model, "version": self.version,
                 "refreshes": self.refreshes, "refreshed_at": self.refreshed_at,
-                "refreshing_since": self.refreshing_since,
+                "refreshing_since": self.refreshing_since, "failures": self.failures,
                 "error": self.error, "groups": groups, "skipped": self.skipped}
