@@ -331,3 +331,20 @@ async def test_refreshes_without_a_champion_fail_are_counted_and_the_first_champ
     finally:
         await gateway.drain(1.0)
 
+
+
+async def test_a_forecast_that_ends_before_now_is_an_error_not_a_silent_empty_plan(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    # Fitted on a window that ended at 10:00; without a store it forecasts 10:00..11:00.
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60 - 120], step=60, start=T0, segment="app")])
+    run = Run(gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                       "hold_time": 30.0}), stop_minute=0)
+    gateway = await run()
+    try:
+        forecast = gateway.forecast
+        assert forecast is not None and forecast.plans == {} and forecast.appliers == {}
+        assert forecast.error is not None and "ends" in forecast.error
+        assert "store" in forecast.error
+    finally:
+        await gateway.drain(1.0)

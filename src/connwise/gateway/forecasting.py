@@ -17,8 +17,9 @@ floor of what it holds, also once a plan has ended; a group a refresh no longer 
 champion has no segment for it) gets its static `warm_target` back.
 
 In forecast-only mode the appliers decide and publish (`/forecast`, the gauges) and never set a
-target. A failed refresh (no champion, an unreachable store) is logged and shown in `/forecast`;
-the previous plans stay in force and the next refresh tries again.
+target. A failed refresh (no champion, an unreachable store, a forecast that ends before now)
+is logged and shown in `/forecast`; the previous plans stay in force and the next refresh tries
+again.
 
 Time: plans are on Unix time (`wall_clock`), the gateway on its `clock`; the applier converts,
 with the offset between the two measured again before every decision.
@@ -32,6 +33,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from connwise.config import ForecastSection
 from connwise.core.plan import WarmPlan
-from connwise.errors import ConnwiseError
+from connwise.errors import ConfigError, ConnwiseError
 from connwise.forecast.applier import PlanApplier
 from connwise.forecast.base import Forecast
 from connwise.forecast.prom import ForecastMetrics
@@ -304,6 +306,14 @@ class GatewayForecast:
         if section.store is not None:
             holds = self._update_from_store(forecaster, wall_now, wanted, known)
         forecasts = forecaster.predict()
+        end = max(f.start + len(f) * f.step for f in forecasts.values())
+        if end <= wall_now:
+            # Planned, it would ask for nothing, in silence: a model fitted long ago, no store.
+            raise ConfigError("forecast.store", section.store, f"model {section.model} "
+                              f"v{champion}'s forecast ends at {_iso(end)}, before now "
+                              f"({_iso(wall_now)}): it forecasts from the end of its history",
+                              "set store, so that it forecasts from the newest history, or "
+                              "fit the model again")
         plans = {}
         for name, segment in wanted.items():
             if name in skipped or name not in self.gateway.groups:
@@ -379,3 +389,7 @@ class GatewayForecast:
                 "refreshes": self.refreshes, "refreshed_at": self.refreshed_at,
                 "refreshing_since": self.refreshing_since, "failures": self.failures,
                 "error": self.error, "groups": groups, "skipped": self.skipped}
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
