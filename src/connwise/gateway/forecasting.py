@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from connwise.config import ForecastSection
+from connwise.config import ForecastSection, GatewayConfig
 from connwise.core.plan import WarmPlan
 from connwise.errors import ConfigError, ConnwiseError
 from connwise.forecast.applier import PlanApplier
@@ -240,11 +240,14 @@ class GatewayForecast:
 
     async def refresh(self) -> None:
         """Forecast and plan in a worker thread, then hand the plans to the appliers."""
+        # The worker reads this configuration, not the gateway's: a reload may swap that
+        # (and the groups) while it runs.
+        config = self.gateway.config
         currents = {name: self._current(name) for name in self.gateway.groups}
         self.refreshing_since = wall_now = self.wall_clock()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                None, self._compute, wall_now, currents)
+                None, self._compute, wall_now, config, currents)
         except Exception as exc:
             self.failures += 1
             self.error = str(exc) or type(exc).__name__
@@ -285,7 +288,8 @@ class GatewayForecast:
 
     # -- the worker thread ----------------------------------------------------------------------
 
-    def _compute(self, wall_now: float, currents: dict[str, int]) -> Refresh:
+    def _compute(self, wall_now: float, config: GatewayConfig,
+                 currents: dict[str, int]) -> Refresh:
         from connwise.forecast.planner import PlannerConfig, plan  # noqa: PLC0415
         from connwise.forecast.registry import Registry  # noqa: PLC0415
         from connwise.forecast.store import metric_kind  # noqa: PLC0415
@@ -299,12 +303,12 @@ class GatewayForecast:
             log.info("forecast model %s v%s loaded", section.model, champion)
         forecaster = self._forecaster
         known = {s.segment for s in forecaster.panel}
-        wanted = {g: section.segments.get(g, g) for g in self.gateway.config.groups}
+        wanted = {g: section.segments.get(g, g) for g in config.groups}
         skipped = {g: f"the model has no segment {s!r} (it has {', '.join(sorted(known))})"
                    for g, s in wanted.items() if s not in known}
         holds: dict[str, tuple[float, str]] = {}
         if section.store is not None:
-            holds = self._update_from_store(forecaster, wall_now, wanted, known)
+            holds = self._update_from_store(forecaster, wall_now, config, wanted, known)
         forecasts = forecaster.predict()
         end = max(f.start + len(f) * f.step for f in forecasts.values())
         if end <= wall_now:
@@ -316,23 +320,23 @@ class GatewayForecast:
                               "fit the model again")
         plans = {}
         for name, segment in wanted.items():
-            if name in skipped or name not in self.gateway.groups:
+            if name in skipped:
                 continue
-            group = self.gateway.groups[name]
+            group = config.groups[name]
             hold, source = ((section.hold_time, "config") if section.hold_time is not None
                             else holds.get(segment, (1.0, "default")))
-            config = PlannerConfig(
+            settings = PlannerConfig(
                 quantile=section.quantile, hold_time=hold, kind=metric_kind(section.metric),
                 lead=section.lead, max_ramp=section.max_ramp, headroom=section.headroom,
-                min_target=min(group.config.warm_target * len(group.backends),
-                               group.config.max_in_flight),
-                max_target=group.config.max_in_flight, mode=section.mode)
-            warm = plan({name: forecasts[segment]}, config, current={name: currents.get(name, 0)},
+                min_target=min(group.warm_target * len(group.backends), group.max_in_flight),
+                max_target=group.max_in_flight, mode=section.mode)
+            warm = plan({name: forecasts[segment]}, settings,
+                        current={name: currents.get(name, 0)},
                         meta={"segment": segment, "model": section.model, "version": champion})
             plans[name] = GroupPlan(segment, warm, forecasts[segment], hold, source)
         return Refresh(champion or 0, plans, skipped)
 
-    def _update_from_store(self, forecaster: Forecaster, wall_now: float,
+    def _update_from_store(self, forecaster: Forecaster, wall_now: float, config: GatewayConfig,
                            wanted: dict[str, str], known: set[str]) -> dict[str, tuple[float, str]]:
         """Refit the model's window on the store's newest history; the hold time per segment."""
         from connwise.forecast.store import StoreSource, backend_groups  # noqa: PLC0415
@@ -345,7 +349,7 @@ class GatewayForecast:
         since = until - length * step
         source = StoreSource(section.store, metric=section.metric, step=step,
                              segment_by=section.segment_by, kinds=section.record_kinds,
-                             groups=backend_groups(self.gateway.config)
+                             groups=backend_groups(config)
                              if "group" in section.segment_by else None,
                              since=since, until=until)
         present = set(source.segments())
