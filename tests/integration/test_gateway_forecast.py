@@ -7,6 +7,9 @@ the forecast task advances through the gateway's `sleep`, so an hour passes in a
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from connwise.forecast.registry import Registry
 from connwise.forecast.series import from_values
 from connwise.forecast.store import StoreSource
 from connwise.gateway.admin import AdminServer
+from connwise.gateway.forecasting import GatewayForecast
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.store_sqlite import SqliteStore
 from tests.integration.http_origin import HttpOrigin
@@ -65,14 +69,23 @@ class Run:
     and each records (minute past noon, the group's decided target, its open upstream
     connections) once the pools have finished connecting."""
 
-    def __init__(self, config: dict[str, Any], stop_minute: int) -> None:
+    def __init__(self, config: dict[str, Any], stop_minute: int, *,
+                 wall_clock: Callable[[], float] | None = None,
+                 at: dict[int, Callable[[], None]] | None = None,
+                 timeout: float = 30.0, hanging_from: float = math.inf) -> None:
+        """`at`: minute -> what to do when the task first sleeps at or after it; `timeout`:
+        real seconds the run may take; time stands still while a refresh runs, but for one
+        started at or after minute `hanging_from`."""
         self.clock = VirtualClock(NOON)
         self.stop_at = NOON + stop_minute * 60
+        self.at = dict(at or {})
+        self.timeout = timeout
+        self.hanging_from = hanging_from
         self.done = asyncio.Event()
         self.seen: dict[int, tuple[int, int]] = {}
         self.split: dict[int, list[int]] = {}
         self.gateway = Gateway(load_gateway_config(config), clock=self.clock,
-                               wall_clock=self.clock.now, sleep=self.sleep)
+                               wall_clock=wall_clock or self.clock.now, sleep=self.sleep)
 
     def open_connections(self) -> int:
         return sum(b.pool.policy.open_connections for b in self.gateway.groups["app"].backends
@@ -90,9 +103,15 @@ class Run:
         await self.settled()
         forecast = self.gateway.forecast
         assert forecast is not None
+        minute = round((self.clock.now() - NOON) / 60)
+        if forecast.refreshing is not None and minute < self.hanging_from:
+            await asyncio.wait([forecast.refreshing])
+            return  # the task wakes at once to carry out the new plans
+        for when in sorted(self.at):
+            if when <= minute:
+                self.at.pop(when)()
         applier = forecast.appliers.get("app")
         if applier is not None:
-            minute = round((self.clock.now() - NOON) / 60)
             self.seen[minute] = (applier.controller.target, self.open_connections())
             self.split[minute] = [b.warm_target for b in self.gateway.groups["app"].backends]
         if self.clock.now() >= self.stop_at:
@@ -102,7 +121,7 @@ class Run:
 
     async def __call__(self) -> Gateway:
         await self.gateway.start()
-        await asyncio.wait_for(self.done.wait(), 30.0)
+        await asyncio.wait_for(self.done.wait(), self.timeout)
         return self.gateway
 
 
@@ -192,4 +211,140 @@ async def test_forecast_only_publishes_the_plan_and_leaves_targets_alone(
         assert off.status_code == 404 and "[forecast]" in off.json()["error"]
     finally:
         await admin.close()
+        await gateway.drain(1.0)
+
+
+async def test_a_group_the_new_champion_cannot_plan_gets_its_own_warm_target_back(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    registry = tmp_path / "registry"
+    fit(registry, [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+
+    def promote_another() -> None:  # a champion that knows nothing of group app
+        fit(registry, [from_values(per_minute()[:-12 * 60], step=60, start=T0,
+                                   segment="other")])
+
+    run = Run(gateway_config(origins, {"registry": str(registry), "hold_time": 30.0,
+                                       "refresh_interval": 1800}),
+              stop_minute=31, at={25: promote_another})
+    gateway = await run()
+    try:
+        forecast = gateway.forecast
+        assert forecast is not None and forecast.version == 2
+        assert run.split[25] == [5, 5]
+        assert "app" in forecast.skipped and "app" not in forecast.appliers
+        # The planner no longer owns the group: its pools hold its warm_target (0) again,
+        # not the last forecast's 10 for ever.
+        assert [b.warm_target for b in gateway.groups["app"].backends] == [0, 0]
+    finally:
+        await gateway.drain(1.0)
+
+
+async def test_the_warm_target_floor_holds_after_the_plan_ends(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+    config = gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                      "hold_time": 30.0})
+    config["groups"]["app"]["warm_target"] = 1
+    run = Run(config, stop_minute=70)  # the plan covers an hour; the next refresh is at 120
+    gateway = await run()
+    try:
+        assert run.split[45] == [1, 1]
+        # Past the plan's end it asks for nothing, and nothing is in use: the group keeps its
+        # static warm_target, one per backend, all the same.
+        assert run.split[65] == [1, 1]
+    finally:
+        await gateway.drain(1.0)
+
+
+async def test_a_wall_clock_step_moves_the_plan_with_it(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+    skew = [-300.0]  # the wall clock is five minutes slow, until NTP steps it at minute 5
+
+    def correct() -> None:
+        skew[0] = 0.0
+
+    run = Run(gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                       "hold_time": 30.0, "refresh_interval": 600}),
+              stop_minute=21, wall_clock=lambda: run.clock.now() + skew[0], at={5: correct})
+    gateway = await run()
+    try:
+        # The plan's 12:20 step happens when the wall clock says 12:20, not five minutes on.
+        assert run.seen[19][0] == 1 and run.seen[20][0] == 10
+    finally:
+        await gateway.drain(1.0)
+
+
+async def test_plan_steps_go_on_while_a_refresh_hangs_and_a_drain_does_not_wait_for_it(
+        tmp_path: Path, origins: list[HttpOrigin], monkeypatch: pytest.MonkeyPatch) -> None:
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+    release = threading.Event()
+    compute = GatewayForecast._compute
+    calls = []
+
+    def hanging(self: GatewayForecast, *args: Any) -> Any:
+        calls.append(args)
+        if len(calls) > 1:  # the second refresh: a store that does not answer
+            release.wait(10.0)
+        return compute(self, *args)
+
+    monkeypatch.setattr(GatewayForecast, "_compute", hanging)
+    run = Run(gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                       "hold_time": 30.0, "refresh_interval": 600}),
+              stop_minute=21, timeout=5.0, hanging_from=10)
+    try:
+        gateway = await run()
+        forecast = gateway.forecast
+        assert forecast is not None and len(calls) == 2 and forecast.refreshes == 1
+        # The refresh of minute 10 still runs; the plan of the first one is carried out.
+        assert run.seen[20] == (10, 10) and run.split[20] == [5, 5]
+        assert forecast.snapshot()["refreshing_since"] == NOON + 600
+        drained = asyncio.create_task(gateway.drain(1.0))
+        await asyncio.wait_for(asyncio.shield(drained), 3.0)
+    finally:
+        release.set()
+
+
+async def test_refreshes_without_a_champion_fail_are_counted_and_the_first_champion_is_used(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+
+    def promote() -> None:
+        fit(registry, [from_values(per_minute()[:-12 * 60], step=60, start=T0, segment="app")])
+
+    run = Run(gateway_config(origins, {"registry": str(registry), "hold_time": 30.0,
+                                       "refresh_interval": 300}),
+              stop_minute=21, at={10: promote})
+    gateway = await run()
+    try:
+        forecast = gateway.forecast
+        assert forecast is not None
+        shown = forecast.snapshot()
+        # Minutes 0, 5 and 10 found no champion; 15 and 20 planned with the first one.
+        assert shown["failures"] == 3 and shown["refreshes"] == 2
+        assert shown["error"] is None and shown["version"] == 1
+        assert min(run.seen) == 15 and run.seen[20] == (10, 10)
+    finally:
+        await gateway.drain(1.0)
+
+
+
+async def test_a_forecast_that_ends_before_now_is_an_error_not_a_silent_empty_plan(
+        tmp_path: Path, origins: list[HttpOrigin]) -> None:
+    # Fitted on a window that ended at 10:00; without a store it forecasts 10:00..11:00.
+    fit(tmp_path / "registry",
+        [from_values(per_minute()[:-12 * 60 - 120], step=60, start=T0, segment="app")])
+    run = Run(gateway_config(origins, {"registry": str(tmp_path / "registry"),
+                                       "hold_time": 30.0}), stop_minute=0)
+    gateway = await run()
+    try:
+        forecast = gateway.forecast
+        assert forecast is not None and forecast.plans == {} and forecast.appliers == {}
+        assert forecast.error is not None and "ends" in forecast.error
+        assert "store" in forecast.error
+    finally:
         await gateway.drain(1.0)
