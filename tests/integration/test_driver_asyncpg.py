@@ -307,3 +307,23 @@ async def test_a_query_cut_by_a_timeout_leaves_a_connection_the_next_holder_can_
             assert await conn.fetchval("SELECT 42") == 42
         assert pool.stats()["counters"]["broken"] == 0
         assert pool.stats()["counters"]["created"] == 1
+
+
+@services
+async def test_cheap_reset_removes_a_holder_s_listeners(postgres_dsn: str, app_name: str,
+                                                        admin: Any) -> None:
+    """A holder's `add_listener` callback stayed on the connection: it got the notifications
+    sent while the next holder had the connection, and LISTEN stayed registered."""
+    heard: list[str] = []
+    async with connwise.Pool(make_driver(postgres_dsn, app_name), min_size=0, max_size=1,
+                             name="listen") as pool:
+        async with pool.acquire() as conn:
+            await conn.add_listener("connwise_test", lambda *args: heard.append(args[3]))
+            conn.add_log_listener(lambda *args: heard.append("log"))
+        async with pool.acquire() as conn:
+            await admin.execute("NOTIFY connwise_test, 'for nobody'")
+            assert await conn.fetchval(
+                "SELECT count(*) FROM pg_listening_channels()") == 0
+            await conn.execute("DO $$ BEGIN RAISE NOTICE 'for the next holder'; END $$")
+        assert pool.stats()["counters"]["created"] == 1  # the same connection, kept
+    assert heard == []

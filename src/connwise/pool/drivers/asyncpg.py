@@ -35,6 +35,15 @@ def _sqlstate(exc: BaseException) -> str:
     return str(getattr(exc, "sqlstate", "") or "")
 
 
+#: asyncpg's registries of a holder's callbacks: `add_listener`, `add_log_listener`,
+#: `add_query_logger`, `add_termination_listener`.
+_CALLBACKS = ("_listeners", "_log_listeners", "_query_loggers", "_termination_listeners")
+
+
+def _has_callbacks(conn: Any) -> bool:
+    return any(getattr(conn, callbacks) for callbacks in _CALLBACKS)
+
+
 class AsyncpgDriver:
     """Opens `asyncpg.connect(dsn, **connect_kwargs)`; the pool hands out `asyncpg.Connection`."""
 
@@ -98,16 +107,25 @@ class AsyncpgDriver:
         # asyncpg's own bookkeeping of `conn.transaction()` counts too: a holder that started one
         # by hand and never finished it leaves `_top_xact` set, and the next holder's
         # `transaction()` would then become a SAVEPOINT outside any transaction.
-        return bool(conn.is_in_transaction() or conn._top_xact is not None)
+        return bool(conn.is_in_transaction() or conn._top_xact is not None
+                    or _has_callbacks(conn))
 
     async def reset(self, conn: Any, *, full: bool) -> None:
-        if self.needs_reset(conn):
+        if conn.is_in_transaction() or conn._top_xact is not None:
             # What asyncpg's Connection.reset() does first, without its warning through the
             # loop's exception handler: a transaction left open is the pool's normal business.
             conn._top_xact = None
             await conn.execute("ROLLBACK")
         if full:
             await conn.reset()
+        elif _has_callbacks(conn):
+            # A holder's callbacks would get the next holder's notifications, server log
+            # messages and queries (asyncpg's reset() clears them too, with UNLISTEN *).
+            had_listeners = bool(conn._listeners)
+            for callbacks in _CALLBACKS:
+                getattr(conn, callbacks).clear()
+            if had_listeners:
+                await conn.execute("UNLISTEN *")
 
     def is_connection_error(self, exc: BaseException) -> bool:
         # InternalClientError: asyncpg's protocol state machine lost track (seen when the
