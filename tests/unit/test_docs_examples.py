@@ -13,7 +13,9 @@ import ast
 import importlib
 import inspect
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,8 +83,10 @@ def test_python_block_compiles_and_imports(page: str, line: int, source: str) ->
                     f"{page}:{line}: {node.module} has no {alias.name}")
 
 
-def _function(node: ast.FunctionDef) -> object:
+def _function(node: ast.FunctionDef) -> Callable[..., Any]:
     """The documented signature as a function, its defaults evaluated (None, numbers)."""
     namespace: dict[str, object] = {}
     exec(compile(ast.Module(body=[node], type_ignores=[]), "<doc>", "exec"), namespace)
-    return namespace[node.name]
+    function = namespace[node.name]
+    assert callable(function)
+    return function

@@ -108,11 +108,11 @@ def test_documented_default_is_the_models(heading: str, model: type[BaseModel], 
     if len(defaults) != len(names):
         defaults = [default] * len(names)
     known = fields(model)
-    for name, cell in zip(names, defaults, strict=True):
+    for name, written in zip(names, defaults, strict=True):
         assert name in known, f"{heading}: `{name}` is not a key of {model.__name__}"
         field = known[name]
         actual = field.get_default(call_default_factory=True)
-        cell = re.sub(r"\s*\(.*\)$", "", cell)  # none (off), `"30d"` (2592000 s)
+        cell = re.sub(r"\s*\(.*\)$", "", written)  # none (off), `"30d"` (2592000 s)
         if cell == "required":
             assert field.is_required(), f"{heading} {name}: documented as required"
             continue
