@@ -29,12 +29,14 @@ The task waits with `sleep` (seconds of `clock`), which tests pair with a `Virtu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -246,8 +248,7 @@ class GatewayForecast:
         currents = {name: self._current(name) for name in self.gateway.groups}
         self.refreshing_since = wall_now = self.wall_clock()
         try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                None, self._compute, wall_now, config, currents)
+            result = await in_daemon_thread(self._compute, wall_now, config, currents)
         except Exception as exc:
             self.failures += 1
             self.error = str(exc) or type(exc).__name__
@@ -397,3 +398,33 @@ class GatewayForecast:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` in a thread of its own, awaited. A daemon thread, not the loop's default
+    executor: a refresh blocked for good (a store that never answers a query) must not keep the
+    process from exiting after its drain, and `asyncio.run` joins the executor's threads with
+    no limit. Cancelling the await leaves the thread to finish on its own; its end is dropped."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, lambda: done.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: done.set_result(result))
+
+    threading.Thread(target=run, name="connwise-forecast-refresh", daemon=True).start()
+    return await done
