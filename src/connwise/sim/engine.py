@@ -21,7 +21,9 @@ backend holds more than its capacity, cut by `degraded_cost` under the degrade s
 transfer of its response at the backend bandwidth (or the ladder's throttle rate).
 
 Every `tick` the engine moves each backend's ladder from `contention_from_scheduler` (as the
-gateway's ticker does), runs `PoolPolicy.maintain` each second, samples the time series, and
+gateway's ticker does), and between ticks on admission events under contention (a request
+queued, a connection released while others wait; at most every `LADDER_UPDATE_INTERVAL`, as
+the gateway's `Group.contended`), runs `PoolPolicy.maintain` each second, samples the time series, and
 every `scan_interval` runs the `ZombieTracker` of the learned policy and reclaims what it finds.
 A warming policy applies a `WarmPlan` (built by `connwise.core.plan.build_plan` from the
 scenario's predictable demand) through `PoolPolicy.set_target`.
@@ -43,6 +45,7 @@ from connwise.core.balance import LeastOutstandingP2C, RoundRobin
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.clock import VirtualClock
 from connwise.core.degrade import (
+    LADDER_UPDATE_INTERVAL,
     QUEUE,
     SHED,
     SIGNAL,
@@ -186,6 +189,8 @@ class Simulation:
             self.ladders = [DegradeLadder(DegradeConfig(), self.table)
                             for _ in self.backend_names]
             self.ladder_state = [[lad.state(s) for s in self.sched_names] for lad in self.ladders]
+            #: When each ladder last moved (a tick or an admission event; see `_contended`).
+            self.ladder_at = [-LADDER_UPDATE_INTERVAL] * be.count
         self.balancer: RoundRobin | LeastOutstandingP2C | BoundedLoadRing
         if policy.balance == "hash":
             self.balancer = BoundedLoadRing(self.backend_names,
@@ -416,6 +421,8 @@ class Simulation:
             return
         s.waiter = waiter
         self.push(waiter.deadline, TIMEOUT, s, waiter)
+        if ladder is not None:
+            self._contended(b, now)
         self._actions(b, pool.pump(now), now)
 
     def _serve(self, s: Session, now: float) -> None:
@@ -464,7 +471,11 @@ class Simulation:
         b = s.backend
         self.busy[b] -= 1
         self.loads[self.backend_names[b]] -= 1
-        actions = self.pools[b].release(s.conn, now)
+        pool = self.pools[b]
+        contended = self.ladders is not None and pool.scheduler.waiting
+        actions = pool.release(s.conn, now)
+        if contended:
+            self._contended(b, now)
         if actions:
             self._actions(b, actions, now)
         cls = s.cls
@@ -579,10 +590,21 @@ class Simulation:
 
     # -- periodic -----------------------------------------------------------------------------
 
+    def _contended(self, b: int, now: float) -> None:
+        """An admission event under contention (a request queued, a connection released while
+        others wait): move the ladder now, at most every `LADDER_UPDATE_INTERVAL`, as the
+        gateway's `Group.contended` does. (On a release, the gateway reads the scheduler
+        between the release and the grant; here `PoolPolicy.release` has granted already.)"""
+        assert self.ladders is not None
+        if now - self.ladder_at[b] >= LADDER_UPDATE_INTERVAL:
+            self.ladder_at[b] = now
+            self.ladders[b].update(contention_from_scheduler(self.pools[b].scheduler, now), now)
+
     def _tick(self, now: float, n: int) -> None:
         tick = self.scenario.run.tick
         if self.ladders is not None:
-            for pool, ladder in zip(self.pools, self.ladders, strict=True):
+            for b, (pool, ladder) in enumerate(zip(self.pools, self.ladders, strict=True)):
+                self.ladder_at[b] = now
                 ladder.update(contention_from_scheduler(pool.scheduler, now), now)
         per_second = max(1, round(1.0 / tick))
         if n % per_second == 0:
