@@ -412,13 +412,13 @@ class Simulation:
                 ladder.record(s.sched, SHED)
                 self._fail(s, now, "shed")
                 return
-            if ladder.should_queue(s.sched):
-                ladder.record(s.sched, QUEUE)
         try:
             waiter = pool.submit(s.sched, now, self.policy.timeout, s)
         except TooManyWaiters:
             self._fail(s, now, "rejected")
             return
+        if ladder is not None and ladder.should_queue(s.sched):
+            ladder.record(s.sched, QUEUE)  # counted once queued, as the gateway counts it
         s.waiter = waiter
         self.push(waiter.deadline, TIMEOUT, s, waiter)
         if ladder is not None:

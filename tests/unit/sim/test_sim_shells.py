@@ -36,3 +36,16 @@ def test_ladder_moves_on_admission_events_not_only_on_ticks() -> None:
     assert entered["shed"] == 1, entered
     assert k["classes"]["bulk"]["shed"] > 0
 
+
+def test_queue_step_counts_only_requests_that_queued() -> None:
+    # The gateway counts the queue step once the request is queued: a full queue refuses it,
+    # and that refusal is no application of the queue step.
+    s = load_scenario(overload(policies={"gw": {
+        "base": "connwise", "pool_min": 2, "warm": False, "zombies": "timeout",
+        "balance": "round_robin", "max_waiters": 3}}))
+    sim = Simulation(s, s.resolve("gw"))
+    bulk = sim.run().kpis()["classes"]["bulk"]
+    assert sim.ladders is not None
+    applied = sim.ladders[0].stats()["bulk"]["applied"]
+    assert bulk["rejected"] > 0 and applied["queue"] > 0
+    assert applied["queue"] + bulk["rejected"] <= bulk["requests"], (applied, bulk)
