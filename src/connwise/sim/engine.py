@@ -23,10 +23,12 @@ transfer of its response at the backend bandwidth (or the ladder's throttle rate
 Every `tick` the engine moves each backend's ladder from `contention_from_scheduler` (as the
 gateway's ticker does), and between ticks on admission events under contention (a request
 queued, a connection released while others wait; at most every `LADDER_UPDATE_INTERVAL`, as
-the gateway's `Group.contended`), runs `PoolPolicy.maintain` each second, samples the time series, and
-every `scan_interval` runs the `ZombieTracker` of the learned policy and reclaims what it finds.
-A warming policy applies a `WarmPlan` (built by `connwise.core.plan.build_plan` from the
-scenario's predictable demand) through `PoolPolicy.set_target`.
+the gateway's `Group.contended`); it samples the time series, and every `scan_interval` runs the
+`ZombieTracker` of the learned policy and reclaims what it finds. `PoolPolicy.maintain` runs
+when `connwise.Pool`'s maintenance timer would fire: at the pool's `next_wakeup` (a backoff's
+end, a target's start, an idle timeout), at most a second apart, re-armed where the pool
+re-arms it. A warming policy applies a `WarmPlan` (built by `connwise.core.plan.build_plan`
+from the scenario's predictable demand) through `PoolPolicy.set_target`.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ from connwise.sim.kpi import ClassStats, PolicyResult, Series
 from connwise.sim.scenario import Resolved, Scenario
 from connwise.sim.workload import RateProfile, lognormal_params, replay_arrivals
 
-ARRIVE, NEXT, DONE, TIMEOUT, CONNECTED, CHECKED, TICK, END, PLAN = range(9)
+ARRIVE, NEXT, DONE, TIMEOUT, CONNECTED, CHECKED, TICK, END, PLAN, MAINTAIN = range(10)
 
 #: How a session ended (index into `PolicyResult.closes`).
 CLOSE_DONE, CLOSE_IDLE, CLOSE_HOLD, CLOSE_RECLAIM, CLOSE_FAILED = range(5)
@@ -184,6 +186,11 @@ class Simulation:
         self.pools = [PoolPolicy(name=n, limits=limits, classes=self.table,
                                  rng=random.Random(self.rng_policy.random()))
                       for n in self.backend_names]
+        #: `connwise.Pool`'s maintenance timer: at most this many seconds apart (its `_tick`),
+        #: and one generation per backend, so that re-arming it cancels the armed one.
+        self.maintain_every = min(1.0, (limits.leak_threshold or 4.0) / 4,
+                                  (limits.idle_timeout or 4.0) / 4)
+        self.maintain_gen = [0] * be.count
         self.ladders: list[DegradeLadder] | None = None
         if policy.degrade:
             self.ladders = [DegradeLadder(DegradeConfig(), self.table)
@@ -251,6 +258,7 @@ class Simulation:
             self._build_plan()
         for b, pool in enumerate(self.pools):
             self._actions(b, pool.pump(0.0), 0.0)
+            self._schedule(b, 0.0)
         progress = self.progress
         next_progress = end / 100.0
         on_arrive = self._arrive
@@ -287,6 +295,10 @@ class Simulation:
             elif kind == PLAN:
                 b, n, at = extra
                 self._actions(b, self.pools[b].set_target(n, when, at), when)
+                self._schedule(b, when)
+            elif kind == MAINTAIN and extra == self.maintain_gen[subject]:
+                self._actions(subject, self.pools[subject].maintain(when), when)
+                self._schedule(subject, when)
         self._finish(events)
         if progress is not None:
             progress(1.0)
@@ -407,11 +419,10 @@ class Simulation:
                 s.conn = conn
                 self._serve(s, now)
                 return
-        if ladder is not None:
-            if ladder.sheds(s.sched, pool.scheduler):
-                ladder.record(s.sched, SHED)
-                self._fail(s, now, "shed")
-                return
+        if ladder is not None and ladder.sheds(s.sched, pool.scheduler):
+            ladder.record(s.sched, SHED)
+            self._fail(s, now, "shed")
+            return
         try:
             waiter = pool.submit(s.sched, now, self.policy.timeout, s)
         except TooManyWaiters:
@@ -587,6 +598,15 @@ class Simulation:
             self._actions(b, pool.connected(conn_id, now, latency), now)
         else:
             self._actions(b, pool.connect_failed(conn_id, now, "connect refused"), now)
+            self._schedule(b, now)  # the retry is due when the backoff ends
+
+    def _schedule(self, b: int, now: float) -> None:
+        """Arm backend `b`'s maintenance for the pool's next wake-up, as `connwise.Pool` does
+        (after it opens, after maintenance, after a failed connect, after `set_target`): at
+        most `maintain_every` seconds ahead, at least 10 ms."""
+        self.maintain_gen[b] += 1
+        delay = min(self.pools[b].next_wakeup(now) - now, self.maintain_every)
+        self.push(now + max(0.01, delay), MAINTAIN, b, self.maintain_gen[b])
 
     # -- periodic -----------------------------------------------------------------------------
 
@@ -606,10 +626,6 @@ class Simulation:
             for b, (pool, ladder) in enumerate(zip(self.pools, self.ladders, strict=True)):
                 self.ladder_at[b] = now
                 ladder.update(contention_from_scheduler(pool.scheduler, now), now)
-        per_second = max(1, round(1.0 / tick))
-        if n % per_second == 0:
-            for b, pool in enumerate(self.pools):
-                self._actions(b, pool.maintain(now), now)
         sample = max(1, round(self.scenario.run.sample / tick))
         if n % sample == 0:
             self._sample(now)

@@ -49,3 +49,39 @@ def test_queue_step_counts_only_requests_that_queued() -> None:
     applied = sim.ladders[0].stats()["bulk"]["applied"]
     assert bulk["rejected"] > 0 and applied["queue"] > 0
     assert applied["queue"] + bulk["rejected"] <= bulk["requests"], (applied, bulk)
+
+
+class ConnectLog(Simulation):
+    """Records when each connect starts and when each one fails."""
+
+    starts: list[float]
+    failures: list[tuple[float, float]]  # (when, the pool's next connect time after it)
+
+    def _actions(self, b: int, actions: list[Any], now: float) -> None:
+        self.starts.extend(now for a in actions if type(a).__name__ == "Connect")
+        super()._actions(b, actions, now)
+
+    def _connected(self, b: int, extra: tuple[int, float, bool], now: float) -> None:
+        super()._connected(b, extra, now)
+        if not extra[2]:
+            self.failures.append((now, self.pools[b]._next_connect_at))
+
+
+def test_connects_retry_when_the_backoff_ends() -> None:
+    # `connwise.Pool` re-arms its maintenance timer after a failed connect for the pool's next
+    # wake-up, which includes the end of the backoff: with nobody asking meanwhile, the retry
+    # starts then, not at the next whole second.
+    s = load_scenario({
+        "run": {"name": "t", "duration": 20.0}, "arrivals": {"rate": 1e-6},
+        "backends": {"count": 1, "pool_size": 2, "connect_ms": 200, "connect_sigma": 0,
+                     "connect_fail": 0.9},
+        "policies": {"static": {"base": "static"}}})
+    sim = ConnectLog(s, s.resolve("static"))
+    sim.starts, sim.failures = [], []
+    sim.run()
+    assert sim.failures
+    for when, due in sim.failures:
+        # Next start: at once (a connect beside it succeeded, which ends the backoff) or when
+        # the backoff ends.
+        later = [t for t in sim.starts if t >= when]
+        assert later[0] == when or abs(later[0] - due) < 1e-9, (when, due, later[0])
