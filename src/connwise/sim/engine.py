@@ -28,7 +28,10 @@ the gateway's `Group.contended`); it samples the time series, and every `scan_in
 when `connwise.Pool`'s maintenance timer would fire: at the pool's `next_wakeup` (a backoff's
 end, a target's start, an idle timeout), at most a second apart, re-armed where the pool
 re-arms it. A warming policy applies a `WarmPlan` (built by `connwise.core.plan.build_plan`
-from the scenario's predictable demand) through `PoolPolicy.set_target`.
+from the scenario's predictable demand) as the forecast applier does: a `WarmController` per
+backend decides at every plan step and every `WARM_TICK` from the plan and the demand the pool
+observes (scale out on the plan, scale in only on observed demand), and `PoolPolicy.set_target`
+carries the decision out at once.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from connwise.core.degrade import (
     DegradeLadder,
     contention_from_scheduler,
 )
-from connwise.core.plan import PlanSettings, WarmPlan, build_plan
+from connwise.core.plan import PlanSettings, WarmController, WarmPlan, build_plan
 from connwise.core.pooling import (
     Assign,
     Check,
@@ -75,6 +78,10 @@ from connwise.sim.scenario import Resolved, Scenario
 from connwise.sim.workload import RateProfile, lognormal_params, replay_arrivals
 
 ARRIVE, NEXT, DONE, TIMEOUT, CONNECTED, CHECKED, TICK, END, PLAN, MAINTAIN = range(10)
+
+#: Seconds between two warm-target decisions between plan steps: the forecast applier's
+#: default `tick` (`[forecast] tick`), since scale-in follows observed demand.
+WARM_TICK = 15.0
 
 #: How a session ended (index into `PolicyResult.closes`).
 CLOSE_DONE, CLOSE_IDLE, CLOSE_HOLD, CLOSE_RECLAIM, CLOSE_FAILED = range(5)
@@ -238,6 +245,8 @@ class Simulation:
         self.result.series = self.series
         self.result.backend_requests = [0] * be.count
         self.plan: WarmPlan | None = None
+        self.warm: list[WarmController] = []
+        self.warm_set: list[int | None] = []
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -293,9 +302,7 @@ class Simulation:
                     progress(when / end)
                     next_progress = when + end / 100.0
             elif kind == PLAN:
-                b, n, at = extra
-                self._actions(b, self.pools[b].set_target(n, when, at), when)
-                self._schedule(b, when)
+                self._warm(when)
             elif kind == MAINTAIN and extra == self.maintain_gen[subject]:
                 self._actions(subject, self.pools[subject].maintain(when), when)
                 self._schedule(subject, when)
@@ -658,7 +665,7 @@ class Simulation:
 
     def _build_plan(self) -> None:
         """A WarmPlan from the predictable part of the profile: requests per step per backend,
-        Little's law with the mean hold time, then `set_target` ahead of every step."""
+        Little's law with the mean hold time; `_warm` applies it from time 0."""
         scenario = self.scenario
         predictable = RateProfile(scenario.arrivals, predictable_only=True)
         loads = [scenario.classes[n] for n in self.class_names]
@@ -675,14 +682,31 @@ class Simulation:
         settings = PlanSettings(step=step, hold_time=hold, kind="arrivals",
                                 lead=policy.warm_lead, headroom=policy.warm_headroom,
                                 min_target=0, max_target=policy.pool_max)
-        self.plan = build_plan({"backend": (0.0, per_backend)}, settings)
-        previous = -1
-        for st in self.plan.steps["backend"]:
-            if st.target == previous:
-                continue
-            previous = st.target
-            for b in range(self.n_backends):
-                self.push(max(0.0, st.at - 1.0), PLAN, None, (b, st.target, st.at))
+        self.plan = plan = build_plan({"backend": (0.0, per_backend)}, settings)
+        self.warm = [WarmController(plan, "backend", headroom=policy.warm_headroom)
+                     for _ in range(self.n_backends)]
+        self.warm_set = [None] * self.n_backends
+        self.push(0.0, PLAN)
+
+    def _warm(self, now: float) -> None:
+        """One decision of the forecast applier (`connwise.forecast.applier.PlanApplier`) per
+        backend: its `WarmController` turns the plan and the demand the pool observes (in use
+        plus waiting) into a target, set at once (scale out on the plan, scale in only on
+        observed demand); then the next decision at the next plan step or `WARM_TICK`."""
+        for b, (pool, controller) in enumerate(zip(self.pools, self.warm, strict=True)):
+            scheduler = pool.scheduler
+            target = controller.decide(now, float(scheduler.in_use + scheduler.waiting))
+            target = min(target, pool.limits.max_size)
+            if target != self.warm_set[b]:
+                self.warm_set[b] = target
+                self._actions(b, pool.set_target(target, now), now)
+                self._schedule(b, now)
+        assert self.plan is not None
+        wake = now + WARM_TICK
+        change = self.plan.next_change(now, "backend")
+        if change is not None:
+            wake = min(wake, change)
+        self.push(wake, PLAN)
 
     # -- the end ------------------------------------------------------------------------------
 

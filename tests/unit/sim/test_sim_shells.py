@@ -85,3 +85,26 @@ def test_connects_retry_when_the_backoff_ends() -> None:
         # the backoff ends.
         later = [t for t in sim.starts if t >= when]
         assert later[0] == when or abs(later[0] - due) < 1e-9, (when, due, later[0])
+
+
+def test_warm_plan_scales_in_on_observed_demand_only() -> None:
+    # Production applies a plan through `WarmController` (the forecast applier): scale-out on
+    # the plan, scale-in only as far as the demand it observes allows. Here the plan knows a
+    # spike (60-120 s) but not a lift that triples the demand from then on: after the spike
+    # the plan asks for 12 connections, the pool serves ~30 at once, and the target must not
+    # fall below what it serves.
+    s = load_scenario({
+        "run": {"name": "t", "duration": 200.0},
+        "arrivals": {"rate": 20.0, "spikes": [
+            {"at": 60, "duration": 60, "factor": 2},
+            {"at": 60, "duration": 1000, "factor": 3, "kind": "lift", "predictable": False}]},
+        "classes": {"interactive": {"share": 1, "service_ms": 500, "service_sigma": 0}},
+        "backends": {"count": 1, "pool_size": 100, "capacity": 100, "connect_ms": 10},
+        "policies": {"cw": {"base": "connwise", "warm_lead": 5, "zombies": "timeout",
+                            "degrade": False}}})
+    sim = Simulation(s, s.resolve("cw"))
+    sim.run()
+    assert sim.plan is not None
+    planned = sim.plan.target_at(199.0, "backend")
+    assert planned < 20
+    assert sim.pools[0].target >= 20, (planned, sim.pools[0].target)
