@@ -6,9 +6,9 @@ classes routed by an `x-class` header (critical 40 ms, interactive 40 ms, bulk 2
 time), each session one connection with one GET, as the simulator models it. Latency counts
 from the intended send time, so a generator that falls behind shows it. The simulator runs the
 same scenario with the `connwise` policy: one backend, 4 warm connections (the group's
-`max_in_flight`), constant service time = origin time + 2 ms of loopback and proxy overhead,
-the same class table and the same `DegradeLadder` defaults ticked every 0.25 s as the
-gateway's ticker does.
+`max_in_flight`), constant service time = origin time + 2 ms of loopback and proxy overhead
+(the same under the degrade signal, which the origin ignores), the same class table and the
+same `DegradeLadder` defaults, moved every 0.25 s and on admission events as the gateway's.
 
 Tolerance (stated and tested): the share of requests refused with 503 (shed or timed out
 waiting) agrees within 10 percentage points, and both runs do refuse (> 2%). Per class, p99
@@ -165,7 +165,9 @@ def sim_run() -> dict[str, tuple[float, int, int]]:
                            "reserved_share": KNOBS[name][1], "max_wait": KNOBS[name][2],
                            "aging_rate": KNOBS[name][3]}
                     for name, (_, ms, share) in CLASSES.items()},
-        "backends": {"count": 1, "pool_size": SLOTS, "capacity": 1000, "connect_ms": 0},
+        # The origin ignores Connwise-Degrade: a signalled request costs what any other does.
+        "backends": {"count": 1, "pool_size": SLOTS, "capacity": 1000, "connect_ms": 0,
+                     "degraded_cost": 1.0},
         "policies": {"gateway": {"base": "connwise", "pool_min": SLOTS, "warm": False,
                                  "zombies": "timeout", "balance": "round_robin"}},
     })

@@ -100,6 +100,10 @@ LEVEL_NAMES: tuple[str, ...] = ("none", "throttle", "signal", "queue", "shed")
 SIGNAL_HEADER = "Connwise-Degrade"
 #: The WebSocket close code of the shed step (RFC 6455 registry: "Try Again Later").
 WS_TRY_AGAIN_LATER = 1013
+#: Least seconds between two ladder updates driven by admission events (a request queued, a
+#: slot freed while others wait), besides the shell's periodic tick: O(classes) each, so at most
+#: 100 a second costs nothing measurable. The gateway and the simulator both use it.
+LADDER_UPDATE_INTERVAL = 0.01
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,12 @@ from connwise.config import GroupConfig, parse_address
 from connwise.core.affinity import BoundedLoadRing
 from connwise.core.balance import LeastOutstandingP2C, RoundRobin
 from connwise.core.classes import ClassTable, PriorityClass
-from connwise.core.degrade import DegradeConfig, DegradeLadder, contention_from_scheduler
+from connwise.core.degrade import (
+    LADDER_UPDATE_INTERVAL,
+    DegradeConfig,
+    DegradeLadder,
+    contention_from_scheduler,
+)
 from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup
 from connwise.core.scheduler import Scheduler
 from connwise.gateway.relay import RelayHalf, ThrottleStep
@@ -41,9 +46,6 @@ UPSTREAM_CLASSES = ClassTable([PriorityClass("any", rank=0, max_wait=60.0)])
 #: event-loop iteration, about 50 connections a second under load, and 1000 keep-alive clients
 #: queued for upstream connections for many seconds. 64 keeps a burst bounded all the same.
 UPSTREAM_MAX_CONNECTING = 64
-#: Least seconds between two ladder updates driven by admission events (the periodic tick
-#: updates it too): O(classes) each, so at most 100 a second costs nothing measurable.
-LADDER_UPDATE_INTERVAL = 0.01
 #: Seconds between two looks of a retired group at its queues (`Group.retire`).
 RETIRE_POLL_INTERVAL = 0.05
 

@@ -21,10 +21,17 @@ backend holds more than its capacity, cut by `degraded_cost` under the degrade s
 transfer of its response at the backend bandwidth (or the ladder's throttle rate).
 
 Every `tick` the engine moves each backend's ladder from `contention_from_scheduler` (as the
-gateway's ticker does), runs `PoolPolicy.maintain` each second, samples the time series, and
-every `scan_interval` runs the `ZombieTracker` of the learned policy and reclaims what it finds.
-A warming policy applies a `WarmPlan` (built by `connwise.core.plan.build_plan` from the
-scenario's predictable demand) through `PoolPolicy.set_target`.
+gateway's ticker does), and between ticks on admission events under contention (a request
+queued, a connection released while others wait; at most every `LADDER_UPDATE_INTERVAL`, as
+the gateway's `Group.contended`); it samples the time series, and every `scan_interval` runs the
+`ZombieTracker` of the learned policy and reclaims what it finds. `PoolPolicy.maintain` runs
+when `connwise.Pool`'s maintenance timer would fire: at the pool's `next_wakeup` (a backoff's
+end, a target's start, an idle timeout), at most a second apart, re-armed where the pool
+re-arms it. A warming policy applies a `WarmPlan` (built by `connwise.core.plan.build_plan`
+from the scenario's predictable demand) as the forecast applier does: a `WarmController` per
+backend decides at every plan step and every `WARM_TICK` from the plan and the demand the pool
+observes (scale out on the plan, scale in only on observed demand), and `PoolPolicy.set_target`
+carries the decision out at once.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from connwise.core.balance import LeastOutstandingP2C, RoundRobin
 from connwise.core.classes import ClassTable, PriorityClass
 from connwise.core.clock import VirtualClock
 from connwise.core.degrade import (
+    LADDER_UPDATE_INTERVAL,
     QUEUE,
     SHED,
     SIGNAL,
@@ -51,7 +59,7 @@ from connwise.core.degrade import (
     DegradeLadder,
     contention_from_scheduler,
 )
-from connwise.core.plan import PlanSettings, WarmPlan, build_plan
+from connwise.core.plan import PlanSettings, WarmController, WarmPlan, build_plan
 from connwise.core.pooling import (
     Assign,
     Check,
@@ -69,7 +77,11 @@ from connwise.sim.kpi import ClassStats, PolicyResult, Series
 from connwise.sim.scenario import Resolved, Scenario
 from connwise.sim.workload import RateProfile, lognormal_params, replay_arrivals
 
-ARRIVE, NEXT, DONE, TIMEOUT, CONNECTED, CHECKED, TICK, END, PLAN = range(9)
+ARRIVE, NEXT, DONE, TIMEOUT, CONNECTED, CHECKED, TICK, END, PLAN, MAINTAIN = range(10)
+
+#: Seconds between two warm-target decisions between plan steps: the forecast applier's
+#: default `tick` (`[forecast] tick`), since scale-in follows observed demand.
+WARM_TICK = 15.0
 
 #: How a session ended (index into `PolicyResult.closes`).
 CLOSE_DONE, CLOSE_IDLE, CLOSE_HOLD, CLOSE_RECLAIM, CLOSE_FAILED = range(5)
@@ -181,11 +193,18 @@ class Simulation:
         self.pools = [PoolPolicy(name=n, limits=limits, classes=self.table,
                                  rng=random.Random(self.rng_policy.random()))
                       for n in self.backend_names]
+        #: `connwise.Pool`'s maintenance timer: at most this many seconds apart (its `_tick`),
+        #: and one generation per backend, so that re-arming it cancels the armed one.
+        self.maintain_every = min(1.0, (limits.leak_threshold or 4.0) / 4,
+                                  (limits.idle_timeout or 4.0) / 4)
+        self.maintain_gen = [0] * be.count
         self.ladders: list[DegradeLadder] | None = None
         if policy.degrade:
             self.ladders = [DegradeLadder(DegradeConfig(), self.table)
                             for _ in self.backend_names]
             self.ladder_state = [[lad.state(s) for s in self.sched_names] for lad in self.ladders]
+            #: When each ladder last moved (a tick or an admission event; see `_contended`).
+            self.ladder_at = [-LADDER_UPDATE_INTERVAL] * be.count
         self.balancer: RoundRobin | LeastOutstandingP2C | BoundedLoadRing
         if policy.balance == "hash":
             self.balancer = BoundedLoadRing(self.backend_names,
@@ -226,6 +245,8 @@ class Simulation:
         self.result.series = self.series
         self.result.backend_requests = [0] * be.count
         self.plan: WarmPlan | None = None
+        self.warm: list[WarmController] = []
+        self.warm_set: list[int | None] = []
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -246,6 +267,7 @@ class Simulation:
             self._build_plan()
         for b, pool in enumerate(self.pools):
             self._actions(b, pool.pump(0.0), 0.0)
+            self._schedule(b, 0.0)
         progress = self.progress
         next_progress = end / 100.0
         on_arrive = self._arrive
@@ -280,8 +302,10 @@ class Simulation:
                     progress(when / end)
                     next_progress = when + end / 100.0
             elif kind == PLAN:
-                b, n, at = extra
-                self._actions(b, self.pools[b].set_target(n, when, at), when)
+                self._warm(when)
+            elif kind == MAINTAIN and extra == self.maintain_gen[subject]:
+                self._actions(subject, self.pools[subject].maintain(when), when)
+                self._schedule(subject, when)
         self._finish(events)
         if progress is not None:
             progress(1.0)
@@ -402,20 +426,21 @@ class Simulation:
                 s.conn = conn
                 self._serve(s, now)
                 return
-        if ladder is not None:
-            if ladder.sheds(s.sched, pool.scheduler):
-                ladder.record(s.sched, SHED)
-                self._fail(s, now, "shed")
-                return
-            if ladder.should_queue(s.sched):
-                ladder.record(s.sched, QUEUE)
+        if ladder is not None and ladder.sheds(s.sched, pool.scheduler):
+            ladder.record(s.sched, SHED)
+            self._fail(s, now, "shed")
+            return
         try:
             waiter = pool.submit(s.sched, now, self.policy.timeout, s)
         except TooManyWaiters:
             self._fail(s, now, "rejected")
             return
+        if ladder is not None and ladder.should_queue(s.sched):
+            ladder.record(s.sched, QUEUE)  # counted once queued, as the gateway counts it
         s.waiter = waiter
         self.push(waiter.deadline, TIMEOUT, s, waiter)
+        if ladder is not None:
+            self._contended(b, now)
         self._actions(b, pool.pump(now), now)
 
     def _serve(self, s: Session, now: float) -> None:
@@ -464,7 +489,11 @@ class Simulation:
         b = s.backend
         self.busy[b] -= 1
         self.loads[self.backend_names[b]] -= 1
-        actions = self.pools[b].release(s.conn, now)
+        pool = self.pools[b]
+        contended = self.ladders is not None and pool.scheduler.waiting
+        actions = pool.release(s.conn, now)
+        if contended:
+            self._contended(b, now)
         if actions:
             self._actions(b, actions, now)
         cls = s.cls
@@ -576,18 +605,34 @@ class Simulation:
             self._actions(b, pool.connected(conn_id, now, latency), now)
         else:
             self._actions(b, pool.connect_failed(conn_id, now, "connect refused"), now)
+            self._schedule(b, now)  # the retry is due when the backoff ends
+
+    def _schedule(self, b: int, now: float) -> None:
+        """Arm backend `b`'s maintenance for the pool's next wake-up, as `connwise.Pool` does
+        (after it opens, after maintenance, after a failed connect, after `set_target`): at
+        most `maintain_every` seconds ahead, at least 10 ms."""
+        self.maintain_gen[b] += 1
+        delay = min(self.pools[b].next_wakeup(now) - now, self.maintain_every)
+        self.push(now + max(0.01, delay), MAINTAIN, b, self.maintain_gen[b])
 
     # -- periodic -----------------------------------------------------------------------------
+
+    def _contended(self, b: int, now: float) -> None:
+        """An admission event under contention (a request queued, a connection released while
+        others wait): move the ladder now, at most every `LADDER_UPDATE_INTERVAL`, as the
+        gateway's `Group.contended` does. (On a release, the gateway reads the scheduler
+        between the release and the grant; here `PoolPolicy.release` has granted already.)"""
+        assert self.ladders is not None
+        if now - self.ladder_at[b] >= LADDER_UPDATE_INTERVAL:
+            self.ladder_at[b] = now
+            self.ladders[b].update(contention_from_scheduler(self.pools[b].scheduler, now), now)
 
     def _tick(self, now: float, n: int) -> None:
         tick = self.scenario.run.tick
         if self.ladders is not None:
-            for pool, ladder in zip(self.pools, self.ladders, strict=True):
+            for b, (pool, ladder) in enumerate(zip(self.pools, self.ladders, strict=True)):
+                self.ladder_at[b] = now
                 ladder.update(contention_from_scheduler(pool.scheduler, now), now)
-        per_second = max(1, round(1.0 / tick))
-        if n % per_second == 0:
-            for b, pool in enumerate(self.pools):
-                self._actions(b, pool.maintain(now), now)
         sample = max(1, round(self.scenario.run.sample / tick))
         if n % sample == 0:
             self._sample(now)
@@ -620,7 +665,7 @@ class Simulation:
 
     def _build_plan(self) -> None:
         """A WarmPlan from the predictable part of the profile: requests per step per backend,
-        Little's law with the mean hold time, then `set_target` ahead of every step."""
+        Little's law with the mean hold time; `_warm` applies it from time 0."""
         scenario = self.scenario
         predictable = RateProfile(scenario.arrivals, predictable_only=True)
         loads = [scenario.classes[n] for n in self.class_names]
@@ -637,14 +682,31 @@ class Simulation:
         settings = PlanSettings(step=step, hold_time=hold, kind="arrivals",
                                 lead=policy.warm_lead, headroom=policy.warm_headroom,
                                 min_target=0, max_target=policy.pool_max)
-        self.plan = build_plan({"backend": (0.0, per_backend)}, settings)
-        previous = -1
-        for st in self.plan.steps["backend"]:
-            if st.target == previous:
-                continue
-            previous = st.target
-            for b in range(self.n_backends):
-                self.push(max(0.0, st.at - 1.0), PLAN, None, (b, st.target, st.at))
+        self.plan = plan = build_plan({"backend": (0.0, per_backend)}, settings)
+        self.warm = [WarmController(plan, "backend", headroom=policy.warm_headroom)
+                     for _ in range(self.n_backends)]
+        self.warm_set = [None] * self.n_backends
+        self.push(0.0, PLAN)
+
+    def _warm(self, now: float) -> None:
+        """One decision of the forecast applier (`connwise.forecast.applier.PlanApplier`) per
+        backend: its `WarmController` turns the plan and the demand the pool observes (in use
+        plus waiting) into a target, set at once (scale out on the plan, scale in only on
+        observed demand); then the next decision at the next plan step or `WARM_TICK`."""
+        for b, (pool, controller) in enumerate(zip(self.pools, self.warm, strict=True)):
+            scheduler = pool.scheduler
+            target = controller.decide(now, float(scheduler.in_use + scheduler.waiting))
+            target = min(target, pool.limits.max_size)
+            if target != self.warm_set[b]:
+                self.warm_set[b] = target
+                self._actions(b, pool.set_target(target, now), now)
+                self._schedule(b, now)
+        assert self.plan is not None
+        wake = now + WARM_TICK
+        change = self.plan.next_change(now, "backend")
+        if change is not None:
+            wake = min(wake, change)
+        self.push(wake, PLAN)
 
     # -- the end ------------------------------------------------------------------------------
 
