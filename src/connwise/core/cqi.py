@@ -54,6 +54,9 @@ AXIS_NAMES: tuple[str, ...] = ("business", "technical", "user", "resource")
 #: off `gateway_memory`); at two decimals, connections of the same inputs and a similar age
 #: share them (`CqiPolicy.shared_axes`).
 RESOURCE_DIGITS = 2
+#: Decimals a score is compared to a band edge at (see `CqiPolicy.band`): far finer than any
+#: configured edge, far coarser than floating-point error.
+SCORE_DIGITS = 9
 #: Distinct shared axes `CqiPolicy` keeps (see `CqiPolicy.shared_axes`).
 MAX_SHARED_AXES = 4096
 #: Distinct openings `CqiPolicy` keeps (see `CqiPolicy._openings`).
@@ -344,7 +347,10 @@ class CqiPolicy:
                 + wr * axes.resource) / self._wsum
 
     def band(self, score: float) -> Band:
-        """The highest band whose minimum the score reaches."""
+        """The highest band whose minimum the score reaches. The score is compared rounded to
+        SCORE_DIGITS: a weighted sum that is exactly an edge in decimals (0.05 + 0.14 + 0.15
+        + 0.06 = 0.4) comes out a hair below it in binary floating point."""
+        score = round(score, SCORE_DIGITS)
         for band in self._bands:
             if score >= band.min_score:
                 return band

@@ -111,6 +111,18 @@ def test_bands_map_a_minimum_score_to_a_class(score: float, expected: str) -> No
     assert policy().band(score).class_name == expected
 
 
+@pytest.mark.parametrize("axes", [
+    Axes(0.1, 0.7, 1.0, 0.4),     # a gold user's busy WebSocket on a bulk route: 0.4
+    Axes(0.1, 1.0, 0.7, 0.3),     # 0.4 as well
+])
+def test_a_score_exactly_on_a_band_edge_is_in_the_band_above(axes: Axes) -> None:
+    # The weighted sum comes out as 0.39999999999999997 in binary floating point, and the
+    # connection fell to bulk while explain() showed "CQI score 0.400 is in band 'bulk'".
+    p = policy()
+    assert p.classify(axes) == "interactive"
+    assert p.reclassify(p.band(0.0), p.score(axes) + 0.05).class_name == "interactive"
+
+
 @pytest.mark.parametrize(("base", "score"), [
     ("critical", 0.825), ("interactive", 0.625), ("bulk", 0.375),
 ])
