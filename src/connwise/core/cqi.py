@@ -395,19 +395,24 @@ class CqiPolicy:
 
     def user_matches(self, headers: Iterable[tuple[bytes | str, bytes | str]]
                      ) -> list[tuple[str, str, float]]:
-        """The configured (header, value, score) rules that `headers` match."""
+        """The configured (header, value, score) rules that `headers` match, each once: a rule
+        matched by several lines of its header (repeated by a client, or appended by a proxy)
+        is not weighed more in the mean."""
         table = self._headers
         found: list[tuple[str, str, float]] = []
         if not table:
             return found
+        seen: set[tuple[bytes, bytes]] = set()
         for name, value in headers:
             bname = (name.encode("latin-1") if isinstance(name, str) else name).lower()
             values = table.get(bname)
             if values is None:
                 continue
             bvalue = (value.encode("latin-1") if isinstance(value, str) else value)
-            score = values.get(bvalue.strip().lower())
-            if score is not None:
+            rule = (bname, bvalue.strip().lower())
+            score = values.get(rule[1])
+            if score is not None and rule not in seen:
+                seen.add(rule)
                 found.append((bname.decode("ascii"), bvalue.decode("latin-1"), score))
         return found
 

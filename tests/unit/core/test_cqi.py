@@ -227,6 +227,16 @@ def test_user_axis_from_configured_headers(headers: list[Any], expected: float) 
     assert p.user_axis([tuple(h) for h in headers]) == pytest.approx(expected)
 
 
+def test_a_rule_matched_by_several_header_lines_counts_once() -> None:
+    # The axis is the mean of the matching *rules*: a header repeated (by a client, or by a
+    # proxy that appends instead of replacing) does not weigh its rule twice.
+    p = policy(user=USER_RULES)
+    headers = [(b"x-user-tier", b"gold"), (b"x-device", b"mobile"), (b"x-user-tier", b"Gold")]
+    assert p.user_axis(headers) == pytest.approx(0.8)
+    assert p.user_matches(headers) == [("x-user-tier", "gold", 1.0),
+                                       ("x-device", "mobile", 0.6)]
+
+
 def test_no_user_rules_by_default_so_clients_cannot_promote_themselves() -> None:
     assert policy().user_axis([(b"x-user-tier", b"gold")]) == 0.5
 
