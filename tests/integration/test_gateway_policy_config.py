@@ -6,15 +6,18 @@ bounds) the objects built from them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
 from connwise.core.affinity import BoundedLoadRing
 from connwise.core.degrade import SHED, SIGNAL
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway import url, web_config
+from tests.integration.test_gateway_tcp_throttle import ByteService
 
 #: A user axis weighted up (0.3 instead of 0.15): the bands are then calibrated to these
 #: weights (crit/interactive edge ~0.70, interactive/bulk ~0.50), and an interactive route's
@@ -112,3 +115,42 @@ async def test_a_keep_alive_connection_joins_the_group_its_later_request_names(
         await first.get("/fast", headers=doc)
         assert engine.group_size("doc-7") == 2
         assert {c["class"] for c in gateway.connections()} == {"interactive"}
+
+
+#: Resource use weighted up: calibrated edges ~0.855 (critical) and ~0.765 (interactive); a
+#: fresh interactive connection scores 0.81, one moving many times `rate_half` about 0.21.
+HEAVY_CQI: dict[str, Any] = {
+    "weights": {"business": 0.2, "technical": 0.1, "user": 0.1, "resource": 0.6},
+    "rate_half": 1000.0,
+}
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[ByteService]:
+    started = await ByteService().start()
+    yield started
+    await started.stop()
+
+
+async def test_a_tcp_connection_follows_its_cqi_class_with_escalation_rules_configured(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    # Escalation tracks only HTTP connections; the resource step handed a tcp connection's
+    # CQI change to the engine, which did not know it, and the change was dropped: the class
+    # stayed 'interactive' and `why` called it escalated above its CQI class 'bulk'.
+    gateway = await make_gateway(
+        listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
+        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
+                          "health": {"kind": "none"}}},
+        cqi=HEAVY_CQI, escalation={"activity": [{"name": "busy"}]})
+    reader, writer = await asyncio.open_connection(*gateway.listeners["raw"].address)
+    try:
+        writer.write(b"D 1000000\n")
+        await asyncio.wait_for(reader.readexactly(1_000_000), 10)
+        gateway.observe_resources(gateway.clock.now() + 1.0)
+        [conn] = gateway.connections()
+        assert (conn["class"], conn["why"]["cqi_class"]) == ("bulk", "bulk")
+        assert not conn["why"]["escalated"]
+        history = conn["why"]["history"]
+        assert (history[0]["to"], history[-1]["to"]) == ("interactive", "bulk")
+    finally:
+        writer.close()

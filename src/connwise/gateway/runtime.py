@@ -263,8 +263,10 @@ class Gateway:
             if change is None:
                 continue
             self.count_class("reclassified", change.to_class)
-            if engine is None:
-                _set_class(client, state, change)  # no escalation: the class is the CQI's
+            if engine is None or engine.class_of(client.conn_id) is None:
+                # Not escalated (no rules; a tcp connection, which escalation does not track;
+                # one the engine forgot): the class is the CQI's.
+                _set_class(client, state, change)
                 continue
             follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
             if follow is not None:
