@@ -12,8 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from connwise.config import load_gateway_config
 from connwise.core.affinity import BoundedLoadRing
+from connwise.core.clock import VirtualClock
 from connwise.core.degrade import SHED, SIGNAL
+from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway import url, web_config
@@ -154,3 +157,41 @@ async def test_a_tcp_connection_follows_its_cqi_class_with_escalation_rules_conf
         assert (history[0]["to"], history[-1]["to"]) == ("interactive", "bulk")
     finally:
         writer.close()
+
+
+async def test_a_keep_alive_connection_scored_afresh_keeps_its_byte_rate_age_and_history(
+        origins: list[HttpOrigin]) -> None:
+    # A later request with other inputs (another route) scores the connection afresh. The new
+    # state counted bytes from 0, so the next resource step took every byte the connection had
+    # ever moved for a burst of its last second (a long-quiet connection looked like a heavy
+    # one), and its age and class history started over.
+    config = web_config(origins[:1])
+    config["routes"] = [
+        {"listener": "web", "group": "app", "path_prefix": "/echo"},
+        {"listener": "web", "group": "app", "path_prefix": "/", "latency_sensitive": True}]
+    clock = VirtualClock(1000.1)  # the ticker's resource step runs at whole seconds only
+    gateway = Gateway(load_gateway_config(config), clock=clock)
+    await gateway.start()
+    try:
+        async with httpx.AsyncClient(base_url=url(gateway)) as client:
+            for _ in range(3):
+                await client.post("/echo", content=b"z" * 2_000_000)
+            clock.advance(1.0)
+            gateway.observe_resources(clock.now())
+            clock.advance(600.0)      # ten quiet minutes: the byte rate decays to nothing
+            gateway.observe_resources(clock.now())
+            [conn] = gateway.connections()
+            quiet = conn["why"]["axes"]["resource"]
+            assert quiet == pytest.approx(0.85, abs=0.01)
+            await client.get("/fast")
+            clock.advance(1.0)
+            gateway.observe_resources(clock.now())
+            [conn] = gateway.connections()
+        why = conn["why"]
+        assert why["inputs"]["latency_sensitive"]
+        assert why["inputs"]["bytes_per_s"] < 1000  # the last request and its answer
+        assert why["axes"]["resource"] == pytest.approx(quiet, abs=0.01)
+        assert why["inputs"]["age"] == pytest.approx(602.0)
+        assert why["history"][0]["at"] == pytest.approx(1000.1)
+    finally:
+        await gateway.drain(1.0)

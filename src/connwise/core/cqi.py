@@ -435,8 +435,14 @@ class CqiPolicy:
     def open(self, conn_id: int, now: float, *, base_class: str, protocol: str = "http",
              latency_sensitive: bool = False, websocket: bool = False,
              headers: Iterable[tuple[bytes | str, bytes | str]] = (),
-             criticality: float | None = None) -> ClassState:
-        """Score a new connection from what is known at its start and give it its class."""
+             criticality: float | None = None,
+             previous: ClassState | None = None) -> ClassState:
+        """Score a new connection from what is known at its start and give it its class.
+
+        `previous` is the state of the same connection scored from other inputs (a keep-alive
+        connection's later request to another route, a reload's new policy): its age, byte
+        count, byte rate and resource axis are the connection's and carry over, and so does
+        its class history, to which a change of class is added."""
         matches = self.user_matches(headers)
         key = (base_class, criticality, protocol, latency_sensitive, websocket)
         opening = None if matches else self._openings.get(key)
@@ -451,7 +457,10 @@ class CqiPolicy:
             opening = (inputs, axes, self.score(axes))
             if not matches and len(self._openings) < MAX_OPENINGS:
                 self._openings[key] = opening
-        return ClassState(self, conn_id, *opening, now)
+        state = ClassState(self, conn_id, *opening, now)
+        if previous is not None:
+            state._continue(previous, now)
+        return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +535,21 @@ class ClassState:
 
     def _band_reason(self) -> str:
         return _band_reason(self.score, self._band)
+
+    def _continue(self, previous: ClassState, now: float) -> None:
+        """Take over what `previous`, the same connection's state, observed (see `open`)."""
+        self.opened_at = previous.opened_at
+        self.rate, self._bytes, self._bytes_at = previous.rate, previous._bytes, previous._bytes_at
+        axes = self.axes
+        if previous.axes.resource != axes.resource:
+            self.axes, self.score = self.policy.shared_axes(
+                axes.business, axes.technical, axes.user, previous.axes.resource)
+            self._band = self.policy.band(self.score)
+            self.cqi_class = self.class_name = self._band.class_name
+        self._history = list(previous.history)
+        if self.class_name != previous.class_name:
+            self.apply(ClassChange(self.conn_id, previous.class_name, self.class_name,
+                                   f"inputs changed: {self._band_reason()}", now))
 
     def _rescore(self, now: float, why: str) -> ClassChange | None:
         self.score = self.policy.score(self.axes)

@@ -194,7 +194,8 @@ class Gateway:
         A keep-alive connection keeps its state while those inputs stay the same (the common
         case: the same route class and headers request after request), so a request costs no
         scoring and the state goes on following the connection's resource use. Other inputs,
-        or a reload (a new `CqiPolicy`), open a new state."""
+        or a reload (a new `CqiPolicy`), open a new state, which continues the old one's byte
+        count, rate, age and history."""
         cqi = self.cqi
         state = client.class_state
         matches = cqi.user_matches(ex.headers) if cqi.config.user else []
@@ -202,7 +203,7 @@ class Gateway:
             state = cqi.open(client.conn_id, self.clock.now(), base_class=route.class_name,
                              protocol="websocket" if ex.upgrade else "http",
                              latency_sensitive=route.latency_sensitive, websocket=ex.upgrade,
-                             headers=ex.headers)
+                             headers=ex.headers, previous=state)
             client.class_state = state
         engine = self.escalation
         if engine is None:

@@ -334,6 +334,20 @@ def test_hysteresis_keeps_a_wandering_score_in_its_band(business_steps: list[flo
     assert seen == expected_classes
 
 
+def test_a_state_opened_from_new_inputs_continues_the_connection() -> None:
+    p = policy(rate_half=1000.0)
+    old = p.open(1, 0.0, base_class="bulk")
+    old.observe(100_000, 10.0)                          # heavy: the resource axis falls
+    new = p.open(1, 12.0, base_class="critical", previous=old)
+    assert (new.opened_at, new.rate, new.axes.resource) == (0.0, old.rate, old.axes.resource)
+    assert new.cqi_class == "interactive"               # 0.675: critical, but heavy
+    new.observe(100_000, 13.0)
+    assert new.rate < old.rate                          # not a burst of 100 kB in a second
+    assert [(c.from_class, c.to_class) for c in new.history] == \
+        [(None, "bulk"), ("bulk", "interactive")]
+    assert "inputs changed" in new.history[-1].reason
+
+
 def test_update_rescores_with_axes_known_later() -> None:
     p = policy()
     state = p.open(1, 0.0, base_class="bulk")
