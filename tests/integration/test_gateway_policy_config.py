@@ -195,3 +195,26 @@ async def test_a_keep_alive_connection_scored_afresh_keeps_its_byte_rate_age_and
         assert why["history"][0]["at"] == pytest.approx(1000.1)
     finally:
         await gateway.drain(1.0)
+
+
+async def test_an_escalated_connection_scored_afresh_says_which_rule_lifts_it(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    # A later request with other user headers opens a new CQI state; the escalation was then
+    # carried over as "escalation in force", and `why` no longer named the rule.
+    config = web_config(origins[:1], cqi={
+        "user": [{"header": "x-device", "value": "mobile", "score": 0.5}]})
+    config["routes"][0]["class"] = "bulk"
+    config["escalation"] = {"activity": [{"name": "busy", "threshold": 3, "hold": 30}],
+                            "max_escalated_share": 1.0}
+    gateway = await make_gateway(**config)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for _ in range(3):
+            await client.get("/fast")
+        await client.get("/fast", headers={"x-device": "mobile"})
+        [conn] = gateway.connections()
+    why = conn["why"]
+    assert (conn["class"], why["cqi_class"]) == ("interactive", "bulk")
+    assert why["inputs"]["user_headers"]
+    assert "activity rule 'busy'" in why["why"]
+    assert [(c["from"], c["to"]) for c in why["history"]] == [(None, "bulk"),
+                                                             ("bulk", "interactive")]

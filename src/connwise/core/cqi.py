@@ -441,8 +441,8 @@ class CqiPolicy:
 
         `previous` is the state of the same connection scored from other inputs (a keep-alive
         connection's later request to another route, a reload's new policy): its age, byte
-        count, byte rate and resource axis are the connection's and carry over, and so does
-        its class history, to which a change of class is added."""
+        count, byte rate and resource axis are the connection's and carry over, and so do its
+        class in force and class history; `apply` a change to the new CQI class, if any."""
         matches = self.user_matches(headers)
         key = (base_class, criticality, protocol, latency_sensitive, websocket)
         opening = None if matches else self._openings.get(key)
@@ -459,7 +459,7 @@ class CqiPolicy:
                 self._openings[key] = opening
         state = ClassState(self, conn_id, *opening, now)
         if previous is not None:
-            state._continue(previous, now)
+            state._continue(previous)
         return state
 
 
@@ -533,10 +533,11 @@ class ClassState:
         return ClassChange(self.conn_id, None, band.class_name,
                            _band_reason(self._first_score, band), self.opened_at)
 
-    def _band_reason(self) -> str:
+    def band_reason(self) -> str:
+        """Why the score picks the CQI class: the score and its band."""
         return _band_reason(self.score, self._band)
 
-    def _continue(self, previous: ClassState, now: float) -> None:
+    def _continue(self, previous: ClassState) -> None:
         """Take over what `previous`, the same connection's state, observed (see `open`)."""
         self.opened_at = previous.opened_at
         self.rate, self._bytes, self._bytes_at = previous.rate, previous._bytes, previous._bytes_at
@@ -545,11 +546,11 @@ class ClassState:
             self.axes, self.score = self.policy.shared_axes(
                 axes.business, axes.technical, axes.user, previous.axes.resource)
             self._band = self.policy.band(self.score)
-            self.cqi_class = self.class_name = self._band.class_name
+            self.cqi_class = self._band.class_name
+        # The class in force stays until its authority (the escalation engine, or the shell)
+        # applies a change: the connection's class has not changed yet.
+        self.class_name = previous.class_name
         self._history = list(previous.history)
-        if self.class_name != previous.class_name:
-            self.apply(ClassChange(self.conn_id, previous.class_name, self.class_name,
-                                   f"inputs changed: {self._band_reason()}", now))
 
     def _rescore(self, now: float, why: str) -> ClassChange | None:
         self.score = self.policy.score(self.axes)
@@ -564,7 +565,7 @@ class ClassState:
         self._band = band
         self.cqi_class = band.class_name
         return ClassChange(self.conn_id, previous, band.class_name,
-                           f"{why}: {self._band_reason()}", now)
+                           f"{why}: {self.band_reason()}", now)
 
     def observe(self, bytes_total: int, now: float) -> ClassChange | None:
         """Feed the connection's byte count (both directions, since it opened) at `now`.
@@ -632,7 +633,7 @@ class ClassState:
             why = (f"escalated to {self.class_name!r} above its CQI class {self.cqi_class!r}"
                    + (f": {last.reason}" if last else ""))
         else:
-            why = self._band_reason()
+            why = self.band_reason()
         return {
             "conn_id": self.conn_id,
             "class": self.class_name,
