@@ -6,15 +6,21 @@ bounds) the objects built from them."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
+from connwise.config import load_gateway_config
 from connwise.core.affinity import BoundedLoadRing
+from connwise.core.clock import VirtualClock
 from connwise.core.degrade import SHED, SIGNAL
+from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway import url, web_config
+from tests.integration.test_gateway_tcp_throttle import ByteService
 
 #: A user axis weighted up (0.3 instead of 0.15): the bands are then calibrated to these
 #: weights (crit/interactive edge ~0.70, interactive/bulk ~0.50), and an interactive route's
@@ -112,3 +118,103 @@ async def test_a_keep_alive_connection_joins_the_group_its_later_request_names(
         await first.get("/fast", headers=doc)
         assert engine.group_size("doc-7") == 2
         assert {c["class"] for c in gateway.connections()} == {"interactive"}
+
+
+#: Resource use weighted up: calibrated edges ~0.855 (critical) and ~0.765 (interactive); a
+#: fresh interactive connection scores 0.81, one moving many times `rate_half` about 0.21.
+HEAVY_CQI: dict[str, Any] = {
+    "weights": {"business": 0.2, "technical": 0.1, "user": 0.1, "resource": 0.6},
+    "rate_half": 1000.0,
+}
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[ByteService]:
+    started = await ByteService().start()
+    yield started
+    await started.stop()
+
+
+async def test_a_tcp_connection_follows_its_cqi_class_with_escalation_rules_configured(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    # Escalation tracks only HTTP connections; the resource step handed a tcp connection's
+    # CQI change to the engine, which did not know it, and the change was dropped: the class
+    # stayed 'interactive' and `why` called it escalated above its CQI class 'bulk'.
+    gateway = await make_gateway(
+        listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
+        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
+                          "health": {"kind": "none"}}},
+        cqi=HEAVY_CQI, escalation={"activity": [{"name": "busy"}]})
+    reader, writer = await asyncio.open_connection(*gateway.listeners["raw"].address)
+    try:
+        writer.write(b"D 1000000\n")
+        await asyncio.wait_for(reader.readexactly(1_000_000), 10)
+        gateway.observe_resources(gateway.clock.now() + 1.0)
+        [conn] = gateway.connections()
+        assert (conn["class"], conn["why"]["cqi_class"]) == ("bulk", "bulk")
+        assert not conn["why"]["escalated"]
+        history = conn["why"]["history"]
+        assert (history[0]["to"], history[-1]["to"]) == ("interactive", "bulk")
+    finally:
+        writer.close()
+
+
+async def test_a_keep_alive_connection_scored_afresh_keeps_its_byte_rate_age_and_history(
+        origins: list[HttpOrigin]) -> None:
+    # A later request with other inputs (another route) scores the connection afresh. The new
+    # state counted bytes from 0, so the next resource step took every byte the connection had
+    # ever moved for a burst of its last second (a long-quiet connection looked like a heavy
+    # one), and its age and class history started over.
+    config = web_config(origins[:1])
+    config["routes"] = [
+        {"listener": "web", "group": "app", "path_prefix": "/echo"},
+        {"listener": "web", "group": "app", "path_prefix": "/", "latency_sensitive": True}]
+    clock = VirtualClock(1000.1)  # the ticker's resource step runs at whole seconds only
+    gateway = Gateway(load_gateway_config(config), clock=clock)
+    await gateway.start()
+    try:
+        async with httpx.AsyncClient(base_url=url(gateway)) as client:
+            for _ in range(3):
+                await client.post("/echo", content=b"z" * 2_000_000)
+            clock.advance(1.0)
+            gateway.observe_resources(clock.now())
+            clock.advance(600.0)      # ten quiet minutes: the byte rate decays to nothing
+            gateway.observe_resources(clock.now())
+            [conn] = gateway.connections()
+            quiet = conn["why"]["axes"]["resource"]
+            assert quiet == pytest.approx(0.85, abs=0.01)
+            await client.get("/fast")
+            clock.advance(1.0)
+            gateway.observe_resources(clock.now())
+            [conn] = gateway.connections()
+        why = conn["why"]
+        assert why["inputs"]["latency_sensitive"]
+        assert why["inputs"]["bytes_per_s"] < 1000  # the last request and its answer
+        assert why["axes"]["resource"] == pytest.approx(quiet, abs=0.01)
+        assert why["inputs"]["age"] == pytest.approx(602.0)
+        assert why["history"][0]["at"] == pytest.approx(1000.1)
+    finally:
+        await gateway.drain(1.0)
+
+
+async def test_an_escalated_connection_scored_afresh_says_which_rule_lifts_it(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    # A later request with other user headers opens a new CQI state; the escalation was then
+    # carried over as "escalation in force", and `why` no longer named the rule.
+    config = web_config(origins[:1], cqi={
+        "user": [{"header": "x-device", "value": "mobile", "score": 0.5}]})
+    config["routes"][0]["class"] = "bulk"
+    config["escalation"] = {"activity": [{"name": "busy", "threshold": 3, "hold": 30}],
+                            "max_escalated_share": 1.0}
+    gateway = await make_gateway(**config)
+    async with httpx.AsyncClient(base_url=url(gateway)) as client:
+        for _ in range(3):
+            await client.get("/fast")
+        await client.get("/fast", headers={"x-device": "mobile"})
+        [conn] = gateway.connections()
+    why = conn["why"]
+    assert (conn["class"], why["cqi_class"]) == ("interactive", "bulk")
+    assert why["inputs"]["user_headers"]
+    assert "activity rule 'busy'" in why["why"]
+    assert [(c["from"], c["to"]) for c in why["history"]] == [(None, "bulk"),
+                                                             ("bulk", "interactive")]

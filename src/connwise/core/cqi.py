@@ -54,6 +54,9 @@ AXIS_NAMES: tuple[str, ...] = ("business", "technical", "user", "resource")
 #: off `gateway_memory`); at two decimals, connections of the same inputs and a similar age
 #: share them (`CqiPolicy.shared_axes`).
 RESOURCE_DIGITS = 2
+#: Decimals a score is compared to a band edge at (see `CqiPolicy.band`): far finer than any
+#: configured edge, far coarser than floating-point error.
+SCORE_DIGITS = 9
 #: Distinct shared axes `CqiPolicy` keeps (see `CqiPolicy.shared_axes`).
 MAX_SHARED_AXES = 4096
 #: Distinct openings `CqiPolicy` keeps (see `CqiPolicy._openings`).
@@ -344,7 +347,10 @@ class CqiPolicy:
                 + wr * axes.resource) / self._wsum
 
     def band(self, score: float) -> Band:
-        """The highest band whose minimum the score reaches."""
+        """The highest band whose minimum the score reaches. The score is compared rounded to
+        SCORE_DIGITS: a weighted sum that is exactly an edge in decimals (0.05 + 0.14 + 0.15
+        + 0.06 = 0.4) comes out a hair below it in binary floating point."""
+        score = round(score, SCORE_DIGITS)
         for band in self._bands:
             if score >= band.min_score:
                 return band
@@ -389,19 +395,24 @@ class CqiPolicy:
 
     def user_matches(self, headers: Iterable[tuple[bytes | str, bytes | str]]
                      ) -> list[tuple[str, str, float]]:
-        """The configured (header, value, score) rules that `headers` match."""
+        """The configured (header, value, score) rules that `headers` match, each once: a rule
+        matched by several lines of its header (repeated by a client, or appended by a proxy)
+        is not weighed more in the mean."""
         table = self._headers
         found: list[tuple[str, str, float]] = []
         if not table:
             return found
+        seen: set[tuple[bytes, bytes]] = set()
         for name, value in headers:
             bname = (name.encode("latin-1") if isinstance(name, str) else name).lower()
             values = table.get(bname)
             if values is None:
                 continue
             bvalue = (value.encode("latin-1") if isinstance(value, str) else value)
-            score = values.get(bvalue.strip().lower())
-            if score is not None:
+            rule = (bname, bvalue.strip().lower())
+            score = values.get(rule[1])
+            if score is not None and rule not in seen:
+                seen.add(rule)
                 found.append((bname.decode("ascii"), bvalue.decode("latin-1"), score))
         return found
 
@@ -424,8 +435,14 @@ class CqiPolicy:
     def open(self, conn_id: int, now: float, *, base_class: str, protocol: str = "http",
              latency_sensitive: bool = False, websocket: bool = False,
              headers: Iterable[tuple[bytes | str, bytes | str]] = (),
-             criticality: float | None = None) -> ClassState:
-        """Score a new connection from what is known at its start and give it its class."""
+             criticality: float | None = None,
+             previous: ClassState | None = None) -> ClassState:
+        """Score a new connection from what is known at its start and give it its class.
+
+        `previous` is the state of the same connection scored from other inputs (a keep-alive
+        connection's later request to another route, a reload's new policy): its age, byte
+        count, byte rate and resource axis are the connection's and carry over, and so do its
+        class in force and class history; `apply` a change to the new CQI class, if any."""
         matches = self.user_matches(headers)
         key = (base_class, criticality, protocol, latency_sensitive, websocket)
         opening = None if matches else self._openings.get(key)
@@ -440,7 +457,10 @@ class CqiPolicy:
             opening = (inputs, axes, self.score(axes))
             if not matches and len(self._openings) < MAX_OPENINGS:
                 self._openings[key] = opening
-        return ClassState(self, conn_id, *opening, now)
+        state = ClassState(self, conn_id, *opening, now)
+        if previous is not None:
+            state._continue(previous)
+        return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,8 +533,24 @@ class ClassState:
         return ClassChange(self.conn_id, None, band.class_name,
                            _band_reason(self._first_score, band), self.opened_at)
 
-    def _band_reason(self) -> str:
+    def band_reason(self) -> str:
+        """Why the score picks the CQI class: the score and its band."""
         return _band_reason(self.score, self._band)
+
+    def _continue(self, previous: ClassState) -> None:
+        """Take over what `previous`, the same connection's state, observed (see `open`)."""
+        self.opened_at = previous.opened_at
+        self.rate, self._bytes, self._bytes_at = previous.rate, previous._bytes, previous._bytes_at
+        axes = self.axes
+        if previous.axes.resource != axes.resource:
+            self.axes, self.score = self.policy.shared_axes(
+                axes.business, axes.technical, axes.user, previous.axes.resource)
+            self._band = self.policy.band(self.score)
+            self.cqi_class = self._band.class_name
+        # The class in force stays until its authority (the escalation engine, or the shell)
+        # applies a change: the connection's class has not changed yet.
+        self.class_name = previous.class_name
+        self._history = list(previous.history)
 
     def _rescore(self, now: float, why: str) -> ClassChange | None:
         self.score = self.policy.score(self.axes)
@@ -529,7 +565,7 @@ class ClassState:
         self._band = band
         self.cqi_class = band.class_name
         return ClassChange(self.conn_id, previous, band.class_name,
-                           f"{why}: {self._band_reason()}", now)
+                           f"{why}: {self.band_reason()}", now)
 
     def observe(self, bytes_total: int, now: float) -> ClassChange | None:
         """Feed the connection's byte count (both directions, since it opened) at `now`.
@@ -597,7 +633,7 @@ class ClassState:
             why = (f"escalated to {self.class_name!r} above its CQI class {self.cqi_class!r}"
                    + (f": {last.reason}" if last else ""))
         else:
-            why = self._band_reason()
+            why = self.band_reason()
         return {
             "conn_id": self.conn_id,
             "class": self.class_name,

@@ -270,6 +270,12 @@ class EscalationEngine:
         conn = self._conns.get(conn_id)
         return None if conn is None else self.names[conn.level]
 
+    def reason_of(self, conn_id: int) -> str:
+        """The rule that lifts the connection above its base class; "" when it is not lifted
+        (or not tracked)."""
+        conn = self._conns.get(conn_id)
+        return conn.reason if conn is not None and conn.level < conn.base else ""
+
     def base_of(self, conn_id: int) -> str | None:
         """The connection's base (CQI) class; None when it is not tracked."""
         conn = self._conns.get(conn_id)
@@ -472,8 +478,10 @@ class EscalationEngine:
         if target == conn.level:
             return
         if target < conn.base:
+            # The change is what explain() gives as the reason of the escalation: whatever
+            # else moved the class (a CQI change), it names the rule that lifts it.
             conn.reason = self._why(conn, source)
-            reason = reason or conn.reason
+            reason = f"{reason}; {conn.reason}" if reason else conn.reason
         elif not reason:
             reason = f"back to its CQI class: {conn.reason or 'the escalation'} is over"
         previous = conn.level

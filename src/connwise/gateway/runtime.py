@@ -194,7 +194,8 @@ class Gateway:
         A keep-alive connection keeps its state while those inputs stay the same (the common
         case: the same route class and headers request after request), so a request costs no
         scoring and the state goes on following the connection's resource use. Other inputs,
-        or a reload (a new `CqiPolicy`), open a new state."""
+        or a reload (a new `CqiPolicy`), open a new state, which continues the old one's byte
+        count, rate, age and history."""
         cqi = self.cqi
         state = client.class_state
         matches = cqi.user_matches(ex.headers) if cqi.config.user else []
@@ -202,11 +203,13 @@ class Gateway:
             state = cqi.open(client.conn_id, self.clock.now(), base_class=route.class_name,
                              protocol="websocket" if ex.upgrade else "http",
                              latency_sensitive=route.latency_sensitive, websocket=ex.upgrade,
-                             headers=ex.headers)
+                             headers=ex.headers, previous=state)
             client.class_state = state
         engine = self.escalation
         if engine is None:
-            return state.class_name
+            if state.class_name == state.cqi_class:
+                return state.class_name
+            return _follow_cqi(client.conn_id, state, state.cqi_class, "", self.clock.now())
         now = self.clock.now()
         base = state.cqi_class
         if engine.class_of(client.conn_id) is None:
@@ -222,12 +225,9 @@ class Gateway:
             if key is not None:
                 self.apply_changes(engine.on_join(client.conn_id, key, now))
         self.apply_changes(engine.on_activity(client.conn_id, now))
-        effective = engine.class_of(client.conn_id) or state.class_name
-        if effective != state.class_name:
-            # A new CQI state starts from the route: carry the escalation over.
-            state.apply(ClassChange(client.conn_id, state.class_name, effective,
-                                    "escalation in force", now))
-        return effective
+        effective = engine.class_of(client.conn_id) or state.cqi_class
+        return _follow_cqi(client.conn_id, state, effective, engine.reason_of(client.conn_id),
+                           now)
 
     def group_key(self, ex: Exchange) -> str | None:
         kind, _, name = self.config.escalation.group_key.partition(":")
@@ -263,8 +263,10 @@ class Gateway:
             if change is None:
                 continue
             self.count_class("reclassified", change.to_class)
-            if engine is None:
-                _set_class(client, state, change)  # no escalation: the class is the CQI's
+            if engine is None or engine.class_of(client.conn_id) is None:
+                # Not escalated (no rules; a tcp connection, which escalation does not track;
+                # one the engine forgot): the class is the CQI's.
+                _set_class(client, state, change)
                 continue
             follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
             if follow is not None:
@@ -651,6 +653,17 @@ def _same_inputs(state: ClassState, cqi: CqiPolicy, route: Route, websocket: boo
             and inputs.websocket is websocket
             and inputs.latency_sensitive is route.latency_sensitive and inputs.criticality is None
             and (inputs.user_headers == tuple(matches) if matches else not inputs.user_headers))
+
+
+def _follow_cqi(conn_id: int, state: ClassState, effective: str, escalation: str,
+                now: float) -> str:
+    """Apply `effective` to a state that does not have it yet (a state scored afresh keeps the
+    class in force until told, see `CqiPolicy.open`), giving the escalation rule that lifts it,
+    if any, else the new score, as the reason. Returns `effective`."""
+    if effective != state.class_name:
+        why = escalation or f"inputs changed: {state.band_reason()}"
+        state.apply(ClassChange(conn_id, state.class_name, effective, why, now))
+    return effective
 
 
 def _set_class(client: Client, state: ClassState, change: ClassChange) -> None:

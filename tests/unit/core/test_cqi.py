@@ -111,6 +111,18 @@ def test_bands_map_a_minimum_score_to_a_class(score: float, expected: str) -> No
     assert policy().band(score).class_name == expected
 
 
+@pytest.mark.parametrize("axes", [
+    Axes(0.1, 0.7, 1.0, 0.4),     # a gold user's busy WebSocket on a bulk route: 0.4
+    Axes(0.1, 1.0, 0.7, 0.3),     # 0.4 as well
+])
+def test_a_score_exactly_on_a_band_edge_is_in_the_band_above(axes: Axes) -> None:
+    # The weighted sum comes out as 0.39999999999999997 in binary floating point, and the
+    # connection fell to bulk while explain() showed "CQI score 0.400 is in band 'bulk'".
+    p = policy()
+    assert p.classify(axes) == "interactive"
+    assert p.reclassify(p.band(0.0), p.score(axes) + 0.05).class_name == "interactive"
+
+
 @pytest.mark.parametrize(("base", "score"), [
     ("critical", 0.825), ("interactive", 0.625), ("bulk", 0.375),
 ])
@@ -215,6 +227,16 @@ def test_user_axis_from_configured_headers(headers: list[Any], expected: float) 
     assert p.user_axis([tuple(h) for h in headers]) == pytest.approx(expected)
 
 
+def test_a_rule_matched_by_several_header_lines_counts_once() -> None:
+    # The axis is the mean of the matching *rules*: a header repeated (by a client, or by a
+    # proxy that appends instead of replacing) does not weigh its rule twice.
+    p = policy(user=USER_RULES)
+    headers = [(b"x-user-tier", b"gold"), (b"x-device", b"mobile"), (b"x-user-tier", b"Gold")]
+    assert p.user_axis(headers) == pytest.approx(0.8)
+    assert p.user_matches(headers) == [("x-user-tier", "gold", 1.0),
+                                       ("x-device", "mobile", 0.6)]
+
+
 def test_no_user_rules_by_default_so_clients_cannot_promote_themselves() -> None:
     assert policy().user_axis([(b"x-user-tier", b"gold")]) == 0.5
 
@@ -310,6 +332,20 @@ def test_hysteresis_keeps_a_wandering_score_in_its_band(business_steps: list[flo
         state.update(float(i + 1), business=business)
         seen.append(state.cqi_class)
     assert seen == expected_classes
+
+
+def test_a_state_opened_from_new_inputs_continues_the_connection() -> None:
+    p = policy(rate_half=1000.0)
+    old = p.open(1, 0.0, base_class="bulk")
+    old.observe(100_000, 10.0)                          # heavy: the resource axis falls
+    new = p.open(1, 12.0, base_class="critical", previous=old)
+    assert (new.opened_at, new.rate, new.axes.resource) == (0.0, old.rate, old.axes.resource)
+    assert new.cqi_class == "interactive"               # 0.675: critical, but heavy
+    new.observe(100_000, 13.0)
+    assert new.rate < old.rate                          # not a burst of 100 kB in a second
+    # The class in force and its history are the connection's, until a change is applied.
+    assert new.class_name == "bulk" and new.escalated
+    assert new.history == old.history
 
 
 def test_update_rescores_with_axes_known_later() -> None:

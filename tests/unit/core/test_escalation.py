@@ -317,13 +317,29 @@ def test_set_base_returns_the_change_of_the_effective_class() -> None:
     change = e.set_base(1, "interactive", 1.0, reason="CQI: gold user")
     assert change is not None
     assert moves([change]) == [(1, "interactive", "critical")]   # one rank above the new base
-    assert change.reason == "CQI: gold user"
+    assert change.reason == "CQI: gold user; activity rule 'chatty': at least 10 events in 10 s"
     assert e.set_base(1, "critical", 2.0) is None            # already critical
     assert e.escalated == 0                                  # but no longer escalated
     change = e.set_base(1, "bulk", 3.0)
     assert change is not None and change.to_class == "interactive"   # still chatty
     assert e.escalated == 1
     assert moves(e.tick(31.0)) == [(1, "interactive", "bulk")]
+
+
+def test_a_cqi_change_of_an_escalated_connection_still_says_which_rule_lifts_it() -> None:
+    # The change is what explain() shows as the reason of the escalation: it named only the
+    # CQI change, and /connections said a connection was escalated because a user is gold.
+    e = engine(groups=(GroupRule("coedit", min_members=2),))
+    for conn_id in (1, 2):
+        e.open(conn_id, "bulk", 0.0, group_key="doc-7")
+    assert e.class_of(1) == "interactive"
+    assert e.reason_of(1) == e.reason_of(2) != ""
+    change = e.set_base(1, "interactive", 1.0, reason="CQI: gold user")
+    assert change is not None and moves([change]) == [(1, "interactive", "critical")]
+    assert change.reason.startswith("CQI: gold user")
+    assert "group rule 'coedit'" in change.reason
+    e.on_leave(1, 2.0)
+    assert e.reason_of(1) == ""
 
 
 def test_set_base_without_rules_passes_the_cqi_change_through() -> None:
