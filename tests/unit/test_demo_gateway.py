@@ -169,12 +169,17 @@ def test_ladder_log_records_moves_and_time_and_utilization_per_level() -> None:
     log.sample({"critical": 0, "interactive": 0, "bulk": 4}, 1.0, 1.0)
     log.sample({"critical": 0, "interactive": 0, "bulk": 3}, 3.0, 0.25)
     figures = log.figures()
+    # The ladder climbs one step per update: the steps a sample skipped are logged at its time.
     assert figures["transitions"] == [
-        {"t": 1.0, "class": "bulk", "from": "none", "to": "shed"},
+        {"t": 1.0, "class": "bulk", "from": "none", "to": "throttle"},
+        {"t": 1.0, "class": "bulk", "from": "throttle", "to": "signal"},
+        {"t": 1.0, "class": "bulk", "from": "signal", "to": "queue"},
+        {"t": 1.0, "class": "bulk", "from": "queue", "to": "shed"},
         {"t": 3.0, "class": "bulk", "from": "shed", "to": "queue"}]
     assert figures["peak"] == {"critical": "none", "interactive": "none", "bulk": "shed"}
     assert figures["end"]["bulk"] == "queue"
-    assert figures["first_reached_s"]["bulk"] == {"shed": 1.0, "queue": 3.0}
+    assert figures["first_reached_s"]["bulk"] == {"throttle": 1.0, "signal": 1.0, "queue": 1.0,
+                                                  "shed": 1.0}
     # 0..1 s at none (utilization seen at 1 s: 1.0), 1..3 s at shed (seen at 3 s: 0.25).
     assert figures["seconds_at_level"]["bulk"] == {"none": 1.0, "shed": 2.0}
     assert figures["utilization_at_level"]["bulk"] == {"none": 1.0, "shed": 0.25}
@@ -267,3 +272,18 @@ def test_findings_report_websocket_errors() -> None:
     ws = {"sessions": 6, "opened": 5, "messages": 300, "errors": 2, "rtt_ms": {"p99": 9.0}}
     sentence = findings(_result(websocket=ws))[-1]
     assert sentence.startswith("5 of 6 WebSocket sessions") and "with 2 errors" in sentence
+
+
+def test_ladder_log_records_every_step_of_a_climb_faster_than_its_sampling() -> None:
+    """The ladder climbs one step per update, but updates come every 10 ms under contention and
+    a step up needs only 0.05 s: a 0.1 s sample can find bulk two steps higher. The log must
+    not show an impossible jump (signal -> shed) nor drop the step between (queue)."""
+    log = LadderLog()
+    log.sample({"critical": 0, "interactive": 0, "bulk": 2}, 1.0, 0.5)
+    log.sample({"critical": 0, "interactive": 0, "bulk": 4}, 1.1, 1.0)
+    figures = log.figures()
+    moves = [(m["from"], m["to"]) for m in figures["transitions"] if m["class"] == "bulk"]
+    assert moves == [("none", "throttle"), ("throttle", "signal"), ("signal", "queue"),
+                     ("queue", "shed")]
+    assert list(figures["first_reached_s"]["bulk"]) == ["throttle", "signal", "queue", "shed"]
+    assert figures["first_reached_s"]["bulk"]["queue"] == 1.1

@@ -761,9 +761,13 @@ class Snapshot:
 
 
 class LadderLog:
-    """The ladder's moves by class, sampled between the load's steps (it moves at most one step
-    per class per 0.25 s tick, so sampling every 0.1 s misses none), and how busy the group was
-    while each class stood on each level: shedding that leaves capacity idle shows there."""
+    """The ladder's moves by class, sampled every 0.1 s between the load's steps, and how busy
+    the group was while each class stood on each level.
+
+    Under contention the ladder is updated every 10 ms and a step up needs only its 0.05 s
+    `dwell_up`, so a sample may find a class two steps higher than the last one; since the
+    ladder moves one step per update, the steps between were taken too, and are logged at the
+    sample's time (to within 0.1 s, as every move here)."""
 
     def __init__(self) -> None:
         self.levels = dict.fromkeys(CLASSES, 0)
@@ -785,11 +789,12 @@ class LadderLog:
         self._last = t
         for name, level in levels.items():
             before = self.levels[name]
-            if level != before:
+            step = 1 if level > before else -1
+            for to in range(before + step, level + step, step) if level != before else ():
                 self.transitions.append({"t": round(t, 3), "class": name,
-                                         "from": LEVEL_NAMES[before], "to": LEVEL_NAMES[level]})
-                self.levels[name] = level
-                self.peak[name] = max(self.peak[name], level)
+                                         "from": LEVEL_NAMES[to - step], "to": LEVEL_NAMES[to]})
+            self.levels[name] = level
+            self.peak[name] = max(self.peak[name], level)
 
     def figures(self) -> dict[str, Any]:
         first: dict[str, dict[str, float]] = {name: {} for name in CLASSES}
