@@ -994,7 +994,8 @@ class Run:
             "gateway": {
                 "counters": dict(gateway.counters),
                 "group": {"capacity": group.scheduler.capacity,
-                          "max_waiters": group.scheduler.max_waiters},
+                          "max_waiters": group.scheduler.max_waiters,
+                          "shed_backlog": group.admission.config.shed_backlog},
                 "backends": [{"name": b.name, "requests": b.total, "failures": b.failures,
                               "health": b.health.snapshot(now)["state"]}
                              for b in group.backends]},
@@ -1167,20 +1168,35 @@ def findings(result: dict[str, Any]) -> list[str]:
                      ": it steps down one level per 5 s of calm, so it lags the load's fall.")
     out.append(sentence)
 
+    # The shed step refuses a request only when no slot is free for it and `shed_backlog` x
+    # capacity requests wait (`DegradeLadder.takes_free_slot` and `sheds`): it never refuses
+    # work a free slot could take, so a low utilization at shed is the calm the ladder lingers
+    # in, not refused work that had room.
+    group = result["run"].get("gateway", {}).get("group", {})
+    backlog = (math.ceil(group["shed_backlog"] * group["capacity"])
+               if "shed_backlog" in group else None)
     for name in CLASSES:
         seconds = ladder["seconds_at_level"][name].get("shed")
         if not seconds:
             continue
         busy = ladder["utilization_at_level"][name]["shed"]
+        refused = ladder.get("applied", {}).get(name, {}).get("shed")
+        sentence = f"While {name} stood at shed ({seconds:.1f} s) "
         if busy < 0.8:
-            out.append(f"While {name} stood at shed ({seconds:.1f} s) the group used "
-                       f"{100 * busy:.0f}% of its capacity on average: that step refuses all "
-                       f"new {name} work, also what a free slot could have taken, until the "
-                       "pressure has stayed low for 5 s, so connwise shed more than it had to.")
+            sentence += (f"the group used {100 * busy:.0f}% of its capacity on average: the "
+                         "load had fallen and the ladder, which steps down one level per 5 s "
+                         "of calm, still stood there")
         else:
-            out.append(f"While {name} stood at shed ({seconds:.1f} s) the group stayed busy "
-                       f"({100 * busy:.0f}% of its capacity on average): the refused work had "
-                       "no room.")
+            sentence += (f"the group stayed busy ({100 * busy:.0f}% of its capacity on "
+                         "average)")
+        if refused is not None:
+            sentence += (f"; that step refused {refused} {name} request"
+                         f"{'' if refused == 1 else 's'}")
+        if backlog is not None:
+            sentence += (f", and only while {backlog} requests or more waited; a free slot "
+                         f"with nobody waiting still took {name} work, so the refused work "
+                         "had no room")
+        out.append(sentence + ".")
 
     if "recovery" in phases:
         rec = bulk["phases"].get("recovery", {}) if bulk["requests"] else {}
