@@ -4,8 +4,11 @@ say so when connwise did not help."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import gc
 import itertools
+import warnings
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from connwise.demo.gateway_demo import (
     gateway_config,
     parse_ws_frame,
     ws_accept,
+    ws_connect,
     ws_frame,
 )
 from connwise.errors import ConfigError
@@ -299,3 +303,32 @@ def test_ladder_log_records_every_step_of_a_climb_faster_than_its_sampling() -> 
                      ("queue", "shed")]
     assert list(figures["first_reached_s"]["bulk"]) == ["throttle", "signal", "queue", "shed"]
     assert figures["first_reached_s"]["bulk"]["queue"] == 1.1
+
+
+async def test_ws_connect_closes_its_socket_when_the_handshake_is_given_up() -> None:
+    """A session gives up on a handshake that takes over 5 s (and Ctrl-C cancels one): the
+    socket it opened must be closed then, not left to the garbage collector (a ResourceWarning
+    under `python -X dev`, and a connection the gateway keeps open)."""
+    seen: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the upgrade request, never answered
+        try:
+            await seen.put(await asyncio.wait_for(reader.read(1), 2.0))  # b"" once closed
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws_connect("127.0.0.1", port), 0.2)
+            assert await asyncio.wait_for(seen.get(), 3.0) == b""
+            gc.collect()
+        assert not [w for w in caught if issubclass(w.category, ResourceWarning)], \
+            [str(w.message) for w in caught]
+    finally:
+        server.close()
+        await server.wait_closed()

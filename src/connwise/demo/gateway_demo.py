@@ -660,17 +660,21 @@ class GatewayClient:
 
 async def ws_connect(host: str, port: int,
                      path: str = "/ws") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a WebSocket through the gateway (the client side of RFC 6455's handshake)."""
+    """Open a WebSocket through the gateway (the client side of RFC 6455's handshake). The
+    socket is closed when the handshake fails or is cancelled (a timeout, Ctrl-C)."""
     reader, writer = await asyncio.open_connection(host, port)
-    key = base64.b64encode(os.urandom(16))
-    writer.write(b"GET %s HTTP/1.1\r\nHost: demo.connwise\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                 b"Sec-WebSocket-Version: 13\r\n\r\n" % (path.encode(), key))
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101") or ws_accept(key) not in head:
+    try:
+        key = base64.b64encode(os.urandom(16))
+        writer.write(b"GET %s HTTP/1.1\r\nHost: demo.connwise\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n" % (path.encode(), key))
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101") or ws_accept(key) not in head:
+            status = head.split(b"\r\n", 1)[0].decode("latin-1")
+            raise ConnectionError(f"WebSocket upgrade refused: {status}")
+    except BaseException:
         writer.close()
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        raise ConnectionError(f"WebSocket upgrade refused: {status}")
+        raise
     return reader, writer
 
 
