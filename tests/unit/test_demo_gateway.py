@@ -332,3 +332,17 @@ async def test_ws_connect_closes_its_socket_when_the_handshake_is_given_up() -> 
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_findings_put_sheds_in_the_recovery_on_the_backlog_not_on_the_ladder_alone() -> None:
+    """In the recovery a bulk request is shed only while the overload's backlog waits: the shed
+    step refuses only with `shed_backlog` x capacity requests waiting, the queue only when
+    full. The sentence said the ladder might be 'still refusing bulk work' by itself."""
+    bulk = _class(600, 200, 300, 150)
+    bulk["phases"]["recovery"] = {"requests": 56, "shed": 19, "latency_ms": {"p99": 80.0}}
+    result = _result(classes__bulk=bulk,
+                     gateway={"group": {"capacity": 10, "max_waiters": 40, "shed_backlog": 3.0}})
+    sentence = next(s for s in findings(result) if s.startswith("In the recovery"))
+    assert sentence.startswith("In the recovery 19 of 56 bulk requests were still shed")
+    assert "was still refusing bulk work" not in sentence
+    assert "backlog" in sentence and "30 requests" in sentence and "40" in sentence

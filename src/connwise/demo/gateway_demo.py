@@ -1205,10 +1205,14 @@ def findings(result: dict[str, Any]) -> list[str]:
     if "recovery" in phases:
         rec = bulk["phases"].get("recovery", {}) if bulk["requests"] else {}
         if rec.get("shed"):
-            out.append(f"In the recovery {rec['shed']} of {rec['requests']} bulk requests were "
-                       "still shed, after the overload had ended: the queue was still full, or "
-                       "the ladder, which steps down one level per 5 s of calm so as not to "
-                       "flap, was still refusing bulk work.")
+            sentence = (f"In the recovery {rec['shed']} of {rec['requests']} bulk requests were "
+                        "still shed, after the overload had ended: its backlog had not drained "
+                        "yet")
+            if backlog is not None:
+                sentence += (f" (bulk is refused only while {backlog} requests wait and the "
+                             f"ladder still stands at shed, or when all {group['max_waiters']} "
+                             "places of the queue are taken)")
+            out.append(sentence + ".")
 
     ws = result["run"]["websocket"]
     if ws["sessions"]:
