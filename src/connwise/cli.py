@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 import connwise
 from connwise.analysis.cli import assess_command
 from connwise.config import load_gateway_config
 from connwise.demo import gateway_demo
+from connwise.demo.console import demo_console
 from connwise.demo.pool_demo import Scenario, run_pool_demo
 from connwise.errors import ConfigError
 from connwise.forecast.cli import forecast_app
@@ -195,7 +195,10 @@ def _run_gateway_demo(duration: float | None, seed: int, quick: bool,
         raise typer.BadParameter(_reason(exc),
                                  param_hint=f"'--{exc.key.replace('_', '-')}'") from None
     _check_json_path(json_path)
-    gateway_demo.run_gateway_demo(scenario, console=_demo_console(), json_path=json_path)
+    console = demo_console()
+    gateway_demo.run_gateway_demo(scenario, console=console, json_path=json_path)
+    if console.broken_pipe:  # the reader went away (`| head`): the output was cut short
+        raise typer.Exit(1)
 
 
 def _check_json_path(json_path: Path | None) -> None:
@@ -217,11 +220,6 @@ def _check_json_path(json_path: Path | None) -> None:
         json_path.unlink()
 
 
-def _demo_console() -> Console:
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=110)  # a pipe: wide enough for the tables
-    return console
 
 
 @demo_app.command("pool", help=(
@@ -255,7 +253,10 @@ def demo_pool(
         raise typer.BadParameter(_reason(exc),
                                  param_hint=f"'--{exc.key.replace('_', '-')}'") from None
     _check_json_path(json_path)
-    run_pool_demo(scenario, console=_demo_console(), json_path=json_path)
+    console = demo_console()
+    run_pool_demo(scenario, console=console, json_path=json_path)
+    if console.broken_pipe:  # the reader went away (`| head`): the output was cut short
+        raise typer.Exit(1)
 
 
 def _reason(exc: ConfigError) -> str:

@@ -120,3 +120,25 @@ def test_bad_option_is_a_usage_error_naming_it(args: list[str], option: str) -> 
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"Invalid value for '{option}'" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["demo", "gateway", "--duration", "3"],
+                                  ["demo", "pool", "--duration", "1"]])
+def test_a_reader_that_stops_early_ends_the_output_quietly(args: list[str],
+                                                           tmp_path: Path) -> None:
+    """`connwise demo | head -2`: rich turned the broken pipe into SystemExit inside the event
+    loop's tasks, which bypassed their cleanup and printed a traceback per task (the pool demo:
+    hundreds of lines on stderr), or left without writing --json (the gateway demo). The output
+    stops, the run finishes and writes its figures, and the exit code says the output was cut."""
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "connwise"]
+    path = tmp_path / "out.json"
+    with subprocess.Popen([*command, *args, "--json", str(path)], cwd=ROOT, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"connwise demo ")
+        proc.stdout.close()  # the reader goes away, as `head` does
+        stderr = proc.stderr.read().decode()
+        returncode = proc.wait(timeout=60)
+    assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+    assert returncode == 1
+    assert json.loads(path.read_text())["version"] == connwise.__version__

@@ -660,17 +660,21 @@ class GatewayClient:
 
 async def ws_connect(host: str, port: int,
                      path: str = "/ws") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a WebSocket through the gateway (the client side of RFC 6455's handshake)."""
+    """Open a WebSocket through the gateway (the client side of RFC 6455's handshake). The
+    socket is closed when the handshake fails or is cancelled (a timeout, Ctrl-C)."""
     reader, writer = await asyncio.open_connection(host, port)
-    key = base64.b64encode(os.urandom(16))
-    writer.write(b"GET %s HTTP/1.1\r\nHost: demo.connwise\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                 b"Sec-WebSocket-Version: 13\r\n\r\n" % (path.encode(), key))
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101") or ws_accept(key) not in head:
+    try:
+        key = base64.b64encode(os.urandom(16))
+        writer.write(b"GET %s HTTP/1.1\r\nHost: demo.connwise\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     b"Sec-WebSocket-Version: 13\r\n\r\n" % (path.encode(), key))
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101") or ws_accept(key) not in head:
+            status = head.split(b"\r\n", 1)[0].decode("latin-1")
+            raise ConnectionError(f"WebSocket upgrade refused: {status}")
+    except BaseException:
         writer.close()
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        raise ConnectionError(f"WebSocket upgrade refused: {status}")
+        raise
     return reader, writer
 
 
@@ -761,9 +765,13 @@ class Snapshot:
 
 
 class LadderLog:
-    """The ladder's moves by class, sampled between the load's steps (it moves at most one step
-    per class per 0.25 s tick, so sampling every 0.1 s misses none), and how busy the group was
-    while each class stood on each level: shedding that leaves capacity idle shows there."""
+    """The ladder's moves by class, sampled every 0.1 s between the load's steps, and how busy
+    the group was while each class stood on each level.
+
+    Under contention the ladder is updated every 10 ms and a step up needs only its 0.05 s
+    `dwell_up`, so a sample may find a class two steps higher than the last one; since the
+    ladder moves one step per update, the steps between were taken too, and are logged at the
+    sample's time (to within 0.1 s, as every move here)."""
 
     def __init__(self) -> None:
         self.levels = dict.fromkeys(CLASSES, 0)
@@ -785,11 +793,12 @@ class LadderLog:
         self._last = t
         for name, level in levels.items():
             before = self.levels[name]
-            if level != before:
+            step = 1 if level > before else -1
+            for to in range(before + step, level + step, step) if level != before else ():
                 self.transitions.append({"t": round(t, 3), "class": name,
-                                         "from": LEVEL_NAMES[before], "to": LEVEL_NAMES[level]})
-                self.levels[name] = level
-                self.peak[name] = max(self.peak[name], level)
+                                         "from": LEVEL_NAMES[to - step], "to": LEVEL_NAMES[to]})
+            self.levels[name] = level
+            self.peak[name] = max(self.peak[name], level)
 
     def figures(self) -> dict[str, Any]:
         first: dict[str, dict[str, float]] = {name: {} for name in CLASSES}
@@ -989,7 +998,8 @@ class Run:
             "gateway": {
                 "counters": dict(gateway.counters),
                 "group": {"capacity": group.scheduler.capacity,
-                          "max_waiters": group.scheduler.max_waiters},
+                          "max_waiters": group.scheduler.max_waiters,
+                          "shed_backlog": group.admission.config.shed_backlog},
                 "backends": [{"name": b.name, "requests": b.total, "failures": b.failures,
                               "health": b.health.snapshot(now)["state"]}
                              for b in group.backends]},
@@ -1162,28 +1172,47 @@ def findings(result: dict[str, Any]) -> list[str]:
                      ": it steps down one level per 5 s of calm, so it lags the load's fall.")
     out.append(sentence)
 
+    # The shed step refuses a request only when no slot is free for it and `shed_backlog` x
+    # capacity requests wait (`DegradeLadder.takes_free_slot` and `sheds`): it never refuses
+    # work a free slot could take, so a low utilization at shed is the calm the ladder lingers
+    # in, not refused work that had room.
+    group = result["run"].get("gateway", {}).get("group", {})
+    backlog = (math.ceil(group["shed_backlog"] * group["capacity"])
+               if "shed_backlog" in group else None)
     for name in CLASSES:
         seconds = ladder["seconds_at_level"][name].get("shed")
         if not seconds:
             continue
         busy = ladder["utilization_at_level"][name]["shed"]
+        refused = ladder.get("applied", {}).get(name, {}).get("shed")
+        sentence = f"While {name} stood at shed ({seconds:.1f} s) "
         if busy < 0.8:
-            out.append(f"While {name} stood at shed ({seconds:.1f} s) the group used "
-                       f"{100 * busy:.0f}% of its capacity on average: that step refuses all "
-                       f"new {name} work, also what a free slot could have taken, until the "
-                       "pressure has stayed low for 5 s, so connwise shed more than it had to.")
+            sentence += (f"the group used {100 * busy:.0f}% of its capacity on average: the "
+                         "load had fallen and the ladder, which steps down one level per 5 s "
+                         "of calm, still stood there")
         else:
-            out.append(f"While {name} stood at shed ({seconds:.1f} s) the group stayed busy "
-                       f"({100 * busy:.0f}% of its capacity on average): the refused work had "
-                       "no room.")
+            sentence += (f"the group stayed busy ({100 * busy:.0f}% of its capacity on "
+                         "average)")
+        if refused is not None:
+            sentence += (f"; that step refused {refused} {name} request"
+                         f"{'' if refused == 1 else 's'}")
+        if backlog is not None:
+            sentence += (f", and only while {backlog} requests or more waited; a free slot "
+                         f"with nobody waiting still took {name} work, so the refused work "
+                         "had no room")
+        out.append(sentence + ".")
 
     if "recovery" in phases:
         rec = bulk["phases"].get("recovery", {}) if bulk["requests"] else {}
         if rec.get("shed"):
-            out.append(f"In the recovery {rec['shed']} of {rec['requests']} bulk requests were "
-                       "still shed, after the overload had ended: the queue was still full, or "
-                       "the ladder, which steps down one level per 5 s of calm so as not to "
-                       "flap, was still refusing bulk work.")
+            sentence = (f"In the recovery {rec['shed']} of {rec['requests']} bulk requests were "
+                        "still shed, after the overload had ended: its backlog had not drained "
+                        "yet")
+            if backlog is not None:
+                sentence += (f" (bulk is refused only while {backlog} requests wait and the "
+                             f"ladder still stands at shed, or when all {group['max_waiters']} "
+                             "places of the queue are taken)")
+            out.append(sentence + ".")
 
     ws = result["run"]["websocket"]
     if ws["sessions"]:
