@@ -952,13 +952,17 @@ class HttpClient(asyncio.Protocol):
             self._bad_request("a CONNECT request")
         raw = ex.url
         if raw[:1] == b"/":  # origin-form: routed by the Host header
-            # find(), not `in`: CPython's `bytes in bytes` first tries the needle as an int
-            # and formats (then clears) a TypeError, ~1,600 instructions each.
-            path = raw if raw.find(b"?") < 0 and raw.find(b"#") < 0 else (
+            # Bytes are searched for by their value (`63 in raw`: a memchr, ~230 instructions)
+            # and two-byte runs in the decoded text (`"//" in text`, as cheap): a `bytes.find`
+            # costs ~1,100 instructions (its arguments are parsed as a format string) and
+            # `bytes in bytes` ~1,600 (it tries the needle as an int first), per call.
+            path = raw if 63 not in raw and 35 not in raw else (  # no `?`, no `#`
                 httptools.parse_url(raw).path or b"/")  # without a query: the path itself
-            if path.find(b"%") >= 0 or path.find(b"/.") >= 0 or path.find(b"//") >= 0:
+            text = path.decode("latin-1")
+            if 37 in path or "/." in text or "//" in text:  # `%`, a dot segment, `//`
                 path = self._normalise(ex, path, raw[len(path):])
-            ex.path = path.decode("latin-1")
+                text = path.decode("latin-1")
+            ex.path = text
             name, _, port = host.partition(b":") if host is not None else (b"", b"", b"")
             if host is not None and name[:1] != b"[" and not (port and not port.isdigit()):
                 ex.host = name.decode("latin-1").lower()

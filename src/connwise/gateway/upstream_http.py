@@ -490,7 +490,7 @@ class UpstreamConnection(asyncio.Protocol):
                 if lower == b"x-forwarded-for":  # each line is part of one list (RFC 9110 5.3)
                     forwarded_for += value + b", "
                 continue
-            if lower.find(b"_") >= 0 and lower.replace(b"_", b"-") in drop:
+            if 95 in lower and lower.replace(b"_", b"-") in drop:  # 95: `_`, by value (cheap)
                 # CGI and WSGI read `Connwise_Degrade` as Connwise-Degrade (both become
                 # HTTP_CONNWISE_DEGRADE): it would pass for a header the gateway sets or drops.
                 continue
