@@ -250,6 +250,7 @@ class HttpClient(asyncio.Protocol):
         "bytes_out",
         "class_state",
         "client_ip",
+        "client_ip_bytes",
         "closed",
         "conn_id",
         "draining",
@@ -295,6 +296,8 @@ class HttpClient(asyncio.Protocol):
         self.conn_id = 0
         # Interned: connections from one address share the string (and the per-IP key).
         self.client_ip: str = sys.intern(peer[0]) if peer else ""
+        #: As X-Forwarded-For writes it, encoded once per connection rather than per request.
+        self.client_ip_bytes = self.client_ip.encode()
         self.closed = False
         self.draining = False
         self.parsing: Exchange | None = None
