@@ -660,8 +660,8 @@ async def test_hash_affinity_keeps_a_cookie_on_one_backend(make_gateway: Gateway
     gateway = await make_gateway(**config)
     seen: dict[str, set[str]] = {}
     async with httpx.AsyncClient(base_url=url(gateway)) as client:
-        for i in range(40):
-            session = f"s{i % 8}"
+        for i in range(60):  # 20 sessions: all on one of 2 backends by chance: 2 in 10^6
+            session = f"s{i % 20}"
             headers = ([("Cookie", f"a=1; session={session}")] if lines == 1 else
                        [("Cookie", "a=1"), ("Cookie", f"b=2; session={session}")])
             answer = await client.get("/fast", headers=headers)
