@@ -146,8 +146,10 @@ async def test_the_queue_and_shed_steps_are_degradations_of_http_records(
         degrade={"shed_backlog": 0})
     records = _recording(gateway)
     group = gateway.groups["app"]
-    # Held for seconds: the ladder steps down only after `dwell_down` under the exit.
-    group.admission.state("interactive").level = level
+    # Held for seconds: the ladder steps down only after `dwell_down` under the exit; the
+    # pressure at the top keeps the shed step refusing what finds no free slot.
+    state = group.admission.state("interactive")
+    state.level, state.pressure = level, 2.0
     host, port = gateway.listeners["web"].address
     slow = None
     if level == SHED:  # a free slot is taken even at the shed step: hold the only one

@@ -21,7 +21,8 @@ dispatched to a backend (after any wait in the queue, so requests that queued wh
 climbed carry it), the queue and shed steps when it arrives, through `takes_free_slot` and
 `sheds` — the admission rule the gateway and the simulator share. At the shed level a request
 still takes a slot that is free while nobody waits, and still queues while fewer than
-`shed_backlog` x capacity requests wait (3 by default: a few service times of wait). Refusing
+`shed_backlog` x capacity requests wait (3 by default: a few service times of wait) or while the
+class's pressure is below the shed step's exit threshold. Refusing
 whatever finds no free slot makes the group a loss system (Erlang B): 10 slots offered 10
 Erlangs turn away a fifth of the arrivals although the capacity suffices on average, because a
 slot freed between two arrivals stays idle. The gateway at 3x overload
@@ -30,7 +31,16 @@ round of the capacity and 89% with three. Refusing, at the shed level, only the 
 to outwait its max wait (from the recent completion rate) was tried and dropped: the simulator
 showed it serving fewer (47% against 62% at 3x load), because later arrivals of higher classes
 overtake the queued work the prediction let in, which then times out; a short backlog waits a
-few service times, far inside any max wait, whoever overtakes it.
+few service times, far inside any max wait, whoever overtakes it. A backlog counted in
+requests alone still refused far more than the overload's excess: at 3x (where degraded
+answers let the capacity serve ~97% of the arrivals) the queue was held at 30, bursts of
+Poisson arrivals past it were refused, 150-360 a second against a deficit of ~80, the 503s took
+CPU from the requests served, and the pressure fell below the step's exit, so the ladder left
+the step after `dwell_down`, the queue grew back and the ladder climbed again: 94% served.
+Queueing whatever arrives while the pressure is below the step's exit (for `interactive` 1.25:
+a queue a quarter full, or an oldest waiter a quarter into its max wait) keeps the queue at the
+length at which the step holds, and refuses only the excess: 97% served, the ladder steady at
+shed for the rest of the overload.
 
 The input is a *pressure* per class, a number in 0..2 built from the admission signals
 (`Contention.pressure`): the utilization of the capacity (0..1), plus, once callers wait, the
@@ -446,8 +456,10 @@ class DegradeLadder:
 
     def sheds(self, class_name: str, scheduler: Scheduler) -> bool:
         """Whether an arriving request of the class that got no free slot is refused rather
-        than queued: at the shed step, once `shed_backlog` rounds of the capacity wait."""
-        return (self.state(class_name).level >= SHED
+        than queued: at the shed step, once `shed_backlog` rounds of the capacity wait and
+        the class's pressure (of its last update) is at or above the step's exit threshold."""
+        state = self.state(class_name)
+        return (state.level >= SHED and state.pressure >= state.exit[SHED]
                 and scheduler.waiting >= self.config.shed_backlog * scheduler.capacity)
 
     # -- observation --------------------------------------------------------------------------

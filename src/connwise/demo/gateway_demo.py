@@ -1172,8 +1172,9 @@ def findings(result: dict[str, Any]) -> list[str]:
                      ": it steps down one level per 5 s of calm, so it lags the load's fall.")
     out.append(sentence)
 
-    # The shed step refuses a request only when no slot is free for it and `shed_backlog` x
-    # capacity requests wait (`DegradeLadder.takes_free_slot` and `sheds`): it never refuses
+    # The shed step refuses a request only when no slot is free for it, `shed_backlog` x
+    # capacity requests wait and the pressure is at the step's exit
+    # (`DegradeLadder.takes_free_slot` and `sheds`): it never refuses
     # work a free slot could take, so a low utilization at shed is the calm the ladder lingers
     # in, not refused work that had room.
     group = result["run"].get("gateway", {}).get("group", {})
@@ -1197,7 +1198,8 @@ def findings(result: dict[str, Any]) -> list[str]:
             sentence += (f"; that step refused {refused} {name} request"
                          f"{'' if refused == 1 else 's'}")
         if backlog is not None:
-            sentence += (f", and only while {backlog} requests or more waited; a free slot "
+            sentence += (f", and only while {backlog} requests or more waited and kept the "
+                         "ladder's pressure at the step's exit; a free slot "
                          f"with nobody waiting still took {name} work, so the refused work "
                          "had no room")
         out.append(sentence + ".")
@@ -1209,9 +1211,10 @@ def findings(result: dict[str, Any]) -> list[str]:
                         "still shed, after the overload had ended: its backlog had not drained "
                         "yet")
             if backlog is not None:
-                sentence += (f" (bulk is refused only while {backlog} requests wait and the "
-                             f"ladder still stands at shed, or when all {group['max_waiters']} "
-                             "places of the queue are taken)")
+                sentence += (f" (bulk is refused only while {backlog} requests wait, the "
+                             "ladder still stands at shed and its pressure is at the step's "
+                             f"exit, or when all {group['max_waiters']} places of the queue "
+                             "are taken)")
             out.append(sentence + ".")
 
     ws = result["run"]["websocket"]

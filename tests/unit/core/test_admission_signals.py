@@ -165,3 +165,29 @@ def test_the_shared_admission_rule_by_level() -> None:
     empty = Scheduler(CLASSES, capacity=2, max_waiters=10)
     assert empty.try_admit("critical") and empty.try_admit("critical")
     assert lossy.sheds("bulk", empty)
+
+
+def test_the_shed_step_keeps_the_queue_at_its_exit_pressure() -> None:
+    """At the shed step, work beyond the backlog is refused only while the class's pressure is
+    at or above the step's exit: below it the ladder would be leaving the step, so refusing
+    would empty a queue the capacity is serving (the gateway at 3x served 94% shedding by
+    count, 97% shedding by pressure)."""
+    ladder = DegradeLadder(DegradeConfig(dwell_up=0.0), CLASSES)
+    s = Scheduler(CLASSES, capacity=2, max_waiters=100)
+    now = 0.0
+    while ladder.level("bulk") < SHED:
+        now += 0.1
+        ladder.update_pressure({"critical": 0.0, "interactive": 0.0, "bulk": 1.7}, now)
+    assert s.try_admit("critical") and s.try_admit("critical")
+    for _ in range(20):
+        s.submit("critical", now)
+    assert ladder.sheds("bulk", s)
+    # Pressure at 1.05, below shed's exit (1.1) but still on the step (dwell_down holds it):
+    # the backlog of 20 > 3 x 2 queues instead of being refused.
+    now += 0.1
+    ladder.update_pressure({"critical": 0.0, "interactive": 0.0, "bulk": 1.05}, now)
+    assert ladder.level("bulk") == SHED
+    assert not ladder.sheds("bulk", s)
+    now += 0.1
+    ladder.update_pressure({"critical": 0.0, "interactive": 0.0, "bulk": 1.1}, now)
+    assert ladder.sheds("bulk", s)
