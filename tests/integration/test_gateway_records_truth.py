@@ -172,15 +172,26 @@ async def test_the_queue_and_shed_steps_are_degradations_of_http_records(
 
 async def test_the_shed_step_is_a_degradation_of_a_tcp_record(
         make_gateway: GatewayFactory, echo_backend: TcpBackend) -> None:
-    gateway = await make_gateway(**_tcp_config(f"127.0.0.1:{echo_backend.port}"))
+    # No backlog, and a shed step whose exit is 0: the gateway's own ladder updates (the real
+    # contention: the slot held, nobody waiting) keep the pressure over it.
+    steps = [{"enter": 0.85, "exit": 0.6}, {"enter": 1.0, "exit": 0.5},
+             {"enter": 1.25, "exit": 0.9}, {"enter": 1.6, "exit": 0.0}]
+    gateway = await make_gateway(**_tcp_config(f"127.0.0.1:{echo_backend.port}",
+                                               max_in_flight=1),
+                                 degrade={"shed_backlog": 0, "steps": steps})
     records = _recording(gateway)
-    gateway.groups["echo"].admission.state("interactive").level = SHED
+    group = gateway.groups["echo"]
+    state = group.admission.state("interactive")
+    state.level, state.pressure = SHED, 2.0
+    # A free slot is taken even at the shed step: the test holds the only one.
+    assert group.scheduler.try_admit("interactive")
     host, port = gateway.listeners["raw"].address
     reader, writer = await asyncio.open_connection(host, port)
     assert await asyncio.wait_for(reader.read(), 5) == b""
     await _closed(writer)
     [rec] = await _ended(records)
     assert rec.degradations == 1 and rec.close_reason == "refused"
+    group.release("interactive")
 
 
 async def test_a_websocket_throttle_is_a_degradation_of_its_record(

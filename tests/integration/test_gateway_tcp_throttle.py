@@ -1,5 +1,6 @@
-"""The throttle step on tcp relays over real loopback sockets: both directions are capped while
-the class stands on the step, and a live relay follows its class up and down the ladder."""
+"""The ladder on tcp relays over real loopback sockets: both directions are capped while the
+class stands on the throttle step, a live relay follows its class up and down the ladder, and
+admission at the queue and shed steps follows the core's rule, as the http listener does."""
 
 from __future__ import annotations
 
@@ -7,13 +8,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from connwise.core.cqi import ClassChange
-from connwise.core.degrade import QUEUE, THROTTLE, DegradeConfig, DegradeLadder
+from connwise.core.degrade import (
+    DEFAULT_STEPS,
+    QUEUE,
+    SHED,
+    THROTTLE,
+    DegradeConfig,
+    DegradeLadder,
+    Step,
+)
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
+from tests.integration.tcp_relay import until
 
 RATE, BURST = 1024 * 1024, 32 * 1024
 SIZE = 1024 * 1024
@@ -58,17 +69,22 @@ async def service() -> AsyncIterator[ByteService]:
     await started.stop()
 
 
-async def relay_gateway(make_gateway: GatewayFactory,
-                        service: ByteService) -> tuple[Gateway, DegradeLadder]:
+async def relay_gateway(make_gateway: GatewayFactory, service: ByteService,
+                        degrade: dict[str, Any] | None = None,
+                        **config: Any) -> tuple[Gateway, DegradeLadder]:
     """A gateway with a tcp listener to `service`, its group's ladder replaced by one with a
     small rate, so that the cap shows in about a second, and a long dwell_down, so that the
-    periodic tick (no real contention here) does not undo the step a test puts a class on."""
+    periodic tick (no real contention here) does not undo the step a test puts a class on.
+    `degrade` adds to the ladder's configuration, `config` to the gateway's (`group` to the
+    group's)."""
+    group = {"backends": [f"127.0.0.1:{service.port}"], "health": {"kind": "none"},
+             **config.pop("group", {})}
     gateway = await make_gateway(
         listeners=[{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes"}],
-        groups={"bytes": {"backends": [f"127.0.0.1:{service.port}"],
-                          "health": {"kind": "none"}}})
+        groups={"bytes": group}, **config)
     ladder = gateway.groups["bytes"].admission = DegradeLadder(
-        DegradeConfig(throttle_rate=RATE, throttle_burst=BURST, dwell_down=60.0),
+        DegradeConfig(throttle_rate=RATE, throttle_burst=BURST, dwell_down=60.0,
+                      **(degrade or {})),
         gateway.classes)
     return gateway, ladder
 
@@ -173,3 +189,80 @@ async def test_a_tcp_connection_queued_by_the_ladder_takes_a_free_slot_at_once(
     finally:
         writer.close()
     assert ladder.stats()["interactive"]["applied"]["queue"] == 1
+
+
+def to_shed(gateway: Gateway, ladder: DegradeLadder) -> None:
+    """Interactive (and bulk below it) up to the shed step, at a pressure above its exit."""
+    for t in range(6):
+        ladder.update_pressure({"bulk": 2.0, "interactive": 2.0}, float(t))
+    assert ladder.level("interactive") == SHED
+
+
+async def closed_by_the_gateway(reader: asyncio.StreamReader) -> bool:
+    """Whether the connection ends without a byte (a close or a reset)."""
+    try:
+        return await asyncio.wait_for(reader.read(1), 2) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_a_tcp_connection_at_the_shed_step_takes_a_free_slot_while_nobody_waits(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    """The core's rule (`takes_free_slot`), as for http: a slot that is free while nobody
+    waits serves the connection now; shedding it would leave the slot idle."""
+    gateway, ladder = await relay_gateway(make_gateway, service)
+    to_shed(gateway, ladder)
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"D 10\n")
+        assert await asyncio.wait_for(reader.readexactly(10), 2) == b"x" * 10
+    finally:
+        writer.close()
+    assert gateway.class_counters["shed", "interactive"] == 0
+    assert ladder.stats()["interactive"]["applied"]["shed"] == 0
+
+
+async def test_a_tcp_connection_at_the_shed_step_queues_within_the_backlog(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    """With no free slot it queues while fewer than `shed_backlog` x capacity wait (`sheds`),
+    and is relayed when the slot frees."""
+    gateway, ladder = await relay_gateway(make_gateway, service, group={"max_in_flight": 1})
+    group = gateway.groups["bytes"]
+    to_shed(gateway, ladder)
+    assert group.scheduler.try_admit("interactive")  # the test holds the only slot
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        await until(lambda: group.scheduler.waiting == 1)
+        group.release("interactive")
+        writer.write(b"D 10\n")
+        assert await asyncio.wait_for(reader.readexactly(10), 2) == b"x" * 10
+    finally:
+        writer.close()
+    assert gateway.class_counters["queued", "interactive"] == 1
+    assert gateway.class_counters["shed", "interactive"] == 0
+    assert ladder.stats()["interactive"]["applied"]["queue"] == 1
+
+
+async def test_a_tcp_connection_at_the_shed_step_past_the_backlog_is_closed(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    """No backlog, no free slot, the pressure at or over the step's exit: closed, counted as
+    shed. (The shed step's exit is 0 here: the gateway's own ladder updates, which read the
+    real contention, keep the pressure over it while the test holds the slot.)"""
+    steps = (*DEFAULT_STEPS[:3], Step(DEFAULT_STEPS[3].enter, 0.0))
+    gateway, ladder = await relay_gateway(make_gateway, service,
+                                          {"shed_backlog": 0.0, "steps": steps},
+                                          group={"max_in_flight": 1})
+    group = gateway.groups["bytes"]
+    to_shed(gateway, ladder)
+    assert group.scheduler.try_admit("interactive")
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        assert await closed_by_the_gateway(reader)
+    finally:
+        writer.close()
+    assert group.scheduler.waiting == 0
+    assert gateway.class_counters["shed", "interactive"] == 1
+    assert ladder.stats()["interactive"]["applied"]["shed"] == 1

@@ -1,9 +1,11 @@
 """The `tcp` listener: admit a client connection by class, pick a backend, relay bytes.
 
 A client is admitted through its group's core `Scheduler` (capacity = the group's
-`max_in_flight` connections, reserved shares and max waits per class). A client that must wait
-keeps its socket open with reading paused; one that times out, or arrives when its class is
-being shed, is closed. The upstream connect is retried on another backend when it fails.
+`max_in_flight` connections, reserved shares and max waits per class) and its degradation
+ladder, by the admission rule the http listener and the simulator share
+(`DegradeLadder.takes_free_slot` and `sheds`). A client that must wait keeps its socket open
+with reading paused; one that times out, or that the shed step refuses, is closed. The upstream
+connect is retried on another backend when it fails.
 With SNI routing the first bytes (the TLS ClientHello) pick the group; TLS is not terminated.
 """
 
@@ -14,6 +16,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
+from connwise.core.degrade import QUEUE, SHED
 from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
 from connwise.gateway.relay import RelayHalf
@@ -140,37 +143,42 @@ class TcpClient(RelayHalf):
     # -- admission ----------------------------------------------------------------------------
 
     def _route(self, group_name: str | None) -> None:
+        """Admit the connection through its group's ladder and scheduler by the core's rule
+        (`DegradeLadder.takes_free_slot` and `sheds`), the one the http listener and the
+        simulator apply: a free slot serves it at once unless the ladder queues its class (at
+        the shed step, only while nobody waits); otherwise it is closed (shed) or queued."""
         assert group_name is not None
         group = self.gateway.groups[group_name]
         self.group = group
         ladder = group.admission
-        if ladder.should_shed(self.class_name):
-            self.gateway.count_class("shed", self.class_name)
-            ladder.record(self.class_name, 4)
+        scheduler = group.scheduler
+        class_name = self.class_name
+        # Both halves read it, and it follows the class's ladder for the relay's whole life.
+        self.throttle = group.relay_throttle(class_name, _throttle_started)
+        if ladder.takes_free_slot(class_name, scheduler) and scheduler.try_admit(class_name):
+            self._granted()
+            return
+        if ladder.sheds(class_name, scheduler):
+            self.gateway.count_class("shed", class_name)
+            ladder.record(class_name, SHED)
             if self.record is not None:
                 self.record.degradations += 1
             self.abort()
             return
-        # Both halves read it, and it follows the class's ladder for the relay's whole life.
-        self.throttle = group.relay_throttle(self.class_name, _throttle_started)
         now = self.gateway.clock.now()
-        queue_step = ladder.should_queue(self.class_name)
-        if not queue_step and group.scheduler.try_admit(self.class_name):
-            self._granted()
-            return
         try:
-            waiter = group.scheduler.submit(self.class_name, now, token=self)
+            waiter = scheduler.submit(class_name, now, token=self)
         except Exception:
-            self.gateway.count_class("shed", self.class_name)
+            self.gateway.count_class("shed", class_name)
             self.abort()
             return
-        if queue_step:  # counted once queued: a full queue refuses it
-            ladder.record(self.class_name, 3)
+        if ladder.should_queue(class_name):  # counted once queued: a full queue refuses it
+            ladder.record(class_name, QUEUE)
             if self.record is not None:
                 self.record.degradations += 1
         self._waiter = waiter
         self.gateway.count_class("queued", self.class_name)
-        for victim in group.scheduler.take_displaced():
+        for victim in scheduler.take_displaced():
             self.gateway.count_class("displaced", victim.class_name)
             victim.token.displaced()
         if self.transport is not None:
