@@ -1,6 +1,7 @@
 """The ladder on tcp relays over real loopback sockets: both directions are capped while the
 class stands on the throttle step, a live relay follows its class up and down the ladder, and
-admission at the queue and shed steps follows the core's rule, as the http listener does."""
+admission at the queue and shed steps follows the core's rule and counts what it refuses as the
+http listener does."""
 
 from __future__ import annotations
 
@@ -266,3 +267,29 @@ async def test_a_tcp_connection_at_the_shed_step_past_the_backlog_is_closed(
     assert group.scheduler.waiting == 0
     assert gateway.class_counters["shed", "interactive"] == 1
     assert ladder.stats()["interactive"]["applied"]["shed"] == 1
+
+
+async def test_a_tcp_connection_past_its_max_wait_is_closed_and_counted_as_shed(
+        make_gateway: GatewayFactory, service: ByteService) -> None:
+    """As an http request that waited out its class's max wait (a 503): counted as `shed` in
+    the class counters behind the admin stats and `connwise_degradation_steps_total`."""
+    gateway, _ = await relay_gateway(
+        make_gateway, service, group={"max_in_flight": 1},
+        classes={"critical": {"rank": 2, "reserved_share": 0.0, "max_wait": 5.0},
+                 "interactive": {"rank": 1, "max_wait": 0.2, "aging_rate": 0.2},
+                 "bulk": {"rank": 0, "aging_rate": 0.1}})
+    group = gateway.groups["bytes"]
+    assert group.scheduler.try_admit("interactive")  # the test holds the only slot
+    host, port = gateway.listeners["raw"].address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        await until(lambda: group.scheduler.waiting == 1)
+        assert await closed_by_the_gateway(reader)
+    finally:
+        writer.close()
+    group.release("interactive")
+    assert group.scheduler.waiting == 0
+    assert gateway.class_counters["queued", "interactive"] == 1
+    assert gateway.class_counters["shed", "interactive"] == 1
+    assert ("timed_out", "interactive") not in gateway.class_counters
+    assert gateway.stats()["classes"]["shed:interactive"] == 1

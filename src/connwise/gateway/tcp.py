@@ -272,11 +272,13 @@ class TcpClient(RelayHalf):
         self.abort()
 
     def _expired(self) -> None:
+        """The class's max wait is over while still queued: close, counted as `shed`, as the
+        http listener counts a request it answers 503 for the same reason."""
         self._timer = None
         waiter = self._waiter
         if waiter is not None and self.group is not None and self.group.scheduler.cancel(waiter):
             self._waiter = None
-            self.gateway.count_class("timed_out", self.class_name)
+            self.gateway.count_class("shed", self.class_name)
             self.abort()
 
     def _granted(self) -> None:
