@@ -377,7 +377,8 @@ class EscalationSection(_Model):
     groups: list[GroupRuleConfig] = Field(default_factory=list)
     #: The group key of a connection: `header:NAME` or `cookie:NAME` (e.g. a document id).
     group_key: str = "header:x-connwise-group"
-    #: At most this share of live connections escalated at once: lower classes never starve.
+    #: At most this share of live connections escalated at once (at least one while any is
+    #: live; 0: none): lower classes never starve.
     max_escalated_share: float = Field(0.2, ge=0, le=1)
     #: Memory bounds: connections and group keys tracked (the oldest are forgotten past them).
     max_tracked: int = Field(100_000, ge=1)

@@ -22,7 +22,13 @@ A connection's effective class is the highest of its base and every active rule'
 escalation never lowers a class.
 
 No starvation of lower classes: **at most `max_escalated_share` of live connections are
-escalated at once** (floor of share x live; default 20%). An escalation that does not fit is
+escalated at once** (floor of share x live; default 20%), **but at least one** while any
+connection is live and the share is above zero. With the floor alone, fewer than 1/share live
+connections (5 by default) allowed none, so a quiet gateway escalated nothing: three editors of
+one document, the only connections, never had their group rule fire. One escalated connection
+cannot starve the others: it puts one connection's work ahead of theirs, and the scheduler's
+aging bounds every class's wait anyway; from 1/share connections on, the share holds exactly.
+A zero share turns escalation off. An escalation that does not fit is
 refused and counted, and the connection is kept as *pending*: `tick` grants pending
 escalations in arrival order as room appears. When connections close and the escalated share
 would exceed the cap, the most recent escalations are undone first (last in, first out: the
@@ -94,7 +100,8 @@ class EscalationConfig:
 
     activity: tuple[ActivityRule, ...] = ()
     groups: tuple[GroupRule, ...] = ()
-    #: At most this share of live connections is escalated at once (floor of share x live).
+    #: At most this share of live connections is escalated at once (floor of share x live, but
+    #: at least one while any is live; 0 turns escalation off).
     max_escalated_share: float = 0.2
     #: Connections tracked; past it the least recently active one is forgotten.
     max_tracked: int = 100_000
@@ -224,8 +231,13 @@ class EscalationEngine:
         return len(self._escalated)
 
     def allowed(self) -> int:
-        """How many connections may be escalated at once now: floor(share x live)."""
-        return int(self.config.max_escalated_share * len(self._conns) + 1e-9)
+        """How many connections may be escalated at once now: floor(share x live), at least
+        one while a connection is live and the share is above zero (see the module doc)."""
+        share = self.config.max_escalated_share
+        live = len(self._conns)
+        if share <= 0 or live == 0:
+            return 0
+        return max(1, int(share * live + 1e-9))
 
     # -- connections --------------------------------------------------------------------------
 

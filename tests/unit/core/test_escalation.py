@@ -301,6 +301,45 @@ def test_a_capped_group_escalates_its_members_as_room_appears() -> None:
     assert e.escalated == 2
 
 
+def test_a_quiet_gateway_still_escalates_one_connection() -> None:
+    """Below 1/share live connections (5 at 20%) the floor of share x live is 0: a group of
+    three editors, the only connections, escalated nobody. At least one may be escalated."""
+    e = engine(max_escalated_share=0.2)
+    changes: list[ClassChange] = []
+    for conn_id in (1, 2, 3):
+        changes += e.open(conn_id, "bulk", 0.0, group_key="doc")
+    assert e.allowed() == 1
+    assert moves(changes) == [(1, "bulk", "interactive")]
+    assert e.stats()["pending"] == 2
+    # The share governs again from 1/share connections on: 10 live, 2 allowed.
+    for conn_id in range(10, 17):
+        e.open(conn_id, "bulk", 1.0)
+    assert moves(e.tick(1.0)) == [(2, "bulk", "interactive")]
+    assert e.escalated == e.allowed() == 2
+
+
+def test_a_single_live_connection_may_be_escalated() -> None:
+    e = engine(max_escalated_share=0.2)
+    e.open(1, "bulk", 0.0)
+    assert moves(burst(e, 1, 1.0, 10)) == [(1, "bulk", "interactive")]
+    # Its hold over, it comes down; the allowance stays one while it is live.
+    assert moves(e.tick(31.0)) == [(1, "interactive", "bulk")]
+    assert e.allowed() == 1
+    e.close(1, 32.0)
+    assert e.allowed() == 0
+
+
+def test_closing_down_to_few_connections_keeps_the_oldest_escalation() -> None:
+    e = engine(max_escalated_share=0.2)
+    for conn_id in range(10):
+        e.open(conn_id, "bulk", 0.0)
+    burst(e, 0, 1.0, 10)
+    burst(e, 1, 2.0, 10)
+    changes = [c for conn_id in range(2, 10) for c in e.close(conn_id, 3.0)]
+    assert moves(changes) == [(1, "interactive", "bulk")]   # 2 live: one may stay
+    assert [e.class_of(i) for i in (0, 1)] == ["interactive", "bulk"]
+
+
 def test_a_zero_share_disables_escalation() -> None:
     e = engine(max_escalated_share=0.0)
     e.open(1, "bulk", 0.0)
@@ -442,7 +481,8 @@ def test_the_escalation_cap_always_holds(ops: list[tuple[str, int, int, float]],
         for known in list(base):
             if e.class_of(known) is None:                  # forgotten past max_tracked
                 del base[known], current[known]
-        assert e.escalated <= e.allowed() == math.floor(share * e.live + 1e-9)
+        floor = math.floor(share * e.live + 1e-9)
+        assert e.escalated <= e.allowed() == (max(1, floor) if share and e.live else 0)
         for known, name in current.items():
             assert e.class_of(known) == name               # the changes tell the whole story
             assert CLASSES[name].rank >= CLASSES[base[known]].rank     # never lowered
