@@ -116,7 +116,7 @@ async def test_a_keep_alive_connection_joins_the_group_its_later_request_names(
         await first.get("/fast")
         await second.get("/fast", headers=doc)
         await first.get("/fast", headers=doc)
-        assert engine.group_size("doc-7") == 2
+        assert engine.group_size("header:x-connwise-group=doc-7") == 2
         assert {c["class"] for c in gateway.connections()} == {"interactive"}
 
 

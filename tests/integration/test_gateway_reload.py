@@ -187,7 +187,49 @@ async def test_changed_rules_take_live_connections_over_with_their_groups(
         assert {c["class"] for c in by_id.values()} == {"interactive"}
         history = gateway.connections()[0]["why"]["history"]
         assert history[-1]["reason"] == "reload: the escalation rules changed"
-        assert gateway.escalation.group_size("doc-7") == 3
+        assert gateway.escalation.group_size("header:x-connwise-group=doc-7") == 3
+
+
+def coedit_config(echo: Server, app: HttpOrigin, group_key: str) -> dict[str, Any]:
+    data = config(echo, app, escalation={
+        "groups": [{"name": "coedit", "min_members": 3}], "group_key": group_key,
+        "max_escalated_share": 1.0})
+    data["routes"][1]["class"] = "bulk"
+    return data
+
+
+async def test_a_new_group_key_groups_new_requests_and_established_groups_go_on(
+        make_gateway: GatewayFactory, echo: Server, origins: list[HttpOrigin]) -> None:
+    """A reload that changes only `group_key` keeps the engine (escalations, windows); a group
+    is its key's source and value, so a request read by the new key never joins a group read
+    by the old one, even with the same value. Established connections stay in their groups
+    until a request of theirs names another (a keep-alive connection's next request, as it
+    takes the new routes); a connection that makes no more requests (a WebSocket) keeps its."""
+    gateway = await make_gateway(**coedit_config(echo, origins[0], "header:x-doc"))
+    engine = gateway.escalation
+    assert engine is not None
+    async with contextlib.AsyncExitStack() as stack:
+        editors = [await stack.enter_async_context(httpx.AsyncClient(base_url=base(gateway)))
+                   for _ in range(3)]
+        for client in editors:
+            await client.get("/fast", headers={"x-doc": "doc-7"})
+        assert {c["class"] for c in gateway.connections()} == {"interactive"}
+        await reload(gateway, coedit_config(echo, origins[0], "cookie:doc"))
+        assert gateway.escalation is engine
+        assert {c["class"] for c in gateway.connections()} == {"interactive"}
+        assert engine.group_size("header:x-doc=doc-7") == 3
+
+        late = await stack.enter_async_context(httpx.AsyncClient(base_url=base(gateway)))
+        await late.get("/fast", headers={"cookie": "doc=doc-7"})
+        late_id = max(c["id"] for c in gateway.connections())
+        assert engine.group_size("cookie:doc=doc-7") == 1
+        assert engine.class_of(late_id) == "bulk"            # not the old group's fourth
+
+        for client in editors[:2]:                           # their next requests regroup
+            await client.get("/fast", headers={"cookie": "doc=doc-7"})
+        assert engine.group_size("cookie:doc=doc-7") == 3
+        assert engine.group_size("header:x-doc=doc-7") == 1
+        assert engine.class_of(late_id) == "interactive"
 
 
 async def test_a_reload_applies_new_limits_and_a_refused_one_keeps_the_old(

@@ -230,14 +230,21 @@ class Gateway:
                            now)
 
     def group_key(self, ex: Exchange) -> str | None:
-        kind, _, name = self.config.escalation.group_key.partition(":")
+        """The escalation group `ex` names: `<group_key>=<value>` (e.g.
+        `header:x-doc=doc-7`), None when it carries no value for `[escalation] group_key`.
+
+        The source is part of the key: after a reload that changes `group_key`, a request read
+        by the new key never joins a group read by the old one (the same value may mean
+        something else), while the connections of the old groups stay in them."""
+        spec = self.config.escalation.group_key
+        kind, _, name = spec.partition(":")
         if kind == "header":
             value = ex.header(name.lower().encode())
-            return value.decode("latin-1") if value else None
+            return f"{spec}={value.decode('latin-1')}" if value else None
         for part in (ex.header(b"cookie") or b"").split(b";"):
             key, _, value = part.strip().partition(b"=")
             if key.decode("latin-1") == name:
-                return value.decode("latin-1")
+                return f"{spec}={value.decode('latin-1')}"
         return None
 
     def apply_changes(self, changes: Any) -> None:
@@ -572,8 +579,10 @@ class Gateway:
                          classes: ClassTable) -> EscalationEngine | None:
         """The escalation engine of a reloaded configuration. The running one stays when its
         rules and the classes are unchanged, with every live connection's escalation, activity
-        window and group. Otherwise a new engine (it may refuse the configuration, before
-        anything changed), which `_carry_escalation` fills."""
+        window and group; `group_key` is not a rule (the groups' keys name their source, see
+        `group_key`, so the old groups and the new key's never mix). Otherwise a new engine
+        (it may refuse the configuration, before anything changed), which `_carry_escalation`
+        fills."""
         rules = escalation_rules(config, classes)
         if rules is None:
             return None
