@@ -4,6 +4,7 @@ uncommitted records counted as failed) and replaced, and no child outlives the w
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -271,3 +272,25 @@ def test_close_within_its_timeout_counts_what_a_stuck_child_did_not_commit(
         gate.unlink()
         writer.close()
     assert stored(db) == []
+
+
+def test_a_record_the_store_refuses_costs_only_itself(tmp_path: Path) -> None:
+    """The child wrote each batch in one transaction, and a record SQLite refused (an integer
+    past 64 bits, a NaN where a NOT NULL real goes) lost every record of its batch."""
+    db = tmp_path / "t.db"
+    writer = StoreSpec.parse(str(db)).writer(batch_size=50, flush_interval=60.0)
+    bad = {5, 17, 18, 49, 60}
+    try:
+        for i in range(100):
+            rec = record(i)
+            if i in bad:
+                rec.bytes_out = 2**64
+            if i == 60:
+                rec.active_s = math.nan
+            writer.submit(rec)
+        assert writer.flush(30.0)
+        assert (writer.written, writer.refused, writer.failed) == (95, 5, 0)
+        assert writer.last_error is not None and "conn_id '60'" in writer.last_error
+    finally:
+        writer.close()
+    assert sorted(stored(db), key=int) == [str(i) for i in range(100) if i not in bad]

@@ -22,11 +22,16 @@ from typing import Any
 
 import asyncpg
 
-from connwise.errors import ConfigError, StoreError
+from connwise.errors import ConfigError, RecordRefused, StoreError
 from connwise.telemetry.record import FIELD_NAMES, Row
 from connwise.telemetry.schema import LATEST, TABLE, VERSION_TABLE, migrations
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: What a COPY raises for a row's values rather than for the connection: the server's data
+#: exceptions (SQLSTATE class 22) and constraint violations (23), and what asyncpg's encoder
+#: raises for a value it cannot put in the column's binary format.
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError,
+            TypeError, ValueError)
 
 
 def check_schema_name(schema: str) -> str:
@@ -90,12 +95,21 @@ class PostgresStore:
                 await conn.execute(f"INSERT INTO {schema}.{VERSION_TABLE} VALUES ($1)", target)
 
     async def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
-        """Append `rows` (values in `columns` order, all fields by default) with one COPY."""
+        """Append `rows` (values in `columns` order, all fields by default) with one COPY.
+
+        All or nothing: `RecordRefused` when a row has a value the server refuses (a NUL in a
+        text, NULL in a NOT NULL column) or asyncpg cannot encode (an integer past 64 bits, a
+        value of the wrong type, a lone surrogate); the connection stays usable. What a lost
+        connection raises is raised as it is."""
         if not rows:
             return
-        await self._conn.copy_records_to_table(
-            TABLE, schema_name=self.schema, records=rows,
-            columns=list(FIELD_NAMES if columns is None else columns))
+        try:
+            await self._conn.copy_records_to_table(
+                TABLE, schema_name=self.schema, records=rows,
+                columns=list(FIELD_NAMES if columns is None else columns))
+        except _REFUSED as exc:
+            raise RecordRefused(f"{redact_dsn(self.dsn)} (schema {self.schema})",
+                                str(exc).splitlines()[0]) from exc
 
     async def read(self, *, since: float | None = None, until: float | None = None,
                    columns: Sequence[str] = FIELD_NAMES,

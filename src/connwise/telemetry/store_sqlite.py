@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from connwise.errors import StoreError
+from connwise.errors import RecordRefused, StoreError
 from connwise.telemetry.record import FIELD_NAMES, Row
 from connwise.telemetry.schema import (
     LATEST,
@@ -37,6 +37,13 @@ log = logging.getLogger("connwise.telemetry")
 
 #: How long a write waits for another connection's write lock (a gateway's writer, an ingest).
 BUSY_TIMEOUT_S = 5
+#: What `executemany` raises for a row's values rather than for the store: a constraint
+#: (IntegrityError), a value of no SQL type or a row of the wrong length (ProgrammingError), a
+#: string or blob past SQLite's limit (DataError), an int past 64 bits (OverflowError), a str
+#: UTF-8 cannot encode (UnicodeEncodeError, a ValueError). OperationalError (locked, disk full,
+#: I/O) is the store's.
+_REFUSED = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError, OverflowError,
+            ValueError)
 
 
 class SqliteStore:
@@ -110,7 +117,11 @@ class SqliteStore:
     # -- writing -------------------------------------------------------------------------------
 
     def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
-        """Insert `rows` (values in `columns` order, all fields by default) in one transaction."""
+        """Insert `rows` (values in `columns` order, all fields by default) in one transaction.
+
+        All or nothing: `RecordRefused` when a row has a value SQLite refuses (None or NaN where
+        a NOT NULL column goes, an integer past 64 bits, a value of no SQL type, a string with
+        a lone surrogate), StoreError when the store cannot be written (locked, disk full)."""
         if not rows:
             return
         names = FIELD_NAMES if columns is None else tuple(columns)
@@ -121,6 +132,9 @@ class SqliteStore:
             db.execute("BEGIN")
             try:
                 db.executemany(sql, rows)
+            except _REFUSED as exc:
+                db.execute("ROLLBACK")
+                raise RecordRefused(repr(str(self.path)), str(exc)) from exc
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

@@ -14,7 +14,9 @@ bounded queue; once `batch_size` rows wait, the submitting thread itself seriali
 call to `marshal`) and writes the frame to the pipe without blocking: no other thread is woken
 per batch. Whatever the pipe does not take stays in an output buffer, and every queued, buffered
 or sent-but-unanswered record counts against `capacity`: past it, records are dropped and
-counted, as with the thread writer. The child answers each batch once it is committed; the
+counted, as with the thread writer. The child writes each batch as the thread writer does
+(`write_isolating`: a record the store refuses costs only itself) and answers it once it is
+committed, with the records written, those refused and the error that lost the rest; the
 answers are read, without blocking, when the next batch is shipped, and by the housekeeping
 thread, which wakes every `flush_interval` to ship stragglers, run retention, and restart a dead
 child.
@@ -58,7 +60,7 @@ from typing import Any
 
 from connwise.errors import StoreError
 from connwise.telemetry.record import ConnRecord, Row
-from connwise.telemetry.writer import BatchSink, RecordWriter, Retention
+from connwise.telemetry.writer import BatchSink, RecordWriter, Retention, write_isolating
 
 log = logging.getLogger("connwise.telemetry")
 
@@ -154,8 +156,8 @@ class ProcessWriter(RecordWriter):
         return self
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every record submitted so far is committed (or failed). Not for the data
-        plane: for shutdown and tests. False if `timeout` passed first."""
+        """Wait until every record submitted so far is committed (or refused, or failed). Not
+        for the data plane: for shutdown and tests. False if `timeout` passed first."""
         deadline = time.monotonic() + timeout
         if not self._lock.acquire(timeout=timeout):
             return False
@@ -177,7 +179,7 @@ class ProcessWriter(RecordWriter):
     def __repr__(self) -> str:
         return (f"<ProcessWriter {self.name} pid {self.pid} [queued {self.depth}/"
                 f"{self.capacity}, written {self.written}, dropped {self.dropped}, "
-                f"failed {self.failed}, restarts {self.restarts}]>")
+                f"refused {self.refused}, failed {self.failed}, restarts {self.restarts}]>")
 
     # -- housekeeping thread -------------------------------------------------------------------
 
@@ -218,7 +220,7 @@ class ProcessWriter(RecordWriter):
         deadline = min(time.monotonic() + self.timeout, self._close_by)
         if not self._settle(self.submitted, deadline):
             # Whatever is still queued or uncommitted is lost: count it, stop the child.
-            lost = self.submitted - self.written - self.failed
+            lost = self.submitted - self._settled
             proc, self._proc = self._proc, None
             self.failed += lost
             self._rows.clear()
@@ -317,19 +319,19 @@ class ProcessWriter(RecordWriter):
         kind, records = self._awaited.popleft()
         self._answered_at = time.monotonic()
         self._in_flight -= records
-        if status != "ok":
+        if kind == "write":
+            # The child answers a write with `write_isolating`'s result.
+            self._count_batch(records, *(value if status == "ok" else (0, [], str(value))))
+        elif status != "ok":
             self.last_error = str(value)
-            if kind == "write":
-                self.failed += records
-                log.warning("telemetry writer %s: a batch of %d records was lost: %s",
-                            self.name, records, value)
-            else:
-                log.error("telemetry writer %s: %s failed: %s", self.name, kind, value)
-        elif kind == "write":
-            self.written += records
-            self.batches += 1
+            log.error("telemetry writer %s: %s failed: %s", self.name, kind, value)
         elif kind == "retain" and value:
             log.info("telemetry writer %s: retention removed %d records", self.name, value)
+
+    @property
+    def _settled(self) -> int:
+        """Submitted records whose fate is known: written, refused or failed."""
+        return self.written + self.refused + self.failed
 
     def _gone(self, reason: str) -> None:
         """The child died or hung: count what it had not committed as failed, and say so."""
@@ -350,14 +352,14 @@ class ProcessWriter(RecordWriter):
         self._wake.set()  # the thread starts a new child
 
     def _settle(self, target: int, deadline: float) -> bool:
-        """Ship everything and wait until `target` submitted records are written or failed."""
-        while self.written + self.failed < target:
+        """Ship everything and wait until `target` submitted records are settled."""
+        while self._settled < target:
             if self._proc is None:
                 self._restart(min(self.timeout, max(0.0, deadline - time.monotonic())))
                 if self._proc is None:
                     return False
             self._ship()
-            if self.written + self.failed >= target:
+            if self._settled >= target:
                 break
             if time.monotonic() >= deadline:
                 return False
@@ -482,8 +484,7 @@ def serve(inp: int, out: int) -> int:
         op = message[0]
         try:
             if op == "write":
-                sink.write(message[1], message[2])
-                result: Any = len(message[1])
+                result: Any = write_isolating(sink, message[1], message[2])
             elif op == "retain":
                 result = sink.retain(max_age=message[1], max_bytes=message[2],
                                      now=message[3])

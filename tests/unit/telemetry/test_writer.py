@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import sqlite3
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from connwise.errors import ConfigError, StoreError
-from connwise.telemetry.record import ConnRecord, Row
+from connwise.errors import ConfigError, RecordRefused, StoreError
+from connwise.telemetry.record import COLUMN, ConnRecord, Row
+from connwise.telemetry.store_sqlite import SqliteStore
 from connwise.telemetry.writer import RecordWriter, Retention
 
 
@@ -22,8 +27,10 @@ class ListSink:
         self.fail = fail
         self.closed = False
         self.retained: list[tuple[float | None, int | None]] = []
+        self.attempts = 0
 
     def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        self.attempts += 1
         self.entered.set()
         if self.gate is not None:
             self.gate.wait()
@@ -85,7 +92,8 @@ def test_a_failed_batch_is_counted_and_the_writer_goes_on() -> None:
     for i in range(7):
         writer.submit(record(i))
     assert writer.flush(10.0)
-    assert writer.failed == 7 and writer.written == 0
+    assert writer.failed == 7 and writer.written == 0 and writer.refused == 0
+    assert sink.attempts == 2  # a batch of 5 and one of 2, each tried once: never split
     assert writer.last_error == "OSError: disk full"
     sink.fail = False
     writer.submit(record(8))
@@ -132,3 +140,46 @@ def test_bad_retention_names_its_key(kwargs: dict[str, float], key: str) -> None
     with pytest.raises(ConfigError) as info:
         Retention(**kwargs).validate()  # type: ignore[arg-type]
     assert info.value.key == key
+
+
+def test_a_record_the_store_refuses_costs_only_itself(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """One record with a value SQLite refuses (a NaN where a NOT NULL real goes, an integer
+    past 64 bits) failed its whole batch: the other records of the batch were lost with it."""
+    nan, huge = record(3), record(7)
+    nan.active_s = math.nan  # SQLite stores NaN as NULL
+    huge.bytes_out = 2**70
+    path = tmp_path / "t.db"
+    with caplog.at_level(logging.WARNING, "connwise.telemetry"), \
+            RecordWriter(lambda: SqliteStore(path), capacity=100, batch_size=10,
+                         flush_interval=60.0) as writer:
+        for i in range(10):
+            writer.submit(nan if i == 3 else huge if i == 7 else record(i))
+        assert writer.flush(10.0)
+    assert (writer.written, writer.refused, writer.failed) == (8, 2, 0)
+    assert "refused 2" in repr(writer)
+    with sqlite3.connect(path) as db:
+        stored = sorted(int(r[0]) for r in db.execute("SELECT conn_id FROM connections"))
+    assert stored == [0, 1, 2, 4, 5, 6, 8, 9]
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2
+    assert "conn_id '3'" in refusals[0] and "NOT NULL constraint failed" in refusals[0]
+    assert "conn_id '7'" in refusals[1] and "too large" in refusals[1]
+    assert writer.last_error is not None and "conn_id '7'" in writer.last_error
+
+
+def test_the_sqlite_store_tells_a_refused_record_from_a_store_that_cannot_write(
+        tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    try:
+        bad = list(record(1).row())
+        bad[COLUMN["conn_id"]] = "\udcff"  # a lone surrogate: no UTF-8 for it
+        with pytest.raises(RecordRefused, match="surrogates not allowed"):
+            store.write([record(0).row(), tuple(bad)])
+        assert store.count() == 0  # the batch is all or nothing
+        store.close()
+        with pytest.raises(StoreError) as info:
+            store.write([record(0).row()])
+        assert not isinstance(info.value, RecordRefused)
+    finally:
+        store.close()
