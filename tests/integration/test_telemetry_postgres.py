@@ -143,6 +143,25 @@ async def test_retention_by_age_and_size(postgres_dsn: str, dropped_after: str) 
         await store.close()
 
 
+async def test_retention_deletes_at_most_limit_records_a_step_oldest_first(
+        postgres_dsn: str, dropped_after: str) -> None:
+    store = await PostgresStore.open(postgres_dsn, schema=dropped_after)
+    try:
+        await store.write([record(i, start=1000.0 * i) for i in range(30)])
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 10
+        oldest = await store._conn.fetchval(
+            f"SELECT min(started_at) FROM {dropped_after}.connections")
+        assert oldest == 10_000.0 + 10  # records 0..9 went first
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 10
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 6
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 0
+        await store.write([record(i) for i in range(2000)])
+        size = await store.size_bytes()
+        assert await store.retain(max_bytes=size // 2, limit=100) == 100
+    finally:
+        await store.close()
+
+
 def test_writer_thread_and_spec_reads_and_export(postgres_dsn: str, dropped_after_sync: str,
                                                  tmp_path: Path) -> None:
     spec = StoreSpec.parse(f"{postgres_dsn}?schema={dropped_after_sync}")

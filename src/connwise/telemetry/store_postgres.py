@@ -142,25 +142,31 @@ class PostgresStore:
                                              self.table))
 
     async def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-                     now: float | None = None) -> int:
+                     now: float | None = None, limit: int | None = None) -> int:
         """Delete records that ended before `now - max_age`, then the oldest ones until the
         rows left would fit in `max_bytes` at the table's average row size. PostgreSQL reuses
         the space after autovacuum rather than shrinking the files, so the bound holds for the
-        data kept, not for the file size on disk."""
+        data kept, not for the file size on disk. With `limit`, at most that many, oldest
+        first, per call (each statement its own transaction): call again while it returns
+        `limit`."""
         conn = self._conn
         deleted = 0
         if max_age is not None:
             cutoff = (time.time() if now is None else now) - max_age
-            result = await conn.execute(f"DELETE FROM {self.table} WHERE started_at < $1", cutoff)
+            result = await conn.execute(
+                f"DELETE FROM {self.table} WHERE ctid IN (SELECT ctid FROM {self.table} "
+                "WHERE started_at < $1 ORDER BY started_at LIMIT $2)", cutoff, limit)
             deleted += int(result.split()[-1])
-        if max_bytes is not None:
+        if max_bytes is not None and deleted != limit:
             total = await self.count()
             size = await self.size_bytes()
             if total and size > max_bytes:
-                keep = int(total * (0.9 * max_bytes / size))
+                excess = total - int(total * (0.9 * max_bytes / size))
+                if limit is not None:
+                    excess = min(excess, limit - deleted)
                 result = await conn.execute(
                     f"DELETE FROM {self.table} WHERE ctid IN (SELECT ctid FROM {self.table} "
-                    "ORDER BY started_at LIMIT $1)", total - keep)
+                    "ORDER BY started_at LIMIT $1)", excess)
                 deleted += int(result.split()[-1])
         return deleted
 
@@ -221,11 +227,12 @@ class PostgresSink:
             self._run(asyncio.wait_for(store.write(rows, columns), self.timeout))
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int:
-        # No timeout: deleting a long backlog may rightly take minutes.
+               now: float | None = None, limit: int | None = None) -> int:
+        # No timeout: without a `limit`, deleting a long backlog may rightly take minutes.
         store = self._connected()
         with self._dropped_if_lost(store, "retention on"):
-            return int(self._run(store.retain(max_age=max_age, max_bytes=max_bytes, now=now)))
+            return int(self._run(store.retain(max_age=max_age, max_bytes=max_bytes, now=now,
+                                              limit=limit)))
 
     @contextlib.contextmanager
     def _dropped_if_lost(self, store: PostgresStore, action: str) -> Iterator[None]:

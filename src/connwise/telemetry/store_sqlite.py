@@ -286,28 +286,39 @@ class SqliteStore:
         return size
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int:
-        """Delete records that ended before `now - max_age`, then the oldest ones until the
-        store fits in `max_bytes`; give the space back. Returns the records deleted."""
-        with self._failing("retention on"):
-            return self._retain(max_age, max_bytes, now)
+               now: float | None = None, limit: int | None = None) -> int:
+        """Delete records that started before `now - max_age`, then the oldest ones until the
+        store fits in `max_bytes`; give the space back. Returns the records deleted.
 
-    def _retain(self, max_age: float | None, max_bytes: int | None, now: float | None) -> int:
+        With `limit`, at most that many, oldest first, in a transaction of their own: a caller
+        that must not hold the store's write lock for long (the writer, with records waiting;
+        another process's writer, which waits `BUSY_TIMEOUT_S` at most) calls again while a
+        call returns `limit`."""
+        with self._failing("retention on"):
+            return self._retain(max_age, max_bytes, now, limit)
+
+    def _retain(self, max_age: float | None, max_bytes: int | None, now: float | None,
+                limit: int | None) -> int:
         db = self._db
+        budget = -1 if limit is None else limit  # SQLite's LIMIT -1: no limit
         deleted = 0
         if max_age is not None:
             cutoff = (time.time() if now is None else now) - max_age
-            deleted += db.execute(f"DELETE FROM {TABLE} WHERE started_at < ?", (cutoff,)).rowcount
+            deleted += db.execute(
+                f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+                "WHERE started_at < ? ORDER BY started_at LIMIT ?)", (cutoff, budget)).rowcount
             self._compact()
         if max_bytes is not None:
             for _ in range(8):  # each pass aims below the limit; a few converge on it
                 size = self.size_bytes()
                 total = self.count()
-                if size <= max_bytes or total == 0:
+                if size <= max_bytes or total == 0 or deleted == limit:
                     break
                 # Aim 10% under the limit so that the next batches do not trip it at once.
                 keep = int(total * (0.9 * max_bytes / size))
                 excess = max(1, total - keep)
+                if limit is not None:
+                    excess = min(excess, limit - deleted)
                 deleted += db.execute(
                     f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
                     "ORDER BY started_at LIMIT ?)", (excess,)).rowcount

@@ -15,7 +15,9 @@ that fails for the store itself (a lost connection, a locked or full disk) is no
 could not help: it is logged and counted in `failed`; the thread goes on. The store is opened
 inside the thread, so SQLite's one-connection-per-thread rule and asyncpg's one-loop-per-
 connection rule both hold. With a `Retention`, the same thread prunes the store every
-`retention.interval` seconds.
+`retention.interval` seconds, in steps of at most `retention.chunk` records (one transaction
+each) with the queued records written between steps: the first pass over a long backlog holds
+neither the store nor the records waiting for longer than one step.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ log = logging.getLogger("connwise.telemetry")
 MIN_STORE_BYTES = 65536
 #: Refused records of one batch logged one by one; past them, one line counts the rest.
 LOGGED_REFUSALS = 10
+#: Records a retention step deletes at most: one transaction of some tens of milliseconds, so
+#: that a pass over millions of records never holds the store's write lock (SQLite), the records
+#: queued meanwhile, or the process writer's 60 s watchdog for long.
+RETAIN_CHUNK = 10_000
 
 
 class BatchSink(Protocol):
@@ -46,7 +52,7 @@ class BatchSink(Protocol):
     def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None: ...
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int: ...
+               now: float | None = None, limit: int | None = None) -> int: ...
 
     def close(self) -> None: ...
 
@@ -98,6 +104,8 @@ class Retention:
     max_bytes: int | None = None
     #: Pruning is a scan of the oldest rows: once a minute keeps it out of the way.
     interval: float = 60.0
+    #: Records deleted per step of a pass (each step is its own transaction).
+    chunk: int = RETAIN_CHUNK
 
     def validate(self, prefix: str = "telemetry.retention") -> Retention:
         if self.max_age is not None and self.max_age <= 0:
@@ -109,6 +117,9 @@ class Retention:
         if self.interval <= 0:
             raise ConfigError(f"{prefix}.interval", self.interval, "the interval must be "
                               "positive", "use seconds > 0, e.g. 60")
+        if self.chunk < 1:
+            raise ConfigError(f"{prefix}.chunk", self.chunk, "a step must delete at least one "
+                              "record", f"use e.g. {RETAIN_CHUNK}")
         return self
 
 
@@ -231,7 +242,8 @@ class RecordWriter:
                 self._drain(sink)
                 for done in flushes:
                     done.set()
-                if retention is not None and time.monotonic() >= next_prune:
+                if (retention is not None and not self._closing
+                        and time.monotonic() >= next_prune):
                     next_prune = time.monotonic() + retention.interval
                     self._prune(sink, retention)
                 if self._closing and not self._buffer:
@@ -274,11 +286,22 @@ class RecordWriter:
                     self.name, lost, error)
 
     def _prune(self, sink: BatchSink, retention: Retention) -> None:
-        try:
-            deleted = sink.retain(max_age=retention.max_age, max_bytes=retention.max_bytes,
-                                  now=time.time())
-        except Exception:
-            log.exception("telemetry writer %s: retention pass failed; continuing", self.name)
-        else:
-            if deleted:
-                log.info("telemetry writer %s: retention removed %d records", self.name, deleted)
+        """One retention pass, a step of at most `retention.chunk` records at a time, until a
+        step finds less to delete; the queue is written between steps. A close stops it: the
+        next writer goes on where it ended."""
+        now = time.time()
+        deleted = 0
+        while True:
+            try:
+                step = sink.retain(max_age=retention.max_age, max_bytes=retention.max_bytes,
+                                   now=now, limit=retention.chunk)
+            except Exception:
+                log.exception("telemetry writer %s: retention pass failed; continuing",
+                              self.name)
+                break
+            deleted += step
+            if step < retention.chunk or self._closing:
+                break
+            self._drain(sink)
+        if deleted:
+            log.info("telemetry writer %s: retention removed %d records", self.name, deleted)

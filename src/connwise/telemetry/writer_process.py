@@ -77,6 +77,8 @@ MAX_FRAME = 1 << 30
 PIPE_BYTES = 1 << 20
 #: What `close` waits past its timeout for the thread to kill and reap a child that was late.
 _REAP_GRACE = 1.0
+#: How often the housekeeping thread looks for a retention step's answer during a pass.
+_PRUNE_POLL = 0.02
 
 
 class ProcessWriter(RecordWriter):
@@ -114,6 +116,11 @@ class ProcessWriter(RecordWriter):
         self._answered_at = 0.0
         #: When `close` must be done by (monotonic): the shutdown's deadline.
         self._close_by = float("inf")
+        #: The retention pass in progress, as its steps' arguments (max_age, max_bytes, now,
+        #: limit); the records it deleted so far; whether its next step is due.
+        self._pruning: tuple[float | None, int | None, float, int] | None = None
+        self._pruned = 0
+        self._prune_next = False
 
     @property
     def pid(self) -> int | None:
@@ -187,7 +194,9 @@ class ProcessWriter(RecordWriter):
         retention = self.retention
         next_prune = time.monotonic() + (retention.interval if retention else 0.0)
         while not self._closing:
-            self._wake.wait(self.flush_interval)
+            # During a retention pass, look for each step's answer often: the next step is
+            # sent once it is in, so a pass with nothing else to do is not one step a second.
+            self._wake.wait(_PRUNE_POLL if self._pruning else self.flush_interval)
             self._wake.clear()
             with self._lock:
                 now = time.monotonic()
@@ -196,10 +205,13 @@ class ProcessWriter(RecordWriter):
                 self._ship()
                 if self._awaited and now - self._answered_at > self.timeout:
                     self._gone(f"did not answer within {self.timeout:g} s and was killed")
-                if retention is not None and now >= next_prune and self._proc is not None:
+                if (retention is not None and now >= next_prune and self._proc is not None
+                        and self._pruning is None):
                     next_prune = now + retention.interval
-                    self._request(("retain", retention.max_age, retention.max_bytes,
-                                   time.time()), "retain", 0)
+                    self._pruning = (retention.max_age, retention.max_bytes, time.time(),
+                                     retention.chunk)
+                    self._pruned = 0
+                    self._request(("retain", *self._pruning), "retain", 0)
                     self._pump()
         with self._lock:
             self._shutdown()
@@ -262,6 +274,12 @@ class ProcessWriter(RecordWriter):
             # housekeeping thread ships here too) was cleared unshipped.
             batch = [popleft() for _ in range(count)]
             self._request(("write", batch, None), "write", count)
+        pruning = self._pruning
+        if self._prune_next and pruning is not None and self._proc is not None \
+                and not self._closing:
+            # The pass's next step, after the batches queued during the last one.
+            self._prune_next = False
+            self._request(("retain", *pruning), "retain", 0)
         self._pump()
 
     def _request(self, message: tuple[Any, ...], kind: str, records: int) -> None:
@@ -322,11 +340,29 @@ class ProcessWriter(RecordWriter):
         if kind == "write":
             # The child answers a write with `write_isolating`'s result.
             self._count_batch(records, *(value if status == "ok" else (0, [], str(value))))
+        elif kind == "retain":
+            self._pruned_step(status, value)
         elif status != "ok":
             self.last_error = str(value)
             log.error("telemetry writer %s: %s failed: %s", self.name, kind, value)
-        elif kind == "retain" and value:
-            log.info("telemetry writer %s: retention removed %d records", self.name, value)
+
+    def _pruned_step(self, status: str, value: Any) -> None:
+        """A retention step is done: the pass goes on (at the next `_ship`) while a step
+        deletes all it may, and ends at the first that deletes less, or fails."""
+        pruning = self._pruning
+        if status == "ok" and pruning is not None and value == pruning[3]:
+            self._pruned += value
+            self._prune_next = True
+            return
+        self._pruning = None
+        if status != "ok":
+            self.last_error = str(value)
+            log.error("telemetry writer %s: retention failed: %s", self.name, value)
+            return
+        self._pruned += value
+        if self._pruned:
+            log.info("telemetry writer %s: retention removed %d records", self.name,
+                     self._pruned)
 
     @property
     def _settled(self) -> int:
@@ -342,6 +378,7 @@ class ProcessWriter(RecordWriter):
         self._awaited.clear()
         self._out.clear()
         self._in.clear()
+        self._pruning, self._prune_next = None, False  # the next pass starts over
         pid = proc.pid if proc is not None else None
         self.last_error = (f"the telemetry writer process {self.name} (pid {pid}) {reason}; "
                            f"{lost} records it had not committed are lost")
@@ -487,7 +524,7 @@ def serve(inp: int, out: int) -> int:
                 result: Any = write_isolating(sink, message[1], message[2])
             elif op == "retain":
                 result = sink.retain(max_age=message[1], max_bytes=message[2],
-                                     now=message[3])
+                                     now=message[3], limit=message[4])
             elif op == "close":
                 sink.close()
                 _reply(out, "ok", None)

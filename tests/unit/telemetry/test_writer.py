@@ -6,7 +6,8 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ class ListSink:
         self.batches.append(list(rows))
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int:
+               now: float | None = None, limit: int | None = None) -> int:
         self.retained.append((max_age, max_bytes))
         return 0
 
@@ -132,6 +133,7 @@ def test_bad_settings_name_their_key(kwargs: dict[str, float], key: str) -> None
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [
+    ({"chunk": 0}, "telemetry.retention.chunk"),
     ({"max_age": 0.0}, "telemetry.retention.max_age"),
     ({"max_bytes": 100}, "telemetry.retention.max_bytes"),
     ({"interval": 0.0}, "telemetry.retention.interval"),
@@ -183,3 +185,61 @@ def test_the_sqlite_store_tells_a_refused_record_from_a_store_that_cannot_write(
         assert not isinstance(info.value, RecordRefused)
     finally:
         store.close()
+
+
+class SteppedStore(SqliteStore):
+    """A real store that notes its writes and retention steps in `events`, and calls `during`
+    after its second step (where the test submits records, as the data plane would)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.events: list[tuple[str, int]] = []
+        self.during: Callable[[], object] = lambda: None
+
+    def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        super().write(rows, columns)
+        self.events.append(("write", len(rows)))
+
+    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+               now: float | None = None, limit: int | None = None) -> int:
+        assert limit == 1000
+        deleted = super().retain(max_age=max_age, max_bytes=max_bytes, now=now, limit=limit)
+        self.events.append(("retain", deleted))
+        if sum(kind == "retain" for kind, _ in self.events) == 2:
+            self.during()
+        return deleted
+
+
+def test_a_retention_pass_over_a_backlog_goes_in_steps_with_writes_between(
+        tmp_path: Path) -> None:
+    """The first pass over a long backlog was one DELETE: the writer wrote nothing until it was
+    done (and the process writer's watchdog killed a child silent for 60 s)."""
+    store = SteppedStore(tmp_path / "t.db")
+    store.write([record(i).row() for i in range(25_000)])  # started in 1970: all too old
+    store.events.clear()
+    writer = RecordWriter(lambda: store, capacity=100, batch_size=10, flush_interval=60.0,
+                          retention=Retention(max_age=3600.0, interval=1e-9, chunk=1000))
+
+    def submit_new() -> None:
+        for i in range(10):
+            rec = ConnRecord(f"new{i}", "pool", "main", time.time())
+            rec.finish(time.time(), "closed")
+            writer.submit(rec)
+
+    store.during = submit_new
+    writer.start()
+    try:
+        assert writer.flush(10.0)  # the first pass follows the flush, in the writer thread
+        deadline = time.monotonic() + 30.0
+        while ("retain", 0) not in store.events:
+            assert time.monotonic() < deadline, store.events[-3:]
+            time.sleep(0.01)
+    finally:
+        writer.close()
+    steps = [n for kind, n in store.events if kind == "retain"]
+    assert steps[:steps.index(0) + 1] == [1000] * 25 + [0]  # later passes find nothing
+    retains = [i for i, (kind, _) in enumerate(store.events) if kind == "retain"]
+    assert store.events[retains[1] + 1:retains[2]] == [("write", 10)]  # between steps 2 and 3
+    assert writer.written == 10
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        assert db.execute("SELECT count(*) FROM connections").fetchone() == (10,)
