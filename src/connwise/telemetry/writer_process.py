@@ -19,7 +19,9 @@ counted, as with the thread writer. The child writes each batch as the thread wr
 committed, with the records written, those refused and the error that lost the rest; the
 answers are read, without blocking, when the next batch is shipped, and by the housekeeping
 thread, which wakes every `flush_interval` to ship stragglers, run retention, and restart a dead
-child.
+child. A retention pass is a series of requests of at most `retention.chunk` records each, the
+next sent once the last is answered, after the batches queued meanwhile (the thread then wakes
+every `_PRUNE_POLL`): no request keeps the child from answering for long.
 `flush` and `close` wait for the answers; `close` then tells the child to close the store, and
 reaps it. `close` keeps to its timeout: records not committed by then are counted in `failed`,
 and a child still at work is killed.
