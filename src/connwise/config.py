@@ -34,7 +34,7 @@ from connwise.core.health import HealthConfig
 from connwise.core.zombies import ZombieRules
 from connwise.errors import ConfigError
 from connwise.telemetry.units import parse_duration, parse_size
-from connwise.telemetry.writer import MIN_STORE_BYTES, Retention
+from connwise.telemetry.writer import MIN_STORE_BYTES, RETAIN_CHUNK, Retention
 
 
 def parse_address(value: str, key: str) -> tuple[str, int]:
@@ -431,6 +431,9 @@ class RetentionSection(_Model):
     max_bytes: int | None = Field(None, ge=MIN_STORE_BYTES)
     #: Seconds between two pruning passes.
     interval: float = Field(60.0, gt=0, allow_inf_nan=False)
+    #: Records deleted per step of a pass, each step one transaction with the queued records
+    #: written between steps.
+    chunk: int = Field(RETAIN_CHUNK, ge=1)
 
     @field_validator("max_age", "interval", mode="before")
     @classmethod
@@ -446,7 +449,7 @@ class RetentionSection(_Model):
 
     def retention(self) -> Retention:
         return Retention(max_age=self.max_age, max_bytes=self.max_bytes,
-                         interval=self.interval)
+                         interval=self.interval, chunk=self.chunk)
 
 
 class TelemetrySection(_Model):

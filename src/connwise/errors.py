@@ -122,5 +122,17 @@ class StoreError(TelemetryError):
     """A telemetry store cannot be opened, migrated, read or written."""
 
 
+class RecordRefused(StoreError):
+    """The store refused a record of the rows it was given for one of its values (a NOT NULL
+    column without one, an integer past 64 bits, text it cannot hold): the store itself is fine,
+    the same rows will be refused again, and the others can be written without it. `reason` is
+    the store's own word for it."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"telemetry store {store} refused a record of the batch: {reason}; "
+                         "the batch was not written.")
+
+
 class IngestError(TelemetryError):
     """A log file cannot be ingested at all (single bad lines are skipped and counted instead)."""

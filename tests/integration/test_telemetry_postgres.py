@@ -15,7 +15,7 @@ import asyncpg
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from connwise.errors import StoreError
+from connwise.errors import RecordRefused, StoreError
 from connwise.telemetry.export import export
 from connwise.telemetry.record import COLUMN, FIELD_NAMES, ConnRecord, Row
 from connwise.telemetry.schema import LATEST, fields_at, migrations
@@ -143,6 +143,25 @@ async def test_retention_by_age_and_size(postgres_dsn: str, dropped_after: str) 
         await store.close()
 
 
+async def test_retention_deletes_at_most_limit_records_a_step_oldest_first(
+        postgres_dsn: str, dropped_after: str) -> None:
+    store = await PostgresStore.open(postgres_dsn, schema=dropped_after)
+    try:
+        await store.write([record(i, start=1000.0 * i) for i in range(30)])
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 10
+        oldest = await store._conn.fetchval(
+            f"SELECT min(started_at) FROM {dropped_after}.connections")
+        assert oldest == 10_000.0 + 10  # records 0..9 went first
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 10
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 6
+        assert await store.retain(max_age=4500.0, now=30_000.0, limit=10) == 0
+        await store.write([record(i) for i in range(2000)])
+        size = await store.size_bytes()
+        assert await store.retain(max_bytes=size // 2, limit=100) == 100
+    finally:
+        await store.close()
+
+
 def test_writer_thread_and_spec_reads_and_export(postgres_dsn: str, dropped_after_sync: str,
                                                  tmp_path: Path) -> None:
     spec = StoreSpec.parse(f"{postgres_dsn}?schema={dropped_after_sync}")
@@ -264,3 +283,50 @@ def test_a_batch_after_the_server_ended_an_idle_connection_is_written(
     finally:
         writer.close()
     assert sum(len(chunk) for chunk in spec.read()) == 10
+
+
+def test_a_record_the_database_refuses_costs_only_itself(postgres_dsn: str,
+                                                         dropped_after_sync: str) -> None:
+    """A record PostgreSQL refuses (a NUL in a text, refused by the server; an integer past 64
+    bits or a lone surrogate, refused by asyncpg as it encodes the COPY) lost every record of
+    its batch. Through the process writer, as the gateway writes."""
+    spec = StoreSpec.parse(f"{postgres_dsn}?schema={dropped_after_sync}")
+    writer = spec.writer(batch_size=40, flush_interval=60.0)
+    bad = {3: "nul", 4: "huge", 39: "surrogate", 55: "nul"}
+    try:
+        for i in range(80):
+            rec = ConnRecord(f"c{i}", "pool", "main", 1_700_000_000.0 + i)
+            rec.finish(1_700_000_001.0 + i, "closed")
+            if bad.get(i) == "nul":
+                rec.backend = "api\x00/1"
+            elif bad.get(i) == "huge":
+                rec.bytes_in = 2**63
+            elif bad.get(i) == "surrogate":
+                rec.region = "eu\udcff"
+            writer.submit(rec)
+        assert writer.flush(30.0)
+        assert (writer.written, writer.refused, writer.failed) == (76, 4, 0), writer.last_error
+        assert writer.batches == 2
+    finally:
+        writer.close()
+    ids = sorted(int(r[0][1:]) for chunk in spec.read(columns=("conn_id",)) for r in chunk)
+    assert ids == [i for i in range(80) if i not in bad]
+
+
+def test_the_sink_tells_a_refused_record_from_a_lost_connection(postgres_dsn: str,
+                                                                dropped_after_sync: str) -> None:
+    sink = PostgresSink(postgres_dsn, schema=dropped_after_sync)
+    try:
+        bad = list(record(1))
+        bad[COLUMN["conn_id"]] = "c\x001"
+        with pytest.raises(RecordRefused, match="0x00"):
+            sink.write([record(0), tuple(bad)])
+        sink.write([record(2)])  # the same connection goes on
+        assert sink._run(sink._connected().count()) == 1  # the COPY was all or nothing
+        store = sink._store
+        assert store is not None
+        sink._run(store._conn.close())
+        with pytest.raises(asyncpg.InterfaceError):  # not a RecordRefused: the sink reconnects
+            sink._run(store.write([record(3)]))
+    finally:
+        sink.close()

@@ -4,6 +4,7 @@ uncommitted records counted as failed) and replaced, and no child outlives the w
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -19,6 +20,7 @@ from connwise.errors import StoreError
 from connwise.telemetry.record import ConnRecord, Row
 from connwise.telemetry.store_sqlite import SqliteStore
 from connwise.telemetry.stores import StoreSpec
+from connwise.telemetry.writer import Retention
 from connwise.telemetry.writer_process import ProcessWriter
 
 
@@ -184,7 +186,7 @@ class NullSink:
         pass
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int:
+               now: float | None = None, limit: int | None = None) -> int:
         return 0
 
     def close(self) -> None:
@@ -271,3 +273,99 @@ def test_close_within_its_timeout_counts_what_a_stuck_child_did_not_commit(
         gate.unlink()
         writer.close()
     assert stored(db) == []
+
+
+def test_a_record_the_store_refuses_costs_only_itself(tmp_path: Path) -> None:
+    """The child wrote each batch in one transaction, and a record SQLite refused (an integer
+    past 64 bits, a NaN where a NOT NULL real goes) lost every record of its batch."""
+    db = tmp_path / "t.db"
+    writer = StoreSpec.parse(str(db)).writer(batch_size=50, flush_interval=60.0)
+    bad = {5, 17, 18, 49, 60}
+    try:
+        for i in range(100):
+            rec = record(i)
+            if i in bad:
+                rec.bytes_out = 2**64
+            if i == 60:
+                rec.active_s = math.nan
+            writer.submit(rec)
+        assert writer.flush(30.0)
+        assert (writer.written, writer.refused, writer.failed) == (95, 5, 0)
+        assert writer.last_error is not None and "conn_id '60'" in writer.last_error
+    finally:
+        writer.close()
+    assert sorted(stored(db), key=int) == [str(i) for i in range(100) if i not in bad]
+
+
+class SteppedStore(SqliteStore):
+    """A real store that notes its writes and retention steps in the file `log`, and holds its
+    second step while the file `gate` exists."""
+
+    def __init__(self, path: str, log: str, gate: str) -> None:
+        super().__init__(path)
+        self.log, self.gate = Path(log), Path(gate)
+        self.steps = 0
+
+    def note(self, line: str) -> None:
+        with self.log.open("a") as f:
+            f.write(line + "\n")
+
+    def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
+        super().write(rows, columns)
+        self.note(f"write {len(rows)}")
+
+    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+               now: float | None = None, limit: int | None = None) -> int:
+        deleted = super().retain(max_age=max_age, max_bytes=max_bytes, now=now, limit=limit)
+        self.note(f"retain {limit} {deleted}")
+        self.steps += 1
+        if self.steps == 2:
+            Path(f"{self.gate}.entered").touch()
+            while self.gate.exists():
+                time.sleep(0.01)
+        return deleted
+
+
+class SteppedSpec:
+    def __init__(self, path: Path, log: Path, gate: Path) -> None:
+        self.path, self.log, self.gate = str(path), str(log), str(gate)
+
+    def __call__(self) -> SteppedStore:
+        return SteppedStore(self.path, self.log, self.gate)
+
+
+def test_a_retention_pass_over_a_backlog_goes_in_steps_with_writes_between(
+        tmp_path: Path) -> None:
+    """The first pass over a long backlog was one DELETE in one request: the child answered
+    nothing until it was done, batches waited behind it, and past 60 s the watchdog killed the
+    child, the pass lost and started over at the next interval."""
+    db, log, gate = tmp_path / "t.db", tmp_path / "log", tmp_path / "gate"
+    backlog = SqliteStore(db)
+    backlog.write([record(i).row() for i in range(-30_000, 0)])  # started in 2023: too old
+    backlog.close()
+    gate.touch()
+    writer = ProcessWriter(SteppedSpec(db, log, gate), batch_size=10, flush_interval=0.05,
+                           retention=Retention(max_age=3600.0, interval=0.05,
+                                               chunk=1000)).start()
+    try:
+        wait_for(Path(f"{gate}.entered"))  # the child holds the pass's second step
+        for i in range(10):  # a batch, shipped at once, behind the step in the pipe
+            rec = ConnRecord(f"new{i}", "client", "web", time.time())
+            rec.finish(time.time(), "client closed")
+            writer.submit(rec)
+        gate.unlink()
+        deadline = time.monotonic() + 30.0
+        while "retain 1000 0" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, writer
+            time.sleep(0.01)
+        assert writer.flush(20.0)
+    finally:
+        writer.close()
+    lines = log.read_text().splitlines()
+    first_pass = lines[:lines.index("retain 1000 0") + 1]
+    steps = [line for line in first_pass if line.startswith("retain")]
+    assert steps == ["retain 1000 1000"] * 30 + ["retain 1000 0"]
+    at = [n for n, line in enumerate(first_pass) if line.startswith("retain")]
+    assert first_pass[at[1] + 1:at[2]] == ["write 10"]  # between the second and third steps
+    assert writer.written == 10 and writer.restarts == 0
+    assert sorted(stored(db)) == [f"new{i}" for i in range(10)]

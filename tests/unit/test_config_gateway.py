@@ -50,6 +50,8 @@ def with_(**sections: Any) -> dict[str, Any]:
      "telemetry.retention.max_bytes = 10000: input should be greater than or equal to 65536"),
     (with_(telemetry={"store": "t.db", "retention": {"max_age": 0}}),
      "telemetry.retention.max_age = 0: input should be greater than 0"),
+    (with_(telemetry={"store": "t.db", "retention": {"chunk": 0}}),
+     "telemetry.retention.chunk = 0: input should be greater than or equal to 1"),
     # HTTP trims the header value, so such a token never matches; and it is not echoed.
     (with_(admin={"token": "s3cret\n"}),
      "admin.token = '***': the token starts or ends with white space"),
@@ -123,12 +125,13 @@ def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path: Path) -> 
 
 def test_telemetry_retention_takes_the_cli_s_units() -> None:
     config = load_gateway_config(with_(telemetry={
-        "store": "t.db", "retention": {"max_age": "7d", "max_bytes": "2GiB", "interval": "5m"}}))
+        "store": "t.db", "retention": {"max_age": "7d", "max_bytes": "2GiB", "interval": "5m",
+                                       "chunk": 500}}))
     retention = config.telemetry.retention.retention()
-    assert (retention.max_age, retention.max_bytes, retention.interval) == (
-        7 * 86400, 2 * 1024**3, 300)
+    assert (retention.max_age, retention.max_bytes, retention.interval, retention.chunk) == (
+        7 * 86400, 2 * 1024**3, 300, 500)
     default = load_gateway_config(with_(telemetry={"store": "t.db"})).telemetry.retention
-    assert (default.max_age, default.max_bytes) == (30 * 86400, None)
+    assert (default.max_age, default.max_bytes, default.chunk) == (30 * 86400, None, 10_000)
     off = load_gateway_config(with_(telemetry={"store": "t.db", "retention": {
         "max_age": "off", "max_bytes": "OFF"}})).telemetry.retention
     assert (off.max_age, off.max_bytes) == (None, None)

@@ -22,7 +22,8 @@ Metric names (prefix `connwise_` by default):
     connwise_sheds_total{class,reason}                       counter
     connwise_zombies_total{owner,verdict}                    counter
     connwise_zombies_reclaimed_total{owner}                  counter
-    connwise_telemetry_records_total{sink,outcome}           counter (written, dropped, failed)
+    connwise_telemetry_records_total{sink,outcome}           counter (written, dropped, refused,
+                                                                      failed)
     connwise_telemetry_queue_depth{sink}                     gauge
 """
 
@@ -116,7 +117,8 @@ class TelemetryMetrics:
         self._connection_sources.append(source)
 
     def watch_writer(self, writer: RecordWriter) -> None:
-        """Export `writer`'s written, dropped and failed records and its queue depth."""
+        """Export `writer`'s written, dropped, refused and failed records and its queue
+        depth."""
         self._writers.append(writer)
 
     # -- pushed by the data plane --------------------------------------------------------------
@@ -210,13 +212,15 @@ class TelemetryMetrics:
                 queues.add_metric([owner, class_name], _buckets(histogram.counts),
                                   histogram.sum)
         records = CounterMetricFamily(f"{ns}_telemetry_records", "Connection records by sink "
-                                      "and outcome: written, dropped (queue full) or failed "
-                                      "(store error).", labels=["sink", "outcome"])
+                                      "and outcome: written, dropped (queue full), refused "
+                                      "(a value the store refuses) or failed (store error).",
+                                      labels=["sink", "outcome"])
         depth = GaugeMetricFamily(f"{ns}_telemetry_queue_depth", "Records waiting to be "
                                   "written.", labels=["sink"])
         for writer in self._writers:
             records.add_metric([writer.name, "written"], writer.written)
             records.add_metric([writer.name, "dropped"], writer.dropped)
+            records.add_metric([writer.name, "refused"], writer.refused)
             records.add_metric([writer.name, "failed"], writer.failed)
             depth.add_metric([writer.name], writer.depth)
         yield from (connections, waits, queues, operations, records, depth)

@@ -22,11 +22,16 @@ from typing import Any
 
 import asyncpg
 
-from connwise.errors import ConfigError, StoreError
+from connwise.errors import ConfigError, RecordRefused, StoreError
 from connwise.telemetry.record import FIELD_NAMES, Row
 from connwise.telemetry.schema import LATEST, TABLE, VERSION_TABLE, migrations
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: What a COPY raises for a row's values rather than for the connection: the server's data
+#: exceptions (SQLSTATE class 22) and constraint violations (23), and what asyncpg's encoder
+#: raises for a value it cannot put in the column's binary format.
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError,
+            TypeError, ValueError)
 
 
 def check_schema_name(schema: str) -> str:
@@ -90,12 +95,21 @@ class PostgresStore:
                 await conn.execute(f"INSERT INTO {schema}.{VERSION_TABLE} VALUES ($1)", target)
 
     async def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
-        """Append `rows` (values in `columns` order, all fields by default) with one COPY."""
+        """Append `rows` (values in `columns` order, all fields by default) with one COPY.
+
+        All or nothing: `RecordRefused` when a row has a value the server refuses (a NUL in a
+        text, NULL in a NOT NULL column) or asyncpg cannot encode (an integer past 64 bits, a
+        value of the wrong type, a lone surrogate); the connection stays usable. What a lost
+        connection raises is raised as it is."""
         if not rows:
             return
-        await self._conn.copy_records_to_table(
-            TABLE, schema_name=self.schema, records=rows,
-            columns=list(FIELD_NAMES if columns is None else columns))
+        try:
+            await self._conn.copy_records_to_table(
+                TABLE, schema_name=self.schema, records=rows,
+                columns=list(FIELD_NAMES if columns is None else columns))
+        except _REFUSED as exc:
+            raise RecordRefused(f"{redact_dsn(self.dsn)} (schema {self.schema})",
+                                str(exc).splitlines()[0]) from exc
 
     async def read(self, *, since: float | None = None, until: float | None = None,
                    columns: Sequence[str] = FIELD_NAMES,
@@ -128,25 +142,31 @@ class PostgresStore:
                                              self.table))
 
     async def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-                     now: float | None = None) -> int:
+                     now: float | None = None, limit: int | None = None) -> int:
         """Delete records that ended before `now - max_age`, then the oldest ones until the
         rows left would fit in `max_bytes` at the table's average row size. PostgreSQL reuses
         the space after autovacuum rather than shrinking the files, so the bound holds for the
-        data kept, not for the file size on disk."""
+        data kept, not for the file size on disk. With `limit`, at most that many, oldest
+        first, per call (each statement its own transaction): call again while it returns
+        `limit`."""
         conn = self._conn
         deleted = 0
         if max_age is not None:
             cutoff = (time.time() if now is None else now) - max_age
-            result = await conn.execute(f"DELETE FROM {self.table} WHERE started_at < $1", cutoff)
+            result = await conn.execute(
+                f"DELETE FROM {self.table} WHERE ctid IN (SELECT ctid FROM {self.table} "
+                "WHERE started_at < $1 ORDER BY started_at LIMIT $2)", cutoff, limit)
             deleted += int(result.split()[-1])
-        if max_bytes is not None:
+        if max_bytes is not None and deleted != limit:
             total = await self.count()
             size = await self.size_bytes()
             if total and size > max_bytes:
-                keep = int(total * (0.9 * max_bytes / size))
+                excess = total - int(total * (0.9 * max_bytes / size))
+                if limit is not None:
+                    excess = min(excess, limit - deleted)
                 result = await conn.execute(
                     f"DELETE FROM {self.table} WHERE ctid IN (SELECT ctid FROM {self.table} "
-                    "ORDER BY started_at LIMIT $1)", total - keep)
+                    "ORDER BY started_at LIMIT $1)", excess)
                 deleted += int(result.split()[-1])
         return deleted
 
@@ -207,11 +227,12 @@ class PostgresSink:
             self._run(asyncio.wait_for(store.write(rows, columns), self.timeout))
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int:
-        # No timeout: deleting a long backlog may rightly take minutes.
+               now: float | None = None, limit: int | None = None) -> int:
+        # No timeout: without a `limit`, deleting a long backlog may rightly take minutes.
         store = self._connected()
         with self._dropped_if_lost(store, "retention on"):
-            return int(self._run(store.retain(max_age=max_age, max_bytes=max_bytes, now=now)))
+            return int(self._run(store.retain(max_age=max_age, max_bytes=max_bytes, now=now,
+                                              limit=limit)))
 
     @contextlib.contextmanager
     def _dropped_if_lost(self, store: PostgresStore, action: str) -> Iterator[None]:

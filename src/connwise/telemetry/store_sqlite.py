@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from connwise.errors import StoreError
+from connwise.errors import RecordRefused, StoreError
 from connwise.telemetry.record import FIELD_NAMES, Row
 from connwise.telemetry.schema import (
     LATEST,
@@ -37,6 +37,13 @@ log = logging.getLogger("connwise.telemetry")
 
 #: How long a write waits for another connection's write lock (a gateway's writer, an ingest).
 BUSY_TIMEOUT_S = 5
+#: What `executemany` raises for a row's values rather than for the store: a constraint
+#: (IntegrityError), a value of no SQL type or a row of the wrong length (ProgrammingError), a
+#: string or blob past SQLite's limit (DataError), an int past 64 bits (OverflowError), a str
+#: UTF-8 cannot encode (UnicodeEncodeError, a ValueError). OperationalError (locked, disk full,
+#: I/O) is the store's.
+_REFUSED = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError, OverflowError,
+            ValueError)
 
 
 class SqliteStore:
@@ -110,7 +117,11 @@ class SqliteStore:
     # -- writing -------------------------------------------------------------------------------
 
     def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None:
-        """Insert `rows` (values in `columns` order, all fields by default) in one transaction."""
+        """Insert `rows` (values in `columns` order, all fields by default) in one transaction.
+
+        All or nothing: `RecordRefused` when a row has a value SQLite refuses (None or NaN where
+        a NOT NULL column goes, an integer past 64 bits, a value of no SQL type, a string with
+        a lone surrogate), StoreError when the store cannot be written (locked, disk full)."""
         if not rows:
             return
         names = FIELD_NAMES if columns is None else tuple(columns)
@@ -121,6 +132,9 @@ class SqliteStore:
             db.execute("BEGIN")
             try:
                 db.executemany(sql, rows)
+            except _REFUSED as exc:
+                db.execute("ROLLBACK")
+                raise RecordRefused(repr(str(self.path)), str(exc)) from exc
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -272,28 +286,39 @@ class SqliteStore:
         return size
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int:
-        """Delete records that ended before `now - max_age`, then the oldest ones until the
-        store fits in `max_bytes`; give the space back. Returns the records deleted."""
-        with self._failing("retention on"):
-            return self._retain(max_age, max_bytes, now)
+               now: float | None = None, limit: int | None = None) -> int:
+        """Delete records that started before `now - max_age`, then the oldest ones until the
+        store fits in `max_bytes`; give the space back. Returns the records deleted.
 
-    def _retain(self, max_age: float | None, max_bytes: int | None, now: float | None) -> int:
+        With `limit`, at most that many, oldest first, in a transaction of their own: a caller
+        that must not hold the store's write lock for long (the writer, with records waiting;
+        another process's writer, which waits `BUSY_TIMEOUT_S` at most) calls again while a
+        call returns `limit`."""
+        with self._failing("retention on"):
+            return self._retain(max_age, max_bytes, now, limit)
+
+    def _retain(self, max_age: float | None, max_bytes: int | None, now: float | None,
+                limit: int | None) -> int:
         db = self._db
+        budget = -1 if limit is None else limit  # SQLite's LIMIT -1: no limit
         deleted = 0
         if max_age is not None:
             cutoff = (time.time() if now is None else now) - max_age
-            deleted += db.execute(f"DELETE FROM {TABLE} WHERE started_at < ?", (cutoff,)).rowcount
+            deleted += db.execute(
+                f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+                "WHERE started_at < ? ORDER BY started_at LIMIT ?)", (cutoff, budget)).rowcount
             self._compact()
         if max_bytes is not None:
             for _ in range(8):  # each pass aims below the limit; a few converge on it
                 size = self.size_bytes()
                 total = self.count()
-                if size <= max_bytes or total == 0:
+                if size <= max_bytes or total == 0 or deleted == limit:
                     break
                 # Aim 10% under the limit so that the next batches do not trip it at once.
                 keep = int(total * (0.9 * max_bytes / size))
                 excess = max(1, total - keep)
+                if limit is not None:
+                    excess = min(excess, limit - deleted)
                 deleted += db.execute(
                     f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
                     "ORDER BY started_at LIMIT ?)", (excess,)).rowcount

@@ -12,6 +12,7 @@ private event loop), so export and the assessment have one code path.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from connwise.telemetry.store_postgres import (
     redact_dsn,
 )
 from connwise.telemetry.store_sqlite import SqliteStore
-from connwise.telemetry.writer import BatchSink, RecordWriter, Retention
+from connwise.telemetry.writer import RETAIN_CHUNK, BatchSink, RecordWriter, Retention
 from connwise.telemetry.writer_process import ProcessWriter
 
 DEFAULT_STORE = "connwise-telemetry.db"
@@ -133,10 +134,19 @@ class StoreSpec:
         finally:
             loop.close()
 
-    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None) -> int:
-        """One retention pass now; returns the records deleted."""
+    def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
+               chunk: int = RETAIN_CHUNK) -> int:
+        """One retention pass now, in steps of at most `chunk` records (a transaction each, so
+        that a gateway writing to the same store waits for one step at most, never for the
+        whole pass); returns the records deleted."""
         sink = self.open_sink()
+        now = time.time()
+        deleted = 0
         try:
-            return sink.retain(max_age=max_age, max_bytes=max_bytes)
+            while True:
+                step = sink.retain(max_age=max_age, max_bytes=max_bytes, now=now, limit=chunk)
+                deleted += step
+                if step < chunk:
+                    return deleted
         finally:
             sink.close()

@@ -8,10 +8,16 @@ never latency (psycopg_pool and uvicorn make the same choice for their logs and 
 
 A daemon thread wakes when a batch is full or `flush_interval` has passed, takes up to
 `batch_size` records at a time, turns them into rows and writes each batch in one transaction
-(one `executemany` for SQLite, one COPY for PostgreSQL). A failed batch is logged and counted in
-`failed`; the thread goes on. The store is opened inside the thread, so SQLite's one-connection-
-per-thread rule and asyncpg's one-loop-per-connection rule both hold. With a `Retention`, the same
-thread prunes the store every `retention.interval` seconds.
+(one `executemany` for SQLite, one COPY for PostgreSQL). A batch the store refuses for a
+record's values (`RecordRefused`) is written again in halves, down to the records it refuses
+(`write_isolating`): those are logged and counted in `refused`, the others are stored. A batch
+that fails for the store itself (a lost connection, a locked or full disk) is not split, which
+could not help: it is logged and counted in `failed`; the thread goes on. The store is opened
+inside the thread, so SQLite's one-connection-per-thread rule and asyncpg's one-loop-per-
+connection rule both hold. With a `Retention`, the same thread prunes the store every
+`retention.interval` seconds, in steps of at most `retention.chunk` records (one transaction
+each) with the queued records written between steps: the first pass over a long backlog holds
+neither the store nor the records waiting for longer than one step.
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from connwise.errors import ConfigError
-from connwise.telemetry.record import ConnRecord, Row
+from connwise.errors import ConfigError, RecordRefused
+from connwise.telemetry.record import FIELD_NAMES, ConnRecord, Row
 
 log = logging.getLogger("connwise.telemetry")
 
 #: The smallest `max_bytes` retention takes: an empty SQLite store is ~40 KiB, so below this a
 #: size limit can never be met and every pass would delete every record.
 MIN_STORE_BYTES = 65536
+#: Refused records of one batch logged one by one; past them, one line counts the rest.
+LOGGED_REFUSALS = 10
+#: Records a retention step deletes at most: one transaction of some tens of milliseconds, so
+#: that a pass over millions of records never holds the store's write lock (SQLite), the records
+#: queued meanwhile, or the process writer's 60 s watchdog for long.
+RETAIN_CHUNK = 10_000
 
 
 class BatchSink(Protocol):
@@ -40,9 +52,48 @@ class BatchSink(Protocol):
     def write(self, rows: Sequence[Row], columns: Sequence[str] | None = None) -> None: ...
 
     def retain(self, *, max_age: float | None = None, max_bytes: int | None = None,
-               now: float | None = None) -> int: ...
+               now: float | None = None, limit: int | None = None) -> int: ...
 
     def close(self) -> None: ...
+
+
+def write_isolating(sink: BatchSink, rows: Sequence[Row], columns: Sequence[str] | None = None
+                    ) -> tuple[int, list[str], str | None]:
+    """Write `rows` to `sink`, all but the records it refuses.
+
+    A batch the store refuses for a record's values (`RecordRefused`: it writes nothing) is
+    written again in halves, and those in halves, down to the single records it refuses, in
+    the order of `rows`: one refused record costs about 2 log2(len(rows)) more transactions. Any
+    other error ends the work without a split (a lost connection or a full disk refuses every
+    half alike; the caller's retry takes over).
+
+    Returns the records written, a description of each refused one with the store's reason
+    (`refusal`), and the error that stopped the rest of the batch (None when none did)."""
+    written = 0
+    refused: list[str] = []
+    parts = [rows]  # a stack: the next part to write is the last
+    while parts:
+        part = parts.pop()
+        try:
+            sink.write(part, columns)
+        except RecordRefused as exc:
+            if len(part) == 1:
+                refused.append(refusal(part[0], columns, exc.reason))
+            else:
+                half = len(part) // 2
+                parts += (part[half:], part[:half])
+        except Exception as exc:
+            return written, refused, f"{type(exc).__name__}: {exc}"
+        else:
+            written += len(part)
+    return written, refused, None
+
+
+def refusal(row: Row, columns: Sequence[str] | None, reason: str) -> str:
+    """`record conn_id '7' (kind pool, source main, started_at 1700000000.0): <reason>`."""
+    values = dict(zip(FIELD_NAMES if columns is None else columns, row, strict=False))
+    return (f"record conn_id {values.get('conn_id')!r} (kind {values.get('kind')}, source "
+            f"{values.get('source')}, started_at {values.get('started_at')}): {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +104,8 @@ class Retention:
     max_bytes: int | None = None
     #: Pruning is a scan of the oldest rows: once a minute keeps it out of the way.
     interval: float = 60.0
+    #: Records deleted per step of a pass (each step is its own transaction).
+    chunk: int = RETAIN_CHUNK
 
     def validate(self, prefix: str = "telemetry.retention") -> Retention:
         if self.max_age is not None and self.max_age <= 0:
@@ -64,6 +117,9 @@ class Retention:
         if self.interval <= 0:
             raise ConfigError(f"{prefix}.interval", self.interval, "the interval must be "
                               "positive", "use seconds > 0, e.g. 60")
+        if self.chunk < 1:
+            raise ConfigError(f"{prefix}.chunk", self.chunk, "a step must delete at least one "
+                              "record", f"use e.g. {RETAIN_CHUNK}")
         return self
 
 
@@ -87,12 +143,13 @@ class RecordWriter:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retention = retention.validate() if retention is not None else None
-        #: Records accepted, dropped because the queue was full, written, and lost to a failed
-        #: write. Each is changed by one thread only: submitted/dropped by the data plane,
-        #: written/failed by the writer thread.
+        #: Records accepted, dropped because the queue was full, written, refused by the store
+        #: for their values, and lost to a failed write. Each is changed by one thread only:
+        #: submitted/dropped by the data plane, the others by the writer thread.
         self.submitted = 0
         self.dropped = 0
         self.written = 0
+        self.refused = 0
         self.failed = 0
         self.batches = 0
         self.last_error: str | None = None
@@ -162,7 +219,8 @@ class RecordWriter:
 
     def __repr__(self) -> str:
         return (f"<RecordWriter {self.name} [queued {len(self._buffer)}/{self.capacity}, "
-                f"written {self.written}, dropped {self.dropped}, failed {self.failed}]>")
+                f"written {self.written}, dropped {self.dropped}, refused {self.refused}, "
+                f"failed {self.failed}]>")
 
     # -- writer thread -------------------------------------------------------------------------
 
@@ -184,7 +242,8 @@ class RecordWriter:
                 self._drain(sink)
                 for done in flushes:
                     done.set()
-                if retention is not None and time.monotonic() >= next_prune:
+                if (retention is not None and not self._closing
+                        and time.monotonic() >= next_prune):
                     next_prune = time.monotonic() + retention.interval
                     self._prune(sink, retention)
                 if self._closing and not self._buffer:
@@ -203,23 +262,46 @@ class RecordWriter:
         while buffer:
             count = min(len(buffer), self.batch_size)
             rows = [popleft().row() for _ in range(count)]
-            try:
-                sink.write(rows)
-            except Exception as exc:
-                self.failed += count
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("telemetry writer %s: a batch of %d records was lost: %s",
-                            self.name, count, self.last_error)
-            else:
-                self.written += count
-                self.batches += 1
+            self._count_batch(count, *write_isolating(sink, rows))
+
+    def _count_batch(self, records: int, written: int, refused: Sequence[str],
+                     error: str | None) -> None:
+        """Count and log what became of a batch of `records` (`write_isolating`'s result)."""
+        self.written += written
+        self.refused += len(refused)
+        for what in refused[:LOGGED_REFUSALS]:
+            log.warning("telemetry writer %s: the store refused %s", self.name, what)
+        if len(refused) > LOGGED_REFUSALS:
+            log.warning("telemetry writer %s: the store refused %d more records of the batch",
+                        self.name, len(refused) - LOGGED_REFUSALS)
+        if refused:
+            self.last_error = f"the store refused {refused[-1]}"
+        if error is None:
+            self.batches += 1
+            return
+        lost = records - written - len(refused)
+        self.failed += lost
+        self.last_error = error
+        log.warning("telemetry writer %s: a batch of %d records was lost: %s",
+                    self.name, lost, error)
 
     def _prune(self, sink: BatchSink, retention: Retention) -> None:
-        try:
-            deleted = sink.retain(max_age=retention.max_age, max_bytes=retention.max_bytes,
-                                  now=time.time())
-        except Exception:
-            log.exception("telemetry writer %s: retention pass failed; continuing", self.name)
-        else:
-            if deleted:
-                log.info("telemetry writer %s: retention removed %d records", self.name, deleted)
+        """One retention pass, a step of at most `retention.chunk` records at a time, until a
+        step finds less to delete; the queue is written between steps. A close stops it: the
+        next writer goes on where it ended."""
+        now = time.time()
+        deleted = 0
+        while True:
+            try:
+                step = sink.retain(max_age=retention.max_age, max_bytes=retention.max_bytes,
+                                   now=now, limit=retention.chunk)
+            except Exception:
+                log.exception("telemetry writer %s: retention pass failed; continuing",
+                              self.name)
+                break
+            deleted += step
+            if step < retention.chunk or self._closing:
+                break
+            self._drain(sink)
+        if deleted:
+            log.info("telemetry writer %s: retention removed %d records", self.name, deleted)

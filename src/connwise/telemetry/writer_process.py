@@ -14,10 +14,14 @@ bounded queue; once `batch_size` rows wait, the submitting thread itself seriali
 call to `marshal`) and writes the frame to the pipe without blocking: no other thread is woken
 per batch. Whatever the pipe does not take stays in an output buffer, and every queued, buffered
 or sent-but-unanswered record counts against `capacity`: past it, records are dropped and
-counted, as with the thread writer. The child answers each batch once it is committed; the
+counted, as with the thread writer. The child writes each batch as the thread writer does
+(`write_isolating`: a record the store refuses costs only itself) and answers it once it is
+committed, with the records written, those refused and the error that lost the rest; the
 answers are read, without blocking, when the next batch is shipped, and by the housekeeping
 thread, which wakes every `flush_interval` to ship stragglers, run retention, and restart a dead
-child.
+child. A retention pass is a series of requests of at most `retention.chunk` records each, the
+next sent once the last is answered, after the batches queued meanwhile (the thread then wakes
+every `_PRUNE_POLL`): no request keeps the child from answering for long.
 `flush` and `close` wait for the answers; `close` then tells the child to close the store, and
 reaps it. `close` keeps to its timeout: records not committed by then are counted in `failed`,
 and a child still at work is killed.
@@ -58,7 +62,7 @@ from typing import Any
 
 from connwise.errors import StoreError
 from connwise.telemetry.record import ConnRecord, Row
-from connwise.telemetry.writer import BatchSink, RecordWriter, Retention
+from connwise.telemetry.writer import BatchSink, RecordWriter, Retention, write_isolating
 
 log = logging.getLogger("connwise.telemetry")
 
@@ -75,6 +79,8 @@ MAX_FRAME = 1 << 30
 PIPE_BYTES = 1 << 20
 #: What `close` waits past its timeout for the thread to kill and reap a child that was late.
 _REAP_GRACE = 1.0
+#: How often the housekeeping thread looks for a retention step's answer during a pass.
+_PRUNE_POLL = 0.02
 
 
 class ProcessWriter(RecordWriter):
@@ -112,6 +118,11 @@ class ProcessWriter(RecordWriter):
         self._answered_at = 0.0
         #: When `close` must be done by (monotonic): the shutdown's deadline.
         self._close_by = float("inf")
+        #: The retention pass in progress, as its steps' arguments (max_age, max_bytes, now,
+        #: limit); the records it deleted so far; whether its next step is due.
+        self._pruning: tuple[float | None, int | None, float, int] | None = None
+        self._pruned = 0
+        self._prune_next = False
 
     @property
     def pid(self) -> int | None:
@@ -154,8 +165,8 @@ class ProcessWriter(RecordWriter):
         return self
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every record submitted so far is committed (or failed). Not for the data
-        plane: for shutdown and tests. False if `timeout` passed first."""
+        """Wait until every record submitted so far is committed (or refused, or failed). Not
+        for the data plane: for shutdown and tests. False if `timeout` passed first."""
         deadline = time.monotonic() + timeout
         if not self._lock.acquire(timeout=timeout):
             return False
@@ -177,7 +188,7 @@ class ProcessWriter(RecordWriter):
     def __repr__(self) -> str:
         return (f"<ProcessWriter {self.name} pid {self.pid} [queued {self.depth}/"
                 f"{self.capacity}, written {self.written}, dropped {self.dropped}, "
-                f"failed {self.failed}, restarts {self.restarts}]>")
+                f"refused {self.refused}, failed {self.failed}, restarts {self.restarts}]>")
 
     # -- housekeeping thread -------------------------------------------------------------------
 
@@ -185,7 +196,9 @@ class ProcessWriter(RecordWriter):
         retention = self.retention
         next_prune = time.monotonic() + (retention.interval if retention else 0.0)
         while not self._closing:
-            self._wake.wait(self.flush_interval)
+            # During a retention pass, look for each step's answer often: the next step is
+            # sent once it is in, so a pass with nothing else to do is not one step a second.
+            self._wake.wait(_PRUNE_POLL if self._pruning else self.flush_interval)
             self._wake.clear()
             with self._lock:
                 now = time.monotonic()
@@ -194,10 +207,13 @@ class ProcessWriter(RecordWriter):
                 self._ship()
                 if self._awaited and now - self._answered_at > self.timeout:
                     self._gone(f"did not answer within {self.timeout:g} s and was killed")
-                if retention is not None and now >= next_prune and self._proc is not None:
+                if (retention is not None and now >= next_prune and self._proc is not None
+                        and self._pruning is None):
                     next_prune = now + retention.interval
-                    self._request(("retain", retention.max_age, retention.max_bytes,
-                                   time.time()), "retain", 0)
+                    self._pruning = (retention.max_age, retention.max_bytes, time.time(),
+                                     retention.chunk)
+                    self._pruned = 0
+                    self._request(("retain", *self._pruning), "retain", 0)
                     self._pump()
         with self._lock:
             self._shutdown()
@@ -218,7 +234,7 @@ class ProcessWriter(RecordWriter):
         deadline = min(time.monotonic() + self.timeout, self._close_by)
         if not self._settle(self.submitted, deadline):
             # Whatever is still queued or uncommitted is lost: count it, stop the child.
-            lost = self.submitted - self.written - self.failed
+            lost = self.submitted - self._settled
             proc, self._proc = self._proc, None
             self.failed += lost
             self._rows.clear()
@@ -260,6 +276,12 @@ class ProcessWriter(RecordWriter):
             # housekeeping thread ships here too) was cleared unshipped.
             batch = [popleft() for _ in range(count)]
             self._request(("write", batch, None), "write", count)
+        pruning = self._pruning
+        if self._prune_next and pruning is not None and self._proc is not None \
+                and not self._closing:
+            # The pass's next step, after the batches queued during the last one.
+            self._prune_next = False
+            self._request(("retain", *pruning), "retain", 0)
         self._pump()
 
     def _request(self, message: tuple[Any, ...], kind: str, records: int) -> None:
@@ -317,19 +339,37 @@ class ProcessWriter(RecordWriter):
         kind, records = self._awaited.popleft()
         self._answered_at = time.monotonic()
         self._in_flight -= records
+        if kind == "write":
+            # The child answers a write with `write_isolating`'s result.
+            self._count_batch(records, *(value if status == "ok" else (0, [], str(value))))
+        elif kind == "retain":
+            self._pruned_step(status, value)
+        elif status != "ok":
+            self.last_error = str(value)
+            log.error("telemetry writer %s: %s failed: %s", self.name, kind, value)
+
+    def _pruned_step(self, status: str, value: Any) -> None:
+        """A retention step is done: the pass goes on (at the next `_ship`) while a step
+        deletes all it may, and ends at the first that deletes less, or fails."""
+        pruning = self._pruning
+        if status == "ok" and pruning is not None and value == pruning[3]:
+            self._pruned += value
+            self._prune_next = True
+            return
+        self._pruning = None
         if status != "ok":
             self.last_error = str(value)
-            if kind == "write":
-                self.failed += records
-                log.warning("telemetry writer %s: a batch of %d records was lost: %s",
-                            self.name, records, value)
-            else:
-                log.error("telemetry writer %s: %s failed: %s", self.name, kind, value)
-        elif kind == "write":
-            self.written += records
-            self.batches += 1
-        elif kind == "retain" and value:
-            log.info("telemetry writer %s: retention removed %d records", self.name, value)
+            log.error("telemetry writer %s: retention failed: %s", self.name, value)
+            return
+        self._pruned += value
+        if self._pruned:
+            log.info("telemetry writer %s: retention removed %d records", self.name,
+                     self._pruned)
+
+    @property
+    def _settled(self) -> int:
+        """Submitted records whose fate is known: written, refused or failed."""
+        return self.written + self.refused + self.failed
 
     def _gone(self, reason: str) -> None:
         """The child died or hung: count what it had not committed as failed, and say so."""
@@ -340,6 +380,7 @@ class ProcessWriter(RecordWriter):
         self._awaited.clear()
         self._out.clear()
         self._in.clear()
+        self._pruning, self._prune_next = None, False  # the next pass starts over
         pid = proc.pid if proc is not None else None
         self.last_error = (f"the telemetry writer process {self.name} (pid {pid}) {reason}; "
                            f"{lost} records it had not committed are lost")
@@ -350,14 +391,14 @@ class ProcessWriter(RecordWriter):
         self._wake.set()  # the thread starts a new child
 
     def _settle(self, target: int, deadline: float) -> bool:
-        """Ship everything and wait until `target` submitted records are written or failed."""
-        while self.written + self.failed < target:
+        """Ship everything and wait until `target` submitted records are settled."""
+        while self._settled < target:
             if self._proc is None:
                 self._restart(min(self.timeout, max(0.0, deadline - time.monotonic())))
                 if self._proc is None:
                     return False
             self._ship()
-            if self.written + self.failed >= target:
+            if self._settled >= target:
                 break
             if time.monotonic() >= deadline:
                 return False
@@ -482,11 +523,10 @@ def serve(inp: int, out: int) -> int:
         op = message[0]
         try:
             if op == "write":
-                sink.write(message[1], message[2])
-                result: Any = len(message[1])
+                result: Any = write_isolating(sink, message[1], message[2])
             elif op == "retain":
                 result = sink.retain(max_age=message[1], max_bytes=message[2],
-                                     now=message[3])
+                                     now=message[3], limit=message[4])
             elif op == "close":
                 sink.close()
                 _reply(out, "ok", None)

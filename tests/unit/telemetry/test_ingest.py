@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -235,7 +235,7 @@ HUGE = "99999999999999999999"  # past int64: sqlite3 raised OverflowError for th
      f"bytes read {HUGE} is out of range"),
     (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
      f'10/0/30/69/109 {HUGE} 5 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
-     f"status {HUGE} is out of range"),
+     f"status {HUGE} is not an HTTP status (100 to 599, or -1 for none)"),
     (HaproxyParser, f"10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 "
      f'10/0/30/69/{"9" * 400} 200 5 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"',
      f"timer {'9' * 400} is out of range"),  # was an OverflowError: int / 1000
@@ -252,3 +252,110 @@ def test_integers_past_64_bits_are_bad_lines(tmp_path: Path, parser: type, line:
         assert (summary.records, summary.reasons) == (0, {reason: 1})
     finally:
         store.close()
+
+
+NGINX_OK = '1.2.3.4 - - [12/Mar/2024:08:00:01 +0000] "GET / HTTP/1.1" 200 5 "-" "c" 0.1'
+HAPROXY_OK = ('10.0.1.2:33317 [12/Mar/2024:08:00:01.655] http-in static/srv1 '
+              '10/0/30/69/109 200 5 - - ---- 1/1/1/1/0 0/0 "GET / HTTP/1.1"')
+TCPLOG_OK = ("10.0.3.1:52000 [12/Mar/2024:08:00:08.250] redis-in redis/r1 0/0/1200 88 -- "
+             "2/2/1/1/0 0/0")
+PER_REQUEST = '$msec $status $bytes_sent $request_length $connection_requests $request_time'
+
+
+@pytest.mark.parametrize(("parser", "line", "reason"), [
+    (NginxParser, NGINX_OK.replace("12/Mar", "31/Feb"),
+     "$time_local '31/Feb/2024:08:00:01 +0000' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("12/Mar", "00/Mar"),
+     "$time_local '00/Mar/2024:08:00:01 +0000' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("08:00:01", "25:00:01"),
+     "$time_local '12/Mar/2024:25:00:01 +0000' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("08:00:01", "08:61:01"),
+     "$time_local '12/Mar/2024:08:61:01 +0000' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("08:00:01", "08:00:60"),
+     "$time_local '12/Mar/2024:08:00:60 +0000' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("08:00:01", "08:-1:01"),
+     "$time_local '12/Mar/2024:08:-1:01 +0000' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("2024", "1969"),
+     "$time_local '12/Mar/1969:08:00:01 +0000' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("+0000", "+2500"),
+     "$time_local '12/Mar/2024:08:00:01 +2500' is not a valid time"),
+    (NginxParser, NGINX_OK.replace("+0000", "x0100"),
+     "$time_local '12/Mar/2024:08:00:01 x0100' is not a valid time"),
+    (NginxParser, NGINX_OK.replace(" 200 ", " 600 "),
+     "$status '600' is not an HTTP status (100 to 599)"),
+    (NginxParser, NGINX_OK.replace(" 200 ", " 99 "),
+     "$status '99' is not an HTTP status (100 to 599)"),
+    (NginxParser, NGINX_OK.replace(" 200 ", " 000 "),
+     "$status '000' is not an HTTP status (100 to 599)"),
+    (NginxParser, NGINX_OK.replace(" 200 ", " -200 "), "$status '-200' is not a number"),
+    (NginxParser, NGINX_OK.replace(" 200 5 ", " 200 -5 "),
+     "$body_bytes_sent '-5' is not a number"),
+    (lambda: NginxParser(PER_REQUEST), "-1710230401.5 200 5 10 1 0.1",
+     "$msec '-1710230401.5' is not a valid time"),
+    (lambda: NginxParser(PER_REQUEST), "1710230401.5 200 -5 10 1 0.1",
+     "$bytes_sent '-5' is not a number"),
+    (lambda: NginxParser(PER_REQUEST), "1710230401.5 200 5 -10 1 0.1",
+     "$request_length '-10' is not a number"),
+    (lambda: NginxParser(PER_REQUEST), "1710230401.5 200 5 10 -1 0.1",
+     "$connection_requests '-1' is not a number"),
+    (HaproxyParser, HAPROXY_OK.replace("12/Mar", "30/Feb"),
+     "accept date '30/Feb/2024:08:00:01.655' is not a valid time"),
+    (HaproxyParser, HAPROXY_OK.replace("2024", "1969"),
+     "accept date '12/Mar/1969:08:00:01.655' is not a valid time"),
+    (HaproxyParser, HAPROXY_OK.replace("08:00:01", "24:00:01"),
+     "accept date '12/Mar/2024:24:00:01.655' is not a valid time"),
+    (HaproxyParser, HAPROXY_OK.replace("08:00:01", "08:60:01"),
+     "accept date '12/Mar/2024:08:60:01.655' is not a valid time"),
+    (HaproxyParser, HAPROXY_OK.replace("08:00:01", "08:00:61"),
+     "accept date '12/Mar/2024:08:00:61.655' is not a valid time"),
+    (HaproxyParser, TCPLOG_OK.replace("12/Mar", "31/Apr"),
+     "accept date '31/Apr/2024:08:00:08.250' is not a valid time"),
+    (HaproxyParser, HAPROXY_OK.replace(" 200 ", " 600 "),
+     "status 600 is not an HTTP status (100 to 599, or -1 for none)"),
+    (HaproxyParser, HAPROXY_OK.replace(" 200 ", " 0 "),
+     "status 0 is not an HTTP status (100 to 599, or -1 for none)"),
+    (HaproxyParser, HAPROXY_OK.replace(" 200 ", " -2 "),
+     "status -2 is not an HTTP status (100 to 599, or -1 for none)"),
+    (HaproxyParser, HAPROXY_OK.replace("10/0/30/69/109", "10/-5/30/69/109"),
+     "timer -5 is negative (only -1, for a step that never happened, is)"),
+    (HaproxyParser, HAPROXY_OK.replace("10/0/30/69/109", "10/0/30/69/-109"),
+     "timer -109 is negative (only -1, for a step that never happened, is)"),
+    (HaproxyParser, TCPLOG_OK.replace("0/0/1200", "0/-3/1200"),
+     "timer -3 is negative (only -1, for a step that never happened, is)"),
+])
+def test_impossible_values_are_bad_lines_and_never_stored(
+        tmp_path: Path, parser: Callable[[], NginxParser | HaproxyParser], line: str,
+        reason: str) -> None:
+    """Dates that do not exist (31 Feb, hour 25), statuses no HTTP server sends and negative
+    times, sizes or counts were stored as if they were true (31 Feb read as 2 Mar)."""
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    path = tmp_path / "odd.log"
+    path.write_text(f"{line}\n{line}\n")
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+        [summary] = ingest(parser(), [path], store, progress=False).files
+        assert (summary.records, summary.malformed_lines, summary.reasons) == (
+            0, [1, 2], {reason: 2})
+        assert store.count() == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("parser", "line", "status"), [
+    (NginxParser, NGINX_OK.replace("12/Mar", "29/Feb"), 200),  # 2024 is a leap year
+    (NginxParser, NGINX_OK.replace("08:00:01", "23:59:59").replace(" 200 ", " 100 "), 100),
+    (NginxParser, NGINX_OK.replace(" 200 ", " 599 ").replace("+0000", "-1200"), 599),
+    (HaproxyParser, HAPROXY_OK.replace("12/Mar", "29/Feb"), 200),
+    (HaproxyParser, HAPROXY_OK.replace("08:00:01", "23:59:59").replace(" 200 ", " -1 "),
+     None),  # HAProxy's -1: no response
+])
+def test_the_edges_of_what_is_possible_are_records(tmp_path: Path,
+                                                   parser: Callable[[], NginxParser |
+                                                                    HaproxyParser],
+                                                   line: str, status: int | None) -> None:
+    path = tmp_path / "edge.log"
+    path.write_text(line + "\n")
+    sink, [summary] = run(parser(), path)
+    assert (summary.records, summary.malformed) == (1, 0)
+    assert sink.rows[0]["status"] == status

@@ -114,6 +114,8 @@ def test_dropped_telemetry_is_a_metric() -> None:
     writer.close()
     assert value(registry, "cw_telemetry_records_total", sink="sqlite",
                  outcome="written") == 10 - writer.dropped
+    writer.refused = 2  # records the store refused for their values
+    assert value(registry, "cw_telemetry_records_total", sink="sqlite", outcome="refused") == 2
 
 
 def test_schedulers_and_listed_connections_are_read_at_scrape_time() -> None:

@@ -149,6 +149,30 @@ def test_retention_by_age(tmp_path: Path) -> None:
     assert min(starts) >= 5500.0
 
 
+def test_retention_deletes_at_most_limit_records_a_step_oldest_first(tmp_path: Path) -> None:
+    """A pass deleted a whole backlog in one statement, holding the store's write lock (and the
+    writer, whose watchdog kills a child silent for 60 s) for as long as that took."""
+    store = SqliteStore(tmp_path / "t.db")
+    store.write([full_record(i, start=1000.0 * i) for i in range(30)])
+    steps = []
+    while (step := store.retain(max_age=4500.0, now=30_000.0, limit=10)) == 10:
+        steps.append(step)
+        starts = [r[COLUMN["started_at"]] for chunk in store.read() for r in chunk]
+        assert min(starts) == 1001.0 * 10 * len(steps)  # the oldest went first
+    assert [*steps, step] == [10, 10, 6]
+    assert store.count() == 4
+    assert store.retain(max_age=4500.0, now=30_000.0, limit=10) == 0
+    for batch in range(10):
+        store.write([full_record(batch * 500 + i) for i in range(500)])
+    store._compact()
+    limit = store.size_bytes() // 3
+    assert store.retain(max_bytes=limit, limit=1000) == 1000  # the rest is for later steps
+    while store.retain(max_bytes=limit, limit=1000) == 1000:
+        pass
+    assert store.size_bytes() <= limit
+    store.close()
+
+
 def test_retention_by_size_keeps_the_newest_under_the_limit(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "t.db")
     for batch in range(20):

@@ -39,6 +39,9 @@ MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", 
 #: HTTP statuses of requests that served nothing over the connection they held: request
 #: timeout (408), closed without response (444, nginx), client gone first (499, nginx).
 USELESS = frozenset({408, 444, 499})
+#: The HTTP statuses a server can send (RFC 9110 defines the classes 1xx to 5xx); a log value
+#: outside them is a bad value, not a record.
+STATUS_MIN, STATUS_MAX = 100, 599
 #: The largest integer a store holds (SQLite INTEGER, PostgreSQL BIGINT); a log value past it
 #: is a bad value, not an OverflowError for the whole batch.
 INT64_MAX = 2**63 - 1

@@ -17,19 +17,22 @@ step never happened and gives NULL or 0):
   `errors` = 1 when it is abnormal (first character not `-`) or the status is a 5xx;
 * a session or request that moved no bytes, or ended 408/444/499, served nothing: its duration
   goes to `tail_idle_s`; a useful one's to `max_gap_s` (see the zombie rules).
+
+A line with a value HAProxy cannot have written is a bad line, not a record: an accept date that
+does not exist (31 Feb, hour 24, second 61) or is before 1970, a status outside 100..599 other
+than -1 (no response), a timer below -1.
 """
 
 from __future__ import annotations
 
-import calendar
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from connwise.errors import ConfigError
 from connwise.telemetry.clientinfo import RegionTable
-from connwise.telemetry.ingest.base import INT64_MAX, MONTHS, USELESS
+from connwise.telemetry.ingest.base import INT64_MAX, MONTHS, STATUS_MAX, STATUS_MIN, USELESS
 from connwise.telemetry.record import Row
 
 COLUMNS = ("conn_id", "node", "source", "kind", "backend", "started_at", "ended_at", "queued_s",
@@ -67,22 +70,31 @@ class _AcceptDate:
                 month = MONTHS[s[3:6]]
             except KeyError:
                 raise ValueError(f"accept date {s!r} has no month name") from None
-            year, day, hour = int(s[7:11]), int(s[0:2]), int(s[12:14])
-            if self._zone is None:
-                base = float(calendar.timegm((year, month, day, hour, 0, 0)))
-            else:
-                base = datetime(year, month, day, hour, tzinfo=self._zone).timestamp()
+            try:  # datetime() refuses 31 Feb and hour 24, which timegm would roll over
+                base = datetime(int(s[7:11]), month, int(s[0:2]), int(s[12:14]),
+                                tzinfo=self._zone or UTC).timestamp()
+            except ValueError:
+                base = -1.0
+            if base < 0.0:  # before 1970 too: no HAProxy logged then
+                raise ValueError(f"accept date {s!r} is not a valid time")
             if len(self._bases) > 4096:
                 self._bases.clear()
             self._bases[key] = base
-        return base + int(s[15:17]) * 60 + float(s[18:])
+        minute, second = int(s[15:17]), float(s[18:])
+        if minute > 59 or second >= 60.0:  # the pattern has them unsigned
+            raise ValueError(f"accept date {s!r} is not a valid time")
+        return base + minute * 60 + second
 
 
 def _ms(value: str) -> float | None:
     n = int(value)
     if n > INT64_MAX:  # n / 1000 of a longer one is an OverflowError, not a bad value
         raise ValueError(f"timer {value} is out of range")
-    return n / 1000.0 if n >= 0 else None
+    if n >= 0:
+        return n / 1000.0
+    if n == -1:
+        return None
+    raise ValueError(f"timer {value} is negative (only -1, for a step that never happened, is)")
 
 
 class HaproxyParser:
@@ -121,8 +133,9 @@ class HaproxyParser:
                 (host, addr, _port, date, frontend, backend, _t_req, t_wait, t_conn, t_resp,
                  t_total, status_s, bytes_s, term, _request) = m.groups()
                 status = int(status_s)
-                if not -INT64_MAX <= status <= INT64_MAX:
-                    raise ValueError(f"status {status_s} is out of range")
+                if not (STATUS_MIN <= status <= STATUS_MAX or status == -1):
+                    raise ValueError(f"status {status_s} is not an HTTP status ({STATUS_MIN} "
+                                     f"to {STATUS_MAX}, or -1 for none)")
                 kind = "request"
                 first_byte = _ms(t_resp)
                 ok_status = status > 0 and status not in USELESS

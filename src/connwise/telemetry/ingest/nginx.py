@@ -20,6 +20,10 @@ One line is one request record (kind `request`). What each column gets:
 * a request that served nothing (no bytes, or 408/444/499) held its connection for nothing: its
   time goes to `tail_idle_s`; a useful one's to `max_gap_s` (see the zombie rules).
 
+A line with a value nginx cannot have written is a bad line, not a record: a time that does not
+exist (31 Feb, hour 25, a zone past +-23:59) or is before 1970, a status outside 100..599, a
+negative, infinite or NaN time, size or count.
+
 Speed matters (logs of a busy week hold billions of lines), so the per-line code is one regex
 match, a tuple of the groups, a cached timestamp (lines of the same second share it) and a
 cached device lookup.
@@ -35,7 +39,7 @@ from datetime import datetime
 
 from connwise.errors import ConfigError
 from connwise.telemetry.clientinfo import RegionTable, device_of
-from connwise.telemetry.ingest.base import INT64_MAX, MONTHS, USELESS
+from connwise.telemetry.ingest.base import INT64_MAX, MONTHS, STATUS_MAX, STATUS_MIN, USELESS
 from connwise.telemetry.record import Row
 
 PRESETS: dict[str, str] = {
@@ -133,14 +137,22 @@ class _TimeLocal:
             except KeyError:
                 raise ValueError(f"time {s!r} has no month name") from None
             zone = s[21:26]
-            offset = int(zone[1:3]) * 3600 + int(zone[3:5]) * 60
+            zone_h, zone_m = int(zone[1:3]), int(zone[3:5])
+            if zone[0] not in "+-" or not (0 <= zone_h < 24 and 0 <= zone_m < 60):
+                raise ValueError(f"time {s!r} has no valid zone")
+            offset = zone_h * 3600 + zone_m * 60
             if zone[0] == "-":
                 offset = -offset
-            base = calendar.timegm((int(s[7:11]), month, int(s[0:2]), 0, 0, 0)) - offset
+            # datetime() refuses a day its month does not have (timegm reads 31 Feb as 2 Mar).
+            day = datetime(int(s[7:11]), month, int(s[0:2]))
+            base = calendar.timegm(day.timetuple()) - offset
             if len(self._bases) > 4096:
                 self._bases.clear()
             self._bases[key] = base
-        value = float(base + int(s[12:14]) * 3600 + int(s[15:17]) * 60 + int(s[18:20]))
+        hour, minute, second = int(s[12:14]), int(s[15:17]), int(s[18:20])
+        if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second < 60):
+            raise ValueError(f"time {s!r} has no valid time of day")
+        value = float(base + hour * 3600 + minute * 60 + second)
         self._last = s
         self._last_value = value
         return value
@@ -214,16 +226,19 @@ class NginxParser:
         def diagnose(v: tuple[str, ...], error: ValueError) -> ValueError:
             """Off the fast path: which field of a matching line was bad."""
             try:
-                if not math.isfinite(to_time(v[i_time])):
+                if not 0.0 <= to_time(v[i_time]) < _INF:  # before 1970, or nan, inf
                     raise ValueError(v[i_time])
             except (ValueError, KeyError):
                 return ValueError(f"${self.time_var} {v[i_time]!r} is not a valid time")
-            for name, i in numbers:
+            for name, i in numbers:  # a negative one too: nginx writes none
                 if not v[i].replace(".", "", 1).isdigit() and v[i] != "-":
                     return ValueError(f"${name} {v[i]!r} is not a number")
             for name, i in numbers:
                 if v[i] != "-" and abs(float(v[i])) > INT64_MAX:
                     return ValueError(f"${name} {v[i]!r} is out of range")
+            if not (v[i_status].isdigit() and STATUS_MIN <= int(v[i_status]) <= STATUS_MAX):
+                return ValueError(f"$status {v[i_status]!r} is not an HTTP status "
+                                  f"({STATUS_MIN} to {STATUS_MAX})")
             for name, i in upstream_times:
                 try:
                     _seconds(v[i])
@@ -248,11 +263,13 @@ class NginxParser:
                 seq = int(v[i_seq]) if i_seq >= 0 else None
                 first_byte = _seconds(v[i_uht]) if i_uht >= 0 else None
                 connect = _seconds(v[i_uct]) if i_uct >= 0 else None
-                if not (0.0 <= rt < _INF and -_INF < end < _INF  # float() takes nan, inf
-                        and -INT64_MAX <= status <= INT64_MAX
-                        and -INT64_MAX <= bytes_out <= INT64_MAX
-                        and -INT64_MAX <= bytes_in <= INT64_MAX
-                        and (seq is None or -INT64_MAX <= seq <= INT64_MAX)):
+                # float() takes nan, inf and negatives, int() negatives and any size, the
+                # calendar's own checks are on the cached path: what no nginx logs raises.
+                if not (0.0 <= rt < _INF and 0.0 <= end < _INF
+                        and STATUS_MIN <= status <= STATUS_MAX
+                        and 0 <= bytes_out <= INT64_MAX
+                        and 0 <= bytes_in <= INT64_MAX
+                        and (seq is None or 0 <= seq <= INT64_MAX)):
                     raise ValueError("out of range")
             except ValueError as exc:
                 raise diagnose(v, exc) from None
