@@ -6,6 +6,7 @@ reload."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -215,6 +216,26 @@ async def test_drain_takes_no_request_that_begins_after_it(
     assert b"Connection: close" in answers[0][0]
     assert origin.requests == 1
     assert await drain == {"finished": 1, "forced": 0}
+
+
+async def test_cut_drain_closes_what_is_left_now(make_gateway: GatewayFactory,
+                                                origin: HttpOrigin) -> None:
+    """A second SIGTERM: the drain does not wait out its timeout for a slow answer."""
+    gateway = await make_gateway(**web_config([f"127.0.0.1:{origin.port}"]))
+    client = await KeepAlive.open(gateway)
+    try:
+        client.send(b"GET /slow?ms=10000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: gateway.groups["app"].scheduler.in_use == 1)
+        drain = asyncio.ensure_future(gateway.drain(60.0))
+        await until(lambda: gateway.draining)
+        assert not drain.done()
+        gateway.cut_drain()
+        assert await asyncio.wait_for(drain, 5) == {"finished": 0, "forced": 1}
+        with contextlib.suppress(ConnectionResetError):  # aborted: a reset may come first
+            assert await asyncio.wait_for(client.reader.read(), 5) == b""
+    finally:
+        client.close()
+    assert gateway.groups["app"].scheduler.in_use == 0
 
 
 async def test_a_reused_upstream_that_closes_is_retried_on_another_backend(
