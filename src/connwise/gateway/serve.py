@@ -45,6 +45,7 @@ except ImportError:  # uvloop is optional: plain asyncio where it does not build
 
 from connwise.config import GatewayConfig, load_gateway_config, parse_address
 from connwise.errors import ConfigError, ConnwiseError
+from connwise.gateway.accept import bind_failed, check_unshared
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
 
@@ -155,6 +156,11 @@ def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
     the exit code. A gateway that cannot start says why on stderr: one line for a
     `ConnwiseError` (exit 2 for a `ConfigError`, 1 otherwise), a traceback for anything else."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # until a handler takes them
+    try:
+        check_listeners_unshared(config)
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     if workers == 1:
         return _serve_process(config, path, admin=True, worker=False)
     return _Master(config, path, workers).run()
@@ -171,6 +177,18 @@ def check_workers(config: GatewayConfig, workers: int) -> None:
             raise ConfigError(key, listener.bind, f"with --workers {workers} each worker would "
                               "listen on a port of its own", "give the listener a fixed port, "
                               "or run one worker")
+
+
+def check_listeners_unshared(config: GatewayConfig) -> None:
+    """Refuse a listener address another socket listens on (`accept.check_unshared`: with
+    SO_REUSEPORT, another gateway's), naming the listener, before any worker binds."""
+    for i, listener in enumerate(config.listeners):
+        key = f"listeners[{i}].bind"
+        host, port = parse_address(listener.bind, key)
+        try:
+            check_unshared(host, port)
+        except OSError as exc:
+            raise bind_failed(key, listener.bind, f"listener {listener.name!r}", exc) from None
 
 
 class _Master:
