@@ -1,16 +1,22 @@
 """`connwise gateway` refusing what it cannot run with one line and exit 2, never a traceback:
-an address in use (a listener's or the admin API's, one process or workers), and what
-`--check` must refuse; and `--check` printing no secrets."""
+an address in use (a listener's or the admin API's, one process or workers; a listener's by
+another gateway, which SO_REUSEPORT would let it share), and what `--check` must refuse; and
+`--check` printing no secrets."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.test_cli_gateway import config_text, problems, run_cli
+from tests.e2e.test_cli_gateway_workers import free_port, gateway, ready_lines
 from tests.integration.http_origin import HttpOrigin
 
 
@@ -21,6 +27,14 @@ def held_port() -> Iterator[int]:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         yield holder.getsockname()[1]
+
+
+@pytest.fixture
+async def serving() -> AsyncIterator[HttpOrigin]:
+    """An origin that answers."""
+    server = await HttpOrigin("o").start()
+    yield server
+    await server.stop()
 
 
 def origin9() -> HttpOrigin:
@@ -38,10 +52,39 @@ async def test_a_listener_address_in_use_is_one_line_and_exit_2(
     assert code == 2, (out, err)
     assert "Traceback" not in err and "ready" not in out
     lines = problems(err)
-    assert len(lines) == int(workers), err  # one line (per worker)
-    assert all(f"listeners[0].bind = '127.0.0.1:{held_port}': listener 'web' cannot listen on "
-               "it (Address already in use); stop what holds the address" in line
-               for line in lines), err
+    assert len(lines) == 1, err  # said once, by the process that starts, before any worker
+    assert (f"listeners[0].bind = '127.0.0.1:{held_port}': listener 'web' cannot listen on "
+            f"it: another socket listens on 127.0.0.1:{held_port} (Address already in use)"
+            in lines[0]), err
+
+
+@pytest.mark.parametrize(("first", "second"), [("1", "1"), ("2", "1"), ("1", "2")])
+async def test_a_second_gateway_on_a_port_in_use_is_refused(
+        tmp_path: Path, serving: HttpOrigin, first: str, second: str) -> None:
+    """Both bind with SO_REUSEPORT, so the kernel let the second one in and the two split the
+    port's connections. The second is refused, and the first serves on, alone."""
+    port = free_port()
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(serving, bind=f"127.0.0.1:{port}"))
+    async with gateway("-c", str(path), "--workers", first) as running:
+        await ready_lines(running, int(first))
+        code, out, err = await run_cli("gateway", "-c", str(path), "--workers", second)
+        assert code == 2, (out, err)
+        assert "Traceback" not in err and "ready" not in out, (out, err)
+        lines = problems(err)
+        assert len(lines) == 1, err
+        assert (f"error: listeners[0].bind = '127.0.0.1:{port}': listener 'web' cannot listen "
+                f"on it: another socket listens on 127.0.0.1:{port} (Address already in use)"
+                in lines[0]), err
+        assert "stop the other gateway" in lines[0], err
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(20):
+                assert (await client.get("/fast")).status_code == 200
+        os.kill(running.pid, signal.SIGTERM)
+        assert await asyncio.wait_for(running.wait(), 20) == 0
+        assert running.stdout is not None
+        drained = (await running.stdout.read()).decode()
+    assert drained.count(" drained: ") == int(first), drained
 
 
 async def test_an_admin_address_in_use_is_one_line_and_exit_2(

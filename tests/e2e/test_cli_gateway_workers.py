@@ -1,20 +1,24 @@
 """`connwise gateway --workers N` as a master supervising its workers: a worker that cannot start
-stops the others, one killed is replaced, and signals that arrive while the workers start are
-neither lost nor fatal."""
+stops the others, one killed is replaced, signals that arrive while the workers start are
+neither lost nor fatal, and a second SIGTERM or SIGINT ends a drain at once (also in one
+process)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from connwise.telemetry.store_sqlite import SqliteStore
 from tests.e2e.test_cli_gateway import CLI, config_text, problems
 from tests.integration.http_origin import HttpOrigin
 
@@ -196,3 +200,94 @@ async def test_workers_refuse_a_listener_on_port_0(tmp_path: Path) -> None:
         assert code == 2 and "ready" not in out and "Traceback" not in err, (out, err)
         assert ("listeners[0].bind = '127.0.0.1:0': with --workers 2 each worker would listen "
                 "on a port of its own" in err), err
+
+
+async def log_lines(proc: asyncio.subprocess.Process, text: str, n: int) -> None:
+    """Read stderr until `n` lines said `text`."""
+    assert proc.stderr is not None
+    while n:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 20)).decode()
+        assert line, f"the gateway closed its stderr before saying {text!r}"
+        n -= text in line
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_second_signal_ends_the_drain_at_once(
+        tmp_path: Path, origin: HttpOrigin, workers: str, sig: signal.Signals) -> None:
+    """A request that would hold the drain for its whole 60 s: the second signal closes it
+    now, the records are written as at a drain's end, and the exit code says how it ended
+    (the master's: its workers' drains end on its SIGUSR1)."""
+    port = free_port()
+    store = tmp_path / "records.db"
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(origin, bind=f"127.0.0.1:{port}").replace(
+        "drain_timeout = 5", "drain_timeout = 60") +
+        f'[telemetry]\nstore = "{store}"\nflush_interval = 0.05\n')
+    async with gateway("-c", str(path), "--workers", workers) as proc:
+        await ready_lines(proc, int(workers))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            for _ in range(500):
+                if origin.requests:
+                    break
+                await asyncio.sleep(0.01)
+            assert origin.requests == 1
+            os.kill(proc.pid, sig)
+            await log_lines(proc, "draining for up to 60.0 s", int(workers))
+            signalled = time.monotonic()
+            os.kill(proc.pid, sig)
+            code = await asyncio.wait_for(proc.wait(), 20)
+            took = time.monotonic() - signalled
+            with contextlib.suppress(ConnectionResetError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+        assert proc.stdout is not None and proc.stderr is not None
+        out = (await proc.stdout.read()).decode()
+        err = (await proc.stderr.read()).decode()
+    assert code == 128 + sig, (out, err)
+    assert took < 10, took
+    # A worker's drain is ended by its master's SIGUSR1 (it takes two SIGTERMs for one).
+    assert f"0 finished, 1 closed at once ({sig.name if workers == '1' else 'SIGUSR1'})" in out
+    assert out.count(" drained: ") == int(workers), out
+    assert "Traceback" not in err, err
+    sqlite = SqliteStore(store, create=False)
+    try:
+        rows = [row for chunk in sqlite.read(columns=("kind", "close_reason")) for row in chunk]
+    finally:
+        sqlite.close()
+    assert ("client", "draining") in [tuple(row) for row in rows], rows
+
+
+async def test_a_signal_to_the_whole_process_group_drains_the_workers_once(
+        tmp_path: Path, origin: HttpOrigin) -> None:
+    """Ctrl-C in a terminal, systemd's default KillMode: each worker gets the signal itself and
+    from its master. Two of them are one request to drain, not a second signal. (The workers
+    get theirs first here, and the master's once they drain: sent at once, as `killpg` does,
+    the two often arrive as one.)"""
+    port = free_port()
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(origin, bind=f"127.0.0.1:{port}"))
+    async with gateway("-c", str(path), "--workers", "2") as proc:
+        await ready_lines(proc, 2)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            # Eight connections: both workers hold some (all on one: 1 chance in 128).
+            slow = [asyncio.ensure_future(client.get("/slow?ms=1500")) for _ in range(8)]
+            for _ in range(500):
+                if origin.requests == len(slow):
+                    break
+                await asyncio.sleep(0.01)
+            for worker in children_of(proc.pid):
+                os.kill(worker, signal.SIGINT)
+            await log_lines(proc, "draining for up to", 2)
+            os.kill(proc.pid, signal.SIGINT)
+            answers = await asyncio.gather(*slow)
+        code = await asyncio.wait_for(proc.wait(), 20)
+        assert proc.stdout is not None
+        out = (await proc.stdout.read()).decode()
+    assert [(a.status_code, a.headers["connection"]) for a in answers] == [(200, "close")] * 8
+    assert code == 0, out
+    drained = re.findall(r"drained: (\d+) finished, 0 closed at the timeout", out)
+    assert len(drained) == 2 and sum(map(int, drained)) == 8, out

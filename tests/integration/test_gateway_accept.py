@@ -1,12 +1,14 @@
 """The gateway's accept loop over real loopback sockets: a queued burst is taken in a few
 event-loop iterations (uvloop's own server needs one per connection), bursts through the
-gateway are all served, drain closes the listening socket, limits still hold, and running out
-of descriptors pauses accepting instead of spinning."""
+gateway are all served, drain closes the listening socket, limits still hold, running out
+of descriptors pauses accepting instead of spinning, and another listener on the address is
+seen before SO_REUSEPORT would share it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import resource
 import socket
 from collections.abc import Awaitable, Callable
@@ -15,7 +17,7 @@ from typing import Any, ClassVar
 import pytest
 import uvloop
 
-from connwise.gateway.accept import AcceptLoop, listen_backlog
+from connwise.gateway.accept import AcceptLoop, check_unshared, listen_backlog
 from connwise.gateway.runtime import Gateway
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.tcp_backend import TcpBackend as _TcpBackend
@@ -242,3 +244,29 @@ async def test_running_out_of_descriptors_pauses_accepting_then_resumes() -> Non
         client.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_check_unshared_sees_a_listener_that_reuseport_would_share() -> None:
+    """A listening accept loop (SO_REUSEPORT) on the port is reported, from its address and
+    from the wildcard one, where a second accept loop binds beside it (what the check is
+    for). Once it closed, a connection it left in TIME_WAIT does not count."""
+    first = await AcceptLoop.listen("127.0.0.1", 0, Counting)
+    port = first.sockets[0].getsockname()[1]
+    beside = await AcceptLoop.listen("127.0.0.1", port, Counting)  # the kernel lets it share
+    beside.close()
+    try:
+        with pytest.raises(OSError) as caught:
+            check_unshared("127.0.0.1", port)
+        assert caught.value.errno == errno.EADDRINUSE
+        with pytest.raises(OSError) as caught:
+            check_unshared("0.0.0.0", port)
+        assert caught.value.errno == errno.EADDRINUSE
+    finally:
+        first.close()
+    with socket.create_server(("127.0.0.1", port)) as server:  # SO_REUSEADDR, as the gateway
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its end goes to TIME_WAIT
+        client.close()
+    check_unshared("127.0.0.1", port)
+    check_unshared("127.0.0.1", 0)

@@ -13,7 +13,7 @@ import pytest
 from connwise.gateway.runtime import Gateway
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
-from tests.integration.test_gateway_http_fastpath import gateway_tasks
+from tests.integration.test_gateway_http_fastpath import gateway_tasks, until
 
 #: A backend's answer to one request head (its raw bytes): the bytes to send back, or None to
 #: close the connection without answering.
@@ -475,6 +475,27 @@ async def test_a_pipelined_bad_request_is_answered_after_the_ones_before_it(
     assert b"Connection: close" in answers[2]
     assert origin.requests == 2
     assert gateway.groups["app"].scheduler.in_use == 0
+
+
+async def test_a_drain_answers_the_requests_before_a_pipelined_bad_one_then_closes(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    """Draining, the good requests before the bad one are answered, the last saying close:
+    the bad one's 400 would follow an answer that ended the connection, so only the close."""
+    gateway = await make_gateway(**web_config([origin.address]))
+    reader, writer = await connect(gateway)
+    try:
+        writer.write(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a\r\n\r\n"
+                     b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n")
+        await until(lambda: any(getattr(c, "rejection", None) for c in gateway.clients.values()))
+        drain = asyncio.ensure_future(gateway.drain(5.0))
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    answers = answer.split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"200"], answer
+    assert answers[0].endswith(b"/slow from o0") and answers[1].endswith(b"/fast from o0")
+    assert [b"Connection: close" in a for a in answers] == [False, True]
+    assert await drain == {"finished": 1, "forced": 0}
 
 
 async def test_a_pipelined_head_that_times_out_is_answered_after_the_one_before_it(

@@ -6,6 +6,7 @@ reload."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -157,6 +158,84 @@ async def test_drain_lets_a_request_in_flight_without_a_task_finish(
     assert rest.startswith(b"HTTP/1.1 200") and b"Connection: close" in rest
     assert rest.endswith(b"/slow from o0")
     assert await drain == {"finished": 1, "forced": 0}
+
+
+def split_answers(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) of each answer in `data`, answers with a Content-Length one after another."""
+    answers = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        answers.append((head, data[:length]))
+        data = data[length:]
+    return answers
+
+
+async def test_drain_answers_the_requests_pipelined_before_it_then_closes(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    """Requests the gateway received whole before the drain began are in flight: all three
+    are answered, in order, only the last with `Connection: close`, then the connection
+    closes (a `close` on the first would tell the client its next two were not taken)."""
+    gateway = await make_gateway(**web_config([f"127.0.0.1:{origin.port}"]))
+    client = await KeepAlive.open(gateway)
+    try:
+        client.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a\r\n\r\n"
+                    b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+                    b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: [len(c.queue) for c in gateway.clients.values()
+                             if isinstance(c, HttpClient)] == [3])
+        drain = asyncio.ensure_future(gateway.drain(5.0))
+        rest = await asyncio.wait_for(client.reader.read(), 5)  # until the gateway closes
+    finally:
+        client.close()
+    answers = split_answers(rest)
+    assert [body for _, body in answers] == [b"/slow from o0", b"abc", b"/fast from o0"]
+    assert [head[:12] for head, _ in answers] == [b"HTTP/1.1 200"] * 3
+    assert [b"Connection: close" in head for head, _ in answers] == [False, False, True]
+    assert await drain == {"finished": 1, "forced": 0}
+
+
+async def test_drain_takes_no_request_that_begins_after_it(
+        make_gateway: GatewayFactory, origin: HttpOrigin) -> None:
+    """A request sent once the drain began is not taken: the answer to the one in flight
+    says `Connection: close`, and the connection closes after it."""
+    gateway = await make_gateway(**web_config([f"127.0.0.1:{origin.port}"]))
+    client = await KeepAlive.open(gateway)
+    try:
+        client.send(b"GET /slow?ms=300 HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: gateway.groups["app"].scheduler.in_use == 1)
+        drain = asyncio.ensure_future(gateway.drain(5.0))
+        await until(lambda: gateway.draining)
+        client.send(b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+        rest = await asyncio.wait_for(client.reader.read(), 5)
+    finally:
+        client.close()
+    answers = split_answers(rest)
+    assert [body for _, body in answers] == [b"/slow from o0"]
+    assert b"Connection: close" in answers[0][0]
+    assert origin.requests == 1
+    assert await drain == {"finished": 1, "forced": 0}
+
+
+async def test_cut_drain_closes_what_is_left_now(make_gateway: GatewayFactory,
+                                                origin: HttpOrigin) -> None:
+    """A second SIGTERM: the drain does not wait out its timeout for a slow answer."""
+    gateway = await make_gateway(**web_config([f"127.0.0.1:{origin.port}"]))
+    client = await KeepAlive.open(gateway)
+    try:
+        client.send(b"GET /slow?ms=10000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        await until(lambda: gateway.groups["app"].scheduler.in_use == 1)
+        drain = asyncio.ensure_future(gateway.drain(60.0))
+        await until(lambda: gateway.draining)
+        assert not drain.done()
+        gateway.cut_drain()
+        assert await asyncio.wait_for(drain, 5) == {"finished": 0, "forced": 1}
+        with contextlib.suppress(ConnectionResetError):  # aborted: a reset may come first
+            assert await asyncio.wait_for(client.reader.read(), 5) == b""
+    finally:
+        client.close()
+    assert gateway.groups["app"].scheduler.in_use == 0
 
 
 async def test_a_reused_upstream_that_closes_is_retried_on_another_backend(

@@ -25,11 +25,12 @@ the transport keeps the accepted Python socket object (88 bytes), which uvloop's
 not create.
 
 The listening sockets are bound with SO_REUSEPORT, so `--workers N` processes each own a socket
-on the same address and the kernel spreads connections across them. The backlog is the kernel's
-cap (`net.core.somaxconn`), at least 4096. Errors that mean "out of descriptors or memory"
-(EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for `retry_delay` instead of spinning on a
-socket that stays readable, as asyncio's own server does; a connection reset before it was
-accepted is skipped.
+on the same address and the kernel spreads connections across them; `check_unshared`, run once
+before they bind, keeps another gateway (any process of the user) from joining them. The
+backlog is the kernel's cap (`net.core.somaxconn`), at least 4096. Errors that mean "out of
+descriptors or memory" (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause accepting for `retry_delay`
+instead of spinning on a socket that stays readable, as asyncio's own server does; a
+connection reset before it was accepted is skipped.
 """
 
 from __future__ import annotations
@@ -65,8 +66,38 @@ def bind_failed(key: str, address: str, owner: str, exc: OSError) -> ConfigError
     """The error of an address that cannot be listened on (in use, not local, unresolvable):
     a configuration error naming the key, so the command line prints one line and exits 2."""
     reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        port = address.rpartition(":")[2]
+        return ConfigError(key, address, f"{owner} cannot listen on it: another socket listens "
+                           f"on {address} ({reason})", "stop the other gateway or whatever "
+                           f"holds it (`ss -ltnp 'sport = :{port}'` names the process), or "
+                           "choose another address")
     return ConfigError(key, address, f"{owner} cannot listen on it ({reason})",
                        "stop what holds the address, or choose another one")
+
+
+def check_unshared(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) when a socket listens on `host:port`, on any address `host`
+    resolves to, that `listen` would share the port with.
+
+    `listen` binds with SO_REUSEPORT so that `--workers` processes share the address, and the
+    kernel lets any process of the same user do the same: a second gateway started on the
+    port of a running one would silently take half its connections. This binds each address
+    without SO_REUSEPORT (with SO_REUSEADDR, as `listen`, so connections in TIME_WAIT do not
+    count), which Linux refuses while another socket listens there, SO_REUSEPORT or not, and
+    closes it. The process that starts calls it once, before its workers bind (they then share
+    only with each other); a gateway that starts in the moment between the two is not seen.
+    Port 0 shares nothing: nothing to check."""
+    if port == 0:
+        return
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
 
 
 def listen_backlog() -> int:

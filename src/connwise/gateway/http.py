@@ -24,7 +24,9 @@ see the host without its port, an IPv6 literal with its brackets (`[::1]`), eith
 
 The gateway's own answers (404, 502, 503, 504, 408...) have a Date, no body when the request was
 a HEAD, and say `Connection: close` whenever the connection closes after them: the client asked
-for it, or the gateway drains.
+for it, or the gateway drains and it is the connection's last answer. A drain answers every
+request the gateway read before it, pipelined ones included, and takes none that begins after
+it (`HttpClient.drain`).
 
 Each complete head becomes an `Exchange`: route it, classify it, admit it through the group's
 scheduler (degradation ladder: throttle, signal, queue, shed with 503 Retry-After), take a
@@ -459,11 +461,39 @@ class HttpClient(asyncio.Protocol):
             rec.close_reason = reason
 
     def drain(self) -> None:
-        """The gateway drains: finish what is in flight, answer with Connection: close, close
-        idle keep-alive connections now; WebSockets get 1001 at the drain timeout."""
+        """The gateway drains: an idle keep-alive connection closes now; one with requests in
+        hand answers them all, a request pipelined behind the one in flight included (the
+        gateway read it: it is in flight too, as for nginx and HAProxy), and one being read,
+        then closes, the last answer saying `Connection: close` (`serves_last`). A request
+        that begins after the drain began is not taken (`on_message_begin`). WebSockets get
+        1001 at the drain timeout."""
         self.draining = True
         if self.relay_to is None and not self.queue and self.parsing is None:
             self.close()
+
+    def serves_last(self, ex: Exchange) -> bool:
+        """While draining: whether `ex` is the last request this connection answers, so that
+        its answer says `Connection: close` and no earlier one does (a client that reads
+        `close` takes the requests it pipelined after it for not taken). The last is the
+        request being read, else the last queued: none begins after the drain began."""
+        queue = self.queue
+        parsing = self.parsing
+        return not queue or (queue[-1] is ex and (parsing is None or parsing is ex))
+
+    def _take_no_more(self) -> None:
+        """A request begins after the drain began: it is not taken, nor anything after it
+        (reading stops, the parser goes). The requests before it are answered, then the
+        connection closes: `_ended` sends this empty rejection, that is the close alone."""
+        transport = self.transport
+        self.parser = None
+        if transport is None or self.closed:
+            return
+        if not self.queue:
+            self.close()
+            return
+        self.rejection = b""
+        self._paused = True
+        transport.pause_reading()
 
     def bytes_total(self) -> int:
         return self.bytes_in + self.bytes_out
@@ -845,6 +875,9 @@ class HttpClient(asyncio.Protocol):
         return bool(ex.url) and parser is not None and parser.get_method() == b"HEAD"
 
     def on_message_begin(self) -> None:
+        if self.draining:
+            self._take_no_more()
+            raise _Rejected
         ex = self.parsing = Exchange()
         self.fields = ex.headers
         self.header_bytes = 0
@@ -1346,9 +1379,9 @@ class HttpClient(asyncio.Protocol):
         """Answer `ex` from the gateway itself (404, 502, 503): `Connection: close` when the
         connection ends after it (the client's wish, a drain, or a body the client withholds
         until told to continue: `_ended` closes it then), and no body to a HEAD request."""
-        if ex.body_withheld():
+        if ex.body_withheld() or (self.draining and self.serves_last(ex)):
             ex.keep_alive = False
-        self.write(simple_response(status, reason, close=not ex.keep_alive or self.draining,
+        self.write(simple_response(status, reason, close=not ex.keep_alive,
                                    extra=extra, body=body, head=ex.method == b"HEAD"))
 
     def _backend_answered(self, group: Group, backend: Backend, ex: Exchange) -> None:
@@ -1385,8 +1418,10 @@ class HttpClient(asyncio.Protocol):
         queue = self.queue
         queue.pop(0)
         if self._paused:
-            if self.rejection is not None:  # a bad request waits behind the queue
-                if not queue or not ex.keep_alive or self.draining:
+            if self.rejection is not None:
+                # A bad request waits behind the queue; or, empty, one that began after the
+                # drain began (`_take_no_more`).
+                if not queue or not ex.keep_alive:
                     self._send_rejection(ex)
                     return False
                 return True
@@ -1407,7 +1442,7 @@ class HttpClient(asyncio.Protocol):
             return False
         if self.parser is None:
             return False  # a refused WebSocket handshake: it closes by itself (_refuse_upgrade)
-        if not ex.keep_alive or self.draining:
+        if not ex.keep_alive or (self.draining and not queue and self.parsing is None):
             self.close()
             return False
         return True
@@ -1417,8 +1452,7 @@ class HttpClient(asyncio.Protocol):
         (only the close when the last answer ended the connection, so that its client sends
         nothing after it, or made it a WebSocket relay)."""
         rejection, self.rejection = self.rejection, None
-        if (rejection is not None and ex.keep_alive and not self.draining
-                and self.relay_to is None):
+        if rejection and ex.keep_alive and self.relay_to is None:
             self.write(rejection)
         self.close()
 

@@ -165,6 +165,8 @@ class Gateway:
         self._next_id = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Set by `cut_drain`: a drain closes its clients now rather than at its timeout.
+        self._cut = asyncio.Event()
 
     def _watch(self, group: Group) -> None:
         self.metrics.watch_scheduler(group.name, group.scheduler)
@@ -461,7 +463,8 @@ class Gateway:
     # -- drain and reload ---------------------------------------------------------------------
 
     async def drain(self, timeout: float | None = None) -> dict[str, int]:
-        """Stop accepting, let clients finish, close the rest after `timeout` (drain_timeout)."""
+        """Stop accepting, let clients finish, close the rest after `timeout` (drain_timeout),
+        or once `cut_drain` is called, whichever comes first."""
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.draining = True
         for listener in self.listeners.values():
@@ -476,9 +479,12 @@ class Gateway:
                 drain_client()
         before = len(self.clients)
         forced = 0
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        idle = asyncio.ensure_future(self._idle.wait())
+        cut = asyncio.ensure_future(self._cut.wait())
+        await asyncio.wait((idle, cut), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        cut.cancel()
+        if not self._idle.is_set():
             forced = len(self.clients)
             for client in list(self.clients.values()):
                 going_away = getattr(client, "going_away", None)
@@ -500,6 +506,12 @@ class Gateway:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.close)
             self.count("telemetry_dropped", self._writer.dropped)
         return {"finished": before - forced, "forced": forced}
+
+    def cut_drain(self) -> None:
+        """End the drain now (a second SIGTERM): the clients still open are closed as at the
+        drain timeout, and the drain goes on to close the groups and flush the records. Called
+        before the drain, it makes that drain end at once."""
+        self._cut.set()
 
     async def reload(self, config: GatewayConfig) -> None:
         """Apply a validated configuration to new connections; listeners must keep their binds.

@@ -1,20 +1,28 @@
 """Running a gateway as a process: uvloop, signals, workers sharing the listening sockets.
 
 SIGTERM (and SIGINT) drain: stop accepting, let in-flight work finish for `drain_timeout`, close
-what remains, exit 0. SIGHUP re-reads the configuration file: a valid one applies to new
-connections, a bad one is refused with its error and the old one stays in force. With
-`workers > 1` the parent forks that many processes, each with its own event loop, binding the
-same addresses with SO_REUSEPORT so the kernel spreads connections; the admin API runs in the
-first worker only (its counters are that worker's). The parent forwards signals and supervises:
-a worker killed by a signal is replaced; one that exits with an error of its own (an address in
-use, a store that cannot be opened) stops the others, since a replacement would fail the same
-way, and the parent exits with its code once all have.
+what remains, exit 0. A second SIGTERM or SIGINT during the drain ends it at once, as uvicorn's
+second Ctrl-C does: what is left is closed as at the timeout, the groups are closed and the
+records flushed as after any drain, and the exit code is 128 + that signal's number (130 for
+SIGINT, 143 for SIGTERM), as a shell reports a process the signal stopped. SIGUSR1 ends a
+drain at once the same way (or, before one, drains with no wait). SIGHUP re-reads the
+configuration file: a valid one applies to new connections, a bad one is refused with its error
+and the old one stays in force. With `workers > 1` the parent forks that many processes, each
+with its own event loop, binding the same addresses with SO_REUSEPORT so the kernel spreads
+connections; the admin API runs in the first worker only (its counters are that worker's). The
+parent forwards signals and supervises: a worker killed by a signal is replaced; one that exits
+with an error of its own (an address in use, a store that cannot be opened) stops the others,
+since a replacement would fail the same way, and the parent exits with its code once all have.
 
-The three signals are blocked from `run` until a handler is in place (the parent's after the
-forks, a worker's event loop's after its start-up), and again once a worker has drained: a
-signal that arrives while a process starts is delivered then, never fatal (SIGHUP's default
-action kills), and one forwarded after the drain does not turn a clean exit into a death by
-signal.
+In a worker, a second SIGTERM or SIGINT does not end the drain: a worker gets one of its own
+as well as the parent's whenever the signal goes to the whole process group (Ctrl-C in a
+terminal) or control group (systemd's default `KillMode`), so two of them are one request. The
+parent counts the signals and sends SIGUSR1 on the second.
+
+The signals are blocked from `run` until a handler is in place (the parent's after the forks,
+a worker's event loop's after its start-up), and again once a worker has drained: a signal
+that arrives while a process starts is delivered then, never fatal (SIGHUP's default action
+kills), and one forwarded after the drain does not turn a clean exit into a death by signal.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ except ImportError:  # uvloop is optional: plain asyncio where it does not build
 
 from connwise.config import GatewayConfig, load_gateway_config, parse_address
 from connwise.errors import ConfigError, ConnwiseError
+from connwise.gateway.accept import bind_failed, check_unshared
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
 
@@ -44,14 +53,20 @@ log = logging.getLogger("connwise.gateway")
 
 #: prctl(2) option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
-#: What the gateway's processes handle: drain (SIGTERM, SIGINT) and reload (SIGHUP).
-_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+#: What the gateway's processes handle: drain (SIGTERM, SIGINT), end the drain at once
+#: (SIGUSR1; a second SIGTERM or SIGINT in one process) and reload (SIGHUP).
+_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP})
+#: The signal that ends a drain at once, whatever the count: the parent's to its workers.
+_CUT = signal.SIGUSR1
 
 
 async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
-                ready: asyncio.Event | None = None) -> dict[str, int]:
+                ready: asyncio.Event | None = None, worker: bool = False) -> int:
     """Run one gateway until SIGTERM/SIGINT; reload on SIGHUP when `path` is given. A signal
-    that came while the gateway started (blocked by `run`) takes effect once it is ready."""
+    that came while the gateway started (blocked by `run`) takes effect once it is ready.
+
+    Returns the exit code: 0 after a drain, 128 + N when signal N ended it at once (see the
+    module docstring; in a `worker`, only SIGUSR1 does)."""
     gateway = Gateway(config)
     admin_server: AdminServer | None = None
     try:
@@ -66,6 +81,20 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
         raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    #: The signal that ended the drain at once, if one did.
+    cut_by: list[signal.Signals] = []
+
+    def cut(signum: signal.Signals) -> None:
+        if not cut_by:
+            cut_by.append(signum)
+            log.warning("%s: ending the drain now", signum.name)
+        stop.set()
+        gateway.cut_drain()
+
+    def drain_signal(signum: signal.Signals) -> None:
+        if stop.is_set() and not worker:
+            cut(signum)
+        stop.set()
 
     def reload() -> None:
         if path is None:
@@ -78,8 +107,9 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
             return
         gateway.spawn(_apply(gateway, new))
 
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, drain_signal, signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGINT, drain_signal, signal.SIGINT)
+    loop.add_signal_handler(_CUT, cut, _CUT)
     loop.add_signal_handler(signal.SIGHUP, reload)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     addresses = ", ".join(f"{name}={host}:{port}" for name, lst in gateway.listeners.items()
@@ -105,9 +135,10 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     for sig in _SIGNALS:
         loop.remove_signal_handler(sig)
+    when = f"at once ({cut_by[0].name})" if cut_by else "at the timeout"
     _say(f"connwise gateway {config.node_id} drained: {result['finished']} finished, "
-         f"{result['forced']} closed at the timeout")
-    return result
+         f"{result['forced']} closed {when}")
+    return 128 + cut_by[0] if cut_by else 0
 
 
 async def _apply(gateway: Gateway, config: GatewayConfig) -> None:
@@ -125,8 +156,13 @@ def run(config: GatewayConfig, path: Path | None, workers: int = 1) -> int:
     the exit code. A gateway that cannot start says why on stderr: one line for a
     `ConnwiseError` (exit 2 for a `ConfigError`, 1 otherwise), a traceback for anything else."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # until a handler takes them
+    try:
+        check_listeners_unshared(config)
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     if workers == 1:
-        return _serve_process(config, path, admin=True, who="")
+        return _serve_process(config, path, admin=True, worker=False)
     return _Master(config, path, workers).run()
 
 
@@ -141,6 +177,18 @@ def check_workers(config: GatewayConfig, workers: int) -> None:
             raise ConfigError(key, listener.bind, f"with --workers {workers} each worker would "
                               "listen on a port of its own", "give the listener a fixed port, "
                               "or run one worker")
+
+
+def check_listeners_unshared(config: GatewayConfig) -> None:
+    """Refuse a listener address another socket listens on (`accept.check_unshared`: with
+    SO_REUSEPORT, another gateway's), naming the listener, before any worker binds."""
+    for i, listener in enumerate(config.listeners):
+        key = f"listeners[{i}].bind"
+        host, port = parse_address(listener.bind, key)
+        try:
+            check_unshared(host, port)
+        except OSError as exc:
+            raise bind_failed(key, listener.bind, f"listener {listener.name!r}", exc) from None
 
 
 class _Master:
@@ -180,7 +228,7 @@ class _Master:
                 for sig in _SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
                 code = _serve_process(self.config, self.path, admin=index == 0,
-                                      who=f"worker {index}: ")
+                                      worker=True, who=f"worker {index}: ")
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -189,7 +237,13 @@ class _Master:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _forward(self, signum: int, _frame: object) -> None:
+        """SIGHUP and a first SIGTERM or SIGINT go to the workers as they came; SIGUSR1, and a
+        SIGTERM or SIGINT while they drain, as SIGUSR1, which ends their drain at once (see
+        the module docstring): the master then exits 128 + the number of the signal it got."""
         if signum != signal.SIGHUP:
+            if self.stopping or signum == _CUT:
+                self.code = self.code or 128 + signum
+                signum = _CUT
             self.stopping = True
         self._signal_all(signum)
 
@@ -229,10 +283,12 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _serve_process(config: GatewayConfig, path: Path | None, *, admin: bool, who: str) -> int:
-    """Serve in this process until a drain; 0, or the code of an error printed on stderr."""
+def _serve_process(config: GatewayConfig, path: Path | None, *, admin: bool, worker: bool,
+                   who: str = "") -> int:
+    """Serve in this process until a drain; its exit code (see `serve`), or the code of an
+    error printed on stderr."""
     try:
-        _run_loop(config, path, admin=admin)
+        return _run_loop(config, path, admin=admin, worker=worker)
     except ConnwiseError as exc:
         sys.stderr.write(f"error: {who}{exc}\n")
         return 2 if isinstance(exc, ConfigError) else 1
@@ -241,7 +297,6 @@ def _serve_process(config: GatewayConfig, path: Path | None, *, admin: bool, who
             raise  # one process: the command line reports it
         traceback.print_exc()
         return 1
-    return 0
 
 
 def _say(line: str) -> None:
@@ -262,9 +317,8 @@ def _die_with(master: int) -> None:
         os._exit(0)
 
 
-def _run_loop(config: GatewayConfig, path: Path | None, *, admin: bool) -> None:
-    if uvloop is None:
-        asyncio.run(serve(config, path, admin=admin))
-    else:
-        uvloop.run(serve(config, path, admin=admin))
+def _run_loop(config: GatewayConfig, path: Path | None, *, admin: bool, worker: bool) -> int:
+    main = serve(config, path, admin=admin, worker=worker)
+    code = asyncio.run(main) if uvloop is None else uvloop.run(main)
     sys.stdout.flush()
+    return code

@@ -636,7 +636,8 @@ class UpstreamConnection(asyncio.Protocol):
         no_body = self._head_request or status in (204, 304)
         self._until_close = not no_body and length is None and not chunked and status != 101
         self._chunked_out = chunked and not no_body
-        close_client = not ex.keep_alive or client.draining or self._until_close
+        close_client = (not ex.keep_alive or (client.draining and client.serves_last(ex))
+                        or self._until_close)
         if self._chunked_out and ex.version == "1.0":
             # An HTTP/1.0 client knows no chunks: the body of unknown length goes to it as it
             # is, and the close of its connection ends it (RFC 9112 6.3, 7.1).
