@@ -45,6 +45,7 @@ from connwise.config import parse_address
 from connwise.core.health import HealthState
 from connwise.errors import ConfigError
 from connwise.gateway.accept import bind_failed
+from connwise.gateway.worker_metrics import AllWorkers, WorkerSet
 
 if TYPE_CHECKING:
     from connwise.gateway.runtime import Gateway
@@ -111,10 +112,21 @@ class GatewayCollector(Collector):
             yield from gw.forecast.registry.collect()
 
 
-class AdminServer:
-    """Serves the admin API for one gateway."""
+def metrics_registry(gateway: Gateway) -> CollectorRegistry:
+    """Everything `/metrics` shows of `gateway`: its counters and groups (`GatewayCollector`),
+    its zombie watch and forecast, and its `TelemetryMetrics`."""
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(gateway))
+    registry.register(gateway.metrics)
+    return registry
 
-    def __init__(self, gateway: Gateway, bind: str, token: str | None) -> None:
+
+class AdminServer:
+    """Serves the admin API for one gateway; with `workers` (worker 0 of `--workers N`),
+    `/metrics` covers every worker (`worker_metrics`)."""
+
+    def __init__(self, gateway: Gateway, bind: str, token: str | None, *,
+                 workers: WorkerSet | None = None) -> None:
         self.gateway = gateway
         self.bind = bind
         self.host, self.port = parse_address(bind, "admin.bind")
@@ -124,9 +136,8 @@ class AdminServer:
                               "access on a loopback bind")
         #: The token as the bytes a client sends (UTF-8), or None: anonymous access.
         self.token = token.encode() if token is not None else None
-        self.registry = CollectorRegistry()
-        self.registry.register(GatewayCollector(gateway))
-        self.registry.register(gateway.metrics)
+        self.registry = metrics_registry(gateway)
+        self.workers = None if workers is None else AllWorkers(self.registry, workers)
         self.server: asyncio.Server | None = None
         #: The connections being served, by their handler task (`close` ends them).
         self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
@@ -176,7 +187,7 @@ class AdminServer:
                     return  # closed before a byte: nothing to answer
                 unread = False
                 head_only = request[0] == "HEAD"
-                answer = self._serve(*request)
+                answer = await self._serve(*request)
             writer.write(_response(*answer, head_only=head_only))
             await writer.drain()
             if unread:
@@ -187,11 +198,15 @@ class AdminServer:
             del self._handlers[task]
             writer.close()
 
-    def _serve(self, method: str, path: str, headers: dict[str, str],
-               body: bytes) -> tuple[int, str, bytes]:
+    async def _serve(self, method: str, path: str, headers: dict[str, str],
+                     body: bytes) -> tuple[int, str, bytes]:
         """`dispatch`, with a 500 (and the traceback in the log) for a bug in it: the
-        client gets an answer and the listener goes on."""
+        client gets an answer and the listener goes on. `GET /metrics` of all workers is
+        served here: it awaits the other workers."""
         try:
+            if (self.workers is not None and method == "GET" and _parts(path) == ["metrics"]
+                    and self._allowed(headers)):
+                return 200, METRICS_CONTENT_TYPE, await self.workers.scrape()
             return self.dispatch(method, path, headers, body)
         except Exception as exc:
             log.exception("admin API: %s %s failed", method, path)
@@ -201,13 +216,11 @@ class AdminServer:
 
     def dispatch(self, method: str, path: str, headers: dict[str, str],
                  body: bytes) -> tuple[int, str, bytes]:
-        if self.token is not None and not self._authorized(headers.get("authorization", "")):
+        if not self._allowed(headers):
             return _json(401, {"error": "missing or wrong bearer token; send "
                                         "'Authorization: Bearer <admin.token>'"})
         gw = self.gateway
-        # Segments are decoded after the split: a group or backend name may need escapes
-        # (`my%20app`, an IPv6 backend `%5B%3A%3A1%5D%3A80`, as clients send brackets).
-        parts = [unquote(p) for p in path.split("?", maxsplit=1)[0].split("/") if p]
+        parts = _parts(path)
         if method == "GET" and parts == ["metrics"]:
             return 200, METRICS_CONTENT_TYPE, generate_latest(self.registry)
         if method == "GET" and parts == ["stats"]:
@@ -227,6 +240,10 @@ class AdminServer:
                                     "/connections, /backends, /forecast or /metrics, or POST "
                                     "/backends/<group>/<backend>/drain, /undrain or "
                                     "/warm_target"})
+
+    def _allowed(self, headers: dict[str, str]) -> bool:
+        """Whether the request may be served: anonymous access, or the right token."""
+        return self.token is None or self._authorized(headers.get("authorization", ""))
 
     def _authorized(self, authorization: str) -> bool:
         """Whether `authorization` is `Bearer <token>` (RFC 6750; the scheme in any case),
@@ -270,6 +287,13 @@ class AdminServer:
             return _json(200, backend.snapshot(now))
         return _json(404, {"error": f"unknown action {action!r}; use drain, undrain or "
                                     "warm_target"})
+
+
+def _parts(path: str) -> list[str]:
+    """The path's segments, without the query. Segments are decoded after the split: a group
+    or backend name may need escapes (`my%20app`, an IPv6 backend `%5B%3A%3A1%5D%3A80`, as
+    clients send brackets)."""
+    return [unquote(p) for p in path.split("?", maxsplit=1)[0].split("/") if p]
 
 
 def _warm_target_body(body: bytes, limit: int) -> tuple[int, float]:

@@ -9,7 +9,8 @@ drain at once the same way (or, before one, drains with no wait). SIGHUP re-read
 configuration file: a valid one applies to new connections, a bad one is refused with its error
 and the old one stays in force. With `workers > 1` the parent forks that many processes, each
 with its own event loop, binding the same addresses with SO_REUSEPORT so the kernel spreads
-connections; the admin API runs in the first worker only (its counters are that worker's). The
+connections; the admin API runs in the first worker only (its `/stats` and `/connections` are
+that worker's; its `/metrics` covers every worker, each labelled, see `worker_metrics`). The
 parent forwards signals and supervises: a worker killed by a signal is replaced; one that exits
 with an error of its own (an address in use, a store that cannot be opened) stops the others,
 since a replacement would fail the same way, and the parent exits with its code once all have.
@@ -33,8 +34,10 @@ import ctypes
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -46,8 +49,9 @@ except ImportError:  # uvloop is optional: plain asyncio where it does not build
 from connwise.config import GatewayConfig, load_gateway_config, parse_address
 from connwise.errors import ConfigError, ConnwiseError
 from connwise.gateway.accept import bind_failed, check_unshared
-from connwise.gateway.admin import AdminServer
+from connwise.gateway.admin import AdminServer, metrics_registry
 from connwise.gateway.runtime import Gateway
+from connwise.gateway.worker_metrics import MetricsSocket, WorkerSet
 
 log = logging.getLogger("connwise.gateway")
 
@@ -61,19 +65,27 @@ _CUT = signal.SIGUSR1
 
 
 async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
-                ready: asyncio.Event | None = None, worker: bool = False) -> int:
+                ready: asyncio.Event | None = None, worker: bool = False,
+                peers: WorkerSet | None = None) -> int:
     """Run one gateway until SIGTERM/SIGINT; reload on SIGHUP when `path` is given. A signal
     that came while the gateway started (blocked by `run`) takes effect once it is ready.
+    `peers`: this process is one of `--workers N` with an admin API, whose `/metrics` (in
+    worker 0) reads the others' (`worker_metrics`).
 
     Returns the exit code: 0 after a drain, 128 + N when signal N ended it at once (see the
     module docstring; in a `worker`, only SIGUSR1 does)."""
     gateway = Gateway(config)
     admin_server: AdminServer | None = None
+    metrics_socket: MetricsSocket | None = None
     try:
         await gateway.start()
         if admin and config.admin is not None:
-            admin_server = AdminServer(gateway, config.admin.bind, config.admin.token)
+            admin_server = AdminServer(gateway, config.admin.bind, config.admin.token,
+                                       workers=peers)
             await admin_server.start()
+        elif peers is not None:
+            metrics_socket = MetricsSocket(metrics_registry(gateway), peers)
+            await metrics_socket.start()
     except BaseException:
         # An address that cannot be listened on, a store that cannot be opened: close what
         # started, and let the caller say why in one line.
@@ -132,6 +144,8 @@ async def serve(config: GatewayConfig, path: Path | None, *, admin: bool = True,
     result = await gateway.drain()
     if admin_server is not None:
         await admin_server.close()
+    if metrics_socket is not None:
+        await metrics_socket.close()
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     for sig in _SIGNALS:
         loop.remove_signal_handler(sig)
@@ -203,17 +217,25 @@ class _Master:
         self.running: dict[int, int] = {}
         self.stopping = False
         self.code = 0
+        #: With an admin API: the private directory of the workers' metrics sockets.
+        self.directory: Path | None = None
 
     def run(self) -> int:
-        for index in range(self.workers):
-            self._fork(index)
-        for sig in _SIGNALS:
-            signal.signal(sig, self._forward)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        while self.running:
-            pid, status = os.wait()
-            if pid in self.running:
-                self._exited(self.running.pop(pid), pid, os.waitstatus_to_exitcode(status))
+        if self.config.admin is not None:
+            self.directory = Path(tempfile.mkdtemp(prefix="connwise-workers-"))
+        try:
+            for index in range(self.workers):
+                self._fork(index)
+            for sig in _SIGNALS:
+                signal.signal(sig, self._forward)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            while self.running:
+                pid, status = os.wait()
+                if pid in self.running:
+                    self._exited(self.running.pop(pid), pid, os.waitstatus_to_exitcode(status))
+        finally:
+            if self.directory is not None:
+                shutil.rmtree(self.directory, ignore_errors=True)
         return self.code
 
     def _fork(self, index: int) -> None:
@@ -227,8 +249,10 @@ class _Master:
                 _die_with(self.pid)
                 for sig in _SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
+                peers = None if self.directory is None else \
+                    WorkerSet(index, self.workers, self.directory)
                 code = _serve_process(self.config, self.path, admin=index == 0,
-                                      worker=True, who=f"worker {index}: ")
+                                      worker=True, who=f"worker {index}: ", peers=peers)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -284,11 +308,11 @@ def _signal_name(signum: int) -> str:
 
 
 def _serve_process(config: GatewayConfig, path: Path | None, *, admin: bool, worker: bool,
-                   who: str = "") -> int:
+                   who: str = "", peers: WorkerSet | None = None) -> int:
     """Serve in this process until a drain; its exit code (see `serve`), or the code of an
     error printed on stderr."""
     try:
-        return _run_loop(config, path, admin=admin, worker=worker)
+        return _run_loop(config, path, admin=admin, worker=worker, peers=peers)
     except ConnwiseError as exc:
         sys.stderr.write(f"error: {who}{exc}\n")
         return 2 if isinstance(exc, ConfigError) else 1
@@ -317,8 +341,9 @@ def _die_with(master: int) -> None:
         os._exit(0)
 
 
-def _run_loop(config: GatewayConfig, path: Path | None, *, admin: bool, worker: bool) -> int:
-    main = serve(config, path, admin=admin, worker=worker)
+def _run_loop(config: GatewayConfig, path: Path | None, *, admin: bool, worker: bool,
+              peers: WorkerSet | None) -> int:
+    main = serve(config, path, admin=admin, worker=worker, peers=peers)
     code = asyncio.run(main) if uvloop is None else uvloop.run(main)
     sys.stdout.flush()
     return code
