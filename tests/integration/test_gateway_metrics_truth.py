@@ -10,6 +10,7 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from connwise.config import load_gateway_config
 from connwise.gateway.admin import AdminServer
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
@@ -125,3 +126,43 @@ async def test_a_scrape_answers_during_a_drain(make_gateway: GatewayFactory,
               for labels, v in of(during, "connwise_connections", owner="web").items()}
     assert states == {"draining": 1.0}, states
     assert after["connwise_client_connections", ()] == 0.0
+
+
+async def test_a_backend_removed_by_a_reload_leaves_no_series(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin]) -> None:
+    """Cardinality across reloads: the pool of a backend a reload removed is no longer watched
+    once its retired group is done, and the kept backend's series start again (the new group's
+    pools and scheduler count from zero: a counter reset to `rate()`)."""
+    kept, removed = origins[0].address, origins[1].address
+
+    def config(*backends: str) -> dict[str, object]:
+        return {"listeners": [{"name": "web", "kind": "http", "bind": "127.0.0.1:0"}],
+                "routes": [{"listener": "web", "group": "app", "path_prefix": "/"}],
+                "groups": {"app": {"backends": list(backends), "balance": "round_robin",
+                                   "health": {"kind": "none"}}}}
+
+    gateway = await make_gateway(**config(kept, removed))
+    admin = AdminServer(gateway, "127.0.0.1:0", None)
+    await admin.start()
+    host, port = gateway.listeners["web"].address
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+            for _ in range(4):
+                assert (await client.get("/fast")).status_code == 200
+        before = await scrape(admin)
+        await gateway.reload(load_gateway_config(config(kept)))
+        for _ in range(100):
+            if not gateway.retired:
+                break
+            await asyncio.sleep(0.02)
+        after = await scrape(admin)
+    finally:
+        await admin.close()
+    for owner in (f"app/{kept}", f"app/{removed}"):
+        assert of(before, "connwise_pool_operations_total", owner=owner, op="acquired") == {
+            (("op", "acquired"), ("owner", owner)): 2.0}
+    assert not any(removed in str(key) for key in after)
+    assert of(after, "connwise_pool_operations_total", owner=f"app/{kept}", op="acquired") == {
+        (("op", "acquired"), ("owner", f"app/{kept}")): 0.0}
+    assert list(of(after, "connwise_queue_seconds_count", owner="app",
+                   **{"class": "interactive"}).values()) == [0.0]
