@@ -4,6 +4,7 @@ worker that does not answer is `connwise_worker_up 0`, and the scrape still answ
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
@@ -68,3 +69,30 @@ async def test_worker_0_scrapes_every_worker_and_says_which_answered(
     assert not any(dict(labels).get("worker") == "2" for name, labels in values
                    if name != "connwise_worker_up")
     assert not (tmp_path / "worker-1.sock").exists()  # removed at close
+
+
+async def test_a_worker_whose_text_is_cut_short_counts_as_down(
+        make_gateway: GatewayFactory, origins: list[HttpOrigin], tmp_path: Path) -> None:
+    """A worker killed while it writes leaves a text cut mid-line: not merged (a line cut short
+    could be a wrong value), and `connwise_worker_up` says so."""
+    async def cut_short(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'# HELP connwise_client_connections Open client connections\n'
+                     b'# TYPE connwise_client_connections gauge\n'
+                     b'connwise_client_connections{worker="1"} 12')  # ...3, killed
+        writer.close()
+
+    peer = await asyncio.start_unix_server(cut_short, WorkerSet(1, 2, tmp_path).socket(1))
+    admin = AdminServer(await _gateway(make_gateway, origins[0]), "127.0.0.1:0", None,
+                        workers=WorkerSet(0, 2, tmp_path))
+    await admin.start()
+    try:
+        async with httpx.AsyncClient() as scraper:
+            answer = await scraper.get("http://{}:{}/metrics".format(*admin.address))
+    finally:
+        await admin.close()
+        peer.close()
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(answer.text) for s in f.samples}
+    assert values["connwise_worker_up", (("worker", "1"),)] == 0.0
+    assert values["connwise_client_connections", (("worker", "0"),)] == 0.0
+    assert ("connwise_client_connections", (("worker", "1"),)) not in values
