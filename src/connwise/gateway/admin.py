@@ -16,6 +16,8 @@ Endpoints (JSON unless noted):
   time (nothing is added to the data plane): gateway counters, the zombie watch's
   `connwise_zombies_total{owner, verdict}` and gauges; with `[forecast]`, also
   `connwise_forecast_demand{segment, horizon}` and `connwise_forecast_warm_target{group}`.
+  With `--workers N` (the API runs in worker 0), every worker's, labelled `worker`
+  (`worker_metrics`); the other endpoints are worker 0's alone.
 
 The admin listener is not on the hot path, so it uses asyncio streams and parses with httptools.
 One request per connection (`Connection: close`): every request read gets an answer, bad input
