@@ -582,10 +582,13 @@ class Gateway:
         self.count("reloads")
 
     async def _retire(self, group: Group) -> None:
-        """Let a replaced group's established work finish, then forget it. Cancelled by a
-        drain, it stays in `retired`, and the drain closes it."""
+        """Let a replaced group's established work finish, then forget it, its pools' metrics
+        too. Cancelled by a drain, it stays in `retired`, and the drain closes it."""
         await group.retire()
         self.retired.discard(group)
+        for backend in group.backends:
+            if backend.pool is not None:
+                self.metrics.unwatch_pool(backend.pool)
 
     def _next_escalation(self, config: GatewayConfig,
                          classes: ClassTable) -> EscalationEngine | None:

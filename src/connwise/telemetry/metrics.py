@@ -105,6 +105,14 @@ class TelemetryMetrics:
         if watch is not None and watch.metrics is None:
             watch.metrics = self
 
+    def unwatch_pool(self, pool: Any) -> None:
+        """Stop exporting `pool` (retired: its backend left the configuration), unless another
+        pool of its name replaced it already. Explicit: a pool in a reference cycle would
+        otherwise go on being scraped until the garbage collector frees it."""
+        watched = self._pools.get(pool.name)
+        if watched is not None and watched[0]() is pool:
+            del self._pools[pool.name]
+
     def watch_scheduler(self, owner: str, scheduler: Scheduler) -> None:
         """Export `scheduler`'s admission waits by class as `queue_seconds{owner,class}`.
         Held weakly; watching another scheduler under the same `owner` replaces it (a
