@@ -109,9 +109,10 @@ class TelemetryMetrics:
         """Stop exporting `pool` (retired: its backend left the configuration), unless another
         pool of its name replaced it already. Explicit: a pool in a reference cycle would
         otherwise go on being scraped until the garbage collector frees it."""
-        watched = self._pools.get(pool.name)
+        name = pool.name
+        watched = self._pools.get(name)
         if watched is not None and watched[0]() is pool:
-            del self._pools[pool.name]
+            del self._pools[name]
 
     def watch_scheduler(self, owner: str, scheduler: Scheduler) -> None:
         """Export `scheduler`'s admission waits by class as `queue_seconds{owner,class}`.
