@@ -110,9 +110,10 @@ PIPELINE_DEPTH = 4
 #: backend takes them (uvicorn's flow-control high-water mark): what a client sends faster
 #: than its backend reads waits in the client's socket, not in the gateway's memory.
 BODY_BUFFER = 64 * 1024
-#: Request headers the proxy reads itself (the rest are only forwarded).
+#: Request headers the proxy reads itself (the rest are only forwarded). Proxy-Connection only
+#: for the HTTP version (see `on_headers_complete`): llhttp reads it as a Connection header.
 _HEADS_UP = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect",
-                       b"connection"})
+                       b"connection", b"proxy-connection"})
 #: What the brackets of an IP literal in a Host header may hold (RFC 3986 3.2.2: an IPv6
 #: address, an IPv4 one in its last 32 bits).
 _IP_LITERAL = b"0123456789abcdefABCDEF:."
@@ -912,10 +913,10 @@ class HttpClient(asyncio.Protocol):
         parser = self.parser
         assert parser is not None
         ex.method = parser.get_method()
-        ex.version = parser.get_http_version()
-        ex.keep_alive = parser.should_keep_alive()
+        keep_alive = ex.keep_alive = parser.should_keep_alive()
         ex.upgrade = parser.should_upgrade()
         host: bytes | None = None
+        proxy_connection = False
         for name, value in ex.headers:
             lower = name.lower()
             if lower not in _HEADS_UP:
@@ -936,8 +937,15 @@ class HttpClient(asyncio.Protocol):
                 ex.chunked = ex.chunked or bool(codings)
             elif lower == b"expect":
                 ex.expect_continue = ex.expect_continue or value.lower() == b"100-continue"
-            else:  # connection
+            elif lower == b"connection":
                 ex.connection = value if ex.connection is None else ex.connection + b"," + value
+            else:  # proxy-connection
+                proxy_connection = True
+        # `get_http_version()` costs ~2,600 instructions (a str.format per call), and the
+        # keep-alive answer tells the common version: llhttp accepts HTTP/0.9, 1.0, 1.1 and 2.0
+        # alone, and without a Connection or Proxy-Connection header keeps only 1.1 alive.
+        ex.version = ("1.1" if keep_alive and ex.connection is None and not proxy_connection
+                      else parser.get_http_version())
         if ex.chunked and ex.version == "1.0":
             # RFC 9112 6.1: its framing is faulty. An HTTP/1.0 hop in front of the gateway
             # knows no chunks, and may read the body as the next request.
