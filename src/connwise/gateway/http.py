@@ -125,6 +125,8 @@ _HEAD_BEGUN = -2
 _CHUNK_BEGUN = -3
 #: `HttpClient.fields` while no head or trailer section is read: nothing is ever put in it.
 _NO_FIELDS: list[tuple[bytes, bytes]] = []
+#: `Exchange.body` while no body bytes wait: immutable, so never extended in place.
+_NO_BODY = b""
 #: Seconds a refused WebSocket handshake's connection stays open, half-closed, for the client's
 #: close frame: closing at once would answer that frame with a reset, which can destroy the
 #: unread 1013 at the client (the lingering close of Apache httpd, on a shorter clock).
@@ -190,8 +192,9 @@ class Exchange:
         #: The Connection header's value (its tokens name more hop-by-hop headers).
         self.connection: bytes | None = None
         #: Body bytes read and not yet taken (`HttpClient.take_body`): one buffer, not an
-        #: object per piece, which for one-byte chunks cost ~40 bytes per byte of body.
-        self.body = bytearray()
+        #: object per piece, which for one-byte chunks cost ~40 bytes per byte of body. Empty,
+        #: it is `_NO_BODY`: a request without a body makes no bytearray (~500 instructions).
+        self.body: bytes | bytearray = _NO_BODY
         self.body_size = 0
         self.body_done = False
         #: Created by the first wait for body bytes: a request without a body never needs one.
@@ -587,7 +590,10 @@ class HttpClient(asyncio.Protocol):
     def writelines(self, chunks: list[bytes]) -> None:
         """Write several pieces at once (uvloop: one writev)."""
         if self.transport is not None and not self.closed:
-            self.bytes_out += sum(map(len, chunks))
+            size = 0
+            for chunk in chunks:  # sum(map(len, chunks)) cost ~1,700 instructions, this ~400
+                size += len(chunk)
+            self.bytes_out += size
             self.last_active = self.gateway.clock.now()
             self.transport.writelines(chunks)
 
@@ -851,7 +857,14 @@ class HttpClient(asyncio.Protocol):
         self.header_bytes = 0
         self.head_fed = _HEAD_BEGUN
         if not self.header_deadline:
-            self._arm_header_timer()
+            # `_arm_header_timer` inlined, and `_arm`'s test too, as in `_response_due`: a
+            # keep-alive request's head starts the header deadline, and the timer, due
+            # earlier, almost always stays.
+            deadline = self.header_deadline = (self.loop.time()
+                                               + self.gateway.limits.header_timeout)
+            timer = self.timer
+            if timer is None or timer.when() > deadline:
+                self._arm(deadline)
 
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
@@ -1086,19 +1099,22 @@ class HttpClient(asyncio.Protocol):
             self.gateway.count("http_413")
             self._reject(413, "Content Too Large")
             raise _Rejected
-        ex.body += body
+        if ex.body:
+            ex.body += body  # a bytearray, extended in place
+        else:
+            ex.body = bytearray(body)
         if len(ex.body) >= BODY_BUFFER and not self._body_paused and self.transport:
             self._body_paused = True  # until the backend takes it (`take_body`)
             self.transport.pause_reading()
         ex.body_arrived()
         self._body_due()
 
-    def take_body(self, ex: Exchange) -> bytearray:
+    def take_body(self, ex: Exchange) -> bytes | bytearray:
         """The body bytes of `ex` read so far, handed over (its buffer starts afresh); reading
         goes on if it stopped for them, and the client's body deadline starts afresh: it could
         not send meanwhile."""
         body = ex.body
-        ex.body = bytearray()
+        ex.body = _NO_BODY
         if self._body_paused:
             self._body_paused = False
             if not self._paused and self.transport is not None and not self.closed:
@@ -1437,9 +1453,11 @@ class HttpClient(asyncio.Protocol):
         if self.queue:
             self._start(self.queue[0])
         elif self.parsing is None:
-            self.idle_deadline = (self.loop.time()
-                                  + self.gateway.limits.keepalive_timeout)
-            self._arm(self.idle_deadline)
+            deadline = self.idle_deadline = (self.loop.time()
+                                             + self.gateway.limits.keepalive_timeout)
+            timer = self.timer
+            if timer is None or timer.when() > deadline:  # `_arm`'s test, as `_response_due`
+                self._arm(deadline)
 
     async def _serve(self, ex: Exchange, tried: set[str] | None = None,
                      attempt: int = 0) -> None:
