@@ -589,7 +589,7 @@ class UpstreamConnection(asyncio.Protocol):
         chunked = False
         dated = False
         upgrade = b"websocket"
-        named: frozenset[bytes] = frozenset()
+        named = _NO_NAMES
         status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
         lines = [status_line]
         append = lines.append
@@ -755,6 +755,10 @@ _DROPPED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"connwise-de
 
 #: Response fields `on_headers_complete` reads (or drops): one set lookup per field.
 _ANSWER_READ = HOP_BY_HOP | {b"content-length", b"date"}
+
+#: The fields a response's Connection header names when it names none (the common case): a
+#: constant, not a `frozenset()` call per response.
+_NO_NAMES: frozenset[bytes] = frozenset()
 
 
 class _DateField:
