@@ -1167,7 +1167,7 @@ class HttpClient(asyncio.Protocol):
         if ex.upgrade or ex.chunked or ex.content_length:
             return False
         gateway = self.gateway
-        route = gateway.router(self.listener.name).match(ex)
+        route = gateway.routers[self.listener.name].match(ex)
         if route is None:
             return False
         group = ex.group = gateway.groups[route.group]
@@ -1187,7 +1187,9 @@ class HttpClient(asyncio.Protocol):
     def _dispatch(self, group: Group, ex: Exchange) -> bool:
         """`ex` is admitted: pick its backend and write its head to an idle upstream
         connection; False (the backend picked, in `ex.backend`) when there is none."""
-        backend = ex.backend = group.pick(self._affinity_key(group, ex), self.client_ip)
+        # The balancing key: only `hash` groups use one (the others ignore it).
+        key = self.gateway.affinity_key(group, ex, self) if group.hashed else ""
+        backend = ex.backend = group.pick(key, self.client_ip)
         pool = backend.pool if backend is not None else None
         upstream = pool.try_getconn("any") if pool is not None else None
         if backend is None or upstream is None:
@@ -1295,12 +1297,6 @@ class HttpClient(asyncio.Protocol):
             backend.outstanding -= 1
             self._give_back(backend.pool, upstream, exc or ConnectionResetError("client closed"))
         self._settle(ex)
-
-    def _affinity_key(self, group: Group, ex: Exchange) -> str:
-        """The balancing key; only `hash` groups use one (the others ignore it)."""
-        if not group.hashed:
-            return ""
-        return self.gateway.affinity_key(group, ex, self)
 
     def _relay_started(self) -> None:
         """The connection is a byte relay from now on: no head to wait for, no keep-alive
@@ -1480,7 +1476,7 @@ class HttpClient(asyncio.Protocol):
         gateway = self.gateway
         group = ex.group
         if group is None:
-            route = gateway.router(self.listener.name).match(ex)
+            route = gateway.routers[self.listener.name].match(ex)
             if route is None:
                 gateway.count("http_404")
                 self._answer(ex, 404, "Not Found")
@@ -1642,8 +1638,8 @@ class HttpClient(asyncio.Protocol):
         for attempt in range(first, retries + 1):
             backend, ex.backend = ex.backend, None
             if backend is None:
-                if key is None:
-                    key = self._affinity_key(group, ex)
+                if key is None:  # as in `_dispatch`
+                    key = gateway.affinity_key(group, ex, self) if group.hashed else ""
                 backend = group.pick(key, self.client_ip, exclude=tried)
             if backend is None:
                 if tried:
