@@ -546,3 +546,26 @@ async def test_a_host_with_a_port_or_none_routes_by_its_name(make_gateway: Gatew
     answer = await exchange(gateway, b"OPTIONS * HTTP/1.1\r\nHost: %s\r\nConnection: close"
                                      b"\r\n\r\n" % host)
     assert answer.startswith(b"HTTP/1.1 404"), answer[:80]
+
+
+async def test_each_request_of_a_keep_alive_connection_routes_by_its_own_host(
+        make_gateway: GatewayFactory, backends: Any) -> None:
+    """The connection reads a Host it saw on its last request once; another one is read
+    afresh, a bad one refused, whatever came before."""
+    public, internal = await backends(ok), await backends(ok)
+    gateway = await make_gateway(**hosts_config(public.address, internal.address))
+    reader, writer = await connect(gateway)
+    sent = {public: 0, internal: 0}
+    for host, backend in ((b"public.example", public), (b"public.example", public),
+                          (b"internal.example", internal), (b"public.example:80", public),
+                          (b"public.example:80", public), (b"INTERNAL.example", internal)):
+        writer.write(b"GET /k HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        head, _ = await read_answer(reader)
+        assert head.startswith(b"HTTP/1.1 200"), (host, head[:80])
+        sent[backend] += 1
+        assert (len(public.heads), len(internal.heads)) == (sent[public], sent[internal]), host
+        assert header_of(backend.heads[-1], b"host") == [host]
+    writer.write(b"GET /k HTTP/1.1\r\nHost: public.example:x\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]

@@ -267,6 +267,8 @@ class HttpClient(asyncio.Protocol):
         "held",
         "idle_deadline",
         "last_active",
+        "last_host",
+        "last_host_name",
         "listener",
         "loop",
         "opened_at",
@@ -318,6 +320,10 @@ class HttpClient(asyncio.Protocol):
         #: The head request while it waits in the admission queue without a task.
         self.queued: _Grant | None = None
         self.header_bytes = 0
+        #: The last plain `host[:port]` Host header of an origin-form request, and the host
+        #: name it routes by (see `on_headers_complete`).
+        self.last_host: bytes | None = None
+        self.last_host_name = ""
         #: The head (or trailer section) being read, counted a chunk at a time once it spans
         #: chunks (see `_head_spans`): _NO_HEAD between heads, _HEAD_BEGUN while the chunk in
         #: which one began is fed, _CHUNK_BEGUN from a chunk's size line to its data, then
@@ -987,11 +993,17 @@ class HttpClient(asyncio.Protocol):
                 path = self._normalise(ex, path, raw[len(path):])
                 text = path.decode("latin-1")
             ex.path = text
-            name, _, port = host.partition(b":") if host is not None else (b"", b"", b"")
-            if host is not None and name[:1] != b"[" and not (port and not port.isdigit()):
-                ex.host = name.decode("latin-1").lower()
+            if host is not None and host == self.last_host:
+                # A keep-alive client names one Host request after request: its name is read
+                # once (~2,000 instructions: partition, slice, decode, lower), then compared.
+                ex.host = self.last_host_name
             else:
-                self._host_header(ex, host)
+                name, _, port = host.partition(b":") if host is not None else (b"", b"", b"")
+                if host is not None and name[:1] != b"[" and not (port and not port.isdigit()):
+                    ex.host = self.last_host_name = name.decode("latin-1").lower()
+                    self.last_host = host
+                else:
+                    self._host_header(ex, host)
         elif raw == b"*":  # asterisk-form (OPTIONS *)
             ex.path = "*"
             self._host_header(ex, host)
