@@ -360,9 +360,10 @@ class PoolPolicy:
             rec.idle_since = now
             self._idle.append(conn_id)
         rec.class_name = ""  # holds no slot any more (force_close relies on it)
-        if actions:
-            self.counters["closed"] += 1
-            self._maybe_closed()
+        if not actions:
+            return self.pump(now)  # the common release: nothing to add pump's actions to
+        self.counters["closed"] += 1
+        self._maybe_closed()
         actions.extend(self.pump(now))
         return actions
 
