@@ -653,7 +653,11 @@ class UpstreamConnection(asyncio.Protocol):
                 append(b"Transfer-Encoding: chunked\r\n")
             append(b"Connection: close\r\n" if close_client else b"Connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        self._emit(client, b"".join(lines))
+        out = self._out  # `_emit`, inlined: once per answer
+        if out is None:
+            client.write(b"".join(lines))
+        else:
+            out.append(b"".join(lines))
         ex.status = status
         self._head_sent = True
         if client._write_paused and self.transport is not None:
