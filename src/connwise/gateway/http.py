@@ -1147,7 +1147,8 @@ class HttpClient(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         ex.body_done = True
-        ex.body_arrived()
+        if ex.body_event is not None:  # `body_arrived()`, without its call per request
+            ex.body_event.set()
         self.body_deadline = 0.0
         self.parsing = None
         if not self.queue and not self.closed:
