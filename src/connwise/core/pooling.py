@@ -255,7 +255,9 @@ class PoolPolicy:
             return None
         rec = self.records[idle.pop()]
         self._take_idle(rec, class_name, now)
-        self.waits[class_name].observe(0.0)
+        waits = self.waits[class_name]  # `observe(0.0)`, inlined as in `Scheduler.try_admit`
+        waits.counts[0] += 1
+        waits.total += 1
         return rec.id
 
     def submit(self, class_name: str, now: float, timeout: float | None = None,
@@ -329,6 +331,7 @@ class PoolPolicy:
             raise IllegalTransition(conn_id, self.name, state, "release")
         self.scheduler.release(rec.class_name)
         actions: list[Action] = []
+        c = self.counts
         if broken:
             self.counters["broken"] += 1
             self._move(rec, Trigger.BREAK, "broken while held", now)
@@ -341,8 +344,10 @@ class PoolPolicy:
             self._move(rec, _RELEASE, "released", now)
             self._move(rec, Trigger.RETIRE, "pool draining", now)
             actions.append(Close(conn_id, "draining"))
-        elif rec.expires_at <= now or (self.open_connections + self.counts[_DRAINING]
-                                       > self.limits.max_size):
+        elif rec.expires_at <= now or (
+                # `open_connections` and DRAINING, without the property's call (per release)
+                c[_IDLE] + c[_CHECKING] + c[_IN_USE] + c[_CONNECTING] + c[_DRAINING]
+                > self.limits.max_size):
             reason = "max_lifetime" if rec.expires_at <= now else "resize"
             self.counters["recycled"] += 1
             self._move(rec, _RELEASE, "released", now)
@@ -355,9 +360,10 @@ class PoolPolicy:
             rec.idle_since = now
             self._idle.append(conn_id)
         rec.class_name = ""  # holds no slot any more (force_close relies on it)
-        if actions:
-            self.counters["closed"] += 1
-            self._maybe_closed()
+        if not actions:
+            return self.pump(now)  # the common release: nothing to add pump's actions to
+        self.counters["closed"] += 1
+        self._maybe_closed()
         actions.extend(self.pump(now))
         return actions
 
@@ -528,8 +534,11 @@ class PoolPolicy:
             # The hot path of a pool in steady use (every release): nobody waits and no target
             # is scheduled, so only a floor not yet met opens connections.
             counts = self.counts
+            # max(min_size, target) without max(): its argument parsing costs ~1,300
+            # instructions, per release of a connection, and a comparison ~100.
+            floor, target = self.limits.min_size, self._target
             if (counts[_IDLE] + counts[_IN_USE] + counts[_CHECKING]
-                    + counts[_CONNECTING]) >= max(self.limits.min_size, self._target):
+                    + counts[_CONNECTING]) >= (target if target > floor else floor):
                 return []
         actions: list[Action] = []
         if self.scheduler._displaced:

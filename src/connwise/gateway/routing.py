@@ -50,9 +50,8 @@ class Route:
         if self.upgrade and not ex.upgrade:
             return False
         # A loop, not all() over a generator: this runs for every route tried per request.
-        header = ex.header
         for name, value in self.headers:  # noqa: SIM110 (all() + generator: 1.07 vs 0.43 us)
-            if header(name) != value:
+            if ex.header(name) != value:
                 return False
         return True
 

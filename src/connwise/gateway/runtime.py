@@ -32,7 +32,7 @@ from connwise.errors import ConfigError
 from connwise.gateway.accept import AcceptLoop, Keepalive, ProtocolFactory, bind_failed
 from connwise.gateway.health_check import check_backend
 from connwise.gateway.http import HttpClient
-from connwise.gateway.routing import Route, Router, build_routers
+from connwise.gateway.routing import Route, build_routers
 from connwise.gateway.tcp import TcpClient
 from connwise.gateway.upstreams import Backend, Group
 from connwise.gateway.zombies import GatewayZombieWatch
@@ -185,9 +185,6 @@ class Gateway:
                 for name, group in config.groups.items()}
 
     # -- per-request decisions ----------------------------------------------------------------
-
-    def router(self, listener: str) -> Router:
-        return self.routers[listener]
 
     def classify(self, route: Route, ex: Exchange, client: HttpClient) -> str:
         """The class of a request: the CQI of its route's base class, protocol, latency flag and

@@ -589,7 +589,7 @@ class UpstreamConnection(asyncio.Protocol):
         chunked = False
         dated = False
         upgrade = b"websocket"
-        named: frozenset[bytes] = frozenset()
+        named = _NO_NAMES
         status_line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
         lines = [status_line]
         append = lines.append
@@ -654,7 +654,11 @@ class UpstreamConnection(asyncio.Protocol):
                 append(b"Transfer-Encoding: chunked\r\n")
             append(b"Connection: close\r\n" if close_client else b"Connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        self._emit(client, b"".join(lines))
+        out = self._out  # `_emit`, inlined: once per answer
+        if out is None:
+            client.write(b"".join(lines))
+        else:
+            out.append(b"".join(lines))
         ex.status = status
         self._head_sent = True
         if client._write_paused and self.transport is not None:
@@ -756,6 +760,10 @@ _DROPPED = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"connwise-de
 
 #: Response fields `on_headers_complete` reads (or drops): one set lookup per field.
 _ANSWER_READ = HOP_BY_HOP | {b"content-length", b"date"}
+
+#: The fields a response's Connection header names when it names none (the common case): a
+#: constant, not a `frozenset()` call per response.
+_NO_NAMES: frozenset[bytes] = frozenset()
 
 
 class _DateField:

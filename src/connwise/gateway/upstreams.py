@@ -302,9 +302,9 @@ class Group:
     def release(self, class_name: str) -> None:
         """A slot of `class_name` ended: give freed capacity to the best waiters."""
         scheduler = self.scheduler
-        now = self.clock()
         scheduler.release(class_name)
-        if scheduler.waiting:
+        if scheduler.waiting:  # the clock is read only then: most releases find nobody waiting
+            now = self.clock()
             self.contended(now)
             self.grant_free(now)
 

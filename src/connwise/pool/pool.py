@@ -319,7 +319,8 @@ class Pool(Generic[C]):
         if conn_id is None:
             return True
         driver = self.driver
-        broken = driver.is_broken(conn) or isinstance(error, self._interrupts)
+        broken = driver.is_broken(conn) or (error is not None
+                                            and isinstance(error, self._interrupts))
         if not broken and (self._full_reset or driver.needs_reset(conn)):
             return False
         if self._stacks:
