@@ -29,9 +29,11 @@ frames with a known answer.
   the backends' real load, and a client record's `upstream_connect_s` repeated its upstream
   record's connect. `Kpis.layer` says which records these figures count.
 * *Zombies* follow the core rules (`connwise.core.zombies`): thresholds are learned per
-  (kind, region, device) from healthy gaps (`max_gap_s`) as `k x p99`, with the same fallbacks,
-  and a record is a zombie when its `tail_idle_s` passes its threshold or a live watch flagged
-  it. The report has every sample, so it takes exact quantiles instead of the live histogram.
+  (kind, region, device) from healthy gaps (`max_gap_s`) as `k x p99`, with the same fallbacks
+  (a segment still learning keeps the default, or the longer of all segments' threshold and
+  `k x` its own longest gap), and a record is a zombie when its `tail_idle_s` passes its
+  threshold or a live watch flagged it. The report has every sample, so it takes exact
+  quantiles instead of the live histogram.
 """
 
 from __future__ import annotations
@@ -215,7 +217,8 @@ def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bo
     per_key = np.empty(len(unique))
     for i, key in enumerate(unique):
         sample = gaps[healthy & (inverse == i)]
-        value = learned_threshold(rules, quantile(sample, rules.quantile), sample.size, fallback)
+        value = learned_threshold(rules, quantile(sample, rules.quantile), sample.size, fallback,
+                                  float(sample.max()) if sample.size else 0.0)
         thresholds[str(key)] = value
         per_key[i] = value
     limit = per_key[inverse] if frame.n else np.empty(0)

@@ -366,3 +366,25 @@ def test_the_window_holds_records_that_started_in_since_until(tmp_path: Path) ->
     k = result.kpis
     assert (k.records, k.error_rate, k.peak_concurrency, k.peak_at) == (2, 0.5, 2, MONDAY + 20)
     assert (result.first, result.last) == (MONDAY + 10, MONDAY + 35)
+
+
+# -- zombies and recommendations against the data ------------------------------------------------
+
+
+def test_a_thin_segment_keeps_the_default_threshold_not_a_shorter_borrowed_one() -> None:
+    """300 client connections in eu come back within 2 s; two in us (WebSockets that speak
+    once a minute) have too few gaps to learn from. Borrowing the node's 6 s made both us
+    connections zombies after 100 s of a quiet that their own gaps show is routine."""
+    records = [{"kind": "client", "started_at": i, "ended_at": i + 60, "region": "eu",
+                "max_gap_s": 2.0, "tail_idle_s": 1.0} for i in range(300)]
+    records += [{"kind": "client", "started_at": i, "ended_at": i + 3600, "region": "us",
+                 "max_gap_s": 60.0, "tail_idle_s": 100.0} for i in range(2)]
+    zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
+    assert thresholds["client|eu|unknown"] == 6.0
+    assert thresholds["client|us|unknown"] == 300.0
+    assert not zombie.any()
+    records.append({"kind": "client", "started_at": 0, "ended_at": 4000, "region": "us",
+                    "max_gap_s": 150.0, "tail_idle_s": 400.0})
+    zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
+    assert thresholds["client|us|unknown"] == 450.0  # k x its own longest gap
+    assert not zombie.any()
