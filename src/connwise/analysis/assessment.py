@@ -83,6 +83,8 @@ class Kpis:
     peak_at: float
     #: None when the records cannot tell (a log without `$connection_requests`).
     reuse_ratio: float | None
+    #: How many records the concurrency figures count (those of `layer`).
+    layer_records: int
     #: Which records the concurrency, establishment and reuse figures count (see the module
     #: doc): `backend connections` or `all records`.
     layer: str = "all records"
@@ -373,6 +375,7 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         peak_concurrency=peak,
         peak_at=series.peak_at,
         reuse_ratio=reuse(frame, layer),
+        layer_records=int(layer.sum()),
         layer=layer_name,
     )
     keys = np.array(segment_keys(frame, segments_by, tz), dtype=object)

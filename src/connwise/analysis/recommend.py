@@ -8,7 +8,8 @@ records, so an operator can check the reasoning instead of trusting it:
   peak a little above the one observed without sizing for a surge that never came). Sizes are
   rounded up to the 1-1.5-2-2.5-3-4-5-6-8 series (steps of 20-33%), so that adjacent hours with
   similar load merge into one window instead of 168 slightly different ones; the warm target,
-  though, never above the window's peak (rounded up to a whole connection).
+  though, never above the window's peak (rounded up to a whole connection). Fewer than
+  `MIN_SEGMENT_RECORDS` records size nothing: the advice is to keep the current sizes.
 * *Idle timeouts* from the healthy-gap distribution: past the zombie threshold of the kind
   (`k x p99` of gaps after which connections were used again), an idle connection almost never
   serves again; the connection-seconds idled past it are what the timeout saves.
@@ -66,11 +67,21 @@ def _window(first: int, last: int) -> str:
     return f"{start} to {_slot(last + 1)}"
 
 
+def _records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
 def sizing(result: Assessment) -> list[Recommendation]:
     p95, peak = result.week_p95.ravel(), result.week_max.ravel()
     seen = np.isfinite(peak)
     if not seen.any():
         return []
+    counted = result.kpis.layer_records
+    if counted < MIN_SEGMENT_RECORDS:
+        return [Recommendation(
+            "pool size", "every window", "keep the current pool sizes and warm targets",
+            f"only {_records(counted)} to measure concurrency from; {MIN_SEGMENT_RECORDS} are "
+            "needed before a time-of-week window's peak says more than what these few did")]
     plans: list[tuple[int, int, int, int, float, float]] = []  # first, last, warm, max, p95, peak
     for slot in range(7 * 24):
         if not seen[slot]:
@@ -196,7 +207,8 @@ def segment_differences(result: Assessment, top: int = 5) -> list[Recommendation
 
 
 #: A zombie share at or above this calls for reclaim rather than reports only (the essay's
-#: case found 15% lingering; a few percent is the noise of clients that just went away).
+#: case found 15% lingering; a few percent is the noise of clients that just went away), on
+#: at least `MIN_SEGMENT_RECORDS` records of the kind: a share of a handful says nothing.
 RECLAIM_SHARE = 0.05
 
 
@@ -209,13 +221,16 @@ def zombies(result: Assessment) -> list[Recommendation]:
         of_kind = [s for s in result.segments if s.kind == kind]
         worst: SegmentStats | None = max(of_kind, key=lambda s: s.zombie_seconds, default=None)
         where = f"; most in {worst.key} ({worst.zombies})" if worst is not None else ""
-        action = ("turn on zombie reclaim (reclaim = true, grace 30 s)"
-                  if share >= RECLAIM_SHARE else "report zombies (the default) and watch")
+        few = records < MIN_SEGMENT_RECORDS
+        action = ("report zombies (the default) and watch" if few or share < RECLAIM_SHARE
+                  else "turn on zombie reclaim (reclaim = true, grace 30 s)")
+        thin = (f"; too few records to call for reclaim ({MIN_SEGMENT_RECORDS} are needed)"
+                if few else "")
         out.append(Recommendation(
             "zombies", kind, action,
             f"{count} of {records} {kind} records ({share:.1%}) idled past their segment's "
             f"threshold or were half-open, holding {seconds / 3600:.1f} connection-hours "
-            f"serving nothing{where}"))
+            f"serving nothing{where}{thin}"))
     return out
 
 

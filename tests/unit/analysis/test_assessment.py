@@ -328,7 +328,7 @@ def test_records_of_no_duration_count_at_their_instant() -> None:
 def test_the_warm_target_is_never_above_the_peak() -> None:
     """Rounding up to the series used to put warm targets above the busiest moment: 1 for
     hours nothing was busy, 10 where the peak was 8.5."""
-    result = assess(frame_of([pool(MONDAY, MONDAY + 3600)]))
+    result = assess(frame_of([pool(MONDAY, MONDAY + 3600)] * 30))
     result.week_p95[:] = np.nan
     result.week_max[:] = np.nan
     result.week_p95[0, 0:2], result.week_max[0, 0:2] = 0.0, 0.0
@@ -388,3 +388,32 @@ def test_a_thin_segment_keeps_the_default_threshold_not_a_shorter_borrowed_one()
     zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
     assert thresholds["client|us|unknown"] == 450.0  # k x its own longest gap
     assert not zombie.any()
+
+
+def test_too_few_records_say_the_data_is_insufficient() -> None:
+    """One record sized a pool for its hour ("warm target 1, max_size 1") and three idle ones
+    called for zombie reclaim at a share of 100%: neither is a finding, both now say so."""
+    one = assess(frame_of([pool(MONDAY, MONDAY + 10, tail_idle_s=5.0)]))
+    recommend(one)
+    [size] = [r for r in one.recommendations if r.topic == "pool size"]
+    assert size.scope == "every window" and size.action.startswith("keep the current")
+    assert "only 1 record" in size.reason and "30 are needed" in size.reason
+    three = assess(frame_of([pool(MONDAY + i, MONDAY + i + 1000, tail_idle_s=900.0)
+                             for i in range(3)]))
+    recommend(three)
+    assert three.kpis.zombies == 3
+    [zombies] = [r for r in three.recommendations if r.topic == "zombies"]
+    assert "reclaim" not in zombies.action
+    assert "3 of 3 pool records" in zombies.reason
+    assert "too few records" in zombies.reason and "30 are needed" in zombies.reason
+
+
+def test_enough_records_still_size_and_call_for_reclaim() -> None:
+    records = [pool(MONDAY + i, MONDAY + i + 1000, tail_idle_s=900.0 if i < 10 else 1.0,
+                    max_gap_s=1.0) for i in range(30)]
+    result = assess(frame_of(records))
+    recommend(result)
+    sizes = [r for r in result.recommendations if r.topic == "pool size"]
+    assert sizes and all(r.action.startswith("warm target") for r in sizes)
+    [zombies] = [r for r in result.recommendations if r.topic == "zombies"]
+    assert "turn on zombie reclaim" in zombies.action
