@@ -147,6 +147,9 @@ class Assessment:
     #: Idle tails of connections that ended idle, per kind.
     tails: dict[str, Floats]
     thresholds: dict[str, float]
+    #: Healthy gaps each threshold segment learned from (below `rules.min_samples`, its
+    #: threshold is a fallback, not its own).
+    threshold_samples: dict[str, int]
     kinds: dict[str, int]
     #: Reuse ratio of the request records alone (None: the log does not say).
     request_reuse: float | None
@@ -198,6 +201,19 @@ def segment_keys(frame: Frame, dims: tuple[str, ...], tz: ZoneInfo | timezone) -
     return [" / ".join(values) for values in zip(*parts, strict=True)]
 
 
+def threshold_keys(frame: Frame) -> npt.NDArray[np.object_]:
+    """Each record's zombie segment, `kind|region|device`."""
+    return np.array([f"{k}|{r or 'unknown'}|{d or 'unknown'}"
+                     for k, r, d in zip(frame.text("kind"), frame.text("region"),
+                                        frame.text("device"), strict=True)], dtype=object)
+
+
+def healthy_gaps(frame: Frame) -> npt.NDArray[np.bool_]:
+    """The records whose longest gap was healthy (it ended in traffic; not flagged live)."""
+    healthy: npt.NDArray[np.bool_] = (frame.num("max_gap_s") > 0) & (frame.text("flag") == "")
+    return healthy
+
+
 def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bool_],
                                                              npt.NDArray[np.bool_],
                                                              dict[str, float]]:
@@ -208,11 +224,9 @@ def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bo
     held past the leak threshold; otherwise a zombie idles past its learned threshold.
     """
     kind, flag = frame.text("kind"), frame.text("flag")
-    keys = [f"{k}|{r or 'unknown'}|{d or 'unknown'}"
-            for k, r, d in zip(kind, frame.text("region"), frame.text("device"), strict=True)]
-    unique, inverse = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    unique, inverse = np.unique(threshold_keys(frame), return_inverse=True)
     gaps = frame.num("max_gap_s")
-    healthy = (gaps > 0) & (flag == "")
+    healthy = healthy_gaps(frame)
     everything = gaps[healthy]
     fallback = learned_threshold(rules, quantile(everything, rules.quantile), everything.size)
     thresholds: dict[str, float] = {}
@@ -413,6 +427,8 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         if name in CONNECTION_KINDS:
             gaps[str(name)] = frame.num("max_gap_s")[of_kind & healthy_gap]
             tails[str(name)] = tail[of_kind & (tail > 0)]
+    learned_keys, learned_counts = np.unique(threshold_keys(frame)[healthy_gaps(frame)],
+                                             return_counts=True)
     logged_gaps = request_gaps(frame)
     if logged_gaps.size:
         gaps["request"] = logged_gaps
@@ -422,6 +438,9 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         kpis=kpis, segments=segments, concurrency=series, busy=busy,
         peak_windows=peak_windows(series),
         week_p95=week_p95, week_max=week_max, establish=establish[layer & np.isfinite(establish)],
-        lifespans=lifespans, gaps=gaps, tails=tails, thresholds=thresholds, kinds=kinds,
+        lifespans=lifespans, gaps=gaps, tails=tails, thresholds=thresholds,
+        threshold_samples={str(k): int(n) for k, n in zip(learned_keys, learned_counts,
+                                                          strict=True)},
+        kinds=kinds,
         request_reuse=reuse(frame, kind == "request"), zombies_by_kind=zombies_by_kind,
         rules=rules)

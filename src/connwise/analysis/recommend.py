@@ -12,7 +12,10 @@ records, so an operator can check the reasoning instead of trusting it:
   `MIN_SEGMENT_RECORDS` records size nothing: the advice is to keep the current sizes.
 * *Idle timeouts* from the healthy-gap distribution: past the zombie threshold of the kind
   (`k x p99` of gaps after which connections were used again), an idle connection almost never
-  serves again; the connection-seconds idled past it are what the timeout saves.
+  serves again; the connection-seconds idled past it are what the timeout saves. A segment
+  whose own threshold (learned from `min_samples` gaps or more) is longer raises the timeout to
+  it: a slow segment with under 1% of the kind's gaps is invisible in the kind's p99, and a
+  timeout under its threshold would close its healthy connections between two uses.
 * *Keep-alive* from the gaps between requests on one connection and the reconnection rate; and
   TCP keep-alive probes when half-open connections were found.
 * *Segment differences*: segments whose establishment time, error rate or reconnection rate is
@@ -120,6 +123,15 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
             continue
         p99 = quantile(gaps, rules.quantile)
         timeout = math.ceil(max(rules.floor, rules.k * p99))
+        own = [(value, key) for key, value in result.thresholds.items()
+               if key.split("|", 1)[0] == kind
+               and result.threshold_samples.get(key, 0) >= rules.min_samples]
+        slowest, segment = max(own, default=(0.0, ""))
+        raised = ""
+        if slowest > timeout:
+            timeout = math.ceil(slowest)
+            raised = (f"; raised for {segment.split('|', 1)[1].replace('|', ' / ')}, whose own "
+                      f"connections came back within {_duration(slowest / rules.k)} (99%)")
         wasted = float(np.maximum(tails - timeout, 0).sum())
         longer = int((tails > timeout).sum())
         out.append(Recommendation(
@@ -128,7 +140,7 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
             f"{rules.k:g}x longer was almost never used again. {longer} of "
             f"{result.kinds.get(kind, 0)} connections idled past {timeout} s before they "
             f"closed (longest {_duration(float(tails.max()) if tails.size else 0.0)}), "
-            f"holding {wasted / 3600:.1f} connection-hours for nothing"))
+            f"holding {wasted / 3600:.1f} connection-hours for nothing{raised}"))
     return out
 
 

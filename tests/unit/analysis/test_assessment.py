@@ -417,3 +417,20 @@ def test_enough_records_still_size_and_call_for_reclaim() -> None:
     assert sizes and all(r.action.startswith("warm target") for r in sizes)
     [zombies] = [r for r in result.recommendations if r.topic == "zombies"]
     assert "turn on zombie reclaim" in zombies.action
+
+
+def test_the_idle_timeout_never_cuts_a_segment_s_own_healthy_gaps() -> None:
+    """4000 eu clients come back within 2 s, 30 us clients (0.7% of the gaps) once a minute:
+    the kind's p99 is eu's, and the advice was `idle_timeout 6 s`, which would close every us
+    connection between two of its uses. The timeout now covers the slowest segment that learned
+    its own threshold, and the reason says which."""
+    records = [{"kind": "client", "started_at": MONDAY + i, "ended_at": MONDAY + i + 60,
+                "region": "eu", "max_gap_s": 2.0, "tail_idle_s": 1.0} for i in range(4000)]
+    records += [{"kind": "client", "started_at": MONDAY + i, "ended_at": MONDAY + i + 600,
+                 "region": "us", "max_gap_s": 60.0, "tail_idle_s": 1.0} for i in range(30)]
+    result = assess(frame_of(records), segments_by=("region",))
+    recommend(result)
+    assert result.thresholds["client|us|unknown"] == 180.0
+    [idle] = [r for r in result.recommendations if r.topic == "idle timeout"]
+    assert idle.action == "idle_timeout 180 s"
+    assert "us / unknown" in idle.reason and "60.0 s" in idle.reason
