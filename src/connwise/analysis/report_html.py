@@ -43,13 +43,19 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.plot svg{max-width:10
 """
 
 
+#: matplotlib's SVG metadata, all left out: its RDF block names matplotlib.org, purl.org and
+#: creativecommons.org, external addresses in a page that promises none.
+_NO_METADATA: dict[str, str | None] = {"Creator": None, "Date": None, "Format": None,
+                                       "Type": None}
+
+
 def _svg(draw: Callable[[Figure], None], size: tuple[float, float] = (10, 3.6)) -> str:
     # Text stays text in the SVG (searchable, small); the browser's own fonts draw it.
     with rc_context({"svg.fonttype": "none"}):
         fig = Figure(figsize=size, layout="constrained")
         draw(fig)
         buffer = io.StringIO()
-        fig.savefig(buffer, format="svg")
+        fig.savefig(buffer, format="svg", metadata=_NO_METADATA)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
 

@@ -434,3 +434,23 @@ def test_the_idle_timeout_never_cuts_a_segment_s_own_healthy_gaps() -> None:
     [idle] = [r for r in result.recommendations if r.topic == "idle timeout"]
     assert idle.action == "idle_timeout 180 s"
     assert "us / unknown" in idle.reason and "60.0 s" in idle.reason
+
+
+@pytest.mark.parametrize("records", [
+    [],
+    [pool(MONDAY, MONDAY + 10, connecting_s=0.01, tail_idle_s=5.0)],
+    [pool(MONDAY + i, MONDAY + i + 100, region="eu", device="desktop", connecting_s=0.01,
+          max_gap_s=1.0, tail_idle_s=50.0 if i % 4 == 0 else 0.5) for i in range(40)],
+], ids=["no records", "one record", "one segment"])
+def test_the_html_report_is_self_contained_whatever_the_records(
+        records: list[dict[str, Any]]) -> None:
+    """matplotlib's SVG metadata named matplotlib.org, purl.org and creativecommons.org; the
+    only URLs left are the SVG and XLink namespace names, which nothing fetches."""
+    result = assess(frame_of(records), segments_by=("region", "device"))
+    recommend(result)
+    page = render_html(result)
+    assert page.count("<svg") == 6
+    assert set(re.findall(r"https?://[^\s\"'<>)]+", page)) <= {"http://www.w3.org/2000/svg",
+                                                              "http://www.w3.org/1999/xlink"}
+    assert "<metadata" not in page and "<script" not in page and "@import" not in page
+    assert f"{len(records)} pool" in page or not records
