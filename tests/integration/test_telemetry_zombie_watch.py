@@ -272,3 +272,26 @@ def test_bad_pool_watch_settings_fail_at_construction() -> None:
     with pytest.raises(ConfigError, match=r"zombies\.feed"):
         connwise.Pool(TcpDriver("127.0.0.1", 1),
                       zombies=ZombieSettings(feed="polling"))  # type: ignore[arg-type]
+
+
+async def test_scan_feed_reports_the_leak_of_a_connection_retired_while_held(
+        backend: TcpBackend) -> None:
+    """A held connection past its lifetime is retired (DRAINING) and closes when given back;
+    a holder that never gives it back leaks it all the same. The pool counted and logged that
+    leak, but the scan feed looked at IN_USE connections only and never reported it."""
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings, leak_threshold=2.0,
+                         max_lifetime=1.0, lifetime_jitter=0.0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        conn = await pool.getconn("bulk")
+        clock.advance(1.5)
+        await until(lambda: pool.stats()["connections"]["draining"] == 1)
+        clock.advance(1.0)
+        await until(lambda: pool.policy.counters["leaked"] == 1)
+        leaks = watch.scan()
+        assert [f.verdict for f in leaks] == [Verdict.LEAK] and leaks[0].seconds >= 2.0
+        assert watch.scan() == [], "reported once"
+        await pool.putconn(conn)
+        assert watch.scan() == [] and watch.flagged() == []
