@@ -295,3 +295,28 @@ async def test_scan_feed_reports_the_leak_of_a_connection_retired_while_held(
         assert watch.scan() == [], "reported once"
         await pool.putconn(conn)
         assert watch.scan() == [] and watch.flagged() == []
+
+
+async def test_reclaim_never_takes_a_leaked_connection_from_its_holder(
+        backend: TcpBackend) -> None:
+    """A leak is reported, never reclaimed: the holder may be in a long transaction, and a
+    connection closed under it would fail its next use. It goes on working, and is judged again
+    (as idle) only once given back."""
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, reclaim=True, grace=1.0, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings, leak_threshold=2.0,
+                         min_size=0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        conn = await pool.getconn("bulk")
+        clock.advance(3.0)
+        await until(lambda: pool.policy.counters["leaked"] == 1)
+        assert [f.verdict for f in watch.scan()] == [Verdict.LEAK]
+        for _ in range(5):
+            clock.advance(10.0)  # far past the grace period
+            watch.scan()
+        assert watch.reclaimed == 0 and backend.open == 1
+        await conn.send(b"still mine\n")
+        assert await asyncio.wait_for(conn.readline(), 5) == b"still mine\n"
+        await pool.putconn(conn)
+        assert watch.scan() == [] and watch.flagged() == []
