@@ -17,7 +17,7 @@ records, so an operator can check the reasoning instead of trusting it:
   it: a slow segment with under 1% of the kind's gaps is invisible in the kind's p99, and a
   timeout under its threshold would close its healthy connections between two uses.
 * *Keep-alive* from the gaps between requests on one connection and the reconnection rate; and
-  TCP keep-alive probes when half-open connections were found.
+  keeping TCP keep-alive probes on when they found half-open connections.
 * *Segment differences*: segments whose establishment time, error rate or reconnection rate is
   far from the others (x2 and more, on at least `MIN_SEGMENT_RECORDS` records).
 """
@@ -167,12 +167,15 @@ def keepalive(result: Assessment) -> list[Recommendation]:
             f"only {reuse:.0%} of requests reused an open connection: each of the others paid "
             f"a connection set-up (p95 {_duration(result.kpis.establish_p95)})"))
     if result.kpis.half_open:
+        # A record is flagged half-open only when keep-alive probes found its peer gone (the
+        # gateway's, on by default): the probes are on already, and they are what to keep.
         out.append(Recommendation(
-            "keep-alive", "TCP", "turn on TCP keep-alive probes (idle 60 s, 3 probes 10 s "
-            "apart)",
+            "keep-alive", "TCP", "keep TCP keep-alive probes on (the gateway's keepalive_idle, "
+            "keepalive_interval, keepalive_count); a shorter keepalive_idle frees such "
+            "connections sooner",
             f"{result.kpis.half_open} connections were half-open (the peer vanished without "
-            "closing); probes find such a peer within 90 s instead of Linux's default of "
-            "2 h 11 min"))
+            "closing) and were found by keep-alive probes; without them Linux would hold such "
+            "a connection until its peer's silence passed 2 h 11 min"))
     return out
 
 

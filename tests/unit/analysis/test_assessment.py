@@ -454,3 +454,17 @@ def test_the_html_report_is_self_contained_whatever_the_records(
                                                               "http://www.w3.org/1999/xlink"}
     assert "<metadata" not in page and "<script" not in page and "@import" not in page
     assert f"{len(records)} pool" in page or not records
+
+
+def test_half_open_findings_do_not_ask_for_probes_that_found_them() -> None:
+    """`half_open` in a record means the gateway's keep-alive probes found the vanished peer;
+    the advice to "turn on TCP keep-alive probes" contradicted the very records it cited."""
+    records = [{"kind": "client", "started_at": MONDAY + i, "ended_at": MONDAY + i + 100,
+                "flag": "half_open" if i < 3 else "", "tail_idle_s": 90.0 if i < 3 else 1.0}
+               for i in range(40)]
+    result = assess(frame_of(records))
+    recommend(result)
+    [probes] = [r for r in result.recommendations if r.topic == "keep-alive"]
+    assert probes.scope == "TCP" and not probes.action.startswith("turn on")
+    assert "keep TCP keep-alive probes on" in probes.action
+    assert "3 connections were half-open" in probes.reason and "found" in probes.reason
