@@ -338,3 +338,37 @@ async def test_disabled_watch_has_no_task_and_reload_turns_it_on_and_off(
         await conn.close()
     finally:
         await gateway.drain(1.0)
+
+
+async def test_a_quiet_websocket_beside_busy_http_is_not_reclaimed(
+        services: Services) -> None:
+    """HTTP keep-alive connections speak every 2 s and teach their segment a 6 s threshold; a
+    WebSocket speaks every 40 s and has too few gaps to learn from. It used to borrow the 6 s,
+    be reported after 7 s of quiet and closed after the grace, before its first gap ended, so
+    its segment never learned. Now it keeps the default threshold while it learns."""
+    clock = VirtualClock(1000.0)
+    gateway = Gateway(load_gateway_config(config(services, reclaim=True, grace=5.0)),
+                      clock=clock)
+    await gateway.start()
+    conns = [await Conn.open(gateway, kind) for kind in ("http", "http", "ws")]
+    *browsers, socket = conns
+    found: list[ZombieFinding] = []
+    gateway.zombies.subscribe(found.append)
+    watch = gateway.zombies
+    try:
+        for second in range(1, 121):
+            clock.advance(1.0)
+            if second % 2 == 0:
+                for conn in browsers:
+                    await conn.exchange()
+            if second % 40 == 0:
+                await socket.exchange()
+            watch.scan()
+        assert 6.0 <= watch.segment_thresholds()["web/http"] <= 6.3
+        assert found == [] and watch.reclaimed == {}
+        await socket.exchange()
+    finally:
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        await gateway.drain(1.0)
