@@ -372,3 +372,36 @@ async def test_a_quiet_websocket_beside_busy_http_is_not_reclaimed(
             with contextlib.suppress(Exception):
                 await conn.close()
         await gateway.drain(1.0)
+
+
+async def test_a_reload_that_changes_the_segments_starts_learning_afresh(
+        services: Services) -> None:
+    """Segments named by the old `segment` keys kept their histograms after a reload and were
+    exported as thresholds for ever; gaps learned per (listener, kind) say nothing about a
+    segment per listener."""
+    clock = VirtualClock(1000.0)
+    data = config(services)
+    gateway = Gateway(load_gateway_config(data), clock=clock)
+    await gateway.start()
+    conn = await Conn.open(gateway, "tcp")
+    try:
+        watch = gateway.zombies
+        for _ in range(3):
+            clock.advance(1.0)
+            watch.scan()
+            clock.advance(1.0)
+            await conn.exchange()
+            watch.scan()
+        assert list(watch.segment_thresholds()) == ["raw/tcp"]
+        await gateway.reload(load_gateway_config(
+            {**data, "zombies": {**data["zombies"], "segment": ["listener"]}}))
+        assert watch.segment_thresholds() == {}
+        clock.advance(1.0)
+        watch.scan()
+        clock.advance(1.0)
+        await conn.exchange()
+        watch.scan()
+        assert list(watch.segment_thresholds()) == ["raw"]
+    finally:
+        await conn.close()
+        await gateway.drain(1.0)
