@@ -32,7 +32,7 @@ frames with a known answer.
   (kind, region, device) from healthy gaps (`max_gap_s`) as `k x p99`, with the same fallbacks
   (a segment still learning keeps the default, or the longer of all segments' threshold and
   `k x` its own longest gap), and a record is a zombie when its `tail_idle_s` passes its
-  threshold or a live watch flagged it. The report has every sample, so it takes exact
+  threshold or a live watch flagged or reclaimed it. The report has every sample, so it takes exact
   quantiles instead of the live histogram.
 """
 
@@ -220,8 +220,10 @@ def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bo
     """(zombie, leak, thresholds): the core rule over all records at once.
 
     Mirrors `core.zombies.judge` record by record (a test holds them equal): half-open and
-    zombie flags of live watches count as zombies; a leak is a flagged leak or a pool record
-    held past the leak threshold; otherwise a zombie idles past its learned threshold.
+    zombie flags of live watches count as zombies, and so does a connection a live watch
+    reclaimed (`close_reason` zombie: a pool's records carry no flag); a leak is a flagged leak
+    or a pool record held past the leak threshold; otherwise a zombie idles past its learned
+    threshold.
     """
     kind, flag = frame.text("kind"), frame.text("flag")
     unique, inverse = np.unique(threshold_keys(frame), return_inverse=True)
@@ -238,7 +240,7 @@ def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bo
         thresholds[str(key)] = value
         per_key[i] = value
     limit = per_key[inverse] if frame.n else np.empty(0)
-    flagged = (flag == "half_open") | (flag == "zombie")
+    flagged = (flag == "half_open") | (flag == "zombie") | (frame.text("close_reason") == "zombie")
     leak = flag == "leak"
     if rules.leak_threshold is not None:
         leak |= (kind == "pool") & (frame.num("max_held_s") >= rules.leak_threshold)

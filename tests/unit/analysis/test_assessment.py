@@ -468,3 +468,16 @@ def test_half_open_findings_do_not_ask_for_probes_that_found_them() -> None:
     assert probes.scope == "TCP" and not probes.action.startswith("turn on")
     assert "keep TCP keep-alive probes on" in probes.action
     assert "3 connections were half-open" in probes.reason and "found" in probes.reason
+
+
+def test_a_connection_the_live_watch_reclaimed_is_a_zombie_in_the_report() -> None:
+    """A pool's watch reclaims a zombie after its 30 s floor and grace: the record's
+    `close_reason` is `zombie`, but a pool record carries no `flag`, and with too few gaps the
+    report's own threshold was the 300 s default, so the report called it healthy."""
+    records = [pool(MONDAY + i, MONDAY + i + 100, tail_idle_s=60.0,
+                    close_reason="zombie" if i < 2 else "idle_timeout") for i in range(5)]
+    zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
+    assert thresholds["pool|unknown|unknown"] == 300.0
+    assert zombie.tolist() == [True, True, False, False, False]
+    k = assess(frame_of(records)).kpis
+    assert (k.zombies, k.zombie_seconds) == (2, 120.0)
