@@ -481,3 +481,17 @@ def test_a_connection_the_live_watch_reclaimed_is_a_zombie_in_the_report() -> No
     assert zombie.tolist() == [True, True, False, False, False]
     k = assess(frame_of(records)).kpis
     assert (k.zombies, k.zombie_seconds) == (2, 120.0)
+
+
+def test_the_html_thresholds_say_which_were_learned() -> None:
+    """A segment with too few healthy gaps is judged by the default: the table said `5.0 min`
+    as if learned; it now gives the gaps behind each threshold and marks the default."""
+    records = [pool(MONDAY + i, MONDAY + i + 100, region="eu", max_gap_s=2.0)
+               for i in range(30)]
+    records += [pool(MONDAY + i, MONDAY + i + 100, region="us", max_gap_s=2.0)
+                for i in range(3)]
+    page = render_html(assess(frame_of(records)))
+    assert re.search(r"pool / eu / unknown</td><td class=num>6\.0 s</td>"
+                     r"<td class=num>30</td>", page)
+    assert re.search(r"pool / us / unknown</td><td class=num>5\.0 min</td>"
+                     r"<td class=num>3 \(too few to learn from\)</td>", page)
