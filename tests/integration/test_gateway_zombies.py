@@ -405,3 +405,29 @@ async def test_a_reload_that_changes_the_segments_starts_learning_afresh(
     finally:
         await conn.close()
         await gateway.drain(1.0)
+
+
+async def test_reclaim_never_closes_a_connection_with_a_request_in_flight(
+        scene_factory: Callable[..., Any]) -> None:
+    """A reported HTTP keep-alive zombie sends a request to a slow upstream: while the gateway
+    holds it, the connection is busy, not silent, so scans past its grace leave it alone, the
+    answer arrives, and it is forgiven."""
+    scene: Scene = await scene_factory(reclaim=True, grace=5.0)
+    gateway = scene.gateway
+    await rounds(scene, 6)
+    http_idle = scene.planted[4]
+    key = scene.ids[http_idle]
+    assert key in {f.key for f in scene.found}
+    assert http_idle.writer is not None and http_idle.reader is not None
+    http_idle.writer.write(b"GET /slow?ms=300 HTTP/1.1\r\nHost: test\r\n\r\n")
+    client = gateway.clients[key]
+    await until(lambda: client.idle_since() is None)
+    for _ in range(3):
+        scene.clock.advance(10.0)  # far past the grace period
+        gateway.zombies.scan()
+    assert key in gateway.clients
+    for other in scene.planted[:2]:  # reclaim is at work: the silent tcp zombies are gone
+        assert await other.closed_by_gateway()
+    head = await asyncio.wait_for(http_idle.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert key not in gateway.zombies.flagged
