@@ -155,6 +155,9 @@ class Assessment:
     request_reuse: float | None
     #: Per kind: (zombies, records, connection-seconds zombies held).
     zombies_by_kind: dict[str, tuple[int, int, float]]
+    #: Per kind with zombies: the segment where its zombies held the most connection-seconds,
+    #: and how many of them are there (a segment holds records of every kind).
+    worst_zombie_segment: dict[str, tuple[str, int]]
     rules: ZombieRules
     recommendations: list[Recommendation] = field(default_factory=list)
 
@@ -420,12 +423,19 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
     tails: dict[str, Floats] = {}
     kinds: dict[str, int] = {}
     zombies_by_kind: dict[str, tuple[int, int, float]] = {}
+    worst_zombie_segment: dict[str, tuple[str, int]] = {}
     healthy_gap = (frame.num("max_gap_s") > 0) & ~zombie
     for name in np.unique(kind) if n else []:
         of_kind = kind == name
         kinds[str(name)] = int(of_kind.sum())
         zombies_by_kind[str(name)] = (int((zombie & of_kind).sum()), int(of_kind.sum()),
                                       float(tail[zombie & of_kind].sum()))
+        if (zombie & of_kind).any():
+            where, inverse = np.unique(keys[zombie & of_kind], return_inverse=True)
+            held = np.bincount(inverse, weights=np.nan_to_num(tail[zombie & of_kind]))
+            found = np.bincount(inverse)
+            top = int(np.lexsort((found, held))[-1])
+            worst_zombie_segment[str(name)] = (str(where[top]), int(found[top]))
         if name in CONNECTION_KINDS:
             gaps[str(name)] = frame.num("max_gap_s")[of_kind & healthy_gap]
             tails[str(name)] = tail[of_kind & (tail > 0)]
@@ -445,4 +455,5 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
                                                           strict=True)},
         kinds=kinds,
         request_reuse=reuse(frame, kind == "request"), zombies_by_kind=zombies_by_kind,
+        worst_zombie_segment=worst_zombie_segment,
         rules=rules)

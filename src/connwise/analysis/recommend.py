@@ -33,7 +33,6 @@ from connwise.analysis.assessment import (
     WEEKDAYS,
     Assessment,
     Recommendation,
-    SegmentStats,
     quantile,
 )
 from connwise.analysis.fmt import duration as _duration
@@ -233,9 +232,8 @@ def zombies(result: Assessment) -> list[Recommendation]:
         if not count:
             continue
         share = count / records
-        of_kind = [s for s in result.segments if s.kind == kind]
-        worst: SegmentStats | None = max(of_kind, key=lambda s: s.zombie_seconds, default=None)
-        where = f"; most in {worst.key} ({worst.zombies})" if worst is not None else ""
+        worst = result.worst_zombie_segment.get(kind)
+        where = f"; most in {worst[0]} ({worst[1]})" if worst is not None else ""
         few = records < MIN_SEGMENT_RECORDS
         action = ("report zombies (the default) and watch" if few or share < RECLAIM_SHARE
                   else "turn on zombie reclaim (reclaim = true, grace 30 s)")

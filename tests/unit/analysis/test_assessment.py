@@ -495,3 +495,19 @@ def test_the_html_thresholds_say_which_were_learned() -> None:
                      r"<td class=num>30</td>", page)
     assert re.search(r"pool / us / unknown</td><td class=num>5\.0 min</td>"
                      r"<td class=num>3 \(too few to learn from\)</td>", page)
+
+
+def test_the_zombie_advice_names_the_segment_of_its_own_kind() -> None:
+    """Segments by hour hold every kind: the advice for pool connections named no segment (no
+    hour had a pool majority), and the one for client connections counted the pool's zombies
+    in its segment as its own."""
+    records = [{"kind": "client", "started_at": MONDAY + 8 * 3600 + i, "region": "eu",
+                "ended_at": MONDAY + 8 * 3600 + i + 10, "max_gap_s": 1.0,
+                "tail_idle_s": 100.0 if i < 2 else 0.5} for i in range(100)]
+    records += [pool(MONDAY + 8 * 3600 + i, MONDAY + 8 * 3600 + i + 1000, max_gap_s=1.0,
+                     tail_idle_s=900.0 if i < 10 else 0.5) for i in range(40)]
+    result = assess(frame_of(records), segments_by=("hour",))
+    recommend(result)
+    advice = {r.scope: r for r in result.recommendations if r.topic == "zombies"}
+    assert "most in 08h (2)" in advice["client"].reason
+    assert "most in 08h (10)" in advice["pool"].reason
