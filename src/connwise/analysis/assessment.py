@@ -144,6 +144,8 @@ class Assessment:
     lifespans: dict[str, Floats]
     #: Healthy idle gaps per kind: what idle and keep-alive timeouts are set from.
     gaps: dict[str, Floats]
+    #: Gaps between requests on one connection (`gaps["request"]`) per `region / device`.
+    request_gaps: dict[str, Floats]
     #: Idle tails of connections that ended idle, per kind.
     tails: dict[str, Floats]
     thresholds: dict[str, float]
@@ -333,23 +335,27 @@ def reuse(frame: Frame, mask: npt.NDArray[np.bool_] | None = None) -> float | No
     return reused / uses
 
 
-def request_gaps(frame: Frame) -> Floats:
+def request_gaps(frame: Frame) -> tuple[Floats, npt.NDArray[np.object_]]:
     """Gaps between consecutive requests on one connection, from logs that record
-    `$connection_requests` (and `$connection`, which names the connection)."""
+    `$connection_requests` (and `$connection`, which names the connection), and the segment
+    (`region / device`) of each."""
     seq = frame.num("conn_seq")
     mask = np.isfinite(seq) & ~np.isin(frame.text("kind"), list(CONNECTION_KINDS))
     if mask.sum() < 2:
-        return np.zeros(0)
+        return np.zeros(0), np.empty(0, dtype=object)
     keys = np.array([f"{n}|{s}|{c}" for n, s, c in zip(frame.text("node")[mask],
                                                        frame.text("source")[mask],
                                                        frame.text("conn_id")[mask],
                                                        strict=True)], dtype=object)
+    where = np.array([f"{r or 'unknown'} / {d or 'unknown'}"
+                      for r, d in zip(frame.text("region")[mask], frame.text("device")[mask],
+                                      strict=True)], dtype=object)
     starts, ends = frame.num("started_at")[mask], frame.num("ended_at")[mask]
     order = np.lexsort((starts, keys))
-    keys, starts, ends = keys[order], starts[order], ends[order]
+    keys, where, starts, ends = keys[order], where[order], starts[order], ends[order]
     same = keys[1:] == keys[:-1]
     gaps = starts[1:] - ends[:-1]
-    return np.asarray(np.maximum(gaps[same], 0.0), dtype=np.float64)
+    return np.asarray(np.maximum(gaps[same], 0.0), dtype=np.float64), where[1:][same]
 
 
 # -- the whole assessment -------------------------------------------------------------------------
@@ -441,7 +447,7 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
             tails[str(name)] = tail[of_kind & (tail > 0)]
     learned_keys, learned_counts = np.unique(threshold_keys(frame)[healthy_gaps(frame)],
                                              return_counts=True)
-    logged_gaps = request_gaps(frame)
+    logged_gaps, logged_where = request_gaps(frame)
     if logged_gaps.size:
         gaps["request"] = logged_gaps
     return Assessment(
@@ -450,7 +456,9 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         kpis=kpis, segments=segments, concurrency=series, busy=busy,
         peak_windows=peak_windows(series),
         week_p95=week_p95, week_max=week_max, establish=establish[layer & np.isfinite(establish)],
-        lifespans=lifespans, gaps=gaps, tails=tails, thresholds=thresholds,
+        lifespans=lifespans, gaps=gaps,
+        request_gaps={str(k): logged_gaps[logged_where == k] for k in np.unique(logged_where)},
+        tails=tails, thresholds=thresholds,
         threshold_samples={str(k): int(n) for k, n in zip(learned_keys, learned_counts,
                                                           strict=True)},
         kinds=kinds,

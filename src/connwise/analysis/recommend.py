@@ -16,8 +16,9 @@ records, so an operator can check the reasoning instead of trusting it:
   whose own threshold (learned from `min_samples` gaps or more) is longer raises the timeout to
   it: a slow segment with under 1% of the kind's gaps is invisible in the kind's p99, and a
   timeout under its threshold would close its healthy connections between two uses.
-* *Keep-alive* from the gaps between requests on one connection and the reconnection rate; and
-  keeping TCP keep-alive probes on when they found half-open connections.
+* *Keep-alive* from the gaps between requests on one connection (covering every segment with
+  `min_samples` of them, as idle timeouts do) and the reconnection rate; and keeping TCP
+  keep-alive probes on when they found half-open connections.
 * *Segment differences*: segments whose establishment time, error rate or reconnection rate is
   far from the others (x2 and more, on at least `MIN_SEGMENT_RECORDS` records).
 """
@@ -154,12 +155,19 @@ def keepalive(result: Assessment) -> list[Recommendation]:
             "ratio nor a keep-alive timeout can be measured; add both variables to log_format"))
     if gaps is not None and gaps.size >= result.rules.min_samples:
         p95, p99 = quantile(gaps, 0.95), quantile(gaps, 0.99)
-        timeout = max(5, min(600, math.ceil(p99 * 1.2)))
+        # A segment with under 1% of the follow-ups does not show in their p99: each one with
+        # enough of its own is covered too, or its clients would all reconnect.
+        own = [(quantile(g, 0.99), segment) for segment, g in result.request_gaps.items()
+               if g.size >= result.rules.min_samples]
+        slowest, segment = max(own, default=(0.0, ""))
+        raised = (f"; raised for {segment}, whose follow-ups came within {_duration(slowest)} "
+                  "(99%)" if slowest > p99 else "")
+        timeout = max(5, min(600, math.ceil(max(p99, slowest) * 1.2)))
         out.append(Recommendation(
             "keep-alive", "client connections", f"keepalive_timeout {timeout} s",
             f"95% of follow-up requests on a connection came within {_duration(p95)} and 99% "
             f"within {_duration(p99)}; a longer timeout only holds idle connections, a shorter "
-            "one forces reconnects"))
+            f"one forces reconnects{raised}"))
     if reuse is not None and reuse < 0.5 and result.kpis.requests >= result.rules.min_samples:
         out.append(Recommendation(
             "keep-alive", "all", "enable or lengthen keep-alive and connection reuse",

@@ -511,3 +511,29 @@ def test_the_zombie_advice_names_the_segment_of_its_own_kind() -> None:
     advice = {r.scope: r for r in result.recommendations if r.topic == "zombies"}
     assert "most in 08h (2)" in advice["client"].reason
     assert "most in 08h (10)" in advice["pool"].reason
+
+
+def test_the_keepalive_timeout_covers_a_slow_segment_s_follow_ups() -> None:
+    """Desktops in eu send their next request within 2 s; phones in us (under 1% of the
+    follow-ups) within 40 s. Pooled, the p99 was eu's and `keepalive_timeout 5 s` would make
+    every us phone reconnect; it now covers each segment with enough follow-ups."""
+    records = []
+    for conn in range(1000):
+        t = MONDAY + conn
+        for seq in range(1, 6):
+            records.append({"kind": "request", "conn_id": f"eu{conn}", "conn_seq": seq,
+                            "region": "eu", "device": "desktop", "started_at": t,
+                            "ended_at": t + 0.1, "requests": 1})
+            t += 2.1
+    for conn in range(10):
+        t = MONDAY + conn
+        for seq in range(1, 5):
+            records.append({"kind": "request", "conn_id": f"us{conn}", "conn_seq": seq,
+                            "region": "us", "device": "mobile", "started_at": t,
+                            "ended_at": t + 0.1, "requests": 1})
+            t += 40.1
+    result = assess(frame_of(records))
+    recommend(result)
+    [advice] = [r for r in result.recommendations if r.action.startswith("keepalive_timeout")]
+    assert advice.action == "keepalive_timeout 48 s"  # 40 s x 1.2
+    assert "us / mobile" in advice.reason and "40.0 s" in advice.reason
