@@ -181,8 +181,8 @@ def keepalive(result: Assessment) -> list[Recommendation]:
             "keepalive_interval, keepalive_count); a shorter keepalive_idle frees such "
             "connections sooner",
             f"{result.kpis.half_open} connections were half-open (the peer vanished without "
-            "closing) and were found by keep-alive probes; without them Linux would hold such "
-            "a connection until its peer's silence passed 2 h 11 min"))
+            "closing) and were found by keep-alive probes; without probes an idle one is held "
+            "for ever, and with Linux's default probe timing for 2 h 11 min"))
     return out
 
 
