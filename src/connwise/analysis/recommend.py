@@ -153,7 +153,12 @@ def keepalive(result: Assessment) -> list[Recommendation]:
             "keep-alive", "logs", "log $connection and $connection_requests",
             "these logs cannot tell a new connection from a reused one, so neither the reuse "
             "ratio nor a keep-alive timeout can be measured; add both variables to log_format"))
-    if gaps is not None and gaps.size >= result.rules.min_samples:
+    if gaps is not None and gaps.size < result.rules.min_samples:
+        out.append(Recommendation(
+            "keep-alive", "client connections", "keep the current keepalive_timeout",
+            f"only {gaps.size} follow-up requests on a connection; {result.rules.min_samples} "
+            "are needed to learn from them"))
+    elif gaps is not None:
         p95, p99 = quantile(gaps, 0.95), quantile(gaps, 0.99)
         # A segment with under 1% of the follow-ups does not show in their p99: each one with
         # enough of its own is covered too, or its clients would all reconnect.

@@ -537,3 +537,20 @@ def test_the_keepalive_timeout_covers_a_slow_segment_s_follow_ups() -> None:
     [advice] = [r for r in result.recommendations if r.action.startswith("keepalive_timeout")]
     assert advice.action == "keepalive_timeout 48 s"  # 40 s x 1.2
     assert "us / mobile" in advice.reason and "40.0 s" in advice.reason
+
+
+def test_too_few_follow_ups_say_the_keepalive_data_is_insufficient() -> None:
+    """Ten follow-up requests: no keepalive_timeout from them, and no silence either (an idle
+    timeout with too few gaps already said so)."""
+    records = []
+    for conn in range(5):
+        t = MONDAY + conn
+        for seq in range(1, 4):
+            records.append({"kind": "request", "conn_id": str(conn), "conn_seq": seq,
+                            "started_at": t, "ended_at": t + 0.1, "requests": 1})
+            t += 2.1
+    result = assess(frame_of(records))
+    recommend(result)
+    [advice] = [r for r in result.recommendations if r.topic == "keep-alive"]
+    assert advice.action == "keep the current keepalive_timeout"
+    assert "only 10 follow-up requests" in advice.reason and "30 are needed" in advice.reason
