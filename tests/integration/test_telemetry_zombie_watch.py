@@ -320,3 +320,30 @@ async def test_reclaim_never_takes_a_leaked_connection_from_its_holder(
         assert await asyncio.wait_for(conn.readline(), 5) == b"still mine\n"
         await pool.putconn(conn)
         assert watch.scan() == [] and watch.flagged() == []
+
+
+async def test_scan_feed_spares_a_zombie_used_during_its_grace(backend: TcpBackend) -> None:
+    """Reported, then used again before its grace ran out: not closed when the grace ends, and
+    a new idle stretch is a new report with a grace of its own."""
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, reclaim=True, grace=10.0, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings, min_size=0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        conn = await pool.getconn("interactive")
+        await pool.putconn(conn)
+        clock.advance(400.0)  # past the default threshold
+        assert [f.verdict for f in watch.scan()] == [Verdict.ZOMBIE]
+        clock.advance(5.0)
+        async with pool.acquire("interactive"):  # it wakes up within its grace
+            pass
+        clock.advance(6.0)
+        assert watch.scan() == []
+        await asyncio.sleep(0.05)
+        assert backend.open == 1 and watch.reclaimed == 0
+        clock.advance(400.0)
+        assert [f.verdict for f in watch.scan()] == [Verdict.ZOMBIE]
+        clock.advance(10.0)
+        watch.scan()
+        await until(lambda: backend.open == 0)
+        assert watch.reclaimed == 1
