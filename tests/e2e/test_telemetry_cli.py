@@ -207,3 +207,11 @@ def test_assess_of_a_single_record_says_the_data_is_insufficient(tmp_path: Path)
     assert page.count("<svg") == 6
     assert set(re.findall(r"https?://[^\s\"'<>)]+", page)) <= {"http://www.w3.org/2000/svg",
                                                               "http://www.w3.org/1999/xlink"}
+
+
+def test_a_bad_k_names_the_option_the_user_typed(tmp_path: Path) -> None:
+    code, out = invoke("assess", "--store", str(tmp_path / "none.db"), "--k", "0.5",
+                       "--no-html")
+    assert code == 2
+    assert "--k = 0.5: a multiple below 1 flags healthy connections" in out
+    assert "zombies.k" not in out
