@@ -512,7 +512,7 @@ class ZombieSection(_Model):
     k: float = 3.0
     quantile: float = 0.99
     min_samples: int = 30
-    #: Threshold before a segment (or the node) has `min_samples` gaps: past the 60-75 s
+    #: Threshold (at least) before a segment has `min_samples` gaps: past the 60-75 s
     #: keep-alive timeouts of HAProxy and nginx, and our own `limits.keepalive_timeout`.
     default_threshold: float = 300.0
     #: Never a zombie after less, however fast its segment: browsers leave keep-alive

@@ -183,3 +183,35 @@ def test_help_lists_the_commands() -> None:
     assert code == 0 and all(word in out for word in ("ingest", "assess", "telemetry"))
     code, out = invoke("ingest", "nginx", "--help")
     assert code == 0 and "--log-format" in out and "combined_rt" in out
+
+
+def test_assess_of_a_single_record_says_the_data_is_insufficient(tmp_path: Path) -> None:
+    """`python -m connwise assess` in a process of its own, on a store of one pool record:
+    tables, no sizing from that record, and a report that names no external address."""
+    from connwise.telemetry.store_sqlite import SqliteStore
+
+    db, report = tmp_path / "one.db", tmp_path / "one.html"
+    store = SqliteStore(db)
+    store.write([("1", "pool", 1710115200.0, 1710115260.0, 3, 0, 45.0)],
+                ("conn_id", "kind", "started_at", "ended_at", "requests", "errors",
+                 "tail_idle_s"))
+    store.close()
+    env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "connwise", "assess", "--store", str(db),
+                           "--html", str(report)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "keep the current pool sizes and warm targets" in done.stdout
+    assert "only 1 record" in done.stdout and "warm target 1" not in done.stdout
+    page = report.read_text()
+    assert page.count("<svg") == 6
+    assert set(re.findall(r"https?://[^\s\"'<>)]+", page)) <= {"http://www.w3.org/2000/svg",
+                                                              "http://www.w3.org/1999/xlink"}
+
+
+def test_a_bad_k_names_the_option_the_user_typed(tmp_path: Path) -> None:
+    code, out = invoke("assess", "--store", str(tmp_path / "none.db"), "--k", "0.5",
+                       "--no-html")
+    assert code == 2
+    assert "--k = 0.5: a multiple below 1 flags healthy connections" in out
+    assert "zombies.k" not in out

@@ -338,3 +338,96 @@ async def test_disabled_watch_has_no_task_and_reload_turns_it_on_and_off(
         await conn.close()
     finally:
         await gateway.drain(1.0)
+
+
+async def test_a_quiet_websocket_beside_busy_http_is_not_reclaimed(
+        services: Services) -> None:
+    """HTTP keep-alive connections speak every 2 s and teach their segment a 6 s threshold; a
+    WebSocket speaks every 40 s and has too few gaps to learn from. It used to borrow the 6 s,
+    be reported after 7 s of quiet and closed after the grace, before its first gap ended, so
+    its segment never learned. Now it keeps the default threshold while it learns."""
+    clock = VirtualClock(1000.0)
+    gateway = Gateway(load_gateway_config(config(services, reclaim=True, grace=5.0)),
+                      clock=clock)
+    await gateway.start()
+    conns = [await Conn.open(gateway, kind) for kind in ("http", "http", "ws")]
+    *browsers, socket = conns
+    found: list[ZombieFinding] = []
+    gateway.zombies.subscribe(found.append)
+    watch = gateway.zombies
+    try:
+        for second in range(1, 121):
+            clock.advance(1.0)
+            if second % 2 == 0:
+                for conn in browsers:
+                    await conn.exchange()
+            if second % 40 == 0:
+                await socket.exchange()
+            watch.scan()
+        assert 6.0 <= watch.segment_thresholds()["web/http"] <= 6.3
+        assert found == [] and watch.reclaimed == {}
+        await socket.exchange()
+    finally:
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        await gateway.drain(1.0)
+
+
+async def test_a_reload_that_changes_the_segments_starts_learning_afresh(
+        services: Services) -> None:
+    """Segments named by the old `segment` keys kept their histograms after a reload and were
+    exported as thresholds for ever; gaps learned per (listener, kind) say nothing about a
+    segment per listener."""
+    clock = VirtualClock(1000.0)
+    data = config(services)
+    gateway = Gateway(load_gateway_config(data), clock=clock)
+    await gateway.start()
+    conn = await Conn.open(gateway, "tcp")
+    try:
+        watch = gateway.zombies
+        for _ in range(3):
+            clock.advance(1.0)
+            watch.scan()
+            clock.advance(1.0)
+            await conn.exchange()
+            watch.scan()
+        assert list(watch.segment_thresholds()) == ["raw/tcp"]
+        await gateway.reload(load_gateway_config(
+            {**data, "zombies": {**data["zombies"], "segment": ["listener"]}}))
+        assert watch.segment_thresholds() == {}
+        clock.advance(1.0)
+        watch.scan()
+        clock.advance(1.0)
+        await conn.exchange()
+        watch.scan()
+        assert list(watch.segment_thresholds()) == ["raw"]
+    finally:
+        await conn.close()
+        await gateway.drain(1.0)
+
+
+async def test_reclaim_never_closes_a_connection_with_a_request_in_flight(
+        scene_factory: Callable[..., Any]) -> None:
+    """A reported HTTP keep-alive zombie sends a request to a slow upstream: while the gateway
+    holds it, the connection is busy, not silent, so scans past its grace leave it alone, the
+    answer arrives, and it is forgiven."""
+    scene: Scene = await scene_factory(reclaim=True, grace=5.0)
+    gateway = scene.gateway
+    await rounds(scene, 6)
+    http_idle = scene.planted[4]
+    key = scene.ids[http_idle]
+    assert key in {f.key for f in scene.found}
+    assert http_idle.writer is not None and http_idle.reader is not None
+    http_idle.writer.write(b"GET /slow?ms=300 HTTP/1.1\r\nHost: test\r\n\r\n")
+    client = gateway.clients[key]
+    await until(lambda: client.idle_since() is None)
+    for _ in range(3):
+        scene.clock.advance(10.0)  # far past the grace period
+        gateway.zombies.scan()
+    assert key in gateway.clients
+    for other in scene.planted[:2]:  # reclaim is at work: the silent tcp zombies are gone
+        assert await other.closed_by_gateway()
+    head = await asyncio.wait_for(http_idle.reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert key not in gateway.zombies.flagged

@@ -272,3 +272,78 @@ def test_bad_pool_watch_settings_fail_at_construction() -> None:
     with pytest.raises(ConfigError, match=r"zombies\.feed"):
         connwise.Pool(TcpDriver("127.0.0.1", 1),
                       zombies=ZombieSettings(feed="polling"))  # type: ignore[arg-type]
+
+
+async def test_scan_feed_reports_the_leak_of_a_connection_retired_while_held(
+        backend: TcpBackend) -> None:
+    """A held connection past its lifetime is retired (DRAINING) and closes when given back;
+    a holder that never gives it back leaks it all the same. The pool counted and logged that
+    leak, but the scan feed looked at IN_USE connections only and never reported it."""
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings, leak_threshold=2.0,
+                         max_lifetime=1.0, lifetime_jitter=0.0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        conn = await pool.getconn("bulk")
+        clock.advance(1.5)
+        await until(lambda: pool.stats()["connections"]["draining"] == 1)
+        clock.advance(1.0)
+        await until(lambda: pool.policy.counters["leaked"] == 1)
+        leaks = watch.scan()
+        assert [f.verdict for f in leaks] == [Verdict.LEAK] and leaks[0].seconds >= 2.0
+        assert watch.scan() == [], "reported once"
+        await pool.putconn(conn)
+        assert watch.scan() == [] and watch.flagged() == []
+
+
+async def test_reclaim_never_takes_a_leaked_connection_from_its_holder(
+        backend: TcpBackend) -> None:
+    """A leak is reported, never reclaimed: the holder may be in a long transaction, and a
+    connection closed under it would fail its next use. It goes on working, and is judged again
+    (as idle) only once given back."""
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, reclaim=True, grace=1.0, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings, leak_threshold=2.0,
+                         min_size=0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        conn = await pool.getconn("bulk")
+        clock.advance(3.0)
+        await until(lambda: pool.policy.counters["leaked"] == 1)
+        assert [f.verdict for f in watch.scan()] == [Verdict.LEAK]
+        for _ in range(5):
+            clock.advance(10.0)  # far past the grace period
+            watch.scan()
+        assert watch.reclaimed == 0 and backend.open == 1
+        await conn.send(b"still mine\n")
+        assert await asyncio.wait_for(conn.readline(), 5) == b"still mine\n"
+        await pool.putconn(conn)
+        assert watch.scan() == [] and watch.flagged() == []
+
+
+async def test_scan_feed_spares_a_zombie_used_during_its_grace(backend: TcpBackend) -> None:
+    """Reported, then used again before its grace ran out: not closed when the grace ends, and
+    a new idle stretch is a new report with a grace of its own."""
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, reclaim=True, grace=10.0, interval=3600.0)
+    async with make_pool(backend, clock, zombies=settings, min_size=0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        conn = await pool.getconn("interactive")
+        await pool.putconn(conn)
+        clock.advance(400.0)  # past the default threshold
+        assert [f.verdict for f in watch.scan()] == [Verdict.ZOMBIE]
+        clock.advance(5.0)
+        async with pool.acquire("interactive"):  # it wakes up within its grace
+            pass
+        clock.advance(6.0)
+        assert watch.scan() == []
+        await asyncio.sleep(0.05)
+        assert backend.open == 1 and watch.reclaimed == 0
+        clock.advance(400.0)
+        assert [f.verdict for f in watch.scan()] == [Verdict.ZOMBIE]
+        clock.advance(10.0)
+        watch.scan()
+        await until(lambda: backend.open == 0)
+        assert watch.reclaimed == 1

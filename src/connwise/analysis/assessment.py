@@ -29,9 +29,11 @@ frames with a known answer.
   the backends' real load, and a client record's `upstream_connect_s` repeated its upstream
   record's connect. `Kpis.layer` says which records these figures count.
 * *Zombies* follow the core rules (`connwise.core.zombies`): thresholds are learned per
-  (kind, region, device) from healthy gaps (`max_gap_s`) as `k x p99`, with the same fallbacks,
-  and a record is a zombie when its `tail_idle_s` passes its threshold or a live watch flagged
-  it. The report has every sample, so it takes exact quantiles instead of the live histogram.
+  (kind, region, device) from healthy gaps (`max_gap_s`) as `k x p99`, with the same fallbacks
+  (a segment still learning keeps the default, or the longer of all segments' threshold and
+  `k x` its own longest gap), and a record is a zombie when its `tail_idle_s` passes its
+  threshold or a live watch flagged or reclaimed it. The report has every sample, so it takes exact
+  quantiles instead of the live histogram.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class Kpis:
     peak_at: float
     #: None when the records cannot tell (a log without `$connection_requests`).
     reuse_ratio: float | None
+    #: How many records the concurrency figures count (those of `layer`).
+    layer_records: int
     #: Which records the concurrency, establishment and reuse figures count (see the module
     #: doc): `backend connections` or `all records`.
     layer: str = "all records"
@@ -140,14 +144,22 @@ class Assessment:
     lifespans: dict[str, Floats]
     #: Healthy idle gaps per kind: what idle and keep-alive timeouts are set from.
     gaps: dict[str, Floats]
+    #: Gaps between requests on one connection (`gaps["request"]`) per `region / device`.
+    request_gaps: dict[str, Floats]
     #: Idle tails of connections that ended idle, per kind.
     tails: dict[str, Floats]
     thresholds: dict[str, float]
+    #: Healthy gaps each threshold segment learned from (below `rules.min_samples`, its
+    #: threshold is a fallback, not its own).
+    threshold_samples: dict[str, int]
     kinds: dict[str, int]
     #: Reuse ratio of the request records alone (None: the log does not say).
     request_reuse: float | None
     #: Per kind: (zombies, records, connection-seconds zombies held).
     zombies_by_kind: dict[str, tuple[int, int, float]]
+    #: Per kind with zombies: the segment where its zombies held the most connection-seconds,
+    #: and how many of them are there (a segment holds records of every kind).
+    worst_zombie_segment: dict[str, tuple[str, int]]
     rules: ZombieRules
     recommendations: list[Recommendation] = field(default_factory=list)
 
@@ -194,32 +206,46 @@ def segment_keys(frame: Frame, dims: tuple[str, ...], tz: ZoneInfo | timezone) -
     return [" / ".join(values) for values in zip(*parts, strict=True)]
 
 
+def threshold_keys(frame: Frame) -> npt.NDArray[np.object_]:
+    """Each record's zombie segment, `kind|region|device`."""
+    return np.array([f"{k}|{r or 'unknown'}|{d or 'unknown'}"
+                     for k, r, d in zip(frame.text("kind"), frame.text("region"),
+                                        frame.text("device"), strict=True)], dtype=object)
+
+
+def healthy_gaps(frame: Frame) -> npt.NDArray[np.bool_]:
+    """The records whose longest gap was healthy (it ended in traffic; not flagged live)."""
+    healthy: npt.NDArray[np.bool_] = (frame.num("max_gap_s") > 0) & (frame.text("flag") == "")
+    return healthy
+
+
 def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bool_],
                                                              npt.NDArray[np.bool_],
                                                              dict[str, float]]:
     """(zombie, leak, thresholds): the core rule over all records at once.
 
     Mirrors `core.zombies.judge` record by record (a test holds them equal): half-open and
-    zombie flags of live watches count as zombies; a leak is a flagged leak or a pool record
-    held past the leak threshold; otherwise a zombie idles past its learned threshold.
+    zombie flags of live watches count as zombies, and so does a connection a live watch
+    reclaimed (`close_reason` zombie: a pool's records carry no flag); a leak is a flagged leak
+    or a pool record held past the leak threshold; otherwise a zombie idles past its learned
+    threshold.
     """
     kind, flag = frame.text("kind"), frame.text("flag")
-    keys = [f"{k}|{r or 'unknown'}|{d or 'unknown'}"
-            for k, r, d in zip(kind, frame.text("region"), frame.text("device"), strict=True)]
-    unique, inverse = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    unique, inverse = np.unique(threshold_keys(frame), return_inverse=True)
     gaps = frame.num("max_gap_s")
-    healthy = (gaps > 0) & (flag == "")
+    healthy = healthy_gaps(frame)
     everything = gaps[healthy]
     fallback = learned_threshold(rules, quantile(everything, rules.quantile), everything.size)
     thresholds: dict[str, float] = {}
     per_key = np.empty(len(unique))
     for i, key in enumerate(unique):
         sample = gaps[healthy & (inverse == i)]
-        value = learned_threshold(rules, quantile(sample, rules.quantile), sample.size, fallback)
+        value = learned_threshold(rules, quantile(sample, rules.quantile), sample.size, fallback,
+                                  float(sample.max()) if sample.size else 0.0)
         thresholds[str(key)] = value
         per_key[i] = value
     limit = per_key[inverse] if frame.n else np.empty(0)
-    flagged = (flag == "half_open") | (flag == "zombie")
+    flagged = (flag == "half_open") | (flag == "zombie") | (frame.text("close_reason") == "zombie")
     leak = flag == "leak"
     if rules.leak_threshold is not None:
         leak |= (kind == "pool") & (frame.num("max_held_s") >= rules.leak_threshold)
@@ -309,23 +335,27 @@ def reuse(frame: Frame, mask: npt.NDArray[np.bool_] | None = None) -> float | No
     return reused / uses
 
 
-def request_gaps(frame: Frame) -> Floats:
+def request_gaps(frame: Frame) -> tuple[Floats, npt.NDArray[np.object_]]:
     """Gaps between consecutive requests on one connection, from logs that record
-    `$connection_requests` (and `$connection`, which names the connection)."""
+    `$connection_requests` (and `$connection`, which names the connection), and the segment
+    (`region / device`) of each."""
     seq = frame.num("conn_seq")
     mask = np.isfinite(seq) & ~np.isin(frame.text("kind"), list(CONNECTION_KINDS))
     if mask.sum() < 2:
-        return np.zeros(0)
+        return np.zeros(0), np.empty(0, dtype=object)
     keys = np.array([f"{n}|{s}|{c}" for n, s, c in zip(frame.text("node")[mask],
                                                        frame.text("source")[mask],
                                                        frame.text("conn_id")[mask],
                                                        strict=True)], dtype=object)
+    where = np.array([f"{r or 'unknown'} / {d or 'unknown'}"
+                      for r, d in zip(frame.text("region")[mask], frame.text("device")[mask],
+                                      strict=True)], dtype=object)
     starts, ends = frame.num("started_at")[mask], frame.num("ended_at")[mask]
     order = np.lexsort((starts, keys))
-    keys, starts, ends = keys[order], starts[order], ends[order]
+    keys, where, starts, ends = keys[order], where[order], starts[order], ends[order]
     same = keys[1:] == keys[:-1]
     gaps = starts[1:] - ends[:-1]
-    return np.asarray(np.maximum(gaps[same], 0.0), dtype=np.float64)
+    return np.asarray(np.maximum(gaps[same], 0.0), dtype=np.float64), where[1:][same]
 
 
 # -- the whole assessment -------------------------------------------------------------------------
@@ -370,6 +400,7 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         peak_concurrency=peak,
         peak_at=series.peak_at,
         reuse_ratio=reuse(frame, layer),
+        layer_records=int(layer.sum()),
         layer=layer_name,
     )
     keys = np.array(segment_keys(frame, segments_by, tz), dtype=object)
@@ -398,16 +429,25 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
     tails: dict[str, Floats] = {}
     kinds: dict[str, int] = {}
     zombies_by_kind: dict[str, tuple[int, int, float]] = {}
+    worst_zombie_segment: dict[str, tuple[str, int]] = {}
     healthy_gap = (frame.num("max_gap_s") > 0) & ~zombie
     for name in np.unique(kind) if n else []:
         of_kind = kind == name
         kinds[str(name)] = int(of_kind.sum())
         zombies_by_kind[str(name)] = (int((zombie & of_kind).sum()), int(of_kind.sum()),
                                       float(tail[zombie & of_kind].sum()))
+        if (zombie & of_kind).any():
+            where, inverse = np.unique(keys[zombie & of_kind], return_inverse=True)
+            held = np.bincount(inverse, weights=np.nan_to_num(tail[zombie & of_kind]))
+            found = np.bincount(inverse)
+            top = int(np.lexsort((found, held))[-1])
+            worst_zombie_segment[str(name)] = (str(where[top]), int(found[top]))
         if name in CONNECTION_KINDS:
             gaps[str(name)] = frame.num("max_gap_s")[of_kind & healthy_gap]
             tails[str(name)] = tail[of_kind & (tail > 0)]
-    logged_gaps = request_gaps(frame)
+    learned_keys, learned_counts = np.unique(threshold_keys(frame)[healthy_gaps(frame)],
+                                             return_counts=True)
+    logged_gaps, logged_where = request_gaps(frame)
     if logged_gaps.size:
         gaps["request"] = logged_gaps
     return Assessment(
@@ -416,6 +456,12 @@ def assess(frame: Frame, *, store: str = "", segments_by: tuple[str, ...] = ("re
         kpis=kpis, segments=segments, concurrency=series, busy=busy,
         peak_windows=peak_windows(series),
         week_p95=week_p95, week_max=week_max, establish=establish[layer & np.isfinite(establish)],
-        lifespans=lifespans, gaps=gaps, tails=tails, thresholds=thresholds, kinds=kinds,
+        lifespans=lifespans, gaps=gaps,
+        request_gaps={str(k): logged_gaps[logged_where == k] for k in np.unique(logged_where)},
+        tails=tails, thresholds=thresholds,
+        threshold_samples={str(k): int(n) for k, n in zip(learned_keys, learned_counts,
+                                                          strict=True)},
+        kinds=kinds,
         request_reuse=reuse(frame, kind == "request"), zombies_by_kind=zombies_by_kind,
+        worst_zombie_segment=worst_zombie_segment,
         rules=rules)

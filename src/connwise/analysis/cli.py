@@ -21,7 +21,7 @@ from connwise.analysis.recommend import recommend
 from connwise.analysis.report_html import write_html
 from connwise.analysis.report_term import render
 from connwise.core.zombies import ZombieRules
-from connwise.errors import StoreError
+from connwise.errors import ConfigError, StoreError
 from connwise.telemetry.cli import (
     SinceOption,
     StoreOption,
@@ -44,7 +44,10 @@ def run_assessment(store: str, *, since: str | None = None, until: str | None = 
     start, end = window(since, until)
     dims = parse_segments(segment)
     zone_info = zone(tz)
-    rules = ZombieRules(k=k).validate()
+    try:
+        rules = ZombieRules(k=k).validate()
+    except ConfigError as exc:  # named as the user typed it, not as a config file would
+        raise ConfigError("--k", k, exc.problem, exc.fix) from None
     frame = Frame.load(spec, since=start, until=end)
     if frame.n == 0:
         span = "" if start is None and end is None else " in the --since/--until window"

@@ -8,12 +8,17 @@ records, so an operator can check the reasoning instead of trusting it:
   peak a little above the one observed without sizing for a surge that never came). Sizes are
   rounded up to the 1-1.5-2-2.5-3-4-5-6-8 series (steps of 20-33%), so that adjacent hours with
   similar load merge into one window instead of 168 slightly different ones; the warm target,
-  though, never above the window's peak (rounded up to a whole connection).
+  though, never above the window's peak (rounded up to a whole connection). Fewer than
+  `MIN_SEGMENT_RECORDS` records size nothing: the advice is to keep the current sizes.
 * *Idle timeouts* from the healthy-gap distribution: past the zombie threshold of the kind
   (`k x p99` of gaps after which connections were used again), an idle connection almost never
-  serves again; the connection-seconds idled past it are what the timeout saves.
-* *Keep-alive* from the gaps between requests on one connection and the reconnection rate; and
-  TCP keep-alive probes when half-open connections were found.
+  serves again; the connection-seconds idled past it are what the timeout saves. A segment
+  whose own threshold (learned from `min_samples` gaps or more) is longer raises the timeout to
+  it: a slow segment with under 1% of the kind's gaps is invisible in the kind's p99, and a
+  timeout under its threshold would close its healthy connections between two uses.
+* *Keep-alive* from the gaps between requests on one connection (covering every segment with
+  `min_samples` of them, as idle timeouts do) and the reconnection rate; and keeping TCP
+  keep-alive probes on when they found half-open connections.
 * *Segment differences*: segments whose establishment time, error rate or reconnection rate is
   far from the others (x2 and more, on at least `MIN_SEGMENT_RECORDS` records).
 """
@@ -29,7 +34,6 @@ from connwise.analysis.assessment import (
     WEEKDAYS,
     Assessment,
     Recommendation,
-    SegmentStats,
     quantile,
 )
 from connwise.analysis.fmt import duration as _duration
@@ -66,11 +70,21 @@ def _window(first: int, last: int) -> str:
     return f"{start} to {_slot(last + 1)}"
 
 
+def _records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
 def sizing(result: Assessment) -> list[Recommendation]:
     p95, peak = result.week_p95.ravel(), result.week_max.ravel()
     seen = np.isfinite(peak)
     if not seen.any():
         return []
+    counted = result.kpis.layer_records
+    if counted < MIN_SEGMENT_RECORDS:
+        return [Recommendation(
+            "pool size", "every window", "keep the current pool sizes and warm targets",
+            f"only {_records(counted)} to measure concurrency from; {MIN_SEGMENT_RECORDS} are "
+            "needed before a time-of-week window's peak says more than what these few did")]
     plans: list[tuple[int, int, int, int, float, float]] = []  # first, last, warm, max, p95, peak
     for slot in range(7 * 24):
         if not seen[slot]:
@@ -109,6 +123,15 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
             continue
         p99 = quantile(gaps, rules.quantile)
         timeout = math.ceil(max(rules.floor, rules.k * p99))
+        own = [(value, key) for key, value in result.thresholds.items()
+               if key.split("|", 1)[0] == kind
+               and result.threshold_samples.get(key, 0) >= rules.min_samples]
+        slowest, segment = max(own, default=(0.0, ""))
+        raised = ""
+        if slowest > timeout:
+            timeout = math.ceil(slowest)
+            raised = (f"; raised for {segment.split('|', 1)[1].replace('|', ' / ')}, whose own "
+                      f"connections came back within {_duration(slowest / rules.k)} (99%)")
         wasted = float(np.maximum(tails - timeout, 0).sum())
         longer = int((tails > timeout).sum())
         out.append(Recommendation(
@@ -117,7 +140,7 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
             f"{rules.k:g}x longer was almost never used again. {longer} of "
             f"{result.kinds.get(kind, 0)} connections idled past {timeout} s before they "
             f"closed (longest {_duration(float(tails.max()) if tails.size else 0.0)}), "
-            f"holding {wasted / 3600:.1f} connection-hours for nothing"))
+            f"holding {wasted / 3600:.1f} connection-hours for nothing{raised}"))
     return out
 
 
@@ -130,26 +153,41 @@ def keepalive(result: Assessment) -> list[Recommendation]:
             "keep-alive", "logs", "log $connection and $connection_requests",
             "these logs cannot tell a new connection from a reused one, so neither the reuse "
             "ratio nor a keep-alive timeout can be measured; add both variables to log_format"))
-    if gaps is not None and gaps.size >= result.rules.min_samples:
+    if gaps is not None and gaps.size < result.rules.min_samples:
+        out.append(Recommendation(
+            "keep-alive", "client connections", "keep the current keepalive_timeout",
+            f"only {gaps.size} follow-up requests on a connection; {result.rules.min_samples} "
+            "are needed to learn from them"))
+    elif gaps is not None:
         p95, p99 = quantile(gaps, 0.95), quantile(gaps, 0.99)
-        timeout = max(5, min(600, math.ceil(p99 * 1.2)))
+        # A segment with under 1% of the follow-ups does not show in their p99: each one with
+        # enough of its own is covered too, or its clients would all reconnect.
+        own = [(quantile(g, 0.99), segment) for segment, g in result.request_gaps.items()
+               if g.size >= result.rules.min_samples]
+        slowest, segment = max(own, default=(0.0, ""))
+        raised = (f"; raised for {segment}, whose follow-ups came within {_duration(slowest)} "
+                  "(99%)" if slowest > p99 else "")
+        timeout = max(5, min(600, math.ceil(max(p99, slowest) * 1.2)))
         out.append(Recommendation(
             "keep-alive", "client connections", f"keepalive_timeout {timeout} s",
             f"95% of follow-up requests on a connection came within {_duration(p95)} and 99% "
             f"within {_duration(p99)}; a longer timeout only holds idle connections, a shorter "
-            "one forces reconnects"))
+            f"one forces reconnects{raised}"))
     if reuse is not None and reuse < 0.5 and result.kpis.requests >= result.rules.min_samples:
         out.append(Recommendation(
             "keep-alive", "all", "enable or lengthen keep-alive and connection reuse",
             f"only {reuse:.0%} of requests reused an open connection: each of the others paid "
             f"a connection set-up (p95 {_duration(result.kpis.establish_p95)})"))
     if result.kpis.half_open:
+        # A record is flagged half-open only when keep-alive probes found its peer gone (the
+        # gateway's, on by default): the probes are on already, and they are what to keep.
         out.append(Recommendation(
-            "keep-alive", "TCP", "turn on TCP keep-alive probes (idle 60 s, 3 probes 10 s "
-            "apart)",
+            "keep-alive", "TCP", "keep TCP keep-alive probes on (the gateway's keepalive_idle, "
+            "keepalive_interval, keepalive_count); a shorter keepalive_idle frees such "
+            "connections sooner",
             f"{result.kpis.half_open} connections were half-open (the peer vanished without "
-            "closing); probes find such a peer within 90 s instead of Linux's default of "
-            "2 h 11 min"))
+            "closing) and were found by keep-alive probes; without probes an idle one is held "
+            "for ever, and with Linux's default probe timing for 2 h 11 min"))
     return out
 
 
@@ -196,7 +234,8 @@ def segment_differences(result: Assessment, top: int = 5) -> list[Recommendation
 
 
 #: A zombie share at or above this calls for reclaim rather than reports only (the essay's
-#: case found 15% lingering; a few percent is the noise of clients that just went away).
+#: case found 15% lingering; a few percent is the noise of clients that just went away), on
+#: at least `MIN_SEGMENT_RECORDS` records of the kind: a share of a handful says nothing.
 RECLAIM_SHARE = 0.05
 
 
@@ -206,16 +245,18 @@ def zombies(result: Assessment) -> list[Recommendation]:
         if not count:
             continue
         share = count / records
-        of_kind = [s for s in result.segments if s.kind == kind]
-        worst: SegmentStats | None = max(of_kind, key=lambda s: s.zombie_seconds, default=None)
-        where = f"; most in {worst.key} ({worst.zombies})" if worst is not None else ""
-        action = ("turn on zombie reclaim (reclaim = true, grace 30 s)"
-                  if share >= RECLAIM_SHARE else "report zombies (the default) and watch")
+        worst = result.worst_zombie_segment.get(kind)
+        where = f"; most in {worst[0]} ({worst[1]})" if worst is not None else ""
+        few = records < MIN_SEGMENT_RECORDS
+        action = ("report zombies (the default) and watch" if few or share < RECLAIM_SHARE
+                  else "turn on zombie reclaim (reclaim = true, grace 30 s)")
+        thin = (f"; too few records to call for reclaim ({MIN_SEGMENT_RECORDS} are needed)"
+                if few else "")
         out.append(Recommendation(
             "zombies", kind, action,
             f"{count} of {records} {kind} records ({share:.1%}) idled past their segment's "
             f"threshold or were half-open, holding {seconds / 3600:.1f} connection-hours "
-            f"serving nothing{where}"))
+            f"serving nothing{where}{thin}"))
     return out
 
 

@@ -43,13 +43,19 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.plot svg{max-width:10
 """
 
 
+#: matplotlib's SVG metadata, all left out: its RDF block names matplotlib.org, purl.org and
+#: creativecommons.org, external addresses in a page that promises none.
+_NO_METADATA: dict[str, str | None] = {"Creator": None, "Date": None, "Format": None,
+                                       "Type": None}
+
+
 def _svg(draw: Callable[[Figure], None], size: tuple[float, float] = (10, 3.6)) -> str:
     # Text stays text in the SVG (searchable, small); the browser's own fonts draw it.
     with rc_context({"svg.fonttype": "none"}):
         fig = Figure(figsize=size, layout="constrained")
         draw(fig)
         buffer = io.StringIO()
-        fig.savefig(buffer, format="svg")
+        fig.savefig(buffer, format="svg", metadata=_NO_METADATA)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
 
@@ -221,9 +227,13 @@ def render_html(result: Assessment) -> str:
         f"<td class=num>{share(s.reconnection_rate)}</td>"
         f"<td class=num>{s.zombies} ({share(s.zombie_share)})</td>"
         f"<td class=num>{s.zombie_seconds / 3600:.2f}</td></tr>" for s in result.segments)
-    thresholds = "".join(f"<tr><td>{_e(k.replace('|', ' / '))}</td>"
-                         f"<td class=num>{duration(v)}</td></tr>"
-                         for k, v in sorted(result.thresholds.items()))
+    learned = result.threshold_samples
+    few = result.rules.min_samples
+    thresholds = "".join(
+        f"<tr><td>{_e(k.replace('|', ' / '))}</td><td class=num>{duration(v)}</td>"
+        f"<td class=num>{learned.get(k, 0)}"
+        f"{' (too few to learn from)' if learned.get(k, 0) < few else ''}</td></tr>"
+        for k, v in sorted(result.thresholds.items()))
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.kinds.items()))
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
@@ -250,7 +260,8 @@ def render_html(result: Assessment) -> str:
 <p>A zombie held its connection idle past its segment's threshold ({result.rules.k:g} x the
 p{result.rules.quantile * 100:g} of healthy idle gaps), or was found half-open.</p>
 <div class="plot">{plot_zombies(result)}</div>
-<table><tr><th>threshold segment (kind / region / device)</th><th>zombie threshold</th></tr>
+<table><tr><th>threshold segment (kind / region / device)</th><th>zombie threshold</th>
+<th>healthy gaps learned from</th></tr>
 {thresholds}</table>
 <h2>All segments</h2>
 <table><tr><th>segment</th><th>records</th><th>requests</th><th>errors</th><th>establish p50</th>

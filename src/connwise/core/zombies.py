@@ -12,8 +12,12 @@ fast segments' zombies, so the threshold is *learned per segment*: `k` times the
 A *healthy gap* is an idle stretch that ended in useful traffic: the connection was idle, then it
 served again. A stretch still open is never a sample (it may be the zombie being judged), so the
 learner cannot be fooled by the zombies it looks for. Gaps go into a log-bucketed histogram per
-segment (4% resolution, fixed memory whatever the traffic), and a segment with fewer than
-`min_samples` gaps borrows the threshold of all segments together, then `default_threshold`.
+segment (4% resolution, fixed memory whatever the traffic). A segment with fewer than
+`min_samples` gaps cannot tell its p99 yet: it keeps `default_threshold`, or more where the
+threshold of all segments together or `k` times its own longest gap so far is longer. It never
+borrows a shorter threshold: WebSockets that speak once a minute next to browsers that come back
+within two seconds would all be zombies at the browsers' threshold, and reclaim would close
+them before a single gap of theirs ended, so their segment could never learn.
 The quantile is read at its bucket's upper edge, so estimation error errs towards fewer flags.
 
 A *half-open* connection is one whose peer is gone without a goodbye; keep-alive probes or
@@ -71,7 +75,7 @@ class ZombieRules:
     #: Three times the p99 gap: a healthy lognormal segment crosses it about once in 3000 gaps.
     k: float = 3.0
     quantile: float = 0.99
-    #: Below this many healthy gaps a segment's p99 is noise, so it borrows the global one.
+    #: Below this many healthy gaps a segment's p99 is noise: it keeps the default (or more).
     min_samples: int = 30
     #: With no history at all: HAProxy's and nginx's keep-alive defaults are 60-75 s; five
     #: minutes of silence is well past any of them.
@@ -117,12 +121,14 @@ def judge(*, idle_for: float, threshold: float, half_open: bool = False, held_fo
 
 
 def learned_threshold(rules: ZombieRules, quantile: float, samples: int,
-                      fallback: float | None = None) -> float:
+                      fallback: float | None = None, longest: float = 0.0) -> float:
     """The threshold of a segment whose healthy gaps have `quantile` (at `rules.quantile`) over
-    `samples` gaps: `k x quantile`, at least `floor`; with fewer than `min_samples` gaps,
-    `fallback` (the all-segments threshold) or else `default_threshold`."""
+    `samples` gaps: `k x quantile`, at least `floor`. With fewer than `min_samples` gaps, the
+    longest of `default_threshold`, `fallback` (the all-segments threshold) and `k x longest`
+    (the segment's longest gap so far): what other segments learned may raise a threshold that
+    is still learning, never lower it."""
     if samples < rules.min_samples:
-        return rules.default_threshold if fallback is None else fallback
+        return max(rules.default_threshold, fallback or 0.0, rules.k * longest)
     return max(rules.floor, rules.k * quantile)
 
 
@@ -223,10 +229,10 @@ class Thresholds:
         fallback = learned_threshold(rules, everything.quantile(rules.quantile), everything.total)
         histogram = self._segments.get(segment)
         if histogram is None:
-            value = fallback
+            value = learned_threshold(rules, 0.0, 0, fallback)
         else:
             value = learned_threshold(rules, histogram.quantile(rules.quantile), histogram.total,
-                                      fallback)
+                                      fallback, histogram.quantile(1.0))
         self._cache[segment] = value
         return value
 

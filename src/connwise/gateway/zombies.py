@@ -98,10 +98,11 @@ class GatewayZombieWatch:
             self._task = self.gateway.spawn(self._run())
 
     def configure(self, section: ZombieSection) -> None:
-        """A reload: new settings from the next scan on. Changed rules start learning afresh
-        (gaps learned under other rules would mislead); off stops scanning and forgets every
-        connection, on starts it again."""
-        if section.rules() != self.thresholds.rules:
+        """A reload: new settings from the next scan on. Changed rules or segments start
+        learning afresh (gaps learned under other rules would mislead, and segments named by
+        the old keys would linger as thresholds nothing is judged by); off stops scanning and
+        forgets every connection, on starts it again."""
+        if section.rules() != self.thresholds.rules or section.segment != self.section.segment:
             self.thresholds = Thresholds(section.rules())
             for tracker in self.trackers.values():
                 tracker.thresholds = self.thresholds

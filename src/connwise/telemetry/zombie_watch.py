@@ -200,7 +200,9 @@ class ZombieWatch:
         idle = []
         for rec in records.values():
             state = rec.state
-            if state is State.IN_USE:
+            # Held: IN_USE, or DRAINING with its class still set (retired while held, e.g. past
+            # its lifetime): a holder can leak that one just the same, and the policy flags it.
+            if state is State.IN_USE or (state is State.DRAINING and rec.class_name):
                 if rec.acquired_at > last:
                     thresholds.observe(segment, rec.acquired_at - rec.idle_since)  # <0: ignored
                 flag = flags.get(rec.id)

@@ -328,7 +328,7 @@ def test_records_of_no_duration_count_at_their_instant() -> None:
 def test_the_warm_target_is_never_above_the_peak() -> None:
     """Rounding up to the series used to put warm targets above the busiest moment: 1 for
     hours nothing was busy, 10 where the peak was 8.5."""
-    result = assess(frame_of([pool(MONDAY, MONDAY + 3600)]))
+    result = assess(frame_of([pool(MONDAY, MONDAY + 3600)] * 30))
     result.week_p95[:] = np.nan
     result.week_max[:] = np.nan
     result.week_p95[0, 0:2], result.week_max[0, 0:2] = 0.0, 0.0
@@ -366,3 +366,191 @@ def test_the_window_holds_records_that_started_in_since_until(tmp_path: Path) ->
     k = result.kpis
     assert (k.records, k.error_rate, k.peak_concurrency, k.peak_at) == (2, 0.5, 2, MONDAY + 20)
     assert (result.first, result.last) == (MONDAY + 10, MONDAY + 35)
+
+
+# -- zombies and recommendations against the data ------------------------------------------------
+
+
+def test_a_thin_segment_keeps_the_default_threshold_not_a_shorter_borrowed_one() -> None:
+    """300 client connections in eu come back within 2 s; two in us (WebSockets that speak
+    once a minute) have too few gaps to learn from. Borrowing the node's 6 s made both us
+    connections zombies after 100 s of a quiet that their own gaps show is routine."""
+    records = [{"kind": "client", "started_at": i, "ended_at": i + 60, "region": "eu",
+                "max_gap_s": 2.0, "tail_idle_s": 1.0} for i in range(300)]
+    records += [{"kind": "client", "started_at": i, "ended_at": i + 3600, "region": "us",
+                 "max_gap_s": 60.0, "tail_idle_s": 100.0} for i in range(2)]
+    zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
+    assert thresholds["client|eu|unknown"] == 6.0
+    assert thresholds["client|us|unknown"] == 300.0
+    assert not zombie.any()
+    records.append({"kind": "client", "started_at": 0, "ended_at": 4000, "region": "us",
+                    "max_gap_s": 150.0, "tail_idle_s": 400.0})
+    zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
+    assert thresholds["client|us|unknown"] == 450.0  # k x its own longest gap
+    assert not zombie.any()
+
+
+def test_too_few_records_say_the_data_is_insufficient() -> None:
+    """One record sized a pool for its hour ("warm target 1, max_size 1") and three idle ones
+    called for zombie reclaim at a share of 100%: neither is a finding, both now say so."""
+    one = assess(frame_of([pool(MONDAY, MONDAY + 10, tail_idle_s=5.0)]))
+    recommend(one)
+    [size] = [r for r in one.recommendations if r.topic == "pool size"]
+    assert size.scope == "every window" and size.action.startswith("keep the current")
+    assert "only 1 record" in size.reason and "30 are needed" in size.reason
+    three = assess(frame_of([pool(MONDAY + i, MONDAY + i + 1000, tail_idle_s=900.0)
+                             for i in range(3)]))
+    recommend(three)
+    assert three.kpis.zombies == 3
+    [zombies] = [r for r in three.recommendations if r.topic == "zombies"]
+    assert "reclaim" not in zombies.action
+    assert "3 of 3 pool records" in zombies.reason
+    assert "too few records" in zombies.reason and "30 are needed" in zombies.reason
+
+
+def test_enough_records_still_size_and_call_for_reclaim() -> None:
+    records = [pool(MONDAY + i, MONDAY + i + 1000, tail_idle_s=900.0 if i < 10 else 1.0,
+                    max_gap_s=1.0) for i in range(30)]
+    result = assess(frame_of(records))
+    recommend(result)
+    sizes = [r for r in result.recommendations if r.topic == "pool size"]
+    assert sizes and all(r.action.startswith("warm target") for r in sizes)
+    [zombies] = [r for r in result.recommendations if r.topic == "zombies"]
+    assert "turn on zombie reclaim" in zombies.action
+
+
+def test_the_idle_timeout_never_cuts_a_segment_s_own_healthy_gaps() -> None:
+    """4000 eu clients come back within 2 s, 30 us clients (0.7% of the gaps) once a minute:
+    the kind's p99 is eu's, and the advice was `idle_timeout 6 s`, which would close every us
+    connection between two of its uses. The timeout now covers the slowest segment that learned
+    its own threshold, and the reason says which."""
+    records = [{"kind": "client", "started_at": MONDAY + i, "ended_at": MONDAY + i + 60,
+                "region": "eu", "max_gap_s": 2.0, "tail_idle_s": 1.0} for i in range(4000)]
+    records += [{"kind": "client", "started_at": MONDAY + i, "ended_at": MONDAY + i + 600,
+                 "region": "us", "max_gap_s": 60.0, "tail_idle_s": 1.0} for i in range(30)]
+    result = assess(frame_of(records), segments_by=("region",))
+    recommend(result)
+    assert result.thresholds["client|us|unknown"] == 180.0
+    [idle] = [r for r in result.recommendations if r.topic == "idle timeout"]
+    assert idle.action == "idle_timeout 180 s"
+    assert "us / unknown" in idle.reason and "60.0 s" in idle.reason
+
+
+@pytest.mark.parametrize("records", [
+    [],
+    [pool(MONDAY, MONDAY + 10, connecting_s=0.01, tail_idle_s=5.0)],
+    [pool(MONDAY + i, MONDAY + i + 100, region="eu", device="desktop", connecting_s=0.01,
+          max_gap_s=1.0, tail_idle_s=50.0 if i % 4 == 0 else 0.5) for i in range(40)],
+], ids=["no records", "one record", "one segment"])
+def test_the_html_report_is_self_contained_whatever_the_records(
+        records: list[dict[str, Any]]) -> None:
+    """matplotlib's SVG metadata named matplotlib.org, purl.org and creativecommons.org; the
+    only URLs left are the SVG and XLink namespace names, which nothing fetches."""
+    result = assess(frame_of(records), segments_by=("region", "device"))
+    recommend(result)
+    page = render_html(result)
+    assert page.count("<svg") == 6
+    assert set(re.findall(r"https?://[^\s\"'<>)]+", page)) <= {"http://www.w3.org/2000/svg",
+                                                              "http://www.w3.org/1999/xlink"}
+    assert "<metadata" not in page and "<script" not in page and "@import" not in page
+    assert f"{len(records)} pool" in page or not records
+
+
+def test_half_open_findings_do_not_ask_for_probes_that_found_them() -> None:
+    """`half_open` in a record means the gateway's keep-alive probes found the vanished peer;
+    the advice to "turn on TCP keep-alive probes" contradicted the very records it cited."""
+    records = [{"kind": "client", "started_at": MONDAY + i, "ended_at": MONDAY + i + 100,
+                "flag": "half_open" if i < 3 else "", "tail_idle_s": 90.0 if i < 3 else 1.0}
+               for i in range(40)]
+    result = assess(frame_of(records))
+    recommend(result)
+    [probes] = [r for r in result.recommendations if r.topic == "keep-alive"]
+    assert probes.scope == "TCP" and not probes.action.startswith("turn on")
+    assert "keep TCP keep-alive probes on" in probes.action
+    assert "3 connections were half-open" in probes.reason and "found" in probes.reason
+
+
+def test_a_connection_the_live_watch_reclaimed_is_a_zombie_in_the_report() -> None:
+    """A pool's watch reclaims a zombie after its 30 s floor and grace: the record's
+    `close_reason` is `zombie`, but a pool record carries no `flag`, and with too few gaps the
+    report's own threshold was the 300 s default, so the report called it healthy."""
+    records = [pool(MONDAY + i, MONDAY + i + 100, tail_idle_s=60.0,
+                    close_reason="zombie" if i < 2 else "idle_timeout") for i in range(5)]
+    zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
+    assert thresholds["pool|unknown|unknown"] == 300.0
+    assert zombie.tolist() == [True, True, False, False, False]
+    k = assess(frame_of(records)).kpis
+    assert (k.zombies, k.zombie_seconds) == (2, 120.0)
+
+
+def test_the_html_thresholds_say_which_were_learned() -> None:
+    """A segment with too few healthy gaps is judged by the default: the table said `5.0 min`
+    as if learned; it now gives the gaps behind each threshold and marks the default."""
+    records = [pool(MONDAY + i, MONDAY + i + 100, region="eu", max_gap_s=2.0)
+               for i in range(30)]
+    records += [pool(MONDAY + i, MONDAY + i + 100, region="us", max_gap_s=2.0)
+                for i in range(3)]
+    page = render_html(assess(frame_of(records)))
+    assert re.search(r"pool / eu / unknown</td><td class=num>6\.0 s</td>"
+                     r"<td class=num>30</td>", page)
+    assert re.search(r"pool / us / unknown</td><td class=num>5\.0 min</td>"
+                     r"<td class=num>3 \(too few to learn from\)</td>", page)
+
+
+def test_the_zombie_advice_names_the_segment_of_its_own_kind() -> None:
+    """Segments by hour hold every kind: the advice for pool connections named no segment (no
+    hour had a pool majority), and the one for client connections counted the pool's zombies
+    in its segment as its own."""
+    records = [{"kind": "client", "started_at": MONDAY + 8 * 3600 + i, "region": "eu",
+                "ended_at": MONDAY + 8 * 3600 + i + 10, "max_gap_s": 1.0,
+                "tail_idle_s": 100.0 if i < 2 else 0.5} for i in range(100)]
+    records += [pool(MONDAY + 8 * 3600 + i, MONDAY + 8 * 3600 + i + 1000, max_gap_s=1.0,
+                     tail_idle_s=900.0 if i < 10 else 0.5) for i in range(40)]
+    result = assess(frame_of(records), segments_by=("hour",))
+    recommend(result)
+    advice = {r.scope: r for r in result.recommendations if r.topic == "zombies"}
+    assert "most in 08h (2)" in advice["client"].reason
+    assert "most in 08h (10)" in advice["pool"].reason
+
+
+def test_the_keepalive_timeout_covers_a_slow_segment_s_follow_ups() -> None:
+    """Desktops in eu send their next request within 2 s; phones in us (under 1% of the
+    follow-ups) within 40 s. Pooled, the p99 was eu's and `keepalive_timeout 5 s` would make
+    every us phone reconnect; it now covers each segment with enough follow-ups."""
+    records = []
+    for conn in range(1000):
+        t = MONDAY + conn
+        for seq in range(1, 6):
+            records.append({"kind": "request", "conn_id": f"eu{conn}", "conn_seq": seq,
+                            "region": "eu", "device": "desktop", "started_at": t,
+                            "ended_at": t + 0.1, "requests": 1})
+            t += 2.1
+    for conn in range(10):
+        t = MONDAY + conn
+        for seq in range(1, 5):
+            records.append({"kind": "request", "conn_id": f"us{conn}", "conn_seq": seq,
+                            "region": "us", "device": "mobile", "started_at": t,
+                            "ended_at": t + 0.1, "requests": 1})
+            t += 40.1
+    result = assess(frame_of(records))
+    recommend(result)
+    [advice] = [r for r in result.recommendations if r.action.startswith("keepalive_timeout")]
+    assert advice.action == "keepalive_timeout 48 s"  # 40 s x 1.2
+    assert "us / mobile" in advice.reason and "40.0 s" in advice.reason
+
+
+def test_too_few_follow_ups_say_the_keepalive_data_is_insufficient() -> None:
+    """Ten follow-up requests: no keepalive_timeout from them, and no silence either (an idle
+    timeout with too few gaps already said so)."""
+    records = []
+    for conn in range(5):
+        t = MONDAY + conn
+        for seq in range(1, 4):
+            records.append({"kind": "request", "conn_id": str(conn), "conn_seq": seq,
+                            "started_at": t, "ended_at": t + 0.1, "requests": 1})
+            t += 2.1
+    result = assess(frame_of(records))
+    recommend(result)
+    [advice] = [r for r in result.recommendations if r.topic == "keep-alive"]
+    assert advice.action == "keep the current keepalive_timeout"
+    assert "only 10 follow-up requests" in advice.reason and "30 are needed" in advice.reason

@@ -83,7 +83,9 @@ def test_learned_threshold_falls_back_below_min_samples() -> None:
     assert learned_threshold(rules, 2.0, 10) == 6.0
     assert learned_threshold(rules, 0.01, 10) == 1.0  # the floor
     assert learned_threshold(rules, 2.0, 9) == 300.0
-    assert learned_threshold(rules, 2.0, 9, fallback=42.0) == 42.0
+    assert learned_threshold(rules, 2.0, 9, fallback=420.0) == 420.0  # borrowed: longer
+    assert learned_threshold(rules, 2.0, 9, fallback=42.0) == 300.0  # never shorter
+    assert learned_threshold(rules, 2.0, 9, longest=150.0) == 450.0  # its own longest gap
 
 
 def test_thresholds_per_segment_then_global_then_default() -> None:
@@ -93,13 +95,16 @@ def test_thresholds_per_segment_then_global_then_default() -> None:
         thresholds.observe("a", 10.0)
     a = thresholds.threshold("a")
     assert 20.0 <= a <= 20.0 * 1.05
-    # "b" has too few gaps of its own: it borrows the threshold of all gaps together.
+    # "b" has too few gaps of its own: it keeps the default, as a segment never seen does
+    # (all gaps together say ~200 s, k x its longest gap ~200 s: both shorter).
     thresholds.observe("b", 100.0)
-    assert thresholds.threshold("b") == thresholds.threshold("never-seen")
-    for _ in range(5):
-        thresholds.observe("b", 100.0)
-    assert 200.0 <= thresholds.threshold("b") <= 210.0
-    assert thresholds.samples("b") == 6 and thresholds.segments == ["a", "b"]
+    assert thresholds.threshold("b") == thresholds.threshold("never-seen") == 300.0
+    # Borrowed when longer: "c" is still learning, the node's gaps are long.
+    for _ in range(30):
+        thresholds.observe("b", 1000.0)
+    assert 2000.0 <= thresholds.threshold("c") <= 2100.0
+    assert 2000.0 <= thresholds.threshold("b") <= 2100.0
+    assert thresholds.samples("b") == 31 and thresholds.segments == ["a", "b"]
 
 
 def test_tracker_reports_once_per_idle_stretch_and_forgives_use() -> None:
@@ -258,3 +263,40 @@ def test_a_gap_that_is_no_measurement_is_ignored(gap: float) -> None:
     thresholds = Thresholds(ZombieRules(min_samples=1))
     thresholds.observe("s", gap)  # nan and inf raised from the bucket index
     assert thresholds.samples("s") == 0
+
+
+def test_a_segment_still_learning_never_borrows_a_shorter_threshold() -> None:
+    """HTTP keep-alive connections that come back within 2 s taught the node a 6 s threshold;
+    WebSockets that speak once a minute have too few gaps of their own. Borrowed, the 6 s
+    called every quiet WebSocket a zombie (and reclaim closed it before its first gap ended,
+    so the segment could never learn). Still learning, a segment keeps the default, or more
+    where its own longest gap or the node's threshold says so."""
+    thresholds = Thresholds(ZombieRules(k=3, min_samples=30, floor=1.0))
+    for _ in range(100):
+        thresholds.observe("web/http", 2.0)
+    assert thresholds.threshold("web/http") <= 6.3
+    assert thresholds.threshold("web/websocket") == 300.0
+    for _ in range(3):
+        thresholds.observe("web/websocket", 200.0)
+    assert 600.0 <= thresholds.threshold("web/websocket") <= 630.0  # 3 x its longest gap
+
+
+def test_quiet_websockets_beside_busy_http_are_never_flagged() -> None:
+    tracker = ZombieTracker("web", Thresholds(ZombieRules(k=3, min_samples=30, floor=1.0)),
+                            pooled=False)
+    for key in range(20):
+        tracker.idle(("http", key), "web/http", 0.0)
+    tracker.idle("ws", "web/websocket", 0.0)
+    found = []
+    for second in range(1, 601):
+        now = float(second)
+        if second % 2 == 0:
+            for key in range(20):
+                tracker.busy(("http", key), now)
+                tracker.idle(("http", key), "web/http", now)
+        if second % 60 == 0:
+            tracker.busy("ws", now)
+            tracker.idle("ws", "web/websocket", now)
+        found.extend(tracker.scan(now))
+    assert tracker.thresholds.threshold("web/http") <= 6.3
+    assert found == []
