@@ -468,6 +468,10 @@ class HttpClient(asyncio.Protocol):
     def bytes_total(self) -> int:
         return self.bytes_in + self.bytes_out
 
+    def cqi_to_feed(self, now: float) -> ClassState | None:
+        """The state to feed this connection's byte count (None before its first request)."""
+        return self.class_state
+
     def idle_since(self) -> float | None:
         """When bytes last moved either way; None while a request is in hand (a slow upstream
         is not the client's idleness): the zombie watch's input."""

@@ -14,13 +14,13 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
+from connwise.core.cqi import ClassState, Opening
 from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
 from connwise.gateway.relay import RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
 if TYPE_CHECKING:
-    from connwise.core.cqi import ClassState
     from connwise.gateway.runtime import Gateway, Listener
     from connwise.gateway.upstreams import Backend, Group
     from connwise.telemetry.record import ConnRecord
@@ -32,12 +32,12 @@ class TcpClient(RelayHalf):
     __slots__ = (
         "_admitted",
         "_connecting",
+        "_cqi",
         "_sni_buffer",
         "_timer",
         "_waiter",
         "backend",
         "class_name",
-        "class_state",
         "client_ip",
         "conn_id",
         "gateway",
@@ -69,7 +69,9 @@ class TcpClient(RelayHalf):
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: Waiter | None = None
         self.record: ConnRecord | None = None
-        self.class_state: ClassState | None = None
+        #: The CQI state: the listener's shared `Opening` while the connection is quiet (no
+        #: bytes moved, no class change), its own `ClassState` from then on.
+        self._cqi: ClassState | Opening | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -78,9 +80,8 @@ class TcpClient(RelayHalf):
         if not gateway.client_opened(self):
             self.abort()
             return
-        self.class_state = gateway.cqi.open(self.conn_id, self.opened_at,
-                                            base_class=self.class_name, protocol="tcp")
-        self.class_name = self.class_state.class_name
+        opening = self._cqi = gateway.cqi.opening(base_class=self.class_name, protocol="tcp")
+        self.class_name = opening.class_name
         if gateway.recorder is not None:
             rec = self.record = gateway.recorder.begin_client(
                 str(self.conn_id), self.listener.name, self.opened_at, "queued",
@@ -196,6 +197,30 @@ class TcpClient(RelayHalf):
         if self.peer is not None:
             self.peer.throttle = step
 
+    # -- CQI ------------------------------------------------------------------------------------
+
+    @property
+    def class_state(self) -> ClassState | None:
+        """The connection's own CQI state, made (as if fed all along) the first time it is
+        asked for: a quiet connection holds only its listener's shared opening until then."""
+        cqi = self._cqi
+        if isinstance(cqi, Opening):
+            cqi = self._cqi = self._quiet_state(cqi)
+        return cqi
+
+    def _quiet_state(self, opening: Opening) -> ClassState:
+        return opening.state(self.conn_id, self.opened_at, self.gateway.cqi_fed_at)
+
+    def cqi_to_feed(self, now: float) -> ClassState | None:
+        """The state to feed this connection's byte count at `now` (`Gateway.observe_resources`).
+        None while it is quiet and its age does not move its class: nothing would change, and
+        an idle relay keeps no state of its own (~150 bytes)."""
+        cqi = self._cqi
+        if (isinstance(cqi, Opening) and self.bytes_total() == 0
+                and not cqi.moves(self.opened_at, now)):
+            return None
+        return self.class_state
+
     def bytes_total(self) -> int:
         return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
 
@@ -219,6 +244,7 @@ class TcpClient(RelayHalf):
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
+        cqi = self._cqi
         return {"id": self.conn_id, "kind": "tcp", "state": self.state(),
                 "listener": self.listener.name,
                 "client": self.client_ip, "age": round(now - self.opened_at, 3),
@@ -226,10 +252,12 @@ class TcpClient(RelayHalf):
                 "backend": self.backend.name if self.backend else None,
                 # The effective class (an escalation may have moved it since admission, whose
                 # class keeps the slot), as for http connections.
-                "class": self.class_state.class_name if self.class_state else self.class_name,
+                "class": cqi.class_name if cqi is not None else self.class_name,
                 "admitted": self._admitted,
                 "throttled": self.throttle is not None and self.throttle.active,
-                "why": self.class_state.explain(now) if self.class_state else None}
+                # A quiet connection's state is made for the answer, not kept.
+                "why": (self._quiet_state(cqi) if isinstance(cqi, Opening) else cqi).explain(now)
+                if cqi is not None else None}
 
     def state(self) -> str:
         """`queued` until admitted (waiting for the ClientHello or a slot), then `active`
