@@ -20,9 +20,10 @@ Measured with uvloop on 2,000 queued connections: accepting here cost about 25 u
 connection against uvloop's 15 us (Python's `accept()` and one task per connection); `_accept`
 now skips `accept()`'s wrapper, which converted the family and type to enums for every
 connection (~2.5 us). Driving `connect_accepted_socket` by hand instead of through a task saved
-nothing measurable. Memory:
-the transport keeps the accepted Python socket object (88 bytes), which uvloop's server does
-not create.
+nothing measurable. Memory: the transport keeps the accepted Python socket object, which
+uvloop's server does not create, for the connection's life; under uvloop it is a subclass
+of the C socket (`UvAcceptedSocket`, 64 bytes) rather than a `socket.socket` (88 bytes, 96 as
+allocated).
 
 The listening sockets are bound with SO_REUSEPORT, so `--workers N` processes each own a socket
 on the same address and the kernel spreads connections across them. The backlog is the kernel's
@@ -46,6 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from connwise.errors import ConfigError
+
+try:
+    import uvloop
+except ImportError:  # uvloop is optional: plain asyncio where it does not build
+    uvloop = None  # type: ignore[assignment]
 
 log = logging.getLogger("connwise.gateway")
 
@@ -80,7 +86,7 @@ def listen_backlog() -> int:
 #: (idle, interval, count) of TCP keep-alive, in whole seconds; None: off.
 Keepalive = tuple[int, int, int] | None
 #: Makes the protocol of an accepted connection from its socket and peer address.
-ProtocolFactory = Callable[[socket.socket, Any], asyncio.Protocol]
+ProtocolFactory = Callable[[_socket.socket, Any], asyncio.Protocol]
 
 
 def set_keepalive(sock: socket.socket, keepalive: Keepalive) -> None:
@@ -109,6 +115,29 @@ class AcceptedSocket(socket.socket):
     type = _socket.socket.type  # type: ignore[assignment]
 
 
+class UvAcceptedSocket(_socket.socket):
+    """An accepted connection's socket under uvloop: the C socket without `socket.socket`'s
+    three slots, 64 bytes where `AcceptedSocket` takes 88 (96 as allocated); the transport
+    keeps it for the connection's life. Its `family` and `type` are plain integers already.
+
+    uvloop closes the descriptor itself (libuv), then calls `close()` on a file object that is
+    not a `socket.socket`: this one detaches instead, so the number, which another thread may
+    have been given again by then, is not closed a second time. (asyncio's transports close
+    their socket themselves: they get an `AcceptedSocket`.)"""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        self.detach()
+
+
+def accepted_socket_type(loop: asyncio.AbstractEventLoop) -> type[_socket.socket]:
+    """The class an accept loop on `loop` wraps accepted descriptors in."""
+    if uvloop is not None and isinstance(loop, uvloop.Loop):
+        return UvAcceptedSocket
+    return AcceptedSocket
+
+
 class AcceptLoop:
     """Listening sockets for one listener, accepting in batches; see the module docstring.
 
@@ -117,8 +146,8 @@ class AcceptLoop:
     reached their protocol).
     """
 
-    __slots__ = ("_closed", "_loop", "_paused", "_pending", "_retry", "_sockets", "batch",
-                 "factory", "on_error", "retry_delay")
+    __slots__ = ("_closed", "_loop", "_paused", "_pending", "_retry", "_socket_type", "_sockets",
+                 "batch", "factory", "on_error", "retry_delay")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  factory: ProtocolFactory, *, batch: int = ACCEPT_BATCH,
@@ -127,6 +156,7 @@ class AcceptLoop:
         if batch < 1:
             raise ValueError(f"batch={batch!r}: accept at least one connection per wake-up")
         self._loop = loop
+        self._socket_type = accepted_socket_type(loop)
         self._sockets = tuple(sockets)
         self.factory = factory
         self.batch = batch
@@ -192,10 +222,11 @@ class AcceptLoop:
         enums for every connection (~2.5 us of ~5.5)."""
         loop = self._loop
         accept = listening._accept  # type: ignore[attr-defined]  # the C method accept() wraps
+        wrap = self._socket_type
         for _ in range(self.batch):
             try:
                 fd, peer = accept()
-                conn = AcceptedSocket(family, socket.SOCK_STREAM, 0, fd)
+                conn = wrap(family, socket.SOCK_STREAM, 0, fd)
             except BlockingIOError:
                 return
             except (InterruptedError, ConnectionAbortedError):
@@ -203,8 +234,9 @@ class AcceptLoop:
             except OSError as exc:
                 self._failed(exc)
                 return
+            # Typed as a socket.socket, but a loop reads no more of it than the C socket has.
             task = loop.create_task(loop.connect_accepted_socket(partial(self.factory, conn, peer),
-                                                                 conn))
+                                                                 conn))  # type: ignore[arg-type]
             self._pending.add(task)
             task.add_done_callback(self._started)
 

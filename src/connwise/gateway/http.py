@@ -63,12 +63,12 @@ record keeps status 503, the admission's answer, whichever way it reached the cl
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import functools
 import inspect
 import logging
 import os
-import socket
 import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -284,7 +284,7 @@ class HttpClient(asyncio.Protocol):
         "write_deadline",
     )
 
-    def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
+    def __init__(self, gateway: Gateway, listener: Listener, sock: _socket.socket,
                  peer: Any) -> None:
         self.gateway = gateway
         self.listener = listener

@@ -9,8 +9,8 @@ With SNI routing the first bytes (the TLS ClientHello) pick the group; TLS is no
 
 from __future__ import annotations
 
+import _socket
 import asyncio
-import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,7 @@ class TcpClient(RelayHalf):
         "sock",
     )
 
-    def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
+    def __init__(self, gateway: Gateway, listener: Listener, sock: _socket.socket,
                  peer: Any) -> None:
         super().__init__(clock=gateway.clock.now)
         self.gateway = gateway

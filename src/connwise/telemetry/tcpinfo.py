@@ -20,6 +20,7 @@ NULL.
 
 from __future__ import annotations
 
+import _socket
 import socket
 import struct
 import sys
@@ -57,7 +58,7 @@ class TcpInfo:
         return looks_half_open(tcp_state=self.state, unacked=self.unacked, backoff=self.backoff)
 
 
-def sample_into(rec: ConnRecord, sock: socket.socket | None) -> None:
+def sample_into(rec: ConnRecord, sock: _socket.socket | None) -> None:
     """Fill `rec.rtt_ms` and `rec.retransmits` from `sock`'s TCP_INFO, if it can say (Linux,
     socket still open); otherwise they stay NULL."""
     if sock is None or not _LINUX:
@@ -87,7 +88,7 @@ class TcpInfoSampler:
         self.long_s = long_s
         self._count = 0
 
-    def sample(self, rec: ConnRecord, sock: socket.socket | None, age: float) -> None:
+    def sample(self, rec: ConnRecord, sock: _socket.socket | None, age: float) -> None:
         """At the end of a connection `age` seconds old: fill `rec`'s TCP_INFO columns if it is
         one to read."""
         every = self.every
@@ -101,7 +102,7 @@ class TcpInfoSampler:
         sample_into(rec, sock)
 
 
-def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
+def read_tcp_info(sock: _socket.socket) -> TcpInfo | None:
     """The kernel's TCP_INFO for `sock`, or None off Linux or if the socket is closed."""
     if not _LINUX:
         return None
