@@ -43,6 +43,13 @@ if TYPE_CHECKING:
 #: Bytes a client may send before its upstream is connected; past it, reading pauses.
 EARLY_DATA_LIMIT = 256 * 1024
 
+#: Bits of `RelayHalf._flags`: a half's booleans share one int (a slot each would cost 8 bytes
+#: per half, and an idle relay is two halves). A subclass takes bits from `FREE_FLAG` up.
+_CLOSED = 1
+_EOF_IN = 2
+_PAUSED_BY_PEER = 4
+FREE_FLAG = 8
+
 
 class ThrottleStep:
     """The throttle step of one class on one ladder, shared by every relay of the class: what a
@@ -191,13 +198,11 @@ class RelayHalf(asyncio.Protocol):
 
     __slots__ = (
         "_early",
-        "_eof_in",
-        "_paused_by_peer",
+        "_flags",
         "_throttle_handle",
         "bucket",
         "bytes_in",
         "clock",
-        "closed",
         "last_active",
         "peer",
         "throttle",
@@ -209,7 +214,9 @@ class RelayHalf(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: RelayHalf | None = None
         self.bytes_in = 0
-        self.closed = False
+        #: _CLOSED, _EOF_IN (the half-close came in), _PAUSED_BY_PEER (the peer's buffer is
+        #: full: only its `resume_writing` resumes reading), and a subclass's own.
+        self._flags = 0
         #: The class's throttle step, shared with every relay of the class (None: never
         #: throttled), and this relay's cap while the class stands on it (shared with the peer).
         self.throttle: ThrottleStep | None = None
@@ -222,9 +229,12 @@ class RelayHalf(asyncio.Protocol):
         #: Bytes that arrived before the peer existed; None (no list) on the common path, so an
         #: idle relayed connection does not carry two empty lists.
         self._early: list[bytes] | None = None
-        self._eof_in = False
-        self._paused_by_peer = False
         self._throttle_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether this side's connection is lost."""
+        return bool(self._flags & _CLOSED)
 
     # -- joining ------------------------------------------------------------------------------
 
@@ -242,10 +252,10 @@ class RelayHalf(asyncio.Protocol):
         if self._early and peer.transport is not None:
             peer.transport.write(b"".join(self._early))
         self._early = None
-        if self._eof_in:
+        if self._flags & _EOF_IN:
             if peer.transport is not None and peer.transport.can_write_eof():
                 peer.transport.write_eof()
-        elif self.transport is not None and not self.closed and not self._paused_by_peer:
+        elif self.transport is not None and not self._flags & (_CLOSED | _PAUSED_BY_PEER):
             self.transport.resume_reading()
 
     # -- data ---------------------------------------------------------------------------------
@@ -300,43 +310,43 @@ class RelayHalf(asyncio.Protocol):
 
     def _unthrottle(self) -> None:
         self._throttle_handle = None
-        if self.transport is not None and not self.closed and not self._paused_by_peer:
+        if self.transport is not None and not self._flags & (_CLOSED | _PAUSED_BY_PEER):
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         """Relay the half-close. Once both sides have sent EOF the relay is over: returning
         False closes this side, and `connection_lost` closes the peer (after its buffer). An
         EOF that arrives before the peer exists is kept and forwarded by `join`."""
-        self._eof_in = True
+        self._flags |= _EOF_IN
         peer = self.peer
         if peer is None or peer.transport is None:
             return True
         if not peer.transport.can_write_eof():
             return False
         peer.transport.write_eof()
-        return not peer._eof_in
+        return not peer._flags & _EOF_IN
 
     # -- backpressure from the peer -----------------------------------------------------------
 
     def pause_writing(self) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None:
-            peer._paused_by_peer = True
+            peer._flags |= _PAUSED_BY_PEER
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None:
-            peer._paused_by_peer = False
+            peer._flags &= ~_PAUSED_BY_PEER
             if peer._throttle_handle is None and not peer.closed:
                 peer.transport.resume_reading()
 
     # -- ending -------------------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
+        if self._flags & _CLOSED:
             return
-        self.closed = True
+        self._flags |= _CLOSED
         if self._throttle_handle is not None:
             self._throttle_handle.cancel()
             self._throttle_handle = None

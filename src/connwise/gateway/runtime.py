@@ -83,8 +83,10 @@ class Client(Protocol):
 class Listener:
     """One configured listener and its server."""
 
-    def __init__(self, config: ListenerConfig) -> None:
+    def __init__(self, config: ListenerConfig, gateway: Gateway) -> None:
         self.config = config
+        #: The gateway it belongs to (its tcp connections reach it through their listener).
+        self.gateway = gateway
         #: `config.name`, read per request (a reload keeps listeners' names).
         self.name = config.name
         self.server: AcceptLoop | None = None
@@ -141,7 +143,7 @@ class Gateway:
         #: Groups a reload replaced, while their established work finishes (`Group.retire`).
         self.retired: set[Group] = set()
         self.routers = build_routers(config)
-        self.listeners = {lc.name: Listener(lc) for lc in config.listeners}
+        self.listeners = {lc.name: Listener(lc, self) for lc in config.listeners}
         self.via = f"connwise-{config.node_id}".encode()
         self.cqi = CqiPolicy(config.cqi_config(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
@@ -350,7 +352,7 @@ class Gateway:
 
     def _factory(self, listener: Listener) -> ProtocolFactory:
         if listener.config.kind == "tcp":
-            return partial(TcpClient, self, listener)
+            return partial(TcpClient, listener)
         return partial(HttpClient, self, listener)
 
     # -- client accounting --------------------------------------------------------------------

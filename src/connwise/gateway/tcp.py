@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from connwise.core.cqi import ClassState, Opening
 from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
-from connwise.gateway.relay import RelayHalf
+from connwise.gateway.relay import FREE_FLAG, RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
 if TYPE_CHECKING:
@@ -26,21 +26,27 @@ if TYPE_CHECKING:
     from connwise.telemetry.record import ConnRecord
 
 
+#: `_flags` bit: admitted (holds a slot of its group), from the grant to the end.
+_ADMITTED = FREE_FLAG
+
+
 class TcpClient(RelayHalf):
-    """A client connection of a tcp listener; the upstream half is a plain RelayHalf."""
+    """A client connection of a tcp listener; the upstream half is a plain RelayHalf.
+
+    Memory: most relays sit idle for long, so a client holds no more than it must (22 slots,
+    with the two halves' flags in one int each, 208 bytes): the gateway through its listener,
+    the ClientHello in the early bytes, one slot for what it waits on while it is set up, and
+    the shared CQI opening until it has a class state of its own.
+    """
 
     __slots__ = (
-        "_admitted",
-        "_connecting",
         "_cqi",
-        "_sni_buffer",
+        "_pending",
         "_timer",
-        "_waiter",
         "backend",
         "class_name",
         "client_ip",
         "conn_id",
-        "gateway",
         "group",
         "listener",
         "opened_at",
@@ -48,10 +54,8 @@ class TcpClient(RelayHalf):
         "sock",
     )
 
-    def __init__(self, gateway: Gateway, listener: Listener, sock: _socket.socket,
-                 peer: Any) -> None:
-        super().__init__(clock=gateway.clock.now)
-        self.gateway = gateway
+    def __init__(self, listener: Listener, sock: _socket.socket, peer: Any) -> None:
+        super().__init__(clock=listener.gateway.clock.now)
         self.listener = listener
         #: The accepted socket (uvloop's transport keeps it open): TCP_INFO is read from it.
         self.sock = sock
@@ -62,16 +66,18 @@ class TcpClient(RelayHalf):
         # Interned: connections from one address share the string (and the per-IP key).
         self.client_ip = sys.intern(peer[0]) if peer else ""
         self.opened_at = 0.0
-        self._admitted = False
-        #: The task connecting upstream, while it runs: a client that goes away cancels it.
-        self._connecting: asyncio.Task[None] | None = None
-        self._sni_buffer = b""
+        #: What it waits on while it is set up: its admission `Waiter` while queued, then the
+        #: task connecting upstream (a client that goes away cancels either); None otherwise.
+        self._pending: Waiter | asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._waiter: Waiter | None = None
         self.record: ConnRecord | None = None
         #: The CQI state: the listener's shared `Opening` while the connection is quiet (no
         #: bytes moved, no class change), its own `ClassState` from then on.
         self._cqi: ClassState | Opening | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.listener.gateway
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -102,16 +108,16 @@ class TcpClient(RelayHalf):
             self.abort()
 
     def _before_peer(self, data: bytes) -> None:
-        """Before the upstream exists: with SNI routing, collect the ClientHello and route by
-        it (the relay's hot path never comes here once the upstream is joined)."""
-        if self.group is None and not self.closed:
-            self._sni_buffer += data
-            result, name = read_sni(self._sni_buffer)
-            if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
+        """Before the upstream exists: with SNI routing, collect the ClientHello (kept with the
+        early bytes, for the upstream) and route by it (the relay's hot path never comes here
+        once the upstream is joined)."""
+        super()._before_peer(data)
+        if self.group is None and not self.closed and self._early is not None:
+            hello = b"".join(self._early)
+            result, name = read_sni(hello)
+            if result is SniResult.NEED_MORE and len(hello) < 16_384:
                 return
             self._route_by_hello(name)
-            return
-        super()._before_peer(data)
 
     def eof_received(self) -> bool:
         """The client half-closed. Waiting for its ClientHello, no more of it will come: it is
@@ -123,14 +129,11 @@ class TcpClient(RelayHalf):
         return keep_open
 
     def _route_by_hello(self, name: str | None) -> None:
-        """Route by the server name read from the ClientHello (None: none, or no ClientHello),
-        with the bytes it came in kept for the upstream."""
-        early, self._sni_buffer = self._sni_buffer, b""
+        """Route by the server name read from the ClientHello (None: none, or no ClientHello);
+        the bytes it came in stay with the early bytes, for the upstream."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if early:
-            super()._before_peer(early)
         group = self.listener.config.sni.get(name or "", self.listener.config.group)
         if group is None:
             self.gateway.count("sni_unrouted")
@@ -169,7 +172,7 @@ class TcpClient(RelayHalf):
             ladder.record(self.class_name, 3)
             if self.record is not None:
                 self.record.degradations += 1
-        self._waiter = waiter
+        self._pending = waiter
         self.gateway.count_class("queued", self.class_name)
         for victim in group.scheduler.take_displaced():
             self.gateway.count_class("displaced", victim.class_name)
@@ -230,7 +233,7 @@ class TcpClient(RelayHalf):
         peer = self.peer
         if peer is not None:
             return max(self.last_active, peer.last_active)
-        if self._waiter is not None or self._admitted:
+        if self._pending is not None or self._flags & _ADMITTED:
             return None
         return self.last_active  # waiting for a ClientHello that does not come
 
@@ -253,7 +256,7 @@ class TcpClient(RelayHalf):
                 # The effective class (an escalation may have moved it since admission, whose
                 # class keeps the slot), as for http connections.
                 "class": cqi.class_name if cqi is not None else self.class_name,
-                "admitted": self._admitted,
+                "admitted": bool(self._flags & _ADMITTED),
                 "throttled": self.throttle is not None and self.throttle.active,
                 # A quiet connection's state is made for the answer, not kept.
                 "why": (self._quiet_state(cqi) if isinstance(cqi, Opening) else cqi).explain(now)
@@ -262,7 +265,7 @@ class TcpClient(RelayHalf):
     def state(self) -> str:
         """`queued` until admitted (waiting for the ClientHello or a slot), then `active`
         (connecting upstream, then relaying)."""
-        return "active" if self._admitted else "queued"
+        return "active" if self._flags & _ADMITTED else "queued"
 
     def metric_labels(self) -> tuple[str, str, str, str, str]:
         """(listener, kind, state, class, backend) for `connwise_connections`."""
@@ -276,7 +279,7 @@ class TcpClient(RelayHalf):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._waiter = None
+        self._pending = None
         self._granted()
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
@@ -284,7 +287,7 @@ class TcpClient(RelayHalf):
 
     def displaced(self) -> None:
         """A higher class took this waiter's place in a full queue: close."""
-        self._waiter = None
+        self._pending = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -293,18 +296,19 @@ class TcpClient(RelayHalf):
 
     def _expired(self) -> None:
         self._timer = None
-        waiter = self._waiter
-        if waiter is not None and self.group is not None and self.group.scheduler.cancel(waiter):
-            self._waiter = None
+        waiter = self._pending
+        if (isinstance(waiter, Waiter) and self.group is not None
+                and self.group.scheduler.cancel(waiter)):
+            self._pending = None
             self.gateway.count_class("timed_out", self.class_name)
             self.abort()
 
     def _granted(self) -> None:
-        self._admitted = True
+        self._flags |= _ADMITTED
         assert self.group is not None
         if self.record is not None:  # admitted: from now on, the upstream connect
             self.record.phase("connecting", self.gateway.clock.now())
-        self._connecting = self.gateway.spawn(self._connect(self.group))
+        self._pending = self.gateway.spawn(self._connect(self.group))
 
     async def _connect(self, group: Group) -> None:
         """Connect to a backend of `group` (another one on failure) and join the relay. A
@@ -336,7 +340,7 @@ class TcpClient(RelayHalf):
             except asyncio.CancelledError:  # the client went away, or the gateway drains
                 backend.outstanding -= 1
                 raise
-            self._connecting = None
+            self._pending = None
             group.connect_ok(backend)
             rec = self.record
             if rec is not None:
@@ -350,7 +354,7 @@ class TcpClient(RelayHalf):
             upstream.join(self)
             self.join(upstream)
             return
-        self._connecting = None
+        self._pending = None
         self.gateway.count("upstream_unavailable")
         self.abort()
 
@@ -364,16 +368,15 @@ class TcpClient(RelayHalf):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
+        pending, self._pending = self._pending, None
+        if isinstance(pending, asyncio.Task):
+            pending.cancel()
         group = self.group
         if group is not None:
-            if self._waiter is not None:
-                group.scheduler.cancel(self._waiter)
-                self._waiter = None
-            if self._admitted:
-                self._admitted = False
+            if isinstance(pending, Waiter):
+                group.scheduler.cancel(pending)
+            if self._flags & _ADMITTED:
+                self._flags &= ~_ADMITTED
                 if self.backend is not None:
                     self.backend.outstanding -= 1
                 group.release(self.class_name)
