@@ -19,8 +19,11 @@ deeper than that; the reader fires again on the next iteration.
 Measured with uvloop on 2,000 queued connections: accepting here cost about 25 us per
 connection against uvloop's 15 us (Python's `accept()` and one task per connection); `_accept`
 now skips `accept()`'s wrapper, which converted the family and type to enums for every
-connection (~2.5 us). Driving `connect_accepted_socket` by hand instead of through a task saved
-nothing measurable. Memory: the transport keeps the accepted Python socket object, which
+connection (~2.5 us). `connect_accepted_socket` is driven by hand rather than by a task: that
+saved no time, but a task (with its copy of the context and its entry in asyncio's registry of
+tasks) is ~350 bytes per connection being set up, and a burst of thousands left that much
+memory behind, freed but scattered (`gateway_memory`). Memory: the transport keeps the accepted
+Python socket object, which
 uvloop's server does not create, for the connection's life; under uvloop it is a subclass
 of the C socket (`UvAcceptedSocket`, 64 bytes) rather than a `socket.socket` (88 bytes, 96 as
 allocated).
@@ -41,7 +44,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -146,8 +149,20 @@ class AcceptLoop:
     reached their protocol).
     """
 
-    __slots__ = ("_closed", "_loop", "_paused", "_pending", "_retry", "_socket_type", "_sockets",
-                 "batch", "factory", "on_error", "retry_delay")
+    __slots__ = (
+        "_closed",
+        "_loop",
+        "_paused",
+        "_retry",
+        "_setting_up",
+        "_settled",
+        "_socket_type",
+        "_sockets",
+        "batch",
+        "factory",
+        "on_error",
+        "retry_delay",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  factory: ProtocolFactory, *, batch: int = ACCEPT_BATCH,
@@ -165,7 +180,9 @@ class AcceptLoop:
         self._closed = False
         self._paused = False
         self._retry: asyncio.TimerHandle | None = None
-        self._pending: set[asyncio.Task[object]] = set()
+        #: Connections being set up (`_set_up`), and what `wait_closed` waits on for them.
+        self._setting_up = 0
+        self._settled: asyncio.Future[None] | None = None
 
     @classmethod
     async def listen(cls, host: str, port: int, factory: ProtocolFactory, *,
@@ -235,15 +252,34 @@ class AcceptLoop:
                 self._failed(exc)
                 return
             # Typed as a socket.socket, but a loop reads no more of it than the C socket has.
-            task = loop.create_task(loop.connect_accepted_socket(partial(self.factory, conn, peer),
-                                                                 conn))  # type: ignore[arg-type]
-            self._pending.add(task)
-            task.add_done_callback(self._started)
+            self._set_up(loop.connect_accepted_socket(partial(self.factory, conn, peer),
+                                                      conn))  # type: ignore[arg-type]
 
-    def _started(self, task: asyncio.Task[object]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("an accepted connection could not be set up: %s", task.exception())
+    def _set_up(self, setup: Coroutine[Any, Any, object]) -> None:
+        """Run `connect_accepted_socket` without a task (see the module docstring): its first
+        step makes the transport and schedules `connection_made`, then it waits on a future
+        that `connection_made` completes; `_step` sends into it as each future it waits on
+        completes, as a task would."""
+        self._setting_up += 1
+        self._step(setup)
+
+    def _step(self, setup: Coroutine[Any, Any, object],
+              _done: asyncio.Future[object] | None = None) -> None:
+        try:
+            waiter = setup.send(None)
+        except StopIteration:
+            pass
+        except asyncio.CancelledError:
+            pass  # the connection went before it was set up
+        except Exception as exc:
+            log.warning("an accepted connection could not be set up: %s", exc)
+        else:
+            waiter._asyncio_future_blocking = False  # taken over, as a task would
+            waiter.add_done_callback(partial(self._step, setup))
+            return
+        self._setting_up -= 1
+        if not self._setting_up and self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
 
     def _failed(self, exc: OSError) -> None:
         if self.on_error is not None:
@@ -295,5 +331,7 @@ class AcceptLoop:
 
     async def wait_closed(self) -> None:
         """Wait until connections accepted before `close()` have reached their protocol."""
-        if self._pending:
-            await asyncio.wait(list(self._pending))
+        if self._setting_up:
+            if self._settled is None or self._settled.done():
+                self._settled = self._loop.create_future()
+            await self._settled

@@ -238,6 +238,11 @@ class RelayHalf(asyncio.Protocol):
 
     # -- joining ------------------------------------------------------------------------------
 
+    def itself(self) -> RelayHalf:
+        """This half: the protocol factory to connect it with (a bound method, where a closure
+        would cost a function and its defaults per connect)."""
+        return self
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
