@@ -193,14 +193,27 @@ class RelayThrottle:
         self.client_timer = self.upstream_timer = None
 
 
+class _Aside:
+    """What a relay half holds only for a while, kept out of its own slots (8 bytes each, on
+    every half of every idle relay): the bytes that came before its peer existed, then, once
+    its class has stood on the throttle step, the relay's bucket and the timer of a pause."""
+
+    __slots__ = ("bucket", "early", "pause")
+
+    def __init__(self, early: list[bytes] | None = None) -> None:
+        self.early = early
+        #: The relay's cap for the class's current stay on the step (shared with the peer).
+        self.bucket: RelayBucket | None = None
+        #: Reading paused until the debt is repaid.
+        self.pause: asyncio.TimerHandle | None = None
+
+
 class RelayHalf(asyncio.Protocol):
     """One side of a relay. `peer` is the other side, set once both are connected."""
 
     __slots__ = (
-        "_early",
+        "_aside",
         "_flags",
-        "_throttle_handle",
-        "bucket",
         "bytes_in",
         "clock",
         "last_active",
@@ -218,18 +231,16 @@ class RelayHalf(asyncio.Protocol):
         #: full: only its `resume_writing` resumes reading), and a subclass's own.
         self._flags = 0
         #: The class's throttle step, shared with every relay of the class (None: never
-        #: throttled), and this relay's cap while the class stands on it (shared with the peer).
+        #: throttled).
         self.throttle: ThrottleStep | None = None
-        self.bucket: RelayBucket | None = None
         #: The owner's clock (the gateway passes its own); monotonic time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         #: When bytes last arrived on this side (or it was created): the zombie watch's input.
         #: `now`, a reading the owner holds anyway, saves a float per idle relay half.
         self.last_active = self.clock() if now is None else now
-        #: Bytes that arrived before the peer existed; None (no list) on the common path, so an
-        #: idle relayed connection does not carry two empty lists.
-        self._early: list[bytes] | None = None
-        self._throttle_handle: asyncio.TimerHandle | None = None
+        #: The early bytes, the throttle's bucket and pause (see `_Aside`); None on the common
+        #: path: a relay joined at once and never throttled holds none.
+        self._aside: _Aside | None = None
 
     @property
     def closed(self) -> bool:
@@ -254,9 +265,10 @@ class RelayHalf(asyncio.Protocol):
         resume us, or the peer's buffer would grow without bound."""
         self.peer = peer
         peer.peer = self
-        if self._early and peer.transport is not None:
-            peer.transport.write(b"".join(self._early))
-        self._early = None
+        aside = self._aside  # before the peer, it holds early bytes only
+        if aside is not None and aside.early and peer.transport is not None:
+            peer.transport.write(b"".join(aside.early))
+        self._aside = None
         if self._flags & _EOF_IN:
             if peer.transport is not None and peer.transport.can_write_eof():
                 peer.transport.write_eof()
@@ -283,9 +295,12 @@ class RelayHalf(asyncio.Protocol):
     def _before_peer(self, data: bytes) -> None:
         """Keep bytes that arrive before the peer is connected (flushed by `join`); past
         EARLY_DATA_LIMIT, stop reading."""
-        early = self._early
+        aside = self._aside
+        if aside is None:
+            aside = self._aside = _Aside([])
+        early = aside.early
         if early is None:
-            early = self._early = []
+            early = aside.early = []
         early.append(data)
         if sum(map(len, early)) > EARLY_DATA_LIMIT and self.transport is not None:
             self.transport.pause_reading()
@@ -298,23 +313,34 @@ class RelayHalf(asyncio.Protocol):
         assert rate is not None
         now = self.last_active
         episode = degrade.entered[THROTTLE]
-        bucket = self.bucket
+        aside = self._aside
+        if aside is None:
+            aside = self._aside = _Aside()
+        bucket = aside.bucket
         if bucket is None or bucket.episode != episode:
-            bucket = self.bucket = RelayBucket(rate, step.burst, now, episode)
-            if self.peer is not None:
-                self.peer.bucket = bucket
+            bucket = aside.bucket = RelayBucket(rate, step.burst, now, episode)
+            peer = self.peer
+            if peer is not None:
+                if peer._aside is None:
+                    peer._aside = _Aside()
+                peer._aside.bucket = bucket
             step.ladder.record(degrade.name, THROTTLE)
             step.started(self)
         elif bucket.rate != rate:
             bucket.set_rate(rate, now)
         delay = bucket.take(size, now)
-        if delay > 0 and self.transport is not None and self._throttle_handle is None:
+        if delay > 0 and self.transport is not None and aside.pause is None:
             self.transport.pause_reading()
             loop = asyncio.get_running_loop()
-            self._throttle_handle = loop.call_later(delay, self._unthrottle)
+            aside.pause = loop.call_later(delay, self._unthrottle)
+
+    def _throttle_paused(self) -> bool:
+        """Whether reading is paused for the throttle's debt."""
+        return self._aside is not None and self._aside.pause is not None
 
     def _unthrottle(self) -> None:
-        self._throttle_handle = None
+        if self._aside is not None:
+            self._aside.pause = None
         if self.transport is not None and not self._flags & (_CLOSED | _PAUSED_BY_PEER):
             self.transport.resume_reading()
 
@@ -343,7 +369,7 @@ class RelayHalf(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None:
             peer._flags &= ~_PAUSED_BY_PEER
-            if peer._throttle_handle is None and not peer.closed:
+            if not peer._throttle_paused() and not peer.closed:
                 peer.transport.resume_reading()
 
     # -- ending -------------------------------------------------------------------------------
@@ -352,9 +378,9 @@ class RelayHalf(asyncio.Protocol):
         if self._flags & _CLOSED:
             return
         self._flags |= _CLOSED
-        if self._throttle_handle is not None:
-            self._throttle_handle.cancel()
-            self._throttle_handle = None
+        if self._aside is not None and self._aside.pause is not None:
+            self._aside.pause.cancel()
+            self._aside.pause = None
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.closed:
             peer.transport.close()
