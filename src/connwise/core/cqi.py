@@ -593,6 +593,11 @@ class ClassState:
         return self._opening.policy
 
     @property
+    def opening(self) -> Opening:
+        """What it was opened from (shared; see `Opening`)."""
+        return self._opening
+
+    @property
     def inputs(self) -> Inputs:
         """What its axes were scored from at its start."""
         return self._opening.inputs

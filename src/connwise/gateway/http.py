@@ -276,7 +276,6 @@ class HttpClient(asyncio.Protocol):
         "requests",
         "response_deadline",
         "send_deadline",
-        "sock",
         "task",
         "throttle",
         "timer",
@@ -288,8 +287,6 @@ class HttpClient(asyncio.Protocol):
                  peer: Any) -> None:
         self.gateway = gateway
         self.listener = listener
-        #: The accepted socket (uvloop's transport keeps it open): TCP_INFO is read from it.
-        self.sock = sock
         self.transport: asyncio.Transport | None = None
         #: Released (None) once the connection is a WebSocket relay: it parses nothing more.
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -418,7 +415,7 @@ class HttpClient(asyncio.Protocol):
         if rec is not None and recorder is not None:
             self.record = None
             now = self.gateway.clock.now()
-            self.gateway.tcp_info.sample(rec, self.sock, now - self.opened_at)
+            self.gateway.tcp_info.sample(rec, self.transport, now - self.opened_at)
             rec.bytes_in, rec.bytes_out = self.bytes_in, self.bytes_out
             rec.msgs_in = self.frames.messages if self.frames is not None else 0
             if self.relay_to is not None:

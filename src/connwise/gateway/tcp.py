@@ -33,11 +33,12 @@ _ADMITTED = FREE_FLAG
 class TcpClient(RelayHalf):
     """A client connection of a tcp listener; the upstream half is a plain RelayHalf.
 
-    Memory: most relays sit idle for long, so a client holds no more than it must (20 slots,
-    192 bytes; its upstream half 8, 96 bytes): each half's flags in one int and its rarely used
-    state aside, the gateway through its listener, the ClientHello in the early bytes, one slot
-    for what it waits on while it is set up, and the shared CQI opening until it has a class
-    state of its own.
+    Memory: most relays sit idle for long, so a client holds no more than it must (18 slots,
+    176 bytes; its upstream half 8, 96 bytes): each half's flags in one int and its rarely used
+    state aside, the gateway through its listener, the admission class from its CQI opening,
+    TCP_INFO through its transport, the ClientHello in the early bytes, one slot for what it
+    waits on while it is set up, and the shared CQI opening until it has a class state of its
+    own.
     """
 
     __slots__ = (
@@ -45,24 +46,19 @@ class TcpClient(RelayHalf):
         "_pending",
         "_timer",
         "backend",
-        "class_name",
         "client_ip",
         "conn_id",
         "group",
         "listener",
         "opened_at",
         "record",
-        "sock",
     )
 
     def __init__(self, listener: Listener, sock: _socket.socket, peer: Any) -> None:
         super().__init__(clock=listener.gateway.clock.now)
         self.listener = listener
-        #: The accepted socket (uvloop's transport keeps it open): TCP_INFO is read from it.
-        self.sock = sock
         self.group: Group | None = None
         self.backend: Backend | None = None
-        self.class_name = listener.config.class_name
         self.conn_id = 0
         # Interned: connections from one address share the string (and the per-IP key).
         self.client_ip = sys.intern(peer[0]) if peer else ""
@@ -80,6 +76,15 @@ class TcpClient(RelayHalf):
     def gateway(self) -> Gateway:
         return self.listener.gateway
 
+    @property
+    def class_name(self) -> str:
+        """The class it was admitted in, which holds its slot whatever its class becomes: its
+        CQI opening's (the listener's class until it has one)."""
+        cqi = self._cqi
+        if cqi is None:
+            return self.listener.config.class_name
+        return (cqi if isinstance(cqi, Opening) else cqi.opening).class_name
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         gateway = self.gateway
@@ -87,8 +92,8 @@ class TcpClient(RelayHalf):
         if not gateway.client_opened(self):
             self.abort()
             return
-        opening = self._cqi = gateway.cqi.opening(base_class=self.class_name, protocol="tcp")
-        self.class_name = opening.class_name
+        self._cqi = gateway.cqi.opening(base_class=self.listener.config.class_name,
+                                        protocol="tcp")
         if gateway.recorder is not None:
             rec = self.record = gateway.recorder.begin_client(
                 str(self.conn_id), self.listener.name, self.opened_at, "queued",
@@ -388,7 +393,7 @@ class TcpClient(RelayHalf):
         if rec is not None and recorder is not None:
             self.record = None
             now = self.gateway.clock.now()
-            self.gateway.tcp_info.sample(rec, self.sock, now - self.opened_at)
+            self.gateway.tcp_info.sample(rec, self.transport, now - self.opened_at)
             rec.bytes_in = self.bytes_in
             rec.bytes_out = self.peer.bytes_in if self.peer is not None else 0
             reason = "half_open" if lost else "reset" if exc else (

@@ -21,6 +21,7 @@ NULL.
 from __future__ import annotations
 
 import _socket
+import asyncio
 import socket
 import struct
 import sys
@@ -88,9 +89,12 @@ class TcpInfoSampler:
         self.long_s = long_s
         self._count = 0
 
-    def sample(self, rec: ConnRecord, sock: _socket.socket | None, age: float) -> None:
-        """At the end of a connection `age` seconds old: fill `rec`'s TCP_INFO columns if it is
-        one to read."""
+    def sample(self, rec: ConnRecord, transport: asyncio.BaseTransport | None,
+               age: float) -> None:
+        """At the end of a connection `age` seconds old: fill `rec`'s TCP_INFO columns, from
+        the socket of its `transport` (still open in `connection_lost`), if it is one to read.
+        The socket is asked of the transport only then: a connection keeps no reference of its
+        own to it (8 bytes each), and uvloop makes its socket object on demand."""
         every = self.every
         if not every:
             return
@@ -99,7 +103,7 @@ class TcpInfoSampler:
             if self._count < every:
                 return
             self._count = 0
-        sample_into(rec, sock)
+        sample_into(rec, transport.get_extra_info("socket") if transport is not None else None)
 
 
 def read_tcp_info(sock: _socket.socket) -> TcpInfo | None:
