@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from connwise.telemetry.record import ConnRecord
 
 
-#: `_flags` bit: admitted (holds a slot of its group), from the grant to the end.
+#: `_flags` bits: admitted (holds a slot of its group), from the grant to the end; the upstream
+#: connect in flight passed its deadline (`connect_timeout`), until `_connect` has seen it.
 _ADMITTED = FREE_FLAG
+_CONNECT_EXPIRED = FREE_FLAG << 1
 
 
 class TcpClient(RelayHalf):
@@ -325,6 +327,7 @@ class TcpClient(RelayHalf):
         # A tuple, not a set: a burst of connects holds one each while it connects, and a
         # retry is rare (56 bytes for one name against a set's 216).
         tried: tuple[str, ...] = ()
+        deadlines = group.connect_deadlines
         for _ in range(group.retries + 1):
             backend = group.pick(self.client_ip, self.client_ip, exclude=tried)
             if backend is None:
@@ -333,18 +336,29 @@ class TcpClient(RelayHalf):
             started = self.gateway.clock.now()
             upstream = RelayHalf(clock=self.clock, now=started)
             backend.outstanding += 1
+            # The group's deadlines, not an asyncio.timeout per connect (see `FifoDeadlines`).
+            deadlines.add(self._connect_expired)
             try:
-                # asyncio.timeout rather than wait_for: no second task per connect.
-                async with asyncio.timeout(group.config.connect_timeout):
-                    await asyncio.get_running_loop().create_connection(
-                        upstream.itself, backend.host, backend.port)
-            except (OSError, TimeoutError) as exc:
+                await asyncio.get_running_loop().create_connection(
+                    upstream.itself, backend.host, backend.port)
+            except OSError as exc:
                 backend.outstanding -= 1
                 group.connect_failed(backend, exc)
                 continue
-            except asyncio.CancelledError:  # the client went away, or the gateway drains
+            except asyncio.CancelledError:
                 backend.outstanding -= 1
-                raise
+                expired = self._flags & _CONNECT_EXPIRED
+                self._flags &= ~_CONNECT_EXPIRED
+                if not expired or self.closed:
+                    raise  # the client went away, or the gateway drains
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                group.connect_failed(backend, TimeoutError(
+                    f"no connection to {backend.name} within {deadlines.delay:g} s"))
+                continue
+            finally:
+                deadlines.discard(self._connect_expired)
             self._pending = None
             group.connect_ok(backend)
             rec = self.record
@@ -362,6 +376,14 @@ class TcpClient(RelayHalf):
         self._pending = None
         self.gateway.count("upstream_unavailable")
         self.abort()
+
+    def _connect_expired(self) -> None:
+        """The upstream connect in flight passed `connect_timeout`: `_connect` sees its
+        cancellation as a timeout, counts it and tries the next backend."""
+        task = self._pending
+        if isinstance(task, asyncio.Task) and not task.done():
+            self._flags |= _CONNECT_EXPIRED
+            task.cancel()
 
     # -- ending -------------------------------------------------------------------------------
 
