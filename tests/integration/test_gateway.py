@@ -409,6 +409,16 @@ async def test_tcp_listener_routes_by_sni_without_terminating_tls(
         assert await asyncio.wait_for(reader.read(10), 3) == expected.encode()
         assert received[expected] == hello, "the ClientHello is relayed untouched"
         writer.close()
+    # A ClientHello in two segments: the first is too short to tell, both reach the backend.
+    reader, writer = await asyncio.open_connection(host, port)
+    hello = client_hello("b.example.com")
+    writer.write(hello[:40])
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(hello[40:])
+    assert await asyncio.wait_for(reader.read(10), 3) == b"b"
+    assert received["b"] == hello
+    writer.close()
     for server in servers.values():
         server.close()
 

@@ -6,18 +6,27 @@ seen before SO_REUSEPORT would share it."""
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import errno
+import os
 import resource
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import pytest
 import uvloop
 
-from connwise.gateway.accept import AcceptLoop, check_unshared, listen_backlog
+from connwise.gateway.accept import (
+    AcceptedSocket,
+    AcceptLoop,
+    UvAcceptedSocket,
+    check_unshared,
+    listen_backlog,
+)
 from connwise.gateway.runtime import Gateway
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.tcp_backend import TcpBackend as _TcpBackend
@@ -41,7 +50,7 @@ class Counting(asyncio.Protocol):
     made = 0
     peers: ClassVar[set[tuple[str, int]]] = set()
 
-    def __init__(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+    def __init__(self, sock: _socket.socket, peer: tuple[str, int]) -> None:
         assert sock.getpeername() == peer
         Counting.peers.add(peer)
 
@@ -83,6 +92,92 @@ def test_a_queued_burst_is_accepted_in_a_few_iterations(loop_kind: str) -> None:
     # 256 per wake-up, plus the iterations in which each batch's transports are set up
     # (uvloop's create_server takes 501 for this burst: one connection per iteration).
     assert iterations <= 10
+
+
+class Keeping(asyncio.Protocol):
+    """Keeps the socket the accept loop handed over, and says when the connection is lost."""
+
+    def __init__(self, sock: _socket.socket, peer: tuple[str, int]) -> None:
+        self.sock = sock
+        self.lost = asyncio.get_running_loop().create_future()
+        Keeping.made.put_nowait(self)
+
+    #: Made afresh for each event loop.
+    made: ClassVar[asyncio.Queue[Keeping]]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # What a tcp client does as it ends: TCP_INFO is still readable from the socket.
+        self.lost.set_result(len(self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)))
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def accept_and_lose() -> tuple[type[_socket.socket], int, int, int]:
+    """Connections through an accept loop, closed by the peer: the class of the socket the
+    protocol got, the TCP_INFO bytes read as it ended, its descriptor afterwards, and the
+    descriptors the second connection left open (the first one's may include the loop's own,
+    opened on first use)."""
+    Keeping.made = asyncio.Queue()
+    server = await AcceptLoop.listen("127.0.0.1", 0, Keeping)
+    try:
+        for _ in range(2):
+            before = open_fds()
+            client = socket.create_connection(("127.0.0.1", server.sockets[0].getsockname()[1]))
+            protocol = await asyncio.wait_for(Keeping.made.get(), 5)
+            client.close()
+            info = await asyncio.wait_for(protocol.lost, 5)
+            await asyncio.sleep(0.05)
+        return type(protocol.sock), info, protocol.sock.fileno(), open_fds() - before
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("loop_kind", "kind"), [("asyncio", AcceptedSocket),
+                                                 ("uvloop", UvAcceptedSocket)])
+def test_an_accepted_socket_is_read_as_it_ends_and_closed_once(
+        loop_kind: str, kind: type[_socket.socket]) -> None:
+    run = uvloop.run if loop_kind == "uvloop" else asyncio.run
+    got, info, fd, leaked = run(accept_and_lose())
+    assert (got, info, fd, leaked) == (kind, 8, -1, 0)
+
+
+def test_the_uvloop_socket_is_the_c_socket_without_the_python_slots() -> None:
+    # The transport keeps it for the connection's life: 88 bytes as a socket.socket, 96 as
+    # allocated.
+    a, b = socket.socketpair()
+    try:
+        bare = UvAcceptedSocket(a.family, a.type, 0, os.dup(a.fileno()))
+        full = AcceptedSocket(a.family, a.type, 0, os.dup(a.fileno()))
+        assert (sys.getsizeof(bare), sys.getsizeof(full)) == (64, 88)
+        assert (bare.family, bare.type) == (socket.AF_UNIX, socket.SOCK_STREAM)
+        full.close()
+        bare.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_closing_the_uvloop_socket_never_closes_its_number_again() -> None:
+    # uvloop (libuv) closes the descriptor, then calls close() on the file object: by then the
+    # number may belong to another socket (another thread's), which must stay open.
+    a, b = socket.socketpair()
+    try:
+        sock = UvAcceptedSocket(a.family, a.type, 0, os.dup(a.fileno()))
+        number = sock.fileno()
+        os.close(number)  # what libuv does
+        reused = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            assert reused.fileno() == number
+            sock.close()
+            assert sock.fileno() == -1
+            assert reused.getsockname() == ("0.0.0.0", 0)  # still open
+        finally:
+            reused.close()
+    finally:
+        a.close()
+        b.close()
 
 
 def test_listen_backlog_is_at_least_4096_and_follows_somaxconn() -> None:

@@ -154,7 +154,9 @@ async def slow_client(gateway: Gateway) -> tuple[socket.socket, HttpClient]:
     await until(lambda: len(gateway.clients) == 1)
     [client] = gateway.clients.values()
     assert isinstance(client, HttpClient)
-    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    assert client.transport is not None
+    client.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                        16384)
     return sock, client
 
 

@@ -6,6 +6,7 @@ bounds) the objects built from them."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 from connwise.config import load_gateway_config
 from connwise.core.affinity import BoundedLoadRing
 from connwise.core.clock import VirtualClock
+from connwise.core.cqi import ClassState, Opening
 from connwise.core.degrade import SHED, SIGNAL
 from connwise.gateway.runtime import Gateway
+from connwise.gateway.tcp import TcpClient
 from tests.integration.conftest import GatewayFactory
 from tests.integration.http_origin import HttpOrigin
 from tests.integration.test_gateway import url, web_config
@@ -157,6 +160,94 @@ async def test_a_tcp_connection_follows_its_cqi_class_with_escalation_rules_conf
         assert (history[0]["to"], history[-1]["to"]) == ("interactive", "bulk")
     finally:
         writer.close()
+
+
+async def _tcp_gateway(service: ByteService, clock: VirtualClock, cqi: dict[str, Any],
+                       *, class_name: str = "interactive") -> Gateway:
+    gateway = Gateway(load_gateway_config({
+        "listeners": [{"name": "raw", "kind": "tcp", "bind": "127.0.0.1:0", "group": "bytes",
+                       "class": class_name}],
+        "groups": {"bytes": {"backends": [f"127.0.0.1:{service.port}"],
+                             "health": {"kind": "none"}}},
+        "cqi": cqi}), clock=clock)
+    await gateway.start()
+    return gateway
+
+
+async def _relayed(gateway: Gateway, n: int) -> list[TcpClient]:
+    for _ in range(500):
+        clients = [c for c in gateway.clients.values() if isinstance(c, TcpClient)]
+        if len(clients) == n and all(c.peer is not None for c in clients):
+            return clients
+        await asyncio.sleep(0.01)
+    raise AssertionError("the relays were not joined")
+
+
+async def test_idle_tcp_relays_share_their_cqi_opening_until_one_moves_bytes(
+        service: ByteService) -> None:
+    # An idle relay held a ClassState of its own (~150 bytes) for a state that follows from
+    # its listener's opening and its age: now it holds the shared opening until it moves
+    # bytes, and then its own state, as if fed all along.
+    clock = VirtualClock(1000.1)  # the ticker's resource step runs at whole seconds only
+    gateway = await _tcp_gateway(service, clock, HEAVY_CQI)
+    streams = [await asyncio.open_connection(*gateway.listeners["raw"].address)
+               for _ in range(2)]
+    try:
+        quiet, talker = await _relayed(gateway, 2)
+        for _ in range(3):
+            clock.advance(1.0)
+            gateway.observe_resources(clock.now())
+        assert isinstance(quiet._cqi, Opening) and quiet._cqi is talker._cqi
+        listed = gateway.connections()
+        assert [c["class"] for c in listed] == ["interactive", "interactive"]
+        why = listed[0]["why"]
+        assert why["inputs"]["age"] == pytest.approx(3.0)
+        assert why["inputs"]["protocol"] == "tcp"
+        assert [h["to"] for h in why["history"]] == ["interactive"]
+        assert isinstance(quiet._cqi, Opening)  # made for the listing, not kept
+        reader, writer = streams[1]  # accepted in order: the second client is `talker`
+        writer.write(b"D 100000\n")
+        await asyncio.wait_for(reader.readexactly(100_000), 10)
+        clock.advance(1.0)
+        gateway.observe_resources(clock.now())
+        assert isinstance(quiet._cqi, Opening)
+        assert isinstance(talker._cqi, ClassState)
+        # Fed one second after the previous feed: the byte rate of one second, not of the
+        # connection's four seconds of age, moved it to bulk.
+        assert talker.class_name == "interactive" and talker._cqi.class_name == "bulk"
+        assert talker._cqi.rate == pytest.approx(100_009 * (1 - math.exp(-0.1)))
+        [conn] = [c for c in gateway.connections() if c["id"] == talker.conn_id]
+        assert conn["class"] == "bulk"
+    finally:
+        for _, writer in streams:
+            writer.close()
+        await gateway.drain(1.0)
+
+
+async def test_an_idle_tcp_relay_whose_age_moves_its_class_gets_its_own_state(
+        service: ByteService) -> None:
+    clock = VirtualClock(1000.1)
+    aging = {"duration_weight": 1.0, "duration_half": 60.0, "hysteresis": 0.0}
+    gateway = await _tcp_gateway(service, clock, aging, class_name="critical")
+    _, writer = await asyncio.open_connection(*gateway.listeners["raw"].address)
+    try:
+        [client] = await _relayed(gateway, 1)
+        for _ in range(150):  # 0.825 -> 0.700: still critical
+            clock.advance(1.0)
+            gateway.observe_resources(clock.now())
+        assert isinstance(client._cqi, Opening)
+        for _ in range(20):
+            clock.advance(1.0)
+            gateway.observe_resources(clock.now())
+        assert isinstance(client._cqi, ClassState)
+        assert client._cqi.class_name == "interactive"
+        assert gateway.class_counters["reclassified", "interactive"] == 1
+        [conn] = gateway.connections()
+        assert conn["class"] == "interactive"
+        assert [h["to"] for h in conn["why"]["history"]] == ["critical", "interactive"]
+    finally:
+        writer.close()
+        await gateway.drain(1.0)
 
 
 async def test_a_keep_alive_connection_scored_afresh_keeps_its_byte_rate_age_and_history(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from connwise.gateway.deadlines import FifoDeadlines
 from connwise.gateway.runtime import Gateway
 from connwise.gateway.tcp import TcpClient
 from tests.integration.conftest import GatewayFactory
@@ -146,6 +147,51 @@ async def test_a_client_gone_while_its_upstream_connect_is_pending_ends_the_conn
         await until(lambda: not connecting(gateway), timeout=1.0)
         assert backend.outstanding == 0
         assert gateway.counters["upstream_unavailable"] == 0
+        assert len(group.connect_deadlines) == 0  # its deadline went with it
+
+
+async def test_a_connect_past_connect_timeout_is_retried_then_given_up(
+        make_gateway: GatewayFactory) -> None:
+    # The group's deadlines (one timer for every connect in flight) replaced an asyncio.timeout
+    # per connect: a connect that hangs still ends at connect_timeout, counts as a failure of
+    # its backend and is retried.
+    with blackhole_backend() as port:
+        gateway = await make_gateway(**tcp_listener(port, connect_timeout=0.3, retries=1))
+        group = gateway.groups["b"]
+        backend = group.backends[0]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reader, writer = await asyncio.open_connection(*gateway.listeners["raw"].address)
+        try:
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            elapsed = loop.time() - started
+            assert 0.55 <= elapsed < 2.0, elapsed  # two attempts of 0.3 s (one backend)
+            await until(lambda: gateway.counters["upstream_unavailable"] == 1)
+            assert backend.failures == 2 and backend.outstanding == 0
+            assert len(group.connect_deadlines) == 0
+        finally:
+            writer.close()
+
+
+async def test_deadlines_fire_in_order_once_and_not_when_discarded() -> None:
+    deadlines = FifoDeadlines(0.05)
+    fired: list[str] = []
+    a, b, c = (lambda: fired.append("a")), (lambda: fired.append("b")), (lambda: fired.append("c"))
+    deadlines.add(a)
+    deadlines.add(b)
+    deadlines.add(c)
+    deadlines.discard(b)
+    deadlines.add(a)  # added again: moves to its new deadline, after c's
+    assert len(deadlines) == 2
+    await until(lambda: len(fired) == 2, timeout=2.0)
+    assert fired == ["c", "a"] and len(deadlines) == 0
+    deadlines.add(b)
+    deadlines.cancel()
+    await asyncio.sleep(0.1)
+    assert fired == ["c", "a"]
+    with pytest.raises(ValueError, match="delay=0"):
+        FifoDeadlines(0)
 
 
 async def test_reclaim_ends_a_relay_whose_client_stopped_reading(

@@ -3,6 +3,7 @@ whose peer has gone (CLOSE_WAIT after a FIN, CLOSE after a reset) but not of a s
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -67,15 +68,15 @@ def test_sample_into_reads_the_same_rtt_and_retransmits_as_the_full_struct() -> 
     assert closed.rtt_ms is None and closed.retransmits is None
 
 
-def test_the_sampler_reads_every_nth_short_connection_and_every_long_one() -> None:
+async def test_the_sampler_reads_every_nth_short_connection_and_every_long_one() -> None:
     server = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(server.getsockname())
+    _, writer = await asyncio.open_connection(*server.getsockname())
     peer, _ = server.accept()
     try:
         def sampled(sampler: TcpInfoSampler, ages: list[float]) -> list[bool]:
             recs = [ConnRecord(str(i), "client", "web", 0.0) for i in range(len(ages))]
             for rec, age in zip(recs, ages, strict=True):
-                sampler.sample(rec, client, age)
+                sampler.sample(rec, writer.transport, age)  # read from the transport's socket
             return [rec.rtt_ms is not None for rec in recs]
 
         every_third = TcpInfoSampler(every=3)
@@ -86,8 +87,11 @@ def test_the_sampler_reads_every_nth_short_connection_and_every_long_one() -> No
                                                                       True]
         assert sampled(TcpInfoSampler(every=1), [0.01] * 3) == [True] * 3
         assert sampled(TcpInfoSampler(every=0), [0.01, 5.0]) == [False, False]
+        gone = ConnRecord("x", "client", "web", 0.0)
+        TcpInfoSampler(every=1).sample(gone, None, 5.0)  # no transport: the columns stay NULL
+        assert gone.rtt_ms is None
     finally:
-        client.close()
+        writer.close()
         peer.close()
         server.close()
     with pytest.raises(ValueError, match="every=-1"):

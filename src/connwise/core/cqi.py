@@ -35,6 +35,13 @@ the class history, and `explain()` says why the connection has its class.
 Wiring: `state = policy.open(...)`; on live byte counts `change = state.observe(total, now)`,
 and when that returns a base change, `EscalationEngine.set_base(...)` decides the effective
 class, which `state.apply(...)` records.
+
+Quiet connections: a connection that has moved no bytes and whose class never changed needs no
+state of its own, since its axes at any time follow from its `Opening` (shared by every
+connection opened from the same inputs) and its age. A shell holding many idle connections (the
+gateway's tcp relays) keeps the opening instead, asks `Opening.moves` as it feeds byte counts,
+and makes the connection's own state with `Opening.state` once it moves bytes or its class
+changes: the state it would have had, fed all along.
 """
 
 from __future__ import annotations
@@ -319,8 +326,7 @@ class CqiPolicy:
         #: connection carries no axes or inputs of its own. The keys come from the
         #: configuration (classes, protocols, route flags), so the cache stays small; it is
         #: capped all the same.
-        self._openings: dict[tuple[str, float | None, str, bool, bool],
-                             tuple[Inputs, Axes, float]] = {}
+        self._openings: dict[tuple[str, float | None, str, bool, bool], Opening] = {}
         #: Live axes and their score, shared by the connections that have them (see
         #: RESOURCE_DIGITS); capped at MAX_SHARED_AXES, past which new ones are not kept.
         self._shared: dict[tuple[float, float, float, float], tuple[Axes, float]] = {}
@@ -433,17 +439,12 @@ class CqiPolicy:
 
     # -- per connection -----------------------------------------------------------------------
 
-    def open(self, conn_id: int, now: float, *, base_class: str, protocol: str = "http",
-             latency_sensitive: bool = False, websocket: bool = False,
-             headers: Iterable[tuple[bytes | str, bytes | str]] = (),
-             criticality: float | None = None,
-             previous: ClassState | None = None) -> ClassState:
-        """Score a new connection from what is known at its start and give it its class.
-
-        `previous` is the state of the same connection scored from other inputs (a keep-alive
-        connection's later request to another route, a reload's new policy): its age, byte
-        count, byte rate and resource axis are the connection's and carry over, and so do its
-        class in force and class history; `apply` a change to the new CQI class, if any."""
+    def opening(self, *, base_class: str, protocol: str = "http",
+                latency_sensitive: bool = False, websocket: bool = False,
+                headers: Iterable[tuple[bytes | str, bytes | str]] = (),
+                criticality: float | None = None) -> Opening:
+        """What a connection opened from these inputs starts with: one object for every such
+        connection, unless user headers matched (see `_openings`)."""
         matches = self.user_matches(headers)
         key = (base_class, criticality, protocol, latency_sensitive, websocket)
         opening = None if matches else self._openings.get(key)
@@ -455,10 +456,27 @@ class CqiPolicy:
                         user=user, resource=1.0)
             inputs = Inputs(base_class, criticality, protocol, latency_sensitive, websocket,
                             tuple(matches))
-            opening = (inputs, axes, self.score(axes))
+            score = self.score(axes)
+            opening = Opening(self, inputs, axes, score, self.band(score))
             if not matches and len(self._openings) < MAX_OPENINGS:
                 self._openings[key] = opening
-        state = ClassState(self, conn_id, *opening, now)
+        return opening
+
+    def open(self, conn_id: int, now: float, *, base_class: str, protocol: str = "http",
+             latency_sensitive: bool = False, websocket: bool = False,
+             headers: Iterable[tuple[bytes | str, bytes | str]] = (),
+             criticality: float | None = None,
+             previous: ClassState | None = None) -> ClassState:
+        """Score a new connection from what is known at its start and give it its class.
+
+        `previous` is the state of the same connection scored from other inputs (a keep-alive
+        connection's later request to another route, a reload's new policy): its age, byte
+        count, byte rate and resource axis are the connection's and carry over, and so do its
+        class in force and class history; `apply` a change to the new CQI class, if any."""
+        opening = self.opening(base_class=base_class, protocol=protocol,
+                               latency_sensitive=latency_sensitive, websocket=websocket,
+                               headers=headers, criticality=criticality)
+        state = ClassState(opening, conn_id, now)
         if previous is not None:
             state._continue(previous)
         return state
@@ -484,6 +502,62 @@ class Inputs:
                                  for h, v, s in self.user_headers]}
 
 
+class Opening:
+    """What every connection opened from the same inputs starts with, shared by them (see
+    `CqiPolicy.opening`): the inputs, the axes and score they give, and the band it picks.
+
+    A *quiet* connection, one that has moved no bytes and whose class never changed, needs
+    nothing more: its resource axis falls with its age alone, so its state at any time follows
+    from its opening and when it opened. A shell may keep the opening rather than a
+    `ClassState` for it (an idle tcp relay then holds no CQI object of its own), feed it through
+    `moves`, and make its own state with `state` once it moves bytes or `moves` says its class
+    changes.
+    """
+
+    __slots__ = ("axes", "band", "inputs", "policy", "score")
+
+    def __init__(self, policy: CqiPolicy, inputs: Inputs, axes: Axes, score: float,
+                 band: Band) -> None:
+        self.policy = policy
+        self.inputs = inputs
+        self.axes = axes
+        self.score = score
+        self.band = band
+
+    @property
+    def class_name(self) -> str:
+        """The class a quiet connection of this opening has."""
+        return self.band.class_name
+
+    def moves(self, opened_at: float, now: float) -> bool:
+        """Whether a quiet connection opened at `opened_at` leaves its band at `now`, as its
+        age lowers its resource axis (with hysteresis, as `ClassState.observe` judges)."""
+        policy = self.policy
+        resource = round(policy.resource_axis(0.0, now - opened_at), RESOURCE_DIGITS)
+        axes = self.axes
+        if resource == axes.resource:
+            return False
+        _, score = policy.shared_axes(axes.business, axes.technical, axes.user, resource)
+        return policy.reclassify(self.band, score) is not self.band
+
+    def state(self, conn_id: int, opened_at: float, fed_at: float) -> ClassState:
+        """The state of a quiet connection opened at `opened_at` whose byte count (0 so far)
+        was last fed at `fed_at` (its opening, if never): what `CqiPolicy.open` and a
+        `ClassState.observe` at every feed would have made, so a feed of its next byte count
+        gives the same rate and class. Its class is still the opening's (`moves` says when it
+        would not be)."""
+        state = ClassState(self, conn_id, opened_at)
+        if fed_at > opened_at:
+            policy = self.policy
+            resource = round(policy.resource_axis(0.0, fed_at - opened_at), RESOURCE_DIGITS)
+            axes = self.axes
+            if resource != axes.resource:
+                state.axes, state.score = policy.shared_axes(axes.business, axes.technical,
+                                                             axes.user, resource)
+            state._bytes_at = fed_at
+        return state
+
+
 class ClassState:
     """One connection's CQI record: axes, score, base (CQI) class, effective class, history.
 
@@ -493,46 +567,58 @@ class ClassState:
 
     Memory: the gateway keeps one of these per client connection, most of them idle, so an
     unchanged connection holds no history container: its first entry (the class it was given
-    at open) is rebuilt on demand from the opening score and band, and the list of changes is
-    allocated by the first `apply()` (`_history is None` until then). Its inputs, opening axes
-    and score are shared with every connection opened from the same inputs (see
-    `CqiPolicy.open`).
+    at open) is rebuilt on demand from its `Opening`, and the list of changes is allocated by
+    the first `apply()` (`_history is None` until then). Its opening (inputs, axes, score and
+    band) is shared with every connection opened from the same inputs (see `CqiPolicy.open`).
     """
 
-    __slots__ = ("_band", "_bytes", "_bytes_at", "_first_band", "_first_score", "_history",
-                 "axes", "class_name", "conn_id", "cqi_class", "inputs", "opened_at", "policy",
-                 "rate", "score")
+    __slots__ = ("_band", "_bytes", "_bytes_at", "_history", "_opening", "axes", "class_name",
+                 "conn_id", "opened_at", "rate", "score")
 
-    def __init__(self, policy: CqiPolicy, conn_id: int, inputs: Inputs, axes: Axes,
-                 score: float, now: float) -> None:
-        self.policy = policy
+    def __init__(self, opening: Opening, conn_id: int, now: float) -> None:
+        self._opening = opening
         self.conn_id = conn_id
-        self.axes = axes
-        self.inputs = inputs
+        self.axes = opening.axes
         self.opened_at = now
         self.rate = 0.0
         self._bytes = 0
         self._bytes_at = now
-        self.score = score
-        self._band = policy.band(score)
-        self._first_band = self._band
-        self._first_score = self.score
-        self.cqi_class = self._band.class_name
-        self.class_name = self.cqi_class
+        self.score = opening.score
+        self._band = opening.band
+        self.class_name = opening.band.class_name
         self._history: list[ClassChange] | None = None
+
+    @property
+    def policy(self) -> CqiPolicy:
+        return self._opening.policy
+
+    @property
+    def opening(self) -> Opening:
+        """What it was opened from (shared; see `Opening`)."""
+        return self._opening
+
+    @property
+    def inputs(self) -> Inputs:
+        """What its axes were scored from at its start."""
+        return self._opening.inputs
+
+    @property
+    def cqi_class(self) -> str:
+        """The class its score picks (with hysteresis)."""
+        return self._band.class_name
 
     @property
     def history(self) -> tuple[ClassChange, ...]:
         """The class changes kept (at most `CqiConfig.history`), oldest first; the first is the
         class given at open until newer changes push it out."""
         if self._history is None:
-            return (self._opening(),)
+            return (self._first(),)
         return tuple(self._history)
 
-    def _opening(self) -> ClassChange:
-        band = self._first_band
-        return ClassChange(self.conn_id, None, band.class_name,
-                           _band_reason(self._first_score, band), self.opened_at)
+    def _first(self) -> ClassChange:
+        opening = self._opening
+        return ClassChange(self.conn_id, None, opening.band.class_name,
+                           _band_reason(opening.score, opening.band), self.opened_at)
 
     def band_reason(self) -> str:
         """Why the score picks the CQI class: the score and its band."""
@@ -547,7 +633,6 @@ class ClassState:
             self.axes, self.score = self.policy.shared_axes(
                 axes.business, axes.technical, axes.user, previous.axes.resource)
             self._band = self.policy.band(self.score)
-            self.cqi_class = self._band.class_name
         # The class in force stays until its authority (the escalation engine, or the shell)
         # applies a change: the connection's class has not changed yet.
         self.class_name = previous.class_name
@@ -562,9 +647,8 @@ class ClassState:
         band = self.policy.reclassify(self._band, self.score)
         if band is self._band:
             return None
-        previous = self.cqi_class
+        previous = self._band.class_name
         self._band = band
-        self.cqi_class = band.class_name
         return ClassChange(self.conn_id, previous, band.class_name,
                            f"{why}: {self.band_reason()}", now)
 
@@ -612,7 +696,7 @@ class ClassState:
         self.class_name = change.to_class
         history = self._history
         if history is None:
-            history = self._history = [self._opening()]
+            history = self._history = [self._first()]
         history.append(change)
         if len(history) > self.policy.config.history:
             del history[0]

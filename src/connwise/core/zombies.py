@@ -269,11 +269,19 @@ class ZombieTracker:
 
     The shell calls `idle` when a connection becomes idle (connected, released), `busy` when it
     starts serving (acquired, a request arrives), `half_open` when a probe says the peer is gone
-    and `forget` when it closes; `scan(now)` returns the new findings. Cost: O(1) per event and
+    and `forget` when it closes; `scan(now)` returns the new findings. Cost: O(1) per event (a
+    look through the few segments for a connection not found in the one given) and
     O(connections) per scan.
+
+    Memory: most tracked connections are idle and healthy, and all such a connection needs is
+    when its stretch began, in its segment: one entry of a dict of floats per segment (a
+    gateway passes the connection's own `last_active` float, so none is made). A connection
+    gets a full entry only when there is more to keep: a finding, a half-open peer, or (in a
+    pool) the time it has been held. A tracker that judges no leaks (`pooled=False`) keeps
+    nothing for a connection between its idle stretches.
     """
 
-    __slots__ = ("_entries", "owner", "pooled", "thresholds")
+    __slots__ = ("_entries", "_idle", "owner", "pooled", "thresholds")
 
     def __init__(self, owner: str, thresholds: Thresholds | None = None, *,
                  pooled: bool = True) -> None:
@@ -281,25 +289,61 @@ class ZombieTracker:
         self.thresholds = thresholds or Thresholds()
         #: Leaks are a pool notion: a gateway client connection held long is just busy.
         self.pooled = pooled
+        #: Connections with more to keep than an idle stretch's start.
         self._entries: dict[Hashable, _Entry] = {}
+        #: Idle, healthy connections: segment -> key -> since when.
+        self._idle: dict[str, dict[Hashable, float]] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + sum(map(len, self._idle.values()))
+
+    def _quiet(self, key: Hashable, segment: str | None = None) -> tuple[str, float] | None:
+        """Take `key` out of the idle, healthy connections (looked up in `segment` first):
+        its segment and since when, or None if it is not one of them."""
+        idle = self._idle
+        if segment is not None:
+            members = idle.get(segment)
+            if members is not None and key in members:
+                return segment, members.pop(key)
+        for name, members in idle.items():
+            if key in members:
+                since = members.pop(key)
+                if not members:
+                    del idle[name]
+                return name, since
+        return None
 
     def idle(self, key: Hashable, segment: str, now: float) -> None:
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(segment)
+            members = self._idle.get(segment)
+            if members is not None and key in members:
+                return  # idle already: its stretch goes on
+            found = self._quiet(key)
+            since = now if found is None else found[1]
+            self._idle.setdefault(segment, {})[key] = since
+            return
         entry.segment = segment
         if entry.idle_since is None:
             entry.idle_since = now
             entry.reported = _HEALTHY if not entry.half_open else entry.reported
         entry.busy_since = None
+        if entry.reported is _HEALTHY and not entry.half_open:
+            del self._entries[key]  # nothing left to keep but the stretch's start
+            self._idle.setdefault(segment, {})[key] = entry.idle_since
 
     def busy(self, key: Hashable, now: float) -> None:
         """Useful traffic started: the idle stretch, if any, was healthy; learn from it."""
         entry = self._entries.get(key)
         if entry is None:
+            found = self._quiet(key)
+            if found is None:
+                return
+            segment, since = found
+            self.thresholds.observe(segment, now - since)
+            if self.pooled:  # a leak is judged on the time held
+                entry = self._entries[key] = _Entry(segment)
+                entry.busy_since = now
             return
         if entry.idle_since is not None:
             self.thresholds.observe(entry.segment, now - entry.idle_since)
@@ -307,14 +351,22 @@ class ZombieTracker:
         entry.busy_since = now
         if entry.reported is not _HALF_OPEN:
             entry.reported = _HEALTHY
+        if not self.pooled and entry.reported is _HEALTHY and not entry.half_open:
+            del self._entries[key]
 
     def half_open(self, key: Hashable, now: float) -> None:
         entry = self._entries.get(key)
-        if entry is not None:
-            entry.half_open = True
+        if entry is None:
+            found = self._quiet(key)
+            if found is None:
+                return
+            entry = self._entries[key] = _Entry(found[0])
+            entry.idle_since = found[1]
+        entry.half_open = True
 
     def forget(self, key: Hashable) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is None:
+            self._quiet(key)
 
     def scan(self, now: float) -> list[ZombieFinding]:
         """Judge every tracked connection; return the ones newly found (each once per stretch)."""
@@ -339,6 +391,20 @@ class ZombieTracker:
                 seconds, crossed = idle_for, threshold
             found.append(ZombieFinding(key, self.owner, entry.segment, verdict, seconds,
                                        crossed, now))
+        for segment, members in list(self._idle.items()):
+            threshold = thresholds.threshold(segment)
+            zombies = [(key, since) for key, since in members.items()
+                       if judge(idle_for=now - since, threshold=threshold) is _ZOMBIE]
+            for key, since in zombies:  # reported: a full entry from now on
+                del members[key]
+                entry = self._entries[key] = _Entry(segment)
+                entry.idle_since = since
+                entry.reported = _ZOMBIE
+                entry.reported_at = now
+                found.append(ZombieFinding(key, self.owner, segment, _ZOMBIE, now - since,
+                                           threshold, now))
+            if not members:
+                del self._idle[segment]
         return found
 
     def flagged(self) -> list[Hashable]:

@@ -19,10 +19,14 @@ deeper than that; the reader fires again on the next iteration.
 Measured with uvloop on 2,000 queued connections: accepting here cost about 25 us per
 connection against uvloop's 15 us (Python's `accept()` and one task per connection); `_accept`
 now skips `accept()`'s wrapper, which converted the family and type to enums for every
-connection (~2.5 us). Driving `connect_accepted_socket` by hand instead of through a task saved
-nothing measurable. Memory:
-the transport keeps the accepted Python socket object (88 bytes), which uvloop's server does
-not create.
+connection (~2.5 us). `connect_accepted_socket` is driven by hand rather than by a task: that
+saved no time, but a task (with its copy of the context and its entry in asyncio's registry of
+tasks) is ~350 bytes per connection being set up, and a burst of thousands left that much
+memory behind, freed but scattered (`gateway_memory`). Memory: the transport keeps the accepted
+Python socket object, which
+uvloop's server does not create, for the connection's life; under uvloop it is a subclass
+of the C socket (`UvAcceptedSocket`, 64 bytes) rather than a `socket.socket` (88 bytes, 96 as
+allocated).
 
 The listening sockets are bound with SO_REUSEPORT, so `--workers N` processes each own a socket
 on the same address and the kernel spreads connections across them; `check_unshared`, run once
@@ -41,12 +45,17 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from connwise.errors import ConfigError
+
+try:
+    import uvloop
+except ImportError:  # uvloop is optional: plain asyncio where it does not build
+    uvloop = None  # type: ignore[assignment]
 
 log = logging.getLogger("connwise.gateway")
 
@@ -111,7 +120,7 @@ def listen_backlog() -> int:
 #: (idle, interval, count) of TCP keep-alive, in whole seconds; None: off.
 Keepalive = tuple[int, int, int] | None
 #: Makes the protocol of an accepted connection from its socket and peer address.
-ProtocolFactory = Callable[[socket.socket, Any], asyncio.Protocol]
+ProtocolFactory = Callable[[_socket.socket, Any], asyncio.Protocol]
 
 
 def set_keepalive(sock: socket.socket, keepalive: Keepalive) -> None:
@@ -140,6 +149,29 @@ class AcceptedSocket(socket.socket):
     type = _socket.socket.type  # type: ignore[assignment]
 
 
+class UvAcceptedSocket(_socket.socket):
+    """An accepted connection's socket under uvloop: the C socket without `socket.socket`'s
+    three slots, 64 bytes where `AcceptedSocket` takes 88 (96 as allocated); the transport
+    keeps it for the connection's life. Its `family` and `type` are plain integers already.
+
+    uvloop closes the descriptor itself (libuv), then calls `close()` on a file object that is
+    not a `socket.socket`: this one detaches instead, so the number, which another thread may
+    have been given again by then, is not closed a second time. (asyncio's transports close
+    their socket themselves: they get an `AcceptedSocket`.)"""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        self.detach()
+
+
+def accepted_socket_type(loop: asyncio.AbstractEventLoop) -> type[_socket.socket]:
+    """The class an accept loop on `loop` wraps accepted descriptors in."""
+    if uvloop is not None and isinstance(loop, uvloop.Loop):
+        return UvAcceptedSocket
+    return AcceptedSocket
+
+
 class AcceptLoop:
     """Listening sockets for one listener, accepting in batches; see the module docstring.
 
@@ -148,8 +180,20 @@ class AcceptLoop:
     reached their protocol).
     """
 
-    __slots__ = ("_closed", "_loop", "_paused", "_pending", "_retry", "_sockets", "batch",
-                 "factory", "on_error", "retry_delay")
+    __slots__ = (
+        "_closed",
+        "_loop",
+        "_paused",
+        "_retry",
+        "_setting_up",
+        "_settled",
+        "_socket_type",
+        "_sockets",
+        "batch",
+        "factory",
+        "on_error",
+        "retry_delay",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  factory: ProtocolFactory, *, batch: int = ACCEPT_BATCH,
@@ -158,6 +202,7 @@ class AcceptLoop:
         if batch < 1:
             raise ValueError(f"batch={batch!r}: accept at least one connection per wake-up")
         self._loop = loop
+        self._socket_type = accepted_socket_type(loop)
         self._sockets = tuple(sockets)
         self.factory = factory
         self.batch = batch
@@ -166,7 +211,9 @@ class AcceptLoop:
         self._closed = False
         self._paused = False
         self._retry: asyncio.TimerHandle | None = None
-        self._pending: set[asyncio.Task[object]] = set()
+        #: Connections being set up (`_set_up`), and what `wait_closed` waits on for them.
+        self._setting_up = 0
+        self._settled: asyncio.Future[None] | None = None
 
     @classmethod
     async def listen(cls, host: str, port: int, factory: ProtocolFactory, *,
@@ -223,10 +270,11 @@ class AcceptLoop:
         enums for every connection (~2.5 us of ~5.5)."""
         loop = self._loop
         accept = listening._accept  # type: ignore[attr-defined]  # the C method accept() wraps
+        wrap = self._socket_type
         for _ in range(self.batch):
             try:
                 fd, peer = accept()
-                conn = AcceptedSocket(family, socket.SOCK_STREAM, 0, fd)
+                conn = wrap(family, socket.SOCK_STREAM, 0, fd)
             except BlockingIOError:
                 return
             except (InterruptedError, ConnectionAbortedError):
@@ -234,15 +282,35 @@ class AcceptLoop:
             except OSError as exc:
                 self._failed(exc)
                 return
-            task = loop.create_task(loop.connect_accepted_socket(partial(self.factory, conn, peer),
-                                                                 conn))
-            self._pending.add(task)
-            task.add_done_callback(self._started)
+            # Typed as a socket.socket, but a loop reads no more of it than the C socket has.
+            self._set_up(loop.connect_accepted_socket(partial(self.factory, conn, peer),
+                                                      conn))  # type: ignore[arg-type]
 
-    def _started(self, task: asyncio.Task[object]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("an accepted connection could not be set up: %s", task.exception())
+    def _set_up(self, setup: Coroutine[Any, Any, object]) -> None:
+        """Run `connect_accepted_socket` without a task (see the module docstring): its first
+        step makes the transport and schedules `connection_made`, then it waits on a future
+        that `connection_made` completes; `_step` sends into it as each future it waits on
+        completes, as a task would."""
+        self._setting_up += 1
+        self._step(setup)
+
+    def _step(self, setup: Coroutine[Any, Any, object],
+              _done: asyncio.Future[object] | None = None) -> None:
+        try:
+            waiter = setup.send(None)
+        except StopIteration:
+            pass
+        except asyncio.CancelledError:
+            pass  # the connection went before it was set up
+        except Exception as exc:
+            log.warning("an accepted connection could not be set up: %s", exc)
+        else:
+            waiter._asyncio_future_blocking = False  # taken over, as a task would
+            waiter.add_done_callback(partial(self._step, setup))
+            return
+        self._setting_up -= 1
+        if not self._setting_up and self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
 
     def _failed(self, exc: OSError) -> None:
         if self.on_error is not None:
@@ -294,5 +362,7 @@ class AcceptLoop:
 
     async def wait_closed(self) -> None:
         """Wait until connections accepted before `close()` have reached their protocol."""
-        if self._pending:
-            await asyncio.wait(list(self._pending))
+        if self._setting_up:
+            if self._settled is None or self._settled.done():
+                self._settled = self._loop.create_future()
+            await self._settled

@@ -65,12 +65,12 @@ record keeps status 503, the admission's answer, whichever way it reached the cl
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import functools
 import inspect
 import logging
 import os
-import socket
 import sys
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -284,7 +284,6 @@ class HttpClient(asyncio.Protocol):
         "requests",
         "response_deadline",
         "send_deadline",
-        "sock",
         "task",
         "throttle",
         "timer",
@@ -292,12 +291,10 @@ class HttpClient(asyncio.Protocol):
         "write_deadline",
     )
 
-    def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
+    def __init__(self, gateway: Gateway, listener: Listener, sock: _socket.socket,
                  peer: Any) -> None:
         self.gateway = gateway
         self.listener = listener
-        #: The accepted socket (uvloop's transport keeps it open): TCP_INFO is read from it.
-        self.sock = sock
         self.transport: asyncio.Transport | None = None
         #: Released (None) once the connection is a WebSocket relay: it parses nothing more.
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -430,7 +427,7 @@ class HttpClient(asyncio.Protocol):
         if rec is not None and recorder is not None:
             self.record = None
             now = self.gateway.clock.now()
-            self.gateway.tcp_info.sample(rec, self.sock, now - self.opened_at)
+            self.gateway.tcp_info.sample(rec, self.transport, now - self.opened_at)
             rec.bytes_in, rec.bytes_out = self.bytes_in, self.bytes_out
             rec.msgs_in = self.frames.messages if self.frames is not None else 0
             if self.relay_to is not None:
@@ -507,6 +504,10 @@ class HttpClient(asyncio.Protocol):
 
     def bytes_total(self) -> int:
         return self.bytes_in + self.bytes_out
+
+    def cqi_to_feed(self, now: float) -> ClassState | None:
+        """The state to feed this connection's byte count (None before its first request)."""
+        return self.class_state
 
     def idle_since(self) -> float | None:
         """When bytes last moved either way; None while a request is in hand (a slow upstream

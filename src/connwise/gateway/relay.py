@@ -43,6 +43,13 @@ if TYPE_CHECKING:
 #: Bytes a client may send before its upstream is connected; past it, reading pauses.
 EARLY_DATA_LIMIT = 256 * 1024
 
+#: Bits of `RelayHalf._flags`: a half's booleans share one int (a slot each would cost 8 bytes
+#: per half, and an idle relay is two halves). A subclass takes bits from `FREE_FLAG` up.
+_CLOSED = 1
+_EOF_IN = 2
+_PAUSED_BY_PEER = 4
+FREE_FLAG = 8
+
 
 class ThrottleStep:
     """The throttle step of one class on one ladder, shared by every relay of the class: what a
@@ -186,18 +193,29 @@ class RelayThrottle:
         self.client_timer = self.upstream_timer = None
 
 
+class _Aside:
+    """What a relay half holds only for a while, kept out of its own slots (8 bytes each, on
+    every half of every idle relay): the bytes that came before its peer existed, then, once
+    its class has stood on the throttle step, the relay's bucket and the timer of a pause."""
+
+    __slots__ = ("bucket", "early", "pause")
+
+    def __init__(self, early: list[bytes] | None = None) -> None:
+        self.early = early
+        #: The relay's cap for the class's current stay on the step (shared with the peer).
+        self.bucket: RelayBucket | None = None
+        #: Reading paused until the debt is repaid.
+        self.pause: asyncio.TimerHandle | None = None
+
+
 class RelayHalf(asyncio.Protocol):
     """One side of a relay. `peer` is the other side, set once both are connected."""
 
     __slots__ = (
-        "_early",
-        "_eof_in",
-        "_paused_by_peer",
-        "_throttle_handle",
-        "bucket",
+        "_aside",
+        "_flags",
         "bytes_in",
         "clock",
-        "closed",
         "last_active",
         "peer",
         "throttle",
@@ -209,24 +227,32 @@ class RelayHalf(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: RelayHalf | None = None
         self.bytes_in = 0
-        self.closed = False
+        #: _CLOSED, _EOF_IN (the half-close came in), _PAUSED_BY_PEER (the peer's buffer is
+        #: full: only its `resume_writing` resumes reading), and a subclass's own.
+        self._flags = 0
         #: The class's throttle step, shared with every relay of the class (None: never
-        #: throttled), and this relay's cap while the class stands on it (shared with the peer).
+        #: throttled).
         self.throttle: ThrottleStep | None = None
-        self.bucket: RelayBucket | None = None
         #: The owner's clock (the gateway passes its own); monotonic time by default.
         self.clock: Callable[[], float] = clock or time.monotonic
         #: When bytes last arrived on this side (or it was created): the zombie watch's input.
         #: `now`, a reading the owner holds anyway, saves a float per idle relay half.
         self.last_active = self.clock() if now is None else now
-        #: Bytes that arrived before the peer existed; None (no list) on the common path, so an
-        #: idle relayed connection does not carry two empty lists.
-        self._early: list[bytes] | None = None
-        self._eof_in = False
-        self._paused_by_peer = False
-        self._throttle_handle: asyncio.TimerHandle | None = None
+        #: The early bytes, the throttle's bucket and pause (see `_Aside`); None on the common
+        #: path: a relay joined at once and never throttled holds none.
+        self._aside: _Aside | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether this side's connection is lost."""
+        return bool(self._flags & _CLOSED)
 
     # -- joining ------------------------------------------------------------------------------
+
+    def itself(self) -> RelayHalf:
+        """This half: the protocol factory to connect it with (a bound method, where a closure
+        would cost a function and its defaults per connect)."""
+        return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -239,13 +265,14 @@ class RelayHalf(asyncio.Protocol):
         resume us, or the peer's buffer would grow without bound."""
         self.peer = peer
         peer.peer = self
-        if self._early and peer.transport is not None:
-            peer.transport.write(b"".join(self._early))
-        self._early = None
-        if self._eof_in:
+        aside = self._aside  # before the peer, it holds early bytes only
+        if aside is not None and aside.early and peer.transport is not None:
+            peer.transport.write(b"".join(aside.early))
+        self._aside = None
+        if self._flags & _EOF_IN:
             if peer.transport is not None and peer.transport.can_write_eof():
                 peer.transport.write_eof()
-        elif self.transport is not None and not self.closed and not self._paused_by_peer:
+        elif self.transport is not None and not self._flags & (_CLOSED | _PAUSED_BY_PEER):
             self.transport.resume_reading()
 
     # -- data ---------------------------------------------------------------------------------
@@ -268,9 +295,12 @@ class RelayHalf(asyncio.Protocol):
     def _before_peer(self, data: bytes) -> None:
         """Keep bytes that arrive before the peer is connected (flushed by `join`); past
         EARLY_DATA_LIMIT, stop reading."""
-        early = self._early
+        aside = self._aside
+        if aside is None:
+            aside = self._aside = _Aside([])
+        early = aside.early
         if early is None:
-            early = self._early = []
+            early = aside.early = []
         early.append(data)
         if sum(map(len, early)) > EARLY_DATA_LIMIT and self.transport is not None:
             self.transport.pause_reading()
@@ -283,63 +313,74 @@ class RelayHalf(asyncio.Protocol):
         assert rate is not None
         now = self.last_active
         episode = degrade.entered[THROTTLE]
-        bucket = self.bucket
+        aside = self._aside
+        if aside is None:
+            aside = self._aside = _Aside()
+        bucket = aside.bucket
         if bucket is None or bucket.episode != episode:
-            bucket = self.bucket = RelayBucket(rate, step.burst, now, episode)
-            if self.peer is not None:
-                self.peer.bucket = bucket
+            bucket = aside.bucket = RelayBucket(rate, step.burst, now, episode)
+            peer = self.peer
+            if peer is not None:
+                if peer._aside is None:
+                    peer._aside = _Aside()
+                peer._aside.bucket = bucket
             step.ladder.record(degrade.name, THROTTLE)
             step.started(self)
         elif bucket.rate != rate:
             bucket.set_rate(rate, now)
         delay = bucket.take(size, now)
-        if delay > 0 and self.transport is not None and self._throttle_handle is None:
+        if delay > 0 and self.transport is not None and aside.pause is None:
             self.transport.pause_reading()
             loop = asyncio.get_running_loop()
-            self._throttle_handle = loop.call_later(delay, self._unthrottle)
+            aside.pause = loop.call_later(delay, self._unthrottle)
+
+    def _throttle_paused(self) -> bool:
+        """Whether reading is paused for the throttle's debt."""
+        return self._aside is not None and self._aside.pause is not None
 
     def _unthrottle(self) -> None:
-        self._throttle_handle = None
-        if self.transport is not None and not self.closed and not self._paused_by_peer:
+        if self._aside is not None:
+            self._aside.pause = None
+        if self.transport is not None and not self._flags & (_CLOSED | _PAUSED_BY_PEER):
             self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         """Relay the half-close. Once both sides have sent EOF the relay is over: returning
         False closes this side, and `connection_lost` closes the peer (after its buffer). An
         EOF that arrives before the peer exists is kept and forwarded by `join`."""
-        self._eof_in = True
+        self._flags |= _EOF_IN
         peer = self.peer
         if peer is None or peer.transport is None:
             return True
         if not peer.transport.can_write_eof():
             return False
         peer.transport.write_eof()
-        return not peer._eof_in
+        return not peer._flags & _EOF_IN
 
     # -- backpressure from the peer -----------------------------------------------------------
 
     def pause_writing(self) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None:
-            peer._paused_by_peer = True
+            peer._flags |= _PAUSED_BY_PEER
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
         if peer is not None and peer.transport is not None:
-            peer._paused_by_peer = False
-            if peer._throttle_handle is None and not peer.closed:
+            peer._flags &= ~_PAUSED_BY_PEER
+            if not peer._throttle_paused() and not peer.closed:
                 peer.transport.resume_reading()
 
     # -- ending -------------------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
+        if self._flags & _CLOSED:
             return
-        self.closed = True
-        if self._throttle_handle is not None:
-            self._throttle_handle.cancel()
-            self._throttle_handle = None
+        self._flags |= _CLOSED
+        if self._aside is not None and self._aside.pause is not None:
+            self._aside.pause.cancel()
+            self._aside.pause = None
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.closed:
             peer.transport.close()

@@ -66,6 +66,9 @@ class Client(Protocol):
 
     def bytes_total(self) -> int: ...
 
+    def cqi_to_feed(self, now: float) -> ClassState | None:
+        """The CQI state to feed its byte count at `now` (None: nothing to feed)."""
+
     def idle_since(self) -> float | None: ...
 
     def close(self) -> None: ...
@@ -80,8 +83,10 @@ class Client(Protocol):
 class Listener:
     """One configured listener and its server."""
 
-    def __init__(self, config: ListenerConfig) -> None:
+    def __init__(self, config: ListenerConfig, gateway: Gateway) -> None:
         self.config = config
+        #: The gateway it belongs to (its tcp connections reach it through their listener).
+        self.gateway = gateway
         #: `config.name`, read per request (a reload keeps listeners' names).
         self.name = config.name
         self.server: AcceptLoop | None = None
@@ -138,7 +143,7 @@ class Gateway:
         #: Groups a reload replaced, while their established work finishes (`Group.retire`).
         self.retired: set[Group] = set()
         self.routers = build_routers(config)
-        self.listeners = {lc.name: Listener(lc) for lc in config.listeners}
+        self.listeners = {lc.name: Listener(lc, self) for lc in config.listeners}
         self.via = f"connwise-{config.node_id}".encode()
         self.cqi = CqiPolicy(config.cqi_config(self.classes), self.classes)
         self.escalation = build_escalation(config, self.classes)
@@ -160,6 +165,8 @@ class Gateway:
         self.counters: Counter[str] = Counter()
         self.class_counters: Counter[tuple[str, str]] = Counter()
         self.clients: dict[int, Client] = {}
+        #: When `observe_resources` last fed the connections' byte counts to their CQI states.
+        self.cqi_fed_at = self.clock.now()
         self.per_ip: Counter[str] = Counter()
         self.draining = False
         self._next_id = 0
@@ -259,10 +266,12 @@ class Gateway:
 
     def observe_resources(self, now: float) -> None:
         """Feed every live connection's byte count to its CQI state (the resource axis), so
-        that a heavy connection's class follows what it really costs."""
+        that a heavy connection's class follows what it really costs. A quiet tcp relay has
+        nothing to feed until it moves bytes or its age moves its class
+        (`TcpClient.cqi_to_feed`)."""
         engine = self.escalation
         for client in list(self.clients.values()):
-            state = getattr(client, "class_state", None)
+            state = client.cqi_to_feed(now)
             if state is None:
                 continue
             change = state.observe(client.bytes_total(), now)
@@ -277,6 +286,7 @@ class Gateway:
             follow = engine.set_base(client.conn_id, change.to_class, now, change.reason)
             if follow is not None:
                 self.apply_changes([follow])
+        self.cqi_fed_at = now
 
     def connections(self) -> list[dict[str, Any]]:
         """Live client connections with their class and why they have it (admin API)."""
@@ -348,7 +358,7 @@ class Gateway:
 
     def _factory(self, listener: Listener) -> ProtocolFactory:
         if listener.config.kind == "tcp":
-            return partial(TcpClient, self, listener)
+            return partial(TcpClient, listener)
         return partial(HttpClient, self, listener)
 
     # -- client accounting --------------------------------------------------------------------

@@ -11,68 +11,84 @@ With SNI routing the first bytes (the TLS ClientHello) pick the group; TLS is no
 
 from __future__ import annotations
 
+import _socket
 import asyncio
-import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
+from connwise.core.cqi import ClassState, Opening
 from connwise.core.degrade import QUEUE, SHED
 from connwise.core.scheduler import Waiter
 from connwise.core.zombies import peer_lost
-from connwise.gateway.relay import RelayHalf
+from connwise.gateway.relay import FREE_FLAG, RelayHalf
 from connwise.gateway.sni import SniResult, read_sni
 
 if TYPE_CHECKING:
-    from connwise.core.cqi import ClassState
     from connwise.gateway.runtime import Gateway, Listener
     from connwise.gateway.upstreams import Backend, Group
     from connwise.telemetry.record import ConnRecord
 
 
+#: `_flags` bits: admitted (holds a slot of its group), from the grant to the end; the upstream
+#: connect in flight passed its deadline (`connect_timeout`), until `_connect` has seen it.
+_ADMITTED = FREE_FLAG
+_CONNECT_EXPIRED = FREE_FLAG << 1
+
+
 class TcpClient(RelayHalf):
-    """A client connection of a tcp listener; the upstream half is a plain RelayHalf."""
+    """A client connection of a tcp listener; the upstream half is a plain RelayHalf.
+
+    Memory: most relays sit idle for long, so a client holds no more than it must (18 slots,
+    176 bytes; its upstream half 8, 96 bytes): each half's flags in one int and its rarely used
+    state aside, the gateway through its listener, the admission class from its CQI opening,
+    TCP_INFO through its transport, the ClientHello in the early bytes, one slot for what it
+    waits on while it is set up, and the shared CQI opening until it has a class state of its
+    own.
+    """
 
     __slots__ = (
-        "_admitted",
-        "_connecting",
-        "_sni_buffer",
+        "_cqi",
+        "_pending",
         "_timer",
-        "_waiter",
         "backend",
-        "class_name",
-        "class_state",
         "client_ip",
         "conn_id",
-        "gateway",
         "group",
         "listener",
         "opened_at",
         "record",
-        "sock",
     )
 
-    def __init__(self, gateway: Gateway, listener: Listener, sock: socket.socket,
-                 peer: Any) -> None:
-        super().__init__(clock=gateway.clock.now)
-        self.gateway = gateway
+    def __init__(self, listener: Listener, sock: _socket.socket, peer: Any) -> None:
+        super().__init__(clock=listener.gateway.clock.now)
         self.listener = listener
-        #: The accepted socket (uvloop's transport keeps it open): TCP_INFO is read from it.
-        self.sock = sock
         self.group: Group | None = None
         self.backend: Backend | None = None
-        self.class_name = listener.config.class_name
         self.conn_id = 0
         # Interned: connections from one address share the string (and the per-IP key).
         self.client_ip = sys.intern(peer[0]) if peer else ""
         self.opened_at = 0.0
-        self._admitted = False
-        #: The task connecting upstream, while it runs: a client that goes away cancels it.
-        self._connecting: asyncio.Task[None] | None = None
-        self._sni_buffer = b""
+        #: What it waits on while it is set up: its admission `Waiter` while queued, then the
+        #: task connecting upstream (a client that goes away cancels either); None otherwise.
+        self._pending: Waiter | asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._waiter: Waiter | None = None
         self.record: ConnRecord | None = None
-        self.class_state: ClassState | None = None
+        #: The CQI state: the listener's shared `Opening` while the connection is quiet (no
+        #: bytes moved, no class change), its own `ClassState` from then on.
+        self._cqi: ClassState | Opening | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.listener.gateway
+
+    @property
+    def class_name(self) -> str:
+        """The class it was admitted in, which holds its slot whatever its class becomes: its
+        CQI opening's (the listener's class until it has one)."""
+        cqi = self._cqi
+        if cqi is None:
+            return self.listener.config.class_name
+        return (cqi if isinstance(cqi, Opening) else cqi.opening).class_name
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -81,9 +97,8 @@ class TcpClient(RelayHalf):
         if not gateway.client_opened(self):
             self.abort()
             return
-        self.class_state = gateway.cqi.open(self.conn_id, self.opened_at,
-                                            base_class=self.class_name, protocol="tcp")
-        self.class_name = self.class_state.class_name
+        self._cqi = gateway.cqi.opening(base_class=self.listener.config.class_name,
+                                        protocol="tcp")
         if gateway.recorder is not None:
             rec = self.record = gateway.recorder.begin_client(
                 str(self.conn_id), self.listener.name, self.opened_at, "queued",
@@ -104,16 +119,17 @@ class TcpClient(RelayHalf):
             self.abort()
 
     def _before_peer(self, data: bytes) -> None:
-        """Before the upstream exists: with SNI routing, collect the ClientHello and route by
-        it (the relay's hot path never comes here once the upstream is joined)."""
-        if self.group is None and not self.closed:
-            self._sni_buffer += data
-            result, name = read_sni(self._sni_buffer)
-            if result is SniResult.NEED_MORE and len(self._sni_buffer) < 16_384:
+        """Before the upstream exists: with SNI routing, collect the ClientHello (kept with the
+        early bytes, for the upstream) and route by it (the relay's hot path never comes here
+        once the upstream is joined)."""
+        super()._before_peer(data)
+        aside = self._aside
+        if self.group is None and not self.closed and aside is not None and aside.early:
+            hello = b"".join(aside.early)
+            result, name = read_sni(hello)
+            if result is SniResult.NEED_MORE and len(hello) < 16_384:
                 return
             self._route_by_hello(name)
-            return
-        super()._before_peer(data)
 
     def eof_received(self) -> bool:
         """The client half-closed. Waiting for its ClientHello, no more of it will come: it is
@@ -125,14 +141,11 @@ class TcpClient(RelayHalf):
         return keep_open
 
     def _route_by_hello(self, name: str | None) -> None:
-        """Route by the server name read from the ClientHello (None: none, or no ClientHello),
-        with the bytes it came in kept for the upstream."""
-        early, self._sni_buffer = self._sni_buffer, b""
+        """Route by the server name read from the ClientHello (None: none, or no ClientHello);
+        the bytes it came in stay with the early bytes, for the upstream."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if early:
-            super()._before_peer(early)
         group = self.listener.config.sni.get(name or "", self.listener.config.group)
         if group is None:
             self.gateway.count("sni_unrouted")
@@ -176,7 +189,7 @@ class TcpClient(RelayHalf):
             ladder.record(class_name, QUEUE)
             if self.record is not None:
                 self.record.degradations += 1
-        self._waiter = waiter
+        self._pending = waiter
         self.gateway.count_class("queued", self.class_name)
         for victim in scheduler.take_displaced():
             self.gateway.count_class("displaced", victim.class_name)
@@ -204,6 +217,30 @@ class TcpClient(RelayHalf):
         if self.peer is not None:
             self.peer.throttle = step
 
+    # -- CQI ------------------------------------------------------------------------------------
+
+    @property
+    def class_state(self) -> ClassState | None:
+        """The connection's own CQI state, made (as if fed all along) the first time it is
+        asked for: a quiet connection holds only its listener's shared opening until then."""
+        cqi = self._cqi
+        if isinstance(cqi, Opening):
+            cqi = self._cqi = self._quiet_state(cqi)
+        return cqi
+
+    def _quiet_state(self, opening: Opening) -> ClassState:
+        return opening.state(self.conn_id, self.opened_at, self.gateway.cqi_fed_at)
+
+    def cqi_to_feed(self, now: float) -> ClassState | None:
+        """The state to feed this connection's byte count at `now` (`Gateway.observe_resources`).
+        None while it is quiet and its age does not move its class: nothing would change, and
+        an idle relay keeps no state of its own (~150 bytes)."""
+        cqi = self._cqi
+        if (isinstance(cqi, Opening) and self.bytes_total() == 0
+                and not cqi.moves(self.opened_at, now)):
+            return None
+        return self.class_state
+
     def bytes_total(self) -> int:
         return self.bytes_in + (self.peer.bytes_in if self.peer is not None else 0)
 
@@ -213,7 +250,7 @@ class TcpClient(RelayHalf):
         peer = self.peer
         if peer is not None:
             return max(self.last_active, peer.last_active)
-        if self._waiter is not None or self._admitted:
+        if self._pending is not None or self._flags & _ADMITTED:
             return None
         return self.last_active  # waiting for a ClientHello that does not come
 
@@ -227,6 +264,7 @@ class TcpClient(RelayHalf):
 
     def describe(self, now: float) -> dict[str, Any]:
         upstream = self.peer
+        cqi = self._cqi
         return {"id": self.conn_id, "kind": "tcp", "state": self.state(),
                 "listener": self.listener.name,
                 "client": self.client_ip, "age": round(now - self.opened_at, 3),
@@ -234,15 +272,17 @@ class TcpClient(RelayHalf):
                 "backend": self.backend.name if self.backend else None,
                 # The effective class (an escalation may have moved it since admission, whose
                 # class keeps the slot), as for http connections.
-                "class": self.class_state.class_name if self.class_state else self.class_name,
-                "admitted": self._admitted,
+                "class": cqi.class_name if cqi is not None else self.class_name,
+                "admitted": bool(self._flags & _ADMITTED),
                 "throttled": self.throttle is not None and self.throttle.active,
-                "why": self.class_state.explain(now) if self.class_state else None}
+                # A quiet connection's state is made for the answer, not kept.
+                "why": (self._quiet_state(cqi) if isinstance(cqi, Opening) else cqi).explain(now)
+                if cqi is not None else None}
 
     def state(self) -> str:
         """`queued` until admitted (waiting for the ClientHello or a slot), then `active`
         (connecting upstream, then relaying)."""
-        return "active" if self._admitted else "queued"
+        return "active" if self._flags & _ADMITTED else "queued"
 
     def metric_labels(self) -> tuple[str, str, str, str, str]:
         """(listener, kind, state, class, backend) for `connwise_connections`."""
@@ -256,7 +296,7 @@ class TcpClient(RelayHalf):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._waiter = None
+        self._pending = None
         self._granted()
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
@@ -264,7 +304,7 @@ class TcpClient(RelayHalf):
 
     def displaced(self) -> None:
         """A higher class took this waiter's place in a full queue: close."""
-        self._waiter = None
+        self._pending = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -275,50 +315,61 @@ class TcpClient(RelayHalf):
         """The class's max wait is over while still queued: close, counted as `shed`, as the
         http listener counts a request it answers 503 for the same reason."""
         self._timer = None
-        waiter = self._waiter
-        if waiter is not None and self.group is not None and self.group.scheduler.cancel(waiter):
-            self._waiter = None
+        waiter = self._pending
+        if (isinstance(waiter, Waiter) and self.group is not None
+                and self.group.scheduler.cancel(waiter)):
+            self._pending = None
             self.gateway.count_class("shed", self.class_name)
             self.abort()
 
     def _granted(self) -> None:
-        self._admitted = True
+        self._flags |= _ADMITTED
         assert self.group is not None
         if self.record is not None:  # admitted: from now on, the upstream connect
             self.record.phase("connecting", self.gateway.clock.now())
-        self._connecting = self.gateway.spawn(self._connect(self.group))
+        self._pending = self.gateway.spawn(self._connect(self.group))
 
     async def _connect(self, group: Group) -> None:
         """Connect to a backend of `group` (another one on failure) and join the relay. A
         client that goes away meanwhile cancels this (`connection_lost`): the pending connect
         ends with it rather than at `connect_timeout`, and nothing is retried or counted for
         a client that is gone."""
-        tried: set[str] = set()
+        # A tuple, not a set: a burst of connects holds one each while it connects, and a
+        # retry is rare (56 bytes for one name against a set's 216).
+        tried: tuple[str, ...] = ()
+        deadlines = group.connect_deadlines
         for _ in range(group.retries + 1):
             backend = group.pick(self.client_ip, self.client_ip, exclude=tried)
             if backend is None:
                 break
-            tried.add(backend.name)
+            tried = (*tried, backend.name)
             started = self.gateway.clock.now()
             upstream = RelayHalf(clock=self.clock, now=started)
-
-            def factory(half: RelayHalf = upstream) -> RelayHalf:
-                return half
-
             backend.outstanding += 1
+            # The group's deadlines, not an asyncio.timeout per connect (see `FifoDeadlines`).
+            deadlines.add(self._connect_expired)
             try:
-                # asyncio.timeout rather than wait_for: no second task per connect.
-                async with asyncio.timeout(group.config.connect_timeout):
-                    await asyncio.get_running_loop().create_connection(
-                        factory, backend.host, backend.port)
-            except (OSError, TimeoutError) as exc:
+                await asyncio.get_running_loop().create_connection(
+                    upstream.itself, backend.host, backend.port)
+            except OSError as exc:
                 backend.outstanding -= 1
                 group.connect_failed(backend, exc)
                 continue
-            except asyncio.CancelledError:  # the client went away, or the gateway drains
+            except asyncio.CancelledError:
                 backend.outstanding -= 1
-                raise
-            self._connecting = None
+                expired = self._flags & _CONNECT_EXPIRED
+                self._flags &= ~_CONNECT_EXPIRED
+                if not expired or self.closed:
+                    raise  # the client went away, or the gateway drains
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                group.connect_failed(backend, TimeoutError(
+                    f"no connection to {backend.name} within {deadlines.delay:g} s"))
+                continue
+            finally:
+                deadlines.discard(self._connect_expired)
+            self._pending = None
             group.connect_ok(backend)
             rec = self.record
             if rec is not None:
@@ -332,9 +383,17 @@ class TcpClient(RelayHalf):
             upstream.join(self)
             self.join(upstream)
             return
-        self._connecting = None
+        self._pending = None
         self.gateway.count("upstream_unavailable")
         self.abort()
+
+    def _connect_expired(self) -> None:
+        """The upstream connect in flight passed `connect_timeout`: `_connect` sees its
+        cancellation as a timeout, counts it and tries the next backend."""
+        task = self._pending
+        if isinstance(task, asyncio.Task) and not task.done():
+            self._flags |= _CONNECT_EXPIRED
+            task.cancel()
 
     # -- ending -------------------------------------------------------------------------------
 
@@ -346,16 +405,15 @@ class TcpClient(RelayHalf):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._connecting is not None:
-            self._connecting.cancel()
-            self._connecting = None
+        pending, self._pending = self._pending, None
+        if isinstance(pending, asyncio.Task):
+            pending.cancel()
         group = self.group
         if group is not None:
-            if self._waiter is not None:
-                group.scheduler.cancel(self._waiter)
-                self._waiter = None
-            if self._admitted:
-                self._admitted = False
+            if isinstance(pending, Waiter):
+                group.scheduler.cancel(pending)
+            if self._flags & _ADMITTED:
+                self._flags &= ~_ADMITTED
                 if self.backend is not None:
                     self.backend.outstanding -= 1
                 group.release(self.class_name)
@@ -367,7 +425,7 @@ class TcpClient(RelayHalf):
         if rec is not None and recorder is not None:
             self.record = None
             now = self.gateway.clock.now()
-            self.gateway.tcp_info.sample(rec, self.sock, now - self.opened_at)
+            self.gateway.tcp_info.sample(rec, self.transport, now - self.opened_at)
             rec.bytes_in = self.bytes_in
             rec.bytes_out = self.peer.bytes_in if self.peer is not None else 0
             reason = "half_open" if lost else "reset" if exc else (

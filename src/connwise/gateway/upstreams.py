@@ -26,6 +26,7 @@ from connwise.core.degrade import (
 )
 from connwise.core.health import AVAILABLE, BackendHealth, HealthGroup
 from connwise.core.scheduler import Scheduler
+from connwise.gateway.deadlines import FifoDeadlines
 from connwise.gateway.relay import RelayHalf, ThrottleStep
 from connwise.gateway.upstream_http import (
     UpstreamConnection,
@@ -97,6 +98,8 @@ class Group:
         #: model's are read through its `__getattr__` hook).
         self.response_timeout = config.response_timeout
         self.retries = config.retries
+        #: The deadlines of the tcp relays' upstream connects in flight (`connect_timeout`).
+        self.connect_deadlines = FifoDeadlines(config.connect_timeout)
         self.hashed = config.balance == "hash"
         self.clock = clock
         self.scheduler = Scheduler(classes, capacity=config.max_in_flight,

@@ -27,8 +27,10 @@ until enough gaps) and each finding is reported once per idle stretch: a log lin
 WebSocket: close frames with 1001, going away, to both sides; HTTP keep-alive: a plain close)
 and its record's `close_reason` is `zombie`. A connection that speaks in between is forgiven.
 
-Cost: one tracker entry per connection seen idle (about 150 bytes) and one pass over the
-connections per interval, nothing per request.
+Cost: per idle connection, one dict entry of its stretch's start (about 35 bytes: the tracker
+keeps the connection's own `last_active` float), a full tracker entry (about 115 bytes) only
+while it is reported or half-open, and one pass over the connections per interval, nothing per
+request.
 """
 
 from __future__ import annotations

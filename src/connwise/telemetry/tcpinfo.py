@@ -20,6 +20,8 @@ NULL.
 
 from __future__ import annotations
 
+import _socket
+import asyncio
 import socket
 import struct
 import sys
@@ -57,7 +59,7 @@ class TcpInfo:
         return looks_half_open(tcp_state=self.state, unacked=self.unacked, backoff=self.backoff)
 
 
-def sample_into(rec: ConnRecord, sock: socket.socket | None) -> None:
+def sample_into(rec: ConnRecord, sock: _socket.socket | None) -> None:
     """Fill `rec.rtt_ms` and `rec.retransmits` from `sock`'s TCP_INFO, if it can say (Linux,
     socket still open); otherwise they stay NULL."""
     if sock is None or not _LINUX:
@@ -87,9 +89,12 @@ class TcpInfoSampler:
         self.long_s = long_s
         self._count = 0
 
-    def sample(self, rec: ConnRecord, sock: socket.socket | None, age: float) -> None:
-        """At the end of a connection `age` seconds old: fill `rec`'s TCP_INFO columns if it is
-        one to read."""
+    def sample(self, rec: ConnRecord, transport: asyncio.BaseTransport | None,
+               age: float) -> None:
+        """At the end of a connection `age` seconds old: fill `rec`'s TCP_INFO columns, from
+        the socket of its `transport` (still open in `connection_lost`), if it is one to read.
+        The socket is asked of the transport only then: a connection keeps no reference of its
+        own to it (8 bytes each), and uvloop makes its socket object on demand."""
         every = self.every
         if not every:
             return
@@ -98,10 +103,10 @@ class TcpInfoSampler:
             if self._count < every:
                 return
             self._count = 0
-        sample_into(rec, sock)
+        sample_into(rec, transport.get_extra_info("socket") if transport is not None else None)
 
 
-def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
+def read_tcp_info(sock: _socket.socket) -> TcpInfo | None:
     """The kernel's TCP_INFO for `sock`, or None off Linux or if the socket is closed."""
     if not _LINUX:
         return None

@@ -449,6 +449,68 @@ def test_idle_connections_of_the_same_inputs_share_their_live_axes() -> None:
     assert a.score == pytest.approx(p.score(a.axes))
 
 
+def _aging_policy() -> CqiPolicy:
+    """Age alone moves a quiet critical connection down to interactive (score 0.825 -> 0.675,
+    no hysteresis): after ~155 s."""
+    return policy(duration_weight=1.0, duration_half=60.0, hysteresis=0.0)
+
+
+def test_connections_of_the_same_inputs_share_one_opening() -> None:
+    p = policy()
+    opening = p.opening(base_class="interactive", protocol="tcp")
+    assert opening is p.opening(base_class="interactive", protocol="tcp")
+    assert opening.class_name == "interactive" and opening.policy is p
+    state = p.open(1, 0.0, base_class="interactive", protocol="tcp")
+    assert (state.axes, state.score, state.inputs) == (opening.axes, opening.score,
+                                                       opening.inputs)
+    assert p.opening(base_class="bulk", protocol="tcp") is not opening
+
+
+def test_moves_says_when_age_alone_changes_a_quiet_connections_class() -> None:
+    """Fed every second with no bytes, a state changes class exactly when its opening says a
+    quiet connection of its age moves."""
+    p = _aging_policy()
+    opening = p.opening(base_class="critical", protocol="tcp")
+    fed = p.open(1, 3.0, base_class="critical", protocol="tcp")
+    moved_at = None
+    for second in range(4, 400):
+        moves = opening.moves(3.0, float(second))
+        change = fed.observe(0, float(second))
+        if change is not None:
+            moved_at = second
+            assert moves and change.to_class == "interactive"
+            break
+        assert not moves, second
+    assert moved_at is not None and 150 < moved_at - 3 < 160
+
+
+@pytest.mark.parametrize(("opened_at", "fed_until", "now", "total", "moves"), [
+    (3.0, 50.0, 51.0, 0, False),             # aged, quiet, no change yet: the same axes
+    (3.0, 50.0, 51.0, 200_000, False),       # its first bytes: the rate of one second's feed
+    (3.0, 120.0, 121.0, 50_000_000, True),   # heavy at once: a change of class
+    (3.0, 155.0, 160.0, 0, True),            # age moves its class at this feed
+    (10.0, 9.0, 11.5, 4096, False),          # opened after the last feed: never fed
+])
+def test_a_state_made_from_the_opening_is_the_one_fed_all_along(
+        opened_at: float, fed_until: float, now: float, total: int, moves: bool) -> None:
+    p = _aging_policy()
+    fed = p.open(7, opened_at, base_class="critical", protocol="tcp")
+    second = opened_at + 1.0
+    while second <= fed_until:
+        assert fed.observe(0, second) is None
+        second += 1.0
+    last_feed = second - 1.0 if second > opened_at + 1.0 else opened_at
+    made = p.opening(base_class="critical", protocol="tcp").state(7, opened_at,
+                                                                  fed_at=last_feed)
+    assert (made.axes, made.score, made.class_name) == (fed.axes, fed.score, fed.class_name)
+    assert made.explain(last_feed) == fed.explain(last_feed)
+    changes = [state.observe(total, now) for state in (made, fed)]
+    assert changes[0] == changes[1] and (changes[0] is not None) is moves
+    assert (made.rate, made.axes, made.score, made.cqi_class) == \
+        (fed.rate, fed.axes, fed.score, fed.cqi_class)
+    assert made.explain(now) == fed.explain(now)
+
+
 def test_shared_axes_are_capped() -> None:
     p = policy()
     steps = [i / 10 ** RESOURCE_DIGITS for i in range(10 ** RESOURCE_DIGITS + 1)]

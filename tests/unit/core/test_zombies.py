@@ -148,6 +148,46 @@ def test_tracker_half_open_is_found_at_once() -> None:
     assert tracker.reclaimable(0.2, grace=0.0) == [3]
 
 
+def test_idle_healthy_connections_hold_no_entry_of_their_own() -> None:
+    # A gateway's idle connections each held an _Entry of six slots (~80 bytes); all an idle,
+    # healthy one needs is since when, in its segment.
+    # A segment that learned nothing takes the larger of the default and the node's threshold.
+    thresholds = Thresholds(ZombieRules(min_samples=1, k=2, floor=1.0, default_threshold=5.0))
+    tracker = ZombieTracker("listener", thresholds, pooled=False)
+    since = 10.0
+    for key in range(3):
+        tracker.idle(key, "s", since)
+    assert tracker._entries == {} and len(tracker) == 3
+    assert tracker._idle["s"][0] is since  # the caller's float, not a copy
+    tracker.idle(0, "t", 12.0)  # its segment changed: the stretch goes on
+    tracker.busy(0, 13.0)
+    assert thresholds.samples("t") == 1 and thresholds.samples("s") == 0
+    assert len(tracker) == 2  # not pooled: nothing kept between idle stretches
+    tracker.half_open(1, 14.0)
+    [found] = tracker.scan(14.0)
+    assert (found.key, found.verdict, found.seconds) == (1, Verdict.HALF_OPEN, 4.0)
+    [found] = tracker.scan(17.0)  # 7 s idle, past 2 x the one 3 s gap
+    assert (found.key, found.verdict, found.seconds) == (2, Verdict.ZOMBIE, 7.0)
+    assert found.threshold == pytest.approx(6.0, rel=0.05)
+    assert set(tracker.flagged()) == {1, 2} and tracker.scan(30.0) == []
+    assert tracker.reclaimable(18.0, grace=1.0) == [1, 2]
+    tracker.busy(2, 19.0)  # forgiven: healthy again, and its gap learned
+    assert tracker.flagged() == [1] and thresholds.samples("s") == 1
+    tracker.forget(1)
+    assert len(tracker) == 0
+
+
+def test_a_pooled_connection_keeps_its_entry_while_held() -> None:
+    tracker = ZombieTracker("pool", Thresholds(ZombieRules(leak_threshold=5.0)))
+    tracker.idle("c", "s", 0.0)
+    tracker.busy("c", 1.0)
+    assert list(tracker._entries) == ["c"] and tracker._idle == {}
+    [leak] = tracker.scan(7.0)
+    assert (leak.verdict, leak.seconds) == (Verdict.LEAK, 6.0)
+    tracker.idle("c", "s", 8.0)  # released: back to a plain idle stretch
+    assert tracker._entries == {} and tracker._idle == {"s": {"c": 8.0}}
+
+
 # -- planted zombies with a known ground truth -----------------------------------------------------
 
 #: Segments with very different healthy gaps: median 2 s, 10 s and 60 s (lognormal, sigma 1).
