@@ -372,9 +372,11 @@ class HttpClient(asyncio.Protocol):
             return
         recorder = self.gateway.recorder
         if recorder is not None:
+            segments = self.gateway.segments
             self.record = recorder.begin_client(
                 str(self.conn_id), self.listener.name, self.opened_at, "idle", self.client_ip,
-                self.gateway.segments.region_of_address(self.client_ip))
+                # Without a CIDR table (the default), no call per connection to learn "".
+                "" if segments.regions is None else segments.region_of_address(self.client_ip))
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -430,11 +432,12 @@ class HttpClient(asyncio.Protocol):
                 rec.cqi_business, rec.cqi_technical = axes.business, axes.technical
                 rec.cqi_user, rec.cqi_resource = axes.user, axes.resource
                 rec.cqi_score = state.score
-            for ex in self.queue[:1]:  # an answer in flight (a task's ends after this)
-                if ex.started_at:
-                    rec.request_done(ex.started_at, now, ex.class_name, ex.degrade > 0,
-                                     ex.status or 499)
-                    ex.started_at = 0.0
+            # An answer in flight (a task's ends after this); no slice of the queue made for it.
+            ex = self.queue[0] if self.queue else None
+            if ex is not None and ex.started_at:
+                rec.request_done(ex.started_at, now, ex.class_name, ex.degrade > 0,
+                                 ex.status or 499)
+                ex.started_at = 0.0
             reason = "half_open" if lost else "draining" if self.draining else (
                 "reset" if exc else "client closed")
             recorder.end(rec, now, reason, failed=exc is not None)
