@@ -243,13 +243,14 @@ class ConnRecord:
         the drain began, the rest from the idle one."""
         held = end - start
         phase = self._phase
-        if phase == "draining":
+        if phase == "idle":  # nearly always: one comparison on the way
+            self.idle_s -= held
+        elif phase == "draining":
             after = min(held, end - self._phase_at)
             self.draining_s -= after
             self.idle_s -= held - after
         else:
-            if phase != "idle":
-                self.phase("idle", start)
+            self.phase("idle", start)
             self.idle_s -= held
         idle_at = self._idle_at
         if idle_at is not None and start - idle_at > self.max_gap_s:
