@@ -97,8 +97,10 @@ class Recorder:
             "phase='connecting'", {"kind": "'upstream'", "node": "recorder.node",
                                    "backend": "backend"})
 
-    def end(self, rec: ConnRecord, now: float, reason: str, *, failed: bool = False) -> None:
-        """The connection terminated at `now`: close its books and hand it to the sink."""
+    def end(self, rec: ConnRecord, now: float, reason: str, failed: bool = False) -> None:
+        """The connection terminated at `now` (`failed`: it ended in an error): close its books
+        and hand it to the sink. `failed` may be given by position, as the gateway does: a
+        keyword argument costs ~200 instructions more per call."""
         rec.close_books(now, reason, failed, self.wall_offset)
         self.sink(rec)
 
