@@ -1159,8 +1159,11 @@ class HttpClient(asyncio.Protocol):
             return True
         self._signal(ladder, ex)
         ex.admitted = True
-        if self.record is not None:
-            self._record_start(self.record, ex)
+        rec = self.record
+        if rec is not None:  # `_record_start`, written out on the common path: a call less
+            if not rec.device:
+                gateway.segments.fill(rec, ex.headers)
+            ex.started_at = gateway.clock.now()
         return self._dispatch(group, ex)
 
     def _dispatch(self, group: Group, ex: Exchange) -> bool:
