@@ -93,9 +93,9 @@ class Recorder:
             "region=''", {"kind": "'client'", "node": "recorder.node",
                           "client_addr": "client_addr", "region": "region"})
         begin_upstream = compile_maker(
-            "begin_upstream", "recorder, conn_id, source, started_at, backend, "
-            "phase='connecting'", {"kind": "'upstream'", "node": "recorder.node",
-                                   "backend": "backend"})
+            "begin_upstream", "recorder, conn_id, source, started_at, backend",
+            {"kind": "'upstream'", "node": "recorder.node", "backend": "backend"},
+            phase="'connecting'")
 
     def end(self, rec: ConnRecord, now: float, reason: str, failed: bool = False) -> None:
         """The connection terminated at `now` (`failed`: it ended in an error): close its books
