@@ -214,7 +214,7 @@ class UpstreamConnection(asyncio.Protocol):
                 rec.request_done(timing.busy_at, now, ex.class_name, ex.degrade > 0,
                                  self._status or 502)
             reason = timing.close_reason or ("reset" if exc else "backend closed")
-            recording.recorder.end(rec, now, reason, failed=exc is not None)
+            recording.recorder.end(rec, now, reason, exc is not None)  # positional: cheaper
         client = self.relay_client
         if client is not None:
             client._closing_for("backend reset" if exc else "backend closed")

@@ -189,7 +189,9 @@ class ClientSegments:
         if region_header is None and device_header is None:
             for name, value in headers:
                 if len(name) == _UA_LENGTH and name.lower() == b"user-agent":
-                    rec.device = self._device_of_raw(value)
+                    # The cache's hit without the call `_device_of_raw` is (~500 instructions).
+                    known = self._raw_devices.get(value)
+                    rec.device = known if known is not None else self._device_of_raw(value)
                     return
             rec.device = "other"
             return

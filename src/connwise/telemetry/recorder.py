@@ -20,11 +20,11 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connwise.core.clock import Clock
 from connwise.core.lifecycle import LeakEvent, LifecycleEvent, State, Trigger
-from connwise.telemetry.record import ConnRecord, new_record
+from connwise.telemetry.record import ConnRecord, compile_maker
 
 #: The phase whose column a pool connection's time in each state goes to.
 PHASE_OF_STATE: dict[State, str] = {
@@ -74,21 +74,33 @@ class Recorder:
         rec.node = self.node
         return rec
 
-    def begin_client(self, conn_id: str, source: str, now: float, phase: str,
-                     client_addr: str, region: str = "") -> ConnRecord:
-        """`begin` of a client connection, the gateway's per-connection call, without the
-        keyword arguments' dictionary and checks (`new_record`: half of `begin`'s cost).
-        `phase` must be one of `PHASES`; the gateway passes literals."""
-        return new_record(conn_id, "client", source, now, phase, self.node, client_addr,
-                          region, "")
+    if TYPE_CHECKING:
+        def begin_client(self, conn_id: str, source: str, now: float, phase: str,
+                         client_addr: str, region: str = "") -> ConnRecord:
+            """`begin` of a client connection, the gateway's per-connection call, without the
+            keyword arguments' dictionary and checks (half of `begin`'s cost). `phase` must
+            be one of `PHASES`; the gateway passes literals."""
 
-    def begin_upstream(self, conn_id: str, source: str, now: float, backend: str) -> ConnRecord:
-        """`begin` of a connection the gateway opens to `backend`, connecting from `now`."""
-        return new_record(conn_id, "upstream", source, now, "connecting", self.node, "", "",
-                          backend)
+        def begin_upstream(self, conn_id: str, source: str, now: float,
+                           backend: str) -> ConnRecord:
+            """`begin` of a connection the gateway opens to `backend`, connecting from
+            `now`."""
+    else:
+        # Generated (`compile_maker`): the record made in the method itself, not in a call to
+        # a shared maker from it, a Python call (~500 instructions) less per connection.
+        begin_client = compile_maker(
+            "begin_client", "recorder, conn_id, source, started_at, phase, client_addr, "
+            "region=''", {"kind": "'client'", "node": "recorder.node",
+                          "client_addr": "client_addr", "region": "region"})
+        begin_upstream = compile_maker(
+            "begin_upstream", "recorder, conn_id, source, started_at, backend",
+            {"kind": "'upstream'", "node": "recorder.node", "backend": "backend"},
+            phase="'connecting'")
 
-    def end(self, rec: ConnRecord, now: float, reason: str, *, failed: bool = False) -> None:
-        """The connection terminated at `now`: close its books and hand it to the sink."""
+    def end(self, rec: ConnRecord, now: float, reason: str, failed: bool = False) -> None:
+        """The connection terminated at `now` (`failed`: it ended in an error): close its books
+        and hand it to the sink. `failed` may be given by position, as the gateway does: a
+        keyword argument costs ~200 instructions more per call."""
         rec.close_books(now, reason, failed, self.wall_offset)
         self.sink(rec)
 

@@ -95,15 +95,17 @@ class TcpInfoSampler:
         the socket of its `transport` (still open in `connection_lost`), if it is one to read.
         The socket is asked of the transport only then: a connection keeps no reference of its
         own to it (8 bytes each), and uvloop makes its socket object on demand."""
-        every = self.every
-        if not every:
-            return
         if age < self.long_s:
-            self._count += 1
-            if self._count < every:
+            # The common case (a short connection, not its turn) in as few steps as it takes:
+            # this runs at every connection's end. With `every` = 0 no count is ever under it.
+            count = self._count + 1
+            if count < self.every:
+                self._count = count
                 return
             self._count = 0
-        sample_into(rec, transport.get_extra_info("socket") if transport is not None else None)
+        if self.every:
+            sample_into(rec, transport.get_extra_info("socket") if transport is not None
+                        else None)
 
 
 def read_tcp_info(sock: _socket.socket) -> TcpInfo | None:

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from typing import Any
 
 from connwise.errors import StoreError
-from connwise.telemetry.record import ConnRecord, Row
+from connwise.telemetry.record import ConnRecord, Row, row_of
 from connwise.telemetry.writer import BatchSink, RecordWriter, Retention, write_isolating
 
 log = logging.getLogger("connwise.telemetry")
@@ -138,7 +138,7 @@ class ProcessWriter(RecordWriter):
         if self._closing or len(rows) + self._in_flight >= self.capacity:
             self.dropped += 1
             return False
-        rows.append(record.row())
+        rows.append(row_of(record))
         self.submitted += 1
         if len(rows) >= self.batch_size and self._lock.acquire(blocking=False):
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dis
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from connwise.telemetry.record import (
     FIELDS,
     PHASES,
     ConnRecord,
+    row_of,
 )
 
 
@@ -206,3 +209,16 @@ def test_close_books_is_finish_then_shift(state: str, failed: bool) -> None:
     stepwise.shift(1_700_000_000.0)
     assert fused.row() == pytest.approx(stepwise.row())
     assert fused.ended_at == 1_700_000_020.0 and fused.started_at == 1_700_000_010.0
+
+
+def test_the_row_is_built_as_tuples_not_through_a_list() -> None:
+    # A tuple display of more than 30 items compiles to a list filled by one LIST_APPEND per
+    # item, then converted: a quarter more instructions per record than tuples of at most 30
+    # items joined (what `row_of` is generated as).
+    opnames = {instruction.opname for instruction in dis.get_instructions(row_of)}
+    assert "LIST_APPEND" not in opnames
+    assert "BUILD_TUPLE" in opnames
+    rec = ConnRecord("9", "pool", "main", 5.0)
+    for i, name in enumerate(FIELD_NAMES):
+        setattr(rec, name, i)
+    assert row_of(rec) == rec.row() == tuple(range(len(FIELDS)))

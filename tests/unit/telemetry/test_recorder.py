@@ -146,3 +146,13 @@ def test_begin_client_and_begin_upstream_make_the_records_begin_makes() -> None:
     assert upstream.row() == recorder.begin("8", "upstream", "origin", 4.0,
                                             backend="10.0.0.9:80").row()
     assert upstream.current_phase == "connecting"
+
+
+def test_end_takes_failed_by_position_as_the_gateway_passes_it() -> None:
+    sink: MemorySink[ConnRecord] = MemorySink()
+    recorder = Recorder(sink, node="n1", wall_offset=10.0)
+    recorder.end(recorder.begin_client("1", "web", 1.0, "idle", "10.0.0.1"), 2.0, "reset", True)
+    recorder.end(recorder.begin_client("2", "web", 1.0, "idle", "10.0.0.1"), 3.0, "client closed",
+                 False)
+    assert [(r.conn_id, r.final_state, r.close_reason, r.ended_at) for r in sink.events] == [
+        ("1", "failed", "reset", 12.0), ("2", "closed", "client closed", 13.0)]
