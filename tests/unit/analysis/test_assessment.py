@@ -17,6 +17,7 @@ from connwise.analysis.assessment import assess, concurrency, sweep, zombie_verd
 from connwise.analysis.frame import COLUMNS, Frame, parse_segments, zone
 from connwise.analysis.recommend import nice, recommend, sizing
 from connwise.analysis.report_html import plot_establishment, render_html, write_html
+from connwise.analysis.report_term import kpi_rows as render_kpis
 from connwise.analysis.report_term import render
 from connwise.core.zombies import Verdict, ZombieRules, judge
 from connwise.errors import ConfigError
@@ -554,3 +555,27 @@ def test_too_few_follow_ups_say_the_keepalive_data_is_insufficient() -> None:
     [advice] = [r for r in result.recommendations if r.topic == "keep-alive"]
     assert advice.action == "keep the current keepalive_timeout"
     assert "only 10 follow-up requests" in advice.reason and "30 are needed" in advice.reason
+
+
+def test_counts_of_one_read_in_the_singular() -> None:
+    """"1 connections were half-open": every sentence of the reports that counts something
+    agrees with a count of one."""
+    records = [{"kind": "client", "started_at": MONDAY, "ended_at": MONDAY + 100,
+                "flag": "half_open", "tail_idle_s": 90.0},
+               {"kind": "client", "started_at": MONDAY, "ended_at": MONDAY + 100,
+                "max_gap_s": 2.0, "tail_idle_s": 0.5}]
+    records += [{"kind": "request", "conn_id": "c", "conn_seq": seq, "started_at": MONDAY + seq,
+                 "ended_at": MONDAY + seq + 0.1, "requests": 1} for seq in (1, 2)]
+    records[2]["upstream_connect_s"] = 0.05
+    result = assess(frame_of(records))
+    recommend(result)
+    reasons = " | ".join(r.reason for r in result.recommendations)
+    assert "1 connection was half-open" in reasons
+    assert "only 1 idle gap ended in reuse" in reasons
+    assert "only 1 follow-up request on a connection" in reasons
+    assert ("1 of 2 client records (50.0%) idled past its segment's threshold or was "
+            "half-open") in reasons
+    rows = dict(render_kpis(result))
+    assert "(1 zombie, " in rows["Zombie share"] and "0 leaks)" in rows["Zombie share"]
+    assert "(1 sample)" in rows["Establishment time p50 / p95 / p99"]
+    assert not re.search(r"(?<![\d.])1 [a-z-]+s\b", reasons + " ".join(rows.values()))
