@@ -38,6 +38,7 @@ from connwise.analysis.assessment import (
 )
 from connwise.analysis.fmt import count, were
 from connwise.analysis.fmt import duration as _duration
+from connwise.core.zombies import kind_floor
 
 HEADROOM = 1.25
 
@@ -120,7 +121,13 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
                 "needed to learn from them"))
             continue
         p99 = quantile(gaps, rules.quantile)
-        timeout = math.ceil(max(rules.floor, rules.k * p99))
+        floor = kind_floor(kind, rules)
+        timeout = math.ceil(max(floor, rules.k * p99))
+        # Under the floor, the live watch of the kind keeps an idle connection as warm
+        # capacity: a shorter timeout would close what the watch never calls a zombie.
+        floored = (f"; raised to the live watch's floor of {floor:g} s, under which an idle "
+                   f"{kind} connection is warm capacity, not waste"
+                   if floor > rules.k * p99 else "")
         own = [(value, key) for key, value in result.thresholds.items()
                if key.split("|", 1)[0] == kind
                and result.threshold_samples.get(key, 0) >= rules.min_samples]
@@ -139,7 +146,7 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
             f"{rules.k:g}x longer was almost never used again. {longer} of "
             f"{count(result.kinds.get(kind, 0), 'connection')} idled past {timeout} s before "
             f"{'it' if longer == 1 else 'they'} closed (longest {_duration(longest)}), "
-            f"holding {wasted / 3600:.1f} connection-hours for nothing{raised}"))
+            f"holding {wasted / 3600:.1f} connection-hours for nothing{floored}{raised}"))
     return out
 
 

@@ -107,6 +107,27 @@ class ZombieRules:
         return self
 
 
+#: The live pool watch's floor: a pool connection idle for less after a burst is warm capacity
+#: for the next one (reopening costs a handshake), not waste; 30 s is also the pool's default
+#: check interval and leak threshold.
+POOL_FLOOR = 30.0
+#: The gateway's floor for client connections: browsers leave keep-alive connections silent
+#: for seconds between page views by design.
+CLIENT_FLOOR = 10.0
+#: The live watches' floors by the kind of connection a telemetry record names, so that the
+#: report never calls zombie, nor advises closing, what the live watch of that kind keeps. Kinds
+#: no live watch judges take the floor of their like: an `upstream` connection sits in the
+#: gateway's keep-alive pool, a `session` (a proxy's TCP session, from its logs) is a client's.
+KIND_FLOORS: dict[str, float] = {"pool": POOL_FLOOR, "upstream": POOL_FLOOR,
+                                 "client": CLIENT_FLOOR, "session": CLIENT_FLOOR}
+
+
+def kind_floor(kind: str, rules: ZombieRules) -> float:
+    """The floor for connections of `kind`, in seconds: the live watch's (`KIND_FLOORS`), or
+    `rules.floor` where that is higher or the kind has none."""
+    return max(rules.floor, KIND_FLOORS.get(kind, 0.0))
+
+
 def judge(*, idle_for: float, threshold: float, half_open: bool = False, held_for: float = 0.0,
           leak_threshold: float | None = None) -> Verdict:
     """The rule. `idle_for`: seconds since the last useful traffic (0 while busy); `held_for`:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from connwise.core.lifecycle import FINAL, LeakEvent, LifecycleEvent, State, Trigger
 from connwise.core.pooling import PoolState
 from connwise.core.zombies import (
+    POOL_FLOOR,
     Thresholds,
     Verdict,
     ZombieFinding,
@@ -54,10 +55,9 @@ FindingCallback = Callable[[ZombieFinding], None]
 Feed = Literal["scan", "events"]
 
 
-#: The core's rules with a floor of 30 s: a pool connection idle for less after a burst is warm
-#: capacity for the next one (reopening costs a handshake), not waste; 30 s is also the pool's
-#: default check interval and leak threshold.
-POOL_RULES = ZombieRules(floor=30.0)
+#: The core's rules with the pool's floor of 30 s (`POOL_FLOOR`, which says why; the report
+#: judges pool records by the same floor).
+POOL_RULES = ZombieRules(floor=POOL_FLOOR)
 
 
 @dataclass(frozen=True, slots=True)
