@@ -28,7 +28,9 @@ on the time held, not on gaps.
 
 `judge` is the rule; `Thresholds` learns; `ZombieTracker` keeps the live bookkeeping of a pool or
 a listener (which connection is idle since when) and returns findings on `scan(now)`, each
-reported once per idle stretch, and the keys whose grace period has passed for `reclaimable`.
+reported once per idle stretch, the finding a zombie is forgiven for when it serves again
+(`busy`), and the keys whose grace period has passed for `reclaimable`. The live watches pass
+the three on as events (`ZombieEvent`): found, forgiven, reclaimed.
 The same rule serves the report, which learns from stored records instead of live events.
 """
 
@@ -273,8 +275,36 @@ class ZombieFinding:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ZombieForgiven:
+    """A reported zombie that served again before reclaim closed it: it is judged afresh from
+    its next idle stretch on."""
+
+    #: What it was reported for.
+    finding: ZombieFinding
+    #: When the watch saw it serve again.
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ZombieReclaimed:
+    """A reported zombie (or half-open connection) closed by reclaim after its grace period."""
+
+    #: What it was reported for.
+    finding: ZombieFinding
+    #: The grace period it was given, in seconds.
+    grace: float
+    at: float
+
+
+#: What a live zombie watch passes to its subscribers (`subscribe`), told apart by type as a
+#: pool's `LifecycleEvent` and `LeakEvent` are.
+ZombieEvent = ZombieFinding | ZombieForgiven | ZombieReclaimed
+
+
 class _Entry:
-    __slots__ = ("busy_since", "half_open", "idle_since", "reported", "reported_at", "segment")
+    __slots__ = ("busy_since", "finding", "half_open", "idle_since", "reported", "reported_at",
+                 "segment")
 
     def __init__(self, segment: str) -> None:
         self.segment = segment
@@ -283,6 +313,8 @@ class _Entry:
         self.half_open = False
         self.reported = _HEALTHY
         self.reported_at = 0.0
+        #: The finding of `reported` (None while healthy).
+        self.finding: ZombieFinding | None = None
 
 
 class ZombieTracker:
@@ -314,20 +346,28 @@ class ZombieTracker:
         entry.segment = segment
         if entry.idle_since is None:
             entry.idle_since = now
-            entry.reported = _HEALTHY if not entry.half_open else entry.reported
+            if not entry.half_open:
+                entry.reported = _HEALTHY
+                entry.finding = None
         entry.busy_since = None
 
-    def busy(self, key: Hashable, now: float) -> None:
-        """Useful traffic started: the idle stretch, if any, was healthy; learn from it."""
+    def busy(self, key: Hashable, now: float) -> ZombieFinding | None:
+        """Useful traffic started: the idle stretch, if any, was healthy; learn from it.
+        Returns the zombie finding this forgives, if the connection was reported as one."""
         entry = self._entries.get(key)
         if entry is None:
-            return
+            return None
         if entry.idle_since is not None:
             self.thresholds.observe(entry.segment, now - entry.idle_since)
             entry.idle_since = None
         entry.busy_since = now
-        if entry.reported is not _HALF_OPEN:
-            entry.reported = _HEALTHY
+        reported = entry.reported
+        if reported is _HEALTHY or reported is _HALF_OPEN:
+            return None
+        forgiven = entry.finding if reported is _ZOMBIE else None
+        entry.reported = _HEALTHY
+        entry.finding = None
+        return forgiven
 
     def half_open(self, key: Hashable, now: float) -> None:
         entry = self._entries.get(key)
@@ -358,9 +398,15 @@ class ZombieTracker:
                 seconds, crossed = idle_for, 0.0
             else:
                 seconds, crossed = idle_for, threshold
-            found.append(ZombieFinding(key, self.owner, entry.segment, verdict, seconds,
-                                       crossed, now))
+            finding = entry.finding = ZombieFinding(key, self.owner, entry.segment, verdict,
+                                                    seconds, crossed, now)
+            found.append(finding)
         return found
+
+    def finding(self, key: Hashable) -> ZombieFinding | None:
+        """What `key` was reported for and not forgiven since (None if nothing)."""
+        entry = self._entries.get(key)
+        return entry.finding if entry is not None else None
 
     def flagged(self) -> list[Hashable]:
         """Connections reported (zombie, half-open, leak) and not forgiven since."""
