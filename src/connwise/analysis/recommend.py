@@ -12,7 +12,9 @@ records, so an operator can check the reasoning instead of trusting it:
   `MIN_SEGMENT_RECORDS` records size nothing: the advice is to keep the current sizes.
 * *Idle timeouts* from the healthy-gap distribution: past the zombie threshold of the kind
   (`k x p99` of gaps after which connections were used again), an idle connection almost never
-  serves again; the connection-seconds idled past it are what the timeout saves. A segment
+  serves again; the connection-seconds idled past it are what the timeout saves. Never below
+  the floor the live watch of the kind applies (`kind_floor`: 30 s for pools, 10 s for client
+  connections), under which that watch keeps an idle connection as warm capacity. A segment
   whose own threshold (learned from `min_samples` gaps or more) is longer raises the timeout to
   it: a slow segment with under 1% of the kind's gaps is invisible in the kind's p99, and a
   timeout under its threshold would close its healthy connections between two uses.
