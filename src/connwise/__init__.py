@@ -2,6 +2,7 @@
 gracefully instead of collapsing."""
 
 from connwise.core.classes import DEFAULT_CLASSES, ClassTable, PriorityClass
+from connwise.core.zombies import ZombieEvent, ZombieFinding, ZombieForgiven, ZombieReclaimed
 from connwise.errors import (
     BackendAuthError,
     BackendError,
@@ -35,5 +36,9 @@ __all__ = [
     "PriorityClass",
     "TooManyWaiters",
     "UnknownClass",
+    "ZombieEvent",
+    "ZombieFinding",
+    "ZombieForgiven",
+    "ZombieReclaimed",
     "__version__",
 ]

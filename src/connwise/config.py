@@ -31,7 +31,7 @@ from connwise.core.cqi import Band, CqiConfig, CqiPolicy, HeaderScore, Weights
 from connwise.core.degrade import DEFAULT_STEPS, LEVEL_NAMES, DegradeConfig, Step
 from connwise.core.escalation import ActivityRule, EscalationConfig, GroupRule
 from connwise.core.health import HealthConfig
-from connwise.core.zombies import ZombieRules
+from connwise.core.zombies import CLIENT_FLOOR, ZombieRules
 from connwise.errors import ConfigError
 from connwise.telemetry.units import parse_duration, parse_size
 from connwise.telemetry.writer import MIN_STORE_BYTES, RETAIN_CHUNK, Retention
@@ -515,9 +515,9 @@ class ZombieSection(_Model):
     #: Threshold (at least) before a segment has `min_samples` gaps: past the 60-75 s
     #: keep-alive timeouts of HAProxy and nginx, and our own `limits.keepalive_timeout`.
     default_threshold: float = 300.0
-    #: Never a zombie after less, however fast its segment: browsers leave keep-alive
-    #: connections silent for seconds between page views by design (the core's floor is 1 s).
-    floor: float = 10.0
+    #: Never a zombie after less, however fast its segment: `CLIENT_FLOOR` says why (the
+    #: core's floor is 1 s; the report judges client records by this one).
+    floor: float = CLIENT_FLOOR
     #: What a segment is made of; each segment learns its own threshold (a 600-bucket histogram,
     #: about 5 KiB, so keep the keys of low cardinality).
     segment: list[ZombieSegmentKey] = Field(default_factory=_DEFAULT_SEGMENT.copy)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from connwise.config import load_gateway_config
-from connwise.core.zombies import Verdict, ZombieFinding, peer_lost
+from connwise.core.zombies import Verdict, ZombieEvent, ZombieFinding, peer_lost
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.memory import MemorySink
 from connwise.telemetry.record import ConnRecord
@@ -115,7 +115,7 @@ async def test_a_peer_the_kernel_gave_up_on_is_reported_half_open_and_recorded(
     await gateway.start()
     records: MemorySink[ConnRecord] = MemorySink()
     gateway.recorder = Recorder(records, node="test", wall_offset=0.0)
-    found: list[ZombieFinding] = []
+    found: list[ZombieEvent] = []
     gateway.zombies.subscribe(found.append)
     writer, client = await open_client(gateway, listener)
     healthy, _ = await open_client(gateway, listener)
@@ -124,7 +124,8 @@ async def test_a_peer_the_kernel_gave_up_on_is_reported_half_open_and_recorded(
         client.transport.abort()
         await asyncio.sleep(0.05)
         assert client.conn_id not in gateway.clients
-        assert [(f.key, f.owner, f.verdict) for f in found] == [
+        assert [(f.key, f.owner, f.verdict) for f in found
+                if isinstance(f, ZombieFinding)] == [
             (client.conn_id, listener, Verdict.HALF_OPEN)]
         assert gateway.zombies.found[listener, "half_open"] == 1
         ended = [r for r in records.events if r.close_reason == "half_open"]

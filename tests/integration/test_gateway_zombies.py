@@ -22,7 +22,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from connwise.config import load_gateway_config
 from connwise.core.clock import VirtualClock
-from connwise.core.zombies import Verdict, ZombieFinding
+from connwise.core.zombies import (
+    Verdict,
+    ZombieEvent,
+    ZombieFinding,
+    ZombieForgiven,
+    ZombieReclaimed,
+)
 from connwise.gateway.admin import AdminServer
 from connwise.gateway.runtime import Gateway
 from connwise.telemetry.memory import MemorySink
@@ -164,7 +170,12 @@ class Scene:
     healthy: list[Conn]
     planted: list[Conn]
     ids: dict[Conn, int]
-    found: list[ZombieFinding]
+    #: What the watch's subscribers got, in order.
+    events: list[ZombieEvent]
+
+    @property
+    def found(self) -> list[ZombieFinding]:
+        return [e for e in self.events if isinstance(e, ZombieFinding)]
 
 
 @pytest.fixture
@@ -184,9 +195,9 @@ async def scene_factory(services: Services) -> AsyncIterator[Callable[..., Any]]
         by_port = {c.transport.get_extra_info("peername")[1]: conn_id  # type: ignore[attr-defined]
                    for conn_id, c in gateway.clients.items()}
         ids = {conn: by_port[conn.port] for conn in conns}
-        found: list[ZombieFinding] = []
-        gateway.zombies.subscribe(found.append)
-        return Scene(gateway, clock, records, healthy, planted, ids, found)
+        events: list[ZombieEvent] = []
+        gateway.zombies.subscribe(events.append)
+        return Scene(gateway, clock, records, healthy, planted, ids, events)
 
     yield make
     for gateway, conns in opened:
@@ -296,6 +307,62 @@ async def test_reclaim_closes_zombies_after_grace_and_spares_the_healthy(
     assert scene.ids[ws_spoken] in gateway.clients
 
 
+async def test_subscribers_get_found_forgiven_and_reclaimed_events(
+        scene_factory: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    """The gateway's watch told its subscribers what it found, not what became of it: a
+    planted connection is found and, past its grace, reclaimed; one that speaks during its
+    grace is forgiven and stays open; each is an event. A subscriber that raises breaks
+    neither the gateway nor the subscribers after it."""
+    scene: Scene = await scene_factory(reclaim=True, grace=20.0)
+    gateway, watch = scene.gateway, scene.gateway.zombies
+    failures: list[ZombieEvent] = []
+
+    def broken(event: ZombieEvent) -> None:
+        failures.append(event)
+        raise RuntimeError("subscriber bug")
+
+    after: list[ZombieEvent] = []
+    watch.subscribe(broken)
+    unsubscribe = watch.subscribe(after.append)
+    await rounds(scene, 6)  # t = 1012; planted ones reported around t = 1007
+    tcp_a, tcp_b, ws_spoken, ws_silent, http_idle = scene.planted
+    found = {f.key: f for f in scene.found}
+    assert set(found) == {scene.ids[c] for c in scene.planted}
+    assert scene.events == scene.found, "nothing forgiven or reclaimed yet"
+    scene.clock.advance(0.5)
+    await ws_spoken.exchange()  # within the grace period: forgiven
+    await rounds(scene, 1)
+    [forgiven] = [e for e in scene.events if isinstance(e, ZombieForgiven)]
+    assert forgiven.finding is found[scene.ids[ws_spoken]] and forgiven.at == 1013.5
+    await rounds(scene, 9)  # t = 1032.5: the grace period of the silent ones is over
+    for conn in (tcp_a, tcp_b, ws_silent, http_idle):
+        assert await conn.closed_by_gateway()
+    reclaimed = [e for e in scene.events if isinstance(e, ZombieReclaimed)]
+    assert {e.finding.key for e in reclaimed} == {scene.ids[c] for c in
+                                                  (tcp_a, tcp_b, ws_silent, http_idle)}
+    for event in reclaimed:
+        assert event.finding is found[event.finding.key] and event.grace == 20.0
+        assert 20.0 <= event.at - event.finding.at < 22.0
+    assert scene.events[-len(reclaimed):] == reclaimed
+    for _ in range(3):  # scanned again before the loop saw the closes: nothing found anew
+        scene.clock.advance(1.0)
+        watch.scan()
+    assert scene.events[-len(reclaimed):] == reclaimed
+    # Every event reached the failing subscriber and the one after it; the gateway went on.
+    assert failures == after == scene.events and len(scene.events) == 5 + 1 + 4
+    assert sum(r.getMessage().startswith("zombie watch: subscriber") for r in caplog.records
+               ) == len(scene.events)
+    await ws_spoken.exchange()
+    assert scene.ids[ws_spoken] in gateway.clients
+    for conn in scene.healthy:
+        await conn.exchange()
+    unsubscribe()
+    seen = len(after)
+    await rounds(scene, 8)  # the forgiven one falls silent again: a new idle stretch, found anew
+    assert isinstance(scene.events[-1], ZombieFinding)
+    assert scene.events[-1].key == scene.ids[ws_spoken] and len(after) == seen
+
+
 async def test_the_watch_task_scans_in_real_time_and_ends_with_the_gateway(
         services: Services) -> None:
     gateway = Gateway(load_gateway_config(config(
@@ -352,7 +419,7 @@ async def test_a_quiet_websocket_beside_busy_http_is_not_reclaimed(
     await gateway.start()
     conns = [await Conn.open(gateway, kind) for kind in ("http", "http", "ws")]
     *browsers, socket = conns
-    found: list[ZombieFinding] = []
+    found: list[ZombieEvent] = []
     gateway.zombies.subscribe(found.append)
     watch = gateway.zombies
     try:

@@ -16,7 +16,14 @@ from prometheus_client import CollectorRegistry
 
 import connwise
 from connwise.core.clock import VirtualClock
-from connwise.core.zombies import Verdict, ZombieFinding, ZombieRules
+from connwise.core.zombies import (
+    Verdict,
+    ZombieEvent,
+    ZombieFinding,
+    ZombieForgiven,
+    ZombieReclaimed,
+    ZombieRules,
+)
 from connwise.errors import ConfigError
 from connwise.pool.drivers.tcp import TcpConnection, TcpDriver
 from connwise.telemetry.memory import MemorySink
@@ -44,6 +51,10 @@ def make_pool(backend: TcpBackend, clock: VirtualClock,
     options.update(kwargs)
     return connwise.Pool(TcpDriver("127.0.0.1", backend.port, greeting=b"HELLO"),
                          **options)  # type: ignore[arg-type]
+
+
+def found_in(events: list[ZombieEvent]) -> list[ZombieFinding]:
+    return [e for e in events if isinstance(e, ZombieFinding)]
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -77,13 +88,13 @@ async def test_zombies_are_reported_by_default_and_reclaimed_after_grace(
         pool.subscribe(recorder.on_pool_event)
         watch = ZombieWatch(pool, rules=RULES, reclaim=True, grace=10.0, interval=3600.0,
                             metrics=metrics).start()
-        found: list[ZombieFinding] = []
-        watch.subscribe(found.append)
+        events: list[ZombieEvent] = []
+        watch.subscribe(events.append)
         await three_connections_one_hot(pool, clock)
         assert backend.open == 3
         findings = watch.scan()  # the two cold connections idled 10 s, past ~3 s
         assert sorted(f.verdict.value for f in findings) == ["zombie", "zombie"]
-        assert found == findings and all(3.0 <= f.threshold <= 3.5 for f in found)
+        assert events == findings and all(3.0 <= f.threshold <= 3.5 for f in findings)
         cold = {f.key for f in findings}
         assert watch.scan() == []  # reported once
         clock.advance(5.0)
@@ -99,6 +110,7 @@ async def test_zombies_are_reported_by_default_and_reclaimed_after_grace(
         assert watch.reclaimed == 2
         closed = {r.conn_id for r in records.events if r.close_reason == "zombie"}
         assert closed == {str(k) for k in cold}
+        assert events[2:] == [ZombieReclaimed(f, 10.0, 1021.0) for f in findings]
         assert registry.get_sample_value("connwise_zombies_total",
                                          {"owner": "zw", "verdict": "zombie"}) == 2
         assert registry.get_sample_value("connwise_zombies_reclaimed_total",
@@ -137,17 +149,17 @@ async def test_leaks_and_half_open_connections_become_findings(backend: TcpBacke
     clock = VirtualClock(0.0)
     async with make_pool(backend, clock, leak_threshold=2.0, check_interval=2.0) as pool:
         watch = ZombieWatch(pool, rules=RULES, interval=0.01).start()
-        found: list[ZombieFinding] = []
-        watch.subscribe(found.append)
+        events: list[ZombieEvent] = []
+        watch.subscribe(events.append)
         conn = await pool.getconn("bulk")
         clock.advance(2.5)  # held past the leak threshold: the pool's maintenance reports it
-        await until(lambda: any(f.verdict is Verdict.LEAK for f in found))
+        await until(lambda: any(f.verdict is Verdict.LEAK for f in found_in(events)))
         await pool.putconn(conn)
         await until(lambda: pool.policy.idle == 1)
         backend.cut()  # the peer goes away without the pool noticing...
         clock.advance(3.0)  # ...until its next check
-        await until(lambda: any(f.verdict is Verdict.HALF_OPEN for f in found))
-        leak = next(f for f in found if f.verdict is Verdict.LEAK)
+        await until(lambda: any(f.verdict is Verdict.HALF_OPEN for f in found_in(events)))
+        leak = next(f for f in found_in(events) if f.verdict is Verdict.LEAK)
         assert leak.seconds >= 2.0 and leak.threshold == 2.0
         watch.stop()
 
@@ -209,8 +221,8 @@ async def test_scan_feed_learns_from_holds_reports_and_reclaims(backend: TcpBack
         metrics.watch_pool(pool)
         watch = pool.zombies
         assert watch is not None and watch.metrics is metrics
-        found: list[ZombieFinding] = []
-        watch.subscribe(found.append)
+        events: list[ZombieEvent] = []
+        watch.subscribe(events.append)
         conns = [await pool.getconn("interactive") for _ in range(3)]
         for conn in conns:
             await pool.putconn(conn)
@@ -220,6 +232,7 @@ async def test_scan_feed_learns_from_holds_reports_and_reclaims(backend: TcpBack
             watch.scan()
             await pool.putconn(conn)
         assert watch.tracker.thresholds.samples(pool.name) == 10
+        found = found_in(events)
         # The two cold connections, once the threshold was learned and they idled past it.
         assert sorted(f.verdict.value for f in found) == ["zombie", "zombie"]
         assert all(3.0 <= f.threshold <= 3.5 and f.seconds > f.threshold for f in found)
@@ -235,6 +248,8 @@ async def test_scan_feed_learns_from_holds_reports_and_reclaims(backend: TcpBack
         watch.scan()
         await until(lambda: backend.open == 1)  # down to the floor (min_size 1)
         assert watch.reclaimed == 2 and cold.isdisjoint(watch.flagged())
+        assert [e for e in events if isinstance(e, ZombieReclaimed)] == [
+            ZombieReclaimed(f, 10.0, reported_at + 10.0) for f in found]
         clock.advance(100.0)  # the hot one idles past the threshold too, but is the floor
         watch.scan()
         await asyncio.sleep(0.05)
@@ -330,20 +345,56 @@ async def test_scan_feed_spares_a_zombie_used_during_its_grace(backend: TcpBacke
     async with make_pool(backend, clock, zombies=settings, min_size=0) as pool:
         watch = pool.zombies
         assert watch is not None
+        events: list[ZombieEvent] = []
+        watch.subscribe(events.append)
         conn = await pool.getconn("interactive")
         await pool.putconn(conn)
         clock.advance(400.0)  # past the default threshold
-        assert [f.verdict for f in watch.scan()] == [Verdict.ZOMBIE]
+        [first] = watch.scan()
+        assert first.verdict is Verdict.ZOMBIE
         clock.advance(5.0)
         async with pool.acquire("interactive"):  # it wakes up within its grace
             pass
         clock.advance(6.0)
         assert watch.scan() == []
+        assert events == [first, ZombieForgiven(first, 411.0)]
         await asyncio.sleep(0.05)
         assert backend.open == 1 and watch.reclaimed == 0
         clock.advance(400.0)
-        assert [f.verdict for f in watch.scan()] == [Verdict.ZOMBIE]
+        [second] = watch.scan()
+        assert second.verdict is Verdict.ZOMBIE
         clock.advance(10.0)
         watch.scan()
         await until(lambda: backend.open == 0)
         assert watch.reclaimed == 1
+        assert events[2:] == [second, ZombieReclaimed(second, 10.0, 821.0)]
+
+
+async def test_events_feed_forgives_a_zombie_used_again_at_once(backend: TcpBackend) -> None:
+    """With the `events` feed the watch sees the acquire itself: the forgiven event comes with
+    it, not at the next scan, and the connection is not reclaimed after the grace."""
+    clock = VirtualClock(0.0)
+    settings = ZombieSettings(rules=RULES, reclaim=True, grace=10.0, interval=3600.0,
+                              feed="events")
+    async with make_pool(backend, clock, zombies=settings, min_size=0) as pool:
+        watch = pool.zombies
+        assert watch is not None
+        events: list[ZombieEvent] = []
+
+        def broken(event: ZombieEvent) -> None:
+            raise RuntimeError("subscriber bug")
+
+        watch.subscribe(broken)  # logged and skipped: the pool and the next subscriber go on
+        watch.subscribe(events.append)
+        conn = await pool.getconn("interactive")
+        await pool.putconn(conn)
+        clock.advance(400.0)
+        [found] = watch.scan()
+        clock.advance(5.0)
+        conn = await pool.getconn("interactive")
+        assert events == [found, ZombieForgiven(found, 405.0)]
+        await pool.putconn(conn)
+        clock.advance(10.0)
+        assert watch.scan() == []
+        await asyncio.sleep(0.05)
+        assert backend.open == 1 and watch.reclaimed == 0 and len(events) == 2

@@ -31,15 +31,16 @@ frames with a known answer.
 * *Zombies* follow the core rules (`connwise.core.zombies`): thresholds are learned per
   (kind, region, device) from healthy gaps (`max_gap_s`) as `k x p99`, with the same fallbacks
   (a segment still learning keeps the default, or the longer of all segments' threshold and
-  `k x` its own longest gap), and a record is a zombie when its `tail_idle_s` passes its
-  threshold or a live watch flagged or reclaimed it. The report has every sample, so it takes exact
-  quantiles instead of the live histogram.
+  `k x` its own longest gap) and the floor the live watch of the kind applies (`kind_floor`:
+  30 s for pool records, 10 s for client records), and a record is a zombie when its
+  `tail_idle_s` passes its threshold or a live watch flagged or reclaimed it. The report has
+  every sample, so it takes exact quantiles instead of the live histogram.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, timezone
 from zoneinfo import ZoneInfo
 
@@ -47,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from connwise.analysis.frame import CONNECTION_KINDS, Floats, Frame, local_hours
-from connwise.core.zombies import ZombieRules, learned_threshold
+from connwise.core.zombies import ZombieRules, kind_floor, learned_threshold
 
 #: Bin widths the concurrency series may use, in seconds.
 BIN_WIDTHS = (1, 5, 10, 30, 60, 300, 900, 3600)
@@ -240,8 +241,9 @@ def zombie_verdicts(frame: Frame, rules: ZombieRules) -> tuple[npt.NDArray[np.bo
     per_key = np.empty(len(unique))
     for i, key in enumerate(unique):
         sample = gaps[healthy & (inverse == i)]
-        value = learned_threshold(rules, quantile(sample, rules.quantile), sample.size, fallback,
-                                  float(sample.max()) if sample.size else 0.0)
+        floored = replace(rules, floor=kind_floor(str(key).split("|", 1)[0], rules))
+        value = learned_threshold(floored, quantile(sample, rules.quantile), sample.size,
+                                  fallback, float(sample.max()) if sample.size else 0.0)
         thresholds[str(key)] = value
         per_key[i] = value
     limit = per_key[inverse] if frame.n else np.empty(0)

@@ -1,9 +1,20 @@
-"""How the reports write durations, times and shares (one place, so both reports agree)."""
+"""How the reports write durations, times, shares and counts (one place, so both reports
+agree)."""
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and its noun, singular for exactly one: "1 record", "0 records", "2 records"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {plural or noun + 's'}"
+
+
+def were(n: int) -> str:
+    """The verb agreeing with a count of `n`: "1 connection was", "2 connections were"."""
+    return "was" if n == 1 else "were"
 
 
 def duration(seconds: float | None) -> str:

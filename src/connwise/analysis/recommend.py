@@ -12,7 +12,9 @@ records, so an operator can check the reasoning instead of trusting it:
   `MIN_SEGMENT_RECORDS` records size nothing: the advice is to keep the current sizes.
 * *Idle timeouts* from the healthy-gap distribution: past the zombie threshold of the kind
   (`k x p99` of gaps after which connections were used again), an idle connection almost never
-  serves again; the connection-seconds idled past it are what the timeout saves. A segment
+  serves again; the connection-seconds idled past it are what the timeout saves. Never below
+  the floor the live watch of the kind applies (`kind_floor`: 30 s for pools, 10 s for client
+  connections), under which that watch keeps an idle connection as warm capacity. A segment
   whose own threshold (learned from `min_samples` gaps or more) is longer raises the timeout to
   it: a slow segment with under 1% of the kind's gaps is invisible in the kind's p99, and a
   timeout under its threshold would close its healthy connections between two uses.
@@ -36,7 +38,9 @@ from connwise.analysis.assessment import (
     Recommendation,
     quantile,
 )
+from connwise.analysis.fmt import count, were
 from connwise.analysis.fmt import duration as _duration
+from connwise.core.zombies import kind_floor
 
 HEADROOM = 1.25
 
@@ -70,10 +74,6 @@ def _window(first: int, last: int) -> str:
     return f"{start} to {_slot(last + 1)}"
 
 
-def _records(n: int) -> str:
-    return f"{n} record" if n == 1 else f"{n} records"
-
-
 def sizing(result: Assessment) -> list[Recommendation]:
     p95, peak = result.week_p95.ravel(), result.week_max.ravel()
     seen = np.isfinite(peak)
@@ -83,8 +83,9 @@ def sizing(result: Assessment) -> list[Recommendation]:
     if counted < MIN_SEGMENT_RECORDS:
         return [Recommendation(
             "pool size", "every window", "keep the current pool sizes and warm targets",
-            f"only {_records(counted)} to measure concurrency from; {MIN_SEGMENT_RECORDS} are "
-            "needed before a time-of-week window's peak says more than what these few did")]
+            f"only {count(counted, 'record')} to measure concurrency from; "
+            f"{MIN_SEGMENT_RECORDS} are needed before a time-of-week window's peak says more "
+            "than what these few did")]
     plans: list[tuple[int, int, int, int, float, float]] = []  # first, last, warm, max, p95, peak
     for slot in range(7 * 24):
         if not seen[slot]:
@@ -118,11 +119,17 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
         if gaps.size < rules.min_samples:
             out.append(Recommendation(
                 "idle timeout", kind, "keep the current idle timeout",
-                f"only {gaps.size} idle gaps ended in reuse; {rules.min_samples} are needed to "
-                "learn from them"))
+                f"only {count(gaps.size, 'idle gap')} ended in reuse; {rules.min_samples} are "
+                "needed to learn from them"))
             continue
         p99 = quantile(gaps, rules.quantile)
-        timeout = math.ceil(max(rules.floor, rules.k * p99))
+        floor = kind_floor(kind, rules)
+        timeout = math.ceil(max(floor, rules.k * p99))
+        # Under the floor, the live watch of the kind keeps an idle connection as warm
+        # capacity: a shorter timeout would close what the watch never calls a zombie.
+        floored = (f"; raised to the live watch's floor of {floor:g} s, under which an idle "
+                   f"{kind} connection is warm capacity, not waste"
+                   if floor > rules.k * p99 else "")
         own = [(value, key) for key, value in result.thresholds.items()
                if key.split("|", 1)[0] == kind
                and result.threshold_samples.get(key, 0) >= rules.min_samples]
@@ -134,13 +141,14 @@ def idle_timeouts(result: Assessment) -> list[Recommendation]:
                       f"connections came back within {_duration(slowest / rules.k)} (99%)")
         wasted = float(np.maximum(tails - timeout, 0).sum())
         longer = int((tails > timeout).sum())
+        longest = float(tails.max()) if tails.size else 0.0
         out.append(Recommendation(
             "idle timeout", kind, f"idle_timeout {timeout} s",
             f"99% of reused {kind} connections came back within {_duration(p99)}; one idle "
             f"{rules.k:g}x longer was almost never used again. {longer} of "
-            f"{result.kinds.get(kind, 0)} connections idled past {timeout} s before they "
-            f"closed (longest {_duration(float(tails.max()) if tails.size else 0.0)}), "
-            f"holding {wasted / 3600:.1f} connection-hours for nothing{raised}"))
+            f"{count(result.kinds.get(kind, 0), 'connection')} idled past {timeout} s before "
+            f"{'it' if longer == 1 else 'they'} closed (longest {_duration(longest)}), "
+            f"holding {wasted / 3600:.1f} connection-hours for nothing{floored}{raised}"))
     return out
 
 
@@ -156,7 +164,8 @@ def keepalive(result: Assessment) -> list[Recommendation]:
     if gaps is not None and gaps.size < result.rules.min_samples:
         out.append(Recommendation(
             "keep-alive", "client connections", "keep the current keepalive_timeout",
-            f"only {gaps.size} follow-up requests on a connection; {result.rules.min_samples} "
+            f"only {count(gaps.size, 'follow-up request')} on a connection; "
+            f"{result.rules.min_samples} "
             "are needed to learn from them"))
     elif gaps is not None:
         p95, p99 = quantile(gaps, 0.95), quantile(gaps, 0.99)
@@ -185,7 +194,8 @@ def keepalive(result: Assessment) -> list[Recommendation]:
             "keep-alive", "TCP", "keep TCP keep-alive probes on (the gateway's keepalive_idle, "
             "keepalive_interval, keepalive_count); a shorter keepalive_idle frees such "
             "connections sooner",
-            f"{result.kpis.half_open} connections were half-open (the peer vanished without "
+            f"{count(result.kpis.half_open, 'connection')} {were(result.kpis.half_open)} "
+            "half-open (the peer vanished without "
             "closing) and were found by keep-alive probes; without probes an idle one is held "
             "for ever, and with Linux's default probe timing for 2 h 11 min"))
     return out
@@ -241,10 +251,10 @@ RECLAIM_SHARE = 0.05
 
 def zombies(result: Assessment) -> list[Recommendation]:
     out = []
-    for kind, (count, records, seconds) in sorted(result.zombies_by_kind.items()):
-        if not count:
+    for kind, (found, records, seconds) in sorted(result.zombies_by_kind.items()):
+        if not found:
             continue
-        share = count / records
+        share = found / records
         worst = result.worst_zombie_segment.get(kind)
         where = f"; most in {worst[0]} ({worst[1]})" if worst is not None else ""
         few = records < MIN_SEGMENT_RECORDS
@@ -254,8 +264,9 @@ def zombies(result: Assessment) -> list[Recommendation]:
                 if few else "")
         out.append(Recommendation(
             "zombies", kind, action,
-            f"{count} of {records} {kind} records ({share:.1%}) idled past their segment's "
-            f"threshold or were half-open, holding {seconds / 3600:.1f} connection-hours "
+            f"{found} of {count(records, f'{kind} record')} ({share:.1%}) idled past "
+            f"{'its' if found == 1 else 'their'} segment's threshold or {were(found)} "
+            f"half-open, holding {seconds / 3600:.1f} connection-hours "
             f"serving nothing{where}{thin}"))
     return out
 

@@ -21,7 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from connwise.analysis.assessment import WEEKDAYS, Assessment
-from connwise.analysis.fmt import duration, share, stamp
+from connwise.analysis.fmt import count, duration, share, stamp
 from connwise.analysis.frame import Floats
 from connwise.analysis.report_term import kpi_rows
 from connwise.telemetry.export import replace_on_success
@@ -138,8 +138,8 @@ def plot_establishment(result: Assessment) -> str:
         ax.legend()
         ax.set_xlabel("seconds")
         ax.set_title("Establishment time" if zeros == 0 else
-                     f"Establishment time ({zeros} of {result.establish.size} samples of 0 s "
-                     "not drawn)")
+                     f"Establishment time ({zeros} of {count(result.establish.size, 'sample')} "
+                     "of 0 s not drawn)")
     return _svg(draw)
 
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from connwise.analysis.assessment import Assessment
-from connwise.analysis.fmt import duration, share, stamp
+from connwise.analysis.fmt import count, duration, share, stamp
 
 #: Segments shown in the terminal (the HTML report has them all).
 TOP_SEGMENTS = 15
@@ -18,10 +18,11 @@ def kpi_rows(result: Assessment) -> list[tuple[str, str]]:
     return [
         ("Establishment time p50 / p95 / p99",
          f"{duration(k.establish_p50)} / {duration(k.establish_p95)} / "
-         f"{duration(k.establish_p99)}  ({k.establish_samples} samples)"),
+         f"{duration(k.establish_p99)}  ({count(k.establish_samples, 'sample')})"),
         ("Error rate", share(k.error_rate)),
-        ("Zombie share", f"{share(k.zombie_share)}  ({k.zombies} zombies, "
-                         f"{k.zombie_seconds / 3600:.1f} connection-hours held; {k.leaks} leaks)"),
+        ("Zombie share", f"{share(k.zombie_share)}  ({count(k.zombies, 'zombie')}, "
+                         f"{k.zombie_seconds / 3600:.1f} connection-hours held; "
+                         f"{count(k.leaks, 'leak')})"),
         ("Peak concurrency", f"{k.peak_concurrency}  at {stamp(k.peak_at)}"),
         ("Connection reuse ratio", share(k.reuse_ratio) if k.reuse_ratio is not None
          else "unknown (log $connection_requests)"),

@@ -28,7 +28,9 @@ on the time held, not on gaps.
 
 `judge` is the rule; `Thresholds` learns; `ZombieTracker` keeps the live bookkeeping of a pool or
 a listener (which connection is idle since when) and returns findings on `scan(now)`, each
-reported once per idle stretch, and the keys whose grace period has passed for `reclaimable`.
+reported once per idle stretch, the finding a zombie is forgiven for when it serves again
+(`busy`), and the keys whose grace period has passed for `reclaimable`. The live watches pass
+the three on as events (`ZombieEvent`): found, forgiven, reclaimed.
 The same rule serves the report, which learns from stored records instead of live events.
 """
 
@@ -105,6 +107,27 @@ class ZombieRules:
             raise bad("leak_threshold", self.leak_threshold, "the duration must be positive",
                       "use seconds > 0 or None to disable")
         return self
+
+
+#: The live pool watch's floor: a pool connection idle for less after a burst is warm capacity
+#: for the next one (reopening costs a handshake), not waste; 30 s is also the pool's default
+#: check interval and leak threshold.
+POOL_FLOOR = 30.0
+#: The gateway's floor for client connections: browsers leave keep-alive connections silent
+#: for seconds between page views by design.
+CLIENT_FLOOR = 10.0
+#: The live watches' floors by the kind of connection a telemetry record names, so that the
+#: report never calls zombie, nor advises closing, what the live watch of that kind keeps. Kinds
+#: no live watch judges take the floor of their like: an `upstream` connection sits in the
+#: gateway's keep-alive pool, a `session` (a proxy's TCP session, from its logs) is a client's.
+KIND_FLOORS: dict[str, float] = {"pool": POOL_FLOOR, "upstream": POOL_FLOOR,
+                                 "client": CLIENT_FLOOR, "session": CLIENT_FLOOR}
+
+
+def kind_floor(kind: str, rules: ZombieRules) -> float:
+    """The floor for connections of `kind`, in seconds: the live watch's (`KIND_FLOORS`), or
+    `rules.floor` where that is higher or the kind has none."""
+    return max(rules.floor, KIND_FLOORS.get(kind, 0.0))
 
 
 def judge(*, idle_for: float, threshold: float, half_open: bool = False, held_for: float = 0.0,
@@ -252,8 +275,36 @@ class ZombieFinding:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ZombieForgiven:
+    """A reported zombie that served again before reclaim closed it: it is judged afresh from
+    its next idle stretch on."""
+
+    #: What it was reported for.
+    finding: ZombieFinding
+    #: When the watch saw it serve again.
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ZombieReclaimed:
+    """A reported zombie (or half-open connection) closed by reclaim after its grace period."""
+
+    #: What it was reported for.
+    finding: ZombieFinding
+    #: The grace period it was given, in seconds.
+    grace: float
+    at: float
+
+
+#: What a live zombie watch passes to its subscribers (`subscribe`), told apart by type as a
+#: pool's `LifecycleEvent` and `LeakEvent` are.
+ZombieEvent = ZombieFinding | ZombieForgiven | ZombieReclaimed
+
+
 class _Entry:
-    __slots__ = ("busy_since", "half_open", "idle_since", "reported", "reported_at", "segment")
+    __slots__ = ("busy_since", "finding", "half_open", "idle_since", "reported", "reported_at",
+                 "segment")
 
     def __init__(self, segment: str) -> None:
         self.segment = segment
@@ -262,6 +313,8 @@ class _Entry:
         self.half_open = False
         self.reported = _HEALTHY
         self.reported_at = 0.0
+        #: The finding of `reported` (None while healthy).
+        self.finding: ZombieFinding | None = None
 
 
 class ZombieTracker:
@@ -326,33 +379,41 @@ class ZombieTracker:
         entry.segment = segment
         if entry.idle_since is None:
             entry.idle_since = now
-            entry.reported = _HEALTHY if not entry.half_open else entry.reported
+            if not entry.half_open:
+                entry.reported = _HEALTHY
+                entry.finding = None
         entry.busy_since = None
         if entry.reported is _HEALTHY and not entry.half_open:
             del self._entries[key]  # nothing left to keep but the stretch's start
             self._idle.setdefault(segment, {})[key] = entry.idle_since
 
-    def busy(self, key: Hashable, now: float) -> None:
-        """Useful traffic started: the idle stretch, if any, was healthy; learn from it."""
+    def busy(self, key: Hashable, now: float) -> ZombieFinding | None:
+        """Useful traffic started: the idle stretch, if any, was healthy; learn from it.
+        Returns the zombie finding this forgives, if the connection was reported as one."""
         entry = self._entries.get(key)
         if entry is None:
             found = self._quiet(key)
             if found is None:
-                return
+                return None
             segment, since = found
             self.thresholds.observe(segment, now - since)
             if self.pooled:  # a leak is judged on the time held
                 entry = self._entries[key] = _Entry(segment)
                 entry.busy_since = now
-            return
+            return None
         if entry.idle_since is not None:
             self.thresholds.observe(entry.segment, now - entry.idle_since)
             entry.idle_since = None
         entry.busy_since = now
-        if entry.reported is not _HALF_OPEN:
+        reported = entry.reported
+        forgiven = None
+        if reported is not _HEALTHY and reported is not _HALF_OPEN:
+            forgiven = entry.finding if reported is _ZOMBIE else None
             entry.reported = _HEALTHY
+            entry.finding = None
         if not self.pooled and entry.reported is _HEALTHY and not entry.half_open:
             del self._entries[key]
+        return forgiven
 
     def half_open(self, key: Hashable, now: float) -> None:
         entry = self._entries.get(key)
@@ -389,8 +450,9 @@ class ZombieTracker:
                 seconds, crossed = idle_for, 0.0
             else:
                 seconds, crossed = idle_for, threshold
-            found.append(ZombieFinding(key, self.owner, entry.segment, verdict, seconds,
-                                       crossed, now))
+            finding = entry.finding = ZombieFinding(key, self.owner, entry.segment, verdict,
+                                                    seconds, crossed, now)
+            found.append(finding)
         for segment, members in list(self._idle.items()):
             threshold = thresholds.threshold(segment)
             zombies = [(key, since) for key, since in members.items()
@@ -401,11 +463,17 @@ class ZombieTracker:
                 entry.idle_since = since
                 entry.reported = _ZOMBIE
                 entry.reported_at = now
-                found.append(ZombieFinding(key, self.owner, segment, _ZOMBIE, now - since,
-                                           threshold, now))
+                finding = entry.finding = ZombieFinding(key, self.owner, segment, _ZOMBIE,
+                                                        now - since, threshold, now)
+                found.append(finding)
             if not members:
                 del self._idle[segment]
         return found
+
+    def finding(self, key: Hashable) -> ZombieFinding | None:
+        """What `key` was reported for and not forgiven since (None if nothing)."""
+        entry = self._entries.get(key)
+        return entry.finding if entry is not None else None
 
     def flagged(self) -> list[Hashable]:
         """Connections reported (zombie, half-open, leak) and not forgiven since."""

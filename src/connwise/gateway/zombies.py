@@ -22,10 +22,15 @@ under-sampled; that too can only raise the learned threshold.
 `ZombieTracker.scan` then judges (k x p99 of the segment, never under the floor, the default
 until enough gaps) and each finding is reported once per idle stretch: a log line,
 `connwise_zombies_total{owner,verdict}` on the admin `/metrics`, the `zombie` field of
-`/connections`, `flag` in the connection's telemetry record, and the watch's subscribers. With
-`reclaim`, a zombie still silent `grace` seconds after its report is closed (tcp: both sides, reset;
-WebSocket: close frames with 1001, going away, to both sides; HTTP keep-alive: a plain close)
-and its record's `close_reason` is `zombie`. A connection that speaks in between is forgiven.
+`/connections`, `flag` in the connection's telemetry record, and a `ZombieFinding` to the
+watch's subscribers. With `reclaim`, a zombie still silent `grace` seconds after its report is
+closed (tcp: both sides, reset; WebSocket: close frames with 1001, going away, to both sides;
+HTTP keep-alive: a plain close), its record's `close_reason` is `zombie` and subscribers get a
+`ZombieReclaimed`. A connection that speaks in between is forgiven: a `ZombieForgiven`.
+
+Subscribers are called inline, in the scan, like a pool's: no queue stands between the watch and
+them, so they must be quick (a `MemorySink` keeps the last N events, bounded); one that raises is
+logged and the others, and the gateway, go on.
 
 Cost: per idle connection, one dict entry of its stretch's start (about 35 bytes: the tracker
 keeps the connection's own `last_active` float), a full tracker entry (about 115 bytes) only
@@ -46,7 +51,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from connwise.config import ZombieSection
-from connwise.core.zombies import Thresholds, Verdict, ZombieFinding, ZombieTracker
+from connwise.core.zombies import (
+    Thresholds,
+    Verdict,
+    ZombieEvent,
+    ZombieFinding,
+    ZombieForgiven,
+    ZombieReclaimed,
+    ZombieTracker,
+)
 from connwise.gateway.tcp import TcpClient
 
 if TYPE_CHECKING:
@@ -54,7 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("connwise.gateway")
 
-FindingCallback = Callable[[ZombieFinding], None]
+EventCallback = Callable[[ZombieEvent], None]
 
 
 def segment_values(client: Any, listener: str) -> dict[str, str]:
@@ -84,8 +97,11 @@ class GatewayZombieWatch:
         self.reclaimed: Counter[str] = Counter()
         #: Reported connections still open and not forgiven, with their finding.
         self.flagged: dict[Hashable, ZombieFinding] = {}
+        #: Reclaimed and not yet gone (a WebSocket's close handshake, a close not yet seen by
+        #: the loop): not judged again, or each scan until it is gone would report it anew.
+        self._closing: set[Hashable] = set()
         self._task: asyncio.Task[None] | None = None
-        self._subscribers: list[FindingCallback] = []
+        self._subscribers: list[EventCallback] = []
         self._last_scan = gateway.clock.now()
 
     @property
@@ -111,11 +127,15 @@ class GatewayZombieWatch:
         if not section.enabled:
             self.trackers.clear()
             self.flagged.clear()
+            self._closing.clear()
         self.section = section
         self.start()
 
-    def subscribe(self, callback: FindingCallback) -> Callable[[], None]:
-        """Call `callback` with every finding; returns an unsubscribe function."""
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call `callback` with every event: a `ZombieFinding` when a connection is reported
+        (zombie, or half-open), a `ZombieForgiven` when a reported zombie speaks again, a
+        `ZombieReclaimed` when reclaim closes one. Returns an unsubscribe function. Callbacks
+        run inline in the scan and must be quick; one that raises is logged and skipped."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback)
 
@@ -147,11 +167,7 @@ class GatewayZombieWatch:
         log.info("listener %s: client connection %s was half-open (its peer answered no "
                  "keep-alive probe after %.1f s of silence); closed", listener, client.conn_id,
                  silent)
-        for callback in self._subscribers:
-            try:
-                callback(finding)
-            except Exception:
-                log.exception("zombie watch: subscriber %r failed", callback)
+        self._publish(finding)
 
     def forget(self, client: Client) -> None:
         """A client connection closed."""
@@ -159,6 +175,7 @@ class GatewayZombieWatch:
         if tracker is not None:
             tracker.forget(client.conn_id)
         self.flagged.pop(client.conn_id, None)
+        self._closing.discard(client.conn_id)
 
     # -- scanning ------------------------------------------------------------------------------
 
@@ -169,30 +186,34 @@ class GatewayZombieWatch:
         since, self._last_scan = self._last_scan, now
         keys = self.section.segment
         trackers = self.trackers
+        flagged = self.flagged
+        # Published after the walk: a subscriber must not change the connections under it.
+        forgiven: list[ZombieForgiven] = []
+        closing = self._closing
         for conn_id, client in gateway.clients.items():
+            if conn_id in closing:
+                continue
             listener = client.listener.name
             tracker = trackers.get(listener)
             if tracker is None:
                 tracker = trackers[listener] = ZombieTracker(listener, self.thresholds,
                                                              pooled=False)
             idle_since = client.idle_since()
-            if idle_since is None:
-                tracker.busy(conn_id, now)
-            elif idle_since > since:
-                tracker.busy(conn_id, idle_since)
+            if idle_since is None or idle_since > since:
+                finding = tracker.busy(conn_id, now if idle_since is None else idle_since)
+                if finding is not None:  # a reported zombie spoke again
+                    flagged.pop(conn_id, None)
+                    forgiven.append(ZombieForgiven(finding, now))
             else:
                 values = segment_values(client, listener)
                 # Interned: thousands of idle connections share a few segment names.
                 tracker.idle(conn_id, sys.intern("/".join(values[k] for k in keys)),
                              idle_since)
+        for event in forgiven:
+            self._publish(event)
         found: list[ZombieFinding] = []
-        flagged = self.flagged
         for tracker in trackers.values():
             findings = tracker.scan(now)
-            still = set(tracker.flagged())
-            for key in [k for k, f in flagged.items() if f.owner == tracker.owner
-                        and k not in still]:
-                del flagged[key]  # served again: forgiven
             for finding in findings:
                 flagged[finding.key] = finding
                 self._report(finding)
@@ -211,14 +232,19 @@ class GatewayZombieWatch:
                  finding.seconds, finding.segment, finding.threshold,
                  f"; closing it in {self.section.grace:.0f} s unless it speaks"
                  if self.section.reclaim else "")
+        self._publish(finding)
+
+    def _publish(self, event: ZombieEvent) -> None:
         for callback in self._subscribers:
             try:
-                callback(finding)
+                callback(event)
             except Exception:
                 log.exception("zombie watch: subscriber %r failed", callback)
 
     def _reclaim(self, tracker: ZombieTracker, now: float) -> None:
-        for key in tracker.reclaimable(now, self.section.grace):
+        grace = self.section.grace
+        for key in tracker.reclaimable(now, grace):
+            finding = tracker.finding(key)
             tracker.forget(key)
             self.flagged.pop(key, None)
             client = self._client(key)
@@ -228,9 +254,12 @@ class GatewayZombieWatch:
             if rec is not None:
                 rec.close_reason = "zombie"
             self.reclaimed[tracker.owner] += 1
+            self._closing.add(key)
             log.info("listener %s: closed zombie client connection %s after a grace of %.0f s",
-                     tracker.owner, key, self.section.grace)
+                     tracker.owner, key, grace)
             client.reclaim()
+            if finding is not None:
+                self._publish(ZombieReclaimed(finding, grace, now))
 
     def _client(self, key: Hashable) -> Client | None:
         return self.gateway.clients.get(key) if isinstance(key, int) else None

@@ -4,7 +4,10 @@ Every pool runs one unless built with `zombies=None` (`ZombieSettings`). The wat
 pool's public API and its policy's records, nothing more: the pool's own bookkeeping is untouched.
 Every `interval` seconds it scans for connections idle past `k x p99` of the pool's healthy idle
 gaps (gaps that ended in reuse). Each finding is logged once, counted in
-`connwise_zombies_total` and passed to the watch's subscribers. It has two feeds:
+`connwise_zombies_total` and passed to the watch's subscribers as a `ZombieFinding`; a reported
+zombie used again is a `ZombieForgiven`, one reclaim closes a `ZombieReclaimed` (the events of
+the gateway's watch too). Subscribers are called inline, like the pool's own: they must be
+quick, and one that raises is logged and skipped. It has two feeds:
 
 * `scan` (the pool's default) costs nothing on acquire and release: the scan reads each
   connection's `idle_since` and `acquired_at` from the policy, and learns the gap of every hold
@@ -36,9 +39,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from connwise.core.lifecycle import FINAL, LeakEvent, LifecycleEvent, State, Trigger
 from connwise.core.pooling import PoolState
 from connwise.core.zombies import (
+    POOL_FLOOR,
     Thresholds,
     Verdict,
+    ZombieEvent,
     ZombieFinding,
+    ZombieForgiven,
+    ZombieReclaimed,
     ZombieRules,
     ZombieTracker,
     judge,
@@ -50,14 +57,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("connwise.telemetry")
 
-FindingCallback = Callable[[ZombieFinding], None]
+EventCallback = Callable[[ZombieEvent], None]
 Feed = Literal["scan", "events"]
 
 
-#: The core's rules with a floor of 30 s: a pool connection idle for less after a burst is warm
-#: capacity for the next one (reopening costs a handshake), not waste; 30 s is also the pool's
-#: default check interval and leak threshold.
-POOL_RULES = ZombieRules(floor=30.0)
+#: The core's rules with the pool's floor of 30 s (`POOL_FLOOR`, which says why; the report
+#: judges pool records by the same floor).
+POOL_RULES = ZombieRules(floor=POOL_FLOOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +112,12 @@ class ZombieWatch:
         self.findings = 0
         self.reclaimed = 0
         self.running = False
-        self._subscribers: list[FindingCallback] = []
+        self._subscribers: list[EventCallback] = []
         self._unsubscribe: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         #: Scan feed: connections reported and not yet forgiven, with the idle start (or, for a
-        #: leak, the acquire) they were reported for, their verdict and when.
-        self._flags: dict[Hashable, tuple[float, Verdict, float]] = {}
+        #: leak, the acquire) they were reported for and their finding.
+        self._flags: dict[Hashable, tuple[float, ZombieFinding]] = {}
         self._last_scan = 0.0
 
     @classmethod
@@ -142,8 +148,12 @@ class ZombieWatch:
             self._unsubscribe()
             self._unsubscribe = None
 
-    def subscribe(self, callback: FindingCallback) -> Callable[[], None]:
-        """Call `callback` with every finding; returns an unsubscribe function."""
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call `callback` with every event: a `ZombieFinding` when a connection is reported
+        (zombie, half-open, leak), a `ZombieForgiven` when a reported zombie is used again, a
+        `ZombieReclaimed` when reclaim closes one. Returns an unsubscribe function. Callbacks
+        run inline, in the scan or the pool's bookkeeping, and must be quick; one that raises is
+        logged and skipped."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback)
 
@@ -171,7 +181,9 @@ class ZombieWatch:
                                          0.0, 0.0, event.at))
             tracker.forget(key)
         elif event.trigger is Trigger.ACQUIRE:
-            tracker.busy(key, event.at)
+            forgiven = tracker.busy(key, event.at)
+            if forgiven is not None:
+                self._publish(ZombieForgiven(forgiven, event.at))
         elif to_state is State.IDLE:
             tracker.idle(key, self.segment, event.at)
 
@@ -197,6 +209,7 @@ class ZombieWatch:
         flags = self._flags
         last, self._last_scan = self._last_scan, now
         found: list[ZombieFinding] = []
+        forgiven: list[ZombieForgiven] = []
         idle = []
         for rec in records.values():
             state = rec.state
@@ -206,15 +219,18 @@ class ZombieWatch:
                 if rec.acquired_at > last:
                     thresholds.observe(segment, rec.acquired_at - rec.idle_since)  # <0: ignored
                 flag = flags.get(rec.id)
-                if flag is not None and flag[0] == rec.acquired_at:
-                    continue
-                if rec.leak_reported:
-                    flags[rec.id] = (rec.acquired_at, Verdict.LEAK, now)
-                    found.append(ZombieFinding(rec.id, self.pool.name, segment, Verdict.LEAK,
-                                               now - rec.acquired_at,
-                                               policy.limits.leak_threshold or 0.0, now))
-                elif flag is not None:
+                if flag is not None:
+                    if flag[0] == rec.acquired_at:
+                        continue
                     del flags[rec.id]  # served again: forgiven
+                    if flag[1].verdict is Verdict.ZOMBIE:
+                        forgiven.append(ZombieForgiven(flag[1], now))
+                if rec.leak_reported:
+                    leak = ZombieFinding(rec.id, self.pool.name, segment, Verdict.LEAK,
+                                         now - rec.acquired_at,
+                                         policy.limits.leak_threshold or 0.0, now)
+                    flags[rec.id] = (rec.acquired_at, leak)
+                    found.append(leak)
             elif state is State.IDLE or state is State.CHECKING:
                 idle.append(rec)
         threshold = thresholds.threshold(segment)
@@ -223,15 +239,20 @@ class ZombieWatch:
             if flag is not None:
                 if flag[0] == rec.idle_since:
                     continue  # reported for this idle stretch already
-                del flags[rec.id]
+                del flags[rec.id]  # used (or given back) since: forgiven
+                if flag[1].verdict is Verdict.ZOMBIE:
+                    forgiven.append(ZombieForgiven(flag[1], now))
             idle_for = now - rec.idle_since
             if judge(idle_for=idle_for, threshold=threshold) is Verdict.ZOMBIE:
-                flags[rec.id] = (rec.idle_since, Verdict.ZOMBIE, now)
-                found.append(ZombieFinding(rec.id, self.pool.name, segment, Verdict.ZOMBIE,
-                                           idle_for, threshold, now))
+                zombie = ZombieFinding(rec.id, self.pool.name, segment, Verdict.ZOMBIE,
+                                       idle_for, threshold, now)
+                flags[rec.id] = (rec.idle_since, zombie)
+                found.append(zombie)
         if len(flags) > len(found):
             for key in [k for k in flags if k not in records]:
                 del flags[key]
+        for event in forgiven:
+            self._publish(event)
         return found
 
     def flagged(self) -> list[Hashable]:
@@ -240,16 +261,19 @@ class ZombieWatch:
             return list(self._flags)
         return self.tracker.flagged()
 
-    def _due(self, now: float) -> list[Hashable]:
+    def _due(self, now: float) -> list[ZombieFinding]:
         if self.feed == "events":
-            return self.tracker.reclaimable(now, self.grace)
+            tracker = self.tracker
+            return [finding for key in tracker.reclaimable(now, self.grace)
+                    if (finding := tracker.finding(key)) is not None]
         records = self.pool.policy.records
-        due: list[Hashable] = []
-        for key, (since, verdict, at) in self._flags.items():
+        due: list[ZombieFinding] = []
+        for key, (since, finding) in self._flags.items():
             rec = records.get(key)
-            if (verdict is Verdict.ZOMBIE and now - at >= self.grace and rec is not None
-                    and rec.state is State.IDLE and rec.idle_since == since):
-                due.append(key)
+            if (finding.verdict is Verdict.ZOMBIE and now - finding.at >= self.grace
+                    and rec is not None and rec.state is State.IDLE
+                    and rec.idle_since == since):
+                due.append(finding)
         return due
 
     def _reclaim(self, now: float) -> None:
@@ -261,7 +285,8 @@ class ZombieWatch:
         open_now = sum(connections[s.value] for s in (State.IDLE, State.CHECKING,
                                                       State.IN_USE, State.CONNECTING))
         room = open_now - max(stats["min_size"], stats["target"])
-        for key in due[:max(0, room)]:
+        for finding in due[:max(0, room)]:
+            key = finding.key
             self.tracker.forget(key)
             self._flags.pop(key, None)
             self.pool.retire(key, "zombie")
@@ -270,6 +295,7 @@ class ZombieWatch:
                 self.metrics.zombie_reclaimed(self.pool.name)
             log.info("pool %s: closed zombie connection %s after a grace of %.0f s",
                      self.pool.name, key, self.grace)
+            self._publish(ZombieReclaimed(finding, self.grace, now))
 
     def _emit(self, finding: ZombieFinding) -> None:
         self.findings += 1
@@ -286,11 +312,14 @@ class ZombieWatch:
         elif finding.verdict is Verdict.HALF_OPEN:
             log.warning("pool %s: connection %s failed its check: the peer was gone "
                         "(half-open); the pool closed it", finding.owner, finding.key)
+        self._publish(finding)
+
+    def _publish(self, event: ZombieEvent) -> None:
         for callback in self._subscribers:
             try:
-                callback(finding)
+                callback(event)
             except Exception:
-                log.exception("zombie watch of pool %s: subscriber %r failed", finding.owner,
+                log.exception("zombie watch of pool %s: subscriber %r failed", self.pool.name,
                               callback)
 
 

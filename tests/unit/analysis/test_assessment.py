@@ -17,6 +17,7 @@ from connwise.analysis.assessment import assess, concurrency, sweep, zombie_verd
 from connwise.analysis.frame import COLUMNS, Frame, parse_segments, zone
 from connwise.analysis.recommend import nice, recommend, sizing
 from connwise.analysis.report_html import plot_establishment, render_html, write_html
+from connwise.analysis.report_term import kpi_rows as render_kpis
 from connwise.analysis.report_term import render
 from connwise.core.zombies import Verdict, ZombieRules, judge
 from connwise.errors import ConfigError
@@ -162,8 +163,10 @@ def test_recommendations_with_reasons(workload_result: Any) -> None:
     assert "p95" in sizes[0].reason and "headroom" in sizes[0].reason
     [idle] = by_topic["idle timeout"]
     assert idle.scope == "pool"
-    assert idle.action == "idle_timeout 5 s"  # k=3 x p99 of gaps uniform in 0.5..1.5 s
-    assert "40 of 200 connections idled past 5 s" in idle.reason
+    # k=3 x p99 of gaps uniform in 0.5..1.5 s is 5 s: the pool watch's floor of 30 s holds.
+    assert idle.action == "idle_timeout 30 s"
+    assert "40 of 200 connections idled past 30 s" in idle.reason
+    assert "raised to the live watch's floor of 30 s" in idle.reason
     assert any("log $connection and $connection_requests" in r.action
                for r in by_topic["keep-alive"])
     [zombies] = by_topic["zombies"]
@@ -204,7 +207,7 @@ def test_terminal_and_html_reports(workload_result: Any, tmp_path: Path) -> None
     assert page.count("<svg") == 6
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched
     assert "<script" not in page and "@import" not in page
-    assert "Establishment time p50 / p95 / p99" in page and "idle_timeout 5 s" in page
+    assert "Establishment time p50 / p95 / p99" in page and "idle_timeout 30 s" in page
     with pytest.raises(ConfigError, match="does not exist"):
         write_html(workload_result, tmp_path / "missing" / "r.html")
 
@@ -372,15 +375,15 @@ def test_the_window_holds_records_that_started_in_since_until(tmp_path: Path) ->
 
 
 def test_a_thin_segment_keeps_the_default_threshold_not_a_shorter_borrowed_one() -> None:
-    """300 client connections in eu come back within 2 s; two in us (WebSockets that speak
-    once a minute) have too few gaps to learn from. Borrowing the node's 6 s made both us
+    """300 client connections in eu come back within 4 s; two in us (WebSockets that speak
+    once a minute) have too few gaps to learn from. Borrowing the node's 12 s made both us
     connections zombies after 100 s of a quiet that their own gaps show is routine."""
     records = [{"kind": "client", "started_at": i, "ended_at": i + 60, "region": "eu",
-                "max_gap_s": 2.0, "tail_idle_s": 1.0} for i in range(300)]
+                "max_gap_s": 4.0, "tail_idle_s": 1.0} for i in range(300)]
     records += [{"kind": "client", "started_at": i, "ended_at": i + 3600, "region": "us",
                  "max_gap_s": 60.0, "tail_idle_s": 100.0} for i in range(2)]
     zombie, _, thresholds = zombie_verdicts(frame_of(records), ZombieRules())
-    assert thresholds["client|eu|unknown"] == 6.0
+    assert thresholds["client|eu|unknown"] == 12.0
     assert thresholds["client|us|unknown"] == 300.0
     assert not zombie.any()
     records.append({"kind": "client", "started_at": 0, "ended_at": 4000, "region": "us",
@@ -486,12 +489,12 @@ def test_a_connection_the_live_watch_reclaimed_is_a_zombie_in_the_report() -> No
 def test_the_html_thresholds_say_which_were_learned() -> None:
     """A segment with too few healthy gaps is judged by the default: the table said `5.0 min`
     as if learned; it now gives the gaps behind each threshold and marks the default."""
-    records = [pool(MONDAY + i, MONDAY + i + 100, region="eu", max_gap_s=2.0)
+    records = [pool(MONDAY + i, MONDAY + i + 100, region="eu", max_gap_s=20.0)
                for i in range(30)]
-    records += [pool(MONDAY + i, MONDAY + i + 100, region="us", max_gap_s=2.0)
+    records += [pool(MONDAY + i, MONDAY + i + 100, region="us", max_gap_s=20.0)
                 for i in range(3)]
     page = render_html(assess(frame_of(records)))
-    assert re.search(r"pool / eu / unknown</td><td class=num>6\.0 s</td>"
+    assert re.search(r"pool / eu / unknown</td><td class=num>60\.0 s</td>"
                      r"<td class=num>30</td>", page)
     assert re.search(r"pool / us / unknown</td><td class=num>5\.0 min</td>"
                      r"<td class=num>3 \(too few to learn from\)</td>", page)
@@ -554,3 +557,54 @@ def test_too_few_follow_ups_say_the_keepalive_data_is_insufficient() -> None:
     [advice] = [r for r in result.recommendations if r.topic == "keep-alive"]
     assert advice.action == "keep the current keepalive_timeout"
     assert "only 10 follow-up requests" in advice.reason and "30 are needed" in advice.reason
+
+
+def test_counts_of_one_read_in_the_singular() -> None:
+    """"1 connections were half-open": every sentence of the reports that counts something
+    agrees with a count of one."""
+    records = [{"kind": "client", "started_at": MONDAY, "ended_at": MONDAY + 100,
+                "flag": "half_open", "tail_idle_s": 90.0},
+               {"kind": "client", "started_at": MONDAY, "ended_at": MONDAY + 100,
+                "max_gap_s": 2.0, "tail_idle_s": 0.5}]
+    records += [{"kind": "request", "conn_id": "c", "conn_seq": seq, "started_at": MONDAY + seq,
+                 "ended_at": MONDAY + seq + 0.1, "requests": 1} for seq in (1, 2)]
+    records[2]["upstream_connect_s"] = 0.05
+    result = assess(frame_of(records))
+    recommend(result)
+    reasons = " | ".join(r.reason for r in result.recommendations)
+    assert "1 connection was half-open" in reasons
+    assert "only 1 idle gap ended in reuse" in reasons
+    assert "only 1 follow-up request on a connection" in reasons
+    assert ("1 of 2 client records (50.0%) idled past its segment's threshold or was "
+            "half-open") in reasons
+    rows = dict(render_kpis(result))
+    assert "(1 zombie, " in rows["Zombie share"] and "0 leaks)" in rows["Zombie share"]
+    assert "(1 sample)" in rows["Establishment time p50 / p95 / p99"]
+    assert not re.search(r"(?<![\d.])1 [a-z-]+s\b", reasons + " ".join(rows.values()))
+
+
+def live_floors() -> dict[str, float]:
+    """The floor each live watch applies by default, read from the watches' own settings."""
+    from connwise.config import ZombieSection
+    from connwise.telemetry.zombie_watch import ZombieSettings
+
+    return {"pool": ZombieSettings().rules.floor, "client": ZombieSection().floor}
+
+
+@pytest.mark.parametrize("kind", ["pool", "client"])
+@pytest.mark.parametrize("gap", [0.05, 1.0, 3.0, 8.0, 40.0])
+def test_the_idle_timeout_never_goes_below_the_live_watch_s_floor(kind: str, gap: float) -> None:
+    """The report used the core's 1 s floor for every kind: it recommended `idle_timeout 4 s`
+    for a pool whose own live watch treats anything idle under 30 s as warm capacity."""
+    floor = live_floors()[kind]
+    records = [{"kind": kind, "source": "main", "started_at": MONDAY + i,
+                "ended_at": MONDAY + i + 100, "region": "eu", "max_gap_s": gap,
+                "tail_idle_s": 0.5} for i in range(40)]
+    result = assess(frame_of(records))
+    recommend(result)
+    [advice] = [r for r in result.recommendations if r.topic == "idle timeout"]
+    timeout = int(advice.action.removeprefix("idle_timeout ").removesuffix(" s"))
+    assert timeout == max(math.ceil(floor), math.ceil(3 * gap))
+    assert all(value >= floor for value in result.thresholds.values())
+    if 3 * gap < floor:
+        assert f"raised to the live watch's floor of {floor:g} s" in advice.reason

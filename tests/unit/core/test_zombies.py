@@ -340,3 +340,24 @@ def test_quiet_websockets_beside_busy_http_are_never_flagged() -> None:
         found.extend(tracker.scan(now))
     assert tracker.thresholds.threshold("web/http") <= 6.3
     assert found == []
+
+
+def test_tracker_hands_back_the_finding_a_connection_is_forgiven_or_reclaimed_for() -> None:
+    """The watches' forgiven and reclaimed events carry the finding: `busy` returns the zombie
+    finding it forgives (None when there was none, or for a leak or half-open connection) and
+    `finding` the one a reclaimable connection was reported for."""
+    tracker = ZombieTracker("pool", Thresholds(ZombieRules(min_samples=1, k=2)))
+    tracker.idle(1, "s", 0.0)
+    assert tracker.busy(1, 1.0) is None  # healthy: nothing to forgive
+    assert tracker.busy(2, 1.0) is None  # unknown
+    tracker.idle(1, "s", 1.5)
+    assert tracker.finding(1) is None
+    [found] = tracker.scan(4.0)
+    assert tracker.finding(1) is found and tracker.finding(2) is None
+    assert tracker.reclaimable(5.0, grace=1.0) == [1]
+    assert tracker.busy(1, 5.0) is found
+    assert tracker.finding(1) is None and tracker.busy(1, 6.0) is None
+    tracker.idle(3, "s", 0.0)
+    tracker.half_open(3, 0.1)
+    [half_open] = tracker.scan(0.2)
+    assert tracker.finding(3) is half_open and tracker.busy(3, 0.3) is None
