@@ -421,6 +421,13 @@ async def test_putconn_of_foreign_connection_is_refused(backend: TcpBackend) -> 
         await pool.putconn(conn)
         with pytest.raises(connwise.ConfigError, match="given back already"):
             await pool.putconn(conn)
+        # `try_putconn`'s own test of a held connection refuses it the same way.
+        conn = await pool.getconn()
+        assert pool.try_putconn(conn)
+        with pytest.raises(connwise.ConfigError, match="given back already"):
+            pool.try_putconn(conn)
+        with pytest.raises(connwise.ConfigError, match="does not belong"):
+            pool.try_putconn(object())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("interrupt", ["timeout", "cancel"])

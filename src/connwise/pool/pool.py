@@ -59,6 +59,7 @@ Stack = tuple[tuple[CodeType, int], ...]
 #: `__getattr__` hook in Python 3.11: ~800 instructions each under callgrind, a global ~20).
 _OPEN = PoolState.OPEN
 _HELD = frozenset({State.IN_USE, State.DRAINING})
+_IN_USE = State.IN_USE
 #: Every pool reports its zombies unless told otherwise (`zombies=None`): report only, scanned
 #: once a second at no cost per acquire; `ZombieSettings(reclaim=True)` also closes them.
 DEFAULT_ZOMBIES = ZombieSettings()
@@ -315,9 +316,15 @@ class Pool(Generic[C]):
         """`putconn`'s fast path without a coroutine, as `try_getconn` is `getconn`'s: True
         once the connection is back (or discarded); False, with nothing done, when the driver
         must reset it first: then `await putconn`."""
-        conn_id = self._held_id(conn)
-        if conn_id is None:
-            return True
+        policy = self._policy
+        conn_id = self._ids.get(id(conn), -1)  # -1: no record has it (ids count from 1)
+        rec = policy.records.get(conn_id)
+        if rec is None or rec.state is not _IN_USE or conn_id in self._returning:
+            # Not the common case (a connection held, in use): `_held_id` sorts it out.
+            held = self._held_id(conn)
+            if held is None:
+                return True
+            conn_id = held
         driver = self.driver
         broken = driver.is_broken(conn) or (error is not None
                                             and isinstance(error, self._interrupts))
@@ -326,8 +333,8 @@ class Pool(Generic[C]):
         if self._stacks:
             self._stacks.pop(conn_id, None)
         failed = error is not None and driver.is_connection_error(error)
-        actions = self._policy.release(conn_id, self.clock.now(), broken=broken, failed=failed)
-        if actions or self._policy.state is not _OPEN:
+        actions = policy.release(conn_id, self.clock.now(), broken=broken, failed=failed)
+        if actions or policy.state is not _OPEN:
             self._run(actions)
         return True
 
