@@ -293,13 +293,13 @@ class Pool(Generic[C]):
         if not self._opened:
             return None
         policy = self._policy
-        is_broken = self.driver.is_broken
+        driver = self.driver  # its method read per call: no bound method made for the loop
         while True:
             conn_id = policy.acquire_now(class_name or self.default_class, self.clock.now())
             if conn_id is None:
                 return None
             conn = self._conns[conn_id]
-            if not is_broken(conn):
+            if not driver.is_broken(conn):
                 break
             self._run(policy.release(conn_id, self.clock.now(), broken=True))
         if policy.limits.leak_threshold is not None:
