@@ -223,12 +223,13 @@ class Scheduler:
         free = self.capacity - self.in_use
         if free <= 0:
             return False
-        needed = 0
-        for other in q.above:
-            if other.reserved > other.in_use:
-                needed += other.reserved - other.in_use
-        if free <= needed:
-            return False
+        if q.above:  # the top class (an upstream pool's one class) has nobody to leave room for
+            needed = 0
+            for other in q.above:
+                if other.reserved > other.in_use:
+                    needed += other.reserved - other.in_use
+            if free <= needed:
+                return False
         self.in_use += 1
         q.in_use += 1
         waits = q.waits  # `waits.observe(0.0)`, inlined: once per admission
