@@ -1445,12 +1445,14 @@ class HttpClient(asyncio.Protocol):
             ex.released = True
             group.release(ex.class_name)
         rec = self.record
-        if rec is not None and ex.started_at:
-            end = ex.ended_at or self.gateway.clock.now()
-            rec.request_done(ex.started_at, end, ex.class_name, ex.degrade > 0,
-                             ex.status or 502)
-            ex.started_at = 0.0
-            if self.relay_to is not None:  # a 101: the WebSocket session is active time
+        if rec is not None:
+            end = ex.ended_at
+            if ex.started_at:  # else counted with the upstream's record (`requests_done`)
+                end = end or self.gateway.clock.now()
+                rec.request_done(ex.started_at, end, ex.class_name, ex.degrade > 0,
+                                 ex.status or 502)
+                ex.started_at = 0.0
+            if self.relay_to is not None and end:  # a 101: the session is active time
                 rec.phase("active", end)
 
     def _ended(self, ex: Exchange) -> bool:

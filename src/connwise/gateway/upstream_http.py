@@ -38,6 +38,7 @@ import httptools
 
 from connwise.errors import BackendUnavailable, ConnectionBroken
 from connwise.gateway.wsframes import FrameTracker
+from connwise.telemetry.record import requests_done
 
 if TYPE_CHECKING:
     from connwise.core.clock import Clock
@@ -440,6 +441,13 @@ class UpstreamConnection(asyncio.Protocol):
     def detach(self) -> None:
         """Forget the current exchange without calling its `on_done` (the end of the answer,
         or its client is gone); this connection's record counts the request's use."""
+        self._detach(False)
+
+    def _detach(self, answered: bool) -> None:
+        """`detach`; `answered`: the exchange ends with its answer whole (`_finish` without a
+        failure), so its client's request ends here too, and both records count it in one
+        call (`requests_done`), which the client's `_settle` then finds done. Not after a
+        failure: a retry may still answer the request."""
         timing = self.timing
         if timing is not None and timing.busy_at:
             busy_at = timing.busy_at
@@ -448,8 +456,15 @@ class UpstreamConnection(asyncio.Protocol):
             ex = self._exchange
             if rec is not None and ex is not None:
                 now = timing.recording.clock.now()
-                rec.request_done(busy_at, now, ex.class_name, ex.degrade > 0,
-                                 self._status or 502)
+                client = self._client
+                client_rec = client.record if client is not None else None
+                if answered and client_rec is not None and ex.started_at:
+                    requests_done(client_rec, rec, ex.started_at, busy_at, now, ex.class_name,
+                                  ex.degrade > 0, ex.status or 502, self._status or 502)
+                    ex.started_at = 0.0
+                else:
+                    rec.request_done(busy_at, now, ex.class_name, ex.degrade > 0,
+                                     self._status or 502)
                 ex.ended_at = now  # the client's record ends the request there too
         client = self._client
         if client is not None:
@@ -471,7 +486,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _finish(self, failure: UpstreamFailed | None) -> None:
         on_done = self._on_done
         if on_done is not None:
-            self.detach()
+            self._detach(failure is None)
             on_done(self, failure)
 
     def _request_head(self, ex: Exchange, client: HttpClient, via: bytes,
