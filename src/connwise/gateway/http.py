@@ -1234,7 +1234,11 @@ class HttpClient(asyncio.Protocol):
         if rec is not None:  # `_record_start`, written out on the common path: a call less
             if not rec.device:
                 gateway.segments.fill(rec, ex.headers)
-            ex.started_at = gateway.clock.now()
+            # The admission's time is the client's last traffic: the read of this request's
+            # last bytes, in this callback, or for a pipelined request the write of the answer
+            # before it (in this callback, or a loop iteration before when a task ran that
+            # exchange). A clock read (~400 instructions) less per request.
+            ex.started_at = self.last_active
         return self._dispatch(group, ex)
 
     def _dispatch(self, group: Group, ex: Exchange) -> bool:
