@@ -15,6 +15,7 @@ from connwise.telemetry.record import (
     FIELDS,
     PHASES,
     ConnRecord,
+    compile_maker,
     requests_done,
     row_of,
 )
@@ -183,6 +184,37 @@ def test_requests_done_is_request_done_on_both_records(
     for rec in (*pair, *alone):
         rec.finish(now + 1.0, "client closed")
     assert [rec.row() for rec in pair] == [rec.row() for rec in alone]
+
+
+_owing = compile_maker("owing", "conn_id, kind, source, started_at, phase", {},
+                       owing_idle=True)
+
+
+@given(first=st.sampled_from(["idle", "queued", "connecting"]),
+       steps=st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 5.0),
+                                st.sampled_from(["request", "queued", "draining", "active"]),
+                                st.sampled_from([200, 503])),
+                      max_size=10))
+def test_a_record_owing_its_idle_column_ends_with_the_same_values(
+        first: str, steps: list[tuple[float, float, str, int]]) -> None:
+    """`owing_idle` takes the spans off `idle_s` at once, not one by one: the row is the
+    same to the bit, whatever phases the record goes through between its requests."""
+    owing = _owing("1", "client", "web", 0.0, first)
+    plain = ConnRecord("1", "client", "web", 0.0, phase=first)
+    now = 0.0
+    for wait, serve, step, status in steps:
+        now += wait
+        for rec in (owing, plain):
+            if step == "request":
+                rec.request_done(now, now + serve, "bulk", False, status)
+            elif step == "draining":
+                rec.start_draining(now)
+            else:
+                rec.phase(step, now)
+        now += serve
+    for rec in (owing, plain):
+        rec.finish(now + 1.0, "client closed")
+    assert owing.row() == plain.row()
 
 
 def test_upstream_connect_counts_only_connects_a_request_waited_for() -> None:
