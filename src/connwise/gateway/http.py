@@ -1234,7 +1234,11 @@ class HttpClient(asyncio.Protocol):
         if rec is not None:  # `_record_start`, written out on the common path: a call less
             if not rec.device:
                 gateway.segments.fill(rec, ex.headers)
-            ex.started_at = gateway.clock.now()
+            # The admission's time is the client's last traffic: the read of this request's
+            # last bytes, in this callback, or for a pipelined request the write of the answer
+            # before it (in this callback, or a loop iteration before when a task ran that
+            # exchange). A clock read (~400 instructions) less per request.
+            ex.started_at = self.last_active
         return self._dispatch(group, ex)
 
     def _dispatch(self, group: Group, ex: Exchange) -> bool:
@@ -1447,12 +1451,14 @@ class HttpClient(asyncio.Protocol):
             ex.released = True
             group.release(ex.class_name)
         rec = self.record
-        if rec is not None and ex.started_at:
-            end = ex.ended_at or self.gateway.clock.now()
-            rec.request_done(ex.started_at, end, ex.class_name, ex.degrade > 0,
-                             ex.status or 502)
-            ex.started_at = 0.0
-            if self.relay_to is not None:  # a 101: the WebSocket session is active time
+        if rec is not None:
+            end = ex.ended_at
+            if ex.started_at:  # else counted with the upstream's record (`requests_done`)
+                end = end or self.gateway.clock.now()
+                rec.request_done(ex.started_at, end, ex.class_name, ex.degrade > 0,
+                                 ex.status or 502)
+                ex.started_at = 0.0
+            if self.relay_to is not None and end:  # a 101: the session is active time
                 rec.phase("active", end)
 
     def _ended(self, ex: Exchange) -> bool:

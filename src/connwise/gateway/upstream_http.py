@@ -38,6 +38,7 @@ import httptools
 
 from connwise.errors import BackendUnavailable, ConnectionBroken
 from connwise.gateway.wsframes import FrameTracker
+from connwise.telemetry.record import requests_done
 
 if TYPE_CHECKING:
     from connwise.core.clock import Clock
@@ -228,12 +229,12 @@ class UpstreamConnection(asyncio.Protocol):
             if self._until_close and self._head_sent and exc is None:
                 # The close ends a body of unknown length (a reset does not: it cut it off).
                 self._finish_client_body()
-                self._finish(None)
+                self._finish(None, 0.0)
             else:
                 self._finish(UpstreamFailed(
                     f"backend {self.address} closed the connection before answering"
                     if not self._head_sent else f"backend {self.address} closed mid-response",
-                    retryable=not self._head_sent))
+                    retryable=not self._head_sent), 0.0)
         # The parser holds bound methods of this protocol: without this, a reference cycle
         # that only the garbage collector frees (see HttpClient.connection_lost).
         self._parser = None
@@ -321,13 +322,17 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
         finally:
             self._out = None
+            written_at = 0.0
             if out and client is not None:
                 if len(out) == 1:
                     client.write(out[0])
                 else:
                     client.writelines(out)
+                if not client.closed:  # the write read the clock (`last_active`)
+                    written_at = client.last_active
         if self._ended:
-            self._finish(self._failure)
+            # The answer ended with what was just written: that write's time is its end.
+            self._finish(self._failure, written_at)
 
     def _head_read(self, client: HttpClient | None, size: int) -> None:
         """`size` more bytes of a response head that has not ended: over `max_header_bytes`
@@ -435,11 +440,19 @@ class UpstreamConnection(asyncio.Protocol):
         does not read what was written is aborted (a close would wait for it to)."""
         self.reusable = False
         self.close(abort=self._write_paused)
-        self._finish(failure)
+        self._finish(failure, 0.0)
 
     def detach(self) -> None:
         """Forget the current exchange without calling its `on_done` (the end of the answer,
         or its client is gone); this connection's record counts the request's use."""
+        self._detach(False, 0.0)
+
+    def _detach(self, answered: bool, now: float) -> None:
+        """`detach` at `now` (0.0: read the clock); `answered`: the exchange ends with its
+        answer whole (`_finish` without a failure), so its client's request ends here too,
+        and both records count it in one call (`requests_done`), which the client's
+        `_settle` then finds done. Not after a failure: a retry may still answer the
+        request."""
         timing = self.timing
         if timing is not None and timing.busy_at:
             busy_at = timing.busy_at
@@ -447,9 +460,17 @@ class UpstreamConnection(asyncio.Protocol):
             rec = self.record
             ex = self._exchange
             if rec is not None and ex is not None:
-                now = timing.recording.clock.now()
-                rec.request_done(busy_at, now, ex.class_name, ex.degrade > 0,
-                                 self._status or 502)
+                if not now:
+                    now = timing.recording.clock.now()
+                client = self._client
+                client_rec = client.record if client is not None else None
+                if answered and client_rec is not None and ex.started_at:
+                    requests_done(client_rec, rec, ex.started_at, busy_at, now, ex.class_name,
+                                  ex.degrade > 0, ex.status or 502, self._status or 502)
+                    ex.started_at = 0.0
+                else:
+                    rec.request_done(busy_at, now, ex.class_name, ex.degrade > 0,
+                                     self._status or 502)
                 ex.ended_at = now  # the client's record ends the request there too
         client = self._client
         if client is not None:
@@ -468,10 +489,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._ended = False
         self._failure = None
 
-    def _finish(self, failure: UpstreamFailed | None) -> None:
+    def _finish(self, failure: UpstreamFailed | None, now: float) -> None:
+        """Detach the exchange and call its `on_done`; `now`: the clock reading of the
+        answer's last write to the client, when this callback made it, else 0.0."""
         on_done = self._on_done
         if on_done is not None:
-            self.detach()
+            self._detach(failure is None, now)
             on_done(self, failure)
 
     def _request_head(self, ex: Exchange, client: HttpClient, via: bytes,
@@ -735,7 +758,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._out is not None:
             self._ended = True  # reported by data_received once the chunk's output is written
         else:
-            self._finish(None)
+            self._finish(None, 0.0)
 
 
 def _resolve(done: asyncio.Future[None], on_answered: Callable[[], None] | None,

@@ -91,11 +91,12 @@ class Recorder:
         begin_client = compile_maker(
             "begin_client", "recorder, conn_id, source, started_at, phase, client_addr, "
             "region=''", {"kind": "'client'", "node": "recorder.node",
-                          "client_addr": "client_addr", "region": "region"})
+                          "client_addr": "client_addr", "region": "region"},
+            owing_idle=True)
         begin_upstream = compile_maker(
             "begin_upstream", "recorder, conn_id, source, started_at, backend",
             {"kind": "'upstream'", "node": "recorder.node", "backend": "backend"},
-            phase="'connecting'")
+            phase="'connecting'", owing_idle=True)
 
     def end(self, rec: ConnRecord, now: float, reason: str, failed: bool = False) -> None:
         """The connection terminated at `now` (`failed`: it ended in an error): close its books

@@ -15,6 +15,8 @@ from connwise.telemetry.record import (
     FIELDS,
     PHASES,
     ConnRecord,
+    compile_maker,
+    requests_done,
     row_of,
 )
 
@@ -151,6 +153,68 @@ def test_request_done_keeps_the_books_of_the_steps_it_fuses(
     for rec in (fused, stepwise):
         rec.finish(now + 1.0, "client closed")
     assert fused.row() == pytest.approx(stepwise.row())
+
+
+@given(phases=st.tuples(st.sampled_from(["idle", "queued", "connecting", "draining"]),
+                        st.sampled_from(["idle", "connecting", "draining"])),
+       steps=st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 1.0), st.floats(0.0, 5.0),
+                                st.sampled_from(["bulk", "interactive", "critical"]),
+                                st.booleans(), st.sampled_from([200, 404, 502, 503]),
+                                st.sampled_from([200, 503])),
+                      max_size=8))
+def test_requests_done_is_request_done_on_both_records(
+        phases: tuple[str, str],
+        steps: list[tuple[float, float, float, str, bool, int, int]]) -> None:
+    """The gateway's one call for a client's and an upstream's record leaves both exactly as
+    their own `request_done` calls would (the same float operations in the same order)."""
+    client_phase, upstream_phase = phases
+    pair = (ConnRecord("1", "client", "web", 0.0, phase=client_phase),
+            ConnRecord("2", "upstream", "app", 0.0, phase=upstream_phase))
+    alone = (ConnRecord("1", "client", "web", 0.0, phase=client_phase),
+             ConnRecord("2", "upstream", "app", 0.0, phase=upstream_phase))
+    now = 0.0
+    for wait, connect, serve, class_name, degraded, status, upstream_status in steps:
+        now += wait
+        start, busy_at = now, now + connect
+        now = busy_at + serve
+        requests_done(*pair, start, busy_at, now, class_name, degraded, status,
+                      upstream_status)
+        alone[0].request_done(start, now, class_name, degraded, status)
+        alone[1].request_done(busy_at, now, class_name, degraded, upstream_status)
+    for rec in (*pair, *alone):
+        rec.finish(now + 1.0, "client closed")
+    assert [rec.row() for rec in pair] == [rec.row() for rec in alone]
+
+
+_owing = compile_maker("owing", "conn_id, kind, source, started_at, phase", {},
+                       owing_idle=True)
+
+
+@given(first=st.sampled_from(["idle", "queued", "connecting"]),
+       steps=st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.0, 5.0),
+                                st.sampled_from(["request", "queued", "draining", "active"]),
+                                st.sampled_from([200, 503])),
+                      max_size=10))
+def test_a_record_owing_its_idle_column_ends_with_the_same_values(
+        first: str, steps: list[tuple[float, float, str, int]]) -> None:
+    """`owing_idle` takes the spans off `idle_s` at once, not one by one: the row is the
+    same to the bit, whatever phases the record goes through between its requests."""
+    owing = _owing("1", "client", "web", 0.0, first)
+    plain = ConnRecord("1", "client", "web", 0.0, phase=first)
+    now = 0.0
+    for wait, serve, step, status in steps:
+        now += wait
+        for rec in (owing, plain):
+            if step == "request":
+                rec.request_done(now, now + serve, "bulk", False, status)
+            elif step == "draining":
+                rec.start_draining(now)
+            else:
+                rec.phase(step, now)
+        now += serve
+    for rec in (owing, plain):
+        rec.finish(now + 1.0, "client closed")
+    assert owing.row() == plain.row()
 
 
 def test_upstream_connect_counts_only_connects_a_request_waited_for() -> None:
