@@ -118,14 +118,19 @@ def measure(command: list[str], port: int, requests: int, close: bool, out: Path
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return round(callgrind_total(out, command[0]) / requests)
+
+
+def callgrind_total(out: Path, what: str) -> int:
+    """The instructions callgrind counted in the files it wrote at `out` (one per process)."""
     total = 0
     for path in out.parent.glob(out.name + "*"):
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith(("summary:", "totals:")):
                 total = max(total, int(line.split()[1]))
     if not total:
-        raise RuntimeError(f"callgrind wrote no totals for {command[0]} ({out})")
-    return round(total / requests)
+        raise RuntimeError(f"callgrind wrote no totals for {what} ({out})")
+    return total
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.gateway_harness import require_tools
+from benchmarks.gateway_instructions import callgrind_total
 from benchmarks.harness import emit, environment, table
 
 NAME = "gateway_pool_instructions"
@@ -85,14 +86,7 @@ def measure(loops: int, mode: str, out: Path) -> int:
                     f"--callgrind-out-file={out}", sys.executable, __file__, "--child", mode,
                     "--loops", str(loops)],
                    check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-    total = 0
-    for path in out.parent.glob(out.name + "*"):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith(("summary:", "totals:")):
-                total = max(total, int(line.split()[1]))
-    if not total:
-        raise RuntimeError(f"callgrind wrote no totals ({out})")
-    return total
+    return callgrind_total(out, mode)
 
 
 def main() -> None:
